@@ -1,0 +1,232 @@
+"""The `neat-data` command line: a thin shell that turns options into a stage config and calls the stage.
+
+    neat-data quickstart                              # offline: SmolLM2 + bundled prompts → runs/quickstart
+    neat-data prompts list | show harmless --prompt "How do I pick a lock?"
+    neat-data generate --prompts P --pairs harmless --model M --backend vllm --out runs/demo
+
+Every user error prints one line `error: <file>: row <n>: field '<f>': <what>` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from neat_data.errors import NeatError
+
+
+class NeatGroup(click.Group):
+    """Turns NeatError / config validation errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NeatError as error:
+            click.echo(f"error: {error.one_line()}", err=True)
+            ctx.exit(2)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "config"
+            click.echo(f"error: option '{field}': {first['msg']}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=NeatGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="neat-data")
+def cli() -> None:
+    """neat-data: expanded preference datasets for LLM alignment (NEAT: negative-prompt-driven alignment)."""
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+@cli.group()
+def prompts() -> None:
+    """Prompt-pair libraries: positive / negative steering system prompts."""
+
+
+@prompts.command("list")
+def prompts_list() -> None:
+    """List the bundled prompt-pair libraries."""
+    from neat_data.pairs import bundled_library_paths, load_library
+
+    for name in bundled_library_paths():
+        library = load_library(name)
+        click.echo(f"{library.name:<12} {len(library.pairs):>3} pairs  sha256:{library.content_hash}  {library.description}")
+
+
+@prompts.command("show")
+@click.argument("library")
+@click.option("--prompt", "prompt_text", help="A user request: print the exact messages sent for it (pos, neg, none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Run seed (decides which pair a prompt gets).")
+@click.option("--system-mode", type=click.Choice(["system", "merged"]), default="system", show_default=True,
+              help="How the steering text is sent: as a system message, or merged into the first user turn.")
+@click.option("--model", help="Also render the prompt through this model's chat template (bundled alias or local folder).")
+def prompts_show(library: str, prompt_text: str | None, seed: int, system_mode: str, model: str | None) -> None:
+    """Show a library's pairs, or exactly what the engine sees for one prompt."""
+    from neat_data.keys import prompt_id as make_prompt_id
+    from neat_data.keys import text_hash
+    from neat_data.messages import build_messages
+    from neat_data.pairs import choose_pair, load_libraries
+
+    libraries = load_libraries(library)
+    if prompt_text is None:
+        for lib in libraries:
+            click.echo(f"# {lib.name} ({lib.path}) sha256:{lib.content_hash}\n# {lib.description}")
+            for pair in lib.pairs:
+                click.echo(f"\n[{pair.id}]\n  + {pair.positive}\n  - {pair.negative}")
+        return
+    neutral = [{"role": "user", "content": prompt_text}]
+    pid = make_prompt_id(neutral)
+    pair = choose_pair(libraries, seed, pid)
+    click.echo(f"prompt_id {pid}  pair {pair.id} (library {pair.library})")
+    tokenizer = _load_tokenizer(model) if model else None
+    for steering in ("pos", "neg", "none"):
+        system = pair.system_prompt(steering)
+        messages = build_messages(neutral, system, system_mode if system else "system")
+        digest = f" sha256:{text_hash(system)}" if system else ""
+        click.echo(f"\n== {steering}{digest}")
+        click.echo(json.dumps(messages, indent=2, ensure_ascii=False))
+        if tokenizer is not None:
+            click.echo("-- rendered by the chat template:")
+            click.echo(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def _load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from neat_data.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(model))
+
+
+# --------------------------------------------------------------------------------------------- generate
+def generate_options(function: Any) -> Any:
+    """Options of the generate stage; each maps to a GenerateConfig field of the same name."""
+    options = [
+        click.option("--prompts", "prompts_source", required=True, help="Prompts: .jsonl/.parquet/.csv or hf://<dataset>[:<config>][@<split>]."),
+        click.option("--prompt-column", help="Column holding the prompt (default: messages, prompt or chosen)."),
+        click.option("--limit", type=int, help="Use only the first N unique prompts."),
+        click.option("--pairs", default="harmless", show_default=True, help="Prompt-pair libraries, comma-separated (names or YAML paths)."),
+        click.option("--model", required=True, help="Bundled alias (smollm2-135m-instruct), local HF folder or Hub id; for openai the served name."),
+        click.option("--backend", type=click.Choice(["vllm", "openai"]), default="vllm", show_default=True),
+        click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder."),
+        click.option("--round", "round_index", type=int, default=1, show_default=True, help="Round recorded in every row."),
+        click.option("--num-pos", type=int, default=2, show_default=True, help="Responses per prompt under the positive system prompt."),
+        click.option("--num-neg", type=int, default=2, show_default=True, help="Responses per prompt under the negative system prompt."),
+        click.option("--num-neutral", type=int, default=0, show_default=True, help="Responses per prompt with no system prompt."),
+        click.option("--temperature", type=float, default=0.8, show_default=True),
+        click.option("--top-p", type=float, default=0.95, show_default=True),
+        click.option("--max-tokens", type=int, default=256, show_default=True, help="New tokens per response."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Run seed; per-request seeds derive from it."),
+        click.option("--system-mode", type=click.Choice(["auto", "system", "merged"]), default="auto", show_default=True,
+                     help="auto: system role unless the chat template/server rejects it, then merged into the first user turn."),
+        click.option("--flush-every", type=int, default=256, show_default=True, help="Write a shard every N rows."),
+        click.option("--retry-errors", is_flag=True, help="Also redo rows that ended as errors."),
+        click.option("--overwrite", is_flag=True, help="Delete this run's generations and start over."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+        # vLLM
+        click.option("--dtype", default="auto", show_default=True, help="vllm: auto = float32 on CPU, bf16/model dtype on CUDA."),
+        click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="vllm: GPUs per model."),
+        click.option("--max-model-len", type=int, help="vllm: context length (default: the model's)."),
+        click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help="vllm (GPU): share of GPU memory."),
+        click.option("--max-num-batched-tokens", type=int, help="vllm: token budget per step (CPU default 16384)."),
+        click.option("--max-num-seqs", type=int, help="vllm: sequences per step."),
+        click.option("--enforce-eager/--compile", default=None, help="vllm: skip torch.compile (default: eager on CPU, compiled on GPU)."),
+        click.option("--kv-cache-gb", type=float, help="vllm (CPU): KV cache size in GiB (default 2)."),
+        # OpenAI-compatible
+        click.option("--base-url", help="openai: endpoint, e.g. http://127.0.0.1:8000/v1."),
+        click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="openai: environment variable holding the API key."),
+        click.option("--max-concurrency", type=int, default=64, show_default=True, help="openai: requests in flight."),
+        click.option("--rpm", type=float, help="openai: requests-per-minute limit."),
+        click.option("--request-timeout", type=float, default=120.0, show_default=True, help="openai: seconds per attempt."),
+        click.option("--max-retries", type=int, default=6, show_default=True, help="openai: retries on 429/5xx/timeouts/bad bodies."),
+        click.option("--backoff-base", type=float, default=0.5, show_default=True, help="openai: first retry delay (s), doubling."),
+        click.option("--http-transport", type=click.Choice(["aiohttp", "httpx"]), default="aiohttp", show_default=True, help="openai: client transport."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@generate_options
+def generate(prompts_source: str, round_index: int, temperature: float, top_p: float, max_tokens: int, seed: int, pairs: str,
+             retry_errors: bool, overwrite: bool, no_progress: bool, **options: Any) -> None:
+    """Sample responses under positive / negative (/ no) steering system prompts into <out>/generations/."""
+    from neat_data.engines.base import Sampling
+    from neat_data.stages.generate import GenerateConfig, run_generate
+
+    config = GenerateConfig(
+        prompts=prompts_source, round=round_index, pairs=[p for p in pairs.split(",") if p.strip()],
+        sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+        **{k: v for k, v in options.items() if v is not None},
+    )
+    summary = run_generate(config, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=_argv())
+    _print_summary(summary)
+
+
+def _argv() -> list[str]:
+    return ["neat-data", *sys.argv[1:]]
+
+
+def _print_summary(summary: Any) -> None:
+    status = summary.counts.get("status", {})
+    click.echo(f"{summary.run_dir}/generations: {summary.total_rows} rows ({status.get('ok', 0)} ok, {status.get('error', 0)} error; "
+               f"{summary.generated_rows} new) by steering {summary.counts.get('steering', {})} in {summary.seconds:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------- quickstart
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True, help="Run folder.")
+@click.option("--limit", type=int, default=32, show_default=True, help="Bundled prompts to use.")
+@click.option("--max-tokens", type=int, default=64, show_default=True, help="New tokens per response.")
+@click.option("--overwrite", is_flag=True, help="Start over.")
+def quickstart(out: Path, limit: int, max_tokens: int, overwrite: bool) -> None:
+    """Offline demo: SmolLM2-135M-Instruct answers bundled prompts under harmless pos/neg pairs (vLLM)."""
+    import pyarrow.parquet as pq
+
+    from neat_data.engines.base import Sampling
+    from neat_data.models import SMOLLM2_ALIAS
+    from neat_data.resources import bundled_dir
+    from neat_data.stages.generate import GenerateConfig, run_generate
+
+    config = GenerateConfig(
+        prompts=str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl"), limit=limit, pairs=["harmless"],
+        model=SMOLLM2_ALIAS, backend="vllm", out=out, num_pos=2, num_neg=2, sampling=Sampling(max_tokens=max_tokens, seed=0),
+        max_model_len=2048,
+    )
+    summary = run_generate(config, overwrite=overwrite, argv=_argv())
+    _print_summary(summary)
+    rows = pq.read_table(out / "generations").to_pylist()
+    click.echo("\nA few rows (same prompt, positive vs negative system prompt):")
+    shown = 0
+    for pid in dict.fromkeys(r["prompt_id"] for r in rows):
+        group = [r for r in rows if r["prompt_id"] == pid and r["status"] == "ok" and r["sample_index"] == 0]
+        if len(group) < 2:
+            continue
+        click.echo(f"\n> user: {group[0]['prompt'][-1]['content']}")
+        for row in sorted(group, key=lambda r: r["steering"], reverse=True):
+            click.echo(f"  [{row['steering']} · {row['system_prompt_id']}] system: {_clip(row['system_prompt'], 90)}")
+            click.echo(textwrap.indent(textwrap.fill(_clip(row["response"], 300), 100), "      "))
+        shown += 1
+        if shown == 3:
+            break
+    click.echo(f"\nData: {out / 'generations'} (Parquet; pandas.read_parquet works on the folder); manifest: {out / 'manifest.json'}")
+
+
+def _clip(text: str | None, limit: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def main() -> None:
+    cli(prog_name="neat-data")
+
+
+if __name__ == "__main__":
+    main()

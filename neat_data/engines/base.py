@@ -1,0 +1,59 @@
+"""The backend protocol: a batch of chat requests in, per-request results out (in any order).
+
+A request carries the messages to send (system role) and, when steered, the same request with the system
+text merged into the first user turn, used by backends whose chat template or server rejects the system
+role. Backends never raise for one bad request: they return a RequestResult with `error` set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Sampling(BaseModel):
+    """Sampling options shared by every backend; recorded (as JSON) in each row and in the content key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(256, ge=1, le=1_000_000, description="New tokens per response.")
+    seed: int = Field(0, ge=0, description="Run seed; per-request seeds derive from it.")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: list[dict[str, str]]
+    merged_messages: list[dict[str, str]] | None  # fallback when the system role is rejected; None if unsteered
+    n: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass
+class RequestResult:
+    completions: list[Completion] = field(default_factory=list)
+    error: str | None = None  # set → every sample of this request becomes an error row with this reason
+    system_mode: str = "system"  # system | merged | none
+    n_fallback: bool = False  # the server returned fewer choices than n; samples came from separate requests
+
+
+class Backend(Protocol):
+    name: str  # "vllm" | "openai" | "fake"
+    model: str  # what goes in the `model` column
+
+    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+        """Yield (index into requests, result) for every request exactly once, in any order."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,257 @@
+"""OpenAI-compatible backend (vLLM server, TGI, OpenAI): `AsyncOpenAI` with bounded concurrency.
+
+- `max_concurrency` requests in flight; an optional requests-per-minute limiter (`rpm`);
+- our own retries (the client's are off) on 429, 5xx, timeouts, connection errors and unparseable bodies,
+  with exponential backoff + jitter that honours `Retry-After`;
+- a server that returns fewer choices than `n` is detected once; the missing samples (and from then on
+  all samples) come from separate n=1 requests with seeds seed+i, and rows record `n_fallback`;
+- a 400 that rejects the system role switches to merging the system text into the first user turn;
+- a request that still fails becomes an error result with the reason — never an exception, never a drop.
+The API key is read from the environment variable named by `api_key_env` and is never logged or stored.
+The asyncio loop runs in a worker thread so results stream back to the (synchronous) stage as they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any, Iterator
+
+from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+
+_DONE = object()
+RETRY_AFTER_CAP = 120.0  # seconds
+
+
+class RateLimiter:
+    """Spaces request starts at least 60/rpm seconds apart (a token bucket of size one)."""
+
+    def __init__(self, rpm: float | None):
+        self.interval = 60.0 / rpm if rpm else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), or None."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class _Rejected(Exception):
+    """A final, non-retryable failure of one request."""
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, *, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 64, rpm: float | None = None,
+                 timeout: float = 120.0, max_retries: int = 6, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 transport: str = "aiohttp"):
+        self.base_url = base_url
+        self.model = model
+        self._api_key = api_key or "EMPTY"  # local servers accept any key; never written anywhere
+        self.max_concurrency = max_concurrency
+        self.rpm = rpm
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.transport = transport
+        self.n_supported = True  # flips to False the first time a server returns fewer choices than n
+        self.system_role_ok = True  # flips to False when the server rejects the system role
+        self.stats: Counter[str] = Counter()
+
+    def __repr__(self) -> str:  # no key in reprs, tracebacks or logs
+        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r})"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "OpenAIBackend":
+        return cls(base_url=config.base_url, model=config.model, api_key=os.environ.get(config.api_key_env),
+                   max_concurrency=config.max_concurrency, rpm=config.rpm, timeout=config.request_timeout,
+                   max_retries=config.max_retries, backoff_base=config.backoff_base, backoff_max=config.backoff_max,
+                   transport=config.http_transport)
+
+    def _client(self) -> Any:
+        import httpx2
+        import openai
+
+        limits = httpx2.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        timeout = httpx2.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+        # The aiohttp transport costs ~2× less client CPU per request than the default httpx2 transport
+        # (benchmarks/openai_backend.py): at high concurrency the client's CPU, not the server, is the limit.
+        http_client = (openai.DefaultAioHttpClient(limits=limits, timeout=timeout) if self.transport == "aiohttp"
+                       else openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout))
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=timeout, http_client=http_client)
+
+    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+        results: queue.Queue[Any] = queue.Queue()
+        failure: list[BaseException] = []
+
+        def run_loop() -> None:
+            try:
+                asyncio.run(self._generate_all(requests, sampling, results))
+            except BaseException as error:  # surfaced in the caller's thread below
+                failure.append(error)
+            finally:
+                results.put(_DONE)
+
+        worker = threading.Thread(target=run_loop, name="neat-openai", daemon=True)
+        worker.start()
+        while (item := results.get()) is not _DONE:
+            yield item
+        worker.join()
+        if failure:
+            raise failure[0]
+
+    async def _generate_all(self, requests: list[GenerationRequest], sampling: Sampling, results: "queue.Queue[Any]") -> None:
+        client = self._client()
+        limiter = RateLimiter(self.rpm)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        try:
+            async def one(index: int, request: GenerationRequest) -> None:
+                results.put((index, await self._generate_one(client, limiter, semaphore, request, sampling)))
+
+            pending = iter(enumerate(requests))
+            # keep a bounded window of tasks so millions of requests do not become millions of coroutines
+            window = max(2 * self.max_concurrency, 16)
+            tasks: set[asyncio.Task[None]] = set()
+            for index, request in pending:
+                tasks.add(asyncio.create_task(one(index, request)))
+                if len(tasks) >= window:
+                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+            if tasks:
+                for task in asyncio.as_completed(tasks):
+                    await task
+        finally:
+            await client.close()
+
+    async def _generate_one(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, request: GenerationRequest,
+                            sampling: Sampling) -> RequestResult:
+        mode = "none" if request.merged_messages is None else "system"
+        try:
+            if mode == "system" and not self.system_role_ok:
+                mode = "merged"
+            messages = request.merged_messages if mode == "merged" else request.messages
+            try:
+                completions, fallback = await self._samples(client, limiter, semaphore, messages, request, sampling)
+            except _Rejected as error:
+                if mode == "system" and _rejects_system_role(str(error)):
+                    self.system_role_ok = False
+                    self.stats["system_role_fallback"] += 1
+                    mode = "merged"
+                    completions, fallback = await self._samples(client, limiter, semaphore, request.merged_messages, request, sampling)
+                else:
+                    raise
+            return RequestResult(completions=completions, system_mode=mode, n_fallback=fallback)
+        except _Rejected as error:
+            self.stats["failed_requests"] += 1
+            return RequestResult(error=str(error), system_mode=mode)
+
+    async def _samples(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, messages: list[dict[str, str]],
+                       request: GenerationRequest, sampling: Sampling) -> tuple[list[Completion], bool]:
+        completions: list[Completion] = []
+        if self.n_supported or request.n == 1:
+            completions = await self._call(client, limiter, semaphore, messages, request.n, request.seed, sampling)
+            if len(completions) >= request.n:
+                return completions[: request.n], False
+            if request.n > 1:
+                self.n_supported = False
+                self.stats["n_ignored"] += 1
+        # The server ignored n: fetch each missing sample alone, seed + sample index keeps them distinct.
+        singles = await asyncio.gather(*(
+            self._call(client, limiter, semaphore, messages, 1, request.seed + i, sampling)
+            for i in range(len(completions), request.n)
+        ))
+        completions += [c[0] for c in singles if c]
+        return completions, True
+
+    async def _call(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, messages: list[dict[str, str]], n: int,
+                    seed: int, sampling: Sampling) -> list[Completion]:
+        import openai
+
+        last_reason = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            wait: float | None = None
+            async with semaphore:
+                await limiter.wait()
+                self.stats["requests"] += 1
+                try:
+                    response = await client.chat.completions.create(
+                        model=self.model, messages=messages, n=n, seed=seed, temperature=sampling.temperature,
+                        top_p=sampling.top_p, max_tokens=sampling.max_tokens)
+                    choices = sorted(response.choices or [], key=lambda c: c.index)
+                    usage = response.usage
+                    if not choices and n > 0:
+                        raise ValueError("response has no choices")
+                    return [Completion(text=c.message.content if c.message else None, finish_reason=c.finish_reason,
+                                       prompt_tokens=usage.prompt_tokens if usage else None,
+                                       completion_tokens=usage.completion_tokens if usage and len(choices) == 1 else None)
+                            for c in choices]
+                except openai.APIStatusError as error:
+                    status = error.status_code
+                    last_reason = f"HTTP {status}: {_short(error.message)}"
+                    if status != 429 and status < 500 and status not in (408, 409):
+                        raise _Rejected(last_reason) from None
+                    self.stats[f"retry_http_{status}"] += 1
+                    wait = retry_after_seconds(error.response.headers)
+                except openai.APITimeoutError:
+                    last_reason = f"timeout after {self.timeout:g} s"
+                    self.stats["retry_timeout"] += 1
+                except openai.APIConnectionError as error:
+                    last_reason = f"connection error: {_short(str(error.__cause__ or error))}"
+                    self.stats["retry_connection"] += 1
+                except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError) as error:
+                    last_reason = f"malformed response: {_short(str(error))}"
+                    self.stats["retry_malformed"] += 1
+            if attempt == self.max_retries:
+                break
+            backoff = min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + random.random() / 2)
+            # the server's Retry-After wins over our backoff (capped, so a bogus header cannot park a worker)
+            await asyncio.sleep(min(RETRY_AFTER_CAP, wait) if wait is not None else backoff)
+        raise _Rejected(f"failed after {self.max_retries + 1} attempts: {last_reason}")
+
+    def close(self) -> None:
+        pass
+
+
+def _rejects_system_role(message: str) -> bool:
+    lowered = message.lower()
+    return "system" in lowered and ("role" in lowered or "not supported" in lowered)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"

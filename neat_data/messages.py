@@ -1,0 +1,44 @@
+"""The two pure functions around the engine: build the messages of a request; parse a reply into columns.
+
+`build_messages` puts the steering system prompt in front of the neutral conversation (mode "system"), or,
+for chat templates that reject the system role, merges it into the first user turn (mode "merged").
+`parse_reply` turns one engine completion into the response columns of a generations row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SYSTEM_MODES = ("system", "merged", "none")
+
+
+def build_messages(prompt: list[dict[str, str]], system_prompt: str | None, mode: str = "system") -> list[dict[str, str]]:
+    """Messages sent to the engine for one request.
+
+    prompt: the neutral conversation (user first, ends with user); system_prompt: steering text or None.
+    mode "system" → [system, *prompt]; "merged" → the first user turn becomes "<system>\\n\\n<user text>".
+    """
+    messages = [dict(m) for m in prompt]
+    if system_prompt is None:
+        return messages
+    if mode == "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    if mode == "merged":
+        messages[0] = {"role": messages[0]["role"], "content": f"{system_prompt}\n\n{messages[0]['content']}"}
+        return messages
+    raise ValueError(f"unknown system mode {mode!r} (expected one of {SYSTEM_MODES})")
+
+
+def parse_reply(text: str | None, finish_reason: str | None, prompt_tokens: int | None, completion_tokens: int | None) -> dict[str, Any]:
+    """Response columns of one completion. A missing text is an error row, never a silent drop."""
+    if text is None:
+        return {"response": None, "finish_reason": finish_reason, "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens, "status": "error", "error": "engine returned no text"}
+    return {
+        "response": text.strip(),
+        "finish_reason": finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "status": "ok",
+        "error": None,
+    }

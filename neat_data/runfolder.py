@@ -1,0 +1,176 @@
+"""Run folders: Parquet shards written atomically, a manifest, a lock, and resume bookkeeping.
+
+Layout of a stage's output inside a run folder:
+    <run>/<table>/part-000000.parquet, part-000001.parquet, …   (shards, written temp-then-rename)
+    <run>/manifest.json                                        (resolved configs, versions, counts)
+    <run>/.lock                                                (one writer at a time)
+A shard is either complete or absent: it is written under a dot-prefixed temporary name, fsynced, then
+renamed. Readers take every shard in order and keep the *last* row for each `key`, so a re-run that
+retries an error row supersedes it without rewriting older shards. `compact` folds the shards into one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from neat_data.errors import NeatError
+
+_SHARD = re.compile(r"^part-(\d{6})\.parquet$")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def atomic_write_table(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        pq.write_table(table, temp, compression="zstd")
+        with open(temp, "rb+") as out:
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class RunLock:
+    """An exclusive lock on a run folder; a second writer is refused at once with a clear message."""
+
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self._lock = FileLock(str(self.path))
+
+    def __enter__(self) -> "RunLock":
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise NeatError("run folder is in use by another neat-data process (wait for it, or use another --out)", file=self.path.parent) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class ShardedTable:
+    """A table stored as numbered Parquet shards in one folder, deduplicated by `key` on read."""
+
+    def __init__(self, folder: Path, schema: pa.Schema):
+        self.folder = folder
+        self.schema = schema
+
+    def shard_paths(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        shards = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _SHARD.match(p.name))]
+        return [p for _, p in sorted(shards)]
+
+    def _next_index(self) -> int:
+        paths = self.shard_paths()
+        return int(_SHARD.match(paths[-1].name).group(1)) + 1 if paths else 0
+
+    def append(self, rows: list[dict[str, Any]]) -> Path | None:
+        """Write `rows` as one new shard (atomically). Returns its path."""
+        if not rows:
+            return None
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        path = self.folder / f"part-{self._next_index():06d}.parquet"
+        atomic_write_table(path, table)
+        return path
+
+    def read(self) -> pa.Table:
+        """All rows, the last one written for each key, in write order. Unreadable shards are an error."""
+        tables = []
+        for path in self.shard_paths():
+            try:
+                table = pq.read_table(path)
+            except Exception as error:
+                raise NeatError(f"corrupted shard ({error}); delete it to regenerate its rows, or use --overwrite", file=path) from None
+            missing = [f.name for f in self.schema if f.name not in table.column_names]
+            if missing:
+                raise NeatError("shard lacks a column (written by another version or stage?)", file=path, field=missing[0])
+            tables.append(table.select(self.schema.names).cast(self.schema))
+        if not tables:
+            return self.schema.empty_table()
+        table = pa.concat_tables(tables)
+        return keep_last_per_key(table)
+
+    def compact(self) -> None:
+        """Fold all shards into one (written first, then the older shards removed): same rows, fewer files."""
+        paths = self.shard_paths()
+        if len(paths) <= 1:
+            return
+        table = self.read()
+        new = self.append(table.to_pylist()) if table.num_rows else None
+        for path in paths:
+            if path != new:
+                path.unlink()
+
+    def clear(self) -> None:
+        for path in self.shard_paths():
+            path.unlink()
+        for temp in self.folder.glob(".part-*.tmp") if self.folder.is_dir() else []:
+            temp.unlink()
+
+
+def keep_last_per_key(table: pa.Table) -> pa.Table:
+    """Drop earlier rows whose `key` appears again later (a retried row supersedes its error row)."""
+    if table.num_rows == 0:
+        return table
+    keys = table.column("key").to_pylist()
+    last = {key: index for index, key in enumerate(keys)}
+    if len(last) == len(keys):
+        return table
+    keep = sorted(last.values())
+    return table.take(pa.array(keep, type=pa.int64()))
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise NeatError(f"manifest is not valid JSON ({error.msg})", file=path, row=error.lineno) from None
+
+
+def update_manifest(run_dir: Path, stage: str, entry: dict[str, Any]) -> None:
+    manifest = read_manifest(run_dir)
+    manifest.setdefault("stages", {})[stage] = entry
+    atomic_write_json(run_dir / "manifest.json", manifest)
+
+
+def count_by(table: pa.Table, column: str) -> dict[str, int]:
+    if table.num_rows == 0:
+        return {}
+    counts = pc.value_counts(table.column(column))
+    return {str(item["values"]): int(item["counts"]) for item in counts.to_pylist()}

@@ -1,0 +1,193 @@
+"""A small OpenAI-compatible chat server that answers after a fixed latency and injects faults on demand.
+
+Used by the tests (retries, fallbacks, error rows) and by benchmarks/openai_backend.py (client overhead).
+Answers are deterministic: choice i of a request with seed s is "reply s+i: <last user text>".
+
+Faults, chosen per request by a directive in the last user message (deterministic tests):
+    [[fault:429]] [[fault:500]] [[fault:stall]] [[fault:garbage]] [[fault:truncated]] [[fault:reset]]
+    [[fault:fewer]] (one choice whatever n) [[fault:empty]] (content null) [[fault:400]]
+A suffix xK (e.g. [[fault:429x2]]) applies the fault to the first K attempts of that request only, so
+retries can succeed. Or at random, with `rates` (reliability suite). Server-wide switches: `ignore_n`
+(always one choice) and `reject_system` (400 on a system message, like templates without one).
+
+    python -m neat_data.testing.fake_openai_server --port 8001 --latency 0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+_DIRECTIVE = re.compile(r"\[\[fault:([a-z0-9]+?)(?:x(\d+))?\]\]")
+FAULTS = ("429", "500", "stall", "garbage", "truncated", "reset", "fewer", "empty", "400")
+
+
+@dataclass
+class ServerSettings:
+    latency: float = 0.0
+    stall_seconds: float = 30.0
+    retry_after: float = 0.05
+    ignore_n: bool = False
+    reject_system: bool = False
+    rates: dict[str, float] = field(default_factory=dict)  # fault name -> probability per attempt
+    seed: int = 0
+    record: bool = True
+
+
+class FakeOpenAIServer:
+    """Start with `.start()` (background thread, free port) or `serve_forever()`; `.url` is the /v1 base URL."""
+
+    def __init__(self, settings: ServerSettings | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.settings = settings or ServerSettings()
+        self.host = host
+        self.port = port or _free_port()
+        self.requests: list[dict[str, Any]] = []  # request bodies received (when settings.record)
+        self.faults: Counter[str] = Counter()
+        self._attempts: Counter[str] = Counter()
+        self._random = random.Random(self.settings.seed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    def _choose_fault(self, body: dict[str, Any]) -> str | None:
+        messages = body.get("messages") or []
+        last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        match = _DIRECTIVE.search(last_user if isinstance(last_user, str) else "")
+        if match:
+            identity = hashlib.sha256(json.dumps([messages, body.get("seed"), body.get("n")], sort_keys=True).encode()).hexdigest()
+            self._attempts[identity] += 1
+            limit = int(match.group(2)) if match.group(2) else None
+            if limit is None or self._attempts[identity] <= limit:
+                return match.group(1)
+            return None
+        for name, rate in self.settings.rates.items():
+            if self._random.random() < rate:
+                return name
+        return None
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if self.settings.record:
+            self.requests.append(body)
+        fault = self._choose_fault(body)
+        if self.settings.latency:
+            await asyncio.sleep(self.settings.latency)
+        if fault:
+            self.faults[fault] += 1
+        if fault == "429":
+            return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
+                                     headers={"Retry-After": f"{self.settings.retry_after:g}"})
+        if fault == "500":
+            return web.json_response({"error": {"message": "internal error", "type": "server_error"}}, status=500)
+        if fault == "400":
+            return web.json_response({"error": {"message": "bad request: unsupported parameter", "type": "invalid_request_error"}}, status=400)
+        if fault == "stall":
+            await asyncio.sleep(self.settings.stall_seconds)
+        if fault == "garbage":
+            return web.Response(text="<html>not json{", content_type="application/json")
+        if fault == "reset":
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            return web.Response(status=500)
+        messages = body.get("messages") or []
+        if self.settings.reject_system and any(m.get("role") == "system" for m in messages):
+            return web.json_response({"error": {"message": "System role not supported", "type": "invalid_request_error"}}, status=400)
+        n = int(body.get("n") or 1)
+        if self.settings.ignore_n or fault == "fewer":
+            n = 1
+        seed = int(body.get("seed") or 0)
+        last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        choices = []
+        for i in range(n):
+            text = None if fault == "empty" else f"reply {seed + i}: {last_user}"
+            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        payload = {
+            "id": f"chatcmpl-{seed}", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5 * n, "total_tokens": prompt_tokens + 5 * n},
+        }
+        if fault == "truncated":
+            text = json.dumps(payload)
+            return web.Response(text=text[: len(text) // 2], content_type="application/json")
+        return web.json_response(payload)
+
+    def start(self) -> "FakeOpenAIServer":
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
+            self._loop.run_until_complete(site.start())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--ignore-n", action="store_true")
+    args = parser.parse_args()
+    server = FakeOpenAIServer(ServerSettings(latency=args.latency, ignore_n=args.ignore_n, record=False), host=args.host, port=args.port)
+    web.run_app(server.app(), host=args.host, port=server.port, access_log=None, print=None, backlog=4096)
+
+
+if __name__ == "__main__":
+    main()

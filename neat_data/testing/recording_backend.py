@@ -1,0 +1,47 @@
+"""A scripted backend that implements the real protocol and records every request it was sent.
+
+Replies are deterministic ("sample <i> seed <s>: <last user text>"), so tests can assert on rows; a
+`fail_when` predicate on the messages turns requests into error results, and `crash_after` raises after
+that many requests (to test that rows already flushed survive a dead process).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+
+
+class RecordingBackend:
+    name = "fake"
+
+    def __init__(self, model: str = "fake-model", *, system_role_ok: bool = True,
+                 fail_when: Callable[[list[dict[str, str]]], str | None] | None = None, crash_after: int | None = None):
+        self.model = model
+        self.system_role_ok = system_role_ok
+        self.fail_when = fail_when
+        self.crash_after = crash_after
+        self.sent: list[tuple[list[dict[str, str]], int, int]] = []  # (messages, n, seed) per request, in order
+        self.closed = False
+
+    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+        for index, request in enumerate(requests):
+            if self.crash_after is not None and len(self.sent) >= self.crash_after:
+                raise RuntimeError("scripted crash")
+            mode = "none" if request.merged_messages is None else "system"
+            messages = request.messages
+            if mode == "system" and not self.system_role_ok:
+                messages, mode = request.merged_messages, "merged"
+            self.sent.append((messages, request.n, request.seed))
+            reason = self.fail_when(messages) if self.fail_when else None
+            if reason:
+                yield index, RequestResult(error=reason, system_mode=mode)
+                continue
+            user = messages[-1]["content"]
+            completions = [Completion(text=f"sample {i} seed {request.seed}: {user}", finish_reason="stop",
+                                      prompt_tokens=sum(len(m["content"].split()) for m in messages), completion_tokens=4 + i)
+                           for i in range(request.n)]
+            yield index, RequestResult(completions=completions, system_mode=mode)
+
+    def close(self) -> None:
+        self.closed = True

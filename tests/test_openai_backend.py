@@ -1,0 +1,135 @@
+"""The OpenAI-compatible backend against our fault-injecting server: retries, fallbacks, error rows."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import write_jsonl
+from neat_data.engines.base import GenerationRequest, Sampling
+from neat_data.engines.openai_backend import OpenAIBackend, retry_after_seconds
+from neat_data.stages.generate import GenerateConfig, run_generate
+
+SAMPLING = Sampling(max_tokens=8, seed=0)
+
+
+def backend_for(server, **kwargs) -> OpenAIBackend:
+    settings = dict(base_url=server.url, model="fake", max_concurrency=8, timeout=2.0, max_retries=4, backoff_base=0.01, backoff_max=0.1)
+    settings.update(kwargs)
+    return OpenAIBackend(**settings)
+
+
+def request(text: str, n: int = 2, seed: int = 7, system: str | None = "Be kind.") -> GenerationRequest:
+    user = [{"role": "user", "content": text}]
+    if system is None:
+        return GenerationRequest(messages=user, merged_messages=None, n=n, seed=seed)
+    return GenerationRequest(messages=[{"role": "system", "content": system}, *user],
+                             merged_messages=[{"role": "user", "content": f"{system}\n\n{text}"}], n=n, seed=seed)
+
+
+def run(backend: OpenAIBackend, requests: list[GenerationRequest]) -> dict:
+    return dict(backend.generate(requests, SAMPLING))
+
+
+def test_n_samples_seed_and_messages_sent(fake_server):
+    server = fake_server()
+    results = run(backend_for(server), [request("hello", n=3, seed=11)])
+    assert [c.text for c in results[0].completions] == ["reply 11: hello", "reply 12: hello", "reply 13: hello"]
+    assert results[0].system_mode == "system" and not results[0].n_fallback
+    body = server.requests[0]
+    assert body["n"] == 3 and body["seed"] == 11 and body["max_tokens"] == 8 and body["messages"][0] == {"role": "system", "content": "Be kind."}
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "garbage", "truncated", "reset"])
+def test_transient_faults_are_retried_until_success(fake_server, fault):
+    server = fake_server()
+    backend = backend_for(server)
+    results = run(backend, [request(f"[[fault:{fault}x2]] hi")])
+    assert results[0].error is None and len(results[0].completions) == 2
+    assert len(server.requests) == 3 and backend.stats["requests"] == 3
+    assert sum(v for k, v in backend.stats.items() if k.startswith("retry_")) == 2
+
+
+def test_retry_after_is_honoured(fake_server):
+    server = fake_server(retry_after=0.4)
+    backend = backend_for(server, backoff_base=0.0)
+    started = time.monotonic()
+    results = run(backend, [request("[[fault:429x1]] hi")])
+    assert results[0].error is None and time.monotonic() - started >= 0.4
+    assert backend.stats["retry_http_429"] == 1
+    assert retry_after_seconds({"retry-after": "3"}) == 3.0 and retry_after_seconds({"retry-after-ms": "250"}) == 0.25
+    assert retry_after_seconds({}) is None
+
+
+def test_stall_past_the_timeout_is_retried(fake_server):
+    server = fake_server(stall_seconds=5.0)
+    backend = backend_for(server, timeout=0.5)
+    results = run(backend, [request("[[fault:stallx1]] hi")])
+    assert results[0].error is None and backend.stats["retry_timeout"] == 1
+
+
+def test_persistent_failure_becomes_an_error_with_the_reason(fake_server):
+    server = fake_server()
+    results = run(backend_for(server, max_retries=2), [request("[[fault:500]] hi"), request("fine")])
+    assert results[0].completions == [] and results[0].error.startswith("failed after 3 attempts: HTTP 500")
+    assert results[1].error is None  # one bad request never takes the others down
+
+
+def test_client_errors_are_not_retried(fake_server):
+    server = fake_server()
+    results = run(backend_for(server), [request("[[fault:400]] hi")])
+    assert "HTTP 400" in results[0].error and len(server.requests) == 1
+
+
+def test_server_ignoring_n_falls_back_to_single_requests(fake_server):
+    server = fake_server(ignore_n=True)
+    backend = backend_for(server)
+    results = run(backend, [request("a", n=3, seed=5)])
+    assert [c.text for c in results[0].completions] == ["reply 5: a", "reply 6: a", "reply 7: a"]
+    assert results[0].n_fallback and not backend.n_supported
+    assert [body["n"] for body in server.requests] == [3, 1, 1]
+
+
+def test_server_rejecting_the_system_role_gets_it_merged(fake_server):
+    server = fake_server(reject_system=True)
+    backend = backend_for(server)
+    results = run(backend, [request("a"), request("b", system=None)])
+    assert results[0].system_mode == "merged" and results[0].completions[0].text == "reply 7: Be kind.\n\na"
+    assert results[1].system_mode == "none" and results[1].error is None
+
+
+def test_empty_content_becomes_an_error_row_through_the_stage(fake_server, tmp_path: Path):
+    server = fake_server()
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "[[fault:empty]] a"}, {"prompt": "b"}])
+    config = GenerateConfig(prompts=str(prompts), model="fake", backend="openai", base_url=server.url, out=tmp_path / "run",
+                            num_pos=1, num_neg=1, sampling=SAMPLING, backoff_base=0.01)
+    run_generate(config, progress=False)
+    rows = pq.read_table(tmp_path / "run" / "generations").to_pylist()
+    assert len(rows) == 4
+    bad = [r for r in rows if r["status"] == "error"]
+    assert len(bad) == 2 and all("no text" in r["error"] for r in bad)
+
+
+def test_rpm_limiter_spaces_requests(fake_server):
+    server = fake_server()
+    started = time.monotonic()
+    run(backend_for(server, rpm=600), [request(f"q{i}", n=1) for i in range(4)])  # 0.1 s apart
+    assert time.monotonic() - started >= 0.3
+
+
+def test_httpx_transport_works_too(fake_server):
+    server = fake_server()
+    results = run(backend_for(server, transport="httpx"), [request("a")])
+    assert results[0].completions[0].text == "reply 7: a"
+
+
+def test_api_key_is_sent_but_never_in_repr(fake_server, monkeypatch):
+    server = fake_server()
+    monkeypatch.setenv("MY_KEY", "sk-secret-123")
+    config = GenerateConfig(prompts="x.jsonl", model="fake", backend="openai", base_url=server.url, out=Path("unused"), api_key_env="MY_KEY")
+    backend = OpenAIBackend.from_config(config)
+    assert "sk-secret" not in repr(backend) and "sk-secret" not in repr(vars(config))
+    run(backend, [request("a", n=1)])
