@@ -16,6 +16,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Hermetic: nothing in the suite may reach the Hub or phone home (the machines have no such network).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -22,18 +22,24 @@ def invoke(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-def test_generate_through_the_cli_against_a_server(fake_server, prompts_file: Path, tmp_path: Path):
+def test_generate_through_the_cli_against_a_server(fake_server, prompts_file: Path, tmp_path: Path, monkeypatch):
     server = fake_server()
     out = tmp_path / "run"
+    secret = "sk-test-do-not-leak-7f3a9"
+    monkeypatch.setenv("SERVER_KEY", secret)
     result = invoke("generate", "--prompts", str(prompts_file), "--pairs", "harmless,helpful", "--model", "served", "--backend", "openai",
-                    "--base-url", server.url, "--num-pos", "2", "--num-neg", "2", "--max-tokens", "8", "--out", str(out), "--no-progress")
+                    "--base-url", server.url, "--api-key-env", "SERVER_KEY", "--num-pos", "2", "--num-neg", "2", "--max-tokens", "8",
+                    "--out", str(out), "--no-progress")
     assert result.exit_code == 0, result.output
     assert "16 rows (16 ok, 0 error" in result.output
     rows = pq.read_table(out / "generations").to_pylist()
     assert len(rows) == 16 and {r["steering"] for r in rows} == {"pos", "neg"}
     assert {r["model"] for r in rows} == {"served"} and {r["backend"] for r in rows} == {"openai"}
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stages"]["generate"]["command"][:2] == ["neat-data", "generate"] or manifest["stages"]["generate"]["command"]
+    assert manifest["stages"]["generate"]["config"]["api_key_env"] == "SERVER_KEY"
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if secret.encode() in p.read_bytes()]  # the key reached no file
+    assert secret not in result.output
 
 
 def test_prompts_list_and_show():
