@@ -4,7 +4,7 @@ Both sides send the same requests (same messages, n, seeds, sampling) to one sha
 `--repeats` times; the stage side also plans requests, builds rows, writes Parquet shards and the
 manifest. Prints generated tokens/s of each (median) and the ratio ours/bare (goal ≥ 0.97).
 
-    .venv/bin/python benchmarks/generate_overhead.py                 # SmolLM2 (embedded), 32 prompts
+    .venv/bin/python benchmarks/generate_overhead.py                 # SmolLM2 (embedded), 16 prompts (~4 min on 2 cores)
     .venv/bin/python benchmarks/generate_overhead.py --model /path/to/hf-folder --prompts 256
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=32, help="bundled prompts to use")
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--prompts", type=int, default=16, help="bundled prompts to use")
+    parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 

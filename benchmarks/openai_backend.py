@@ -13,8 +13,8 @@ below are the benchmark process's only (time.process_time(), all threads).
 Each figure is the median of --repeats runs (fresh client each run, variants interleaved, server warm,
 ~200 warm-up requests per variant before (a)).
 
-    .venv/bin/python benchmarks/openai_backend.py            # full config (~2-3 min on 2 cores)
-    .venv/bin/python benchmarks/openai_backend.py --quick    # smoke test, < 20 s
+    .venv/bin/python benchmarks/openai_backend.py            # full config (~3 min on 2 cores)
+    .venv/bin/python benchmarks/openai_backend.py --quick    # smoke test, < 20 s (its goal verdicts mean nothing)
 """
 
 from __future__ import annotations

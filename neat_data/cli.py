@@ -146,7 +146,7 @@ def generate_options(function: Any) -> Any:
         click.option("--request-timeout", type=float, default=120.0, show_default=True, help="openai: seconds per attempt."),
         click.option("--max-retries", type=int, default=6, show_default=True, help="openai: retries on 429/5xx/timeouts/bad bodies."),
         click.option("--backoff-base", type=float, default=0.5, show_default=True, help="openai: first retry delay (s), doubling."),
-        click.option("--http-transport", type=click.Choice(["aiohttp", "httpx"]), default="aiohttp", show_default=True, help="openai: client transport."),
+        click.option("--http-transport", type=click.Choice(["aiohttp", "httpx"]), default="aiohttp", show_default=True, help="openai: client transport (httpx costs ~4× more CPU per request at high concurrency)."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -178,6 +178,9 @@ def _print_summary(summary: Any) -> None:
     status = summary.counts.get("status", {})
     click.echo(f"{summary.run_dir}/generations: {summary.total_rows} rows ({status.get('ok', 0)} ok, {status.get('error', 0)} error; "
                f"{summary.generated_rows} new) by steering {summary.counts.get('steering', {})} in {summary.seconds:.0f} s")
+    if summary.stale_rows:
+        click.echo(f"note: {summary.stale_rows} rows in the folder are not planned by this config (smaller --limit or edited pair "
+                   "text); they are kept — use --overwrite for a folder with only this config's rows", err=True)
 
 
 # ------------------------------------------------------------------------------------------- quickstart

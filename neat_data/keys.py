@@ -39,17 +39,23 @@ def content_key(
     prompt_id: str,
     steering: str,
     pair_id: str | None,
+    system_prompt_hash: str | None,
     sample_index: int,
     model: str,
     sampling: dict[str, Any],
 ) -> str:
-    """32 hex digits identifying one response row: same inputs, same key, on any machine."""
+    """32 hex digits identifying one response row: same inputs, same key, on any machine.
+
+    The system prompt's hash is part of the key, so editing a pair's text in its library makes its rows
+    missing (regenerated) instead of silently reusing responses to the old text.
+    """
     return _digest(
         {
             "round": round_index,
             "prompt_id": prompt_id,
             "steering": steering,
             "pair": pair_id,
+            "system_prompt": system_prompt_hash,
             "sample": sample_index,
             "model": model,
             "sampling": sampling,

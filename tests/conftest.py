@@ -42,6 +42,13 @@ def prompts_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def neat_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A NEAT_DATA_CACHE for the session: the embedded SmolLM2 is built at most once per test run, never into
+    the user's own cache."""
+    return tmp_path_factory.mktemp("neat-cache")
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tinymodel import build_tiny_model
 

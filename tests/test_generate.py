@@ -160,3 +160,19 @@ def test_bad_sampling_values_rejected():
     for bad in (dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(max_tokens=0)):
         with pytest.raises(Exception):
             Sampling(**bad)
+
+
+def test_editing_a_pair_text_regenerates_its_rows(prompts_file: Path, tmp_path: Path):
+    library = tmp_path / "mine.yaml"
+    library.write_text("name: mine\npairs:\n  - {id: m-1, positive: Be good., negative: Be bad.}\n")
+    out = tmp_path / "run"
+    config = make_config(prompts_file, out, pairs=[str(library)], num_neutral=0)
+    run_generate(config, backend=RecordingBackend(), progress=False)
+    library.write_text("name: mine\npairs:\n  - {id: m-1, positive: Be very good., negative: Be bad.}\n")
+    backend = RecordingBackend()
+    summary = run_generate(config, backend=backend, progress=False)
+    assert len(backend.sent) == 4 and all(messages[0]["content"] == "Be very good." for messages, _, _ in backend.sent)
+    assert summary.stale_rows == 8  # the old positive rows are kept, and counted
+    rows = read_rows(out)
+    current = [r for r in rows if r["system_prompt"] in ("Be very good.", "Be bad.")]
+    assert len(current) == 12

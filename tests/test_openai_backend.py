@@ -133,3 +133,18 @@ def test_api_key_is_sent_but_never_in_repr(fake_server, monkeypatch):
     backend = OpenAIBackend.from_config(config)
     assert "sk-secret" not in repr(backend) and "sk-secret" not in repr(vars(config))
     run(backend, [request("a", n=1)])
+
+
+def test_parse_chat_response_orders_choices_and_rejects_malformed_bodies():
+    from neat_data.engines.openai_backend import parse_chat_response
+
+    body = {"choices": [{"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
+                        {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 9}}
+    parsed = parse_chat_response(body, 2)
+    assert [(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in parsed] == [("a", "stop", 7, None), ("b", "length", 7, None)]
+    single = parse_chat_response({"choices": [{"message": {"content": None}}]}, 1)
+    assert single[0].text is None and single[0].completion_tokens is None
+    for bad in ([], {"choices": []}, {"choices": "x"}, {"choices": [{"index": 0}]}, {"choices": [{"message": {"content": 3}}]}):
+        with pytest.raises(ValueError):
+            parse_chat_response(bad, 1)

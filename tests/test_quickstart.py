@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,10 @@ from conftest import REPO
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
-def test_quickstart_generates_real_rows(tmp_path: Path):
+def test_quickstart_generates_real_rows(tmp_path: Path, neat_cache: Path):
     out = tmp_path / "quickstart"
     run = subprocess.run([sys.executable, "-m", "neat_data.cli", "quickstart", "--out", str(out), "--limit", "3", "--max-tokens", "12"],
-                         cwd=REPO, capture_output=True, text=True, timeout=900)
+                         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "NEAT_DATA_CACHE": str(neat_cache)})
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     rows = pq.read_table(out / "generations").to_pylist()
     assert len(rows) == 3 * 4 and all(r["status"] == "ok" for r in rows)

@@ -71,11 +71,11 @@ def test_request_seed_is_deterministic_and_distinct():
 
 
 def test_content_key_changes_with_every_identity_field():
-    base = dict(round_index=1, prompt_id="p", steering="pos", pair_id="h-01", sample_index=0, model="m",
+    base = dict(round_index=1, prompt_id="p", steering="pos", pair_id="h-01", system_prompt_hash="abc", sample_index=0, model="m",
                 sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 8, "seed": 0})
     key = content_key(**base)
     assert len(key) == 32 and key == content_key(**base)
-    for field, other in [("round_index", 2), ("prompt_id", "q"), ("steering", "neg"), ("pair_id", "h-02"), ("sample_index", 1),
+    for field, other in [("round_index", 2), ("prompt_id", "q"), ("steering", "neg"), ("pair_id", "h-02"), ("system_prompt_hash", "abd"), ("sample_index", 1),
                          ("model", "m2"), ("sampling", {**base["sampling"], "temperature": 0.7})]:
         assert content_key(**{**base, field: other}) != key, field
 

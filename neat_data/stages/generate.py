@@ -113,14 +113,15 @@ def plan_requests(config: GenerateConfig, records: list[PromptRecord], libraries
                 continue
             used_pair = pair if steering != "none" else None
             pair_id = used_pair.id if used_pair else None
+            system_prompt = used_pair.system_prompt(steering) if used_pair else None
+            system_hash = text_hash(system_prompt) if system_prompt else None
             keys = tuple(
                 content_key(round_index=config.round, prompt_id=record.prompt_id, steering=steering, pair_id=pair_id,
-                            sample_index=i, model=config.model, sampling=sampling)
+                            system_prompt_hash=system_hash, sample_index=i, model=config.model, sampling=sampling)
                 for i in range(count)
             )
             planned.append(PlannedRequest(
-                record=record, steering=steering, pair=used_pair,
-                system_prompt=used_pair.system_prompt(steering) if used_pair else None,
+                record=record, steering=steering, pair=used_pair, system_prompt=system_prompt,
                 seed=request_seed(config.sampling.seed, record.prompt_id, steering, pair_id), keys=keys,
             ))
     return planned
@@ -195,6 +196,7 @@ class GenerateSummary:
     generated_rows: int
     counts: dict[str, dict[str, int]]
     seconds: float
+    stale_rows: int = 0  # rows in the folder that this config no longer plans (smaller --limit, edited pair text)
 
 
 def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
@@ -247,11 +249,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None, retr
         table.compact()
         final = table.read()
         counts = {"status": count_by(final, "status"), "steering": count_by(final, "steering")}
-        manifest_entry.update(finished=True, rows=final.num_rows, counts=counts,
-                              stale_rows=final.num_rows - len(all_keys & set(final.column("key").to_pylist())),
-                              seconds=round(time.time() - started, 2))
+        stale = final.num_rows - len(all_keys & set(final.column("key").to_pylist()))
+        manifest_entry.update(finished=True, rows=final.num_rows, counts=counts, stale_rows=stale, seconds=round(time.time() - started, 2))
         update_manifest(run_dir, "generate", manifest_entry)
-    return GenerateSummary(run_dir=run_dir, total_rows=final.num_rows, generated_rows=generated, counts=counts, seconds=time.time() - started)
+    return GenerateSummary(run_dir=run_dir, total_rows=final.num_rows, generated_rows=generated, counts=counts,
+                           seconds=time.time() - started, stale_rows=stale)
 
 
 def _generate_pending(config: GenerateConfig, pending: list[PlannedRequest], done: set[str], all_keys: set[str],
