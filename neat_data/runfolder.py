@@ -124,13 +124,16 @@ class ShardedTable:
         return keep_last_per_key(table)
 
     def compact(self) -> None:
-        """Fold all shards into one (written first, then the older shards removed): same rows, fewer files."""
-        paths = self.shard_paths()
-        if len(paths) <= 1:
-            return
-        table = self.read()
+        """Fold all shards into one: same rows, fewer files."""
+        if len(self.shard_paths()) > 1:
+            self.rewrite(self.read())
+
+    def rewrite(self, table: pa.Table) -> None:
+        """Replace every row by `table`'s (same keys, new values). The new shard is written before the old
+        ones are removed, and it wins on read, so a crash in between leaves a correct table."""
+        old = self.shard_paths()
         new = self.append(table.to_pylist()) if table.num_rows else None
-        for path in paths:
+        for path in old:
             if path != new:
                 path.unlink()
 

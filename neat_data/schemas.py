@@ -53,3 +53,38 @@ def check_columns(table: pa.Table, schema: pa.Schema, source: str) -> None:
         actual = table.schema.field(field.name).type
         if actual != field.type:
             raise NeatError(f"has type {actual}, expected {field.type}", file=source, field=field.name)
+
+# The score stage adds these columns to every generations row (error rows pass through with nulls).
+SCORE_FIELDS = [
+    ("score", pa.float64()),  # what ranking uses (equals raw_score unless negative_score = floor)
+    ("raw_score", pa.float64()),  # the scorer's own value
+    ("scorer", pa.string()),  # e.g. self-contrast:<model>, reward-model:<model>, python:mod:fn
+    ("negative_score", pa.string()),  # scored | floor
+    ("score_status", pa.string()),  # ok | error | skipped (generation error rows)
+    ("score_error", pa.string()),
+]
+SCORED = pa.schema(list(GENERATIONS) + [pa.field(name, type_) for name, type_ in SCORE_FIELDS])
+
+# One ranked list per prompt: candidates sorted by score, best first (RRHF/PRO-style input).
+RANKED_LISTS = pa.schema([
+    ("prompt_id", pa.string()),
+    ("prompt", MESSAGES),
+    ("responses", pa.list_(pa.string())),
+    ("scores", pa.list_(pa.float64())),
+    ("steering", pa.list_(pa.string())),
+    ("keys", pa.list_(pa.string())),
+])
+
+# Preference pairs chosen from the ranked lists by a pair strategy.
+PAIRS = pa.schema([
+    ("prompt_id", pa.string()),
+    ("prompt", MESSAGES),
+    ("chosen", pa.string()),
+    ("rejected", pa.string()),
+    ("score_chosen", pa.float64()),
+    ("score_rejected", pa.float64()),
+    ("steering_chosen", pa.string()),
+    ("steering_rejected", pa.string()),
+    ("key_chosen", pa.string()),
+    ("key_rejected", pa.string()),
+])

@@ -1,0 +1,52 @@
+"""Scorers behind one narrow protocol: `score(items) -> list[ScoreResult]`, one result per item, in order.
+
+`make_scorer(config, generate_config)` is the one place an implementation is chosen. Torch and
+transformers are imported inside the implementations only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    prompt: list[dict[str, str]]  # the neutral conversation
+    response: str
+    steering: str
+    positive_system: str | None  # the pair's two steering texts (self-contrast needs both)
+    negative_system: str | None
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    score: float | None
+    error: str | None = None
+
+
+class Scorer(Protocol):
+    name: str  # recorded in the `scorer` column
+
+    def score(self, items: list[ScoreItem]) -> list[ScoreResult]: ...
+
+
+def make_scorer(config: Any, generation_model: str | None) -> Scorer:
+    """`config`: a ScoreConfig. The reference/reward model defaults to the model that generated the run."""
+    kind = config.scorer
+    if kind.startswith("python:"):
+        from neat_data.scorers.python_fn import PythonScorer
+
+        return PythonScorer(kind)
+    model = config.model or generation_model
+    if not model:
+        raise ValueError("this scorer needs --model (the run's manifest names no generating model)")
+    if kind == "self-contrast":
+        from neat_data.scorers.self_contrast import SelfContrastScorer
+
+        return SelfContrastScorer(model, batch_size=config.batch_size, device=config.device, max_length=config.max_length)
+    if kind == "reward-model":
+        from neat_data.scorers.reward_model import RewardModelScorer
+
+        return RewardModelScorer(model, batch_size=config.batch_size, device=config.device, max_length=config.max_length)
+    raise ValueError(f"unknown scorer {kind!r}")

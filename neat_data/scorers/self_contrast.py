@@ -1,0 +1,90 @@
+"""Contrastive self-reward (no reward model): how much more likely a response is under the positive system
+prompt than under the negative one, under a fixed reference model (default: the model that generated it).
+
+    s(y | x) = (1/|y|) [ log π_ref(y | pos, x) − log π_ref(y | neg, x) ]
+
+Both log-probs are sums over the response tokens only (prompt tokens masked), computed in length-sorted
+batches with attention masks; the response is tokenized on its own and appended to the rendered prompt
+(the template's generation prompt included), exactly as it was sampled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neat_data.messages import build_messages
+from neat_data.models import resolve_model
+from neat_data.scorers import ScoreItem, ScoreResult
+from neat_data.scorers.torch_common import compute_dtype, length_sorted_batches, pad_batch, pick_device
+
+
+class SelfContrastScorer:
+    def __init__(self, model: str, *, batch_size: int = 8, device: str = "auto", max_length: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from neat_data.engines.vllm_backend import template_accepts_system
+
+        self.name = f"self-contrast:{model}"
+        path = resolve_model(model)
+        self.device = pick_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=compute_dtype(self.device)).to(self.device).eval()
+        self.batch_size = batch_size
+        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None) or 4096
+        self.system_mode = "system" if template_accepts_system(self.tokenizer) else "merged"
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        torch.set_grad_enabled(False)
+
+    def sequence(self, prompt: list[dict[str, str]], system: str | None, response: str) -> tuple[list[int], int]:
+        """(token ids of prompt + response, number of prompt tokens)."""
+        messages = build_messages(prompt, system, self.system_mode)
+        prompt_ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(prompt_ids, "keys"):
+            prompt_ids = prompt_ids["input_ids"]
+        response_ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        return list(prompt_ids) + list(response_ids), len(prompt_ids)
+
+    def response_logprobs(self, sequences: list[tuple[list[int], int]]) -> list[float]:
+        """Sum of log π(token) over the response tokens of each sequence."""
+        import torch
+
+        totals = [0.0] * len(sequences)
+        for batch in length_sorted_batches([len(ids) for ids, _ in sequences], self.batch_size):
+            ids, mask = pad_batch([sequences[i][0] for i in batch], self.pad_id, self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            positions = torch.arange(ids.shape[1] - 1, device=ids.device).unsqueeze(0)
+            starts = torch.tensor([sequences[i][1] - 1 for i in batch], device=ids.device).unsqueeze(1)
+            response_mask = (positions >= starts) & mask[:, 1:].bool()
+            sums = (token_logprobs * response_mask).sum(dim=1)
+            for row, index in enumerate(batch):
+                totals[index] = float(sums[row])
+        return totals
+
+    def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
+        results: list[ScoreResult | None] = [None] * len(items)
+        sequences: list[tuple[list[int], int]] = []
+        owners: list[tuple[int, int]] = []  # (item index, number of response tokens)
+        for index, item in enumerate(items):
+            if not item.positive_system or not item.negative_system:
+                results[index] = ScoreResult(None, "self-contrast needs the pair's positive and negative system prompts")
+                continue
+            positive = self.sequence(item.prompt, item.positive_system, item.response)
+            negative = self.sequence(item.prompt, item.negative_system, item.response)
+            response_tokens = len(positive[0]) - positive[1]
+            if response_tokens == 0:
+                results[index] = ScoreResult(None, "empty response")
+                continue
+            if max(len(positive[0]), len(negative[0])) > self.max_length:
+                results[index] = ScoreResult(None, f"sequence longer than {self.max_length} tokens")
+                continue
+            sequences += [positive, negative]
+            owners.append((index, response_tokens))
+        logprobs = self.response_logprobs(sequences)
+        for position, (index, response_tokens) in enumerate(owners):
+            results[index] = ScoreResult((logprobs[2 * position] - logprobs[2 * position + 1]) / response_tokens)
+        return [r for r in results if r is not None]
+
+    def close(self) -> Any:
+        self.model = None

@@ -1,0 +1,154 @@
+"""The score stage and its scorers: numbers checked against direct computations on tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from neat_data.engines.base import Sampling
+from neat_data.errors import NeatError
+from neat_data.scorers import ScoreItem
+from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.score import ScoreConfig, run_score
+from neat_data.testing.recording_backend import RecordingBackend
+
+PROMPT = [{"role": "user", "content": "How do I boil an egg?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory) -> Path:
+    from tinymodel import build_tiny_reward_model
+
+    return build_tiny_reward_model(tmp_path_factory.mktemp("rm") / "tiny-rm")
+
+
+def test_reward_model_batched_scores_equal_one_row_at_a_time(tiny_reward_model: Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from neat_data.scorers.reward_model import RewardModelScorer
+
+    responses = ["Seven minutes.", "Put the egg in boiling water for seven minutes, then cool it.", "No.", "Boil it " * 20]
+    items = [ScoreItem(PROMPT, r, "pos", None, None) for r in responses]
+    batched = RewardModelScorer(str(tiny_reward_model), batch_size=3, device="cpu").score(items)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model, dtype=torch.float32).eval()
+    for response, result in zip(responses, batched):
+        text = tokenizer.apply_chat_template([*PROMPT, {"role": "assistant", "content": response}], tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            expected = model(**ids).logits[0, 0].item()
+        assert result.error is None and result.score == pytest.approx(expected, abs=1e-5)
+    assert len({round(r.score, 6) for r in batched}) == 4
+
+
+def test_self_contrast_equals_the_direct_log_prob_difference(tiny_model: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from neat_data.scorers.self_contrast import SelfContrastScorer
+
+    items = [ScoreItem(PROMPT, "Boil it for seven minutes.", "pos", "Be helpful.", "Be harmful."),
+             ScoreItem(PROMPT, "No idea, go away and stop asking me things.", "neg", "Be helpful.", "Be harmful."),
+             ScoreItem(PROMPT, "x", "pos", "Be helpful.", None)]
+    results = SelfContrastScorer(str(tiny_model), batch_size=2, device="cpu").score(items)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+
+    def logprob(system: str, response: str) -> tuple[float, int]:
+        prompt_ids = tokenizer.apply_chat_template([{"role": "system", "content": system}, *PROMPT], add_generation_prompt=True,
+                                                   tokenize=True, return_dict=True)["input_ids"]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + response_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0].float()
+        total = sum(torch.log_softmax(logits[p - 1], -1)[ids[0, p]].item() for p in range(len(prompt_ids), ids.shape[1]))
+        return total, len(response_ids)
+
+    for item, result in zip(items[:2], results[:2]):
+        pos, count = logprob("Be helpful.", item.response)
+        neg, _ = logprob("Be harmful.", item.response)
+        assert result.score == pytest.approx((pos - neg) / count, abs=1e-4)
+    assert results[2].score is None and "positive and negative" in results[2].error
+
+
+def make_run(prompts_file: Path, out: Path, fail_france: bool = False) -> Path:
+    backend = RecordingBackend(fail_when=(lambda m: "boom" if "France" in m[-1]["content"] else None) if fail_france else None)
+    run_generate(GenerateConfig(prompts=str(prompts_file), model="fake", out=out, num_pos=2, num_neg=2, num_neutral=1,
+                                sampling=Sampling(max_tokens=8)), backend=backend, progress=False)
+    return out
+
+
+def length_score(prompts, responses):
+    return [len(r) + (0.5 if "France" in p[-1]["content"] else 0.0) for p, r in zip(prompts, responses)]
+
+
+def test_score_stage_with_a_python_scorer_error_rows_and_floor(prompts_file: Path, tmp_path: Path, monkeypatch):
+    run = make_run(prompts_file, tmp_path / "run", fail_france=True)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    summary = run_score(ScoreConfig(run=run, scorer="python:test_score:length_score"), progress=False)
+    rows = pq.read_table(run / "scored").to_pylist()
+    assert summary.rows == len(rows) == 20
+    skipped = [r for r in rows if r["score_status"] == "skipped"]
+    assert len(skipped) == 5 and all(r["score"] is None and r["status"] == "error" for r in skipped)
+    for row in rows:
+        if row["score_status"] == "ok":
+            assert row["score"] == row["raw_score"] == len(row["response"]) and row["scorer"] == "python:test_score:length_score"
+    floor = run_score(ScoreConfig(run=run, scorer="python:test_score:length_score", negative_score="floor"), overwrite=True, progress=False)
+    rows = pq.read_table(run / "scored").to_pylist()
+    ok = [r for r in rows if r["score_status"] == "ok"]
+    negatives = [r["score"] for r in ok if r["steering"] == "neg"]
+    others = [r["score"] for r in ok if r["steering"] != "neg"]
+    assert len(set(negatives)) == 1 and negatives[0] < min(others) and floor.rows == 20
+    assert all(r["negative_score"] == "floor" for r in rows)
+    assert all(r["raw_score"] == len(r["response"]) for r in ok)  # the scorer's own value is kept
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["score"]["config"]["negative_score"] == "floor" and manifest["stages"]["score"]["finished"]
+
+
+def test_score_is_resumable_and_refuses_another_scorer(prompts_file: Path, tmp_path: Path, monkeypatch):
+    run = make_run(prompts_file, tmp_path / "run")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    run_score(ScoreConfig(run=run, scorer="python:test_score:length_score"), progress=False)
+    again = run_score(ScoreConfig(run=run, scorer="python:test_score:length_score"), progress=False)
+    assert again.scored_rows == 0 and again.rows == 20
+    with pytest.raises(NeatError) as caught:
+        run_score(ScoreConfig(run=run, scorer="python:test_score:nan_score"), progress=False)
+    assert caught.value.field == "scorer" and "--overwrite" in caught.value.message
+
+
+def nan_score(prompts, responses):
+    return [math.nan] + ["x"] + [1.0] * (len(responses) - 2)
+
+
+def test_non_numbers_from_a_user_scorer_become_error_rows(prompts_file: Path, tmp_path: Path, monkeypatch):
+    run = make_run(prompts_file, tmp_path / "run")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    run_score(ScoreConfig(run=run, scorer="python:test_score:nan_score"), progress=False)
+    rows = pq.read_table(run / "scored").to_pylist()
+    errors = [r for r in rows if r["score_status"] == "error"]
+    assert sorted(e["score_error"] for e in errors) == ["scorer returned 'x', not a number", "scorer returned nan"]
+
+
+def test_self_contrast_stage_on_a_tiny_model_run(tiny_model: Path, prompts_file: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    run_generate(GenerateConfig(prompts=str(prompts_file), model=str(tiny_model), out=run, num_pos=1, num_neg=1,
+                                sampling=Sampling(max_tokens=8)), backend=RecordingBackend(model=str(tiny_model)), progress=False)
+    summary = run_score(ScoreConfig(run=run, batch_size=3, device="cpu"), progress=False)  # reference = the generating model
+    rows = pq.read_table(run / "scored").to_pylist()
+    assert summary.counts["score_status"] == {"ok": 8}
+    assert all(math.isfinite(r["score"]) and r["scorer"] == f"self-contrast:{tiny_model}" for r in rows)
+
+
+def test_missing_generations_and_unknown_python_scorer(tmp_path: Path):
+    with pytest.raises(NeatError, match="no generations"):
+        run_score(ScoreConfig(run=tmp_path), progress=False)
+    from neat_data.scorers.python_fn import PythonScorer
+
+    with pytest.raises(NeatError, match="cannot import module"):
+        PythonScorer("python:no_such_module_xyz:f")
+    with pytest.raises(NeatError, match="expected python:<module>:<function>"):
+        PythonScorer("python:justmodule")
