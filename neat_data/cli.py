@@ -183,6 +183,58 @@ def _print_summary(summary: Any) -> None:
                    "text); they are kept — use --overwrite for a folder with only this config's rows", err=True)
 
 
+# ------------------------------------------------------------------------------------ score, rank, export
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--scorer", default="self-contrast", show_default=True, help="self-contrast | reward-model | python:<module>:<function>.")
+@click.option("--model", help="Reward model, or the self-contrast reference (default: the model that generated the run).")
+@click.option("--negative-score", type=click.Choice(["scored", "floor"]), default="scored", show_default=True,
+              help="floor: every negative-prompt response ranks below every other one (a constant score).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--max-length", type=int, help="Longest sequence scored; longer → error row.")
+@click.option("--overwrite", is_flag=True, help="Rescore everything.")
+@click.option("--no-progress", is_flag=True)
+def score(run: Path, overwrite: bool, no_progress: bool, **options: Any) -> None:
+    """Score every response of RUN as an answer to the neutral prompt → RUN/scored/."""
+    from neat_data.stages.score import ScoreConfig, run_score
+
+    summary = run_score(ScoreConfig(run=run, **{k: v for k, v in options.items() if v is not None}), overwrite=overwrite,
+                        progress=not no_progress, argv=_argv())
+    click.echo(f"{run}/scored: {summary.rows} rows ({summary.scored_rows} newly scored) {summary.counts['score_status']} "
+               f"in {summary.seconds:.0f} s")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--pairs", type=click.Choice(["best-vs-worst", "pos-vs-neg", "all-pairs"]), default="best-vs-worst", show_default=True)
+@click.option("--pos-vs-neg-by", type=click.Choice(["construction", "score"]), default="construction", show_default=True,
+              help="pos-vs-neg: the positive response is chosen (RLCD), or the higher score.")
+@click.option("--min-margin", type=float, default=0.0, show_default=True, help="Drop score-labelled pairs with a smaller score gap.")
+def rank(run: Path, **options: Any) -> None:
+    """Ranked lists per prompt and preference pairs → RUN/ranked/{lists,pairs}.parquet."""
+    from neat_data.stages.rank import RankConfig, run_rank
+
+    summary = run_rank(RankConfig(run=run, **options), argv=_argv())
+    for line in summary.lines():
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["trl", "trl-implicit", "kto", "ranked", "h4"]), default="trl", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default RUN/export/FORMAT).")
+@click.option("--split", default="train", show_default=True, help="Split name.")
+@click.option("--kto-label", type=click.Choice(["steering", "score"]), default="steering", show_default=True)
+@click.option("--kto-threshold", type=float, help="kto by score: score >= threshold is desirable.")
+def export(run: Path, fmt: str, **options: Any) -> None:
+    """Write a trainer-ready dataset (Parquet + datasets folder)."""
+    from neat_data.stages.export import ExportConfig, run_export
+
+    out, rows = run_export(ExportConfig(run=run, format=fmt, **{k: v for k, v in options.items() if v is not None}), argv=_argv())
+    click.echo(f"{rows} rows → {out}/{options['split']}.parquet and {out}/hf (datasets.load_from_disk)")
+
+
 # ------------------------------------------------------------------------------------------- quickstart
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True, help="Run folder.")
