@@ -235,6 +235,18 @@ def export(run: Path, fmt: str, **options: Any) -> None:
     click.echo(f"{rows} rows → {out}/{options['split']}.parquet and {out}/hf (datasets.load_from_disk)")
 
 
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+def report(run: Path) -> None:
+    """PNG plots (scores by steering, pair score gaps) and a text table → RUN/report/."""
+    from neat_data.stages.report import run_report
+
+    lines, written = run_report(run)
+    for line in lines:
+        click.echo(line)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
 # ------------------------------------------------------------------------------------------- quickstart
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True, help="Run folder.")

@@ -83,3 +83,14 @@ def test_export_before_rank_is_a_clear_error(tmp_path: Path, prompts_file: Path)
     assert result.exit_code == 2 and "ranked/pairs.parquet: not ranked yet" in result.output
     result = CliRunner().invoke(cli, ["rank", str(run)])
     assert result.exit_code == 2 and "no scored/" in result.output
+
+
+def test_report_writes_pngs_and_a_table(ranked_run: Path):
+    result = CliRunner().invoke(cli, ["report", str(ranked_run)])
+    assert result.exit_code == 0, result.output
+    for name in ("scores.png", "margins.png"):
+        assert (ranked_run / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (ranked_run / "report" / "summary.txt").read_text().splitlines()
+    assert lines[0].split() == ["steering", "n", "mean", "median", "std", "min", "max"]
+    assert [line.split()[:2] for line in lines[1:4]] == [["pos", "8"], ["neg", "8"], ["none", "4"]]
+    assert lines[-1].startswith("pairs kept: ") and lines[-1] in result.output
