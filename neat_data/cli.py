@@ -186,13 +186,20 @@ def _print_summary(summary: Any) -> None:
 # ------------------------------------------------------------------------------------ score, rank, export
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--scorer", default="self-contrast", show_default=True, help="self-contrast | reward-model | python:<module>:<function>.")
+@click.option("--scorer", default="self-contrast", show_default=True, help="self-contrast | reward-model | judge | python:<module>:<function>.")
 @click.option("--model", help="Reward model, or the self-contrast reference (default: the model that generated the run).")
 @click.option("--negative-score", type=click.Choice(["scored", "floor"]), default="scored", show_default=True,
               help="floor: every negative-prompt response ranks below every other one (a constant score).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--max-length", type=int, help="Longest sequence scored; longer → error row.")
+@click.option("--judge-mode", type=click.Choice(["pointwise", "pairwise"]), default="pointwise", show_default=True,
+              help="judge: 1–10 rating per response, or pairwise win rate with both orders judged.")
+@click.option("--judge-backend", type=click.Choice(["openai", "vllm"]), default="openai", show_default=True, help="judge: engine.")
+@click.option("--judge-template", help="judge: template YAML (default prompts/judges/<mode>.yaml).")
+@click.option("--base-url", help="judge (openai): endpoint, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="judge (openai): environment variable with the key.")
+@click.option("--max-concurrency", type=int, default=64, show_default=True, help="judge (openai): requests in flight.")
 @click.option("--overwrite", is_flag=True, help="Rescore everything.")
 @click.option("--no-progress", is_flag=True)
 def score(run: Path, overwrite: bool, no_progress: bool, **options: Any) -> None:

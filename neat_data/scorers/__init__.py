@@ -45,6 +45,10 @@ def make_scorer(config: Any, generation_model: str | None) -> Scorer:
         from neat_data.scorers.self_contrast import SelfContrastScorer
 
         return SelfContrastScorer(model, batch_size=config.batch_size, device=config.device, max_length=config.max_length)
+    if kind == "judge":
+        from neat_data.scorers.judge import make_judge
+
+        return make_judge(config, generation_model)
     if kind == "reward-model":
         from neat_data.scorers.reward_model import RewardModelScorer
 

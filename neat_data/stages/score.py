@@ -27,7 +27,7 @@ from neat_data.runfolder import RunLock, ShardedTable, count_by, read_manifest, 
 from neat_data.schemas import GENERATIONS, SCORED, check_columns
 from neat_data.scorers import ScoreItem, Scorer, make_scorer
 
-IDENTITY_FIELDS = ("scorer", "model", "negative_score")
+IDENTITY_FIELDS = ("scorer", "model", "negative_score", "judge_mode", "judge_template")
 
 
 class ScoreConfig(BaseModel):
@@ -36,13 +36,20 @@ class ScoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run: Path = Field(description="Run folder holding generations/.")
-    scorer: str = Field("self-contrast", description="self-contrast | reward-model | python:<module>:<function>.")
+    scorer: str = Field("self-contrast", description="self-contrast | reward-model | judge | python:<module>:<function>.")
     model: str | None = Field(None, description="Reward model, or self-contrast reference (default: the generating model).")
     negative_score: Literal["scored", "floor"] = Field("scored", description="floor: negatives rank below every other response.")
     batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     max_length: int | None = Field(None, ge=8, description="Longest sequence scored (longer → error row).")
     flush_every: int = Field(256, ge=1, description="Write a shard every N rows.")
+    # judge
+    judge_mode: Literal["pointwise", "pairwise"] = Field("pointwise", description="judge: 1–10 ratings, or both-order pairwise win rate.")
+    judge_backend: Literal["vllm", "openai"] = Field("openai", description="judge: where the judge model runs.")
+    judge_template: str | None = Field(None, description="judge: template YAML (default prompts/judges/<mode>.yaml).")
+    base_url: str | None = Field(None, description="judge (openai): endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="judge (openai): environment variable holding the key.")
+    max_concurrency: int = Field(64, ge=1, description="judge (openai): requests in flight.")
 
     def identity(self) -> dict[str, Any]:
         dumped = self.model_dump(mode="json")
@@ -136,8 +143,7 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, overwrite: b
             if scorer is None:
                 scorer = make_scorer(config, manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model"))
             bar = tqdm(total=len(rows), initial=len(rows) - len(pending), unit="row", desc="score", disable=not progress)
-            for start in range(0, len(pending), config.flush_every):
-                chunk = pending[start:start + config.flush_every]
+            for chunk in prompt_aligned_chunks(pending, config.flush_every):
                 scored.append(score_rows(chunk, scorer, texts))
                 scored_now += len(chunk)
                 bar.update(len(chunk))
@@ -149,6 +155,19 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, overwrite: b
                      seconds=round(time.time() - started, 2))
         update_manifest(run_dir, "score", entry)
     return ScoreSummary(run_dir=run_dir, rows=final.num_rows, scored_rows=scored_now, counts=counts, seconds=time.time() - started)
+
+
+def prompt_aligned_chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Chunks of about `size` rows that never split a prompt's responses (pairwise judging needs them together)."""
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_prompt.setdefault(row["prompt_id"], []).append(row)
+    chunks: list[list[dict[str, Any]]] = [[]]
+    for group in by_prompt.values():
+        if chunks[-1] and len(chunks[-1]) + len(group) > size:
+            chunks.append([])
+        chunks[-1].extend(group)
+    return [chunk for chunk in chunks if chunk]
 
 
 def score_rows(rows: list[dict[str, Any]], scorer: Scorer, texts: dict[str, tuple[str | None, str | None]]) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ class ServerSettings:
     rates: dict[str, float] = field(default_factory=dict)  # fault name -> probability per attempt
     seed: int = 0
     record: bool = True
+    fixed_reply: str | None = None  # answer every request with this text (e.g. a judge's "Rating: 7")
 
 
 class FakeOpenAIServer:
@@ -125,7 +126,7 @@ class FakeOpenAIServer:
         last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
         choices = []
         for i in range(n):
-            text = None if fault == "empty" else f"reply {seed + i}: {last_user}"
+            text = None if fault == "empty" else (self.settings.fixed_reply or f"reply {seed + i}: {last_user}")
             choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         payload = {

@@ -16,11 +16,13 @@ class RecordingBackend:
     name = "fake"
 
     def __init__(self, model: str = "fake-model", *, system_role_ok: bool = True,
-                 fail_when: Callable[[list[dict[str, str]]], str | None] | None = None, crash_after: int | None = None):
+                 fail_when: Callable[[list[dict[str, str]]], str | None] | None = None, crash_after: int | None = None,
+                 reply: Callable[[list[dict[str, str]], int, int], str] | None = None):
         self.model = model
         self.system_role_ok = system_role_ok
         self.fail_when = fail_when
         self.crash_after = crash_after
+        self.reply = reply  # (messages, sample index, seed) -> text; default: the echo below
         self.sent: list[tuple[list[dict[str, str]], int, int]] = []  # (messages, n, seed) per request, in order
         self.closed = False
 
@@ -38,7 +40,9 @@ class RecordingBackend:
                 yield index, RequestResult(error=reason, system_mode=mode)
                 continue
             user = messages[-1]["content"]
-            completions = [Completion(text=f"sample {i} seed {request.seed}: {user}", finish_reason="stop",
+            texts = [self.reply(messages, i, request.seed) if self.reply else f"sample {i} seed {request.seed}: {user}"
+                     for i in range(request.n)]
+            completions = [Completion(text=texts[i], finish_reason="stop",
                                       prompt_tokens=sum(len(m["content"].split()) for m in messages), completion_tokens=4 + i)
                            for i in range(request.n)]
             yield index, RequestResult(completions=completions, system_mode=mode)
