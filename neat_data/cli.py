@@ -171,7 +171,22 @@ def generate(prompts_source: str, round_index: int, temperature: float, top_p: f
 
 
 def _argv() -> list[str]:
-    return ["neat-data", *sys.argv[1:]]
+    """The exact command, rebuilt from what Click parsed (arguments, then options the user set), for manifests."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    words = ["neat-data", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif ctx.get_parameter_source(param.name) not in (ParameterSource.DEFAULT, None):
+            flag = max(param.opts, key=len)
+            if param.is_flag:
+                words.append(flag if value or not param.secondary_opts else max(param.secondary_opts, key=len))
+            else:
+                words += [flag, str(value)]
+    return words
 
 
 def _print_summary(summary: Any) -> None:
@@ -252,6 +267,25 @@ def report(run: Path) -> None:
     for line in lines:
         click.echo(line)
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--repo-id", required=True, help="Dataset repo on the Hub, e.g. me/neat-hh.")
+@click.option("--config-name", default="default", show_default=True, help="Dataset config (e.g. one per round: round_1).")
+@click.option("--format", "fmt", type=click.Choice(["trl", "trl-implicit", "kto", "ranked", "h4"]), default="h4", show_default=True,
+              help="Which export of RUN to push.")
+@click.option("--public", is_flag=True, help="Create the repo public (default: private).")
+@click.option("--token-env", default="HF_TOKEN", show_default=True, help="Environment variable holding the Hub token.")
+@click.option("--max-retries", type=int, default=5, show_default=True, help="Retries on 429 / 412 / 409 / 5xx.")
+@click.option("--backoff-base", type=float, default=2.0, show_default=True, help="First retry delay (s), doubling.")
+def push(run: Path, fmt: str, **options: Any) -> None:
+    """Push an export of RUN to a Hub dataset repo, with a merged dataset card."""
+    from neat_data.stages.push import PushConfig, run_push
+
+    entry = run_push(PushConfig(run=run, format=fmt, **options), argv=_argv())
+    click.echo(f"pushed {entry['splits']} to {options['repo_id']} (config {options['config_name']}, "
+               f"{'public' if options['public'] else 'private'})")
 
 
 # ------------------------------------------------------------------------------------------- quickstart

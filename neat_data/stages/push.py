@@ -1,0 +1,184 @@
+"""Push stage: an export → a Hugging Face dataset repo, one config per call, private by default.
+
+In:  `<run>/export/<format>/hf` (from `neat-data export`) and the run's manifest.
+Out: the dataset's Parquet shards and card on the Hub (through `Dataset.push_to_hub`), plus the report
+PNGs when present; a `push:<config>` entry in the manifest.
+Run: `neat-data push runs/demo --repo-id me/neat-hh --config-name round_1` (token from $HF_TOKEN or the
+variable named by --token-env; it is passed to the Hub client only, never written or printed).
+
+The card (README.md) gets one section per config, between `<!-- neat-data:begin NAME -->` and
+`<!-- neat-data:end NAME -->`: model, prompt libraries with content hashes, sampling, scorer, counts,
+score statistics and the exact commands. It is *merged* into the existing card: other configs' sections
+and the YAML metadata that `datasets` maintains are kept. Rate limits (429) and concurrent commits
+(412/409) are retried with exponential backoff that honours Retry-After; then a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from neat_data.errors import NeatError
+from neat_data.runfolder import ShardedTable, read_manifest, update_manifest
+from neat_data.schemas import SCORED
+
+T = TypeVar("T")
+RETRY_STATUSES = (409, 412, 429, 500, 502, 503, 504)
+
+
+class PushConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run: Path = Field(description="Run folder with an export.")
+    repo_id: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", description="Dataset repo, e.g. me/neat-hh.")
+    config_name: str = Field("default", pattern=r"^[A-Za-z0-9][\w.-]*$", description="Dataset config, e.g. round_1.")
+    format: Literal["trl", "trl-implicit", "kto", "ranked", "h4"] = Field("h4", description="Which export to push.")
+    public: bool = Field(False, description="Create the repo public (default: private).")
+    token_env: str = Field("HF_TOKEN", description="Environment variable holding the Hub token.")
+    max_retries: int = Field(5, ge=0)
+    backoff_base: float = Field(2.0, ge=0, description="First retry delay in seconds, doubling.")
+
+
+def http_status(error: BaseException) -> int | None:
+    """The HTTP status behind a huggingface_hub error (datasets wraps them; the cause may hold it)."""
+    for candidate in (error, error.__context__, error.__cause__):
+        response = getattr(candidate, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            return status
+    return None
+
+
+def with_retries(action: Callable[[], T], *, what: str, max_retries: int, backoff_base: float,
+                 sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run `action`, retrying Hub rate limits / commit races / 5xx; NeatError after `max_retries` retries."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for attempt in range(max_retries + 1):
+        try:
+            return action()
+        except HfHubHTTPError as error:
+            status = http_status(error)
+            if status not in RETRY_STATUSES:
+                raise NeatError(f"{what} failed: HTTP {status}: {str(error).splitlines()[0]}", field="repo_id") from None
+            if attempt == max_retries:
+                raise NeatError(f"{what} failed after {max_retries + 1} attempts: HTTP {status} "
+                                f"({'rate limited' if status == 429 else 'concurrent commit' if status in (409, 412) else 'server error'})",
+                                field="repo_id") from None
+            response = getattr(error, "response", None)
+            retry_after = response.headers.get("retry-after") if response is not None else None
+            try:
+                delay = float(retry_after) if retry_after else backoff_base * 2**attempt * (0.5 + random.random() / 2)
+            except ValueError:
+                delay = backoff_base * 2**attempt
+            sleep(min(delay, 300.0))
+    raise AssertionError("unreachable")
+
+
+def score_statistics(run_dir: Path) -> dict[str, dict[str, float]]:
+    if not (run_dir / "scored").is_dir():
+        return {}
+    rows = ShardedTable(run_dir / "scored", SCORED).read().to_pylist()
+    stats = {}
+    for steering in ("pos", "neg", "none"):
+        values = [r["score"] for r in rows if r["steering"] == steering and r["score_status"] == "ok"]
+        if values:
+            stats[steering] = {"n": len(values), "mean": round(statistics.fmean(values), 4), "median": round(statistics.median(values), 4)}
+    return stats
+
+
+def card_section(config: PushConfig, manifest: dict[str, Any], splits: dict[str, int], stats: dict[str, Any],
+                 push_command: list[str] | None = None) -> str:
+    """The markdown section describing one config, built from the manifest (no secret is in a manifest)."""
+    stages = manifest.get("stages", {})
+    generate = stages.get("generate", {}).get("config", {})
+    score = stages.get("score", {}).get("config", {})
+    lines = [f"<!-- neat-data:begin {config.config_name} -->", f"## Config `{config.config_name}`", "",
+             f"Built with [neat-data](https://pypi.org/project/neat-data/): `{config.format}` format; splits: "
+             + ", ".join(f"`{name}` ({rows} rows)" for name, rows in splits.items()) + ".", ""]
+    if generate:
+        sampling = generate.get("sampling", {})
+        lines += [f"- **Model**: `{generate.get('model')}` (backend `{generate.get('backend')}`), round {generate.get('round')}",
+                  f"- **Prompts**: `{stages['generate'].get('prompts', {}).get('source')}` "
+                  f"({stages['generate'].get('prompts', {}).get('count')} prompts)",
+                  f"- **Responses per prompt**: {generate.get('num_pos')} positive, {generate.get('num_neg')} negative, "
+                  f"{generate.get('num_neutral')} unsteered",
+                  "- **Prompt-pair libraries**: " + ", ".join(f"`{lib['name']}` (sha256 `{lib['sha256_16']}`, {lib['pairs']} pairs)"
+                                                             for lib in stages["generate"].get("pair_libraries", [])),
+                  f"- **Sampling**: temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, "
+                  f"max_tokens {sampling.get('max_tokens')}, seed {sampling.get('seed')}"]
+    if score:
+        lines.append(f"- **Scorer**: `{stages['score'].get('scorer') or score.get('scorer')}`, negatives `{score.get('negative_score')}`")
+    if stats:
+        lines += ["", "| steering | n | mean score | median score |", "|---|---|---|---|"]
+        lines += [f"| {s} | {v['n']} | {v['mean']} | {v['median']} |" for s, v in stats.items()]
+    if "rank" in stages:
+        summary = stages["rank"].get("summary", {})
+        lines += ["", f"Pairs: strategy `{stages['rank']['config'].get('pairs')}`, kept {summary.get('pairs_kept')}, "
+                      f"dropped {json.dumps(summary.get('dropped', {}))}."]
+    order = ["generate", "score", "rank", f"export:{config.format}"]
+    commands = [" ".join(stages[name]["command"]) for name in order if stages.get(name, {}).get("command")]
+    if push_command:
+        commands.append(" ".join(push_command))
+    if commands:
+        lines += ["", "Commands:", "", "```", *commands, "```"]
+    lines.append(f"<!-- neat-data:end {config.config_name} -->")
+    return "\n".join(lines)
+
+
+def merge_card(existing: str | None, section: str, config_name: str, repo_id: str) -> str:
+    """Put `section` into the card: replace this config's section, keep everything else (YAML, other configs)."""
+    if not existing:
+        return f"# {repo_id}\n\nExpanded preference data (NEAT: negative-prompt-driven alignment).\n\n{section}\n"
+    pattern = re.compile(rf"<!-- neat-data:begin {re.escape(config_name)} -->.*?<!-- neat-data:end {re.escape(config_name)} -->", re.S)
+    if pattern.search(existing):
+        return pattern.sub(lambda _: section, existing)
+    return existing.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any]:
+    from datasets import load_from_disk
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
+
+    run_dir = Path(config.run)
+    folder = run_dir / "export" / config.format / "hf"
+    if not folder.is_dir():
+        raise NeatError(f"no {config.format} export (run `neat-data export {run_dir} --format {config.format}` first)", file=folder)
+    token = os.environ.get(config.token_env) or None
+    api = HfApi(token=token)
+    retry = dict(max_retries=config.max_retries, backoff_base=config.backoff_base)
+    dataset = load_from_disk(str(folder))
+    splits = {name: len(split) for name, split in dataset.items()}
+    for name, split in dataset.items():
+        with_retries(lambda: split.push_to_hub(config.repo_id, config_name=config.config_name, split=name,
+                                               private=not config.public, token=token),
+                     what=f"push of split '{name}'", **retry)
+    try:
+        path = with_retries(lambda: api.hf_hub_download(config.repo_id, "README.md", repo_type="dataset"), what="card download", **retry)
+        existing = Path(path).read_text(encoding="utf-8")
+    except (EntryNotFoundError, RemoteEntryNotFoundError):
+        existing = None
+    manifest = read_manifest(run_dir)
+    section = card_section(config, manifest, splits, score_statistics(run_dir), argv)
+    card = merge_card(existing, section, config.config_name, config.repo_id)
+    if token and token in card:  # a manifest never holds one; refuse rather than publish it
+        raise NeatError("refusing to upload a card that contains the Hub token", field="token_env")
+    uploads = [("README.md", card.encode("utf-8"))]
+    for png in sorted((run_dir / "report").glob("*.png")):
+        uploads.append((f"neat-data/{config.config_name}/{png.name}", png.read_bytes()))
+    for path_in_repo, data in uploads:
+        with_retries(lambda: api.upload_file(path_or_fileobj=data, path_in_repo=path_in_repo, repo_id=config.repo_id,
+                                             repo_type="dataset", commit_message=f"neat-data: {path_in_repo}"),
+                     what=f"upload of {path_in_repo}", **retry)
+    entry = {"config": config.model_dump(mode="json"), "command": argv, "splits": splits, "finished": True}
+    update_manifest(run_dir, f"push:{config.config_name}", entry)
+    return entry

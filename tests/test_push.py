@@ -1,0 +1,91 @@
+"""Push through the real `datasets.push_to_hub` path into a Hub kept in a temp folder (tests/fakehub.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from fakehub import FakeHub
+from neat_data.cli import cli
+from neat_data.engines.base import Sampling
+from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.testing.recording_backend import RecordingBackend
+
+TOKEN = "hf_TESTtokenNEVERwritten123"
+
+
+def response_length(prompts, responses):
+    return [float(len(r)) for r in responses]
+
+
+@pytest.fixture
+def exported_run(prompts_file: Path, tmp_path: Path, monkeypatch) -> Path:
+    run = tmp_path / "run"
+    run_generate(GenerateConfig(prompts=str(prompts_file), model="fake", out=run, num_pos=2, num_neg=2,
+                                sampling=Sampling(max_tokens=8)), backend=RecordingBackend(), progress=False)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    runner = CliRunner()
+    for args in (["score", str(run), "--scorer", "python:test_push:response_length", "--no-progress"], ["rank", str(run)],
+                 ["export", str(run), "--format", "h4"], ["report", str(run)]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch) -> FakeHub:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return FakeHub(tmp_path / "hub").install(monkeypatch)
+
+
+def push(run: Path, *args: str):
+    return CliRunner().invoke(cli, ["push", str(run), "--repo-id", "me/neat-hh", "--backoff-base", "0", *args])
+
+
+def test_push_writes_private_parquet_and_a_card_without_the_token(exported_run: Path, hub: FakeHub):
+    result = push(exported_run, "--config-name", "round_1")
+    assert result.exit_code == 0, result.output
+    assert "private" in result.output and hub.private["me/neat-hh"] is True
+    repo = hub.repo("me/neat-hh")
+    shards = list((repo / "round_1").glob("train-*.parquet"))
+    assert len(shards) == 1
+    assert pq.read_table(shards[0]).to_pylist() == pq.read_table(exported_run / "export" / "h4" / "train.parquet").to_pylist()
+    card = (repo / "README.md").read_text()
+    assert "config_name: round_1" in card and "<!-- neat-data:begin round_1 -->" in card
+    assert "**Model**: `fake`" in card and "`harmless` (sha256 `" in card and "neat-data push" in card
+    assert "| pos | 8 |" in card and "python:test_push:response_length" in card
+    assert (repo / "neat-data" / "round_1" / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert TOKEN in hub.tokens_seen  # the token was handed to the Hub client …
+    for folder in (hub.root, exported_run):  # … and reached no file
+        assert not [p for p in folder.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert TOKEN not in result.output
+
+
+def test_second_config_keeps_the_first_and_a_repush_replaces_its_section(exported_run: Path, hub: FakeHub):
+    assert push(exported_run, "--config-name", "round_1").exit_code == 0
+    assert push(exported_run, "--config-name", "round_2").exit_code == 0
+    assert push(exported_run, "--config-name", "round_2").exit_code == 0
+    card = (hub.repo("me/neat-hh") / "README.md").read_text()
+    for name in ("round_1", "round_2"):
+        assert f"config_name: {name}" in card and card.count(f"<!-- neat-data:begin {name} -->") == 1
+    assert card.index("neat-data:begin round_1") < card.index("neat-data:begin round_2")
+
+
+def test_rate_limits_are_retried_then_a_clear_failure(exported_run: Path, hub: FakeHub):
+    hub.fail_next(429, 2, retry_after="0")
+    result = push(exported_run, "--config-name", "round_1")
+    assert result.exit_code == 0, result.output
+    hub.fail_next(412, 10)
+    result = push(exported_run, "--config-name", "round_2", "--max-retries", "2")
+    assert result.exit_code == 2
+    assert "failed after 3 attempts: HTTP 412 (concurrent commit)" in result.output and "Traceback" not in result.output
+
+
+def test_push_without_an_export_is_a_clear_error(tmp_path: Path, hub: FakeHub):
+    result = push(tmp_path, "--config-name", "x")
+    assert result.exit_code == 2 and "no h4 export" in result.output
+    bad = CliRunner().invoke(cli, ["push", str(tmp_path), "--repo-id", "not a repo"])
+    assert bad.exit_code == 2 and "repo_id" in bad.output
