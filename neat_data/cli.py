@@ -205,6 +205,8 @@ def _print_summary(summary: Any) -> None:
 @click.option("--model", help="Reward model, or the self-contrast reference (default: the model that generated the run).")
 @click.option("--negative-score", type=click.Choice(["scored", "floor"]), default="scored", show_default=True,
               help="floor: every negative-prompt response ranks below every other one (a constant score).")
+@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True,
+              help="reward-model: vllm = the pooling fast path (LLM.classify).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--max-length", type=int, help="Longest sequence scored; longer → error row.")

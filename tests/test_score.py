@@ -152,3 +152,18 @@ def test_missing_generations_and_unknown_python_scorer(tmp_path: Path):
         PythonScorer("python:no_such_module_xyz:f")
     with pytest.raises(NeatError, match="expected python:<module>:<function>"):
         PythonScorer("python:justmodule")
+
+
+@pytest.mark.vllm
+def test_reward_model_through_vllm_pooling_equals_transformers(tiny_reward_model: Path):
+    from neat_data.scorers.reward_model import RewardModelScorer, VLLMRewardScorer
+
+    responses = ["Seven minutes.", "Put the egg in boiling water for seven minutes, then cool it.", "No."]
+    items = [ScoreItem(PROMPT, r, "pos", None, None) for r in responses]
+    fast = VLLMRewardScorer(str(tiny_reward_model), max_length=512)
+    try:
+        via_vllm = fast.score(items)
+    finally:
+        fast.llm.llm_engine.engine_core.shutdown()
+    via_transformers = RewardModelScorer(str(tiny_reward_model), batch_size=2, device="cpu").score(items)
+    assert [r.score for r in via_vllm] == pytest.approx([r.score for r in via_transformers], abs=1e-4)

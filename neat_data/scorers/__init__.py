@@ -50,7 +50,9 @@ def make_scorer(config: Any, generation_model: str | None) -> Scorer:
 
         return make_judge(config, generation_model)
     if kind == "reward-model":
-        from neat_data.scorers.reward_model import RewardModelScorer
+        from neat_data.scorers.reward_model import RewardModelScorer, VLLMRewardScorer
 
+        if config.backend == "vllm":
+            return VLLMRewardScorer(model, max_length=config.max_length)
         return RewardModelScorer(model, batch_size=config.batch_size, device=config.device, max_length=config.max_length)
     raise ValueError(f"unknown scorer {kind!r}")

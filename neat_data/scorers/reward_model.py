@@ -50,3 +50,41 @@ class RewardModelScorer:
                 for index, value in zip(indices, values):
                     results[index] = ScoreResult(value)
         return results
+
+
+class VLLMRewardScorer(RewardModelScorer):
+    """The same scores through vLLM's pooling API (`LLM.classify`, activation off = raw logit 0): the fast
+    path for large runs on GPUs. Conversations are rendered and tokenized exactly as in RewardModelScorer."""
+
+    def __init__(self, model: str, *, max_length: int | None = None, kv_cache_gb: float = 0.25):
+        import vllm
+        from transformers import AutoTokenizer
+        from vllm.platforms import current_platform
+
+        from neat_data.models import resolve_dtype
+
+        self.name = f"reward-model:{model}"
+        path = resolve_model(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        on_cpu = current_platform.is_cpu()
+        kwargs = dict(model=path, runner="pooling", dtype=resolve_dtype("auto", "cpu" if on_cpu else "cuda"), enforce_eager=on_cpu)
+        if max_length:
+            kwargs["max_model_len"] = max_length
+        if on_cpu:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+        self.llm = vllm.LLM(**kwargs)
+        self.max_length = self.llm.llm_engine.model_config.max_model_len
+
+    def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        sequences = [self.token_ids(item.prompt, item.response) for item in items]
+        results: list[ScoreResult] = [ScoreResult(None, f"sequence longer than {self.max_length} tokens")] * len(items)
+        fits = [i for i, s in enumerate(sequences) if len(s) <= self.max_length]
+        if fits:
+            outputs = self.llm.classify([TokensPrompt(prompt_token_ids=sequences[i]) for i in fits],
+                                        pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+            for index, output in zip(fits, outputs):
+                results[index] = ScoreResult(float(output.outputs.probs[0]))
+        return results

@@ -39,6 +39,7 @@ class ScoreConfig(BaseModel):
     scorer: str = Field("self-contrast", description="self-contrast | reward-model | judge | python:<module>:<function>.")
     model: str | None = Field(None, description="Reward model, or self-contrast reference (default: the generating model).")
     negative_score: Literal["scored", "floor"] = Field("scored", description="floor: negatives rank below every other response.")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="reward-model: vllm = pooling fast path (LLM.classify).")
     batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     max_length: int | None = Field(None, ge=8, description="Longest sequence scored (longer → error row).")
