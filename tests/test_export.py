@@ -94,3 +94,12 @@ def test_report_writes_pngs_and_a_table(ranked_run: Path):
     assert lines[0].split() == ["steering", "n", "mean", "median", "std", "min", "max"]
     assert [line.split()[:2] for line in lines[1:4]] == [["pos", "8"], ["neg", "8"], ["none", "4"]]
     assert lines[-1].startswith("pairs kept: ") and lines[-1] in result.output
+
+
+def test_export_with_no_pairs_left_is_empty_but_loads(ranked_run: Path):
+    assert CliRunner().invoke(cli, ["rank", str(ranked_run), "--min-margin", "1000"]).exit_code == 0
+    for fmt in ("trl", "trl-implicit", "h4"):
+        result = CliRunner().invoke(cli, ["export", str(ranked_run), "--format", fmt])
+        assert result.exit_code == 0 and "0 rows →" in result.output, result.output
+        loaded = datasets.load_from_disk(str(ranked_run / "export" / fmt / "hf"))["train"]
+        assert len(loaded) == 0 and loaded.column_names == EXPECTED_COLUMNS[fmt]

@@ -20,7 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.errors import NeatError
@@ -67,63 +69,92 @@ def features(fmt: str) -> Any:
     }[fmt])
 
 
-def assistant(text: str) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": text}]
+def assistant_turns(texts: pa.ChunkedArray | pa.Array) -> pa.ListArray:
+    """Each text as a one-message list [{"role": "assistant", "content": text}] (Arrow, no Python rows)."""
+    texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    messages = pa.StructArray.from_arrays([pa.array(["assistant"] * len(texts), pa.string()), texts], names=["role", "content"])
+    return pa.ListArray.from_arrays(pa.array(np.arange(len(texts) + 1, dtype=np.int32)), messages)
+
+
+def append_turn(prompts: pa.ChunkedArray, texts: pa.ChunkedArray) -> pa.ListArray:
+    """prompt messages + [assistant text], per row, by index arithmetic on the flattened messages."""
+    prompts = prompts.combine_chunks()
+    lengths = pc.list_value_length(prompts).to_numpy(zero_copy_only=False).astype(np.int64)
+    old_values = pc.list_flatten(prompts)
+    new_offsets = np.concatenate([[0], np.cumsum(lengths + 1)])
+    take = np.empty(new_offsets[-1], dtype=np.int64)
+    old_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for_prompt = np.ones(new_offsets[-1], dtype=bool)
+    for_prompt[new_offsets[1:] - 1] = False
+    take[for_prompt] = np.arange(old_offsets[-1])
+    take[~for_prompt] = old_offsets[-1] + np.arange(len(lengths))
+    turns = pc.list_flatten(assistant_turns(texts))
+    values = pa.concat_arrays([old_values.cast(turns.type), turns]).take(pa.array(take))
+    return pa.ListArray.from_arrays(pa.array(new_offsets.astype(np.int32)), values)
+
+
+def export_table(config: ExportConfig) -> pa.Table:
+    """The chosen format as an Arrow table with the exact export schema (pure given the run's tables)."""
+    fmt = config.format
+    schema = features(fmt).arrow_schema
+    if fmt == "kto":
+        scored = ShardedTable(Path(config.run) / "scored", SCORED).read()
+        if config.kto_label == "steering":
+            keep = pc.and_(pc.equal(scored.column("status"), "ok"), pc.not_equal(scored.column("steering"), "none"))
+            rows = scored.filter(keep)
+            label = pc.equal(rows.column("steering"), "pos")
+        else:
+            rows = scored.filter(pc.equal(scored.column("score_status"), "ok"))
+            label = pc.greater_equal(rows.column("score"), config.kto_threshold)
+        return pa.Table.from_arrays([rows.column("prompt"), assistant_turns(rows.column("response")), label], schema=schema)
+    if fmt == "ranked":
+        lists = read_ranked(config.run, "lists")
+        return lists.select(["prompt", "prompt_id", "responses", "scores", "steering"]).cast(schema)
+    pairs = read_ranked(config.run, "pairs")
+    if fmt == "trl":
+        columns = [pairs.column("prompt"), assistant_turns(pairs.column("chosen")), assistant_turns(pairs.column("rejected"))]
+    elif fmt == "trl-implicit":
+        columns = [append_turn(pairs.column("prompt"), pairs.column("chosen")), append_turn(pairs.column("prompt"), pairs.column("rejected"))]
+    else:  # h4
+        prompts = pairs.column("prompt").combine_chunks()
+        ends = np.cumsum(pc.list_value_length(prompts).to_numpy(zero_copy_only=False)) - 1  # each prompt's last turn
+        last = pc.list_flatten(prompts).take(pa.array(ends.astype(np.int64)))
+        chosen = append_turn(pairs.column("prompt"), pairs.column("chosen"))
+        columns = [pc.struct_field(last, "content"), pairs.column("prompt_id"), chosen,
+                   append_turn(pairs.column("prompt"), pairs.column("rejected")), chosen,
+                   pairs.column("score_chosen"), pairs.column("score_rejected")]
+    return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema)], schema=schema)
 
 
 def export_rows(config: ExportConfig) -> list[dict[str, Any]]:
-    """The rows of the chosen format (pure given the run folder's tables)."""
-    fmt = config.format
-    if fmt == "kto":
-        scored = ShardedTable(Path(config.run) / "scored", SCORED).read().to_pylist()
-        rows = []
-        for r in scored:
-            if r["score_status"] != "ok" and not (config.kto_label == "steering" and r["status"] == "ok"):
-                continue
-            if config.kto_label == "steering":
-                if r["steering"] == "none":
-                    continue
-                label = r["steering"] == "pos"
-            else:
-                label = r["score"] >= config.kto_threshold
-            rows.append({"prompt": r["prompt"], "completion": assistant(r["response"]), "label": label})
-        return rows
-    if fmt == "ranked":
-        return [{"prompt": r["prompt"], "prompt_id": r["prompt_id"], "responses": r["responses"], "scores": r["scores"],
-                 "steering": r["steering"]} for r in read_ranked(config.run, "lists").to_pylist()]
-    pairs = read_ranked(config.run, "pairs").to_pylist()
-    if fmt == "trl":
-        return [{"prompt": p["prompt"], "chosen": assistant(p["chosen"]), "rejected": assistant(p["rejected"])} for p in pairs]
-    if fmt == "trl-implicit":
-        return [{"chosen": p["prompt"] + assistant(p["chosen"]), "rejected": p["prompt"] + assistant(p["rejected"])} for p in pairs]
-    return [{"prompt": p["prompt"][-1]["content"], "prompt_id": p["prompt_id"], "chosen": p["prompt"] + assistant(p["chosen"]),
-             "rejected": p["prompt"] + assistant(p["rejected"]), "messages": p["prompt"] + assistant(p["chosen"]),
-             "score_chosen": p["score_chosen"], "score_rejected": p["score_rejected"]} for p in pairs]
+    """The export as Python rows (for inspection and tests); `export_table` is what gets written."""
+    return export_table(config).to_pylist()
 
 
 def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Path, int]:
     """Write the export; returns (output folder, rows)."""
-    from datasets import Dataset, DatasetDict
+    from datasets import Dataset, DatasetDict, DatasetInfo
 
     run_dir = Path(config.run)
     if not run_dir.is_dir():
         raise NeatError("run folder does not exist", file=run_dir)
     out = config.out_dir()
     with RunLock(run_dir):
-        rows = export_rows(config)
-        dataset = Dataset.from_list(rows, features=features(config.format))
-        atomic_write_table(out / f"{config.split}.parquet", dataset.data.table.cast(dataset.features.arrow_schema))
+        table = export_table(config)
+        dataset = Dataset(table, info=DatasetInfo(features=features(config.format)))
+        atomic_write_table(out / f"{config.split}.parquet", table)
         # save_to_disk writes several files: build the folder aside, then swap it in whole
         staging = Path(tempfile.mkdtemp(prefix=".hf-", dir=out))
         try:
-            DatasetDict({config.split: dataset}).save_to_disk(str(staging / "hf"))
+            # num_shards=1: datasets would write 0 shards for an empty split, which load_from_disk cannot read back
+            DatasetDict({config.split: dataset}).save_to_disk(str(staging / "hf"), num_shards={config.split: 1})
             if (out / "hf").exists():
                 shutil.rmtree(out / "hf")
             (staging / "hf").rename(out / "hf")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         update_manifest(run_dir, f"export:{config.format}", {"config": config.model_dump(mode="json"), "command": argv,
-                                                             "rows": len(rows), "out": str(out), "finished": True})
-    return out, len(rows)
+                                                             "rows": table.num_rows, "out": str(out), "finished": True})
+    return out, table.num_rows
 
 
