@@ -8,7 +8,7 @@ each side runs in a fresh subprocess, so its peak RSS is its own:
   A  bare:  pq.read_table(file) -> pq.write_table(same table, other file, zstd)
   B  ours:  pq.read_table(file) -> rank_tables(RankConfig(pairs="best-vs-worst")) -> atomic_write_table of
             ranked/lists.parquet and ranked/pairs.parquet -> run_export(ExportConfig(format="trl")) on that
-            run folder (export_rows -> Dataset.from_list(features("trl")) -> train.parquet + hf/ save_to_disk)
+            run folder (export_table, in Arrow -> train.parquet + datasets.Dataset + hf/ save_to_disk)
 
 Timings are taken inside the child after its imports (pyarrow for A; neat_data + datasets for B) and a
 tiny warm-up read + write, so interpreter start-up and import time (including pq.read_table's lazy import of
@@ -177,9 +177,8 @@ def side_b(src: Path, work: Path) -> dict:
     # sub-step timers: wrap the module-level names that rank_tables / run_export look up at call time
     rank.ranked_lists = timed("  rank: ranked_lists", rank.ranked_lists)
     rank.make_pairs = timed("  rank: make_pairs", rank.make_pairs)
-    export.export_rows = timed("  export: export_rows", export.export_rows)
+    export.export_table = timed("  export: export_table", export.export_table)
     export.atomic_write_table = timed("  export: write train.parquet", export.atomic_write_table)
-    datasets.Dataset.from_list = timed("  export: Dataset.from_list", datasets.Dataset.from_list)
     datasets.DatasetDict.save_to_disk = timed("  export: save_to_disk (hf/)", datasets.DatasetDict.save_to_disk)
 
     warm_up(work)
@@ -207,7 +206,7 @@ def side_b(src: Path, work: Path) -> dict:
     ordered["  rank: summary/other"] = ordered["rank_tables"] - ordered["  rank: ranked_lists"] - ordered["  rank: make_pairs"]
     ordered["write ranked"] = t_write - t_rank
     ordered["export (run_export)"] = done - t_write
-    sub = ["  export: export_rows", "  export: Dataset.from_list", "  export: write train.parquet", "  export: save_to_disk (hf/)"]
+    sub = ["  export: export_table", "  export: write train.parquet", "  export: save_to_disk (hf/)"]
     for name in sub:
         ordered[name] = steps.get(name, 0.0)
     ordered["  export: other"] = ordered["export (run_export)"] - sum(steps.get(n, 0.0) for n in sub)
