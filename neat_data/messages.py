@@ -42,3 +42,13 @@ def parse_reply(text: str | None, finish_reason: str | None, prompt_tokens: int 
         "status": "ok",
         "error": None,
     }
+
+
+def template_accepts_system(tokenizer: Any) -> bool:
+    """Whether the chat template renders a system message (Gemma-style templates raise instead)."""
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                      tokenize=False, add_generation_prompt=True)
+    except Exception:  # jinja2 TemplateError "System role not supported" and friends
+        return False
+    return True

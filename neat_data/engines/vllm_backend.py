@@ -17,19 +17,10 @@ from typing import Any, Iterator
 
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 from neat_data.errors import NeatError
+from neat_data.messages import template_accepts_system
 from neat_data.models import resolve_dtype, resolve_model
 
 CPU_TOKEN_BUDGET = 16384
-
-
-def template_accepts_system(tokenizer: Any) -> bool:
-    """Whether the chat template renders a system message (Gemma-style templates raise instead)."""
-    try:
-        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-                                      tokenize=False, add_generation_prompt=True)
-    except Exception:  # jinja2 TemplateError "System role not supported" and friends
-        return False
-    return True
 
 
 class VLLMBackend:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from neat_data.messages import build_messages
+from neat_data.messages import build_messages, template_accepts_system
 from neat_data.models import resolve_model
 from neat_data.scorers import ScoreItem, ScoreResult
 from neat_data.scorers.torch_common import compute_dtype, length_sorted_batches, pad_batch, pick_device
@@ -22,8 +22,6 @@ class SelfContrastScorer:
     def __init__(self, model: str, *, batch_size: int = 8, device: str = "auto", max_length: int | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from neat_data.engines.vllm_backend import template_accepts_system
 
         self.name = f"self-contrast:{model}"
         path = resolve_model(model)
