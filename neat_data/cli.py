@@ -10,7 +10,6 @@ Every user error prints one line `error: <file>: row <n>: field '<f>': <what>` a
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any

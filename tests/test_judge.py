@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from neat_data.engines.base import Sampling
-from neat_data.engines.openai_backend import OpenAIBackend
 from neat_data.errors import NeatError
 from neat_data.scorers import ScoreItem
 from neat_data.scorers.judge import JudgeScorer, load_template, parse_rating, parse_winner

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 from neat_data.models import resolve_model
 from neat_data.scorers import ScoreItem, ScoreResult
-from neat_data.scorers.torch_common import compute_dtype, length_sorted_batches, pad_batch, pick_device
+from neat_data.scorers.torch_common import length_sorted_batches, load_scoring_model, pad_batch
 
 
 class RewardModelScorer:
     def __init__(self, model: str, *, batch_size: int = 8, device: str = "auto", max_length: int | None = None):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         self.name = f"reward-model:{model}"
-        path = resolve_model(model)
-        self.device = pick_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=compute_dtype(self.device)).to(self.device).eval()
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        if self.model.config.pad_token_id is None:
+        self.tokenizer, self.model, self.device, self.pad_id, longest = load_scoring_model(
+            model, "AutoModelForSequenceClassification", device)
+        if self.model.config.pad_token_id is None:  # the model finds the last real token through it
             self.model.config.pad_token_id = self.pad_id
         self.batch_size = batch_size
-        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None) or 4096
+        self.max_length = max_length or longest
 
     def token_ids(self, prompt: list[dict[str, str]], response: str) -> list[int]:
         conversation = [*prompt, {"role": "assistant", "content": response}]

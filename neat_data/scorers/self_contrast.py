@@ -10,29 +10,19 @@ batches with attention masks; the response is tokenized on its own and appended 
 
 from __future__ import annotations
 
-from typing import Any
 
 from neat_data.messages import build_messages, template_accepts_system
-from neat_data.models import resolve_model
 from neat_data.scorers import ScoreItem, ScoreResult
-from neat_data.scorers.torch_common import compute_dtype, length_sorted_batches, pad_batch, pick_device
+from neat_data.scorers.torch_common import length_sorted_batches, load_scoring_model, pad_batch
 
 
 class SelfContrastScorer:
     def __init__(self, model: str, *, batch_size: int = 8, device: str = "auto", max_length: int | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.name = f"self-contrast:{model}"
-        path = resolve_model(model)
-        self.device = pick_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=compute_dtype(self.device)).to(self.device).eval()
+        self.tokenizer, self.model, self.device, self.pad_id, longest = load_scoring_model(model, "AutoModelForCausalLM", device)
         self.batch_size = batch_size
-        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None) or 4096
+        self.max_length = max_length or longest
         self.system_mode = "system" if template_accepts_system(self.tokenizer) else "merged"
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        torch.set_grad_enabled(False)
 
     def sequence(self, prompt: list[dict[str, str]], system: str | None, response: str) -> tuple[list[int], int]:
         """(token ids of prompt + response, number of prompt tokens)."""
@@ -50,7 +40,8 @@ class SelfContrastScorer:
         totals = [0.0] * len(sequences)
         for batch in length_sorted_batches([len(ids) for ids, _ in sequences], self.batch_size):
             ids, mask = pad_batch([sequences[i][0] for i in batch], self.pad_id, self.device)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            with torch.no_grad():  # local: a process-wide switch would leak into a trainer in the same process
+                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
             positions = torch.arange(ids.shape[1] - 1, device=ids.device).unsqueeze(0)
             starts = torch.tensor([sequences[i][1] - 1 for i in batch], device=ids.device).unsqueeze(1)
@@ -83,6 +74,3 @@ class SelfContrastScorer:
         for position, (index, response_tokens) in enumerate(owners):
             results[index] = ScoreResult((logprobs[2 * position] - logprobs[2 * position + 1]) / response_tokens)
         return [r for r in results if r is not None]
-
-    def close(self) -> Any:
-        self.model = None

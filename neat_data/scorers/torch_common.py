@@ -20,6 +20,24 @@ def compute_dtype(device: str) -> Any:
     return torch.float32 if device == "cpu" else torch.bfloat16
 
 
+def load_scoring_model(model: str, auto_class: str, device: str) -> tuple[Any, Any, str, int, int]:
+    """(tokenizer, model in eval mode on its device, device, pad id, longest sequence) for a scorer.
+
+    `auto_class` names the transformers Auto class (AutoModelForCausalLM, AutoModelForSequenceClassification).
+    """
+    import transformers
+
+    from neat_data.models import resolve_model
+
+    path = resolve_model(model)
+    device = pick_device(device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    loaded = getattr(transformers, auto_class).from_pretrained(path, dtype=compute_dtype(device)).to(device).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    longest = getattr(loaded.config, "max_position_embeddings", None) or 4096
+    return tokenizer, loaded, device, pad_id, longest
+
+
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), so padding stays small."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

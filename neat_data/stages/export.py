@@ -126,11 +126,6 @@ def export_table(config: ExportConfig) -> pa.Table:
     return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema)], schema=schema)
 
 
-def export_rows(config: ExportConfig) -> list[dict[str, Any]]:
-    """The export as Python rows (for inspection and tests); `export_table` is what gets written."""
-    return export_table(config).to_pylist()
-
-
 def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Path, int]:
     """Write the export; returns (output folder, rows)."""
     from datasets import Dataset, DatasetDict, DatasetInfo
