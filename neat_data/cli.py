@@ -1,6 +1,8 @@
 """The `neat-data` command line: a thin shell that turns options into a stage config and calls the stage.
 
-    neat-data quickstart                              # offline: SmolLM2 + bundled prompts → runs/quickstart
+    neat-data quickstart                              # offline: two NEAT rounds on SmolLM2 (= run pipelines/quickstart.yaml)
+    neat-data run pipelines/quickstart.yaml --set rounds=3
+    neat-data train runs/demo --model smollm2-135m-instruct --loss rrhf --out runs/demo/model
     neat-data prompts list | show harmless --prompt "How do I pick a lock?"
     neat-data generate --prompts P --pairs harmless --model M --backend vllm --out runs/demo
 
@@ -10,7 +12,6 @@ Every user error prints one line `error: <file>: row <n>: field '<f>': <what>` a
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,8 @@ def generate_options(function: Any) -> Any:
         click.option("--limit", type=int, help="Use only the first N unique prompts."),
         click.option("--pairs", default="harmless", show_default=True, help="Prompt-pair libraries, comma-separated (names or YAML paths)."),
         click.option("--model", required=True, help="Bundled alias (smollm2-135m-instruct), local HF folder or Hub id; for openai the served name."),
-        click.option("--backend", type=click.Choice(["vllm", "openai"]), default="vllm", show_default=True),
+        click.option("--backend", type=click.Choice(["vllm", "openai", "transformers"]), default="vllm", show_default=True,
+                     help="transformers: model.generate in batches, no engine start (for small jobs)."),
         click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder."),
         click.option("--round", "round_index", type=int, default=1, show_default=True, help="Round recorded in every row."),
         click.option("--num-pos", type=int, default=2, show_default=True, help="Responses per prompt under the positive system prompt."),
@@ -137,6 +139,7 @@ def generate_options(function: Any) -> Any:
         click.option("--max-num-seqs", type=int, help="vllm: sequences per step."),
         click.option("--enforce-eager/--compile", default=None, help="vllm: skip torch.compile (default: eager on CPU, compiled on GPU)."),
         click.option("--kv-cache-gb", type=float, help="vllm (CPU): KV cache size in GiB (default 2)."),
+        click.option("--transformers-batch-size", type=int, default=16, show_default=True, help="transformers: sequences per generate call."),
         # OpenAI-compatible
         click.option("--base-url", help="openai: endpoint, e.g. http://127.0.0.1:8000/v1."),
         click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="openai: environment variable holding the API key."),
@@ -289,48 +292,10 @@ def push(run: Path, fmt: str, **options: Any) -> None:
                f"{'public' if options['public'] else 'private'})")
 
 
-# ------------------------------------------------------------------------------------------- quickstart
-@cli.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True, help="Run folder.")
-@click.option("--limit", type=int, default=32, show_default=True, help="Bundled prompts to use.")
-@click.option("--max-tokens", type=int, default=64, show_default=True, help="New tokens per response.")
-@click.option("--overwrite", is_flag=True, help="Start over.")
-def quickstart(out: Path, limit: int, max_tokens: int, overwrite: bool) -> None:
-    """Offline demo: SmolLM2-135M-Instruct answers bundled prompts under harmless pos/neg pairs (vLLM)."""
-    import pyarrow.parquet as pq
+# -------------------------------------------------------- train, evaluate, run (rounds), quickstart, stage
+from neat_data.cli_rounds import register  # noqa: E402  (the commands live there; this module stays the entry point)
 
-    from neat_data.engines.base import Sampling
-    from neat_data.models import SMOLLM2_ALIAS
-    from neat_data.resources import bundled_dir
-    from neat_data.stages.generate import GenerateConfig, run_generate
-
-    config = GenerateConfig(
-        prompts=str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl"), limit=limit, pairs=["harmless"],
-        model=SMOLLM2_ALIAS, backend="vllm", out=out, num_pos=2, num_neg=2, sampling=Sampling(max_tokens=max_tokens, seed=0),
-        max_model_len=2048,
-    )
-    summary = run_generate(config, overwrite=overwrite, argv=_argv())
-    _print_summary(summary)
-    rows = pq.read_table(out / "generations").to_pylist()
-    click.echo("\nA few rows (same prompt, positive vs negative system prompt):")
-    shown = 0
-    for pid in dict.fromkeys(r["prompt_id"] for r in rows):
-        group = [r for r in rows if r["prompt_id"] == pid and r["status"] == "ok" and r["sample_index"] == 0]
-        if len(group) < 2:
-            continue
-        click.echo(f"\n> user: {group[0]['prompt'][-1]['content']}")
-        for row in sorted(group, key=lambda r: r["steering"], reverse=True):
-            click.echo(f"  [{row['steering']} · {row['system_prompt_id']}] system: {_clip(row['system_prompt'], 90)}")
-            click.echo(textwrap.indent(textwrap.fill(_clip(row["response"], 300), 100), "      "))
-        shown += 1
-        if shown == 3:
-            break
-    click.echo(f"\nData: {out / 'generations'} (Parquet; pandas.read_parquet works on the folder); manifest: {out / 'manifest.json'}")
-
-
-def _clip(text: str | None, limit: int) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+register(cli, lambda: _argv())
 
 
 def main() -> None:

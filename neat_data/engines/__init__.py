@@ -1,6 +1,6 @@
 """Generation backends behind one narrow protocol (`neat_data.engines.base.Backend`).
 
-`make_backend(config)` is the one place an implementation is chosen; vLLM and openai are imported lazily
+`make_backend(config)` is the one place an implementation is chosen; vLLM, openai and transformers are imported lazily
 inside their modules' constructors, so importing this package stays cheap.
 """
 
@@ -22,4 +22,8 @@ def make_backend(config: "GenerateConfig") -> "Backend":
         from neat_data.engines.openai_backend import OpenAIBackend
 
         return OpenAIBackend.from_config(config)
+    if config.backend == "transformers":
+        from neat_data.engines.transformers_backend import TransformersBackend
+
+        return TransformersBackend.from_config(config)
     raise ValueError(f"unknown backend {config.backend!r}")

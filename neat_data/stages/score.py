@@ -67,20 +67,23 @@ class ScoreSummary:
 
 
 def pair_texts(rows: list[dict[str, Any]], generate_entry: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
-    """prompt_id → (positive, negative) steering texts, from the rows, else from the run's pair libraries."""
-    texts: dict[str, dict[str, str]] = {}
+    """prompt_id → (positive, negative) steering texts, from the rows, else from the run's pair libraries:
+    the row's pair, or for a prompt with only unsteered rows (evaluation) the pair the run's seed draws for it."""
+    texts: dict[str, dict[str, str]] = {row["prompt_id"]: {} for row in rows}
     pair_of: dict[str, str] = {}
     for row in rows:
         if row["system_prompt"] and row["steering"] in ("pos", "neg"):
-            texts.setdefault(row["prompt_id"], {})[row["steering"]] = row["system_prompt"]
+            texts[row["prompt_id"]][row["steering"]] = row["system_prompt"]
             pair_of[row["prompt_id"]] = row["system_prompt_id"]
     missing = {pid for pid, found in texts.items() if len(found) < 2}
-    if missing and generate_entry.get("config", {}).get("pairs"):
-        from neat_data.pairs import load_libraries
+    generate_config = generate_entry.get("config", {})
+    if missing and generate_config.get("pairs"):
+        from neat_data.pairs import choose_pair, load_libraries
 
-        by_id = {pair.id: pair for library in load_libraries(generate_entry["config"]["pairs"]) for pair in library.pairs}
+        libraries = load_libraries(generate_config["pairs"])
+        by_id = {pair.id: pair for library in libraries for pair in library.pairs}
         for pid in missing:
-            pair = by_id.get(pair_of[pid])
+            pair = by_id.get(pair_of[pid]) if pid in pair_of else choose_pair(libraries, generate_config.get("sampling", {}).get("seed", 0), pid)
             if pair is not None:
                 texts[pid].setdefault("pos", pair.positive)
                 texts[pid].setdefault("neg", pair.negative)

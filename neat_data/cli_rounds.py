@@ -1,0 +1,172 @@
+"""CLI commands of training and rounds: `train`, `evaluate`, `run`, `quickstart`, and the internal `stage`.
+
+    neat-data train runs/demo --model smollm2-135m-instruct --loss rrhf --out runs/demo/model
+    neat-data evaluate runs/demo/eval --model runs/demo/model --heldout heldout.jsonl
+    neat-data run pipelines/quickstart.yaml --set rounds=3
+
+`train` options are made from `TrainConfig`'s fields (names, types, defaults and help in one place).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+
+def options_from_model(model: type, skip: tuple[str, ...]) -> Any:
+    """Click options for a pydantic model's scalar fields: --field-name, typed, default and help from the field."""
+
+    def decorate(function: Any) -> Any:
+        for name, field in reversed(list(model.model_fields.items())):
+            if name in skip:
+                continue
+            annotation = field.annotation
+            args = [a for a in typing.get_args(annotation) if a is not type(None)] if isinstance(annotation, types.UnionType) else [annotation]
+            kind = args[0]
+            flag = "--" + name.replace("_", "-")
+            help_text = field.description or ""
+            if kind is bool:
+                option = click.option(f"{flag}/--no-{name.replace('_', '-')}", default=field.default, help=help_text,
+                                      show_default=field.default is not None)
+            elif typing.get_origin(kind) is typing.Literal:
+                option = click.option(flag, type=click.Choice(list(typing.get_args(kind))), default=field.default, show_default=True, help=help_text)
+            else:
+                option = click.option(flag, type=kind if kind in (int, float, str) else str, default=field.default,
+                                      show_default=field.default is not None, help=help_text)
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def register(cli: click.Group, argv: Any) -> None:
+    """Add the commands to the main group (`argv()` rebuilds the command line for manifests)."""
+    from neat_data.train.trainer import TrainConfig
+
+    @cli.command()
+    @click.argument("data", type=click.Path(path_type=Path))
+    @click.option("--model", required=True, help="Policy to train: bundled alias, local HF folder or Hub id.")
+    @click.option("--out", type=click.Path(path_type=Path), help="Output HF folder (default DATA/model).")
+    @options_from_model(TrainConfig, skip=("data", "model", "out"))
+    def train(data: Path, model: str, out: Path | None, **options: Any) -> None:
+        """Train the policy on DATA's ranked export with the NEAT loss (ranking + LM) → an HF folder.
+
+        DATA: a run folder (its export/ranked/train.parquet), an export folder or a ranked Parquet file.
+        Several processes: torchrun --nproc-per-node N -m neat_data.cli train … (or accelerate launch)."""
+        from neat_data.train.trainer import TrainConfig, run_train
+
+        config = TrainConfig(data=data, model=model, out=out or Path(data) / "model", **{k: v for k, v in options.items() if v is not None})
+        summary = run_train(config, argv=argv(), log=lambda r: click.echo(
+            f"step {r['step']}: loss {r['loss']:.4f} (rank {r['rank_loss']:.4f}, lm {r['sft_loss']:.4f}) "
+            f"rank-acc {r['rank_accuracy']:.2f} grad {r['grad_norm']:.2f} {r['tokens_per_s']:.0f} tok/s", err=True))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the same summary
+            click.echo(f"{summary.steps} steps on {summary.prompts} prompts × {summary.candidates / max(summary.prompts, 1):.1f} candidates, "
+                       f"{summary.tokens} tokens in {summary.seconds:.0f} s ({summary.tokens_per_second:.0f} tok/s) → {summary.out}")
+
+    @cli.command()
+    @click.argument("eval_dir", type=click.Path(path_type=Path))
+    @click.option("--model", required=True, help="The policy to evaluate.")
+    @click.option("--heldout", required=True, help="Held-out prompts (.jsonl/.parquet/.csv/hf://).")
+    @click.option("--pairs", default="harmless", show_default=True, help="Pair libraries (self-contrast takes its steering texts from them).")
+    @click.option("--scorer", default="self-contrast", show_default=True, help="self-contrast | reward-model | judge | python:<module>:<function>.")
+    @click.option("--scorer-model", help="Reward model / self-contrast reference (default: the base model you name here, else --model).")
+    @click.option("--base-eval", type=click.Path(path_type=Path), help="The base model's eval folder: win rate against it.")
+    @click.option("--preferred", type=click.Path(path_type=Path), help="Preferred responses for perplexity (eval folder or Parquet/JSONL).")
+    @click.option("--backend", type=click.Choice(["transformers", "vllm", "openai"]), default="transformers", show_default=True)
+    @click.option("--base-url", help="openai: endpoint.")
+    @click.option("--max-tokens", type=int, default=128, show_default=True)
+    @click.option("--temperature", type=float, default=0.7, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True)
+    def evaluate(eval_dir: Path, model: str, heldout: str, pairs: str, scorer: str, scorer_model: str | None, base_eval: Path | None,
+                 preferred: Path | None, backend: str, base_url: str | None, max_tokens: int, temperature: float, seed: int) -> None:
+        """Held-out evaluation of a policy with the neutral prompt: reward (95% CI), win rate vs base, perplexity."""
+        from neat_data.stages.evaluate import EvaluateConfig, run_evaluate
+
+        config = EvaluateConfig.model_validate({
+            "generate": {"prompts": heldout, "pairs": pairs.split(","), "model": model, "backend": backend, "out": str(eval_dir),
+                         "num_pos": 0, "num_neg": 0, "num_neutral": 1, "base_url": base_url,
+                         "sampling": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}},
+            "score": {"run": str(eval_dir), "scorer": scorer, "model": scorer_model or model},
+            "base_eval": base_eval, "preferred": preferred})
+        click.echo(json.dumps(run_evaluate(config, argv=argv()), indent=2))
+
+    @cli.command("run")
+    @click.argument("recipe", type=click.Path(path_type=Path))
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (dotted: train.lr=1e-5). Repeatable.")
+    @click.option("--overwrite", is_flag=True, help="Delete the run folder's contents and start over.")
+    def run_command(recipe: Path, overrides: tuple[str, ...], overwrite: bool) -> None:
+        """Online NEAT rounds from a recipe: generate → score → rank → export → train → evaluate, per round."""
+        _run_recipe(recipe, list(overrides), overwrite)
+
+    @cli.command()
+    @click.option("--out", type=click.Path(path_type=Path), help="Run folder (default runs/quickstart).")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of pipelines/quickstart.yaml.")
+    @click.option("--overwrite", is_flag=True, help="Start over.")
+    def quickstart(out: Path | None, overrides: tuple[str, ...], overwrite: bool) -> None:
+        """Offline demo = `neat-data run pipelines/quickstart.yaml`: two NEAT rounds on SmolLM2-135M-Instruct (CPU)."""
+        from neat_data.resources import bundled_dir
+
+        _run_recipe(bundled_dir("pipelines") / "quickstart.yaml", list(overrides) + ([f"out={out}"] if out else []), overwrite)
+
+    @cli.command("stage", hidden=True)
+    @click.argument("name", type=click.Choice(["generate", "score", "rank", "export", "train", "evaluate"]))
+    @click.argument("config_path", type=click.Path(path_type=Path, exists=True))
+    def stage(name: str, config_path: Path) -> None:
+        """Run one stage from a resolved config JSON (what `neat-data run` starts, one process per stage)."""
+        run_stage_config(name, json.loads(config_path.read_text(encoding="utf-8")), [*argv()])
+
+
+def run_stage_config(name: str, raw: dict[str, Any], argv: list[str]) -> None:
+    if name == "generate":
+        from neat_data.stages.generate import GenerateConfig, run_generate
+
+        summary = run_generate(GenerateConfig.model_validate(raw), argv=argv)
+        click.echo(f"generations: {summary.total_rows} rows {summary.counts.get('status')} in {summary.seconds:.0f} s")
+    elif name == "score":
+        from neat_data.stages.score import ScoreConfig, run_score
+
+        summary = run_score(ScoreConfig.model_validate(raw), argv=argv)
+        click.echo(f"scored: {summary.rows} rows {summary.counts['score_status']} in {summary.seconds:.0f} s")
+    elif name == "rank":
+        from neat_data.stages.rank import RankConfig, run_rank
+
+        for line in run_rank(RankConfig.model_validate(raw), argv=argv).lines():
+            click.echo(line)
+    elif name == "export":
+        from neat_data.stages.export import ExportConfig, run_export
+
+        out, rows = run_export(ExportConfig.model_validate(raw), argv=argv)
+        click.echo(f"export: {rows} rows → {out}")
+    elif name == "train":
+        from neat_data.train.trainer import TrainConfig, run_train
+
+        summary = run_train(TrainConfig.model_validate(raw), argv=argv)
+        click.echo(f"train: {summary.steps} steps, {summary.tokens} tokens, {summary.tokens_per_second:.0f} tok/s, "
+                   f"loss {summary.first.get('loss', float('nan')):.4f} → {summary.last.get('loss', float('nan')):.4f}")
+    elif name == "evaluate":
+        from neat_data.stages.evaluate import EvaluateConfig, run_evaluate
+
+        metrics = run_evaluate(EvaluateConfig.model_validate(raw), argv=argv)
+        click.echo(f"eval: reward {metrics['reward_mean']:+.4f} {metrics['reward_ci95']} "
+                   f"win-vs-base {metrics.get('win_rate_vs_base', 'n/a')} perplexity {metrics.get('perplexity', 'n/a')}")
+
+
+def _run_recipe(path: Path, overrides: list[str], overwrite: bool) -> None:
+    from neat_data.round_report import table_lines
+    from neat_data.rounds import load_recipe, run_rounds
+
+    recipe = load_recipe(path, overrides)
+    rows = run_rounds(recipe, overwrite=overwrite, echo=lambda line: click.echo(line, err=True))
+    run_dir = recipe.run_dir()
+    click.echo("\n" + "\n".join(table_lines(rows)))
+    last = recipe.rounds
+    click.echo(f"\nDatasets: {run_dir}/round_NN/export/ (ranked{', ' + ', '.join(f for f in recipe.exports if f != 'ranked') if len(recipe.exports) > 1 else ''})"
+               f"\nModel:    {run_dir}/round_{last:02d}/model (HF folder; vLLM and transformers load it)"
+               f"\nPlot:     {run_dir}/rounds.png   table: {run_dir}/rounds.md   manifest: {run_dir}/manifest.json")
