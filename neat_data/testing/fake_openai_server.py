@@ -47,6 +47,7 @@ class ServerSettings:
     seed: int = 0
     record: bool = True
     fixed_reply: str | None = None  # answer every request with this text (e.g. a judge's "Rating: 7")
+    context_words: int | None = None  # longer prompts (in words) get vLLM's 400 "maximum context length" answer
 
 
 class FakeOpenAIServer:
@@ -129,6 +130,11 @@ class FakeOpenAIServer:
         messages = body.get("messages") or []
         if self.settings.reject_system and any(m.get("role") == "system" for m in messages):
             return web.json_response({"error": {"message": "System role not supported", "type": "invalid_request_error"}}, status=400)
+        prompt_words = sum(len(str(m.get("content", "")).split()) for m in messages)
+        if self.settings.context_words is not None and prompt_words > self.settings.context_words:
+            message = (f"This model's maximum context length is {self.settings.context_words} tokens. However, your request has "
+                       f"{prompt_words} input tokens. Please reduce the length of the input messages.")
+            return web.json_response({"error": {"message": message, "type": "BadRequestError"}}, status=400)
         n = int(body.get("n") or 1)
         if self.settings.ignore_n or fault == "fewer":
             n = 1
