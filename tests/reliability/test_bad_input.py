@@ -146,7 +146,8 @@ def test_bad_input_is_one_line_exit_2_and_damages_nothing(kind: str, tmp_path: P
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     assert folder_digest(tmp_path) == before, "a file that was already there changed (or a new one appeared)"
