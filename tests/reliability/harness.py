@@ -65,10 +65,6 @@ def shard_names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("part-*.parquet")) if folder.is_dir() else []
 
 
-def temp_files(run: Path) -> list[Path]:
-    return sorted(run.glob("**/.*.tmp"))
-
-
 def folder_digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` (relative path → digest): equal digests = nothing touched."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
