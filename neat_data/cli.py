@@ -18,7 +18,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from neat_data.errors import NeatError
+from neat_data.errors import NeatError, redact_secrets
 
 
 class NeatGroup(click.Group):
@@ -28,12 +28,12 @@ class NeatGroup(click.Group):
         try:
             return super().invoke(ctx)
         except NeatError as error:
-            click.echo(f"error: {error.one_line()}", err=True)
+            click.echo(f"error: {redact_secrets(error.one_line())}", err=True)
             ctx.exit(2)
         except ValidationError as error:
             first = error.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "config"
-            click.echo(f"error: option '{field}': {first['msg']}", err=True)
+            click.echo(f"error: option '{field}': {redact_secrets(first['msg'])}", err=True)
             ctx.exit(2)
 
 
@@ -195,6 +195,12 @@ def _print_summary(summary: Any) -> None:
     status = summary.counts.get("status", {})
     click.echo(f"{summary.run_dir}/generations: {summary.total_rows} rows ({status.get('ok', 0)} ok, {status.get('error', 0)} error; "
                f"{summary.generated_rows} new) by steering {summary.counts.get('steering', {})} in {summary.seconds:.0f} s")
+    requests = summary.requests
+    if requests.get("attempts"):
+        by_reason = ", ".join(f"{reason} {count}" for reason, count in requests["failed_attempts_by_reason"].items()) or "none"
+        errors = ", ".join(f"{reason} {count}" for reason, count in requests["error_rows_by_reason"].items()) or "none"
+        click.echo(f"requests: {requests['attempts']} attempts, {requests['retries']} retries; failed attempts by reason: {by_reason}; "
+                   f"gave up on {requests['given_up']}; error rows by reason: {errors}")
     if summary.stale_rows:
         click.echo(f"note: {summary.stale_rows} rows in the folder are not planned by this config (smaller --limit or edited pair "
                    "text); they are kept — use --overwrite for a folder with only this config's rows", err=True)
@@ -219,6 +225,7 @@ def _print_summary(summary: Any) -> None:
 @click.option("--base-url", help="judge (openai): endpoint, e.g. http://127.0.0.1:8000/v1.")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="judge (openai): environment variable with the key.")
 @click.option("--max-concurrency", type=int, default=64, show_default=True, help="judge (openai): requests in flight.")
+@click.option("--flush-every", type=int, default=256, show_default=True, help="Write a shard every N rows (a kill loses at most these).")
 @click.option("--overwrite", is_flag=True, help="Rescore everything.")
 @click.option("--no-progress", is_flag=True)
 def score(run: Path, overwrite: bool, no_progress: bool, **options: Any) -> None:

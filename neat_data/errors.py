@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.I)
 
 
 class NeatError(Exception):
@@ -36,3 +40,12 @@ class NeatError(Exception):
             parts.append(f"field '{self.field}'")
         parts.append(self.message)
         return ": ".join(parts).replace("\n", " ")
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with the value of every secret-looking environment variable (…KEY, …TOKEN, …SECRET, …PASSWORD;
+    8+ characters) replaced by '***': the last guard before an error line is printed."""
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, "***")
+    return text

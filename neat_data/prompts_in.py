@@ -85,7 +85,9 @@ def validate_messages(messages: Any, *, file: str, row: int, field: str) -> list
                 f"message {turn_index} has role '{role}', expected '{expected}' (turns must alternate, user first)",
                 file=file, row=row, field=field,
             )
-        if not isinstance(content, str) or not content.strip():
+        if not isinstance(content, str):
+            raise NeatError(f"message {turn_index} content must be a string, got {type(content).__name__}", file=file, row=row, field=field)
+        if not content.strip():
             raise NeatError(f"message {turn_index} has empty content", file=file, row=row, field=field)
         clean.append({"role": role, "content": content})
     if clean[-1]["role"] != "user":

@@ -3,7 +3,8 @@
 Layout of a stage's output inside a run folder:
     <run>/<table>/part-000000.parquet, part-000001.parquet, …   (shards, written temp-then-rename)
     <run>/manifest.json                                        (resolved configs, versions, counts)
-    <run>/.lock                                                (one writer at a time)
+    <run>/.lock                                                (one writer at a time; taking it removes
+                                                                a killed writer's leftover shard temp files)
 A shard is either complete or absent: it is written under a dot-prefixed temporary name, fsynced, then
 renamed. Readers take every shard in order and keep the *last* row for each `key`, so a re-run that
 retries an error row supersedes it without rewriting older shards. `compact` folds the shards into one.
@@ -74,6 +75,9 @@ class RunLock:
             self._lock.acquire(timeout=0)
         except Timeout:
             raise NeatError("run folder is in use by another neat-data process (wait for it, or use another --out)", file=self.path.parent) from None
+        # Shards are only written under this lock, so a shard temp file now is a killed writer's leftover.
+        for temp in self.path.parent.glob("*/.part-*.tmp"):
+            temp.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:

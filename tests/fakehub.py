@@ -35,13 +35,13 @@ class FakeHub:
     _staged: dict[int, bytes] = field(default_factory=dict)
     _sha: Any = field(default_factory=lambda: itertools.count(1))
 
-    def fail_next(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
-        self.failures += [(status, {"retry-after": retry_after} if retry_after else {})] * count
+    def fail_next(self, status: int, count: int = 1, retry_after: str | None = None, message: str | None = None) -> None:
+        self.failures += [(status, {"retry-after": retry_after} if retry_after else {}, message)] * count
 
     def _maybe_fail(self) -> None:
         if self.failures:
-            status, headers = self.failures.pop(0)
-            raise _error(HfHubHTTPError, status, f"{status} injected by FakeHub", headers)
+            status, headers, message = self.failures.pop(0)
+            raise _error(HfHubHTTPError, status, message or f"{status} injected by FakeHub", headers)
 
     def repo(self, repo_id: str) -> Path:
         return self.root / repo_id

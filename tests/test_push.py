@@ -89,3 +89,40 @@ def test_push_without_an_export_is_a_clear_error(tmp_path: Path, hub: FakeHub):
     assert result.exit_code == 2 and "no h4 export" in result.output
     bad = CliRunner().invoke(cli, ["push", str(tmp_path), "--repo-id", "not a repo"])
     assert bad.exit_code == 2 and "repo_id" in bad.output
+
+
+def test_an_exhausted_rate_limit_fails_clearly_and_keeps_what_was_pushed(exported_run: Path, hub: FakeHub):
+    import json
+
+    assert push(exported_run, "--config-name", "round_1").exit_code == 0
+    card_before = (hub.repo("me/neat-hh") / "README.md").read_text()
+    hub.fail_next(429, 10, retry_after="0")
+    result = push(exported_run, "--config-name", "round_2", "--max-retries", "3")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines[-1].startswith("error: ") and "Traceback" not in result.output
+    assert "failed after 4 attempts: HTTP 429 (rate limited)" in lines[-1]
+    assert len(hub.failures) == 10 - 4  # exactly max_retries + 1 attempts, then it stopped
+    assert (hub.repo("me/neat-hh") / "README.md").read_text() == card_before  # round_1's card untouched
+    stages = json.loads((exported_run / "manifest.json").read_text())["stages"]
+    assert "push:round_1" in stages and "push:round_2" not in stages  # a failed push is not recorded as done
+
+
+def test_retry_after_is_honoured_and_backoff_doubles():
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from fakehub import _error
+    from neat_data.stages.push import with_retries
+
+    answers = [_error(HfHubHTTPError, 429, "slow down", {"retry-after": "7"}), _error(HfHubHTTPError, 503, "busy"),
+               _error(HfHubHTTPError, 503, "busy"), "done"]
+    slept: list[float] = []
+
+    def action():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert with_retries(action, what="push", max_retries=5, backoff_base=1.0, sleep=slept.append) == "done"
+    assert slept[0] == 7.0  # the server's Retry-After wins
+    assert 1.0 <= slept[1] <= 2.0 and 2.0 <= slept[2] <= 4.0  # then base · 2^attempt with jitter in [½, 1]

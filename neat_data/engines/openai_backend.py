@@ -179,7 +179,8 @@ class OpenAIBackend:
             return RequestResult(completions=completions, system_mode=mode, n_fallback=fallback)
         except _Rejected as error:
             self.stats["failed_requests"] += 1
-            return RequestResult(error=str(error), system_mode=mode)
+            # servers may echo the key in an error body ("Incorrect API key provided: sk-…"); rows never hold it
+            return RequestResult(error=redact(str(error), self._api_key), system_mode=mode)
 
     async def _samples(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, messages: list[dict[str, str]],
                        request: GenerationRequest, sampling: Sampling) -> tuple[list[Completion], bool]:
@@ -236,6 +237,7 @@ class OpenAIBackend:
                     self.stats["retry_malformed"] += 1
             if attempt == self.max_retries:
                 break
+            self.stats["retries"] += 1
             backoff = min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + random.random() / 2)
             # the server's Retry-After wins over our backoff (capped, so a bogus header cannot park a worker)
             await asyncio.sleep(min(RETRY_AFTER_CAP, wait) if wait is not None else backoff)
@@ -264,6 +266,11 @@ def parse_chat_response(data: Any, n: int) -> list[Completion]:
         completions.append(Completion(text=content, finish_reason=choice.get("finish_reason"), prompt_tokens=usage.get("prompt_tokens"),
                                       completion_tokens=usage.get("completion_tokens") if len(choices) == 1 else None))
     return completions
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` with every occurrence of `secret` (an API key) replaced by '***'."""
+    return text.replace(secret, "***") if secret and secret != "EMPTY" else text
 
 
 def _choice_index(choice: Any, position: int) -> int:

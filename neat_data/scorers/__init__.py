@@ -38,9 +38,13 @@ def make_scorer(config: Any, generation_model: str | None) -> Scorer:
         from neat_data.scorers.python_fn import PythonScorer
 
         return PythonScorer(kind)
+    from neat_data.errors import NeatError
+
+    if kind not in ("self-contrast", "judge", "reward-model"):
+        raise NeatError(f"unknown scorer {kind!r} (self-contrast | reward-model | judge | python:<module>:<function>)", field="scorer")
     model = config.model or generation_model
     if not model:
-        raise ValueError("this scorer needs --model (the run's manifest names no generating model)")
+        raise NeatError("this scorer needs --model (the run's manifest names no generating model)", field="model")
     if kind == "self-contrast":
         from neat_data.scorers.self_contrast import SelfContrastScorer
 

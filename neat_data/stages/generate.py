@@ -15,9 +15,11 @@ only the rows whose content key is missing; `retry_errors` also redoes error row
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,6 +200,23 @@ class GenerateSummary:
     counts: dict[str, dict[str, int]]
     seconds: float
     stale_rows: int = 0  # rows in the folder that this config no longer plans (smaller --limit, edited pair text)
+    requests: dict[str, Any] = field(default_factory=dict)  # this run's attempts, retries and failures by reason
+
+
+def error_reason(error: str) -> str:
+    """A short class for an error row's text, for counts: 'failed after 7 attempts: HTTP 500: …' → 'HTTP 500'."""
+    text = re.sub(r"^failed after \d+ attempts: ", "", error)
+    if text.startswith("engine returned") and " of " in text:
+        return "fewer samples than n"
+    return re.split(r"[:(]| after ", text, maxsplit=1)[0].strip() or "unknown"
+
+
+def request_summary(stats: dict[str, int], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What this run's requests went through: attempts, retries, failed attempts and error rows by reason."""
+    failed_attempts = {name[len("retry_"):]: count for name, count in sorted(stats.items()) if name.startswith("retry_") and count}
+    errors = Counter(error_reason(row["error"] or "") for row in rows if row["status"] == "error")
+    return {"attempts": stats.get("requests", 0), "retries": stats.get("retries", 0), "failed_attempts_by_reason": failed_attempts,
+            "given_up": stats.get("failed_requests", 0), "error_rows_by_reason": dict(sorted(errors.items()))}
 
 
 def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
@@ -222,6 +241,10 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None, retr
     run_dir = Path(config.out)
     loaded = load_prompts(config.prompts, prompt_column=config.prompt_column, limit=config.limit)
     libraries = load_libraries(config.pairs)
+    if backend is None and config.backend == "vllm":
+        from neat_data.models import resolve_model
+
+        resolve_model(config.model)  # a bad model path stops here, before --overwrite deletes anything
     with RunLock(run_dir):
         table = ShardedTable(run_dir / "generations", GENERATIONS)
         if overwrite:
@@ -244,21 +267,22 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None, retr
             "finished": False,
         }
         update_manifest(run_dir, "generate", manifest_entry)
-        generated = 0
+        generated, requests = 0, {}
         if pending:
-            generated = _generate_pending(config, pending, done, all_keys, table, backend, progress)
+            generated, requests = _generate_pending(config, pending, done, all_keys, table, backend, progress)
         table.compact()
         final = table.read()
         counts = {"status": count_by(final, "status"), "steering": count_by(final, "steering")}
         stale = final.num_rows - len(all_keys & set(final.column("key").to_pylist()))
-        manifest_entry.update(finished=True, rows=final.num_rows, counts=counts, stale_rows=stale, seconds=round(time.time() - started, 2))
+        manifest_entry.update(finished=True, rows=final.num_rows, counts=counts, stale_rows=stale, requests=requests,
+                              seconds=round(time.time() - started, 2))
         update_manifest(run_dir, "generate", manifest_entry)
     return GenerateSummary(run_dir=run_dir, total_rows=final.num_rows, generated_rows=generated, counts=counts,
-                           seconds=time.time() - started, stale_rows=stale)
+                           seconds=time.time() - started, stale_rows=stale, requests=requests)
 
 
 def _generate_pending(config: GenerateConfig, pending: list[PlannedRequest], done: set[str], all_keys: set[str],
-                      table: ShardedTable, backend: Backend | None, progress: bool) -> int:
+                      table: ShardedTable, backend: Backend | None, progress: bool) -> tuple[int, dict[str, Any]]:
     from tqdm.auto import tqdm
 
     owns_backend = backend is None
@@ -269,12 +293,14 @@ def _generate_pending(config: GenerateConfig, pending: list[PlannedRequest], don
     requests = [to_engine_request(p, config.system_mode) for p in pending]
     buffer: list[dict[str, Any]] = []
     generated = 0
+    errors: list[dict[str, Any]] = []  # this run's error rows, for the summary by reason
     bar = tqdm(total=len(all_keys), initial=len(all_keys & done), unit="row", desc="generate", disable=not progress)
     try:
         for index, result in backend.generate(requests, config.sampling):
             planned = pending[index]
             rows = result_rows(config, planned, result, backend, {k for k in planned.keys if k not in done})
             buffer.extend(rows)
+            errors.extend(row for row in rows if row["status"] == "error")
             bar.update(len(rows))
             if len(buffer) >= config.flush_every:
                 table.append(buffer)
@@ -286,4 +312,4 @@ def _generate_pending(config: GenerateConfig, pending: list[PlannedRequest], don
         bar.close()
         if owns_backend:
             backend.close()
-    return generated
+    return generated, request_summary(dict(getattr(backend, "stats", {})), errors)

@@ -131,11 +131,13 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, overwrite: b
         generations = ShardedTable(generations_dir, GENERATIONS).read()
         check_columns(generations, GENERATIONS, str(generations_dir))
         scored = ShardedTable(run_dir / "scored", SCORED)
+        manifest = read_manifest(run_dir)
         if overwrite:
+            if scorer is None:  # a bad scorer or model fails here, before the old scores are deleted
+                scorer = make_scorer(config, manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model"))
             scored.clear()
         else:
             check_identity(config, run_dir)
-        manifest = read_manifest(run_dir)
         done = set(scored.read().column("key").to_pylist())
         rows = generations.to_pylist()
         pending = [row for row in rows if row["key"] not in done]

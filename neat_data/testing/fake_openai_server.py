@@ -6,11 +6,13 @@ Answers are deterministic: choice i of a request with seed s is "reply s+i: <las
 Faults, chosen per request by a directive in the last user message (deterministic tests):
     [[fault:429]] [[fault:500]] [[fault:stall]] [[fault:garbage]] [[fault:truncated]] [[fault:reset]]
     [[fault:fewer]] (one choice whatever n) [[fault:empty]] (content null) [[fault:400]]
+    [[fault:401]] (echoes the API key in the error body, as some servers do)
 A suffix xK (e.g. [[fault:429x2]]) applies the fault to the first K attempts of that request only, so
 retries can succeed. Or at random, with `rates` (reliability suite). Server-wide switches: `ignore_n`
 (always one choice) and `reject_system` (400 on a system message, like templates without one).
 
     python -m neat_data.testing.fake_openai_server --port 8001 --latency 0.05
+    python -m neat_data.testing.fake_openai_server --rate 500=0.2 --rate 429=0.1 --rate stall=0.05 --stall-seconds 5
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 from aiohttp import web
 
 _DIRECTIVE = re.compile(r"\[\[fault:([a-z0-9]+?)(?:x(\d+))?\]\]")
-FAULTS = ("429", "500", "stall", "garbage", "truncated", "reset", "fewer", "empty", "400")
+FAULTS = ("429", "500", "stall", "garbage", "truncated", "reset", "fewer", "empty", "400", "401")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class ServerSettings:
     seed: int = 0
     record: bool = True
     fixed_reply: str | None = None  # answer every request with this text (e.g. a judge's "Rating: 7")
+    context_words: int | None = None  # longer prompts (in words) get vLLM's 400 "maximum context length" answer
 
 
 class FakeOpenAIServer:
@@ -56,6 +59,7 @@ class FakeOpenAIServer:
         self.port = port or _free_port()
         self.requests: list[dict[str, Any]] = []  # request bodies received (when settings.record)
         self.faults: Counter[str] = Counter()
+        self.authorizations: set[str] = set()  # Authorization headers received (when settings.record)
         self._attempts: Counter[str] = Counter()
         self._random = random.Random(self.settings.seed)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -86,8 +90,11 @@ class FakeOpenAIServer:
             if limit is None or self._attempts[identity] <= limit:
                 return match.group(1)
             return None
+        # one draw per attempt against cumulative thresholds, so each fault occurs at exactly its configured rate
+        draw, threshold = self._random.random(), 0.0
         for name, rate in self.settings.rates.items():
-            if self._random.random() < rate:
+            threshold += rate
+            if draw < threshold:
                 return name
         return None
 
@@ -95,6 +102,7 @@ class FakeOpenAIServer:
         body = await request.json()
         if self.settings.record:
             self.requests.append(body)
+            self.authorizations.add(request.headers.get("Authorization", ""))
         fault = self._choose_fault(body)
         if self.settings.latency:
             await asyncio.sleep(self.settings.latency)
@@ -105,6 +113,9 @@ class FakeOpenAIServer:
                                      headers={"Retry-After": f"{self.settings.retry_after:g}"})
         if fault == "500":
             return web.json_response({"error": {"message": "internal error", "type": "server_error"}}, status=500)
+        if fault == "401":  # like OpenAI's "Incorrect API key provided: …": the key comes back in the body
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return web.json_response({"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_api_key"}}, status=401)
         if fault == "400":
             return web.json_response({"error": {"message": "bad request: unsupported parameter", "type": "invalid_request_error"}}, status=400)
         if fault == "stall":
@@ -119,6 +130,11 @@ class FakeOpenAIServer:
         messages = body.get("messages") or []
         if self.settings.reject_system and any(m.get("role") == "system" for m in messages):
             return web.json_response({"error": {"message": "System role not supported", "type": "invalid_request_error"}}, status=400)
+        prompt_words = sum(len(str(m.get("content", "")).split()) for m in messages)
+        if self.settings.context_words is not None and prompt_words > self.settings.context_words:
+            message = (f"This model's maximum context length is {self.settings.context_words} tokens. However, your request has "
+                       f"{prompt_words} input tokens. Please reduce the length of the input messages.")
+            return web.json_response({"error": {"message": message, "type": "BadRequestError"}}, status=400)
         n = int(body.get("n") or 1)
         if self.settings.ignore_n or fault == "fewer":
             n = 1
@@ -185,8 +201,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--ignore-n", action="store_true")
+    parser.add_argument("--rate", action="append", default=[], metavar="FAULT=P",
+                        help=f"random fault rate per attempt, repeatable (faults: {', '.join(FAULTS)}), e.g. --rate 500=0.2")
+    parser.add_argument("--stall-seconds", type=float, default=30.0, help="how long a 'stall' fault holds the answer")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random faults")
     args = parser.parse_args()
-    server = FakeOpenAIServer(ServerSettings(latency=args.latency, ignore_n=args.ignore_n, record=False), host=args.host, port=args.port)
+    rates = {name: float(value) for name, _, value in (spec.partition("=") for spec in args.rate)}
+    unknown = set(rates) - set(FAULTS)
+    if unknown:
+        parser.error(f"unknown fault {sorted(unknown)[0]!r}")
+    settings = ServerSettings(latency=args.latency, ignore_n=args.ignore_n, record=False, rates=rates, stall_seconds=args.stall_seconds,
+                              seed=args.seed)
+    server = FakeOpenAIServer(settings, host=args.host, port=args.port)
     web.run_app(server.app(), host=args.host, port=server.port, access_log=None, print=None, backlog=4096)
 
 

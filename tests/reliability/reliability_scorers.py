@@ -1,0 +1,16 @@
+"""Scorers for the reliability suite, loaded by `neat-data score --scorer python:reliability_scorers:<fn>`."""
+
+from __future__ import annotations
+
+import time
+
+
+def slow_length(prompts: list, responses: list[str]) -> list[float]:
+    """The response length, after a short sleep per call so that a kill can land between flushes."""
+    time.sleep(0.02)
+    return [float(len(response)) for response in responses]
+
+
+def other(prompts: list, responses: list[str]) -> list[float]:
+    """A second scorer: a run scored with slow_length refuses it without --overwrite."""
+    return [0.0 for _ in responses]

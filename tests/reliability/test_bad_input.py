@@ -1,0 +1,158 @@
+"""Bad input corpus: each kind of broken input, through the real CLI, gives exit code 2 and one line
+`error: <file>: row <n>: field '<f>': …` (the parts that exist for that kind), never a traceback, and
+leaves every file that was already there byte-for-byte unchanged (the whole test folder is hashed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_jsonl
+from harness import folder_digest
+from neat_data.cli import cli
+from neat_data.engines.base import Sampling
+from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.testing.recording_backend import RecordingBackend
+
+DEAD_URL = "http://127.0.0.1:9/v1"  # never reached: every case must stop before the first request
+
+
+def generate_args(prompts: Path, out: Path, *extra: str, pairs: str = "harmless") -> list[str]:
+    return ["generate", "--prompts", str(prompts), "--pairs", pairs, "--model", "fake", "--backend", "openai", "--base-url", DEAD_URL,
+            "--max-retries", "0", "--num-pos", "2", "--num-neg", "2", "--max-tokens", "8", "--out", str(out), "--no-progress", *extra]
+
+
+def good_prompts(folder: Path) -> Path:
+    return write_jsonl(folder / "good.jsonl", [{"prompt": "How do I boil an egg?"}, {"prompt": "Name a prime."}])
+
+
+def finished_run(folder: Path) -> Path:
+    """A generated and scored run folder (the things a bad command must not damage)."""
+    run = folder / "run"
+    run_generate(GenerateConfig(prompts=str(good_prompts(folder)), model="fake", out=run, num_pos=2, num_neg=2,
+                                sampling=Sampling(max_tokens=8)), backend=RecordingBackend(), progress=False)
+    scored = CliRunner().invoke(cli, ["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress"])
+    assert scored.exit_code == 0, scored.output
+    return run
+
+
+def prompts_with(lines: list[str]) -> Callable[[Path], list[str]]:
+    """A case whose prompts file holds these raw lines."""
+    def build(folder: Path) -> list[str]:
+        path = folder / "prompts.jsonl"
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        return generate_args(path, folder / "new-run")
+    return build
+
+
+def pairs_yaml(text: str) -> Callable[[Path], list[str]]:
+    def build(folder: Path) -> list[str]:
+        (folder / "pairs.yaml").write_text(text, encoding="utf-8")
+        return generate_args(good_prompts(folder), folder / "new-run", pairs=str(folder / "pairs.yaml"))
+    return build
+
+
+def options(*extra: str) -> Callable[[Path], list[str]]:
+    return lambda folder: generate_args(good_prompts(folder), folder / "new-run", *extra)
+
+
+def non_utf8(folder: Path) -> list[str]:
+    path = folder / "prompts.jsonl"
+    path.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9 au lait"}\n')
+    return generate_args(path, folder / "new-run")
+
+
+def missing_model_with_overwrite(folder: Path) -> list[str]:
+    """vLLM backend, a model folder that does not exist, and --overwrite on a finished run: nothing is deleted."""
+    run = finished_run(folder)
+    return ["generate", "--prompts", str(folder / "good.jsonl"), "--model", str(folder / "no-such-model"), "--backend", "vllm",
+            "--out", str(run), "--overwrite", "--no-progress"]
+
+
+def corrupted_shard(folder: Path) -> list[str]:
+    run = finished_run(folder)
+    shard = sorted((run / "generations").glob("part-*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a torn file, as a crashed copy would leave
+    return generate_args(folder / "good.jsonl", run)
+
+
+def different_config(folder: Path) -> list[str]:
+    run = finished_run(folder)
+    return generate_args(folder / "good.jsonl", run, "--temperature", "0.3")
+
+
+def corrupted_manifest(folder: Path) -> list[str]:
+    run = finished_run(folder)
+    (run / "manifest.json").write_text('{"stages": {"generate": \n', encoding="utf-8")
+    return generate_args(folder / "good.jsonl", run)
+
+
+def unknown_scorer_with_overwrite(folder: Path) -> list[str]:
+    return ["score", str(finished_run(folder)), "--scorer", "nonsense", "--overwrite", "--no-progress"]
+
+
+def different_scorer(folder: Path) -> list[str]:
+    return ["score", str(finished_run(folder)), "--scorer", "python:reliability_scorers:other", "--no-progress"]
+
+
+# kind → (build the input in a folder and return the CLI args, fragments the error line must contain)
+CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
+    "invalid_json_line": (prompts_with(['{"prompt": "ok"}', '{"prompt": "unclosed']), ["prompts.jsonl: row 2: invalid JSON"]),
+    "line_not_an_object": (prompts_with(['["a list"]']), ["prompts.jsonl: row 1: each line must be a JSON object"]),
+    "wrong_type_prompt": (prompts_with(['{"prompt": 42}']), ["row 1: field 'prompt': expected a string or a list of messages, got int"]),
+    "wrong_type_content": (prompts_with(['{"messages": [{"role": "user", "content": 7}]}']),
+                           ["row 1: field 'messages': message 0 content must be a string, got int"]),
+    "missing_prompt_column": (prompts_with(['{"question": "What?"}']), ["row 1: field 'prompt': no prompt column"]),
+    "empty_prompt": (prompts_with(['{"prompt": "ok"}', '{"prompt": "   "}']), ["row 2: field 'prompt': empty prompt"]),
+    "empty_messages": (prompts_with(['{"messages": []}']), ["row 1: field 'messages': empty conversation"]),
+    "invalid_role_order": (prompts_with(['{"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Yo"}]}']),
+                           ["row 1: field 'messages': message 0 has role 'assistant', expected 'user'"]),
+    "system_message_in_prompt": (prompts_with(['{"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}']),
+                                 ["row 1: field 'messages': system messages are not allowed"]),
+    "non_utf8_bytes": (non_utf8, ["prompts.jsonl: row 2: not valid UTF-8"]),
+    "duplicate_prompt_ids": (prompts_with(['{"prompt_id": "a", "prompt": "one"}', '{"prompt_id": "a", "prompt": "two"}']),
+                             ["row 2: field 'prompt_id': duplicate prompt_id 'a' (first at row 1)"]),
+    "yaml_syntax_error": (pairs_yaml("pairs: [\n  - {id: a\n"), ["pairs.yaml: row 2: invalid YAML"]),
+    "yaml_unknown_key": (pairs_yaml("name: t\npairs:\n  - {id: a, positive: be good, negative: be bad, negatve: be bad}\n"),
+                         ["pairs.yaml: row 1: field 'pairs.negatve': unknown key"]),
+    "yaml_missing_field": (pairs_yaml("name: t\npairs:\n  - {id: a, positive: be good}\n"),
+                           ["pairs.yaml: row 1: field 'pairs.negative': missing or empty"]),
+    "negative_count": (options("--num-neg", "-1"), ["option 'num_neg': Input should be greater than or equal to 0"]),
+    "zero_counts": (options("--num-pos", "0", "--num-neg", "0"), ["num_pos + num_neg + num_neutral must be at least 1"]),
+    "zero_flush_every": (options("--flush-every", "0"), ["option 'flush_every': Input should be greater than or equal to 1"]),
+    "top_p_out_of_range": (options("--top-p", "1.5"), ["option 'top_p': Input should be less than or equal to 1"]),
+    "negative_temperature": (options("--temperature", "-0.5"), ["option 'temperature': Input should be greater than or equal to 0"]),
+    "model_path_missing": (missing_model_with_overwrite, ["no-such-model: field 'model': model path does not exist"]),
+    "corrupted_parquet_shard": (corrupted_shard, ["part-000000.parquet: corrupted shard", "--overwrite"]),
+    "run_made_by_another_config": (different_config, ["manifest.json: field 'sampling': run folder was made with a different config",
+                                                      "--overwrite"]),
+    "corrupted_manifest": (corrupted_manifest, ["manifest.json: row 2: manifest is not valid JSON"]),
+    "unknown_scorer": (unknown_scorer_with_overwrite, ["field 'scorer': unknown scorer 'nonsense'"]),
+    "run_scored_by_another_scorer": (different_scorer, ["manifest.json: field 'scorer': run was scored with scorer="]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_damages_nothing(kind: str, tmp_path: Path):
+    build, fragments = CASES[kind]
+    args = build(tmp_path)
+    before = folder_digest(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert folder_digest(tmp_path) == before, "a file that was already there changed (or a new one appeared)"
+
+
+def test_the_corpus_covers_at_least_15_kinds():
+    assert len(CASES) >= 15
+    print(f"\nFIGURES bad-input: {len(CASES)} kinds: {', '.join(sorted(CASES))}")

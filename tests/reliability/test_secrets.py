@@ -1,0 +1,101 @@
+"""Secrets: with a random OPENAI_API_KEY and HF_TOKEN in the environment, the whole pipeline (generate on the
+openai backend → score → rank → export → report → push to a Hub in a temp folder), its console output,
+every `--help` and the error lines hold neither value — while both are provably used (the server saw the
+key, the Hub client got the token), and a server that echoes the key back in an error body is redacted.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_jsonl
+from fakehub import FakeHub
+from harness import read_shards, run_neat, subprocess_env
+from neat_data.cli import cli
+from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
+
+API_KEY = "sk-" + secrets.token_hex(20)
+HF_TOKEN = "hf_" + secrets.token_hex(20)
+
+
+@pytest.fixture
+def secret_env(monkeypatch) -> dict[str, str]:
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+    return subprocess_env()
+
+
+def files_holding_a_secret(folder: Path) -> list[str]:
+    hits = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()  # raw bytes: Parquet pages, PNG text chunks, JSON, logs
+            hits += [f"{path} holds {name}" for name, value in (("api key", API_KEY), ("hf token", HF_TOKEN)) if value.encode() in data]
+    return hits
+
+
+def all_command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for name, command in group.commands.items():
+        paths += all_command_paths(command, prefix + (name,)) if isinstance(command, click.Group) else [prefix + (name,)]
+    return paths
+
+
+def test_no_secret_reaches_a_file_a_log_or_the_console(secret_env, tmp_path: Path, monkeypatch):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"question {i}"} for i in range(6)]
+                          + [{"prompt": "check my key [[fault:401]]"}])  # this server echoes the key in a 401 body
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    logs.mkdir()
+    server = FakeOpenAIServer(ServerSettings()).start()
+    try:
+        steps = [["generate", "--prompts", str(prompts), "--model", "served", "--backend", "openai", "--base-url", server.url,
+                  "--num-pos", "2", "--num-neg", "2", "--max-tokens", "8", "--out", str(run), "--no-progress"],
+                 ["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress"],
+                 ["rank", str(run)], ["export", str(run), "--format", "h4"], ["report", str(run)]]
+        for step in steps:
+            result = run_neat(*step, env=secret_env)
+            (logs / f"{step[0]}.log").write_text(result.stdout + result.stderr)
+            assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        server.stop()
+    hub = FakeHub(tmp_path / "hub").install(monkeypatch)
+    pushed = CliRunner().invoke(cli, ["push", str(run), "--repo-id", "me/neat", "--config-name", "round_1", "--backoff-base", "0"])
+    (logs / "push.log").write_text(pushed.output)
+    assert pushed.exit_code == 0, pushed.output
+
+    assert f"Bearer {API_KEY}" in server.authorizations and HF_TOKEN in hub.tokens_seen  # both secrets were really used
+    echoed = [row for row in read_shards(run / "generations") if row["status"] == "error"]
+    assert len(echoed) == 4 and all(row["error"].endswith("HTTP 401: Error code: 401 - Incorrect API key provided: ***") for row in echoed)
+    assert (run / "report" / "scores.png").is_file() and (hub.repo("me/neat") / "README.md").is_file()
+    assert files_holding_a_secret(tmp_path) == []
+    print(f"\nFIGURES secrets: {sum(1 for p in tmp_path.rglob('*') if p.is_file())} files written and grepped, "
+          f"{len(files_holding_a_secret(tmp_path))} hits")
+
+
+def test_no_secret_in_help_or_error_lines(secret_env, tmp_path: Path, monkeypatch):
+    runner = CliRunner()
+    outputs = []
+    for path in all_command_paths(cli):
+        result = runner.invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        outputs.append(result.output)
+    assert len(outputs) >= 10  # the group, prompts list/show, generate, score, rank, export, report, push, quickstart
+    # error lines that could carry a secret: a Hub error whose message quotes the token, a file named after the key
+    hub = FakeHub(tmp_path / "hub").install(monkeypatch)
+    hub.fail_next(401, message=f"Invalid credentials in Authorization header: Bearer {HF_TOKEN}")
+    export = tmp_path / "run" / "export" / "h4" / "hf"
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})}).save_to_disk(str(export))
+    errors = [runner.invoke(cli, ["push", str(tmp_path / "run"), "--repo-id", "me/neat", "--backoff-base", "0"]),
+              runner.invoke(cli, ["generate", "--prompts", str(tmp_path / f"{API_KEY}.jsonl"), "--model", "m", "--out", str(tmp_path / "r")])]
+    for result in errors:
+        assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+        outputs.append(result.output)
+    assert "HTTP 401" in errors[0].output and "***" in errors[0].output and "***.jsonl" in errors[1].output
+    assert not [text for text in outputs if API_KEY in text or HF_TOKEN in text]
