@@ -116,7 +116,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise NeatError(f"--set wants key=value, got {text!r}", field="--set")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    parsed = yaml.safe_load(value) if value.strip() else None
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
+    return key.strip().split("."), parsed
 
 
 def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
@@ -140,10 +146,32 @@ def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
     if source and "://" not in source and not Path(source).is_absolute() and not Path(source).exists():
         raw["prompts"]["source"] = str((path.parent / source).resolve())  # relative to the recipe, when not to the cwd
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
         raise NeatError(first["msg"], file=path, field=".".join(str(p) for p in first["loc"])) from None
+    check_stage_fields(recipe, path)
+    return recipe
+
+
+def check_stage_fields(recipe: Recipe, path: Path) -> None:
+    """Validate the free-form parts (train, *.options) against the stage configs now, not rounds later."""
+    from neat_data.stages.generate import GenerateConfig
+    from neat_data.stages.score import ScoreConfig
+    from neat_data.train.trainer import TrainConfig
+
+    checks = [("train", TrainConfig, {"data": ".", "model": recipe.model, "out": ".", **recipe.train}),
+              ("generate.options", GenerateConfig, {"prompts": ".", "model": recipe.model, "out": ".", "backend": recipe.generate.backend,
+                                                    "base_url": "http://x", **recipe.generate.options}),
+              ("evaluate.options", GenerateConfig, {"prompts": ".", "model": recipe.model, "out": ".", "backend": recipe.evaluate.backend,
+                                                    "base_url": "http://x", **recipe.evaluate.options}),
+              ("score.options", ScoreConfig, {"run": ".", **recipe.score.options})]
+    for prefix, config_class, values in checks:
+        try:
+            config_class.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise NeatError(first["msg"], file=path, field=".".join([prefix, *(str(p) for p in first["loc"])])) from None
 
 
 def split_prompts(recipe: Recipe, run_dir: Path) -> None:
