@@ -152,12 +152,22 @@ def generate_options(function: Any) -> Any:
     return function
 
 
+def shard_options(function: Any) -> Any:
+    """--num-shards / --shard-index (generate and score): this process does one hash-slice of the prompts."""
+    function = click.option("--shard-index", type=int, help="Which shard this process writes, 0..N-1 (with --num-shards).")(function)
+    return click.option("--num-shards", type=int, help="Split the prompts into N shards by a hash of prompt_id; run one process "
+                        "per shard (same command, --shard-index 0..N-1), then `neat-data merge`. See docs/SCALING.md.")(function)
+
+
 @cli.command()
 @generate_options
+@shard_options
 def generate(prompts_source: str, round_index: int, temperature: float, top_p: float, max_tokens: int, seed: int, pairs: str,
-             retry_errors: bool, overwrite: bool, no_progress: bool, **options: Any) -> None:
+             retry_errors: bool, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None,
+             **options: Any) -> None:
     """Sample responses under positive / negative (/ no) steering system prompts into <out>/generations/."""
     from neat_data.engines.base import Sampling
+    from neat_data.shards import ShardSpec
     from neat_data.stages.generate import GenerateConfig, run_generate
 
     config = GenerateConfig(
@@ -165,7 +175,14 @@ def generate(prompts_source: str, round_index: int, temperature: float, top_p: f
         sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         **{k: v for k, v in options.items() if v is not None},
     )
-    summary = run_generate(config, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=_argv())
+    shard = ShardSpec.from_options(num_shards, shard_index)
+    if shard is not None:
+        from neat_data.stages.sharded import run_generate_shard
+
+        summary = run_generate_shard(config, shard, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=_argv())
+        summary.run_dir = summary.run_dir / "generations" / shard.name  # the summary line names the shard's folder
+    else:
+        summary = run_generate(config, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=_argv())
     _print_summary(summary)
 
 
@@ -190,7 +207,8 @@ def _argv() -> list[str]:
 
 def _print_summary(summary: Any) -> None:
     status = summary.counts.get("status", {})
-    click.echo(f"{summary.run_dir}/generations: {summary.total_rows} rows ({status.get('ok', 0)} ok, {status.get('error', 0)} error; "
+    folder = summary.run_dir if summary.run_dir.parent.name == "generations" else summary.run_dir / "generations"
+    click.echo(f"{folder}: {summary.total_rows} rows ({status.get('ok', 0)} ok, {status.get('error', 0)} error; "
                f"{summary.generated_rows} new) by steering {summary.counts.get('steering', {})} in {summary.seconds:.0f} s")
     if summary.stale_rows:
         click.echo(f"note: {summary.stale_rows} rows in the folder are not planned by this config (smaller --limit or edited pair "
@@ -218,14 +236,35 @@ def _print_summary(summary: Any) -> None:
 @click.option("--max-concurrency", type=int, default=64, show_default=True, help="judge (openai): requests in flight.")
 @click.option("--overwrite", is_flag=True, help="Rescore everything.")
 @click.option("--no-progress", is_flag=True)
-def score(run: Path, overwrite: bool, no_progress: bool, **options: Any) -> None:
+@shard_options
+def score(run: Path, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None, **options: Any) -> None:
     """Score every response of RUN as an answer to the neutral prompt → RUN/scored/."""
+    from neat_data.shards import ShardSpec
     from neat_data.stages.score import ScoreConfig, run_score
 
-    summary = run_score(ScoreConfig(run=run, **{k: v for k, v in options.items() if v is not None}), overwrite=overwrite,
-                        progress=not no_progress, argv=_argv())
-    click.echo(f"{run}/scored: {summary.rows} rows ({summary.scored_rows} newly scored) {summary.counts['score_status']} "
+    config = ScoreConfig(run=run, **{k: v for k, v in options.items() if v is not None})
+    shard = ShardSpec.from_options(num_shards, shard_index)
+    if shard is not None:
+        from neat_data.stages.sharded import run_score_shard
+
+        summary = run_score_shard(config, shard, overwrite=overwrite, progress=not no_progress, argv=_argv())
+    else:
+        summary = run_score(config, overwrite=overwrite, progress=not no_progress, argv=_argv())
+    where = f"{run}/scored" + (f"/{shard.name}" if shard else "")
+    click.echo(f"{where}: {summary.rows} rows ({summary.scored_rows} newly scored) {summary.counts['score_status']} "
                f"in {summary.seconds:.0f} s")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--stage", "stages", type=click.Choice(["generate", "score"]), multiple=True,
+              help="Merge only this stage (repeatable; default: every stage run with --num-shards).")
+def merge(run: Path, stages: tuple[str, ...]) -> None:
+    """Check that every shard of RUN finished and keys are unique, then fold the shards into one table."""
+    from neat_data.stages.merge import run_merge
+
+    for result in run_merge(run, list(stages) or None):
+        click.echo(result.line(run))
 
 
 @cli.command()
