@@ -112,7 +112,8 @@ def generate_options(function: Any) -> Any:
         click.option("--limit", type=int, help="Use only the first N unique prompts."),
         click.option("--pairs", default="harmless", show_default=True, help="Prompt-pair libraries, comma-separated (names or YAML paths)."),
         click.option("--model", required=True, help="Bundled alias (smollm2-135m-instruct), local HF folder or Hub id; for openai the served name."),
-        click.option("--backend", type=click.Choice(["vllm", "openai"]), default="vllm", show_default=True),
+        click.option("--backend", type=click.Choice(["vllm", "openai", "ray"]), default="vllm", show_default=True,
+                     help="vllm: one engine in this process; openai: any compatible server; ray: vLLM engines in Ray Data actors."),
         click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder."),
         click.option("--round", "round_index", type=int, default=1, show_default=True, help="Round recorded in every row."),
         click.option("--num-pos", type=int, default=2, show_default=True, help="Responses per prompt under the positive system prompt."),
@@ -137,6 +138,11 @@ def generate_options(function: Any) -> Any:
         click.option("--max-num-seqs", type=int, help="vllm: sequences per step."),
         click.option("--enforce-eager/--compile", default=None, help="vllm: skip torch.compile (default: eager on CPU, compiled on GPU)."),
         click.option("--kv-cache-gb", type=float, help="vllm (CPU): KV cache size in GiB (default 2)."),
+        # Ray Data
+        click.option("--ray-actors", type=int, default=1, show_default=True, help="ray: engine actors (one vLLM engine each); RAY_ADDRESS picks the cluster."),
+        click.option("--ray-gpus-per-actor", type=float, help="ray: GPUs per actor (default: --tensor-parallel-size on a GPU cluster, else 0)."),
+        click.option("--ray-cpus-per-actor", type=float, default=1.0, show_default=True, help="ray: CPUs reserved per actor."),
+        click.option("--ray-batch-size", type=int, default=64, show_default=True, help="ray: requests per actor call."),
         # OpenAI-compatible
         click.option("--base-url", help="openai: endpoint, e.g. http://127.0.0.1:8000/v1."),
         click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="openai: environment variable holding the API key."),
