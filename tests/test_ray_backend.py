@@ -24,6 +24,7 @@ from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 from neat_data.engines.ray_backend import RayBackend  # noqa: E402
 
 
