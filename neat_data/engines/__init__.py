@@ -26,4 +26,8 @@ def make_backend(config: "GenerateConfig") -> "Backend":
         from neat_data.engines.transformers_backend import TransformersBackend
 
         return TransformersBackend.from_config(config)
+    if config.backend == "ray":
+        from neat_data.engines.ray_backend import RayBackend
+
+        return RayBackend.from_config(config)
     raise ValueError(f"unknown backend {config.backend!r}")

@@ -49,7 +49,8 @@ class GenerateConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="Use only the first N unique prompts.")
     pairs: list[str] = Field(default_factory=lambda: ["harmless"], min_length=1, description="Prompt-pair libraries (names or YAML paths).")
     model: str = Field(description="Model: bundled alias, local HF folder or Hub id (openai: the served model name).")
-    backend: Literal["vllm", "openai", "transformers"] = Field("vllm", description="transformers: model.generate, no engine start (small jobs).")
+    backend: Literal["vllm", "openai", "transformers", "ray"] = Field(
+        "vllm", description="transformers: model.generate, no engine start (small jobs); ray: the vLLM backend in Ray Data actors.")
     out: Path = Field(description="Run folder.")
     round: int = Field(1, ge=0, description="Round number recorded in every row (online NEAT rounds; 0 = the base model's evaluation).")
     num_pos: int = Field(2, ge=0, le=256, description="Responses per prompt under the positive system prompt.")
@@ -69,6 +70,11 @@ class GenerateConfig(BaseModel):
     enforce_eager: bool | None = Field(None, description="Skip torch.compile/CUDA graphs (default: on for CPU, off for GPU).")
     kv_cache_gb: float | None = Field(None, gt=0, description="CPU only: KV cache size in GiB (default 2).")
     transformers_batch_size: int = Field(16, ge=1, description="transformers: sequences per generate call.")
+    # Ray Data (backend ray; the vLLM options above configure each actor's engine)
+    ray_actors: int = Field(1, ge=1, description="ray: engine actors (each one vLLM engine).")
+    ray_gpus_per_actor: float | None = Field(None, ge=0, description="ray: GPUs per actor (default: tensor_parallel_size if the cluster has GPUs, else 0).")
+    ray_cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs reserved per actor.")
+    ray_batch_size: int = Field(64, ge=1, description="ray: requests per map_batches call (results stream back per batch).")
     # OpenAI-compatible server
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key.")
