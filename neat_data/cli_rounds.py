@@ -118,44 +118,57 @@ def register(cli: click.Group, argv: Any) -> None:
     @cli.command("stage", hidden=True)
     @click.argument("name", type=click.Choice(["generate", "score", "rank", "export", "train", "evaluate"]))
     @click.argument("config_path", type=click.Path(path_type=Path, exists=True))
-    def stage(name: str, config_path: Path) -> None:
+    @click.option("--summary", "summary_path", type=click.Path(path_type=Path), help="Also write the summary lines here.")
+    def stage(name: str, config_path: Path, summary_path: Path | None) -> None:
         """Run one stage from a resolved config JSON (what `neat-data run` starts, one process per stage)."""
-        run_stage_config(name, json.loads(config_path.read_text(encoding="utf-8")), [*argv()])
+        lines: list[str] = []
+
+        def echo(line: str) -> None:
+            lines.append(line)
+            click.echo(line)
+
+        run_stage_config(name, json.loads(config_path.read_text(encoding="utf-8")), [*argv()], echo)
+        if summary_path is not None:
+            from neat_data.runfolder import atomic_write_bytes
+
+            atomic_write_bytes(summary_path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
-def run_stage_config(name: str, raw: dict[str, Any], argv: list[str]) -> None:
+def run_stage_config(name: str, raw: dict[str, Any], argv: list[str], echo: Any = click.echo) -> None:
     if name == "generate":
         from neat_data.stages.generate import GenerateConfig, run_generate
 
         summary = run_generate(GenerateConfig.model_validate(raw), argv=argv)
-        click.echo(f"generations: {summary.total_rows} rows {summary.counts.get('status')} in {summary.seconds:.0f} s")
+        echo(f"generations: {summary.total_rows} rows {summary.counts.get('status')} in {summary.seconds:.0f} s")
     elif name == "score":
         from neat_data.stages.score import ScoreConfig, run_score
 
         summary = run_score(ScoreConfig.model_validate(raw), argv=argv)
-        click.echo(f"scored: {summary.rows} rows {summary.counts['score_status']} in {summary.seconds:.0f} s")
+        echo(f"scored: {summary.rows} rows {summary.counts['score_status']} in {summary.seconds:.0f} s")
     elif name == "rank":
         from neat_data.stages.rank import RankConfig, run_rank
 
         for line in run_rank(RankConfig.model_validate(raw), argv=argv).lines():
-            click.echo(line)
+            echo(line)
     elif name == "export":
         from neat_data.stages.export import ExportConfig, run_export
 
         out, rows = run_export(ExportConfig.model_validate(raw), argv=argv)
-        click.echo(f"export: {rows} rows → {out}")
+        echo(f"export: {rows} rows → {out}")
     elif name == "train":
         from neat_data.train.trainer import TrainConfig, run_train
 
         summary = run_train(TrainConfig.model_validate(raw), argv=argv)
-        click.echo(f"train: {summary.steps} steps, {summary.tokens} tokens, {summary.tokens_per_second:.0f} tok/s, "
+        echo(f"train: {summary.steps} steps, {summary.tokens} tokens, {summary.tokens_per_second:.0f} tok/s, "
                    f"loss {summary.first.get('loss', float('nan')):.4f} → {summary.last.get('loss', float('nan')):.4f}")
     elif name == "evaluate":
         from neat_data.stages.evaluate import EvaluateConfig, run_evaluate
 
         metrics = run_evaluate(EvaluateConfig.model_validate(raw), argv=argv)
-        click.echo(f"eval: reward {metrics['reward_mean']:+.4f} {metrics['reward_ci95']} "
-                   f"win-vs-base {metrics.get('win_rate_vs_base', 'n/a')} perplexity {metrics.get('perplexity', 'n/a')}")
+        low, high = metrics["reward_ci95"]
+        extra = "".join(f" {label} {metrics[key]:.2f}" for key, label in (("win_rate_vs_base", "win-vs-base"), ("perplexity", "perplexity"))
+                        if metrics.get(key) is not None)
+        echo(f"eval: {metrics['prompts']} held-out prompts, reward {metrics['reward_mean']:+.4f} [{low:+.4f}, {high:+.4f}]{extra}")
 
 
 def _run_recipe(path: Path, overrides: list[str], overwrite: bool) -> None:

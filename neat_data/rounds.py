@@ -245,14 +245,25 @@ def run_stage(name: str, config: dict[str, Any], folder: Path, run_dir: Path, k:
         echo(f"round {k} · {name}: done ({done['seconds']:.0f} s), skipped")
         return 0.0
     config_path = folder / "configs" / f"{name}.json"
+    log_path, summary_path = folder / "logs" / f"{name}.log", folder / "logs" / f"{name}.summary"
     atomic_write_json(config_path, config)
-    echo(f"round {k} · {name} …")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.unlink(missing_ok=True)
+    echo(f"round {k} · {name} … (log: {log_path})")
     started = time.time()
-    finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "stage", name.split("-")[0], str(config_path)])
+    # The stage's own output (engine logs, progress bars) goes to its log; the terminal gets its summary.
+    with open(log_path, "ab") as log:
+        finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "stage", name.split("-")[0], str(config_path),
+                                   "--summary", str(summary_path)], stdout=log, stderr=subprocess.STDOUT)
     if finished.returncode != 0:
-        raise NeatError(f"stage {name} of round {k} failed (exit code {finished.returncode}); fix and re-run: finished stages are kept",
-                        file=config_path)
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        echo("\n".join(f"    {line}" for line in tail))
+        raise NeatError(f"stage {name} of round {k} failed (exit code {finished.returncode}; log above and in {log_path}); "
+                        "fix and re-run: finished stages are kept", file=config_path)
     seconds = time.time() - started
+    if summary_path.exists():
+        for line in summary_path.read_text(encoding="utf-8").splitlines():
+            echo(f"    {line}")
     manifest = read_manifest(run_dir)
     manifest.setdefault("rounds", {}).setdefault(str(k), {})[name] = {"finished": True, "seconds": round(seconds, 2), "config": str(config_path)}
     atomic_write_json(run_dir / "manifest.json", manifest)

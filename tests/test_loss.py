@@ -95,3 +95,22 @@ def test_sft_and_weighted_sum_and_accuracy():
     assert parts == {"loss": pytest.approx(2.75), "rank_loss": pytest.approx(1.0), "sft_loss": pytest.approx(1.5), "rank_accuracy": 0.0}
     assert ranking_accuracy(t([[-0.5, -1.5]]), rewards, mask).item() == 1.0
     assert math.isnan(ranking_accuracy(scores, t([[1.0, 1.0]]), mask).item())
+
+
+def test_head_logprobs_values_and_gradients_match_autograd():
+    """The custom backward of the output head equals plain autograd through log_softmax (float64, 3 chunks)."""
+    from neat_data.train.forward import HeadLogprobs
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    targets = torch.randint(0, 11, (7,), generator=generator)
+    upstream = torch.randn(7, dtype=torch.float64, generator=generator)
+    ours = HeadLogprobs.apply(hidden, weight, targets, 3)
+    (ours.double() * upstream).sum().backward()
+    ours_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    reference = torch.log_softmax(hidden @ weight.t(), dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    (reference * upstream).sum().backward()
+    assert torch.allclose(ours.double(), reference, atol=1e-6)
+    assert torch.allclose(ours_grads[0], hidden.grad, atol=1e-6) and torch.allclose(ours_grads[1], weight.grad, atol=1e-6)

@@ -101,7 +101,11 @@ def test_two_rounds_killed_and_resumed(tiny_model: Path, tmp_path: Path):
         assert {"prompt", "chosen", "rejected"} <= set(pq.read_table(folder / "export" / "trl" / "train.parquet").column_names)
         assert (folder / "model" / "model.safetensors").exists() and (folder / "model" / "train_log.jsonl").exists()
         metrics = json.loads((folder / "eval" / "metrics.json").read_text())
-        assert metrics["prompts"] == 3 and metrics["reward_ci95"][0] <= metrics["reward_mean"] <= metrics["reward_ci95"][1]
+        evaluated = [r for r in pq.read_table(folder / "eval" / "scored").to_pylist() if r["steering"] == "none"]
+        assert len(evaluated) == 3 and {r["model"] for r in evaluated} == {str(folder / "model")}
+        scored = [r["score"] for r in evaluated if r["score_status"] == "ok"]  # an empty 8-token reply is a score error row
+        assert metrics["prompts"] == len(scored) >= 1 and metrics["reward_mean"] == pytest.approx(sum(scored) / len(scored))
+        assert metrics["reward_ci95"][0] <= metrics["reward_mean"] <= metrics["reward_ci95"][1]
         assert 0.0 <= metrics["win_rate_vs_base"] <= 1.0 and metrics["perplexity"] > 1.0
     heldout = {json.loads(line)["prompt_id"] for line in (run_dir / "prompts" / "heldout.jsonl").read_text().splitlines()}
     trained = {r["prompt_id"] for k in (1, 2) for r in pq.read_table(run_dir / f"round_{k:02d}" / "generations").to_pylist()}
