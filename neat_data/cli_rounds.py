@@ -76,7 +76,7 @@ def register(cli: click.Group, argv: Any) -> None:
     @click.option("--heldout", required=True, help="Held-out prompts (.jsonl/.parquet/.csv/hf://).")
     @click.option("--pairs", default="harmless", show_default=True, help="Pair libraries (self-contrast takes its steering texts from them).")
     @click.option("--scorer", default="self-contrast", show_default=True, help="self-contrast | reward-model | judge | python:<module>:<function>.")
-    @click.option("--scorer-model", help="Reward model / self-contrast reference (default: the base model you name here, else --model).")
+    @click.option("--scorer-model", help="Reward model / self-contrast reference (default: --model; name the base model to compare rounds).")
     @click.option("--base-eval", type=click.Path(path_type=Path), help="The base model's eval folder: win rate against it.")
     @click.option("--preferred", type=click.Path(path_type=Path), help="Preferred responses for perplexity (eval folder or Parquet/JSONL).")
     @click.option("--backend", type=click.Choice(["transformers", "vllm", "openai"]), default="transformers", show_default=True)

@@ -156,3 +156,16 @@ def test_run_refuses_another_recipe_and_too_few_prompts(tmp_path: Path, tiny_mod
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2 and "made with another recipe (changed: seed)" in finished.stderr
     assert json.loads((run_dir / "manifest.json").read_text())["recipe"] == manifest["recipe"]
+
+
+def test_bundled_recipes_are_valid():
+    from neat_data.resources import bundled_dir
+    from neat_data.rounds import load_recipe, stage_configs
+
+    quickstart = load_recipe(bundled_dir("pipelines") / "quickstart.yaml")
+    assert quickstart.rounds == 2 and quickstart.train["loss"] == "rrhf" and Path(quickstart.prompts.source).is_file()
+    hh = load_recipe(bundled_dir("pipelines") / "hh-rlhf.yaml", ["model=Qwen/Qwen2.5-0.5B-Instruct", "rounds=3"])
+    names = [name for name, _ in stage_configs(hh, Path("runs/hh-rlhf"), 2)]
+    assert names == ["generate", "score", "rank", "export-ranked", "export-trl", "train", "evaluate"]
+    generate = dict(stage_configs(hh, Path("runs/hh-rlhf"), 2))["generate"]
+    assert generate["model"] == str(Path("runs/hh-rlhf/round_01/model")) and generate["round"] == 2

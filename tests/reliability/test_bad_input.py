@@ -5,7 +5,6 @@ leaves every file that was already there byte-for-byte unchanged (the whole test
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
