@@ -284,6 +284,9 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) ->
                 if child.name != ".lock":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             manifest = {}
+        if manifest and "recipe" not in manifest:
+            raise NeatError("this folder holds a single-stage run, not a `neat-data run`; use another name/out or --overwrite",
+                            file=run_dir / "manifest.json")
         if manifest.get("recipe") and manifest["recipe"] != recipe_identity(recipe):
             changed = sorted(k for k, v in recipe_identity(recipe).items() if manifest["recipe"].get(k) != v)
             raise NeatError(f"run folder was made with another recipe (changed: {', '.join(changed)}); use --overwrite or another name",

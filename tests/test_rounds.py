@@ -156,6 +156,12 @@ def test_run_refuses_another_recipe_and_too_few_prompts(tmp_path: Path, tiny_mod
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2 and "made with another recipe (changed: seed)" in finished.stderr
     assert json.loads((run_dir / "manifest.json").read_text())["recipe"] == manifest["recipe"]
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "manifest.json").write_text(json.dumps({"stages": {"generate": {}}}))
+    finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "run", str(recipe_file(tmp_path, tiny_model)), "--set",
+                               f"out={tmp_path / 'single'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2 and "holds a single-stage run" in finished.stderr
+    assert json.loads((tmp_path / "single" / "manifest.json").read_text()) == {"stages": {"generate": {}}}
 
 
 def test_bundled_recipes_are_valid():
