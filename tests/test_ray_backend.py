@@ -113,3 +113,34 @@ def test_cli_ray_backend_on_the_tiny_model_matches_the_single_process_engine(vll
     errors = [r for r in distributed.values() if r["status"] == "error"]
     assert len(errors) == 2 and all(r["error"].startswith("prompt too long") for r in errors)
     assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["stages"]["generate"]["config"]["backend"] == "ray"
+
+
+def test_ray_scoring_gives_the_single_process_scores_and_a_failing_batch_becomes_error_rows(local_ray, prompts_file: Path, tmp_path: Path):
+    import shutil
+
+    from neat_data.stages.score import ScoreConfig, run_score
+
+    generated = tmp_path / "generated"
+    run_generate(GenerateConfig(prompts=str(prompts_file), model="fake", out=generated, num_pos=2, num_neg=2, sampling=Sampling(max_tokens=8)),
+                 backend=RecordingBackend(), progress=False)
+    for name in ("single", "ray", "raising"):
+        shutil.copytree(generated, tmp_path / name)
+    run_score(ScoreConfig(run=tmp_path / "single", scorer="python:ray_scorers:length_or_text"), progress=False)
+    summary = run_score(ScoreConfig(run=tmp_path / "ray", scorer="python:ray_scorers:length_or_text", ray_actors=2, ray_batch_size=3,
+                                    flush_every=8), progress=False)
+    single = {r["key"]: r for r in pq.read_table(tmp_path / "single" / "scored").to_pylist()}
+    distributed = {r["key"]: r for r in pq.read_table(tmp_path / "ray" / "scored").to_pylist()}
+    assert summary.counts["score_status"] == {"ok": 12, "error": 4} and set(single) == set(distributed)
+    for key, row in single.items():
+        assert (distributed[key]["score"], distributed[key]["score_status"], distributed[key]["score_error"]) == \
+            (row["score"], row["score_status"], row["score_error"])
+    # an exception inside an actor: its batch's rows are error rows, the others are scored, the stage finishes
+    summary = run_score(ScoreConfig(run=tmp_path / "raising", scorer="python:ray_scorers:raises_on_france", ray_actors=2, ray_batch_size=1),
+                        progress=False)
+    raising = pq.read_table(tmp_path / "raising" / "scored").to_pylist()
+    assert summary.counts["score_status"] == {"ok": 12, "error": 4}
+    for row in raising:
+        if "France" in row["prompt"][-1]["content"]:
+            assert row["score_status"] == "error" and row["score_error"].startswith("ray actor: ValueError: boom on France")
+        else:
+            assert row["score"] == float(len(row["response"]))

@@ -53,11 +53,31 @@ def _decode_result(text: str) -> RequestResult:
                          system_mode=value["system_mode"], n_fallback=value["n_fallback"])
 
 
-def _root_cause(error: Exception) -> str:
+def root_cause(error: Exception) -> str:
     """The `Type: message` line that ends a Ray error's remote traceback (else its first line), without colours."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
     named = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*: ", line)]
     return (named or [line for line in lines if line] or [type(error).__name__])[-1 if named else 0]
+
+
+def init_ray() -> tuple[Any, bool]:
+    """(the ray module, whether this call started Ray). Local Ray unless `RAY_ADDRESS` names a cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise NeatError("Ray is not installed: pip install 'neat-data[ray]'", field="backend") from None
+    if ray.is_initialized():
+        return ray, False
+    package_root = str(Path(__file__).resolve().parents[2])
+    if os.environ.get("RAY_ADDRESS"):  # a cluster: ship this neat_data to the workers
+        import neat_data
+
+        runtime_env: dict[str, Any] = {"py_modules": [str(Path(neat_data.__file__).parent)]}
+    else:  # local workers import the same neat_data as this process (not another install), and, like the
+        # single-process `python:` scorer, modules in the current directory
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.getcwd(), os.environ.get("PYTHONPATH")]))}}
+    ray.init(runtime_env=runtime_env, log_to_driver=False, include_dashboard=False)
+    return ray, True
 
 
 class _EngineActor:
@@ -103,20 +123,8 @@ class RayBackend:
                    tensor_parallel_size=config.tensor_parallel_size)
 
     def _init_ray(self) -> Any:
-        try:
-            import ray
-        except ImportError:
-            raise NeatError("backend 'ray' needs Ray Data: pip install 'neat-data[ray]'", field="backend") from None
-        if not ray.is_initialized():
-            package_root = str(Path(__file__).resolve().parents[2])
-            if os.environ.get("RAY_ADDRESS"):  # a cluster: ship this neat_data to the workers
-                import neat_data
-
-                runtime_env: dict[str, Any] = {"py_modules": [str(Path(neat_data.__file__).parent)]}
-            else:  # local workers import the same neat_data as this process (not another install)
-                runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}}
-            ray.init(runtime_env=runtime_env, log_to_driver=False, include_dashboard=False)
-            self._started_ray = True
+        ray, started = init_ray()
+        self._started_ray = self._started_ray or started
         return ray
 
     def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
@@ -141,7 +149,7 @@ class RayBackend:
                         answered.add(index)
                         yield index, _decode_result(str(text))
         except Exception as error:
-            cause = _root_cause(error)
+            cause = root_cause(error)
             if "creation task" in str(error):  # no engine could start (model path, dtype, memory): the user's to fix
                 raise NeatError(f"ray: an engine actor could not start: {cause}", field="backend") from None
             for index in range(len(requests)):  # the job died mid-way: every unanswered request is an error row

@@ -34,6 +34,10 @@ class Scorer(Protocol):
 def make_scorer(config: Any, generation_model: str | None) -> Scorer:
     """`config`: a ScoreConfig. The reference/reward model defaults to the model that generated the run."""
     kind = config.scorer
+    if getattr(config, "ray_actors", None):
+        from neat_data.scorers.ray_scorer import RayScorer
+
+        return RayScorer(config, generation_model)
     if kind.startswith("python:"):
         from neat_data.scorers.python_fn import PythonScorer
 

@@ -51,6 +51,11 @@ class ScoreConfig(BaseModel):
     base_url: str | None = Field(None, description="judge (openai): endpoint.")
     api_key_env: str = Field("OPENAI_API_KEY", description="judge (openai): environment variable holding the key.")
     max_concurrency: int = Field(64, ge=1, description="judge (openai): requests in flight.")
+    # Ray: N copies of the scorer on a pool of actors (local Ray, or the cluster RAY_ADDRESS names)
+    ray_actors: int | None = Field(None, ge=1, description="Score on N Ray actors, each with its own copy of the scorer (extra ray).")
+    ray_gpus_per_actor: float | None = Field(None, ge=0, description="ray: GPUs per actor (default 1 on a GPU cluster, else 0).")
+    ray_cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs reserved per actor.")
+    ray_batch_size: int = Field(64, ge=1, description="ray: items per actor call.")
 
     def identity(self) -> dict[str, Any]:
         dumped = self.model_dump(mode="json")
@@ -127,39 +132,44 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, overwrite: b
     generations_dir = run_dir / "generations"
     if not generations_dir.is_dir():
         raise NeatError("no generations/ in this run folder (run `neat-data generate` first)", file=run_dir)
-    with RunLock(run_dir):
-        generations = ShardedTable(generations_dir, GENERATIONS).read()
-        check_columns(generations, GENERATIONS, str(generations_dir))
-        scored = ShardedTable(run_dir / "scored", SCORED)
-        manifest = read_manifest(run_dir)
-        if overwrite:
-            if scorer is None:  # a bad scorer or model fails here, before the old scores are deleted
-                scorer = make_scorer(config, manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model"))
-            scored.clear()
-        else:
-            check_identity(config, run_dir)
-        done = set(scored.read().column("key").to_pylist())
-        rows = generations.to_pylist()
-        pending = [row for row in rows if row["key"] not in done]
-        entry = {"config": config.model_dump(mode="json"), "command": argv, "finished": False}
-        update_manifest(run_dir, "score", entry)
-        scored_now = 0
-        if pending:
-            texts = pair_texts(rows, manifest.get("stages", {}).get("generate", {}))
-            if scorer is None:
-                scorer = make_scorer(config, manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model"))
-            bar = tqdm(total=len(rows), initial=len(rows) - len(pending), unit="row", desc="score", disable=not progress)
-            for chunk in prompt_aligned_chunks(pending, config.flush_every):
-                scored.append(score_rows(chunk, scorer, texts))
-                scored_now += len(chunk)
-                bar.update(len(chunk))
-            bar.close()
-        final = apply_negative_score(scored.read(), config.negative_score)
-        scored.rewrite(final)
-        counts = {"score_status": count_by(final, "score_status"), "steering": count_by(final, "steering")}
-        entry.update(finished=True, rows=final.num_rows, counts=counts, scorer=final.column("scorer")[0].as_py() if final.num_rows else None,
-                     seconds=round(time.time() - started, 2))
-        update_manifest(run_dir, "score", entry)
+    owns_scorer = scorer is None
+    try:
+        with RunLock(run_dir):
+            generations = ShardedTable(generations_dir, GENERATIONS).read()
+            check_columns(generations, GENERATIONS, str(generations_dir))
+            scored = ShardedTable(run_dir / "scored", SCORED)
+            manifest = read_manifest(run_dir)
+            if overwrite:
+                if scorer is None:  # a bad scorer or model fails here, before the old scores are deleted
+                    scorer = make_scorer(config, manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model"))
+                scored.clear()
+            else:
+                check_identity(config, run_dir)
+            done = set(scored.read().column("key").to_pylist())
+            rows = generations.to_pylist()
+            pending = [row for row in rows if row["key"] not in done]
+            entry = {"config": config.model_dump(mode="json"), "command": argv, "finished": False}
+            update_manifest(run_dir, "score", entry)
+            scored_now = 0
+            if pending:
+                texts = pair_texts(rows, manifest.get("stages", {}).get("generate", {}))
+                if scorer is None:
+                    scorer = make_scorer(config, manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model"))
+                bar = tqdm(total=len(rows), initial=len(rows) - len(pending), unit="row", desc="score", disable=not progress)
+                for chunk in prompt_aligned_chunks(pending, config.flush_every):
+                    scored.append(score_rows(chunk, scorer, texts))
+                    scored_now += len(chunk)
+                    bar.update(len(chunk))
+                bar.close()
+            final = apply_negative_score(scored.read(), config.negative_score)
+            scored.rewrite(final)
+            counts = {"score_status": count_by(final, "score_status"), "steering": count_by(final, "steering")}
+            entry.update(finished=True, rows=final.num_rows, counts=counts, scorer=final.column("scorer")[0].as_py() if final.num_rows else None,
+                         seconds=round(time.time() - started, 2))
+            update_manifest(run_dir, "score", entry)
+    finally:
+        if owns_scorer and scorer is not None and hasattr(scorer, "close"):
+            scorer.close()  # e.g. Ray actors
     return ScoreSummary(run_dir=run_dir, rows=final.num_rows, scored_rows=scored_now, counts=counts, seconds=time.time() - started)
 
 
