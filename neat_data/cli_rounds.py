@@ -53,7 +53,7 @@ def register(cli: click.Group, argv: Any) -> None:
     @cli.command()
     @click.argument("data", type=click.Path(path_type=Path))
     @click.option("--model", required=True, help="Policy to train: bundled alias, local HF folder or Hub id.")
-    @click.option("--out", type=click.Path(path_type=Path), help="Output HF folder (default DATA/model).")
+    @click.option("--out", type=click.Path(path_type=Path), help="Output HF folder (default: model/ in DATA's folder).")
     @options_from_model(TrainConfig, skip=("data", "model", "out"))
     def train(data: Path, model: str, out: Path | None, **options: Any) -> None:
         """Train the policy on DATA's ranked export with the NEAT loss (ranking + LM) → an HF folder.
@@ -62,7 +62,8 @@ def register(cli: click.Group, argv: Any) -> None:
         Several processes: torchrun --nproc-per-node N -m neat_data.cli train … (or accelerate launch)."""
         from neat_data.train.trainer import TrainConfig, run_train
 
-        config = TrainConfig(data=data, model=model, out=out or Path(data) / "model", **{k: v for k, v in options.items() if v is not None})
+        default_out = (data.parent if data.is_file() else data) / "model"
+        config = TrainConfig(data=data, model=model, out=out or default_out, **{k: v for k, v in options.items() if v is not None})
         summary = run_train(config, argv=argv(), log=lambda r: click.echo(
             f"step {r['step']}: loss {r['loss']:.4f} (rank {r['rank_loss']:.4f}, lm {r['sft_loss']:.4f}) "
             f"rank-acc {r['rank_accuracy']:.2f} grad {r['grad_norm']:.2f} {r['tokens_per_s']:.0f} tok/s", err=True))

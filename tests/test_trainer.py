@@ -153,3 +153,17 @@ def test_ddp_two_cpu_processes_end_identical(tiny_model: Path, toy_run: Path, tm
     # 8 prompts / 2 per batch / 2 ranks = 2 steps per epoch; the data was split, not repeated per rank
     assert details["summary"]["steps"] == 4
     assert not torch.equal(_weights(out)["model.layers.0.mlp.down_proj.weight"], _weights(tiny_model)["model.layers.0.mlp.down_proj.weight"])
+
+
+def test_train_cli_on_a_parquet_file_writes_next_to_it(tiny_model: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from neat_data.cli import cli
+
+    data = write_ranked(tmp_path / "exports" / "ranked.parquet", toy_rows())
+    result = CliRunner().invoke(cli, ["train", str(data), "--model", str(tiny_model), "--prompts-per-batch", "8", "--loss", "pro"])
+    assert result.exit_code == 0, result.output
+    assert "1 steps on 8 prompts × 3.0 candidates" in result.output
+    assert json.loads((tmp_path / "exports" / "model" / "neat_train.json").read_text())["config"]["loss"] == "pro"
+    bad = CliRunner().invoke(cli, ["train", str(tmp_path / "missing"), "--model", str(tiny_model)])
+    assert bad.exit_code == 2 and "no ranked export found" in bad.output
