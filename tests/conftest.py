@@ -80,18 +80,15 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    """vLLM's own OpenAI-compatible server on 127.0.0.1 serving the tiny model as 'tiny'; yields the /v1 URL."""
-    pytest.importorskip("vllm")
+def start_vllm_server(model: Path, log: Path, *extra: str) -> tuple[str, subprocess.Popen]:
+    """vLLM's own OpenAI-compatible server on 127.0.0.1 serving `model` as 'tiny': (the /v1 URL, the process)."""
     from neat_data.testing.fake_openai_server import _free_port
 
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "vllm_server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model), "--served-model-name", "tiny",
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "tiny",
                "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
-               "--max-num-batched-tokens", "16384"]
+               "--max-num-batched-tokens", "16384", *extra]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -99,12 +96,24 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     except Exception:
         os.killpg(process.pid, signal.SIGKILL)
         raise RuntimeError(f"vLLM server did not start; log:\n{log.read_text()[-3000:]}")
-    yield f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{port}/v1", process
+
+
+def stop_server(process: subprocess.Popen) -> None:
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """vLLM's own OpenAI-compatible server serving the tiny model as 'tiny'; yields the /v1 URL."""
+    pytest.importorskip("vllm")
+    url, process = start_vllm_server(tiny_model, tmp_path_factory.mktemp("server") / "vllm_server.log")
+    yield url
+    stop_server(process)
 
 
 @pytest.fixture
