@@ -136,23 +136,38 @@ def test_lora_is_merged_and_top_layers_freeze_the_rest(tiny_model: Path, toy_run
         assert torch.equal(top[frozen], base[frozen])
 
 
-def test_ddp_two_cpu_processes_end_identical(tiny_model: Path, toy_run: Path, tmp_path: Path):
-    out = toy_run / "ddp"
+def torchrun_train(toy_run: Path, tiny_model: Path, out: Path, *extra: str) -> dict:
     from neat_data.testing.fake_openai_server import _free_port
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "neat_data.cli",
                "train", str(toy_run), "--model", str(tiny_model), "--out", str(out), "--lr", "3e-3", "--prompts-per-batch", "2",
-               "--epochs", "2", "--threads", "1"]
+               "--epochs", "2", "--threads", "1", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    details = json.loads((out / "neat_train.json").read_text())
-    assert details["world_size"] == 2
-    checksums = details["rank_checksums"]
+    return json.loads((out / "neat_train.json").read_text())
+
+
+def test_ddp_and_fsdp_on_two_cpu_processes(tiny_model: Path, toy_run: Path):
+    """DDP: both ranks end with identical weights. FSDP2 (sharded): the same math, so the same weights as DDP."""
+    ddp = torchrun_train(toy_run, tiny_model, toy_run / "ddp")
+    assert ddp["world_size"] == 2 and ddp["fsdp"] is False
+    checksums = ddp["rank_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]  # both ranks hold the same weights after training
     # 8 prompts / 2 per batch / 2 ranks = 2 steps per epoch; the data was split, not repeated per rank
-    assert details["summary"]["steps"] == 4
-    assert not torch.equal(_weights(out)["model.layers.0.mlp.down_proj.weight"], _weights(tiny_model)["model.layers.0.mlp.down_proj.weight"])
+    assert ddp["summary"]["steps"] == 4
+    base, ddp_weights = _weights(tiny_model), _weights(toy_run / "ddp")
+    assert not torch.equal(ddp_weights["model.layers.0.mlp.down_proj.weight"], base["model.layers.0.mlp.down_proj.weight"])
+
+    fsdp = torchrun_train(toy_run, tiny_model, toy_run / "fsdp", "--fsdp")
+    assert fsdp["fsdp"] is True and fsdp["summary"]["steps"] == 4
+    fsdp_weights = _weights(toy_run / "fsdp")
+    assert set(fsdp_weights) == set(ddp_weights)
+    for name, tensor in ddp_weights.items():
+        assert torch.allclose(fsdp_weights[name], tensor, atol=1e-5), name
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(toy_run / "fsdp")
 
 
 def test_train_cli_on_a_parquet_file_writes_next_to_it(tiny_model: Path, tmp_path: Path):

@@ -176,15 +176,18 @@ def choose_trainable(model: Any, *, lora_rank: int, lora_alpha: float, lora_drop
     return model
 
 
-def save_policy(model: Any, tokenizer: Any, out: Path, dtype: Any, extra_files: dict[str, str]) -> None:
-    """Write an HF folder (weights, config, tokenizer, chat template, `extra_files`) at `out`, atomically:
+def save_policy(model: Any, tokenizer: Any, out: Path, dtype: Any, extra_files: dict[str, str], state_dict: dict[str, Any] | None = None) -> None:
+    """Write an HF folder (weights — `state_dict` when given — config, tokenizer, chat template, `extra_files`) at `out`, atomically:
     completed in `<out>.partial/` (which already holds the step log), then swapped in; LoRA adapters are
     merged first so vLLM loads a plain model."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     partial = partial_folder(out)
-    model.to(dtype).save_pretrained(partial, safe_serialization=True)
-    model.to(torch.float32)
+    if state_dict is not None:  # FSDP: the gathered full weights (the model itself holds shards)
+        model.save_pretrained(partial, safe_serialization=True, state_dict={k: v.to(dtype) for k, v in state_dict.items()})
+    else:
+        model.to(dtype).save_pretrained(partial, safe_serialization=True)
+        model.to(torch.float32)
     tokenizer.save_pretrained(partial)
     for name, text in extra_files.items():
         (partial / name).write_text(text, encoding="utf-8")

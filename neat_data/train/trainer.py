@@ -58,6 +58,8 @@ class TrainConfig(BaseModel):
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     top_layers: int | None = Field(None, ge=1, description="Train only the top N decoder layers (+ final norm).")
+    fsdp: bool | None = Field(None, description="Shard weights, gradients and optimizer state over the ranks (FSDP2) instead of DDP "
+                                                "(default: on when accelerate launch runs an FSDP config).")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU (small updates survive), the base model's dtype on CUDA.")
@@ -66,6 +68,8 @@ class TrainConfig(BaseModel):
     def _check(self) -> "TrainConfig":
         if self.lora_rank and self.top_layers:
             raise ValueError("choose lora_rank or top_layers, not both")
+        if self.fsdp and self.lora_rank:
+            raise ValueError("LoRA keeps optimizer state small already: train it with DDP, not fsdp")
         return self
 
 
@@ -160,7 +164,14 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     forward = ResponseLogprobs(model, head_chunk=config.head_chunk, compile_decoder=config.compile)
-    wrapped = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[dist.device.index] if cuda else None) if dist.world > 1 else forward
+    fsdp = dist.world > 1 and (config.fsdp if config.fsdp is not None else os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
+    if fsdp:
+        shard_policy(model, forward, dist.device.type, dist.world)
+        wrapped = forward
+    elif dist.world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[dist.device.index] if cuda else None)
+    else:
+        wrapped = forward
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, **({"fused": True} if cuda else {}))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -182,8 +193,8 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
             tokens = 0
             for index, examples_in_batch in enumerate(group):
                 batch = make_batch(examples_in_batch, pad_id)
-                sync = index == len(group) - 1 or dist.world == 1
-                with (nullcontext() if sync else wrapped.no_sync()), \
+                skip_sync = dist.world > 1 and not fsdp and index < len(group) - 1  # DDP: all-reduce on the last micro-batch only
+                with (wrapped.no_sync() if skip_sync else nullcontext()), \
                         (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and cuda else nullcontext()):
                     sums, counts = wrapped(batch.input_ids.to(dist.device), batch.attention_mask.to(dist.device),
                                            batch.response_mask.to(dist.device))
@@ -211,28 +222,55 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
                 _append_log(partial, json.dumps(record))
                 if log is not None:
                     log(record)
-    checksums = dist.gather_all(weights_checksum(model))
+    full_state = gather_full_state(model) if fsdp else None  # a collective: every rank takes part
+    checksums = [checksum(full_state.values())] if fsdp else dist.gather_all(checksum(model.parameters()))
     elapsed = time.time() - started
     summary = TrainSummary(out=config.out, steps=step, prompts=stats.prompts, candidates=stats.candidates, tokens=trained_tokens,
                            seconds=elapsed, tokens_per_second=trained_tokens / max(elapsed, 1e-9), first=first, last=last)
     if dist.rank == 0:
         save_dtype = _save_dtype(config.save_dtype, own_dtype, cuda)
         details = {"config": config.model_dump(mode="json"), "command": argv, "base_model": model_path, "data": str(data_path),
-                   "data_stats": asdict(stats), "sft_weight": sft_weight, "world_size": dist.world, "rank_checksums": checksums, "bf16": bf16,
+                   "data_stats": asdict(stats), "sft_weight": sft_weight, "world_size": dist.world, "fsdp": fsdp, "rank_checksums": checksums, "bf16": bf16,
                    "save_dtype": str(save_dtype).removeprefix("torch."), "summary": {k: v for k, v in asdict(summary).items() if k != "out"}}
-        save_policy(model, tokenizer, config.out, save_dtype, {"neat_train.json": json.dumps(details, indent=2, default=str) + "\n"})
+        save_policy(model, tokenizer, config.out, save_dtype, {"neat_train.json": json.dumps(details, indent=2, default=str) + "\n"},
+                    state_dict=full_state)
     dist.barrier()
     return summary
 
 
-def weights_checksum(model: Any) -> list[float]:
-    """(Σ w, Σ w²) over every parameter in float64: equal on all DDP ranks when they stayed in sync."""
+def checksum(tensors: Any) -> list[float]:
+    """(Σ w, Σ w²) over the tensors in float64: equal on all DDP ranks when they stayed in sync."""
     import torch
 
+    tensors = list(tensors)
     with torch.no_grad():
-        total = sum(float(p.detach().double().sum()) for p in model.parameters())
-        squares = sum(float(p.detach().double().pow(2).sum()) for p in model.parameters())
-    return [total, squares]
+        return [sum(float(t.detach().double().sum()) for t in tensors), sum(float(t.detach().double().pow(2).sum()) for t in tensors)]
+
+
+def shard_policy(model: Any, forward: Any, device_type: str, world: int) -> None:
+    """FSDP2: one unit per decoder layer, the rest (embeddings, norm, head) in the root unit = our forward
+    module, whose forward is the one the loop calls (so the root gathers its parameters)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device_type, (world,))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for layer in base.get_decoder().layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(forward, mesh=mesh)
+
+
+def gather_full_state(model: Any) -> dict[str, Any]:
+    """The whole (unsharded) state dict on rank 0, on CPU; empty on the other ranks."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    seen: set[int] = set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):  # tied weights (a head tied to the
+        if id(parameter) in seen:                                             # embeddings) are saved once, as
+            state.pop(name, None)                                             # save_pretrained does
+        seen.add(id(parameter))
+    return state
 
 
 def scatter_scores(sequence_scores: Any, batch: Any, device: Any) -> Any:
