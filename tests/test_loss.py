@@ -114,3 +114,15 @@ def test_head_logprobs_values_and_gradients_match_autograd():
     (reference * upstream).sum().backward()
     assert torch.allclose(ours.double(), reference, atol=1e-6)
     assert torch.allclose(ours_grads[0], hidden.grad, atol=1e-6) and torch.allclose(ours_grads[1], weight.grad, atol=1e-6)
+
+
+def test_head_logprobs_without_gradients_give_the_same_values():
+    from neat_data.train.forward import HeadLogprobs
+
+    generator = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(7, 5, generator=generator), torch.randn(11, 5, generator=generator)
+    targets = torch.randint(0, 11, (7,), generator=generator)
+    with torch.no_grad():
+        streamed = HeadLogprobs.apply(hidden, weight, targets, 3)  # only a 3-row logits buffer is kept
+    reference = torch.log_softmax(hidden @ weight.t(), dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    assert torch.allclose(streamed, reference, atol=1e-5)

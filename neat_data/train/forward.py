@@ -66,15 +66,18 @@ class HeadLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
         rows = hidden.shape[0]
-        logits = hidden.new_empty(rows, weight.shape[0])
+        keep = any(ctx.needs_input_grad[:2])  # no gradient wanted (evaluation): one chunk of logits at a time
+        logits = hidden.new_empty(rows if keep else min(rows, chunk), weight.shape[0])
         normaliser = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         out = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         forward_part, _ = _elementwise(hidden.device.type)
         for start in range(0, rows, chunk):
             part = slice(start, start + chunk)
-            torch.matmul(hidden[part], weight.t(), out=logits[part])
-            normaliser[part], out[part] = forward_part(logits[part], targets[part])
-        ctx.save_for_backward(hidden, weight, targets, logits, normaliser)
+            block = logits[part] if keep else logits[: hidden[part].shape[0]]
+            torch.matmul(hidden[part], weight.t(), out=block)
+            normaliser[part], out[part] = forward_part(block, targets[part])
+        if keep:
+            ctx.save_for_backward(hidden, weight, targets, logits, normaliser)
         ctx.chunk = chunk
         return out
 
