@@ -175,3 +175,14 @@ def test_bundled_recipes_are_valid():
     assert names == ["generate", "score", "rank", "export-ranked", "export-trl", "train", "evaluate"]
     generate = dict(stage_configs(hh, Path("runs/hh-rlhf"), 2))["generate"]
     assert generate["model"] == str(Path("runs/hh-rlhf/round_01/model")) and generate["round"] == 2
+
+
+def test_a_failing_stage_stops_the_run_with_its_log(tmp_path: Path, tiny_model: Path):
+    recipe = recipe_file(tmp_path, tmp_path / "no-such-model")
+    finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "run", str(recipe)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert finished.returncode == 2
+    assert f"error: {run_dir}/round_00/configs/evaluate.json: stage evaluate of round 0 failed (exit code 2" in finished.stderr
+    assert "no-such-model" in finished.stderr  # the stage's own one-line error, from the tail of its log
+    assert (run_dir / "round_00" / "logs" / "evaluate.log").exists()
+    assert "0" not in json.loads((run_dir / "manifest.json").read_text()).get("rounds", {})  # nothing recorded as finished
