@@ -1,4 +1,4 @@
-"""Scorers behind one narrow protocol: `score(items) -> list[ScoreResult]`, one result per item, in order.
+"""Scorers behind one narrow protocol (`neat_data.scorers.base.Scorer`): one result per item, in order.
 
 `make_scorer(config, generate_config)` is the one place an implementation is chosen. Torch and
 transformers are imported inside the implementations only.
@@ -6,29 +6,9 @@ transformers are imported inside the implementations only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-
-@dataclass(frozen=True)
-class ScoreItem:
-    prompt: list[dict[str, str]]  # the neutral conversation
-    response: str
-    steering: str
-    positive_system: str | None  # the pair's two steering texts (self-contrast needs both)
-    negative_system: str | None
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    score: float | None
-    error: str | None = None
-
-
-class Scorer(Protocol):
-    name: str  # recorded in the `scorer` column
-
-    def score(self, items: list[ScoreItem]) -> list[ScoreResult]: ...
+from neat_data.scorers.base import Scorer
 
 
 def make_scorer(config: Any, generation_model: str | None) -> Scorer:

@@ -24,7 +24,7 @@ from neat_data.engines.base import Backend, GenerationRequest, Sampling
 from neat_data.errors import NeatError
 from neat_data.keys import request_seed, text_hash
 from neat_data.resources import bundled_dir
-from neat_data.scorers import ScoreItem, ScoreResult
+from neat_data.scorers.base import ScoreItem, ScoreResult
 
 _RATING = re.compile(r"rating\s*:\s*\**\s*(\d+)\b", re.IGNORECASE)
 _WINNER = re.compile(r"winner\s*:\s*\**\s*([AB])\b", re.IGNORECASE)

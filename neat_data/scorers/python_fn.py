@@ -12,7 +12,7 @@ import sys
 from typing import Callable
 
 from neat_data.errors import NeatError
-from neat_data.scorers import ScoreItem, ScoreResult
+from neat_data.scorers.base import ScoreItem, ScoreResult
 
 
 class PythonScorer:

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from neat_data.errors import NeatError
-from neat_data.scorers import ScoreItem, ScoreResult
+from neat_data.scorers.base import ScoreItem, ScoreResult
 
 
 class _ScorerActor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 
 from neat_data.messages import build_messages, template_accepts_system
-from neat_data.scorers import ScoreItem, ScoreResult
+from neat_data.scorers.base import ScoreItem, ScoreResult
 from neat_data.scorers.torch_common import length_sorted_batches, load_scoring_model, pad_batch
 
 

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from neat_data.errors import NeatError
 from neat_data.runfolder import RunLock, ShardedTable, count_by, read_manifest, update_manifest
 from neat_data.schemas import GENERATIONS, SCORED, check_columns
-from neat_data.scorers import ScoreItem, Scorer, make_scorer
+from neat_data.scorers import make_scorer
+from neat_data.scorers.base import ScoreItem, Scorer
 
 IDENTITY_FIELDS = ("scorer", "model", "negative_score", "judge_mode", "judge_template")
 
