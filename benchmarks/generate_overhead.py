@@ -29,7 +29,7 @@ def main() -> None:
     from vllm import SamplingParams
 
     from neat_data.engines.base import Sampling
-    from neat_data.engines.vllm_backend import VLLMBackend
+    from neat_data.engines.vllm_backend import VLLMBackend, VLLMOptions
     from neat_data.models import resolve_model
     from neat_data.pairs import load_libraries
     from neat_data.prompts_in import load_prompts
@@ -38,7 +38,7 @@ def main() -> None:
 
     prompts = str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl")
     sampling = Sampling(max_tokens=args.max_tokens, temperature=0.8, seed=0)
-    shared = VLLMBackend(resolve_model(args.model), model_label=args.model, max_model_len=2048)
+    shared = VLLMBackend(resolve_model(args.model), model_label=args.model, options=VLLMOptions(max_model_len=2048))
     work = Path(tempfile.mkdtemp(prefix="neat-bench-"))
 
     def config(out: Path) -> GenerateConfig:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def main() -> int:
     import torch
 
-    from neat_data.scorers import ScoreItem
+    from neat_data.scorers.base import ScoreItem
     from neat_data.scorers.reward_model import RewardModelScorer
     from neat_data.scorers.self_contrast import SelfContrastScorer
     from tinymodel import build_tiny_model, build_tiny_reward_model

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from neat_data.engines.base import GenerationRequest, Sampling  # noqa: E402
-from neat_data.engines.openai_backend import OpenAIBackend  # noqa: E402
+from neat_data.engines.openai_backend import OpenAIBackend, OpenAIOptions  # noqa: E402
 
 MODEL = "fake"
 SAMPLING = Sampling(temperature=0.8, top_p=0.95, max_tokens=16, seed=0)
@@ -84,8 +84,8 @@ def make_requests(count: int, first_seed: int) -> list[GenerationRequest]:
 
 def run_ours(transport: str) -> Callable[[str, int, list[GenerationRequest]], int]:
     def run(url: str, concurrency: int, requests: list[GenerationRequest]) -> int:
-        backend = OpenAIBackend(base_url=url, model=MODEL, max_concurrency=concurrency, timeout=TIMEOUT, max_retries=0,
-                                transport=transport)
+        backend = OpenAIBackend(MODEL, OpenAIOptions(base_url=url, max_concurrency=concurrency, request_timeout=TIMEOUT, max_retries=0,
+                                                     http_transport=transport))
         answered = errors = 0
         for _, result in backend.generate(requests, SAMPLING):
             answered += 1

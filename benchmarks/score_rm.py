@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_items(count: int, seed: int = 0) -> list:
-    from neat_data.scorers import ScoreItem
+    from neat_data.scorers.base import ScoreItem
 
     rng = random.Random(seed)
     words = ("the quick brown fox jumps over the lazy dog boil an egg seven minutes Paris is the capital of France "

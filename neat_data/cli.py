@@ -18,7 +18,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from neat_data.errors import NeatError, redact_secrets
+from neat_data.errors import NeatError, redact_secrets, validation_message
 
 
 class NeatGroup(click.Group):
@@ -31,9 +31,8 @@ class NeatGroup(click.Group):
             click.echo(f"error: {redact_secrets(error.one_line())}", err=True)
             ctx.exit(2)
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "config"
-            click.echo(f"error: option '{field}': {redact_secrets(first['msg'])}", err=True)
+            field, message = validation_message(error)
+            click.echo(f"error: option '{field}': {redact_secrets(message)}", err=True)
             ctx.exit(2)
 
 

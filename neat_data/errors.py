@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.I)
 
@@ -49,3 +53,12 @@ def redact_secrets(text: str) -> str:
         if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
             text = text.replace(value, "***")
     return text
+
+
+def validation_message(error: "ValidationError") -> tuple[str, str]:
+    """(dotted field, message) of a pydantic ValidationError's first problem, without pydantic's "Value error, "
+    prefix. Never the input value: it may hold a secret (a key in a URL)."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return field, message

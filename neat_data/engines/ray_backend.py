@@ -25,21 +25,29 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+from neat_data.engines.vllm_backend import VLLMOptions
 from neat_data.errors import NeatError
 
 
-def _vllm_engine(config_json: str, model_path: str) -> Any:
+class RayOptions(BaseModel):
+    """Ray Data options (backend ray); each actor's engine takes the VLLMOptions of the same config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ray_actors: int = Field(1, ge=1, description="ray: engine actors (one vLLM engine each); RAY_ADDRESS picks the cluster.")
+    ray_gpus_per_actor: float | None = Field(None, ge=0, description="ray: GPUs per actor (default: --tensor-parallel-size on a GPU cluster, else 0).")
+    ray_cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs reserved per actor.")
+    ray_batch_size: int = Field(64, ge=1, description="ray: requests per actor call (results stream back per batch).")
+
+
+def _vllm_engine(model_path: str, model_label: str, options: VLLMOptions, seed: int) -> Any:
     """Runs inside the actor: the same VLLMBackend the single-process path uses."""
     from neat_data.engines.vllm_backend import VLLMBackend
-    from neat_data.stages.generate import GenerateConfig
 
-    config = GenerateConfig.model_validate_json(config_json)
-    return VLLMBackend(model_path, model_label=config.model, dtype=config.dtype, tensor_parallel_size=config.tensor_parallel_size,
-                       max_model_len=config.max_model_len, gpu_memory_utilization=config.gpu_memory_utilization,
-                       max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs,
-                       batch_requests=config.vllm_batch_requests, kv_cache_gb=config.kv_cache_gb, enforce_eager=config.enforce_eager,
-                       seed=config.sampling.seed)
+    return VLLMBackend(model_path, model_label=model_label, options=options, seed=seed)
 
 
 def _encode_result(result: RequestResult) -> str:
@@ -113,14 +121,15 @@ class RayBackend:
         self._started_ray = False
 
     @classmethod
-    def from_config(cls, config: Any) -> "RayBackend":
+    def from_options(cls, model: str, ray_options: RayOptions, vllm_options: VLLMOptions, *, seed: int = 0) -> "RayBackend":
         from neat_data.models import resolve_model
 
         # Resolve the model on the driver: actors then load a path (or Hub id) and need no model-building extras.
-        factory = functools.partial(_vllm_engine, config.model_dump_json(), resolve_model(config.model))
-        return cls(config.model, factory, actors=config.ray_actors, gpus_per_actor=config.ray_gpus_per_actor,
-                   cpus_per_actor=config.ray_cpus_per_actor, batch_size=config.ray_batch_size,
-                   tensor_parallel_size=config.tensor_parallel_size)
+        vllm_only = VLLMOptions.model_validate(vllm_options.model_dump(include=set(VLLMOptions.model_fields)))
+        factory = functools.partial(_vllm_engine, resolve_model(model), model, vllm_only, seed)
+        return cls(model, factory, actors=ray_options.ray_actors, gpus_per_actor=ray_options.ray_gpus_per_actor,
+                   cpus_per_actor=ray_options.ray_cpus_per_actor, batch_size=ray_options.ray_batch_size,
+                   tensor_parallel_size=vllm_options.tensor_parallel_size)
 
     def _init_ray(self) -> Any:
         ray, started = init_ray()

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 from neat_data.messages import template_accepts_system
 from neat_data.models import resolve_model
+
+
+class TransformersOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transformers_batch_size: int = Field(16, ge=1, description="transformers: sequences per generate call.")
 
 
 class TransformersBackend:
@@ -35,8 +43,8 @@ class TransformersBackend:
         self.system_role_ok = template_accepts_system(self.tokenizer)
 
     @classmethod
-    def from_config(cls, config: Any) -> "TransformersBackend":
-        return cls(resolve_model(config.model), model_label=config.model, batch_size=config.transformers_batch_size)
+    def from_options(cls, model: str, options: TransformersOptions) -> "TransformersBackend":
+        return cls(resolve_model(model), model_label=model, batch_size=options.transformers_batch_size)
 
     def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
         batch: list[tuple[int, list[int], str]] = []

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 from neat_data.errors import NeatError
 from neat_data.messages import template_accepts_system
@@ -23,24 +25,38 @@ from neat_data.models import resolve_dtype, resolve_model
 CPU_TOKEN_BUDGET = 16384
 
 
+class VLLMOptions(BaseModel):
+    """vLLM engine options (backends vllm and ray, and an LLM judge on vllm). Flat field names: they are the CLI flags
+    and recipe keys of every stage config that contains them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str = Field("auto", description="vllm: auto = float32 on CPU (bf16 is ~6x slower there), the model's dtype (bf16) on CUDA.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per model.")
+    max_model_len: int | None = Field(None, ge=16, description="vllm: context length (default: the model's).")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm (GPU): share of GPU memory.")
+    max_num_batched_tokens: int | None = Field(None, ge=16, description="vllm: token budget per step (CPU default 16384).")
+    max_num_seqs: int | None = Field(None, ge=1, description="vllm: sequences per step.")
+    vllm_batch_requests: int = Field(512, ge=1, description="vllm: requests per LLM.chat call (results are flushed between calls).")
+    enforce_eager: bool | None = Field(None, description="vllm: skip torch.compile (default: eager on CPU, compiled on GPU).",
+                                       json_schema_extra={"cli_false": "--compile"})
+    kv_cache_gb: float | None = Field(None, gt=0, description="vllm (CPU): KV cache size in GiB (default 2).")
+
+
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model: str, *, model_label: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
-                 max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None,
-                 batch_requests: int = 512, kv_cache_gb: float | None = None, enforce_eager: bool | None = None,
-                 seed: int = 0, llm: Any = None):
+    def __init__(self, model: str, *, model_label: str | None = None, options: VLLMOptions | None = None, seed: int = 0,
+                 llm: Any = None):
         """`model`: what vLLM loads (folder or Hub id); `model_label`: what rows record (the user's spec).
 
         Pass an existing `llm` (a vllm.LLM) to share one engine between several backends (tests do).
         """
+        options = options or VLLMOptions()
         self.model = model_label or model
-        self.batch_requests = batch_requests
+        self.batch_requests = options.vllm_batch_requests
         if llm is None:
-            llm = self._start_engine(model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                                     gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
-                                     max_num_seqs=max_num_seqs, kv_cache_gb=kv_cache_gb, enforce_eager=enforce_eager, seed=seed)
+            llm = self._start_engine(model, options, seed=seed)
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = llm.llm_engine.model_config.max_model_len
@@ -48,17 +64,12 @@ class VLLMBackend:
         self.system_role_ok = template_accepts_system(self.tokenizer)
 
     @classmethod
-    def from_config(cls, config: Any) -> "VLLMBackend":
-        return cls(resolve_model(config.model), model_label=config.model, dtype=config.dtype,
-                   tensor_parallel_size=config.tensor_parallel_size, max_model_len=config.max_model_len,
-                   gpu_memory_utilization=config.gpu_memory_utilization, max_num_batched_tokens=config.max_num_batched_tokens,
-                   max_num_seqs=config.max_num_seqs, batch_requests=config.vllm_batch_requests, kv_cache_gb=config.kv_cache_gb,
-                   enforce_eager=config.enforce_eager, seed=config.sampling.seed)
+    def from_options(cls, model: str, options: VLLMOptions, *, seed: int = 0) -> "VLLMBackend":
+        """`model`: the user's spec (alias, folder or Hub id), resolved here and recorded as given."""
+        return cls(resolve_model(model), model_label=model, options=options, seed=seed)
 
     @staticmethod
-    def _start_engine(model: str, *, dtype: str, tensor_parallel_size: int, max_model_len: int | None, gpu_memory_utilization: float,
-                      max_num_batched_tokens: int | None, max_num_seqs: int | None, kv_cache_gb: float | None,
-                      enforce_eager: bool | None, seed: int) -> Any:
+    def _start_engine(model: str, options: VLLMOptions, *, seed: int) -> Any:
         try:
             import vllm
         except ImportError:
@@ -66,8 +77,10 @@ class VLLMBackend:
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
-        kwargs: dict[str, Any] = dict(model=model, dtype=resolve_dtype(dtype, "cpu" if on_cpu else "cuda"),
-                                      tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True, seed=seed,
+        max_model_len, max_num_batched_tokens, max_num_seqs = options.max_model_len, options.max_num_batched_tokens, options.max_num_seqs
+        enforce_eager, kv_cache_gb = options.enforce_eager, options.kv_cache_gb
+        kwargs: dict[str, Any] = dict(model=model, dtype=resolve_dtype(options.dtype, "cpu" if on_cpu else "cuda"),
+                                      tensor_parallel_size=options.tensor_parallel_size, enable_prefix_caching=True, seed=seed,
                                       # On CPU, torch.compile warm-up costs ~150 s per engine start (measured with
                                       # SmolLM2-135M, 2 cores) for ~8% more tokens/s: eager wins for runs of minutes.
                                       enforce_eager=on_cpu if enforce_eager is None else enforce_eager)
@@ -79,7 +92,7 @@ class VLLMBackend:
             if kv_cache_gb is not None or "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kwargs["kv_cache_memory_bytes"] = int((kv_cache_gb or 2) * 2**30)
         else:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
             if max_num_batched_tokens is not None:
                 kwargs["max_num_batched_tokens"] = max_num_batched_tokens
             if max_num_seqs is not None:

@@ -1,46 +1,87 @@
 """Scorers behind one narrow protocol (`neat_data.scorers.base.Scorer`): one result per item, in order.
 
-`make_scorer(config, generate_config)` is the one place an implementation is chosen. Torch and
-transformers are imported inside the implementations only.
+`ScorerOptions` holds what choosing and building a scorer needs (a score config inherits it); `make_scorer` is the
+one place an implementation is chosen. The LLM judge's backends take the same options models as generation
+(`VLLMOptions`, `OpenAIOptions`, inherited here). Torch and transformers are imported inside the implementations only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Literal
 
+from pydantic import Field, field_validator
+
+from neat_data.engines.openai_backend import OpenAIOptions
+from neat_data.engines.vllm_backend import VLLMOptions
 from neat_data.scorers.base import Scorer
+from neat_data.scorers.judge import JudgeBackendName, JudgeMode
+
+ScorerName = Literal["self-contrast", "reward-model", "judge"]  # and python:<module>:<function>, a user's callable
+SCORER_HELP = "self-contrast | reward-model | judge | python:<module>:<function>"
+_PYTHON_SCORER = re.compile(r"^python:[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-def make_scorer(config: Any, generation_model: str | None) -> Scorer:
-    """`config`: a ScoreConfig. The reference/reward model defaults to the model that generated the run."""
-    kind = config.scorer
-    if getattr(config, "ray_actors", None):
+class ScorerOptions(VLLMOptions, OpenAIOptions):
+    """Which scorer, on which model and device; the judge's backend options are the generate stage's own."""
+
+    scorer: str = Field("self-contrast", description=f"{SCORER_HELP}.")
+    model: str | None = Field(None, description="Reward model, judge, or self-contrast reference (default: the model that generated the run).")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="reward-model: vllm = the pooling fast path (LLM.classify).")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    max_length: int | None = Field(None, ge=8, description="Longest sequence scored; longer → error row.")
+    judge_mode: JudgeMode = Field("pointwise", description="judge: 1–10 rating per response, or pairwise win rate with both orders judged.")
+    judge_backend: JudgeBackendName = Field("openai", description="judge: where the judge model runs (openai: --base-url).")
+    judge_template: str | None = Field(None, description="judge: template YAML (default prompts/judges/<mode>.yaml).")
+    # N copies of the scorer on a pool of Ray actors (local Ray, or the cluster RAY_ADDRESS names)
+    ray_actors: int | None = Field(None, ge=1, description="Score on N Ray actors, each with its own copy of the scorer; RAY_ADDRESS picks the cluster.")
+    ray_gpus_per_actor: float | None = Field(None, ge=0, description="ray: GPUs per actor (default 1 on a GPU cluster, else 0).")
+    ray_cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs reserved per actor.")
+    ray_batch_size: int = Field(64, ge=1, description="ray: items per actor call.")
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, value: str) -> str:
+        if value in ScorerName.__args__ or _PYTHON_SCORER.match(value):  # type: ignore[attr-defined]
+            return value
+        raise ValueError(f"unknown scorer {value!r} ({SCORER_HELP})")
+
+
+def make_scorer(options: ScorerOptions, generation_model: str | None) -> Scorer:
+    """The scorer `options` names. The reference/reward/judge model defaults to the model that generated the run."""
+    if options.ray_actors:
+        import functools
+
         from neat_data.scorers.ray_scorer import RayScorer
 
-        return RayScorer(config, generation_model)
+        # each actor builds the same scorer in one process (a plain ScorerOptions: actors need no stage module)
+        single = ScorerOptions.model_validate(options.model_dump(include=set(ScorerOptions.model_fields)) | {"ray_actors": None})
+        return RayScorer(functools.partial(make_scorer, single, generation_model), actors=options.ray_actors,
+                         gpus_per_actor=options.ray_gpus_per_actor, cpus_per_actor=options.ray_cpus_per_actor,
+                         batch_size=options.ray_batch_size)
+    kind = options.scorer
     if kind.startswith("python:"):
         from neat_data.scorers.python_fn import PythonScorer
 
         return PythonScorer(kind)
     from neat_data.errors import NeatError
 
-    if kind not in ("self-contrast", "judge", "reward-model"):
-        raise NeatError(f"unknown scorer {kind!r} (self-contrast | reward-model | judge | python:<module>:<function>)", field="scorer")
-    model = config.model or generation_model
+    model = options.model or generation_model
     if not model:
         raise NeatError("this scorer needs --model (the run's manifest names no generating model)", field="model")
     if kind == "self-contrast":
         from neat_data.scorers.self_contrast import SelfContrastScorer
 
-        return SelfContrastScorer(model, batch_size=config.batch_size, device=config.device, max_length=config.max_length)
+        return SelfContrastScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
     if kind == "judge":
         from neat_data.scorers.judge import make_judge
 
-        return make_judge(config, generation_model)
+        return make_judge(model, options.judge_backend, options, mode=options.judge_mode, template=options.judge_template)
     if kind == "reward-model":
         from neat_data.scorers.reward_model import RewardModelScorer, VLLMRewardScorer
 
-        if config.backend == "vllm":
-            return VLLMRewardScorer(model, max_length=config.max_length)
-        return RewardModelScorer(model, batch_size=config.batch_size, device=config.device, max_length=config.max_length)
+        if options.backend == "vllm":
+            return VLLMRewardScorer(model, max_length=options.max_length)
+        return RewardModelScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
     raise ValueError(f"unknown scorer {kind!r}")

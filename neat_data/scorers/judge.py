@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 
@@ -26,6 +26,12 @@ from neat_data.keys import request_seed, text_hash
 from neat_data.resources import bundled_dir
 from neat_data.scorers.base import ScoreItem, ScoreResult
 
+if TYPE_CHECKING:
+    from neat_data.engines.openai_backend import OpenAIOptions
+    from neat_data.engines.vllm_backend import VLLMOptions
+
+JudgeMode = Literal["pointwise", "pairwise"]
+JudgeBackendName = Literal["openai", "vllm"]  # the generation backends a judge runs on
 _RATING = re.compile(r"rating\s*:\s*\**\s*(\d+)\b", re.IGNORECASE)
 _WINNER = re.compile(r"winner\s*:\s*\**\s*([AB])\b", re.IGNORECASE)
 JUDGE_SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=32, seed=0)
@@ -76,8 +82,8 @@ def parse_winner(text: str | None) -> str:
 
 
 class JudgeScorer:
-    def __init__(self, backend: Backend, *, mode: str = "pointwise", template: str | None = None):
-        if mode not in ("pointwise", "pairwise"):
+    def __init__(self, backend: Backend, *, mode: JudgeMode = "pointwise", template: str | None = None):
+        if mode not in JudgeMode.__args__:  # type: ignore[attr-defined]
             raise NeatError("judge mode must be pointwise or pairwise", field="judge_mode")
         self.backend = backend
         self.mode = mode
@@ -152,20 +158,19 @@ class JudgeScorer:
         return results
 
 
-def make_judge(config: Any, generation_model: str | None) -> JudgeScorer:
-    """A JudgeScorer on the configured backend (judge_backend, base_url, model)."""
-    model = config.model or generation_model
-    if config.judge_backend == "openai":
-        from neat_data.engines.openai_backend import OpenAIBackend
-        import os
+def make_judge(model: str, backend_name: JudgeBackendName, options: "VLLMOptions | OpenAIOptions", *, mode: JudgeMode = "pointwise",
+               template: str | None = None) -> JudgeScorer:
+    """A JudgeScorer for `model` on a generation backend built from the same options models as `generate`."""
+    from neat_data.engines.openai_backend import OpenAIBackend, OpenAIOptions
+    from neat_data.engines.vllm_backend import VLLMBackend, VLLMOptions
 
-        if not config.base_url:
+    backend: Backend
+    if backend_name == "openai":
+        assert isinstance(options, OpenAIOptions)
+        if not options.base_url:
             raise NeatError("the openai judge needs --base-url", field="base_url")
-        backend: Backend = OpenAIBackend(base_url=config.base_url, model=model, api_key=os.environ.get(config.api_key_env),
-                                         max_concurrency=config.max_concurrency)
+        backend = OpenAIBackend.from_options(model, options)
     else:
-        from neat_data.engines.vllm_backend import VLLMBackend
-        from neat_data.models import resolve_model
-
-        backend = VLLMBackend(resolve_model(model), model_label=model)
-    return JudgeScorer(backend, mode=config.judge_mode, template=config.judge_template)
+        assert isinstance(options, VLLMOptions)
+        backend = VLLMBackend.from_options(model, options)
+    return JudgeScorer(backend, mode=mode, template=template)

@@ -2,7 +2,7 @@
 
 In:  ScoreItems from the score stage, chunk after chunk (it flushes a shard per chunk, so it resumes).
 Out: one ScoreResult per item, in order — the same values the scorer gives in one process.
-Each actor builds the run's scorer once (`make_scorer`, e.g. a reward model on the GPU Ray gave it) and is
+Each actor builds the run's scorer once (from a factory: `make_scorer` with the same options, e.g. a reward model on the GPU Ray gave it) and is
 kept for the whole stage; a chunk is cut into batches of `ray_batch_size` items spread over the pool
 (`ray.util.ActorPool`). An exception inside an actor makes that batch's items error rows; an actor that
 cannot start at all (bad model path, no memory) stops the stage with one line. Local Ray by default, a
@@ -12,19 +12,15 @@ cluster with `RAY_ADDRESS` (see `neat_data.engines.ray_backend.init_ray`).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Callable
 
 from neat_data.errors import NeatError
-from neat_data.scorers.base import ScoreItem, ScoreResult
+from neat_data.scorers.base import ScoreItem, ScoreResult, Scorer
 
 
 class _ScorerActor:
-    def __init__(self, config_json: str, generation_model: str | None):
-        from neat_data.scorers import make_scorer
-        from neat_data.stages.score import ScoreConfig
-
-        config = ScoreConfig.model_validate_json(config_json).model_copy(update={"ray_actors": None})
-        self.scorer = make_scorer(config, generation_model)
+    def __init__(self, scorer_factory: Callable[[], Scorer]):
+        self.scorer = scorer_factory()
 
     def name(self) -> str:
         return self.scorer.name
@@ -39,23 +35,24 @@ class _ScorerActor:
 
 
 class RayScorer:
-    def __init__(self, config: Any, generation_model: str | None):
+    def __init__(self, scorer_factory: Callable[[], Scorer], *, actors: int, gpus_per_actor: float | None = None,
+                 cpus_per_actor: float = 1.0, batch_size: int = 64):
+        """`scorer_factory`: a picklable zero-argument callable that builds the scorer inside each actor."""
         from neat_data.engines.ray_backend import init_ray, root_cause
 
         self.ray, self._started_ray = init_ray()
-        gpus = config.ray_gpus_per_actor
+        gpus = gpus_per_actor
         if gpus is None:  # one GPU per scorer when the cluster has GPUs
             gpus = 1.0 if self.ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        remote = self.ray.remote(num_gpus=gpus, num_cpus=config.ray_cpus_per_actor)(_ScorerActor)
-        self.actors = [remote.remote(config.model_dump_json(), generation_model) for _ in range(config.ray_actors)]
+        remote = self.ray.remote(num_gpus=gpus, num_cpus=cpus_per_actor)(_ScorerActor)
+        self.actors = [remote.remote(scorer_factory) for _ in range(actors)]
         try:
             names = self.ray.get([actor.name.remote() for actor in self.actors])
         except Exception as error:
             self.close()
             raise NeatError(f"ray: a scorer actor could not start: {root_cause(error)}", field="scorer") from None
         self.name = names[0]
-        self.batch_size = config.ray_batch_size
-
+        self.batch_size = batch_size
     def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
         from ray.util import ActorPool
 

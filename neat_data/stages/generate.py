@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data import __version__
+from neat_data.engines import BackendName, BackendOptions
 from neat_data.engines.base import Backend, GenerationRequest, RequestResult, Sampling
 from neat_data.errors import NeatError
 from neat_data.keys import content_key, request_seed, text_hash
@@ -39,52 +40,31 @@ from neat_data.schemas import GENERATIONS
 IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode")
 
 
-class GenerateConfig(BaseModel):
-    """Everything the generate stage needs; saved (resolved) in the run's manifest. Holds no secret."""
+class GenerateConfig(BackendOptions):
+    """Everything the generate stage needs; saved (resolved) in the run's manifest. Holds no secret.
+
+    The backends' own options (vLLM, OpenAI-compatible, transformers, Ray) are inherited from
+    `neat_data.engines.BackendOptions`: each is defined once, beside its backend."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: str = Field(description="Prompts: .jsonl/.parquet/.csv file or hf://<dataset>[:<config>][@<split>].")
+    prompts: str = Field(description="Prompts: .jsonl/.parquet/.csv or hf://<dataset>[:<config>][@<split>].")
     prompt_column: str | None = Field(None, description="Column holding the prompt (default: messages, prompt or chosen).")
     limit: int | None = Field(None, ge=1, description="Use only the first N unique prompts.")
-    pairs: list[str] = Field(default_factory=lambda: ["harmless"], min_length=1, description="Prompt-pair libraries (names or YAML paths).")
-    model: str = Field(description="Model: bundled alias, local HF folder or Hub id (openai: the served model name).")
-    backend: Literal["vllm", "openai", "transformers", "ray"] = Field(
-        "vllm", description="transformers: model.generate, no engine start (small jobs); ray: the vLLM backend in Ray Data actors.")
+    pairs: list[str] = Field(default_factory=lambda: ["harmless"], min_length=1,
+                             description="Prompt-pair libraries, comma-separated (bundled names or YAML paths).")
+    model: str = Field(description="Bundled alias (smollm2-135m-instruct), local HF folder or Hub id; for openai the served name.")
+    backend: BackendName = Field("vllm", description="vllm: one engine in this process; openai: any compatible server; transformers: "
+                                                     "model.generate, no engine start (small jobs); ray: vLLM engines in Ray Data actors.")
     out: Path = Field(description="Run folder.")
-    round: int = Field(1, ge=0, description="Round number recorded in every row (online NEAT rounds; 0 = the base model's evaluation).")
+    round: int = Field(1, ge=0, description="Round recorded in every row (online NEAT rounds; 0 = the base model's evaluation).")
     num_pos: int = Field(2, ge=0, le=256, description="Responses per prompt under the positive system prompt.")
-    num_neg: int = Field(2, ge=0, le=256, description="Responses per prompt under the negative system prompt.")
+    num_neg: int = Field(2, ge=0, le=256, description="Responses per prompt under the negative system prompt (0: the positive-only baseline).")
     num_neutral: int = Field(0, ge=0, le=256, description="Responses per prompt with no system prompt.")
     sampling: Sampling = Field(default_factory=Sampling)
-    system_mode: Literal["auto", "system", "merged"] = Field("auto", description="auto: use the system role unless the chat template/server rejects it.")
+    system_mode: Literal["auto", "system", "merged"] = Field(
+        "auto", description="auto: system role unless the chat template/server rejects it, then merged into the first user turn.")
     flush_every: int = Field(256, ge=1, description="Write a shard every N rows.")
-    # vLLM
-    dtype: str = Field("auto", description="auto = float32 on CPU, the model's dtype (bf16) on CUDA.")
-    tensor_parallel_size: int = Field(1, ge=1)
-    max_model_len: int | None = Field(None, ge=16)
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    max_num_batched_tokens: int | None = Field(None, ge=16, description="vLLM token budget per step (default raised to 16384 on CPU).")
-    max_num_seqs: int | None = Field(None, ge=1)
-    vllm_batch_requests: int = Field(512, ge=1, description="Requests per LLM.chat call (results are flushed between calls).")
-    enforce_eager: bool | None = Field(None, description="Skip torch.compile/CUDA graphs (default: on for CPU, off for GPU).")
-    kv_cache_gb: float | None = Field(None, gt=0, description="CPU only: KV cache size in GiB (default 2).")
-    transformers_batch_size: int = Field(16, ge=1, description="transformers: sequences per generate call.")
-    # Ray Data (backend ray; the vLLM options above configure each actor's engine)
-    ray_actors: int = Field(1, ge=1, description="ray: engine actors (each one vLLM engine).")
-    ray_gpus_per_actor: float | None = Field(None, ge=0, description="ray: GPUs per actor (default: tensor_parallel_size if the cluster has GPUs, else 0).")
-    ray_cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs reserved per actor.")
-    ray_batch_size: int = Field(64, ge=1, description="ray: requests per map_batches call (results stream back per batch).")
-    # OpenAI-compatible server
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key.")
-    max_concurrency: int = Field(64, ge=1, le=4096)
-    rpm: float | None = Field(None, gt=0, description="Requests per minute limit (none: unlimited).")
-    request_timeout: float = Field(120.0, gt=0, description="Seconds before one request is abandoned and retried.")
-    max_retries: int = Field(6, ge=0, description="Retries per request on 429/5xx/timeouts/bad bodies.")
-    backoff_base: float = Field(0.5, ge=0, description="First retry delay in seconds; doubles each retry (with jitter).")
-    backoff_max: float = Field(30.0, ge=0)
-    http_transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="HTTP transport of the openai client.")
 
     @model_validator(mode="after")
     def _check(self) -> "GenerateConfig":
@@ -295,7 +275,7 @@ def _generate_pending(config: GenerateConfig, pending: list[PlannedRequest], don
     if backend is None:
         from neat_data.engines import make_backend
 
-        backend = make_backend(config)
+        backend = make_backend(config.backend, config.model, config, seed=config.sampling.seed)
     requests = [to_engine_request(p, config.system_mode) for p in pending]
     buffer: list[dict[str, Any]] = []
     generated = 0

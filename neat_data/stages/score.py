@@ -20,43 +20,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from neat_data.errors import NeatError
 from neat_data.runfolder import RunLock, ShardedTable, count_by, read_manifest, update_manifest
 from neat_data.schemas import GENERATIONS, SCORED, check_columns
-from neat_data.scorers import make_scorer
+from neat_data.scorers import ScorerOptions, make_scorer
 from neat_data.scorers.base import ScoreItem, Scorer
 
 IDENTITY_FIELDS = ("scorer", "model", "negative_score", "judge_mode", "judge_template")
 
 
-class ScoreConfig(BaseModel):
-    """Everything the score stage needs; saved in the run's manifest."""
+class ScoreConfig(ScorerOptions):
+    """Everything the score stage needs; saved in the run's manifest. The scorer's own options (and the judge's
+    backend options) are inherited from `neat_data.scorers.ScorerOptions`."""
 
     model_config = ConfigDict(extra="forbid")
 
     run: Path = Field(description="Run folder holding generations/.")
-    scorer: str = Field("self-contrast", description="self-contrast | reward-model | judge | python:<module>:<function>.")
-    model: str | None = Field(None, description="Reward model, or self-contrast reference (default: the generating model).")
-    negative_score: Literal["scored", "floor"] = Field("scored", description="floor: negatives rank below every other response.")
-    backend: Literal["transformers", "vllm"] = Field("transformers", description="reward-model: vllm = pooling fast path (LLM.classify).")
-    batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
-    max_length: int | None = Field(None, ge=8, description="Longest sequence scored (longer → error row).")
-    flush_every: int = Field(256, ge=1, description="Write a shard every N rows.")
-    # judge
-    judge_mode: Literal["pointwise", "pairwise"] = Field("pointwise", description="judge: 1–10 ratings, or both-order pairwise win rate.")
-    judge_backend: Literal["vllm", "openai"] = Field("openai", description="judge: where the judge model runs.")
-    judge_template: str | None = Field(None, description="judge: template YAML (default prompts/judges/<mode>.yaml).")
-    base_url: str | None = Field(None, description="judge (openai): endpoint.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="judge (openai): environment variable holding the key.")
-    max_concurrency: int = Field(64, ge=1, description="judge (openai): requests in flight.")
-    # Ray: N copies of the scorer on a pool of actors (local Ray, or the cluster RAY_ADDRESS names)
-    ray_actors: int | None = Field(None, ge=1, description="Score on N Ray actors, each with its own copy of the scorer (extra ray).")
-    ray_gpus_per_actor: float | None = Field(None, ge=0, description="ray: GPUs per actor (default 1 on a GPU cluster, else 0).")
-    ray_cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs reserved per actor.")
-    ray_batch_size: int = Field(64, ge=1, description="ray: items per actor call.")
+    negative_score: Literal["scored", "floor"] = Field("scored", description="floor: every negative-prompt response ranks below every other one (a constant score).")
+    flush_every: int = Field(256, ge=1, description="Write a shard every N rows (a kill loses at most these).")
 
     def identity(self) -> dict[str, Any]:
         dumped = self.model_dump(mode="json")

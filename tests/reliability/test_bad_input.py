@@ -131,7 +131,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "run_made_by_another_config": (different_config, ["manifest.json: field 'sampling': run folder was made with a different config",
                                                       "--overwrite"]),
     "corrupted_manifest": (corrupted_manifest, ["manifest.json: row 2: manifest is not valid JSON"]),
-    "unknown_scorer": (unknown_scorer_with_overwrite, ["field 'scorer': unknown scorer 'nonsense'"]),
+    "unknown_scorer": (unknown_scorer_with_overwrite, ["option 'scorer': unknown scorer 'nonsense'"]),
     "run_scored_by_another_scorer": (different_scorer, ["manifest.json: field 'scorer': run was scored with scorer="]),
 }
 
