@@ -27,11 +27,13 @@ class NeatError(Exception):
         file: str | Path | None = None,
         row: int | None = None,
         field: str | None = None,
+        option: str | None = None,
     ):
         self.message = message
         self.file = str(file) if file is not None else None
         self.row = row
         self.field = field
+        self.option = option  # a command-line option (its config field name), named as "option '<name>'"
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
@@ -42,6 +44,8 @@ class NeatError(Exception):
             parts.append(f"row {self.row}")
         if self.field is not None:
             parts.append(f"field '{self.field}'")
+        if self.option is not None:
+            parts.append(f"option '{self.option}'")
         parts.append(self.message)
         return ": ".join(parts).replace("\n", " ")
 

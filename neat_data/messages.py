@@ -7,24 +7,41 @@ for chat templates that reject the system role, merges it into the first user tu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 SYSTEM_MODES = ("system", "merged", "none")
+# How the steering text joins a prompt's own system message (a dataset's persona or instructions).
+SystemCombine = Literal["prepend", "append", "refuse"]
 
 
-def build_messages(prompt: list[dict[str, str]], system_prompt: str | None, mode: str = "system") -> list[dict[str, str]]:
+def combine_system(steering: str | None, own: str | None, combine: SystemCombine = "prepend") -> str | None:
+    """The one system text of a request: the steering text and the prompt's own, joined by a blank line (prepend:
+    steering first), or whichever exists."""
+    if steering is None or own is None:
+        return steering if own is None else own
+    if combine == "refuse":
+        raise ValueError("a prompt with its own system message under system_combine 'refuse'")
+    return f"{steering}\n\n{own}" if combine == "prepend" else f"{own}\n\n{steering}"
+
+
+def build_messages(prompt: list[dict[str, str]], system_prompt: str | None, mode: str = "system",
+                   combine: SystemCombine = "prepend") -> list[dict[str, str]]:
     """Messages sent to the engine for one request.
 
-    prompt: the neutral conversation (user first, ends with user); system_prompt: steering text or None.
-    mode "system" → [system, *prompt]; "merged" → the first user turn becomes "<system>\\n\\n<user text>".
+    prompt: the neutral conversation (an optional leading system message of its own, then user first, ends with user);
+    system_prompt: steering text or None, joined with the prompt's own system text by `combine_system`.
+    mode "system" → [system, *turns]; "merged" → the first user turn becomes "<system>\\n\\n<user text>" (for chat
+    templates and servers that reject the system role).
     """
     messages = [dict(m) for m in prompt]
-    if system_prompt is None:
+    own = messages.pop(0)["content"] if messages and messages[0]["role"] == "system" else None
+    system = combine_system(system_prompt, own, combine)
+    if system is None:
         return messages
     if mode == "system":
-        return [{"role": "system", "content": system_prompt}, *messages]
+        return [{"role": "system", "content": system}, *messages]
     if mode == "merged":
-        messages[0] = {"role": messages[0]["role"], "content": f"{system_prompt}\n\n{messages[0]['content']}"}
+        messages[0] = {"role": messages[0]["role"], "content": f"{system}\n\n{messages[0]['content']}"}
         return messages
     raise ValueError(f"unknown system mode {mode!r} (expected one of {SYSTEM_MODES})")
 

@@ -1,11 +1,14 @@
 """Read user prompts: JSONL, Parquet, CSV or `hf://<dataset>[:<config>][@<split>]` → neutral conversations.
 
 Accepted per row (first that is present, or the column named by `prompt_column`):
-- `messages`: a list of {"role", "content"} (user/assistant turns, ending with a user turn);
+- `messages`: a list of {"role", "content"} (an optional leading system message — a persona or instructions of the
+  dataset's own — then user/assistant turns, ending with a user turn), or that list as a JSON string (how Parquet and
+  JSONL exports often store it);
 - `prompt`: a string, either a plain request or an HH-RLHF transcript ("\\n\\nHuman: … \\n\\nAssistant: …");
 - `chosen`: an HH-RLHF transcript (as in Anthropic/hh-rlhf); the final assistant turn is stripped.
 An explicit `prompt_id` column is kept (it must be unique); otherwise the id is a content hash.
-Rows are returned in input order; identical conversations are kept once (and counted).
+Rows are returned in input order; identical conversations are kept once (and counted). `iter_prompts` streams (a
+million prompts are never in memory at once); `scan_prompts` validates every row and counts without keeping them.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 @dataclass(frozen=True)
 class PromptRecord:
     prompt_id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, str]]  # may start with the row's own system message
     source_row: int  # 1-based row (JSONL line, CSV data row, Parquet/HF row) for error messages
+    explicit_id: bool = False  # the id came from the source's prompt_id column (not a hash of the text)
 
 
 @dataclass
@@ -36,6 +40,16 @@ class LoadedPrompts:
     records: list[PromptRecord]
     source: str
     duplicates_dropped: int
+
+
+@dataclass
+class PromptScan:
+    """What a validating pass over a source found, without keeping the prompts."""
+
+    source: str
+    count: int
+    duplicates_dropped: int
+    with_system: int  # prompts that carry their own system message
 
 
 def parse_hh_transcript(text: str) -> list[dict[str, str]]:
@@ -63,11 +77,13 @@ def looks_like_hh(text: str) -> bool:
     return text.startswith("\n\nHuman:") or (text.startswith("Human:") and "\n\nAssistant:" in text)
 
 
-def validate_messages(messages: Any, *, file: str, row: int, field: str) -> list[dict[str, str]]:
-    """Check a neutral conversation: non-empty, user/assistant alternating from user, ending on user."""
+def validate_messages(messages: Any, *, file: str, row: int, field: str, allow_system: bool = True) -> list[dict[str, str]]:
+    """Check a neutral conversation: an optional leading system message, then user/assistant turns alternating from
+    user, ending on user. `allow_system=False` (`--system-combine refuse`) refuses a leading system message."""
     if not isinstance(messages, (list, tuple)) or len(messages) == 0:
         raise NeatError("empty conversation (need at least one user message)", file=file, row=row, field=field)
     clean = []
+    offset = 0  # 1 when the conversation opens with its own system message
     for turn_index, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise NeatError(
@@ -75,11 +91,17 @@ def validate_messages(messages: Any, *, file: str, row: int, field: str) -> list
             )
         role, content = message["role"], message["content"]
         if role == "system":
-            raise NeatError(
-                "system messages are not allowed in prompts (neat-data adds the steering system prompt)",
-                file=file, row=row, field=field,
-            )
-        expected = "user" if turn_index % 2 == 0 else "assistant"
+            if turn_index != 0:
+                raise NeatError(f"message {turn_index} is a system message; only the first message may be one", file=file, row=row, field=field)
+            if not allow_system:
+                raise NeatError("the prompt has its own system message and --system-combine is 'refuse' (prepend or append "
+                                "combine it with the steering text)", file=file, row=row, field=field)
+            if not isinstance(content, str) or not content.strip():
+                raise NeatError("message 0 (system) must be a non-empty string", file=file, row=row, field=field)
+            clean.append({"role": role, "content": content})
+            offset = 1
+            continue
+        expected = "user" if (turn_index - offset) % 2 == 0 else "assistant"
         if role != expected:
             raise NeatError(
                 f"message {turn_index} has role '{role}', expected '{expected}' (turns must alternate, user first)",
@@ -95,7 +117,17 @@ def validate_messages(messages: Any, *, file: str, row: int, field: str) -> list
     return clean
 
 
-def row_to_messages(row: dict[str, Any], *, file: str, row_number: int, prompt_column: str | None) -> tuple[list[dict[str, str]], str]:
+def _json_messages(value: str, *, file: str, row: int, field: str) -> Any:
+    """A messages list stored as a JSON string."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise NeatError(f"a messages string must be a JSON list of {{role, content}} objects ({error.msg} at column {error.colno})",
+                        file=file, row=row, field=field) from None
+
+
+def row_to_messages(row: dict[str, Any], *, file: str, row_number: int, prompt_column: str | None,
+                    allow_system: bool = True) -> tuple[list[dict[str, str]], str]:
     """Turn one input row into (neutral messages, column used)."""
     columns = (prompt_column,) if prompt_column else PROMPT_COLUMNS
     column = next((c for c in columns if c in row and row[c] is not None), None)
@@ -103,6 +135,8 @@ def row_to_messages(row: dict[str, Any], *, file: str, row_number: int, prompt_c
         wanted = f"'{prompt_column}'" if prompt_column else "one of " + ", ".join(PROMPT_COLUMNS)
         raise NeatError(f"no prompt column: need {wanted}", file=file, row=row_number, field=prompt_column or "prompt")
     value = row[column]
+    if isinstance(value, str) and (column == "messages" or value.lstrip().startswith("[{")):
+        value = _json_messages(value, file=file, row=row_number, field=column)
     if isinstance(value, str):
         if not value.strip():
             raise NeatError("empty prompt", file=file, row=row_number, field=column)
@@ -122,7 +156,7 @@ def row_to_messages(row: dict[str, Any], *, file: str, row_number: int, prompt_c
                 messages.pop()
     else:
         raise NeatError(f"expected a string or a list of messages, got {type(value).__name__}", file=file, row=row_number, field=column)
-    return validate_messages(messages, file=file, row=row_number, field=column), column
+    return validate_messages(messages, file=file, row=row_number, field=column, allow_system=allow_system), column
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -144,29 +178,44 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise NeatError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path) from None
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    for row_number, row in enumerate(reader, start=1):
-        if "messages" in row and isinstance(row["messages"], str) and row["messages"].strip().startswith("["):
-            try:
-                row["messages"] = json.loads(row["messages"])
-            except json.JSONDecodeError as error:
-                raise NeatError(f"invalid JSON in messages ({error.msg})", file=path, row=row_number, field="messages") from None
-        yield row_number, row
+    """Rows of a CSV file through the csv module on the file itself (newline='': a line break or U+2028 inside a
+    quoted cell stays in the cell), strict: a stray quote or a row with more cells than the header is an error naming
+    the row, never rows silently merged."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, strict=True)
+        row_number = 0
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            for cells in reader:
+                row_number += 1
+                if not cells:
+                    continue
+                if len(cells) != len(header):
+                    raise NeatError(f"has {len(cells)} cells, the header has {len(header)} (a stray quote or delimiter?)",
+                                    file=path, row=row_number)
+                yield row_number, dict(zip(header, cells))
+        except csv.Error as error:
+            raise NeatError(f"malformed CSV ({error}; line {reader.line_num})", file=path, row=row_number + 1) from None
+        except UnicodeDecodeError as error:
+            raise NeatError(f"not valid UTF-8 ({error.reason})", file=path, row=row_number + 1) from None
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        row_number = 0
+        for batch in parquet.iter_batches(batch_size=4096):  # streamed: a large file is never in memory at once
+            for row in batch.to_pylist():
+                row_number += 1
+                yield row_number, row
+    except NeatError:
+        raise
     except Exception as error:  # pyarrow raises several types for unreadable files
-        raise NeatError(f"cannot read Parquet: {error}", file=path) from None
-    for row_number, row in enumerate(table.to_pylist(), start=1):
-        yield row_number, row
+        raise NeatError(f"cannot read Parquet: {' '.join(str(error).split())[:300]}", file=path) from None
 
 
 def _iter_hf(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -202,14 +251,15 @@ def iter_rows(source: str) -> Iterator[tuple[int, dict[str, Any]]]:
     raise NeatError(f"unsupported prompts format '{suffix}' (use .jsonl, .parquet, .csv or hf://)", file=source)
 
 
-def load_prompts(source: str | Path, *, prompt_column: str | None = None, limit: int | None = None) -> LoadedPrompts:
-    """Read every prompt row of `source`, validated; the first `limit` unique prompts if given."""
+def iter_prompts(source: str | Path, *, prompt_column: str | None = None, limit: int | None = None,
+                 allow_system: bool = True, counts: dict[str, int] | None = None) -> Iterator[PromptRecord]:
+    """Every prompt row of `source`, validated, in order; identical conversations once (counted in
+    `counts["duplicates"]`); the first `limit` unique prompts if given."""
     source = str(source)
-    records: list[PromptRecord] = []
     seen_ids: dict[str, int] = {}
-    duplicates = 0
+    produced = 0
     for row_number, row in iter_rows(source):
-        messages, _ = row_to_messages(row, file=source, row_number=row_number, prompt_column=prompt_column)
+        messages, _ = row_to_messages(row, file=source, row_number=row_number, prompt_column=prompt_column, allow_system=allow_system)
         explicit_id = row.get("prompt_id")
         if explicit_id is not None and explicit_id != "":
             if not isinstance(explicit_id, str):
@@ -219,16 +269,38 @@ def load_prompts(source: str | Path, *, prompt_column: str | None = None, limit:
                     f"duplicate prompt_id '{explicit_id}' (first at row {seen_ids[explicit_id]})",
                     file=source, row=row_number, field="prompt_id",
                 )
-            pid = explicit_id
+            pid, explicit = explicit_id, True
         else:
-            pid = content_prompt_id(messages)
+            pid, explicit = content_prompt_id(messages), False
             if pid in seen_ids:
-                duplicates += 1
+                if counts is not None:
+                    counts["duplicates"] = counts.get("duplicates", 0) + 1
                 continue
         seen_ids[pid] = row_number
-        records.append(PromptRecord(prompt_id=pid, messages=messages, source_row=row_number))
-        if limit is not None and len(records) >= limit:
-            break
+        yield PromptRecord(prompt_id=pid, messages=messages, source_row=row_number, explicit_id=explicit)
+        produced += 1
+        if limit is not None and produced >= limit:
+            return
+
+
+def scan_prompts(source: str | Path, *, prompt_column: str | None = None, limit: int | None = None,
+                 allow_system: bool = True) -> PromptScan:
+    """Validate every row (the first bad one is a NeatError) and count, keeping no prompt in memory."""
+    counts: dict[str, int] = {}
+    count = with_system = 0
+    for record in iter_prompts(source, prompt_column=prompt_column, limit=limit, allow_system=allow_system, counts=counts):
+        count += 1
+        with_system += record.messages[0]["role"] == "system"
+    if not count:
+        raise NeatError("no prompts found", file=str(source))
+    return PromptScan(source=str(source), count=count, duplicates_dropped=counts.get("duplicates", 0), with_system=with_system)
+
+
+def load_prompts(source: str | Path, *, prompt_column: str | None = None, limit: int | None = None,
+                 allow_system: bool = True) -> LoadedPrompts:
+    """Read every prompt row of `source`, validated; the first `limit` unique prompts if given."""
+    counts: dict[str, int] = {}
+    records = list(iter_prompts(source, prompt_column=prompt_column, limit=limit, allow_system=allow_system, counts=counts))
     if not records:
-        raise NeatError("no prompts found", file=source)
-    return LoadedPrompts(records=records, source=source, duplicates_dropped=duplicates)
+        raise NeatError("no prompts found", file=str(source))
+    return LoadedPrompts(records=records, source=str(source), duplicates_dropped=counts.get("duplicates", 0))

@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,11 +53,19 @@ def atomic_write_json(path: Path, value: Any) -> None:
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
+    atomic_write_batches(path, table.schema, table.to_batches())
+
+
+def atomic_write_batches(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]) -> None:
+    """One Parquet file from a stream of record batches (or tables), whole or absent: peak memory is one batch."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        pq.write_table(table, temp, compression="zstd")
+        with pq.ParquetWriter(temp, schema, compression="zstd") as writer:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch], schema=schema))
         with open(temp, "rb+") as out:
             os.fsync(out.fileno())
         os.replace(temp, path)
@@ -132,33 +140,63 @@ class ShardedTable:
         atomic_write_table(path, table)
         return path
 
-    def read(self) -> pa.Table:
-        """All rows, the last one written for each key, in write order. Unreadable shards are an error."""
-        tables = []
-        for path in self.shard_paths():
-            try:
-                table = pq.read_table(path)
-            except Exception as error:
-                raise NeatError(f"corrupted shard ({error}); delete it to regenerate its rows, or use --overwrite", file=path) from None
-            missing = [f.name for f in self.schema if f.name not in table.column_names]
-            if missing:
-                raise NeatError("shard lacks a column (written by another version or stage?)", file=path, field=missing[0])
-            tables.append(table.select(self.schema.names).cast(self.schema))
+    def _read_part(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+        from neat_data.schemas import ADDED_COLUMNS
+
+        names = self.schema.names if columns is None else columns
+        present_names = set(_column_names(path))
+        late = [name for name in names if name in ADDED_COLUMNS and present_names and name not in present_names]
+        try:
+            table = pq.read_table(path, columns=[name for name in names if name not in late])
+            for name in late:  # a shard written before the column existed
+                table = table.append_column(self.schema.field(name), pa.nulls(table.num_rows, self.schema.field(name).type))
+        except Exception as error:  # pyarrow raises several types for truncated/corrupt files and missing columns
+            present = _column_names(path)
+            missing = [name for name in names if name not in present]
+            if present and missing:
+                raise NeatError("shard lacks a column (written by another version or stage?)", file=path, field=missing[0]) from None
+            raise NeatError(f"corrupted shard ({_short(error)}); delete it to regenerate its rows, or use --overwrite", file=path) from None
+        try:
+            return table.select(names).cast(pa.schema([self.schema.field(name) for name in names]))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+            wrong = next((name for name in names if table.schema.field(name).type != self.schema.field(name).type), names[0])
+            raise NeatError(f"column has type {table.schema.field(wrong).type}, expected {self.schema.field(wrong).type} "
+                            f"({_short(error)})", file=path, field=wrong) from None
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """All rows (or only `columns`, plus `key`), the last one written for each key, in write order. Unreadable
+        shards and shards with a missing or mistyped column are a NeatError naming the file and the column."""
+        names = None if columns is None else ["key", *[c for c in columns if c != "key"]]
+        tables = [self._read_part(path, names) for path in self.shard_paths()]
         if not tables:
-            return self.schema.empty_table()
+            schema = self.schema if names is None else pa.schema([self.schema.field(n) for n in names])
+            return schema.empty_table()
         table = pa.concat_tables(tables)
         return keep_last_per_key(table)
 
     def compact(self) -> None:
-        """Fold all shards into one: same rows, fewer files."""
-        if len(self.shard_paths()) > 1:
-            self.rewrite(self.read())
+        """Fold all shards into one: same rows, fewer files. Streams part by part (peak memory: one part and the
+        key column), so it holds for tables larger than memory."""
+        paths = self.shard_paths()
+        if len(paths) <= 1:
+            return
+        keys = [self._read_part(path, ["key"]).column("key") for path in paths]
+        keep = _last_occurrence_masks(keys)
+        self._replace(paths, (self._read_part(path).filter(mask) if mask is not None else self._read_part(path)
+                              for path, mask in zip(paths, keep)))
 
     def rewrite(self, table: pa.Table) -> None:
         """Replace every row by `table`'s (same keys, new values). The new shard is written before the old
         ones are removed, and it wins on read, so a crash in between leaves a correct table."""
-        old = self.shard_paths()
-        new = self.append(table.to_pylist()) if table.num_rows else None
+        self._replace(self.shard_paths(), [table.select(self.schema.names).cast(self.schema)] if table.num_rows else [])
+
+    def _replace(self, old: list[Path], tables: Iterable[pa.Table]) -> None:
+        iterator: Iterator[pa.Table] = iter(tables)
+        first = next(iterator, None)
+        new = None
+        if first is not None:
+            new = self.folder / f"part-{self._next_index():06d}.parquet"
+            atomic_write_batches(new, self.schema, _chain(first, iterator))
         for path in old:
             if path != new:
                 path.unlink()
@@ -177,6 +215,41 @@ class ShardedTable:
         self._remove_empty_shard_folders()
         for temp in self.folder.glob(".part-*.tmp") if self.folder.is_dir() else []:
             temp.unlink()
+
+
+def _chain(first: pa.Table, rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    yield first
+    yield from rest
+
+
+def _column_names(path: Path) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except Exception:
+        return []
+
+
+def _short(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _last_occurrence_masks(keys: list[pa.ChunkedArray]) -> list[pa.Array | None]:
+    """Per part, a mask of the rows that are the last written for their key (None: keep every row). Without
+    duplicate keys — every run that retried nothing — no per-key map is built."""
+    everything = pa.chunked_array([chunk for column in keys for chunk in column.chunks], type=pa.string())
+    if pc.count_distinct(everything).as_py() == len(everything):
+        return [None] * len(keys)
+    last: dict[str, int] = {key: index for index, key in enumerate(everything.to_pylist())}
+    keep = sorted(last.values())
+    flags = [False] * len(everything)
+    for index in keep:
+        flags[index] = True
+    masks, start = [], 0
+    for column in keys:
+        masks.append(pa.array(flags[start:start + len(column)]))
+        start += len(column)
+    return masks
 
 
 def keep_last_per_key(table: pa.Table) -> pa.Table:

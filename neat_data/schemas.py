@@ -27,6 +27,7 @@ GENERATIONS = pa.schema(
         ("system_prompt_hash", pa.string()),  # sha256 of the system prompt text, first 16 hex digits
         ("system_prompt", pa.string()),  # the steering text actually used (null for steering=none)
         ("system_mode", pa.string()),  # system | merged (into the first user turn) | none
+        ("system_combine", pa.string()),  # prepend | append: how the steering text joined the prompt's own system message
         ("sample_index", pa.int32()),
         ("response", pa.string()),  # null for error rows
         ("finish_reason", pa.string()),
@@ -41,6 +42,10 @@ GENERATIONS = pa.schema(
         ("error", pa.string()),  # reason, for error rows
     ]
 )
+
+
+# Columns added after the first release: a shard written before lacks them and reads as nulls (not "corrupted").
+ADDED_COLUMNS = frozenset({"system_combine"})
 
 
 def check_columns(table: pa.Table, schema: pa.Schema, source: str) -> None:

@@ -118,3 +118,46 @@ def refuse_while_writing(run_dir: Path, table: str) -> None:
             FileLock(str(path)).acquire(timeout=0).lock.release()
         except Timeout:
             raise NeatError(f"{table} {path.name[len(f'.lock-{table}-'):]} is still being written; wait for it", file=run_dir) from None
+
+
+class StageOutput:
+    """Where one process of a stage writes its table and manifest record: the whole run (holding the run's lock), or
+    one shard of it (holding the shard's lock; the run's lock only for the moments of a manifest update). A stage is
+    written once, with `shard` as a parameter: only which prompts it owns, its folder and its manifest record differ.
+
+    `stage`: the manifest entry ("generate", "score"); `table`: its folder ("generations", "scored").
+    """
+
+    def __init__(self, run_dir: Path, stage: str, table: str, schema: Any, shard: ShardSpec | None):
+        from neat_data.runfolder import ShardedTable
+
+        self.run_dir, self.stage, self.shard = run_dir, stage, shard
+        self.whole = ShardedTable(run_dir / table, schema)  # every row of the run: merged, and every shard's
+        self.folder = run_dir / table / shard.name if shard else run_dir / table
+        self.table = ShardedTable(self.folder, schema)  # the rows this process writes
+        self._hold: Any = ShardRun(run_dir, stage, table, shard) if shard else RunLock(run_dir)
+
+    def __enter__(self) -> "StageOutput":
+        self._hold.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hold.__exit__(*exc)
+
+    def owns(self, prompt_id: str) -> bool:
+        return self.shard is None or self.shard.owns(prompt_id)
+
+    def start(self, entry: dict[str, Any], check_identity: Any) -> None:
+        """Record the stage (or this shard) as started; `check_identity()` refuses a folder made with another config."""
+        if isinstance(self._hold, ShardRun):
+            self._hold.start(entry, check_identity)
+        else:
+            check_identity()
+            update_manifest(self.run_dir, self.stage, {**entry, "finished": False})
+
+    def finish(self, entry: dict[str, Any], shard_record: dict[str, Any]) -> None:
+        """Record the whole stage (`entry`) as finished, or this shard (`shard_record`)."""
+        if isinstance(self._hold, ShardRun):
+            self._hold.finish(shard_record)
+        else:
+            update_manifest(self.run_dir, self.stage, {**entry, "finished": True})

@@ -77,7 +77,9 @@ def _error(tmp_path: Path, name: str, content: bytes | str, **kwargs) -> NeatErr
     ('{"messages": []}\n', 1, "messages", "empty conversation"),
     ('{"messages": [{"role": "assistant", "content": "hi"}]}\n', 1, "messages", "expected 'user'"),
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n', 1, "messages", "end with a user"),
-    ('{"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "a"}]}\n', 1, "messages", "system messages"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "x"}, {"role": "user", "content": "b"}]}\n', 1,
+     "messages", "only the first message may be one"),
+    ('{"messages": "not json"}\n', 1, "messages", "JSON list"),
     ('{"messages": [{"role": "user", "content": ""}]}\n', 1, "messages", "empty content"),
     ('{"prompt": "a", "prompt_id": "x"}\n{"prompt": "b", "prompt_id": "x"}\n', 2, "prompt_id", "duplicate prompt_id"),
 ])
@@ -106,3 +108,41 @@ def test_named_prompt_column_must_exist(tmp_path: Path):
 def test_corrupted_parquet(tmp_path: Path):
     error = _error(tmp_path, "p.parquet", b"PAR1 this is not parquet")
     assert "cannot read Parquet" in error.message
+
+
+def test_a_leading_system_message_is_kept_unless_refused(tmp_path: Path):
+    """Chat datasets often carry a persona: it is part of the neutral conversation (`--system-combine` decides how the
+    steering text joins it); `refuse` names the row."""
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "plain"},
+                                               {"messages": [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}]}])
+    records = load_prompts(path).records
+    assert records[1].messages == [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}]
+    error = _error(tmp_path, "p.jsonl", path.read_text(), allow_system=False)
+    assert (error.row, error.field) == (2, "messages") and "refuse" in error.message
+
+
+def test_messages_stored_as_a_json_string_are_parsed_in_every_format(tmp_path: Path):
+    """Parquet and JSONL exports often hold `messages` as a JSON string; before, it became one literal user message."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    conversation = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    jsonl = write_jsonl(tmp_path / "p.jsonl", [{"messages": json.dumps(conversation)}])
+    pq.write_table(pa.table({"messages": [json.dumps(conversation)]}), tmp_path / "p.parquet")
+    for path in (jsonl, tmp_path / "p.parquet"):
+        assert load_prompts(path).records[0].messages == conversation
+
+
+def test_csv_is_parsed_by_the_csv_module_strictly(tmp_path: Path):
+    """A U+2028 or a line break inside a quoted cell stays in the cell; a stray quote is an error naming its row
+    (before: the text was split with splitlines() and a lenient parser swallowed the following rows, exit 0)."""
+    path = tmp_path / "p.csv"
+    path.write_text('prompt,prompt_id\n"one\u2028still one",a\n"two\nlines",b\nthree,c\n', encoding="utf-8")
+    records = load_prompts(path).records
+    assert [r.messages[0]["content"] for r in records] == ["one\u2028still one", "two\nlines", "three"]
+    (tmp_path / "mid.csv").write_text('prompt,prompt_id\nfine,a\nsay "hi",b\nafter,c\n', encoding="utf-8")
+    assert [r.messages[0]["content"] for r in load_prompts(tmp_path / "mid.csv").records] == ["fine", 'say "hi"', "after"]
+    error = _error(tmp_path, "open.csv", 'prompt,prompt_id\nfine,a\n"never closed,b\nafter,c\nmore,d\n')
+    assert error.row == 2 and "CSV" in error.message
+    error = _error(tmp_path, "wide.csv", 'prompt,prompt_id\nfine,a\nx,b,extra\n')
+    assert error.row == 2 and "cells" in error.message

@@ -23,7 +23,6 @@ from neat_data.shards import ShardRun, ShardSpec, shard_of
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.stages.merge import run_merge
 from neat_data.stages.score import ScoreConfig, run_score
-from neat_data.stages.sharded import run_generate_shard, run_score_shard
 from neat_data.testing.recording_backend import RecordingBackend
 
 GENERATE = ["--pairs", "harmless,helpful", "--model", "served", "--backend", "openai", "--num-pos", "2", "--num-neg", "1",
@@ -97,8 +96,8 @@ def test_score_shards_and_merge_equal_one_score_run_including_the_negative_floor
     run_score(ScoreConfig(run=tmp_path / "a", scorer=scorer.name, negative_score="floor"), scorer=scorer, progress=False)
     sizes = []
     for index in (2, 0, 1):  # order does not matter
-        summary = run_score_shard(ScoreConfig(run=tmp_path / "b", scorer=scorer.name, negative_score="floor", flush_every=4),
-                                  ShardSpec(3, index), scorer=scorer, progress=False)
+        summary = run_score(ScoreConfig(run=tmp_path / "b", scorer=scorer.name, negative_score="floor", flush_every=4),
+                            shard=ShardSpec(3, index), scorer=scorer, progress=False)
         sizes.append(summary.rows)
     assert sum(sizes) == 60 and min(sizes) > 0
     run_merge(tmp_path / "b")
@@ -113,9 +112,9 @@ def test_missing_or_unfinished_shard_makes_merge_fail_with_one_line(many_prompts
     out = tmp_path / "run"
     config = GenerateConfig(prompts=str(many_prompts), model="fake-model", out=out, num_pos=1, num_neg=1, flush_every=1,
                             sampling=Sampling(max_tokens=8))
-    run_generate_shard(config, ShardSpec(3, 0), backend=RecordingBackend(), progress=False)
+    run_generate(config, shard=ShardSpec(3, 0), backend=RecordingBackend(), progress=False)
     with pytest.raises(RuntimeError, match="scripted crash"):
-        run_generate_shard(config, ShardSpec(3, 1), backend=RecordingBackend(crash_after=3), progress=False)
+        run_generate(config, shard=ShardSpec(3, 1), backend=RecordingBackend(crash_after=3), progress=False)
 
     def merge_error() -> str:
         result = CliRunner().invoke(cli, ["merge", str(out)])
@@ -123,11 +122,11 @@ def test_missing_or_unfinished_shard_makes_merge_fail_with_one_line(many_prompts
         return result.output
 
     assert "shard-00001-of-00003 has not finished" in merge_error() and "--num-shards 3 --shard-index 1" in merge_error()
-    run_generate_shard(config, ShardSpec(3, 1), backend=RecordingBackend(), progress=False)  # resumes the crashed shard
+    run_generate(config, shard=ShardSpec(3, 1), backend=RecordingBackend(), progress=False)  # resumes the crashed shard
     line = merge_error()
     assert "shard-00002-of-00003 was never started" in line and "nothing was merged" in line
     assert len(list((out / "generations").glob("shard-*/part-*.parquet"))) == 2  # untouched
-    run_generate_shard(config, ShardSpec(3, 2), backend=RecordingBackend(), progress=False)
+    run_generate(config, shard=ShardSpec(3, 2), backend=RecordingBackend(), progress=False)
     shutil.copy(next((out / "generations" / ShardSpec(3, 0).name).glob("part-*")), out / "generations" / ShardSpec(3, 2).name / "part-000009.parquet")
     assert "field 'key'" in merge_error() and "is also in shard-00000-of-00003" in merge_error()
     (out / "generations" / ShardSpec(3, 2).name / "part-000009.parquet").unlink()
@@ -159,9 +158,36 @@ def test_bad_shard_options_and_split_changes_are_one_line_errors(many_prompts: P
         result = CliRunner().invoke(cli, base + extra)
         assert result.exit_code == 2 and expected in result.output and result.output.count("\n") == 1, result.output
     config = GenerateConfig(prompts=str(many_prompts), model="fake-model", out=tmp_path / "run", num_pos=1, num_neg=0)
-    run_generate_shard(config, ShardSpec(3, 0), backend=RecordingBackend(), progress=False)
+    run_generate(config, shard=ShardSpec(3, 0), backend=RecordingBackend(), progress=False)
     with pytest.raises(NeatError) as caught:
-        run_generate_shard(config, ShardSpec(4, 0), backend=RecordingBackend(), progress=False)
+        run_generate(config, shard=ShardSpec(4, 0), backend=RecordingBackend(), progress=False)
     assert caught.value.field == "num_shards" and "split into 3 shards" in caught.value.message
     result = CliRunner().invoke(cli, ["merge", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+def test_a_shard_summary_counts_its_own_rows_and_requests(many_prompts: Path, tmp_path: Path):
+    """The shard path is the stage itself: its summary and manifest record hold numbers (before, the shard copy of the
+    stage stored `(rows, request_stats)` as `generated_rows`, printed `(8, {...}) new` and lost the request summary)."""
+    from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
+
+    server = FakeOpenAIServer(ServerSettings()).start()
+    try:
+        config = GenerateConfig(prompts=str(many_prompts), model="served", backend="openai", base_url=server.url, out=tmp_path / "run",
+                                num_pos=1, num_neg=1, flush_every=4, sampling=Sampling(max_tokens=8))
+        spec = ShardSpec(3, 1)
+        summary = run_generate(config, shard=spec, progress=False)
+    finally:
+        server.stop()
+    from neat_data.prompts_in import load_prompts
+
+    owned = [r for r in load_prompts(many_prompts).records if spec.owns(r.prompt_id)]
+    mine = pq.read_table(tmp_path / "run" / "generations" / spec.name)
+    assert summary.generated_rows == summary.total_rows == mine.num_rows == 2 * len(owned) and isinstance(summary.generated_rows, int)
+    assert summary.requests["attempts"] == 2 * len(owned) and summary.requests["retries"] == 0  # one request per prompt × steering
+    assert summary.folder == tmp_path / "run" / "generations" / spec.name
+    record = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["generate"]["shards"]["done"]["1"]
+    assert record["generated_rows"] == mine.num_rows and record["requests"]["attempts"] == summary.requests["attempts"]
+    assert record["planned_rows"] == mine.num_rows and record["finished"] is True
+    assert summary.lines()[0].startswith(f"{summary.folder}: {mine.num_rows} rows ({mine.num_rows} ok, 0 error; {mine.num_rows} new)")
+    assert summary.usage["pos"]["completion_tokens"] > 0 and set(summary.usage) == {"pos", "neg"}

@@ -30,6 +30,7 @@ class GenerationRequest:
     merged_messages: list[dict[str, str]] | None  # fallback when the system role is rejected; None if unsteered
     n: int
     seed: int
+    id: str | None = None  # the stage's name for the request (the content key of its first sample row)
 
 
 @dataclass(frozen=True)

@@ -30,17 +30,19 @@ from neat_data.runfolder import RunLock, ShardedTable, atomic_write_table, updat
 from neat_data.schemas import SCORED
 from neat_data.stages.rank import read_ranked
 
-FORMATS = ("trl", "trl-implicit", "kto", "ranked", "h4")
+# The one list of export formats (the CLI's --format choices, recipes' `exports`, push's --format derive from it).
+# A new format: a name here, its Features in `features`, its columns in `export_table`, a test.
+ExportFormat = Literal["trl", "trl-implicit", "kto", "ranked", "h4"]
 
 
 class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run: Path = Field(description="Run folder (ranked/ for pair and list formats, scored/ for kto).")
-    format: Literal["trl", "trl-implicit", "kto", "ranked", "h4"] = "trl"
+    format: ExportFormat = Field("trl", description="trl | trl-implicit (RewardTrainer) | kto | ranked (the NEAT trainer's input) | h4.")
     out: Path | None = Field(None, description="Output folder (default <run>/export/<format>).")
     split: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+$", description="Split name (e.g. train, train_prefs).")
-    kto_label: Literal["steering", "score"] = Field("steering", description="kto: label by steering or by score threshold.")
+    kto_label: Literal["steering", "score"] = Field("steering", description="kto: label by steering (pos → True, neg → False) or by score.")
     kto_threshold: float | None = Field(None, description="kto with kto_label=score: score >= threshold → True.")
 
     @model_validator(mode="after")
@@ -53,7 +55,7 @@ class ExportConfig(BaseModel):
         return self.out or Path(self.run) / "export" / self.format
 
 
-def features(fmt: str) -> Any:
+def features(fmt: ExportFormat) -> Any:
     from datasets import Features, List, Value
 
     message = {"role": Value("string"), "content": Value("string")}

@@ -3,17 +3,23 @@
 In:  a prompts source (JSONL, Parquet, CSV, hf://…), prompt-pair libraries, a model and a backend.
 Out: `<out>/generations/part-*.parquet` (schema `neat_data.schemas.GENERATIONS`) and `<out>/manifest.json`.
 Run: `neat-data generate --prompts P --pairs harmless --model M --backend vllm --out runs/demo`, or
-     `run_generate(GenerateConfig(...))` from Python.
+     `run_generate(GenerateConfig(...))` from Python; `--num-shards N --shard-index i` runs one shard of it.
 
 For each prompt one pair is drawn (deterministic in the seed); `num_pos` samples are drawn under its
 positive system prompt, `num_neg` under its negative one, `num_neutral` with no system prompt; each
 (prompt, steering) is one request with `n` samples and a seed derived from (seed, prompt_id, steering,
 pair). The prompt column always holds the neutral conversation. Re-running the same command generates
 only the rows whose content key is missing; `retry_errors` also redoes error rows; `overwrite` starts over.
+
+Order of work, so that bad input costs nothing: every prompt row is validated (a streaming pass) and the model
+checked before the run folder is touched; with `overwrite` the backend is started before anything is deleted; the
+manifest records a config only once it is valid. Prompts stream through planning, the engine and the shard writer
+(`flush_every` rows at a time), so memory does not grow with the number of prompts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -21,23 +27,27 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import ConfigDict, Field, model_validator
 
 from neat_data import __version__
 from neat_data.engines import BackendName, BackendOptions
-from neat_data.engines.base import Backend, GenerationRequest, RequestResult, Sampling
+from neat_data.engines.base import Backend, GenerationRequest, Sampling
 from neat_data.errors import NeatError
-from neat_data.keys import content_key, request_seed, text_hash
-from neat_data.messages import build_messages, parse_reply
-from neat_data.pairs import PairLibrary, PromptPair, choose_pair, load_libraries
-from neat_data.prompts_in import PromptRecord, load_prompts
-from neat_data.runfolder import RunLock, ShardedTable, count_by, read_manifest, update_manifest
+from neat_data.messages import SystemCombine
+from neat_data.pairs import load_libraries
+from neat_data.prompts_in import PromptRecord, iter_prompts
+from neat_data.runfolder import count_by, read_manifest, update_manifest
 from neat_data.schemas import GENERATIONS
+from neat_data.shards import ShardSpec, StageOutput
+from neat_data.stages.generate_plan import PlannedRequest, plan_requests, result_rows, to_engine_request
 
 # Fields that define what a run folder contains: a re-run with other values would mix incompatible rows.
-IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode")
+IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine")
+_NO_OVERWRITE = "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete the run folder or use another --out"
 
 
 class GenerateConfig(BackendOptions):
@@ -64,6 +74,9 @@ class GenerateConfig(BackendOptions):
     sampling: Sampling = Field(default_factory=Sampling)
     system_mode: Literal["auto", "system", "merged"] = Field(
         "auto", description="auto: system role unless the chat template/server rejects it, then merged into the first user turn.")
+    system_combine: SystemCombine = Field(
+        "prepend", description="A prompt with its own system message (a persona): prepend the steering text to it (blank line between), "
+                               "append it, or refuse such prompts.")
     flush_every: int = Field(256, ge=1, description="Write a shard every N rows.")
 
     @model_validator(mode="after")
@@ -78,92 +91,9 @@ class GenerateConfig(BackendOptions):
         dumped = self.model_dump(mode="json")
         return {name: dumped[name] for name in IDENTITY_FIELDS}
 
-
-@dataclass(frozen=True)
-class PlannedRequest:
-    """One (prompt, steering) request and the content keys of its samples."""
-
-    record: PromptRecord
-    steering: str
-    pair: PromptPair | None
-    system_prompt: str | None
-    seed: int
-    keys: tuple[str, ...]
-
-
-def plan_requests(config: GenerateConfig, records: list[PromptRecord], libraries: list[PairLibrary]) -> list[PlannedRequest]:
-    """Every request of the run, in a fixed order, with its derived seed and row keys (pure)."""
-    sampling = config.sampling.model_dump()
-    planned = []
-    for record in records:
-        pair = choose_pair(libraries, config.sampling.seed, record.prompt_id)
-        for steering, count in (("pos", config.num_pos), ("neg", config.num_neg), ("none", config.num_neutral)):
-            if count == 0:
-                continue
-            used_pair = pair if steering != "none" else None
-            pair_id = used_pair.id if used_pair else None
-            system_prompt = used_pair.system_prompt(steering) if used_pair else None
-            system_hash = text_hash(system_prompt) if system_prompt else None
-            keys = tuple(
-                content_key(round_index=config.round, prompt_id=record.prompt_id, steering=steering, pair_id=pair_id,
-                            system_prompt_hash=system_hash, sample_index=i, model=config.model, sampling=sampling)
-                for i in range(count)
-            )
-            planned.append(PlannedRequest(
-                record=record, steering=steering, pair=used_pair, system_prompt=system_prompt,
-                seed=request_seed(config.sampling.seed, record.prompt_id, steering, pair_id), keys=keys,
-            ))
-    return planned
-
-
-def to_engine_request(planned: PlannedRequest, system_mode: str) -> GenerationRequest:
-    prompt, system = planned.record.messages, planned.system_prompt
-    if system is None:
-        return GenerationRequest(messages=build_messages(prompt, None), merged_messages=None, n=len(planned.keys), seed=planned.seed)
-    if system_mode == "merged":
-        merged = build_messages(prompt, system, "merged")
-        return GenerationRequest(messages=merged, merged_messages=None, n=len(planned.keys), seed=planned.seed)
-    return GenerationRequest(messages=build_messages(prompt, system, "system"), merged_messages=build_messages(prompt, system, "merged"),
-                             n=len(planned.keys), seed=planned.seed)
-
-
-def result_rows(config: GenerateConfig, planned: PlannedRequest, result: RequestResult, backend: Backend, wanted: set[str]) -> list[dict[str, Any]]:
-    """Rows for the wanted sample keys of one request: one per sample, ok or error, never dropped."""
-    sampling_json = json.dumps(config.sampling.model_dump(), sort_keys=True)
-    system_mode = "none" if planned.system_prompt is None else ("merged" if config.system_mode == "merged" else result.system_mode)
-    rows = []
-    for sample_index, key in enumerate(planned.keys):
-        if key not in wanted:
-            continue
-        if result.error is not None:
-            columns = {"response": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
-                       "status": "error", "error": result.error}
-        elif sample_index >= len(result.completions):
-            columns = {"response": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
-                       "status": "error", "error": f"engine returned {len(result.completions)} of {len(planned.keys)} samples"}
-        else:
-            completion = result.completions[sample_index]
-            columns = parse_reply(completion.text, completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
-        rows.append({
-            "key": key,
-            "round": config.round,
-            "prompt_id": planned.record.prompt_id,
-            "prompt": planned.record.messages,
-            "steering": planned.steering,
-            "pair_library": planned.pair.library if planned.pair else None,
-            "system_prompt_id": planned.pair.id if planned.pair else None,
-            "system_prompt_hash": text_hash(planned.system_prompt) if planned.system_prompt else None,
-            "system_prompt": planned.system_prompt,
-            "system_mode": system_mode,
-            "sample_index": sample_index,
-            "model": config.model,
-            "backend": backend.name,
-            "sampling": sampling_json,
-            "seed": planned.seed,
-            "n_fallback": result.n_fallback,
-            **columns,
-        })
-    return rows
+    def local_model(self) -> bool:
+        """Whether this process (or its actors) loads the model itself: then it is checked before anything runs."""
+        return self.backend in ("vllm", "transformers", "ray")
 
 
 def package_versions() -> dict[str, str]:
@@ -187,6 +117,30 @@ class GenerateSummary:
     seconds: float
     stale_rows: int = 0  # rows in the folder that this config no longer plans (smaller --limit, edited pair text)
     requests: dict[str, Any] = field(default_factory=dict)  # this run's attempts, retries and failures by reason
+    usage: dict[str, dict[str, int]] = field(default_factory=dict)  # this run's prompt/completion tokens by steering
+    folder: Path | None = None  # where the rows went: <run>/generations or a shard's sub-folder
+
+    def lines(self) -> list[str]:
+        status = self.counts.get("status", {})
+        lines = [f"{self.folder or self.run_dir / 'generations'}: {self.total_rows} rows ({status.get('ok', 0)} ok, "
+                 f"{status.get('error', 0)} error; {self.generated_rows} new) by steering {self.counts.get('steering', {})} "
+                 f"in {self.seconds:.0f} s"]
+        requests = self.requests
+        if requests.get("attempts"):
+            by_reason = ", ".join(f"{reason} {count}" for reason, count in requests["failed_attempts_by_reason"].items()) or "none"
+            errors = ", ".join(f"{reason} {count}" for reason, count in requests["error_rows_by_reason"].items()) or "none"
+            lines.append(f"requests: {requests['attempts']} attempts, {requests['retries']} retries; failed attempts by reason: "
+                         f"{by_reason}; gave up on {requests['given_up']}; error rows by reason: {errors}")
+        if self.usage:
+            lines.append("tokens: " + "; ".join(f"{steering} {u['prompt_tokens']} prompt + {u['completion_tokens']} completion"
+                                                for steering, u in sorted(self.usage.items())))
+        return lines
+
+    def notes(self) -> list[str]:
+        if not self.stale_rows:
+            return []
+        return [f"note: {self.stale_rows} rows in the folder are not planned by this config (smaller --limit or edited pair "
+                "text); they are kept — use --overwrite for a folder with only this config's rows"]
 
 
 def error_reason(error: str) -> str:
@@ -197,105 +151,242 @@ def error_reason(error: str) -> str:
     return re.split(r"[:(]| after ", text, maxsplit=1)[0].strip() or "unknown"
 
 
-def request_summary(stats: dict[str, int], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def request_summary(stats: dict[str, int], errors: Counter[str]) -> dict[str, Any]:
     """What this run's requests went through: attempts, retries, failed attempts and error rows by reason."""
     failed_attempts = {name[len("retry_"):]: count for name, count in sorted(stats.items()) if name.startswith("retry_") and count}
-    errors = Counter(error_reason(row["error"] or "") for row in rows if row["status"] == "error")
     return {"attempts": stats.get("requests", 0), "retries": stats.get("retries", 0), "failed_attempts_by_reason": failed_attempts,
             "given_up": stats.get("failed_requests", 0), "error_rows_by_reason": dict(sorted(errors.items()))}
 
 
 def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
     previous = read_manifest(run_dir).get("stages", {}).get("generate")
-    if not previous:
+    if not previous or not previous.get("config"):
         return
-    old = {name: previous.get("config", {}).get(name) for name in IDENTITY_FIELDS}
     new = config.identity()
     for name in IDENTITY_FIELDS:
-        if old[name] != new[name]:
+        # a field newer than the folder's manifest counts as its default (the folder was made before it existed)
+        old = previous["config"].get(name, GenerateConfig.model_fields[name].default)
+        if old != new[name]:
             raise NeatError(
-                f"run folder was made with a different config ({name}: {json.dumps(old[name])} here, {json.dumps(new[name])} now); "
+                f"run folder was made with a different config ({name}: {json.dumps(old)} here, {json.dumps(new[name])} now); "
                 "use --overwrite to start over or another --out",
                 file=run_dir / "manifest.json", field=name,
             )
 
 
-def run_generate(config: GenerateConfig, *, backend: Backend | None = None, retry_errors: bool = False,
+def check_out_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise NeatError("--out is an existing file, not a run folder", file=out, field="out")
+
+
+def _prompt_digest(messages: list[dict[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class _Existing:
+    """The rows already in the run: which keys exist (any status) and which are errors."""
+
+    keys: set[str] = field(default_factory=set)
+    errors: set[str] = field(default_factory=set)
+
+    def done(self, key: str, retry_errors: bool) -> bool:
+        return key in self.keys and not (retry_errors and key in self.errors)
+
+
+def read_existing(out: StageOutput) -> _Existing:
+    table = out.whole.read(["status"])
+    if not table.num_rows:
+        return _Existing()
+    keys = table.column("key")
+    failed = keys.filter(pc.equal(table.column("status"), "error"))
+    return _Existing(keys=set(keys.to_pylist()), errors=set(failed.to_pylist()))
+
+
+def check_prompt_texts(out: StageOutput, explicit: dict[str, str]) -> None:
+    """A prompt_id from the source's own column must keep its text: rows of the same id with another text would be
+    "done" and keep the old prompt (content-hash ids cannot collide this way)."""
+    if not explicit:
+        return
+    table = out.whole.read(["prompt_id", "prompt"])
+    if not table.num_rows:
+        return
+    mine = table.filter(pc.is_in(table.column("prompt_id"), pa.array(list(explicit), pa.string())))
+    seen: set[str] = set()
+    for prompt_id, prompt in zip(mine.column("prompt_id").to_pylist(), mine.column("prompt").to_pylist()):
+        if prompt_id in seen:
+            continue
+        seen.add(prompt_id)
+        if _prompt_digest(prompt) != explicit[prompt_id]:
+            raise NeatError(f"prompt_id '{prompt_id}' has another text than the rows already generated for it; give the new "
+                            "text a new prompt_id, or use --overwrite", file=out.run_dir / "generations", field="prompt_id")
+
+
+@dataclass
+class _Plan:
+    """What a pass over the prompts found: how many this process owns and, on a resume, what is left to do."""
+
+    prompts: int = 0
+    owned: int = 0
+    duplicates: int = 0
+    planned_rows: int = 0
+    done_rows: int = 0  # planned rows already done
+    present_rows: int = 0  # planned rows in the folder, any status
+    pending_requests: int = 0
+
+
+def scan(config: GenerateConfig, libraries: list, shard: ShardSpec | None, existing: _Existing | None, retry_errors: bool,
+         explicit: dict[str, str] | None = None) -> _Plan:
+    """One streaming pass over the prompts: validates every row (the first bad one is a NeatError), counts, and with
+    `existing` what is already done."""
+    plan, counts = _Plan(), {}
+    owned = (record for record in _records(config, counts, plan) if shard is None or shard.owns(record.prompt_id))
+    for record in _counted(owned, plan, explicit):
+        if existing is None:
+            continue
+        for planned in plan_requests(config, [record], libraries):
+            done = [existing.done(key, retry_errors) for key in planned.keys]
+            plan.done_rows += sum(done)
+            plan.present_rows += sum(key in existing.keys for key in planned.keys)
+            plan.pending_requests += not all(done)
+    plan.duplicates = counts.get("duplicates", 0)
+    if not plan.prompts:
+        raise NeatError("no prompts found", file=config.prompts)
+    per_prompt = sum(n for n in (config.num_pos, config.num_neg, config.num_neutral))
+    plan.planned_rows = plan.owned * per_prompt
+    if existing is None:
+        plan.pending_requests = plan.owned * sum(1 for n in (config.num_pos, config.num_neg, config.num_neutral) if n)
+    return plan
+
+
+def _records(config: GenerateConfig, counts: dict[str, int], plan: _Plan) -> Iterator[PromptRecord]:
+    for record in iter_prompts(config.prompts, prompt_column=config.prompt_column, limit=config.limit,
+                               allow_system=config.system_combine != "refuse", counts=counts):
+        plan.prompts += 1
+        yield record
+
+
+def _counted(records: Iterator[PromptRecord], plan: _Plan, explicit: dict[str, str] | None) -> Iterator[PromptRecord]:
+    for record in records:
+        plan.owned += 1
+        if explicit is not None and record.explicit_id:
+            explicit[record.prompt_id] = _prompt_digest(record.messages)
+        yield record
+
+
+def start_backend(config: GenerateConfig) -> Backend:
+    """The configured backend; a model or engine that cannot start is one NeatError line."""
+    from neat_data.engines import make_backend
+
+    try:
+        return make_backend(config.backend, config.model, config, seed=config.sampling.seed)
+    except NeatError:
+        raise
+    except Exception as error:  # transformers/torch raise OSError, ValueError, … for a model that does not load
+        raise NeatError(f"backend '{config.backend}' could not start: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
+                        file=config.model, field="model") from None
+
+
+def run_generate(config: GenerateConfig, *, backend: Backend | None = None, shard: ShardSpec | None = None, retry_errors: bool = False,
                  overwrite: bool = False, progress: bool = True, argv: list[str] | None = None) -> GenerateSummary:
-    """Generate every missing row of the run; returns counts. `backend` defaults to `make_backend(config)`."""
+    """Generate every missing row of the run (or of one shard of it); returns counts. `backend` defaults to the
+    configured one, started only when there is something to generate."""
     started = time.time()
     run_dir = Path(config.out)
-    loaded = load_prompts(config.prompts, prompt_column=config.prompt_column, limit=config.limit)
+    check_out_folder(run_dir)
+    if shard is not None and overwrite:
+        raise NeatError(_NO_OVERWRITE, field="overwrite")
     libraries = load_libraries(config.pairs)
-    if backend is None and config.backend == "vllm":
+    scan(config, libraries, shard, None, retry_errors)  # every row valid before the run folder is touched
+    if backend is None and config.local_model():
         from neat_data.models import resolve_model
 
-        resolve_model(config.model)  # a bad model path stops here, before --overwrite deletes anything
-    with RunLock(run_dir):
-        table = ShardedTable(run_dir / "generations", GENERATIONS)
-        if overwrite:
-            table.clear()
-            update_manifest(run_dir, "generate", {})
-        else:
-            check_run_identity(config, run_dir)
-        existing = table.read()
-        done = {key for key, status in zip(existing.column("key").to_pylist(), existing.column("status").to_pylist())
-                if status == "ok" or not retry_errors}
-        planned = plan_requests(config, loaded.records, libraries)
-        all_keys = {key for request in planned for key in request.keys}
-        pending = [request for request in planned if any(key not in done for key in request.keys)]
-        manifest_entry = {
-            "config": config.model_dump(mode="json"),
-            "command": argv,
-            "versions": package_versions(),
-            "prompts": {"source": loaded.source, "count": len(loaded.records), "duplicates_dropped": loaded.duplicates_dropped},
-            "pair_libraries": [{"name": lib.name, "path": str(lib.path), "pairs": len(lib.pairs), "sha256_16": lib.content_hash} for lib in libraries],
-            "finished": False,
-        }
-        update_manifest(run_dir, "generate", manifest_entry)
-        generated, requests = 0, {}
-        if pending:
-            generated, requests = _generate_pending(config, pending, done, all_keys, table, backend, progress)
-        table.compact()
-        final = table.read()
-        counts = {"status": count_by(final, "status"), "steering": count_by(final, "steering")}
-        stale = final.num_rows - len(all_keys & set(final.column("key").to_pylist()))
-        manifest_entry.update(finished=True, rows=final.num_rows, counts=counts, stale_rows=stale, requests=requests,
-                              seconds=round(time.time() - started, 2))
-        update_manifest(run_dir, "generate", manifest_entry)
-    return GenerateSummary(run_dir=run_dir, total_rows=final.num_rows, generated_rows=generated, counts=counts,
-                           seconds=time.time() - started, stale_rows=stale, requests=requests)
+        resolve_model(config.model)  # a mistyped model stops here, for every backend that loads one
+    owns_backend = backend is None
+    with StageOutput(run_dir, "generate", "generations", GENERATIONS, shard) as out:
+        try:
+            if not overwrite:
+                check_run_identity(config, run_dir)
+            existing = _Existing() if overwrite else read_existing(out)
+            explicit: dict[str, str] = {}
+            plan = scan(config, libraries, shard, existing, retry_errors, explicit)
+            if not overwrite:
+                check_prompt_texts(out, explicit)
+            if backend is None and plan.pending_requests:
+                backend = start_backend(config)  # before --overwrite deletes anything, and before the manifest names it
+            if overwrite:
+                out.table.clear()
+                update_manifest(run_dir, "generate", {})
+            entry = {"config": config.model_dump(mode="json"), "command": argv, "versions": package_versions(),
+                     "prompts": {"source": config.prompts, "count": plan.prompts, "duplicates_dropped": plan.duplicates},
+                     "pair_libraries": [{"name": lib.name, "path": str(lib.path), "pairs": len(lib.pairs), "sha256_16": lib.content_hash}
+                                        for lib in libraries]}
+            out.start(entry, lambda: None if overwrite else check_run_identity(config, run_dir))
+            generated, requests, usage, new_keys = 0, {}, {}, 0
+            if plan.pending_requests:
+                assert backend is not None
+                generated, new_keys, requests, usage = _generate_pending(config, libraries, out, existing, plan, backend, retry_errors,
+                                                                         progress)
+        finally:
+            if owns_backend and backend is not None:
+                backend.close()
+        out.table.compact()
+        mine = out.table.read(["status", "steering"])
+        counts = {"status": count_by(mine, "status"), "steering": count_by(mine, "steering")}
+        stale = 0 if shard is not None else mine.num_rows - (plan.present_rows + new_keys)
+        seconds = time.time() - started
+        out.finish({**entry, "rows": mine.num_rows, "counts": counts, "stale_rows": stale, "requests": requests, "usage": usage,
+                    "seconds": round(seconds, 2)},
+                   {"rows": mine.num_rows, "prompts": plan.owned, "planned_rows": plan.planned_rows, "generated_rows": generated,
+                    "counts": counts, "requests": requests, "usage": usage, "command": argv, "seconds": round(seconds, 2)})
+    return GenerateSummary(run_dir=run_dir, total_rows=mine.num_rows, generated_rows=generated, counts=counts, seconds=seconds,
+                           stale_rows=stale, requests=requests, usage=usage, folder=out.folder)
 
 
-def _generate_pending(config: GenerateConfig, pending: list[PlannedRequest], done: set[str], all_keys: set[str],
-                      table: ShardedTable, backend: Backend | None, progress: bool) -> tuple[int, dict[str, Any]]:
+def _generate_pending(config: GenerateConfig, libraries: list, out: StageOutput, existing: _Existing, plan: _Plan, backend: Backend,
+                      retry_errors: bool, progress: bool) -> tuple[int, int, dict[str, Any], dict[str, dict[str, int]]]:
+    """Stream the pending requests through the backend and the shard writer; returns (rows written, rows with a key
+    new to the folder, request summary, token usage by steering)."""
     from tqdm.auto import tqdm
 
-    owns_backend = backend is None
-    if backend is None:
-        from neat_data.engines import make_backend
+    inflight: dict[int, PlannedRequest] = {}  # requests handed to the backend and not answered yet
 
-        backend = make_backend(config.backend, config.model, config, seed=config.sampling.seed)
-    requests = [to_engine_request(p, config.system_mode) for p in pending]
+    def pending() -> Iterator[GenerationRequest]:
+        index = 0
+        records = (r for r in iter_prompts(config.prompts, prompt_column=config.prompt_column, limit=config.limit,
+                                           allow_system=config.system_combine != "refuse") if out.owns(r.prompt_id))
+        for planned in plan_requests(config, records, libraries):
+            if all(existing.done(key, retry_errors) for key in planned.keys):
+                continue
+            inflight[index] = planned
+            index += 1
+            yield to_engine_request(planned, config)
+
     buffer: list[dict[str, Any]] = []
-    generated = 0
-    errors: list[dict[str, Any]] = []  # this run's error rows, for the summary by reason
-    bar = tqdm(total=len(all_keys), initial=len(all_keys & done), unit="row", desc="generate", disable=not progress)
+    generated = new_keys = 0
+    errors: Counter[str] = Counter()
+    usage: dict[str, dict[str, int]] = {}
+    bar = tqdm(total=plan.planned_rows, initial=plan.done_rows, unit="row", desc="generate", disable=not progress)
     try:
-        for index, result in backend.generate(requests, config.sampling):
-            planned = pending[index]
-            rows = result_rows(config, planned, result, backend, {k for k in planned.keys if k not in done})
+        for index, result in backend.generate(pending(), config.sampling):
+            planned = inflight.pop(index)
+            rows = result_rows(config, planned, result, backend.name, {k for k in planned.keys if not existing.done(k, retry_errors)})
+            for row in rows:
+                new_keys += row["key"] not in existing.keys
+                if row["status"] == "error":
+                    errors[error_reason(row["error"] or "")] += 1
+            tokens = usage.setdefault(planned.steering, {"prompt_tokens": 0, "completion_tokens": 0})
+            if result.completions:  # the prompt is read (and billed) once per request, whatever n
+                tokens["prompt_tokens"] += result.completions[0].prompt_tokens or 0
+                tokens["completion_tokens"] += sum(c.completion_tokens or 0 for c in result.completions)
             buffer.extend(rows)
-            errors.extend(row for row in rows if row["status"] == "error")
             bar.update(len(rows))
             if len(buffer) >= config.flush_every:
-                table.append(buffer)
+                out.table.append(buffer)
                 generated += len(buffer)
                 buffer = []
-        table.append(buffer)
+        out.table.append(buffer)
         generated += len(buffer)
     finally:
         bar.close()
-        if owns_backend:
-            backend.close()
-    return generated, request_summary(dict(getattr(backend, "stats", {})), errors)
+    return generated, new_keys, request_summary(dict(getattr(backend, "stats", {})), errors), usage

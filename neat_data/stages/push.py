@@ -22,13 +22,14 @@ import re
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.errors import NeatError
 from neat_data.runfolder import ShardedTable, read_manifest, update_manifest
 from neat_data.schemas import SCORED
+from neat_data.stages.export import ExportFormat
 
 T = TypeVar("T")
 RETRY_STATUSES = (409, 412, 429, 500, 502, 503, 504)
@@ -40,10 +41,10 @@ class PushConfig(BaseModel):
     run: Path = Field(description="Run folder with an export.")
     repo_id: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", description="Dataset repo, e.g. me/neat-hh.")
     config_name: str = Field("default", pattern=r"^[A-Za-z0-9][\w.-]*$", description="Dataset config, e.g. round_1.")
-    format: Literal["trl", "trl-implicit", "kto", "ranked", "h4"] = Field("h4", description="Which export to push.")
-    public: bool = Field(False, description="Create the repo public (default: private).")
+    format: ExportFormat = Field("h4", description="Which export of RUN to push.")
+    public: bool = Field(False, description="Create the repo public (default: private).", json_schema_extra={"cli_false": "--private"})
     token_env: str = Field("HF_TOKEN", description="Environment variable holding the Hub token.")
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(5, ge=0, description="Retries on 429 / 412 / 409 / 5xx.")
     backoff_base: float = Field(2.0, ge=0, description="First retry delay in seconds, doubling.")
 
 

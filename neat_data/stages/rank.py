@@ -33,12 +33,16 @@ from neat_data.runfolder import RunLock, ShardedTable, atomic_write_table, updat
 from neat_data.schemas import PAIRS, RANKED_LISTS, SCORED, check_columns
 
 
+PairStrategy = Literal["best-vs-worst", "pos-vs-neg", "all-pairs"]
+
+
 class RankConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run: Path = Field(description="Run folder holding scored/.")
-    pairs: Literal["best-vs-worst", "pos-vs-neg", "all-pairs"] = Field("best-vs-worst", description="Pair strategy.")
-    pos_vs_neg_by: Literal["construction", "score"] = Field("construction", description="pos-vs-neg: label by steering or by score.")
+    pairs: PairStrategy = Field("best-vs-worst", description="Pair strategy: the top and bottom of each list, every pos × neg response, or every pair.")
+    pos_vs_neg_by: Literal["construction", "score"] = Field(
+        "construction", description="pos-vs-neg: the positive response is chosen (RLCD), or the higher score.")
     min_margin: float = Field(0.0, ge=0.0, description="Drop score-labelled pairs whose score gap is smaller.")
 
 

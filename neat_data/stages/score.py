@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
 from neat_data.errors import NeatError
-from neat_data.runfolder import RunLock, ShardedTable, count_by, read_manifest, update_manifest
+from neat_data.runfolder import ShardedTable, count_by, read_manifest, update_manifest
 from neat_data.schemas import GENERATIONS, SCORED, check_columns
 from neat_data.scorers import ScorerOptions, make_scorer
 from neat_data.scorers.base import ScoreItem, Scorer
+from neat_data.shards import ShardSpec, StageOutput, refuse_while_writing
 
 IDENTITY_FIELDS = ("scorer", "model", "negative_score", "judge_mode", "judge_template")
 
@@ -53,6 +55,11 @@ class ScoreSummary:
     scored_rows: int
     counts: dict[str, dict[str, int]]
     seconds: float
+    folder: Path | None = None  # <run>/scored, or a shard's sub-folder
+
+    def line(self) -> str:
+        return (f"{self.folder or self.run_dir / 'scored'}: {self.rows} rows ({self.scored_rows} newly scored) "
+                f"{self.counts['score_status']} in {self.seconds:.0f} s")
 
 
 def pair_texts(rows: list[dict[str, Any]], generate_entry: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
@@ -107,8 +114,21 @@ def apply_negative_score(table: pa.Table, mode: str) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCORED)
 
 
-def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, overwrite: bool = False, progress: bool = True,
-              argv: list[str] | None = None) -> ScoreSummary:
+def current_scores(out: StageOutput, generations: pa.Table) -> set[str]:
+    """Keys whose scored row scored the generation row as it is now. A row that `generate --retry-errors` replaced
+    (an error that is now ok, same key) is not among them, so it is scored again: a score follows the row it scored."""
+    scored = out.whole.read(["status", "response"])
+    if not scored.num_rows:
+        return set()
+    then = dict(zip(scored.column("key").to_pylist(), zip(scored.column("status").to_pylist(), scored.column("response").to_pylist())))
+    now = zip(generations.column("key").to_pylist(), zip(generations.column("status").to_pylist(), generations.column("response").to_pylist()))
+    return {key for key, row in now if then.get(key) == row}
+
+
+def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, shard: ShardSpec | None = None, overwrite: bool = False,
+              progress: bool = True, argv: list[str] | None = None) -> ScoreSummary:
+    """Score every generation row not scored yet (or of one shard's prompts); returns counts. The scorer is built —
+    and its model checked — before anything is recorded or, with `overwrite`, deleted."""
     from tqdm.auto import tqdm
 
     started = time.time()
@@ -116,45 +136,60 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, overwrite: b
     generations_dir = run_dir / "generations"
     if not generations_dir.is_dir():
         raise NeatError("no generations/ in this run folder (run `neat-data generate` first)", file=run_dir)
+    if shard is not None:
+        if overwrite:
+            raise NeatError("--overwrite cannot be combined with --num-shards (the other shards share the folder); delete scored/ "
+                            "or use another run folder", field="overwrite")
+        refuse_while_writing(run_dir, "generations")
     owns_scorer = scorer is None
     try:
-        with RunLock(run_dir):
+        with StageOutput(run_dir, "score", "scored", SCORED, shard) as out:
             generations = ShardedTable(generations_dir, GENERATIONS).read()
             check_columns(generations, GENERATIONS, str(generations_dir))
-            scored = ShardedTable(run_dir / "scored", SCORED)
+            if shard is not None:
+                generations = generations.filter(pa.array([shard.owns(pid) for pid in generations.column("prompt_id").to_pylist()],
+                                                          pa.bool_()))
             manifest = read_manifest(run_dir)
-            if overwrite:
-                if scorer is None:  # a bad scorer or model fails here, before the old scores are deleted
-                    scorer = make_scorer(config, manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model"))
-                scored.clear()
-            else:
+            generation_model = manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model")
+            if not overwrite:
                 check_identity(config, run_dir)
-            done = set(scored.read().column("key").to_pylist())
+            done = set() if overwrite else current_scores(out, generations)
             rows = generations.to_pylist()
             pending = [row for row in rows if row["key"] not in done]
-            entry = {"config": config.model_dump(mode="json"), "command": argv, "finished": False}
-            update_manifest(run_dir, "score", entry)
+            if scorer is None and pending:
+                scorer = make_scorer(config, generation_model)  # a bad scorer or model fails here, before anything changes
+            if overwrite:
+                out.table.clear()
+                update_manifest(run_dir, "score", {})
+            entry = {"config": config.model_dump(mode="json"), "command": argv}
+            out.start(entry, lambda: None if overwrite else check_identity(config, run_dir))
             scored_now = 0
             if pending:
+                assert scorer is not None
                 texts = pair_texts(rows, manifest.get("stages", {}).get("generate", {}))
-                if scorer is None:
-                    scorer = make_scorer(config, manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model"))
                 bar = tqdm(total=len(rows), initial=len(rows) - len(pending), unit="row", desc="score", disable=not progress)
                 for chunk in prompt_aligned_chunks(pending, config.flush_every):
-                    scored.append(score_rows(chunk, scorer, texts))
+                    out.table.append(score_rows(chunk, scorer, texts))
                     scored_now += len(chunk)
                     bar.update(len(chunk))
                 bar.close()
-            final = apply_negative_score(scored.read(), config.negative_score)
-            scored.rewrite(final)
+            if shard is None:  # the floor is a constant below every response of the run: one shard cannot know it (merge does)
+                final = out.table.read()
+                final = final.filter(pc.is_in(final.column("key"), generations.column("key")))  # rows no generation holds any more
+                final = apply_negative_score(final, config.negative_score)
+                out.table.rewrite(final)
+            else:
+                out.table.compact()
+                final = out.table.read(["score_status", "steering", "scorer"])
             counts = {"score_status": count_by(final, "score_status"), "steering": count_by(final, "steering")}
-            entry.update(finished=True, rows=final.num_rows, counts=counts, scorer=final.column("scorer")[0].as_py() if final.num_rows else None,
-                         seconds=round(time.time() - started, 2))
-            update_manifest(run_dir, "score", entry)
+            seconds = time.time() - started
+            scorer_name = final.column("scorer")[0].as_py() if final.num_rows else None
+            out.finish({**entry, "rows": final.num_rows, "counts": counts, "scorer": scorer_name, "seconds": round(seconds, 2)},
+                       {"rows": final.num_rows, "scored_rows": scored_now, "counts": counts, "command": argv, "seconds": round(seconds, 2)})
     finally:
         if owns_scorer and scorer is not None and hasattr(scorer, "close"):
             scorer.close()  # e.g. Ray actors
-    return ScoreSummary(run_dir=run_dir, rows=final.num_rows, scored_rows=scored_now, counts=counts, seconds=time.time() - started)
+    return ScoreSummary(run_dir=run_dir, rows=final.num_rows, scored_rows=scored_now, counts=counts, seconds=seconds, folder=out.folder)
 
 
 def prompt_aligned_chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:

@@ -111,8 +111,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "empty_messages": (prompts_with(['{"messages": []}']), ["row 1: field 'messages': empty conversation"]),
     "invalid_role_order": (prompts_with(['{"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Yo"}]}']),
                            ["row 1: field 'messages': message 0 has role 'assistant', expected 'user'"]),
-    "system_message_in_prompt": (prompts_with(['{"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}']),
-                                 ["row 1: field 'messages': system messages are not allowed"]),
+    "system_message_refused": (lambda folder: prompts_with(['{"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}'])(folder)
+                               + ["--system-combine", "refuse"], ["row 1: field 'messages': the prompt has its own system message"]),
+    "system_message_not_first": (prompts_with(['{"messages": [{"role": "user", "content": "y"}, {"role": "system", "content": "x"}, '
+                                               '{"role": "user", "content": "z"}]}']), ["row 1: field 'messages': message 1 is a system message"]),
     "non_utf8_bytes": (non_utf8, ["prompts.jsonl: row 2: not valid UTF-8"]),
     "duplicate_prompt_ids": (prompts_with(['{"prompt_id": "a", "prompt": "one"}', '{"prompt_id": "a", "prompt": "two"}']),
                              ["row 2: field 'prompt_id': duplicate prompt_id 'a' (first at row 1)"]),

@@ -1,0 +1,122 @@
+"""Click options derived from a stage's pydantic config: one definition of every option's name, type, choices,
+default and help — the config field — for the CLI, recipes and manifests alike.
+
+    @config_options(GenerateConfig, flatten=("sampling",))   # --prompts, --num-pos, --temperature, …
+    def generate(**options): config = build_config(GenerateConfig, options, flatten=("sampling",))
+
+Rules: a field `num_pos` is the option `--num-pos`; a `Literal` is a `click.Choice` of exactly its values; a bool is
+`--x/--no-x` (or the field's `json_schema_extra={"cli_false": "--other"}` name for the off switch); a `list[str]` is one
+comma-separated option; a field without a default is required; a nested model named in `flatten` contributes its own
+fields without a prefix. Options the user does not give are left out, so the config's defaults apply (and are shown in
+`--help`). A value the config rejects is one line naming the option (`NeatError(option=…)`), exit code 2.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from neat_data.errors import NeatError, validation_message
+
+
+def _plain(annotation: Any) -> Any:
+    """`X | None` → X."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _fields(model: type[BaseModel], skip: tuple[str, ...], flatten: tuple[str, ...]) -> Iterator[tuple[str, FieldInfo]]:
+    """(name, field) of every option, own fields first (a stage's own options read first in --help), nested ones inlined."""
+    own = [name for name in model.model_fields if name not in _inherited(model)]
+    order = own + [name for name in model.model_fields if name not in own]
+    for name in order:
+        if name in skip:
+            continue
+        field = model.model_fields[name]
+        if name in flatten:
+            yield from _fields(_plain(field.annotation), skip, ())
+        else:
+            yield name, field
+
+
+def _inherited(model: type[BaseModel]) -> set[str]:
+    return {name for base in model.__mro__[1:] if isinstance(base, type) and issubclass(base, BaseModel) for name in base.model_fields}
+
+
+def _default_text(field: FieldInfo) -> str | None:
+    if field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+    elif field.default is PydanticUndefined or field.default is None:
+        return None
+    else:
+        value = field.default
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
+    """One click option for one config field."""
+    kind = _plain(field.annotation)
+    flag = "--" + name.replace("_", "-")
+    required = field.is_required()
+    help_text = field.description or ""
+    shown = _default_text(field)
+    common: dict[str, Any] = {"default": None, "required": required, "help": help_text,
+                              "show_default": shown if shown is not None else False}
+    if kind is bool:
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        off = str(extra.get("cli_false") or "--no-" + name.replace("_", "-"))
+        return click.option(f"{flag}/{off}", name, **common)
+    if typing.get_origin(kind) is typing.Literal:
+        return click.option(flag, name, type=click.Choice([str(v) for v in typing.get_args(kind)]), **common)
+    if typing.get_origin(kind) is list:
+        return click.option(flag, name, type=str, metavar="A,B,…", **common)
+    if kind is Path:
+        return click.option(flag, name, type=click.Path(path_type=Path), **common)
+    return click.option(flag, name, type=kind if kind in (int, float, str) else str, **common)
+
+
+def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatten: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+    """Decorator: every field of `model` (less `skip`) as a click option."""
+
+    def decorate(function: Any) -> Any:
+        for name, field in reversed(list(_fields(model, skip, flatten))):
+            function = option_for(name, field)(function)
+        return function
+
+    return decorate
+
+
+def option_names(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatten: tuple[str, ...] = ()) -> list[str]:
+    return [name for name, _ in _fields(model, skip, flatten)]
+
+
+def build_config(model: type[BaseModel], options: dict[str, Any], *, flatten: tuple[str, ...] = (), **fixed: Any) -> Any:
+    """The config from click's values (None = not given), nested models regrouped, lists split on commas."""
+    values: dict[str, Any] = dict(fixed)
+    nested_of = {inner: outer for outer in flatten for inner in _plain(model.model_fields[outer].annotation).model_fields}
+    for name, value in options.items():
+        if value is None:
+            continue
+        target = values.setdefault(nested_of[name], {}) if name in nested_of else values
+        field = (_plain(model.model_fields[nested_of[name]].annotation).model_fields[name] if name in nested_of
+                 else model.model_fields.get(name))
+        if field is not None and typing.get_origin(_plain(field.annotation)) is list and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        target[name] = value
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        field, message = validation_message(error)
+        head, _, rest = field.partition(".")
+        raise NeatError(message, option=rest if head in flatten and rest else field) from None

@@ -1,0 +1,117 @@
+"""The pure part of the generate stage: prompts × pairs → planned requests (seeds, content keys) → engine requests;
+one engine result → rows. No I/O, no engine: every function here is a function of its arguments.
+
+In:  PromptRecords (neutral conversations, maybe with their own system message), pair libraries, the stage config.
+Out: `PlannedRequest`s (one per prompt × steering, with the content keys of its samples), `GenerationRequest`s for the
+     backend, and the rows of `neat_data.schemas.GENERATIONS` for one result (one row per sample, ok or error, never
+     dropped).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from neat_data.engines.base import GenerationRequest, RequestResult
+from neat_data.keys import content_key, request_seed, text_hash
+from neat_data.messages import build_messages, parse_reply
+from neat_data.pairs import PairLibrary, PromptPair, choose_pair
+from neat_data.prompts_in import PromptRecord
+
+if TYPE_CHECKING:
+    from neat_data.stages.generate import GenerateConfig
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """One (prompt, steering) request and the content keys of its samples."""
+
+    record: PromptRecord
+    steering: str
+    pair: PromptPair | None
+    system_prompt: str | None  # the steering text (None when unsteered)
+    seed: int
+    keys: tuple[str, ...]
+
+    @property
+    def own_system(self) -> bool:
+        return self.record.messages[0]["role"] == "system"
+
+
+def plan_requests(config: "GenerateConfig", records: Iterable[PromptRecord], libraries: list[PairLibrary]) -> Iterator[PlannedRequest]:
+    """Every request of `records`, in a fixed order, with its derived seed and row keys (pure; lazy)."""
+    sampling = config.sampling.model_dump()
+    for record in records:
+        pair = choose_pair(libraries, config.sampling.seed, record.prompt_id)
+        for steering, count in (("pos", config.num_pos), ("neg", config.num_neg), ("none", config.num_neutral)):
+            if count == 0:
+                continue
+            used_pair = pair if steering != "none" else None
+            pair_id = used_pair.id if used_pair else None
+            system_prompt = used_pair.system_prompt(steering) if used_pair else None
+            system_hash = text_hash(system_prompt) if system_prompt else None
+            keys = tuple(
+                content_key(round_index=config.round, prompt_id=record.prompt_id, steering=steering, pair_id=pair_id,
+                            system_prompt_hash=system_hash, sample_index=i, model=config.model, sampling=sampling)
+                for i in range(count)
+            )
+            yield PlannedRequest(record=record, steering=steering, pair=used_pair, system_prompt=system_prompt,
+                                 seed=request_seed(config.sampling.seed, record.prompt_id, steering, pair_id), keys=keys)
+
+
+def to_engine_request(planned: PlannedRequest, config: "GenerateConfig") -> GenerationRequest:
+    """The messages to send: the steering text (joined with the prompt's own system text) as a system message, plus
+    the same request merged into the first user turn for backends whose template or server rejects the system role."""
+    prompt, steering, combine = planned.record.messages, planned.system_prompt, config.system_combine
+    n, seed, request_id = len(planned.keys), planned.seed, planned.keys[0]
+    if steering is None and not planned.own_system:
+        return GenerationRequest(messages=build_messages(prompt, None), merged_messages=None, n=n, seed=seed, id=request_id)
+    if config.system_mode == "merged":
+        return GenerationRequest(messages=build_messages(prompt, steering, "merged", combine), merged_messages=None, n=n, seed=seed,
+                                 id=request_id)
+    return GenerationRequest(messages=build_messages(prompt, steering, "system", combine),
+                             merged_messages=build_messages(prompt, steering, "merged", combine), n=n, seed=seed, id=request_id)
+
+
+def result_rows(config: "GenerateConfig", planned: PlannedRequest, result: RequestResult, backend_name: str,
+                wanted: set[str]) -> list[dict[str, Any]]:
+    """Rows for the wanted sample keys of one request: one per sample, ok or error, never dropped."""
+    sampling_json = json.dumps(config.sampling.model_dump(), sort_keys=True)
+    has_system = planned.system_prompt is not None or planned.own_system
+    system_mode = "none" if not has_system else ("merged" if config.system_mode == "merged" else result.system_mode)
+    combined = config.system_combine if planned.system_prompt is not None and planned.own_system else None
+    rows = []
+    for sample_index, key in enumerate(planned.keys):
+        if key not in wanted:
+            continue
+        if result.error is not None:
+            columns = {"response": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
+                       "status": "error", "error": result.error}
+        elif sample_index >= len(result.completions):
+            columns = {"response": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
+                       "status": "error", "error": f"engine returned {len(result.completions)} of {len(planned.keys)} samples"}
+        else:
+            completion = result.completions[sample_index]
+            columns = parse_reply(completion.text, completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
+        rows.append({
+            "key": key,
+            "round": config.round,
+            "prompt_id": planned.record.prompt_id,
+            "prompt": planned.record.messages,
+            "steering": planned.steering,
+            "pair_library": planned.pair.library if planned.pair else None,
+            "system_prompt_id": planned.pair.id if planned.pair else None,
+            "system_prompt_hash": text_hash(planned.system_prompt) if planned.system_prompt else None,
+            "system_prompt": planned.system_prompt,
+            "system_mode": system_mode,
+            "system_combine": combined,
+            "sample_index": sample_index,
+            "model": config.model,
+            "backend": backend_name,
+            "sampling": sampling_json,
+            "seed": planned.seed,
+            "n_fallback": result.n_fallback,
+            **columns,
+        })
+    return rows
