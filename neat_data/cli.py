@@ -22,18 +22,35 @@ from neat_data.errors import NeatError, redact_secrets, validation_message
 
 
 class NeatGroup(click.Group):
-    """Turns NeatError / config validation errors into one line on stderr and exit code 2."""
+    """Every failure is one scrubbed line on stderr: NeatError / config validation errors (exit code 2, or the
+    error's own code), anything unexpected (exit code 1; its traceback, scrubbed, only with NEAT_DATA_DEBUG=1)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except NeatError as error:
             click.echo(f"error: {redact_secrets(error.one_line())}", err=True)
-            ctx.exit(2)
+            ctx.exit(error.exit_code)
         except ValidationError as error:
             field, message = validation_message(error)
             click.echo(f"error: option '{field}': {redact_secrets(message)}", err=True)
             ctx.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted (finished shards are kept; run the same command again to resume)", err=True)
+            ctx.exit(130)
+        except Exception as error:  # a bug, or a library failing in a way we do not know yet: still no secret, one line
+            import os
+            import traceback
+
+            if os.environ.get("NEAT_DATA_DEBUG"):
+                for line in traceback.format_exception(error):
+                    click.echo(redact_secrets(line.rstrip("\n")), err=True)
+            summary = " ".join(f"{type(error).__name__}: {error}".split())
+            click.echo(f"error: unexpected {redact_secrets(summary)[:1000]} (a bug in neat-data? NEAT_DATA_DEBUG=1 prints the "
+                       "traceback)", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=NeatGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -143,9 +160,7 @@ def generate(retry_errors: bool, overwrite: bool, no_progress: bool, num_shards:
     for note in summary.notes():
         click.echo(note, err=True)
     if summary.total_rows and not summary.counts.get("status", {}).get("ok"):
-        ctx = click.get_current_context()
-        click.echo("error: no row succeeded (see the error rows' reasons above); exit code 3", err=True)
-        ctx.exit(3)
+        raise NeatError("no row succeeded: every row is an error row (reasons above); nothing to score", file=summary.folder, exit_code=3)
 
 
 def _argv() -> list[str]:

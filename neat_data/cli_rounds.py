@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +18,16 @@ import click
 
 
 
-def options_from_model(model: type, skip: tuple[str, ...]) -> Any:
-    """Click options for a pydantic model's scalar fields: --field-name, typed, default and help from the field."""
-
-    def decorate(function: Any) -> Any:
-        for name, field in reversed(list(model.model_fields.items())):
-            if name in skip:
-                continue
-            annotation = field.annotation
-            args = [a for a in typing.get_args(annotation) if a is not type(None)] if isinstance(annotation, types.UnionType) else [annotation]
-            kind = args[0]
-            flag = "--" + name.replace("_", "-")
-            help_text = field.description or ""
-            if kind is bool:
-                option = click.option(f"{flag}/--no-{name.replace('_', '-')}", default=field.default, help=help_text,
-                                      show_default=field.default is not None)
-            elif typing.get_origin(kind) is typing.Literal:
-                option = click.option(flag, type=click.Choice(list(typing.get_args(kind))), default=field.default, show_default=True, help=help_text)
-            else:
-                option = click.option(flag, type=kind if kind in (int, float, str) else str, default=field.default,
-                                      show_default=field.default is not None, help=help_text)
-            function = option(function)
-        return function
-
-    return decorate
-
-
 def register(cli: click.Group, argv: Any) -> None:
     """Add the commands to the main group (`argv()` rebuilds the command line for manifests)."""
+    from neat_data.cli_options import build_config, config_options
     from neat_data.train.trainer import TrainConfig
 
     @cli.command()
     @click.argument("data", type=click.Path(path_type=Path))
     @click.option("--model", required=True, help="Policy to train: bundled alias, local HF folder or Hub id.")
     @click.option("--out", type=click.Path(path_type=Path), help="Output HF folder (default: model/ in DATA's folder).")
-    @options_from_model(TrainConfig, skip=("data", "model", "out"))
+    @config_options(TrainConfig, skip=("data", "model", "out"))
     def train(data: Path, model: str, out: Path | None, **options: Any) -> None:
         """Train the policy on DATA's ranked export with the NEAT loss (ranking + LM) → an HF folder.
 
@@ -63,7 +36,7 @@ def register(cli: click.Group, argv: Any) -> None:
         from neat_data.train.trainer import TrainConfig, run_train
 
         default_out = (data.parent if data.is_file() else data) / "model"
-        config = TrainConfig(data=data, model=model, out=out or default_out, **{k: v for k, v in options.items() if v is not None})
+        config = build_config(TrainConfig, options, data=data, model=model, out=out or default_out)
         summary = run_train(config, argv=argv(), log=lambda r: click.echo(
             f"step {r['step']}: loss {r['loss']:.4f} (rank {r['rank_loss']:.4f}, lm {r['sft_loss']:.4f}) "
             f"rank-acc {r['rank_accuracy']:.2f} grad {r['grad_norm']:.2f} {r['tokens_per_s']:.0f} tok/s", err=True))
@@ -136,11 +109,15 @@ def register(cli: click.Group, argv: Any) -> None:
 
 
 def run_stage_config(name: str, raw: dict[str, Any], argv: list[str], echo: Any = click.echo) -> None:
+    from neat_data.errors import NeatError
+
     if name == "generate":
         from neat_data.stages.generate import GenerateConfig, run_generate
 
         summary = run_generate(GenerateConfig.model_validate(raw), argv=argv)
         echo(f"generations: {summary.total_rows} rows {summary.counts.get('status')} in {summary.seconds:.0f} s")
+        if summary.total_rows and not summary.counts.get("status", {}).get("ok"):
+            raise NeatError("no generation succeeded (every row is an error row; their reasons are in the log)", file=summary.folder, exit_code=3)
     elif name == "score":
         from neat_data.stages.score import ScoreConfig, run_score
 

@@ -28,12 +28,14 @@ class NeatError(Exception):
         row: int | None = None,
         field: str | None = None,
         option: str | None = None,
+        exit_code: int = 2,
     ):
         self.message = message
         self.file = str(file) if file is not None else None
         self.row = row
         self.field = field
         self.option = option  # a command-line option (its config field name), named as "option '<name>'"
+        self.exit_code = exit_code  # 2: bad input; 3: the input was fine but nothing succeeded (every row an error)
         super().__init__(self.one_line())
 
     def one_line(self) -> str:

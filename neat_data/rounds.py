@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -28,8 +29,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from neat_data.errors import NeatError
+from neat_data.engines import BackendName
+from neat_data.engines.base import Sampling
+from neat_data.errors import NeatError, validation_message
 from neat_data.runfolder import RunLock, atomic_write_bytes, atomic_write_json, read_manifest
+from neat_data.stages.export import ExportFormat
+from neat_data.stages.score import NegativeScore
 
 
 class PromptsSpec(BaseModel):
@@ -42,10 +47,18 @@ class PromptsSpec(BaseModel):
     per_round: int = Field(32, ge=1, description="Fresh training prompts per round.")
 
 
+def refuse_shadowed_options(options: dict[str, Any], named: set[str]) -> None:
+    """`options:` passes other stage fields; a key that a named field of the section (or the round runner) sets
+    would silently win or lose against it, so it is refused."""
+    shadowed = sorted(set(options) & named)
+    if shadowed:
+        raise ValueError(f"options.{shadowed[0]} duplicates a field this section (or the round runner) sets; set it there")
+
+
 class GenerateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["vllm", "openai", "transformers"] = "vllm"
+    backend: BackendName = "vllm"
     num_pos: int = Field(2, ge=0)
     num_neg: int = Field(2, ge=0, description="0 = the positive-only baseline.")
     num_neutral: int = Field(0, ge=0)
@@ -54,22 +67,28 @@ class GenerateSpec(BaseModel):
     max_tokens: int = Field(256, ge=1)
     options: dict[str, Any] = Field(default_factory=dict, description="Any other GenerateConfig field (dtype, max_model_len, base_url, …).")
 
+    @model_validator(mode="after")
+    def _options(self) -> "GenerateSpec":
+        refuse_shadowed_options(self.options, set(type(self).model_fields) | set(Sampling.model_fields) | RUNNER_SETS["generate"])
+        return self
+
 
 class ScoreSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scorer: str = "self-contrast"
     model: str | None = Field(None, description="Reward model / self-contrast reference (default: the base model, fixed across rounds).")
-    negative_score: Literal["scored", "floor"] = "scored"
+    negative_score: NegativeScore = "scored"
     options: dict[str, Any] = Field(default_factory=dict, description="Any other ScoreConfig field (batch_size, device, judge_*…).")
 
+    @model_validator(mode="after")
+    def _options(self) -> "ScoreSpec":
+        refuse_shadowed_options(self.options, set(type(self).model_fields) | RUNNER_SETS["score"])
+        return self
 
-class RankSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-    pairs: Literal["best-vs-worst", "pos-vs-neg", "all-pairs"] = "best-vs-worst"
-    pos_vs_neg_by: Literal["construction", "score"] = "construction"
-    min_margin: float = Field(0.0, ge=0)
+# Fields the round runner sets itself in each stage's config (a recipe names them once, at the top, or not at all).
+RUNNER_SETS = {"generate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed"}, "score": {"run"}}
 
 
 class EvaluateSpec(BaseModel):
@@ -96,8 +115,8 @@ class Recipe(BaseModel):
     seed: int = Field(0, ge=0)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     score: ScoreSpec = Field(default_factory=ScoreSpec)
-    rank: RankSpec = Field(default_factory=RankSpec)
-    exports: list[Literal["ranked", "trl", "trl-implicit", "kto", "h4"]] = Field(
+    rank: dict[str, Any] = Field(default_factory=dict, description="RankConfig fields (pairs, pos_vs_neg_by, min_margin, …).")
+    exports: list[ExportFormat] = Field(
         default_factory=lambda: ["ranked"], description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
@@ -113,76 +132,127 @@ class Recipe(BaseModel):
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (["a", "b"], the value read as YAML); a NeatError naming the override when it is malformed."""
     if "=" not in text:
-        raise NeatError(f"--set wants key=value, got {text!r}", field="--set")
+        raise NeatError(f"--set wants key=value, got {text!r}", option="set")
     key, value = text.split("=", 1)
-    parsed = yaml.safe_load(value) if value.strip() else None
+    keys = [part.strip() for part in key.split(".")]
+    if not all(keys) or not all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in keys):
+        raise NeatError(f"--set key {key!r} must be dotted names, e.g. train.lr", option="set")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        raise NeatError(f"--set {key}: the value is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})", option="set") from None
     if isinstance(parsed, str):
         try:
             parsed = float(parsed)  # YAML 1.1 reads 1e-4 (no dot) as a string
         except ValueError:
             pass
-    return key.strip().split("."), parsed
+    return keys, parsed
 
 
-def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
-    """Read a recipe, apply `--set` overrides, validate; errors name the file and the field."""
+def apply_override(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    target = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = target.setdefault(key, {})
+        if child is None:
+            child = target[key] = {}
+        if not isinstance(child, dict):
+            raise NeatError(f"--set {text!r}: '{'.'.join(keys[:depth + 1])}' is a {type(child).__name__}, not a section", option="set")
+        target = child
+    target[keys[-1]] = value
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """The recipe's YAML mapping; every way a file can be wrong is one line naming it."""
+    if path.is_dir():
+        raise NeatError("is a folder, not a recipe file", file=path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise NeatError("recipe not found", file=path) from None
+    except UnicodeDecodeError as error:
+        raise NeatError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path) from None
+    except OSError as error:
+        raise NeatError(f"cannot read the recipe ({error.strerror})", file=path) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise NeatError(f"YAML syntax error: {getattr(error, 'problem', error)}", file=path, row=mark.line + 1 if mark else None) from None
     if not isinstance(raw, dict):
         raise NeatError("a recipe is a mapping of keys", file=path)
+    return raw
+
+
+def _relative_to(base: Path, value: Any) -> Any:
+    """A relative file path is relative to the folder of the file that names it (a recipe's own values: the recipe's
+    folder; a `--set` value: the current folder). hf:// sources and other URLs pass through."""
+    if not isinstance(value, str) or "://" in value or ":" in value.split("/")[0] or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe, apply `--set` overrides, validate the recipe *and* every stage config it makes (so a value a
+    stage rejects is refused now, not rounds later); errors name the file and the field."""
+    path = Path(path)
+    raw = read_recipe_file(path)
+    if isinstance(raw.get("prompts"), dict) and raw["prompts"].get("source"):
+        raw["prompts"]["source"] = _relative_to(path.parent, raw["prompts"]["source"])
+    if isinstance(raw.get("pairs"), list):  # pair libraries given as YAML paths, like the prompts source
+        raw["pairs"] = [_relative_to(path.parent, p) if str(p).endswith((".yaml", ".yml")) else p for p in raw["pairs"]]
     for text in overrides:
         keys, value = parse_override(text)
-        target = raw
-        for key in keys[:-1]:
-            target = target.setdefault(key, {})
-        target[keys[-1]] = value
-    source = raw.get("prompts", {}).get("source") if isinstance(raw.get("prompts"), dict) else None
-    if source and "://" not in source and not Path(source).is_absolute() and not Path(source).exists():
-        raw["prompts"]["source"] = str((path.parent / source).resolve())  # relative to the recipe, when not to the cwd
+        if keys == ["prompts", "source"]:
+            value = _relative_to(Path.cwd(), value)
+        apply_override(raw, keys, value, text)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        raise NeatError(first["msg"], file=path, field=".".join(str(p) for p in first["loc"])) from None
+        field, message = validation_message(error)
+        raise NeatError(message, file=path, field=field) from None
     check_stage_fields(recipe, path)
     return recipe
 
 
-def check_stage_fields(recipe: Recipe, path: Path) -> None:
-    """Validate the free-form parts (train, *.options) against the stage configs now, not rounds later."""
+def stage_config_classes() -> dict[str, Any]:
+    """Stage name → the config class that validates it (imported here: the recipe layer sits above the stages)."""
+    from neat_data.stages.evaluate import EvaluateConfig
+    from neat_data.stages.export import ExportConfig
     from neat_data.stages.generate import GenerateConfig
+    from neat_data.stages.rank import RankConfig
     from neat_data.stages.score import ScoreConfig
     from neat_data.train.trainer import TrainConfig
 
-    checks = [("train", TrainConfig, {"data": ".", "model": recipe.model, "out": ".", **recipe.train}),
-              ("generate.options", GenerateConfig, {"prompts": ".", "model": recipe.model, "out": ".", "backend": recipe.generate.backend,
-                                                    "base_url": "http://x", **recipe.generate.options}),
-              ("evaluate.options", GenerateConfig, {"prompts": ".", "model": recipe.model, "out": ".", "backend": recipe.evaluate.backend,
-                                                    "base_url": "http://x", **recipe.evaluate.options}),
-              ("score.options", ScoreConfig, {"run": ".", **recipe.score.options})]
-    for prefix, config_class, values in checks:
-        try:
-            config_class.model_validate(values)
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise NeatError(first["msg"], file=path, field=".".join([prefix, *(str(p) for p in first["loc"])])) from None
+    return {"generate": GenerateConfig, "score": ScoreConfig, "rank": RankConfig, "export": ExportConfig, "train": TrainConfig,
+            "evaluate": EvaluateConfig}
 
 
-def split_prompts(recipe: Recipe, run_dir: Path) -> None:
-    """Write prompts/heldout.jsonl and one file per round: a seeded hash order of the prompt ids, so the
-    split never changes when the source is re-read and held-out prompts are never trained on."""
+def check_stage_fields(recipe: Recipe, path: Path) -> None:
+    """Build the configs of round 1 (and round 0's evaluation) exactly as `run` will, and validate each with its stage's
+    own config class: the recipe can never accept a value its stage rejects."""
+    classes = stage_config_classes()
+    for k in (0, 1):
+        for name, values in stage_configs(recipe, Path("runs") / recipe.name, k):
+            stage = name.split("-")[0]
+            try:
+                classes[stage].model_validate(values)
+            except ValidationError as error:
+                field, message = validation_message(error)
+                section = {"export": "exports"}.get(stage, stage)
+                inner = field.removeprefix("sampling.") if stage == "generate" else field
+                raise NeatError(message, file=path, field=f"{section}.{inner}") from None
+
+
+def split_files(recipe: Recipe, run_dir: Path) -> list[Path]:
+    folder = run_dir / "prompts"
+    return [folder / "heldout.jsonl"] + [folder / f"round_{k:02d}.jsonl" for k in range(1, recipe.rounds + 1)]
+
+
+def plan_split(recipe: Recipe) -> list[list[Any]]:
+    """[held-out prompts, round 1's, round 2's, …]: a seeded hash order of the prompt ids, so the split never changes
+    when the source is re-read and held-out prompts are never trained on. Pure: validates, writes nothing."""
     from neat_data.prompts_in import load_prompts
 
-    folder = run_dir / "prompts"
-    wanted = [folder / "heldout.jsonl"] + [folder / f"round_{k:02d}.jsonl" for k in range(1, recipe.rounds + 1)]
-    if all(path.exists() for path in wanted):
-        return
     loaded = load_prompts(recipe.prompts.source, prompt_column=recipe.prompts.prompt_column, limit=recipe.prompts.limit)
     records = sorted(loaded.records, key=lambda r: hashlib.sha256(f"{recipe.seed}:{r.prompt_id}".encode()).hexdigest())
     needed = recipe.prompts.heldout + recipe.rounds * recipe.prompts.per_round
@@ -193,7 +263,12 @@ def split_prompts(recipe: Recipe, run_dir: Path) -> None:
     for k in range(recipe.rounds):
         start = recipe.prompts.heldout + k * recipe.prompts.per_round
         slices.append(records[start:start + recipe.prompts.per_round])
-    for path, chunk in zip(wanted, slices):
+    return slices
+
+
+def write_split(recipe: Recipe, run_dir: Path, slices: list[list[Any]]) -> None:
+    """prompts/heldout.jsonl and one file per round (files already there are kept: a run extended by rounds)."""
+    for path, chunk in zip(split_files(recipe, run_dir), slices):
         if not path.exists():
             lines = "".join(json.dumps({"prompt_id": r.prompt_id, "messages": r.messages}, ensure_ascii=False) + "\n" for r in chunk)
             atomic_write_bytes(path, lines.encode("utf-8"))
@@ -215,7 +290,7 @@ def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict
                           "num_neutral": g.num_neutral, "sampling": {**sampling, "temperature": g.temperature, "top_p": g.top_p,
                                                                      "max_tokens": g.max_tokens}, **g.options}),
             ("score", {"run": str(folder), **score}),
-            ("rank", {"run": str(folder), **recipe.rank.model_dump()}),
+            ("rank", {"run": str(folder), **recipe.rank}),
             *[(f"export-{fmt}", {"run": str(folder), "format": fmt}) for fmt in recipe.exports],
             ("train", {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train}),
         ]
@@ -230,6 +305,16 @@ def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict
         "preferred": str(base_eval),
     }))
     return stages
+
+
+def check_models(recipe: Recipe) -> None:
+    """The policy and a named scorer model must exist before the run folder records the recipe."""
+    from neat_data.models import resolve_model
+
+    resolve_model(recipe.model)
+    judge_on_server = recipe.score.scorer == "judge" and recipe.score.options.get("judge_backend", "openai") == "openai"
+    if recipe.score.model and not recipe.score.scorer.startswith("python:") and not judge_on_server:
+        resolve_model(recipe.score.model)
 
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
@@ -277,6 +362,10 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) ->
     from neat_data.round_report import round_rows, write_round_report
 
     run_dir = recipe.run_dir()
+    # Everything that can be wrong with the recipe is found before the run folder is touched (or, with --overwrite,
+    # emptied): the prompts and the split sizes, the models.
+    slices = None if all(path.exists() for path in split_files(recipe, run_dir)) and not overwrite else plan_split(recipe)
+    check_models(recipe)
     with RunLock(run_dir):
         manifest = read_manifest(run_dir)
         if overwrite and manifest:
@@ -291,9 +380,10 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) ->
             changed = sorted(k for k, v in recipe_identity(recipe).items() if manifest["recipe"].get(k) != v)
             raise NeatError(f"run folder was made with another recipe (changed: {', '.join(changed)}); use --overwrite or another name",
                             file=run_dir / "manifest.json", field=changed[0] if changed else None)
+        if slices is not None:
+            write_split(recipe, run_dir, slices)
         manifest.update(recipe=recipe_identity(recipe), rounds_planned=recipe.rounds, command=" ".join(sys.argv))
         atomic_write_json(run_dir / "manifest.json", manifest)
-        split_prompts(recipe, run_dir)
         for k in range(0, recipe.rounds + 1):
             folder = run_dir / f"round_{k:02d}"
             for name, config in stage_configs(recipe, run_dir, k):

@@ -80,6 +80,8 @@ class RunLock:
     def __init__(self, run_dir: Path, *, timeout: float = 0, check_shards: bool = True):
         """`timeout`: seconds to wait (shard processes wait for each other's short manifest updates);
         `check_shards`: also refuse while a `--num-shards` process holds its `.lock-*` (neat_data.shards)."""
+        if run_dir.exists() and not run_dir.is_dir():
+            raise NeatError("is an existing file, not a run folder", file=run_dir, field="out")
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / ".lock"
         self._lock = FileLock(str(self.path))
@@ -269,9 +271,15 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise NeatError(f"manifest is not UTF-8 ({error.reason})", file=path) from None
     except json.JSONDecodeError as error:
         raise NeatError(f"manifest is not valid JSON ({error.msg})", file=path, row=error.lineno) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict):
+        raise NeatError("manifest is not a neat-data manifest (a JSON object with a 'stages' object); restore it or use --overwrite",
+                        file=path)
+    return manifest
 
 
 def update_manifest(run_dir: Path, stage: str, entry: dict[str, Any]) -> None:
@@ -285,3 +293,17 @@ def count_by(table: pa.Table, column: str) -> dict[str, int]:
         return {}
     counts = pc.value_counts(table.column(column))
     return {str(item["values"]): int(item["counts"]) for item in counts.to_pylist()}
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file another stage wrote (ranked lists, an export); a truncated or foreign file is one NeatError line."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise NeatError("file not found", file=path) from None
+    except Exception as error:  # ArrowInvalid (truncated, not Parquet), KeyError-like column errors, OSError
+        present = _column_names(path)
+        missing = [c for c in columns or [] if present and c not in present]
+        if missing:
+            raise NeatError("missing column", file=path, field=missing[0]) from None
+        raise NeatError(f"cannot read Parquet ({_short(error)}); re-run the stage that wrote it", file=path) from None

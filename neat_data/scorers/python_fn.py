@@ -34,7 +34,11 @@ class PythonScorer:
         self.function: Callable[[list[list[dict[str, str]]], list[str]], list[float]] = function
 
     def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
-        values = list(self.function([item.prompt for item in items], [item.response for item in items]))
+        try:
+            values = list(self.function([item.prompt for item in items], [item.response for item in items]))
+        except Exception as error:  # the user's code: one line naming it (scrubbed by the CLI), never a traceback
+            raise NeatError(f"the scorer raised {type(error).__name__}: {' '.join(str(error).split())[:500]}", field="scorer",
+                            file=self.name) from None
         if len(values) != len(items):
             raise NeatError(f"returned {len(values)} scores for {len(items)} responses", field="scorer", file=self.name)
         results = []

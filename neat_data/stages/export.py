@@ -128,6 +128,26 @@ def export_table(config: ExportConfig) -> pa.Table:
     return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema)], schema=schema)
 
 
+def other_splits(folder: Path, split: str, wanted: Any) -> dict[str, Any]:
+    """The splits already saved in `folder` (a datasets folder) other than `split`: kept when another split is written,
+    so `--split test` after `--split train` adds a split instead of replacing the DatasetDict."""
+    from datasets import DatasetDict, load_from_disk
+
+    if not folder.is_dir():
+        return {}
+    try:
+        saved = load_from_disk(str(folder))
+    except Exception:  # not a datasets folder (a half-written leftover): replaced whole
+        return {}
+    if not isinstance(saved, DatasetDict):
+        return {}
+    kept = {name: dataset for name, dataset in saved.items() if name != split}
+    for name, dataset in kept.items():
+        if dataset.features != wanted:
+            raise NeatError(f"holds split '{name}' of another format; write this export to another --out", file=folder, field="format")
+    return kept
+
+
 def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Path, int]:
     """Write the export; returns (output folder, rows)."""
     from datasets import Dataset, DatasetDict, DatasetInfo
@@ -138,20 +158,21 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
     out = config.out_dir()
     with RunLock(run_dir):
         table = export_table(config)
-        dataset = Dataset(table, info=DatasetInfo(features=features(config.format)))
+        wanted = features(config.format)
+        dataset = Dataset(table, info=DatasetInfo(features=wanted))
+        splits = {**other_splits(out / "hf", config.split, wanted), config.split: dataset}
         atomic_write_table(out / f"{config.split}.parquet", table)
         # save_to_disk writes several files: build the folder aside, then swap it in whole
         staging = Path(tempfile.mkdtemp(prefix=".hf-", dir=out))
         try:
             # num_shards=1: datasets would write 0 shards for an empty split, which load_from_disk cannot read back
-            DatasetDict({config.split: dataset}).save_to_disk(str(staging / "hf"), num_shards={config.split: 1})
+            DatasetDict(splits).save_to_disk(str(staging / "hf"), num_shards={name: 1 for name in splits})
             if (out / "hf").exists():
                 shutil.rmtree(out / "hf")
             (staging / "hf").rename(out / "hf")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         update_manifest(run_dir, f"export:{config.format}", {"config": config.model_dump(mode="json"), "command": argv,
-                                                             "rows": table.num_rows, "out": str(out), "finished": True})
+                                                             "rows": table.num_rows, "out": str(out), "splits": sorted(splits),
+                                                             "finished": True})
     return out, table.num_rows
-
-

@@ -174,11 +174,6 @@ def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
             )
 
 
-def check_out_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise NeatError("--out is an existing file, not a run folder", file=out, field="out")
-
-
 def _prompt_digest(messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
@@ -293,7 +288,6 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None, shar
     configured one, started only when there is something to generate."""
     started = time.time()
     run_dir = Path(config.out)
-    check_out_folder(run_dir)
     if shard is not None and overwrite:
         raise NeatError(_NO_OVERWRITE, field="overwrite")
     libraries = load_libraries(config.pairs)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neat_data.errors import NeatError
 from neat_data.runfolder import ShardedTable, read_manifest, update_manifest
@@ -40,6 +40,19 @@ class PushConfig(BaseModel):
 
     run: Path = Field(description="Run folder with an export.")
     repo_id: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", description="Dataset repo, e.g. me/neat-hh.")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _hub_accepts(cls, value: str) -> str:
+        """The Hub's own rules (no '--' or '..', no leading/trailing '-' or '.', at most 96 characters), checked here so
+        a bad id is one line before anything is uploaded."""
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(value)
+        except HFValidationError as error:
+            raise ValueError(str(error).split(":")[0]) from None
+        return value
     config_name: str = Field("default", pattern=r"^[A-Za-z0-9][\w.-]*$", description="Dataset config, e.g. round_1.")
     format: ExportFormat = Field("h4", description="Which export of RUN to push.")
     public: bool = Field(False, description="Create the repo public (default: private).", json_schema_extra={"cli_false": "--private"})
@@ -155,6 +168,12 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
     if not folder.is_dir():
         raise NeatError(f"no {config.format} export (run `neat-data export {run_dir} --format {config.format}` first)", file=folder)
     token = os.environ.get(config.token_env) or None
+    if token is None:
+        from huggingface_hub import get_token
+
+        if get_token() is None:  # no variable and no `hf auth login`: say so before reading anything
+            raise NeatError(f"no Hub token: set ${config.token_env} (or name another variable with --token-env), "
+                            "or log in with `hf auth login`", option="token_env")
     api = HfApi(token=token)
     retry = dict(max_retries=config.max_retries, backoff_base=config.backoff_base)
     dataset = load_from_disk(str(folder))

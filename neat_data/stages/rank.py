@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.errors import NeatError
-from neat_data.runfolder import RunLock, ShardedTable, atomic_write_table, update_manifest
+from neat_data.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet, update_manifest
 from neat_data.schemas import PAIRS, RANKED_LISTS, SCORED, check_columns
 
 
@@ -176,11 +176,11 @@ def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
 
 
 def read_ranked(run_dir: Path, name: str) -> pa.Table:
-    import pyarrow.parquet as pq
-
     path = Path(run_dir) / "ranked" / f"{name}.parquet"
     if not path.is_file():
         raise NeatError("not ranked yet (run `neat-data rank` first)", file=path)
-    return pq.read_table(path)
+    table = read_parquet(path)
+    check_columns(table, RANKED_LISTS if name == "lists" else PAIRS, str(path))
+    return table
 
 

@@ -31,6 +31,7 @@ from neat_data.scorers.base import ScoreItem, Scorer
 from neat_data.shards import ShardSpec, StageOutput, refuse_while_writing
 
 IDENTITY_FIELDS = ("scorer", "model", "negative_score", "judge_mode", "judge_template")
+NegativeScore = Literal["scored", "floor"]
 
 
 class ScoreConfig(ScorerOptions):
@@ -40,7 +41,7 @@ class ScoreConfig(ScorerOptions):
     model_config = ConfigDict(extra="forbid")
 
     run: Path = Field(description="Run folder holding generations/.")
-    negative_score: Literal["scored", "floor"] = Field("scored", description="floor: every negative-prompt response ranks below every other one (a constant score).")
+    negative_score: NegativeScore = Field("scored", description="floor: every negative-prompt response ranks below every other one (a constant score).")
     flush_every: int = Field(256, ge=1, description="Write a shard every N rows (a kill loses at most these).")
 
     def identity(self) -> dict[str, Any]:

@@ -14,3 +14,10 @@ def slow_length(prompts: list, responses: list[str]) -> list[float]:
 def other(prompts: list, responses: list[str]) -> list[float]:
     """A second scorer: a run scored with slow_length refuses it without --overwrite."""
     return [0.0 for _ in responses]
+
+
+def leaks_its_key(prompts: list, responses: list[str]) -> list[float]:
+    """A user scorer that fails with its service key in the message (as a client library might)."""
+    import os
+
+    raise PermissionError(f"service rejected key {os.environ.get('SCORER_API_KEY')}")

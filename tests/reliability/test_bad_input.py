@@ -99,6 +99,106 @@ def different_scorer(folder: Path) -> list[str]:
     return ["score", str(finished_run(folder)), "--scorer", "python:reliability_scorers:other", "--no-progress"]
 
 
+def good_recipe(folder: Path, **changes: object) -> Path:
+    """A valid tiny recipe (prompts next to it, out inside the test folder), with `changes` applied by dotted key."""
+    import yaml
+
+    write_jsonl(folder / "data" / "prompts.jsonl", [{"prompt": f"Question {i}?"} for i in range(6)]) if (folder / "data").mkdir() is None else None
+    recipe: dict = {"name": "t", "out": str(folder / "runs" / "t"), "model": "some-org/fake-model", "prompts": {
+        "source": "data/prompts.jsonl", "heldout": 2, "per_round": 2}, "rounds": 2, "generate": {"backend": "openai", "options": {
+        "base_url": DEAD_URL}}, "score": {"scorer": "python:reliability_scorers:other"}, "evaluate": {"backend": "openai",
+        "options": {"base_url": DEAD_URL}}}
+    for dotted, value in changes.items():
+        target = recipe
+        *heads, last = dotted.split(".")
+        for head in heads:
+            target = target.setdefault(head, {})
+        target[last] = value
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def recipe_case(*overrides: str, **changes: object) -> Callable[[Path], list[str]]:
+    def build(folder: Path) -> list[str]:
+        return ["run", str(good_recipe(folder, **changes)), *[part for text in overrides for part in ("--set", text)]]
+    return build
+
+
+def recipe_file(content: bytes | None) -> Callable[[Path], list[str]]:
+    """A recipe path that is a folder (content None) or a file of these bytes."""
+    def build(folder: Path) -> list[str]:
+        path = folder / "recipe.yaml"
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content)
+        return ["run", str(path)]
+    return build
+
+
+def out_is_a_file(folder: Path) -> list[str]:
+    (folder / "taken").write_text("not a folder", encoding="utf-8")
+    return generate_args(good_prompts(folder), folder / "taken")
+
+
+def truncated_ranked(folder: Path) -> list[str]:
+    run = finished_run(folder)
+    assert CliRunner().invoke(cli, ["rank", str(run)]).exit_code == 0
+    lists = run / "ranked" / "lists.parquet"
+    lists.write_bytes(lists.read_bytes()[: lists.stat().st_size // 2])
+    return ["export", str(run), "--format", "ranked"]
+
+
+def mistyped_column(folder: Path) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = finished_run(folder)
+    shard = sorted((run / "generations").glob("part-*.parquet"))[0]
+    table = pq.read_table(shard)
+    table = table.set_column(table.schema.get_field_index("round"), "round", pa.array(["one"] * table.num_rows))
+    pq.write_table(table, shard)
+    return ["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress"]
+
+
+def manifest_not_an_object(folder: Path) -> list[str]:
+    run = finished_run(folder)
+    (run / "manifest.json").write_text("[1, 2, 3]\n", encoding="utf-8")
+    return generate_args(folder / "good.jsonl", run)
+
+
+def model_missing_transformers(folder: Path) -> list[str]:
+    """Before: --overwrite on the transformers backend emptied generations/ and then failed on the model."""
+    run = finished_run(folder)
+    return ["generate", "--prompts", str(folder / "good.jsonl"), "--model", "smollm2-135m-instrct", "--backend", "transformers",
+            "--out", str(run), "--overwrite", "--no-progress"]
+
+
+def hub_id_not_on_disk(folder: Path) -> list[str]:
+    """A well-formed Hub id that cannot load offline: the backend starts before --overwrite deletes anything."""
+    run = finished_run(folder)
+    return ["generate", "--prompts", str(folder / "good.jsonl"), "--model", "no-such-org/no-such-model", "--backend", "transformers",
+            "--out", str(run), "--overwrite", "--no-progress"]
+
+
+def prompt_id_with_new_text(folder: Path) -> list[str]:
+    first = write_jsonl(folder / "ids.jsonl", [{"prompt_id": "q1", "prompt": "How do I boil an egg?"}])
+    run = folder / "run"
+    run_generate(GenerateConfig(prompts=str(first), model="fake", out=run, num_pos=1, num_neg=1, sampling=Sampling(max_tokens=8)),
+                 backend=RecordingBackend(), progress=False)
+    second = write_jsonl(folder / "ids2.jsonl", [{"prompt_id": "q1", "prompt": "How do I poach an egg?"}])
+    return ["generate", "--prompts", str(second), "--model", "fake", "--backend", "openai", "--base-url", DEAD_URL, "--num-pos", "1",
+            "--num-neg", "1", "--max-tokens", "8", "--out", str(run), "--no-progress"]
+
+
+def push_args(folder: Path, *extra: str) -> list[str]:
+    run = finished_run(folder)
+    assert CliRunner().invoke(cli, ["rank", str(run)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["export", str(run), "--format", "h4"]).exit_code == 0
+    return ["push", str(run), *extra]
+
+
 # kind → (build the input in a folder and return the CLI args, fragments the error line must contain)
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "invalid_json_line": (prompts_with(['{"prompt": "ok"}', '{"prompt": "unclosed']), ["prompts.jsonl: row 2: invalid JSON"]),
@@ -135,7 +235,42 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "corrupted_manifest": (corrupted_manifest, ["manifest.json: row 2: manifest is not valid JSON"]),
     "unknown_scorer": (unknown_scorer_with_overwrite, ["option 'scorer': unknown scorer 'nonsense'"]),
     "run_scored_by_another_scorer": (different_scorer, ["manifest.json: field 'scorer': run was scored with scorer="]),
+    # issue 10: each of these printed a traceback (exit 1), wrote something, or lost data
+    "base_url_with_credentials": (options("--base-url", "http://user:sk-userinfo-secret-123456@127.0.0.1:9/v1"),
+                                  ["option 'base_url': must not hold credentials"]),
+    "out_is_a_file": (out_is_a_file, ["taken: field 'out': is an existing file, not a run folder"]),
+    "set_without_equals": (recipe_case("rounds"), ["option 'set': --set wants key=value"]),
+    "set_malformed_yaml": (recipe_case("train.lr=[1,"), ["option 'set': --set train.lr: the value is not valid YAML"]),
+    "set_into_a_scalar": (recipe_case("rounds.extra=1"), ["option 'set'", "'rounds' is a int, not a section"]),
+    "set_wrong_type": (recipe_case("rounds=many"), ["recipe.yaml: field 'rounds': Input should be a valid integer"]),
+    "recipe_is_a_folder": (recipe_file(None), ["recipe.yaml: is a folder, not a recipe file"]),
+    "recipe_not_utf8": (recipe_file(b"name: caf\xe9\n"), ["recipe.yaml: not valid UTF-8"]),
+    "recipe_value_the_stage_rejects": (recipe_case(**{"generate.temperature": 6.0}),
+                                       ["recipe.yaml: field 'generate.temperature': Input should be less than or equal to 5"]),
+    "recipe_option_shadows_a_field": (recipe_case(**{"generate.options": {"base_url": DEAD_URL, "num_pos": 3}}),
+                                      ["recipe.yaml: field 'generate'", "options.num_pos duplicates a field"]),
+    "recipe_heldout_larger_than_source": (recipe_case(**{"prompts.heldout": 50}), ["prompts.jsonl: field 'prompts': 2 rounds × 2 + 50 held-out"]),
+    "recipe_prompts_missing": (recipe_case(**{"prompts.source": "data/nope.jsonl"}), ["nope.jsonl: prompts file does not exist"]),
+    "recipe_scorer_model_missing": (recipe_case(**{"score.scorer": "self-contrast", "score.model": "/no/such/reward-model"}),
+                                    ["/no/such/reward-model: field 'model': model path does not exist"]),
+    "truncated_ranked_lists": (truncated_ranked, ["lists.parquet: cannot read Parquet"]),
+    "shard_column_of_another_type": (mistyped_column, ["field 'round': column has type string, expected int32"]),
+    "manifest_not_an_object": (manifest_not_an_object, ["manifest.json: manifest is not a neat-data manifest"]),
+    "model_mistyped_transformers_overwrite": (model_missing_transformers, ["smollm2-135m-instrct: field 'model': model path does not exist"]),
+    "hub_id_unloadable_overwrite": (hub_id_not_on_disk, ["no-such-org/no-such-model: field 'model': backend 'transformers' could not start"]),
+    "prompt_id_reused_for_new_text": (prompt_id_with_new_text, ["field 'prompt_id': prompt_id 'q1' has another text"]),
+    "csv_quote_never_closed": (lambda folder: generate_args(_csv(folder, 'prompt\nfine\n"never closed\nafter\n'), folder / "new-run"),
+                               ["prompts.csv: row 2: malformed CSV"]),
+    "messages_string_not_json": (prompts_with(['{"messages": "hello there"}']), ["row 1: field 'messages': a messages string must be a JSON list"]),
+    "hub_repo_id_rejected": (lambda folder: push_args(folder, "--repo-id", "me/bad--name"),
+                             ["option 'repo_id': Cannot have -- or .. in repo_id"]),
 }
+
+
+def _csv(folder: Path, text: str) -> Path:
+    path = folder / "prompts.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))
