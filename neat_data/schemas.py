@@ -1,6 +1,6 @@
 """Table schemas, declared once. Every stage validates its input against these at the boundary.
 
-`GENERATIONS` is neat_data's long table: one row per response (see ../shared/FORMATS.md). The prompt is
+`GENERATIONS` is neat_data's long table: one row per response (see docs/FORMATS.md). The prompt is
 the *neutral* conversation (no steering text); the system prompt that steered the response is its own
 column, with the pair id and a content hash so a row can always be traced back to its prompt library.
 """

@@ -14,7 +14,7 @@ from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
-EXPECTED_COLUMNS = {  # ../shared/FORMATS.md
+EXPECTED_COLUMNS = {  # docs/FORMATS.md
     "trl": ["prompt", "chosen", "rejected"],
     "trl-implicit": ["chosen", "rejected"],
     "kto": ["prompt", "completion", "label"],
