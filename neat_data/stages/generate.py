@@ -27,73 +27,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import ConfigDict, Field, model_validator
-
 from neat_data import __version__
-from neat_data.engines import BackendName, BackendOptions
-from neat_data.engines.base import Backend, GenerationRequest, Sampling
+from neat_data.engines.base import Backend, GenerationRequest
 from neat_data.errors import NeatError
-from neat_data.messages import SystemCombine
 from neat_data.pairs import load_libraries
 from neat_data.prompts_in import PromptRecord, iter_prompts
 from neat_data.runfolder import count_by, read_manifest, update_manifest
 from neat_data.schemas import GENERATIONS
 from neat_data.shards import ShardSpec, StageOutput
-from neat_data.stages.generate_plan import PlannedRequest, plan_requests, result_rows, to_engine_request
+from neat_data.stages.generate_plan import IDENTITY_FIELDS, GenerateConfig, PlannedRequest, plan_requests, result_rows, to_engine_request
 
-# Fields that define what a run folder contains: a re-run with other values would mix incompatible rows.
-IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine")
 _NO_OVERWRITE = "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete the run folder or use another --out"
-
-
-class GenerateConfig(BackendOptions):
-    """Everything the generate stage needs; saved (resolved) in the run's manifest. Holds no secret.
-
-    The backends' own options (vLLM, OpenAI-compatible, transformers, Ray) are inherited from
-    `neat_data.engines.BackendOptions`: each is defined once, beside its backend."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompts: str = Field(description="Prompts: .jsonl/.parquet/.csv or hf://<dataset>[:<config>][@<split>].")
-    prompt_column: str | None = Field(None, description="Column holding the prompt (default: messages, prompt or chosen).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N unique prompts.")
-    pairs: list[str] = Field(default_factory=lambda: ["harmless"], min_length=1,
-                             description="Prompt-pair libraries, comma-separated (bundled names or YAML paths).")
-    model: str = Field(description="Bundled alias (smollm2-135m-instruct), local HF folder or Hub id; for openai the served name.")
-    backend: BackendName = Field("vllm", description="vllm: one engine in this process; openai: any compatible server; transformers: "
-                                                     "model.generate, no engine start (small jobs); ray: vLLM engines in Ray Data actors.")
-    out: Path = Field(description="Run folder.")
-    round: int = Field(1, ge=0, description="Round recorded in every row (online NEAT rounds; 0 = the base model's evaluation).")
-    num_pos: int = Field(2, ge=0, le=256, description="Responses per prompt under the positive system prompt.")
-    num_neg: int = Field(2, ge=0, le=256, description="Responses per prompt under the negative system prompt (0: the positive-only baseline).")
-    num_neutral: int = Field(0, ge=0, le=256, description="Responses per prompt with no system prompt.")
-    sampling: Sampling = Field(default_factory=Sampling)
-    system_mode: Literal["auto", "system", "merged"] = Field(
-        "auto", description="auto: system role unless the chat template/server rejects it, then merged into the first user turn.")
-    system_combine: SystemCombine = Field(
-        "prepend", description="A prompt with its own system message (a persona): prepend the steering text to it (blank line between), "
-                               "append it, or refuse such prompts.")
-    flush_every: int = Field(256, ge=1, description="Write a shard every N rows.")
-
-    @model_validator(mode="after")
-    def _check(self) -> "GenerateConfig":
-        if self.num_pos + self.num_neg + self.num_neutral == 0:
-            raise ValueError("num_pos + num_neg + num_neutral must be at least 1")
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs base_url")
-        return self
-
-    def identity(self) -> dict[str, Any]:
-        dumped = self.model_dump(mode="json")
-        return {name: dumped[name] for name in IDENTITY_FIELDS}
-
-    def local_model(self) -> bool:
-        """Whether this process (or its actors) loads the model itself: then it is checked before anything runs."""
-        return self.backend in ("vllm", "transformers", "ray")
 
 
 def package_versions() -> dict[str, str]:

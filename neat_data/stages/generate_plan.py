@@ -1,5 +1,5 @@
-"""The pure part of the generate stage: prompts × pairs → planned requests (seeds, content keys) → engine requests;
-one engine result → rows. No I/O, no engine: every function here is a function of its arguments.
+"""The generate stage's config and its pure part: prompts × pairs → planned requests (seeds, content keys) → engine
+requests; one engine result → rows. No I/O, no engine: every function here is a function of its arguments.
 
 In:  PromptRecords (neutral conversations, maybe with their own system message), pair libraries, the stage config.
 Out: `PlannedRequest`s (one per prompt × steering, with the content keys of its samples), `GenerationRequest`s for the
@@ -11,16 +11,68 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
 
-from neat_data.engines.base import GenerationRequest, RequestResult
+from pydantic import ConfigDict, Field, model_validator
+
+from neat_data.engines import BackendName, BackendOptions
+from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.keys import content_key, request_seed, text_hash
-from neat_data.messages import build_messages, parse_reply
+from neat_data.messages import SystemCombine, build_messages, parse_reply
 from neat_data.pairs import PairLibrary, PromptPair, choose_pair
 from neat_data.prompts_in import PromptRecord
 
-if TYPE_CHECKING:
-    from neat_data.stages.generate import GenerateConfig
+# Fields that define what a run folder contains: a re-run with other values would mix incompatible rows.
+IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine")
+
+
+class GenerateConfig(BackendOptions):
+    """Everything the generate stage needs; saved (resolved) in the run's manifest. Holds no secret.
+
+    The backends' own options (vLLM, OpenAI-compatible, transformers, Ray) are inherited from
+    `neat_data.engines.BackendOptions`: each is defined once, beside its backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: str = Field(description="Prompts: .jsonl/.parquet/.csv or hf://<dataset>[:<config>][@<split>].")
+    prompt_column: str | None = Field(None, description="Column holding the prompt (default: messages, prompt or chosen).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N unique prompts.")
+    pairs: list[str] = Field(default_factory=lambda: ["harmless"], min_length=1,
+                             description="Prompt-pair libraries, comma-separated (bundled names or YAML paths).")
+    model: str = Field(description="Bundled alias (smollm2-135m-instruct), local HF folder or Hub id; for openai the served name.")
+    backend: BackendName = Field("vllm", description="vllm: one engine in this process; openai: any compatible server; transformers: "
+                                                     "model.generate, no engine start (small jobs); ray: vLLM engines in Ray Data actors.")
+    out: Path = Field(description="Run folder.")
+    round: int = Field(1, ge=0, description="Round recorded in every row (online NEAT rounds; 0 = the base model's evaluation).")
+    num_pos: int = Field(2, ge=0, le=256, description="Responses per prompt under the positive system prompt.")
+    num_neg: int = Field(2, ge=0, le=256, description="Responses per prompt under the negative system prompt (0: the positive-only baseline).")
+    num_neutral: int = Field(0, ge=0, le=256, description="Responses per prompt with no system prompt.")
+    sampling: Sampling = Field(default_factory=Sampling)
+    system_mode: Literal["auto", "system", "merged"] = Field(
+        "auto", description="auto: system role unless the chat template/server rejects it, then merged into the first user turn.")
+    system_combine: SystemCombine = Field(
+        "prepend", description="A prompt with its own system message (a persona): prepend the steering text to it (blank line between), "
+                               "append it, or refuse such prompts.")
+    flush_every: int = Field(256, ge=1, description="Write a shard every N rows.")
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerateConfig:
+        if self.num_pos + self.num_neg + self.num_neutral == 0:
+            raise ValueError("num_pos + num_neg + num_neutral must be at least 1")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs base_url")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        dumped = self.model_dump(mode="json")
+        return {name: dumped[name] for name in IDENTITY_FIELDS}
+
+    def local_model(self) -> bool:
+        """Whether this process (or its actors) loads the model itself: then it is checked before anything runs."""
+        return self.backend in ("vllm", "transformers", "ray")
+
+
 
 
 @dataclass(frozen=True)
@@ -39,7 +91,7 @@ class PlannedRequest:
         return self.record.messages[0]["role"] == "system"
 
 
-def plan_requests(config: "GenerateConfig", records: Iterable[PromptRecord], libraries: list[PairLibrary]) -> Iterator[PlannedRequest]:
+def plan_requests(config: GenerateConfig, records: Iterable[PromptRecord], libraries: list[PairLibrary]) -> Iterator[PlannedRequest]:
     """Every request of `records`, in a fixed order, with its derived seed and row keys (pure; lazy)."""
     sampling = config.sampling.model_dump()
     for record in records:
@@ -60,7 +112,7 @@ def plan_requests(config: "GenerateConfig", records: Iterable[PromptRecord], lib
                                  seed=request_seed(config.sampling.seed, record.prompt_id, steering, pair_id), keys=keys)
 
 
-def to_engine_request(planned: PlannedRequest, config: "GenerateConfig") -> GenerationRequest:
+def to_engine_request(planned: PlannedRequest, config: GenerateConfig) -> GenerationRequest:
     """The messages to send: the steering text (joined with the prompt's own system text) as a system message, plus
     the same request merged into the first user turn for backends whose template or server rejects the system role."""
     prompt, steering, combine = planned.record.messages, planned.system_prompt, config.system_combine
@@ -74,7 +126,7 @@ def to_engine_request(planned: PlannedRequest, config: "GenerateConfig") -> Gene
                              merged_messages=build_messages(prompt, steering, "merged", combine), n=n, seed=seed, id=request_id)
 
 
-def result_rows(config: "GenerateConfig", planned: PlannedRequest, result: RequestResult, backend_name: str,
+def result_rows(config: GenerateConfig, planned: PlannedRequest, result: RequestResult, backend_name: str,
                 wanted: set[str]) -> list[dict[str, Any]]:
     """Rows for the wanted sample keys of one request: one per sample, ok or error, never dropped."""
     sampling_json = json.dumps(config.sampling.model_dump(), sort_keys=True)
