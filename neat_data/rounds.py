@@ -35,6 +35,7 @@ from neat_data.errors import NeatError, validation_message
 from neat_data.runfolder import RunLock, atomic_write_bytes, atomic_write_json, read_manifest
 from neat_data.stages.export import ExportFormat
 from neat_data.stages.score import NegativeScore
+from neat_data.variants import StageCache, dependencies, materialize, stage_key, variant_overrides
 
 
 class PromptsSpec(BaseModel):
@@ -120,11 +121,21 @@ class Recipe(BaseModel):
         default_factory=lambda: ["ranked"], description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name → overrides (dotted keys, as --set): each variant runs in runs/<name>/<variant>/, "
+                                          "sharing every stage whose inputs are identical; comparison.{json,md,png} side by side.")
+    reference: str | None = Field(None, description="The variant the others are compared with (paired differences); default: the first.")
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
         if "ranked" not in self.exports:
             raise ValueError("exports must include 'ranked' (the trainer's input)")
+        for name in self.variants:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"variant name {name!r}: letters, digits, '_', '.', '-' only (it is a folder name)")
+        variant_overrides(self.variants)  # refuses a variant that changes what all variants share
+        if self.reference is not None and self.reference not in self.variants:
+            raise ValueError(f"reference {self.reference!r} is not one of the variants")
         return self
 
     def run_dir(self) -> Path:
@@ -211,7 +222,23 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
         field, message = validation_message(error)
         raise NeatError(message, file=path, field=field) from None
     check_stage_fields(recipe, path)
+    for name in recipe.variants:
+        check_stage_fields(variant_recipe(recipe, name, path), path, prefix=f"variants.{name}.")
     return recipe
+
+
+def variant_recipe(recipe: Recipe, name: str, path: Path | None = None) -> Recipe:
+    """The recipe of one variant: the base recipe with the variant's overrides, run in <run>/<variant>/."""
+    raw = {key: value for key, value in recipe.model_dump(mode="json").items() if key not in ("variants", "reference")}
+    for text in variant_overrides({name: recipe.variants[name]})[name]:
+        keys, value = parse_override(text)
+        apply_override(raw, keys, value, text)
+    raw.update(name=f"{recipe.name}.{name}", out=str(recipe.run_dir() / name))
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        field, message = validation_message(error)
+        raise NeatError(message, file=path, field=f"variants.{name}.{field}") from None
 
 
 def stage_config_classes() -> dict[str, Any]:
@@ -227,7 +254,7 @@ def stage_config_classes() -> dict[str, Any]:
             "evaluate": EvaluateConfig}
 
 
-def check_stage_fields(recipe: Recipe, path: Path) -> None:
+def check_stage_fields(recipe: Recipe, path: Path, prefix: str = "") -> None:
     """Build the configs of round 1 (and round 0's evaluation) exactly as `run` will, and validate each with its stage's
     own config class: the recipe can never accept a value its stage rejects."""
     classes = stage_config_classes()
@@ -240,7 +267,7 @@ def check_stage_fields(recipe: Recipe, path: Path) -> None:
                 field, message = validation_message(error)
                 section = {"export": "exports"}.get(stage, stage)
                 inner = field.removeprefix("sampling.") if stage == "generate" else field
-                raise NeatError(message, file=path, field=f"{section}.{inner}") from None
+                raise NeatError(message, file=path, field=f"{prefix}{section}.{inner}") from None
 
 
 def split_files(recipe: Recipe, run_dir: Path) -> list[Path]:
@@ -322,14 +349,30 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     return {k: v for k, v in recipe.model_dump(mode="json").items() if k != "rounds"}
 
 
-def run_stage(name: str, config: dict[str, Any], folder: Path, run_dir: Path, k: int, echo: Any) -> float:
-    """Run one stage in its own process unless the manifest says it finished; returns its seconds."""
+def record_stage(run_dir: Path, k: int, name: str, record: dict[str, Any]) -> None:
+    manifest = read_manifest(run_dir)
+    manifest.setdefault("rounds", {}).setdefault(str(k), {})[name] = {"finished": True, **record}
+    atomic_write_json(run_dir / "manifest.json", manifest)
+
+
+def run_stage(name: str, config: dict[str, Any], folder: Path, run_dir: Path, k: int, echo: Any, *,
+              cache: StageCache | None = None, key: str | None = None) -> float:
+    """Run one stage in its own process unless the manifest says it finished — or, with a `cache` of a variants run,
+    another variant finished the stage with the same `key` (then its result is linked in); returns its seconds."""
     manifest = read_manifest(run_dir)
     done = manifest.get("rounds", {}).get(str(k), {}).get(name, {})
     if done.get("finished"):
         echo(f"round {k} · {name}: done ({done['seconds']:.0f} s), skipped")
         return 0.0
     config_path = folder / "configs" / f"{name}.json"
+    shared = cache.find(key, run_dir) if cache is not None and key is not None else None
+    if shared is not None:
+        materialize(name, shared, folder)
+        atomic_write_json(config_path, config)
+        source = f"{shared['run']}/round_{shared['round']:02d}"
+        echo(f"round {k} · {name}: the same as in {source} (identical inputs), shared")
+        record_stage(run_dir, k, name, {"seconds": 0.0, "config": str(config_path), "shared_from": source, "key": key})
+        return 0.0
     log_path, summary_path = folder / "logs" / f"{name}.log", folder / "logs" / f"{name}.summary"
     atomic_write_json(config_path, config)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,13 +392,13 @@ def run_stage(name: str, config: dict[str, Any], folder: Path, run_dir: Path, k:
     if summary_path.exists():
         for line in summary_path.read_text(encoding="utf-8").splitlines():
             echo(f"    {line}")
-    manifest = read_manifest(run_dir)
-    manifest.setdefault("rounds", {}).setdefault(str(k), {})[name] = {"finished": True, "seconds": round(seconds, 2), "config": str(config_path)}
-    atomic_write_json(run_dir / "manifest.json", manifest)
+    record_stage(run_dir, k, name, {"seconds": round(seconds, 2), "config": str(config_path), "key": key})
+    if cache is not None and key is not None:
+        cache.record(key, run_dir, k, name)
     return seconds
 
 
-def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) -> list[dict[str, Any]]:
+def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, cache: StageCache | None = None) -> list[dict[str, Any]]:
     """Execute every unfinished stage of every round; returns the per-round table rows."""
     import shutil
 
@@ -384,10 +427,44 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) ->
             write_split(recipe, run_dir, slices)
         manifest.update(recipe=recipe_identity(recipe), rounds_planned=recipe.rounds, command=" ".join(sys.argv))
         atomic_write_json(run_dir / "manifest.json", manifest)
+        keys: dict[tuple[str, int], str] = {}  # each stage's key: its config and the keys of the stages it reads
         for k in range(0, recipe.rounds + 1):
             folder = run_dir / f"round_{k:02d}"
             for name, config in stage_configs(recipe, run_dir, k):
-                run_stage(name, config, folder, run_dir, k, echo)
+                inputs = [keys[dep] for dep in dependencies(name, k, recipe.exports) if dep in keys]
+                keys[(name, k)] = stage_key(name, config, run_dir, inputs)
+                run_stage(name, config, folder, run_dir, k, echo, cache=cache, key=keys[(name, k)])
         rows = round_rows(run_dir, recipe.rounds)
         write_round_report(run_dir, rows)
     return rows
+
+
+def run_variants(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) -> dict[str, list[dict[str, Any]]]:
+    """Every variant of the recipe in turn (each resumable), sharing identical stages; then the comparison."""
+    import shutil
+
+    from neat_data.comparison import write_comparison
+
+    parent = recipe.run_dir()
+    recipes = {name: variant_recipe(recipe, name) for name in recipe.variants}
+    for variant in recipes.values():  # everything checked before anything is written
+        if not all(path.exists() for path in split_files(variant, variant.run_dir())) or overwrite:
+            plan_split(variant)
+        check_models(variant)
+    with RunLock(parent, check_shards=False):
+        manifest = read_manifest(parent)
+        if overwrite and manifest:
+            for child in parent.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            manifest = {}
+        if manifest and manifest.get("variants_recipe") != recipe_identity(recipe):
+            raise NeatError("run folder was made with another recipe; use --overwrite or another name", file=parent / "manifest.json")
+        atomic_write_json(parent / "manifest.json", {**manifest, "variants_recipe": recipe_identity(recipe), "variants": list(recipes)})
+    cache = StageCache(parent)
+    results = {}
+    for name, variant in recipes.items():
+        echo(f"== variant {name}")
+        results[name] = run_rounds(variant, echo=echo, cache=cache)
+    write_comparison(parent, recipe, results)
+    return results

@@ -1,0 +1,162 @@
+"""Variants of one recipe, run side by side, sharing every stage whose inputs are identical.
+
+In:  a recipe with `variants:` (name → overrides, dotted keys as in `--set`), e.g. pipelines/ablation.yaml.
+Out: runs/<name>/<variant>/ (an ordinary `neat-data run` folder per variant), runs/<name>/shared.json (which finished
+     stage result answers which stage key) and, from neat_data.comparison, runs/<name>/comparison.{json,md,png}.
+
+A stage's **key** is a hash of its name, its config with the variant's own folder written as `<run>` (so two variants'
+configs compare equal when they ask for the same thing), and the keys of the stages whose output it reads. Two
+variants that sample the same way in round 1 have the same generate key (its only input is the base model), the same
+score key, and so on until their recipes differ; from there each key is its own. A stage whose key is already
+finished in another variant's folder is not run again: its output folder is hard-linked into this variant's round
+folder (copied where links are not possible) and recorded with 0 seconds and where it came from. Round 0 (the base
+model's evaluation) is the same for every variant, so it runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from neat_data.errors import NeatError
+from neat_data.runfolder import atomic_write_json, read_manifest, update_manifest
+
+# Recipe keys a variant may not change: the variants are compared on one held-out split, one evaluation and round 0.
+SHARED_KEYS = ("name", "out", "variants", "prompts", "seed", "model", "rounds", "evaluate", "pairs")
+
+
+def output_folders(name: str) -> list[str]:
+    """The folders of a round folder that hold a stage's result."""
+    if name.startswith("export-"):
+        return [f"export/{name.removeprefix('export-')}"]
+    return {"generate": ["generations"], "score": ["scored"], "rank": ["ranked"], "train": ["model"], "evaluate": ["eval"]}[name]
+
+
+def manifest_entries(name: str) -> list[str]:
+    """The entries a stage writes in its round folder's own manifest (the run-folder stages keep their records there)."""
+    if name.startswith("export-"):
+        return [f"export:{name.removeprefix('export-')}"]
+    return {"generate": ["generate"], "score": ["score"], "rank": ["rank"]}.get(name, [])
+
+
+def dependencies(name: str, k: int, exports: list[str]) -> list[tuple[str, int]]:
+    """The stages whose output stage `name` of round k reads (their keys are part of its key)."""
+    if name == "generate":
+        return [("train", k - 1)] if k > 1 else []
+    if name == "score":
+        return [("generate", k)]
+    if name == "rank":
+        return [("score", k)]
+    if name.startswith("export-"):
+        return [("rank", k), ("score", k)]
+    if name == "train":
+        return [("export-ranked", k)] + ([("train", k - 1)] if k > 1 else [])
+    if name == "evaluate":
+        return [("train", k), ("evaluate", 0)] if k > 0 else []
+    raise ValueError(f"unknown stage {name!r}")
+
+
+def _abstract(value: Any, run_dir: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(run_dir, "<run>")
+    if isinstance(value, dict):
+        return {key: _abstract(item, run_dir) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_abstract(item, run_dir) for item in value]
+    return value
+
+
+def stage_key(name: str, config: dict[str, Any], run_dir: Path, inputs: list[str]) -> str:
+    payload = {"stage": name, "config": _abstract(config, str(run_dir)), "inputs": inputs}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
+
+
+class StageCache:
+    """The finished stages of every variant of one parent run, by key (`shared.json` in the parent folder)."""
+
+    def __init__(self, parent: Path):
+        self.path = parent / "shared.json"
+
+    def _index(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {}
+        try:
+            index = json.loads(self.path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise NeatError(f"not a valid stage index ({error}); delete it to run shared stages again", file=self.path) from None
+        return index if isinstance(index, dict) else {}
+
+    def find(self, key: str, run_dir: Path) -> dict[str, Any] | None:
+        """Where another variant finished the stage with this key, if it still holds the result."""
+        entry = self._index().get(key)
+        if not entry or Path(entry["run"]) == run_dir:
+            return None
+        source = Path(entry["run"]) / f"round_{entry['round']:02d}"
+        return entry if all((source / folder).exists() for folder in output_folders(entry["stage"])) else None
+
+    def record(self, key: str, run_dir: Path, k: int, name: str) -> None:
+        index = self._index()
+        index.setdefault(key, {"run": str(run_dir), "round": k, "stage": name})
+        atomic_write_json(self.path, index)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """`target` becomes a copy of `source` made of hard links (files are never written again once finished, so sharing
+    their inodes is safe); built aside and renamed into place, so it is whole or absent."""
+    staging = target.with_name(f".{target.name}.linking")
+    shutil.rmtree(staging, ignore_errors=True)
+    for folder, _, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        (staging / relative).mkdir(parents=True, exist_ok=True)
+        for file in files:
+            if file.endswith(".tmp") or file.startswith(".lock"):
+                continue
+            try:
+                os.link(Path(folder) / file, staging / relative / file)
+            except OSError:  # another file system: copy
+                shutil.copy2(Path(folder) / file, staging / relative / file)
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, target)
+
+
+def materialize(name: str, entry: dict[str, Any], folder: Path) -> None:
+    """Put another variant's finished result of stage `name` into this round `folder`, with its manifest records."""
+    source = Path(entry["run"]) / f"round_{entry['round']:02d}"
+    for relative in output_folders(name):
+        link_tree(source / relative, folder / relative)
+    records = read_manifest(source).get("stages", {})
+    for entry_name in manifest_entries(name):
+        if entry_name in records:
+            update_manifest(folder, entry_name, records[entry_name])
+
+
+def variant_overrides(variants: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """name → `--set`-style overrides ("a.b=value"), with the keys every variant must share refused."""
+    overrides: dict[str, list[str]] = {}
+    for name, changes in variants.items():
+        flat: list[str] = []
+        for key, value in _flatten(changes or {}):
+            if key.split(".")[0] in SHARED_KEYS:
+                raise ValueError(f"variant '{name}' changes '{key}': variants share the prompts, split, model, rounds and "
+                                 "evaluation (compare them on the same footing)")
+            flat.append(f"{key}={json.dumps(value)}")
+        overrides[name] = flat
+    return overrides
+
+
+def _flatten(changes: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """{"train": {"loss": "dpo"}, "rank.pairs": "pos-vs-neg"} → [("train.loss", "dpo"), ("rank.pairs", "pos-vs-neg")]."""
+    items: list[tuple[str, Any]] = []
+    for key, value in changes.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items += _flatten(value, dotted + ".")
+        else:
+            items.append((dotted, value))
+    return items
