@@ -151,7 +151,12 @@ def test_run_refuses_another_recipe_and_too_few_prompts(tmp_path: Path, tiny_mod
     assert finished.returncode == 2 and "needs 39 prompts; the source has 12" in finished.stderr
     assert len(finished.stderr.strip().splitlines()) == 1
     run_dir = tmp_path / "runs" / "tiny"
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert not run_dir.exists()  # a recipe that fails validation records nothing: the corrected command is not refused
+    from neat_data.rounds import load_recipe, recipe_identity
+
+    run_dir.mkdir(parents=True)  # a folder a finished run of the unchanged recipe left
+    manifest = {"recipe": recipe_identity(load_recipe(recipe_file(tmp_path, tiny_model))), "rounds_planned": 1}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
     finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "run", str(recipe_file(tmp_path, tiny_model)), "--set", "seed=5"],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2 and "made with another recipe (changed: seed)" in finished.stderr

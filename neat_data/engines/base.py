@@ -8,7 +8,7 @@ role. Backends never raise for one bad request: they return a RequestResult with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Iterable, Iterator, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,8 +53,9 @@ class Backend(Protocol):
     name: str  # "vllm" | "openai" | "fake"
     model: str  # what goes in the `model` column
 
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
-        """Yield (index into requests, result) for every request exactly once, in any order."""
+    def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+        """Yield (index into requests, result) for every request exactly once, in any order. `requests` may be a
+        lazy iterator (the generate stage streams them): consume it as you go, never index it or take its length."""
         ...
 
     def close(self) -> None: ...

@@ -23,7 +23,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -136,7 +136,8 @@ class RayBackend:
         self._started_ray = self._started_ray or started
         return ray
 
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+    def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+        requests = list(requests)  # a Ray dataset is built from the whole list (the driver holds the plan anyway)
         if not requests:
             return
         ray = self._init_ray()

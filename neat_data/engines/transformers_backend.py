@@ -9,7 +9,7 @@ request so that a bad request becomes an error result, never a dead job.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,9 +46,9 @@ class TransformersBackend:
     def from_options(cls, model: str, options: TransformersOptions) -> "TransformersBackend":
         return cls(resolve_model(model), model_label=model, batch_size=options.transformers_batch_size)
 
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
-        batch: list[tuple[int, list[int], str]] = []
-        for index, request in enumerate(requests):
+    def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+        batch: list[tuple[int, GenerationRequest, list[int], str]] = []
+        for index, request in enumerate(requests):  # consumed lazily: the stage streams requests in
             messages, mode = request.messages, "system" if request.merged_messages is not None else "none"
             if request.merged_messages is not None and not self.system_role_ok:
                 messages, mode = request.merged_messages, "merged"
@@ -57,25 +57,24 @@ class TransformersBackend:
             if len(ids) + 1 > self.max_model_len:
                 yield index, RequestResult(error=f"prompt too long: {len(ids)} tokens, model context is {self.max_model_len}", system_mode=mode)
                 continue
-            batch.append((index, ids, mode))
-            if sum(requests[i].n for i, _, _ in batch) >= self.batch_size:
-                yield from self._run_batch(batch, requests, sampling)
+            batch.append((index, request, ids, mode))
+            if sum(item[1].n for item in batch) >= self.batch_size:
+                yield from self._run_batch(batch, sampling)
                 batch = []
         if batch:
-            yield from self._run_batch(batch, requests, sampling)
+            yield from self._run_batch(batch, sampling)
 
-    def _run_batch(self, batch: list[tuple[int, list[int], str]], requests: list[GenerationRequest],
-                   sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+    def _run_batch(self, batch: list[tuple[int, GenerationRequest, list[int], str]], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
         try:
-            samples = self._sample([ids for _, ids, _ in batch], [requests[i].n for i, _, _ in batch], requests[batch[0][0]].seed, sampling)
+            samples = self._sample([ids for _, _, ids, _ in batch], [request.n for _, request, _, _ in batch], batch[0][1].seed, sampling)
         except Exception as error:
             if len(batch) == 1:
-                yield batch[0][0], RequestResult(error=f"transformers: {type(error).__name__}: {error}", system_mode=batch[0][2])
+                yield batch[0][0], RequestResult(error=f"transformers: {type(error).__name__}: {error}", system_mode=batch[0][3])
                 return
             for item in batch:
-                yield from self._run_batch([item], requests, sampling)
+                yield from self._run_batch([item], sampling)
             return
-        for (index, ids, mode), completions in zip(batch, samples):
+        for (index, _, ids, mode), completions in zip(batch, samples):
             yield index, RequestResult(completions=[Completion(text, reason, len(ids), count) for text, reason, count in completions],
                                        system_mode=mode)
 

@@ -13,7 +13,7 @@ so that its prompt tokens stay under that budget, which keeps prefill in one chu
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,10 +108,10 @@ class VLLMBackend:
             ids = ids["input_ids"]
         return len(ids)
 
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
-        batch: list[tuple[int, list[dict[str, str]], str, int]] = []
+    def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+        batch: list[tuple[int, GenerationRequest, list[dict[str, str]], str, int]] = []
         batch_tokens = 0
-        for index, request in enumerate(requests):
+        for index, request in enumerate(requests):  # consumed lazily: the stage streams requests in
             messages, mode = request.messages, "system" if request.merged_messages is not None else "none"
             if request.merged_messages is not None and not self.system_role_ok:
                 messages, mode = request.merged_messages, "merged"
@@ -120,12 +120,12 @@ class VLLMBackend:
                 yield index, RequestResult(error=f"prompt too long: {length} tokens, model context is {self.max_model_len}", system_mode=mode)
                 continue
             if batch and (len(batch) >= self.batch_requests or batch_tokens + length > self.token_budget):
-                yield from self._run_batch(batch, requests, sampling)
+                yield from self._run_batch(batch, sampling)
                 batch, batch_tokens = [], 0
-            batch.append((index, messages, mode, length))
+            batch.append((index, request, messages, mode, length))
             batch_tokens += length
         if batch:
-            yield from self._run_batch(batch, requests, sampling)
+            yield from self._run_batch(batch, sampling)
 
     def _sampling_params(self, request: GenerationRequest, sampling: Sampling, prompt_length: int) -> Any:
         from vllm import SamplingParams
@@ -133,20 +133,20 @@ class VLLMBackend:
         return SamplingParams(n=request.n, seed=request.seed, temperature=sampling.temperature, top_p=sampling.top_p,
                               max_tokens=max(1, min(sampling.max_tokens, self.max_model_len - prompt_length)))
 
-    def _run_batch(self, batch: list[tuple[int, list[dict[str, str]], str, int]], requests: list[GenerationRequest],
+    def _run_batch(self, batch: list[tuple[int, GenerationRequest, list[dict[str, str]], str, int]],
                    sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
-        params = [self._sampling_params(requests[i], sampling, length) for i, _, _, length in batch]
+        params = [self._sampling_params(request, sampling, length) for _, request, _, _, length in batch]
         try:
-            outputs = self.llm.chat([m for _, m, _, _ in batch], params, use_tqdm=False)
+            outputs = self.llm.chat([messages for _, _, messages, _, _ in batch], params, use_tqdm=False)
         except Exception as error:
             if len(batch) == 1:
-                index, _, mode, _ = batch[0]
+                index, _, _, mode, _ = batch[0]
                 yield index, RequestResult(error=f"vllm: {type(error).__name__}: {error}", system_mode=mode)
                 return
             for item in batch:  # isolate the failing request(s)
-                yield from self._run_batch([item], requests, sampling)
+                yield from self._run_batch([item], sampling)
             return
-        for (index, _, mode, _), output in zip(batch, outputs):
+        for (index, _, _, mode, _), output in zip(batch, outputs):
             prompt_tokens = len(output.prompt_token_ids or [])
             completions = [Completion(text=c.text, finish_reason=c.finish_reason, prompt_tokens=prompt_tokens,
                                       completion_tokens=len(c.token_ids)) for c in output.outputs]

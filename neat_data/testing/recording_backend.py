@@ -7,7 +7,7 @@ that many requests (to test that rows already flushed survive a dead process).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 
@@ -26,7 +26,7 @@ class RecordingBackend:
         self.sent: list[tuple[list[dict[str, str]], int, int]] = []  # (messages, n, seed) per request, in order
         self.closed = False
 
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+    def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
         for index, request in enumerate(requests):
             if self.crash_after is not None and len(self.sent) >= self.crash_after:
                 raise RuntimeError("scripted crash")
