@@ -292,6 +292,7 @@ def merge(run: Path, stages: tuple[str, ...]) -> None:
 @click.option("--pos-vs-neg-by", type=click.Choice(["construction", "score"]), default="construction", show_default=True,
               help="pos-vs-neg: the positive response is chosen (RLCD), or the higher score.")
 @click.option("--min-margin", type=float, default=0.0, show_default=True, help="Drop score-labelled pairs with a smaller score gap.")
+@click.option("--drop-truncated", is_flag=True, help="Leave out candidates cut at max_tokens (finish_reason length): in no list, no pair.")
 def rank(run: Path, **options: Any) -> None:
     """Ranked lists per prompt and preference pairs → RUN/ranked/{lists,pairs}.parquet."""
     from neat_data.stages.rank import RankConfig, run_rank
