@@ -43,7 +43,7 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     try:
         text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": _PROBE}],
                                              tokenize=False)
-    except Exception:  # templates that refuse an assistant-last conversation, or none at all
+    except Exception:  # noqa: BLE001 — templates that refuse an assistant-last conversation, or none at all
         text = None
     if isinstance(text, str) and _PROBE in text:
         after = tokenizer(text.split(_PROBE, 1)[1], add_special_tokens=False)["input_ids"]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neat_data.errors import NeatError
@@ -74,7 +75,7 @@ def read_ranked_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a ranked Parquet, checked: every problem names the file, the row and the field."""
     try:
         table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises ArrowInvalid/OSError for truncated or non-Parquet files
+    except (pa.ArrowException, OSError) as error:  # truncated or not Parquet at all
         raise NeatError(f"not a readable Parquet file ({type(error).__name__}: {str(error)[:200]})", file=path) from None
     missing = [name for name in RANKED_COLUMNS if name not in table.column_names]
     if missing:

@@ -165,9 +165,9 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     """Train and save; `log(record)` also receives every step record (the JSONL log is always written)."""
     import torch
 
-    from neat_data.models import resolve_model
     from neat_data.lm.loading import load_policy, pad_id_of
     from neat_data.lm.logprobs import ResponseLogprobs
+    from neat_data.models import resolve_model
     from neat_data.train.data import epoch_batches, load_examples, make_batch, rank_share
     from neat_data.train.loss import LOSSES, NEEDS_REFERENCE, LossInputs, LossSettings, default_sft_weight
     from neat_data.train.policy import choose_trainable, partial_folder, save_policy
