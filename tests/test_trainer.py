@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -360,3 +361,70 @@ def test_train_cli_lists_every_loss_and_refuses_unknown_ones(tiny_model: Path, t
     assert "[rrhf|pro|dpo|sft]" in help_text and "--beta" in help_text and "[best-vs-worst|pos-vs-neg]" in help_text
     bad = CliRunner().invoke(cli, ["train", str(toy_run), "--model", str(tiny_model), "--loss", "ipo"])
     assert bad.exit_code == 2 and "'ipo' is not one of" in bad.output
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"finish_reason": ["stop", "length"]}, "row 0: field 'finish_reason': responses and finish_reason differ in length"),
+    ({"scores": [2.0, float("nan"), 0.0]}, "row 0: field 'scores': a candidate has no finite score"),
+    ({"responses": [GOOD, None, BAD]}, "row 0: field 'responses': a candidate has no response text"),
+    ({"scores": [1.0, 1.0, 1.0]}, "no trainable prompt in the ranked export for loss dpo"),
+])
+def test_bad_ranked_rows_are_one_line_errors(tiny_model: Path, tmp_path: Path, change: dict, message: str):
+    from click.testing import CliRunner
+
+    from neat_data.cli import cli
+
+    data = write_ranked(tmp_path / "ranked.parquet", [{**toy_rows()[0], "finish_reason": ["stop", "stop", "length"], **change}])
+    result = CliRunner().invoke(cli, ["train", str(data), "--model", str(tiny_model), "--loss", "dpo"])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_unreadable_ranked_file_and_unwritable_or_broken_reference_cache(tiny_model: Path, tmp_path: Path):
+    from neat_data.errors import NeatError
+    from neat_data.train.trainer import TrainConfig, run_train
+
+    broken = tmp_path / "broken" / "train.parquet"
+    broken.parent.mkdir()
+    broken.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(NeatError, match="not a readable Parquet file"):
+        run_train(TrainConfig(data=broken, model=str(tiny_model), out=tmp_path / "never"))
+
+    data = write_ranked(tmp_path / "data" / "train.parquet", toy_rows())
+    config = TrainConfig(data=data, model=str(tiny_model), out=tmp_path / "m1", loss="dpo", prompts_per_batch=8)
+    run_train(config)
+    (cache,) = (tmp_path / "data" / "reference_logprobs").glob("*.parquet")
+    good = cache.read_bytes()
+    cache.write_bytes(good[: len(good) // 2])  # a torn file (not ours: ours are renamed into place whole)
+    run_train(config.model_copy(update={"out": tmp_path / "m2"}))
+    assert json.loads((tmp_path / "m2" / "neat_train.json").read_text())["reference"]["reused"] is False
+    assert cache.read_bytes() != good[: len(good) // 2] and pq.read_table(cache).num_rows == 16  # rewritten whole
+
+    shutil.rmtree(tmp_path / "data" / "reference_logprobs")
+    (tmp_path / "data" / "reference_logprobs").write_text("in the way")  # the cache cannot be written: train without it
+    run_train(config.model_copy(update={"out": tmp_path / "m3"}))
+    assert (tmp_path / "m3" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "m3" / "neat_train.json").read_text())["reference"]["reused"] is False
+
+
+def test_perplexity_renders_and_scores_like_the_trainer(tiny_model: Path):
+    """exp(mean NLL per response token) over the trainer's rendering: the end token only after a finished response."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from neat_data.stages.evaluate import perplexity
+
+    prompt = [{"role": "user", "content": "How do I boil an egg?"}]
+    rows = [{"prompt": prompt, "prompt_id": "0", "responses": [GOOD], "scores": [0.0], "finish_reason": ["stop"]},
+            {"prompt": prompt, "prompt_id": "1", "responses": [BAD], "scores": [0.0], "finish_reason": ["length"]},
+            {"prompt": prompt, "prompt_id": "2", "responses": [MIDDLE], "scores": [0.0]}]
+    value, tokens = perplexity(str(tiny_model), rows, max_length=256, device="cpu", batch_prompts=2)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for text, finished in ((GOOD, True), (BAD, False), (MIDDLE, True)):
+            answer = tokenizer(text, add_special_tokens=False)["input_ids"] + ([end] if finished else [])
+            total += float(plain_logprob(model, tuple(prompt_ids + answer), len(prompt_ids)))
+            count += len(answer)
+    assert tokens == count and value == pytest.approx(math.exp(-total / count), rel=1e-5)
