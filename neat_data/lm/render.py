@@ -91,6 +91,5 @@ class CandidateRenderer:
     def render(self, prompt: list[dict[str, str]], response: str, finish_reason: str | None, *, system: str | None = None) -> Candidate:
         """prompt (neutral, or with `system` as a steering system prompt) + response + end of turn if it finished."""
         prompt_ids = self.prompt_ids(prompt, system)
-        finished = ends_turn(finish_reason) and self.end_id is not None
-        response_ids = self.response_ids(response) + ([self.end_id] if finished else [])
-        return Candidate(prompt_ids + tuple(response_ids), len(prompt_ids), finished)
+        end = [self.end_id] if ends_turn(finish_reason) and self.end_id is not None else []
+        return Candidate(prompt_ids + tuple(self.response_ids(response) + end), len(prompt_ids), bool(end))
