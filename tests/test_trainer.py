@@ -428,3 +428,26 @@ def test_perplexity_renders_and_scores_like_the_trainer(tiny_model: Path):
             total += float(plain_logprob(model, tuple(prompt_ids + answer), len(prompt_ids)))
             count += len(answer)
     assert tokens == count and value == pytest.approx(math.exp(-total / count), rel=1e-5)
+
+
+def test_end_of_turn_token_comes_from_the_chat_template(tiny_model: Path):
+    """Gemma-style tokenizers close a turn with a token other than eos: the template's token is used."""
+    from transformers import AutoTokenizer
+
+    from neat_data.lm.render import CandidateRenderer, end_of_turn_id
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model, eos_token="<|endoftext|>")  # eos ≠ the turn's end
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.eos_token_id != im_end and end_of_turn_id(tokenizer) == im_end
+    plain = AutoTokenizer.from_pretrained(tiny_model)
+    plain.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"  # shows no end-of-turn token
+    assert end_of_turn_id(plain) == plain.eos_token_id
+    candidate = CandidateRenderer(tokenizer).render([{"role": "user", "content": "Hi"}], "Hello.", "stop", system="Be kind.")
+    assert tokenizer.decode(candidate.ids) == "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>"
+    assert candidate.ends_turn and candidate.response_length == len(tokenizer("Hello.", add_special_tokens=False)["input_ids"]) + 1
+    from tinymodel import build_tokenizer
+
+    merged = CandidateRenderer(build_tokenizer(no_system_template=True))  # a template that rejects the system role
+    steered = merged.render([{"role": "user", "content": "Hi"}], "Hello.", "length", system="Be kind.")
+    assert merged.system_mode == "merged" and not steered.ends_turn
+    assert merged.tokenizer.decode(steered.ids) == "<|im_start|>user\nBe kind.\n\nHi<|im_end|>\n<|im_start|>assistant\nHello."
