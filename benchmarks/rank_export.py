@@ -188,7 +188,7 @@ def side_b(src: Path, work: Path) -> dict:
     table = pq.read_table(src)
     t_read = time.perf_counter()
     rss_after["read"] = max_rss_mib()
-    lists, pairs, summary = rank.rank_tables(rank.RankConfig(run=run, pairs="best-vs-worst"), table)
+    lists, pairs, _, summary = rank.rank_tables(rank.RankConfig(run=run, pairs="best-vs-worst"), table)
     t_rank = time.perf_counter()
     rss_after["rank_tables"] = max_rss_mib()
     atomic_write_table(run / "ranked" / "lists.parquet", lists)

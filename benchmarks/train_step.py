@@ -3,7 +3,7 @@
 Both steps take the same B prompts × C candidates = N sequences of T tokens (prompt P tokens + response),
 run forward + backward + AdamW on the same randomly initialised model:
   SFT   transformers' own path: model(input_ids, attention_mask, labels=-100 on the prompt).loss
-  NEAT  ours: neat_data.train.forward.ResponseLogprobs (decoder, then the output head on response tokens
+  NEAT  ours: neat_data.lm.logprobs.ResponseLogprobs (decoder, then the output head on response tokens
         only, in checkpointed chunks) → neat_data.train.loss.neat_loss (RRHF + LM), as the trainer runs it
 Steps alternate (SFT, NEAT, SFT, …) after warm-up; the median step time of each is reported as tokens/s
 (all N·T tokens), and the ratio NEAT/SFT (goal ≥ 0.9). On CUDA it also prints MFU: model FLOPs of a full
@@ -14,7 +14,7 @@ per second over the card's dense bf16 peak (H100 SXM 989 TFLOP/s, H200 the same;
     python benchmarks/train_step.py --gpu                          # CUDA: Qwen2-0.5B shape, bf16, B16×T1024
     python benchmarks/train_step.py --gpu --compile                # + torch.compile of the decoder (both sides)
 
-Only torch and transformers are needed (no pydantic/pyarrow): it imports neat_data.train.{loss,forward}.
+Only torch and transformers are needed (no pydantic/pyarrow): it imports neat_data.train.loss and neat_data.lm.logprobs.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
 
     import torch
 
-    from neat_data.train.forward import ResponseLogprobs
+    from neat_data.lm.logprobs import ResponseLogprobs
     from neat_data.train.loss import neat_loss
 
     if args.threads:

@@ -18,7 +18,7 @@ EXPECTED_COLUMNS = {  # docs/FORMATS.md
     "trl": ["prompt", "chosen", "rejected"],
     "trl-implicit": ["chosen", "rejected"],
     "kto": ["prompt", "completion", "label"],
-    "ranked": ["prompt", "prompt_id", "responses", "scores", "steering"],
+    "ranked": ["prompt", "prompt_id", "responses", "finish_reason", "scores", "steering"],
     "h4": ["prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected"],
 }
 
@@ -62,6 +62,7 @@ def test_every_format_round_trips_through_datasets(ranked_run: Path, fmt: str):
         assert from_disk.features["label"] == datasets.Value("bool")
     if fmt == "ranked":
         assert len(rows) == 4 and all(r["scores"] == sorted(r["scores"], reverse=True) and len(r["responses"]) == 5 for r in rows)
+        assert all(r["finish_reason"] == ["stop"] * 5 for r in rows)  # the recording backend's, candidate by candidate
     if fmt == "h4":
         assert all(r["messages"] == r["chosen"] and r["prompt"] == r["chosen"][-2]["content"] for r in rows)
         assert all(r["score_chosen"] > r["score_rejected"] for r in rows)
@@ -103,3 +104,16 @@ def test_export_with_no_pairs_left_is_empty_but_loads(ranked_run: Path):
         assert result.exit_code == 0 and "0 rows →" in result.output, result.output
         loaded = datasets.load_from_disk(str(ranked_run / "export" / fmt / "hf"))["train"]
         assert len(loaded) == 0 and loaded.column_names == EXPECTED_COLUMNS[fmt]
+
+
+def test_ranked_export_of_lists_ranked_before_finish_reasons_travelled(ranked_run: Path):
+    """An older ranked/lists.parquet (no finish_reason column) still exports: nulls, one per candidate (= finished)."""
+    import pyarrow.parquet as pq
+
+    lists_path = ranked_run / "ranked" / "lists.parquet"
+    old = pq.read_table(lists_path).drop_columns(["finish_reason"])
+    pq.write_table(old, lists_path)
+    result = CliRunner().invoke(cli, ["export", str(ranked_run), "--format", "ranked"])
+    assert result.exit_code == 0, result.output
+    rows = datasets.load_from_disk(str(ranked_run / "export" / "ranked" / "hf"))["train"].to_list()
+    assert len(rows) == 4 and all(r["finish_reason"] == [None] * len(r["responses"]) for r in rows)

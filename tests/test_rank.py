@@ -1,4 +1,5 @@
-"""Rank: hand-built scored tables → exact ranked lists and pairs; ties, degenerate pairs, margins, empty groups."""
+"""Rank: hand-built scored tables → exact ranked lists, pairs and dropped pairs; ties, degenerate pairs, margins,
+truncated candidates, empty groups."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from neat_data.stages.rank import RankConfig, rank_tables
 PROMPT = [{"role": "user", "content": "q"}]
 
 
-def row(prompt_id: str, key: str, response: str, score: float | None, steering: str = "pos", status: str = "ok") -> dict:
+def row(prompt_id: str, key: str, response: str, score: float | None, steering: str = "pos", status: str = "ok",
+        finish: str | None = "stop") -> dict:
     base = {name: None for name in SCORED.names}
     base.update(key=key, prompt_id=prompt_id, prompt=PROMPT, response=response, steering=steering, status="ok",
-                score=score, raw_score=score, score_status=status)
+                score=score, raw_score=score, score_status=status, finish_reason=finish)
     return base
 
 
@@ -35,7 +37,7 @@ SCORED_ROWS = table(
 
 
 def test_ranked_lists_best_first_with_failed_candidates_left_out():
-    lists, _, summary = rank_tables(RankConfig(run="."), SCORED_ROWS)
+    lists, _, _, summary = rank_tables(RankConfig(run="."), SCORED_ROWS)
     by_prompt = {r["prompt_id"]: r for r in lists.to_pylist()}
     assert by_prompt["p1"]["responses"] == ["good answer", "ok answer", "meh answer", "bad answer"]
     assert by_prompt["p1"]["scores"] == [2.0, 0.5, 0.5, -1.0] and by_prompt["p1"]["steering"] == ["pos", "pos", "neg", "neg"]
@@ -45,40 +47,101 @@ def test_ranked_lists_best_first_with_failed_candidates_left_out():
 
 
 def test_best_vs_worst_drops_degenerate_and_skips_single_candidate_prompts():
-    _, pairs, summary = rank_tables(RankConfig(run="."), SCORED_ROWS)
+    _, pairs, _, summary = rank_tables(RankConfig(run="."), SCORED_ROWS)
     assert [(p["prompt_id"], p["chosen"], p["rejected"], p["score_chosen"], p["score_rejected"]) for p in pairs.to_pylist()] == [
         ("p1", "good answer", "bad answer", 2.0, -1.0)]
     assert summary.dropped == {"degenerate": 1} and summary.pairs_kept == 1 and summary.margins["mean"] == 3.0
 
 
 def test_all_pairs_with_ties_and_margins():
-    _, pairs, summary = rank_tables(RankConfig(run=".", pairs="all-pairs", min_margin=1.0), SCORED_ROWS)
+    _, pairs, _, summary = rank_tables(RankConfig(run=".", pairs="all-pairs", min_margin=1.0), SCORED_ROWS)
     kept = {(p["chosen"], p["rejected"]) for p in pairs.to_pylist()}
     assert kept == {("good answer", "ok answer"), ("good answer", "meh answer"), ("good answer", "bad answer"),
                     ("ok answer", "bad answer"), ("meh answer", "bad answer")}
     assert summary.dropped == {"tie": 1, "degenerate": 1}
-    _, _, strict = rank_tables(RankConfig(run=".", pairs="all-pairs", min_margin=2.0), SCORED_ROWS)
+    _, _, _, strict = rank_tables(RankConfig(run=".", pairs="all-pairs", min_margin=2.0), SCORED_ROWS)
     assert strict.pairs_kept == 1 and strict.dropped == {"tie": 1, "margin": 4, "degenerate": 1}  # only good-bad (gap 3) >= 2
 
 
 def test_pos_vs_neg_by_construction_ignores_scores_and_by_score_orients_pairs():
-    _, built, summary = rank_tables(RankConfig(run=".", pairs="pos-vs-neg"), SCORED_ROWS)
+    _, built, _, summary = rank_tables(RankConfig(run=".", pairs="pos-vs-neg"), SCORED_ROWS)
     assert {(p["chosen"], p["rejected"]) for p in built.to_pylist()} == {
         ("good answer", "meh answer"), ("good answer", "bad answer"), ("ok answer", "meh answer"), ("ok answer", "bad answer")}
     assert all(p["steering_chosen"] == "pos" and p["steering_rejected"] == "neg" for p in built.to_pylist())
     assert summary.dropped == {"degenerate": 1}
     flipped = table(row("p", "a", "pos text", -1.0, "pos"), row("p", "b", "neg text", 3.0, "neg"))
-    _, by_construction, _ = rank_tables(RankConfig(run=".", pairs="pos-vs-neg"), flipped)
-    _, by_score, _ = rank_tables(RankConfig(run=".", pairs="pos-vs-neg", pos_vs_neg_by="score"), flipped)
+    _, by_construction, _, _ = rank_tables(RankConfig(run=".", pairs="pos-vs-neg"), flipped)
+    _, by_score, _, _ = rank_tables(RankConfig(run=".", pairs="pos-vs-neg", pos_vs_neg_by="score"), flipped)
     assert by_construction.to_pylist()[0]["chosen"] == "pos text"
     assert by_score.to_pylist()[0]["chosen"] == "neg text" and by_score.to_pylist()[0]["steering_chosen"] == "neg"
 
 
 def test_empty_table_gives_empty_outputs():
-    lists, pairs, summary = rank_tables(RankConfig(run="."), SCORED.empty_table())
+    lists, pairs, _, summary = rank_tables(RankConfig(run="."), SCORED.empty_table())
     assert lists.num_rows == pairs.num_rows == summary.prompts == 0 and summary.margins == {}
 
 
 def test_min_margin_must_not_be_negative():
     with pytest.raises(Exception):
         RankConfig(run=".", min_margin=-1)
+
+
+TRUNCATED_ROWS = table(
+    row("p1", "a", "best but cut", 3.0, "pos", finish="length"),
+    row("p1", "b", "good", 2.0, "pos"),
+    row("p1", "c", "fine", 1.0, "neg", finish=None),  # unknown finish reason: kept
+    row("p1", "d", "worst", 0.0, "neg"),
+    row("p2", "e", "cut", 1.0, "pos", finish="length"),
+    row("p2", "f", "also cut", 0.0, "neg", finish="length"),
+)
+
+
+def test_finish_reasons_travel_to_lists_and_pairs():
+    lists, pairs, dropped, summary = rank_tables(RankConfig(run="."), TRUNCATED_ROWS)
+    by_prompt = {r["prompt_id"]: r for r in lists.to_pylist()}
+    assert by_prompt["p1"]["finish_reason"] == ["length", "stop", None, "stop"]
+    assert [(p["key_chosen"], p["finish_reason_chosen"], p["key_rejected"], p["finish_reason_rejected"]) for p in pairs.to_pylist()] == [
+        ("a", "length", "d", "stop"), ("e", "length", "f", "length")]
+    assert dropped.num_rows == 0 and summary.truncated_left_out == 0 and summary.candidates == 6
+
+
+def test_drop_truncated_leaves_them_out_and_records_the_lost_pairs():
+    lists, pairs, dropped, summary = rank_tables(RankConfig(run=".", drop_truncated=True), TRUNCATED_ROWS)
+    assert [(r["prompt_id"], r["keys"]) for r in lists.to_pylist()] == [("p1", ["b", "c", "d"])]  # p2 had nothing left
+    assert [(p["key_chosen"], p["key_rejected"]) for p in pairs.to_pylist()] == [("b", "d")]  # best-vs-worst of what is left
+    assert dropped.to_pylist() == [
+        {"prompt_id": "p1", "key_chosen": "a", "key_rejected": "d", "score_chosen": 3.0, "score_rejected": 0.0, "reason": "truncated"},
+        {"prompt_id": "p2", "key_chosen": "e", "key_rejected": "f", "score_chosen": 1.0, "score_rejected": 0.0, "reason": "truncated"}]
+    assert summary.truncated_left_out == 3 and summary.candidates == 3 and summary.prompts == 1
+    assert summary.dropped == {"truncated": 2} and summary.pairs_kept == 1
+    assert "candidates 3, truncated candidates left out 3, pairs kept 1, dropped: truncated 2" in summary.lines()[0]
+    # pos-vs-neg: exactly the pairs with a truncated side are lost
+    _, pairs, dropped, _ = rank_tables(RankConfig(run=".", pairs="pos-vs-neg", drop_truncated=True), TRUNCATED_ROWS)
+    assert {(p["key_chosen"], p["key_rejected"]) for p in pairs.to_pylist()} == {("b", "c"), ("b", "d")}
+    assert {(d["key_chosen"], d["key_rejected"], d["reason"]) for d in dropped.to_pylist()} == {
+        ("a", "c", "truncated"), ("a", "d", "truncated"), ("e", "f", "truncated")}
+
+
+def test_dropped_pairs_name_both_sides_and_the_reason():
+    _, _, dropped, summary = rank_tables(RankConfig(run=".", pairs="all-pairs", min_margin=2.0), SCORED_ROWS)
+    reasons = {(d["key_chosen"], d["key_rejected"]): d["reason"] for d in dropped.to_pylist()}
+    assert reasons[("c", "d")] == "tie" and reasons[("g", "h")] == "degenerate" and reasons[("a", "c")] == "margin"
+    assert dropped.num_rows == 6 and summary.dropped == {"tie": 1, "margin": 4, "degenerate": 1}
+
+
+def test_rank_cli_writes_dropped_parquet_and_drops_truncated(tmp_path):
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from neat_data.cli import cli
+    from neat_data.runfolder import atomic_write_table
+    from neat_data.schemas import DROPPED_PAIRS
+
+    run = tmp_path / "run"
+    atomic_write_table(run / "scored" / "part-000000.parquet", TRUNCATED_ROWS)
+    result = CliRunner().invoke(cli, ["rank", str(run), "--drop-truncated"])
+    assert result.exit_code == 0, result.output
+    assert "truncated candidates left out 3" in result.output and "dropped: truncated 2" in result.output
+    dropped = pq.read_table(run / "ranked" / "dropped.parquet")
+    assert dropped.schema == DROPPED_PAIRS and dropped.column("reason").to_pylist() == ["truncated", "truncated"]
+    assert pq.read_table(run / "ranked" / "lists.parquet").column("keys").to_pylist() == [["b", "c", "d"]]

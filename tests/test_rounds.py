@@ -46,7 +46,8 @@ def recipe_file(tmp_path: Path, model: Path, **changes) -> Path:
 def mean_logprob(model_path: Path, rows: list[dict]) -> float:
     """Mean per-token log-prob of the responses, under the exact (steered) prompt they were sampled with."""
     from neat_data.train.data import make_batch, tokenize_ranked
-    from neat_data.train.forward import ResponseLogprobs, load_policy
+    from neat_data.lm.loading import load_policy
+    from neat_data.lm.logprobs import ResponseLogprobs
 
     tokenizer, model, _ = load_policy(str(model_path), "cpu")
     ranked = [{"prompt": [{"role": "system", "content": r["system_prompt"]}, *r["prompt"]], "prompt_id": r["key"],

@@ -47,21 +47,25 @@ def test_reward_model_batched_scores_equal_one_row_at_a_time(tiny_reward_model: 
 
 
 def test_self_contrast_equals_the_direct_log_prob_difference(tiny_model: Path):
+    """The score is the length-normalised log-prob difference of the same token ids, computed here with plain
+    model(ids).logits.log_softmax: a finished response ends with the end-of-turn token, a truncated one does not."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from neat_data.scorers.self_contrast import SelfContrastScorer
 
-    items = [ScoreItem(PROMPT, "Boil it for seven minutes.", "pos", "Be helpful.", "Be harmful."),
-             ScoreItem(PROMPT, "No idea, go away and stop asking me things.", "neg", "Be helpful.", "Be harmful."),
-             ScoreItem(PROMPT, "x", "pos", "Be helpful.", None)]
+    items = [ScoreItem(PROMPT, "Boil it for seven minutes.", "pos", "Be helpful.", "Be harmful.", "stop"),
+             ScoreItem(PROMPT, "No idea, go away and stop asking me things.", "neg", "Be helpful.", "Be harmful.", "length"),
+             ScoreItem(PROMPT, "x", "pos", "Be helpful.", None),
+             ScoreItem(PROMPT, "", "pos", "Be helpful.", "Be harmful.", "stop")]
     results = SelfContrastScorer(str(tiny_model), batch_size=2, device="cpu").score(items)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def logprob(system: str, response: str) -> tuple[float, int]:
+    def logprob(system: str, response: str, finished: bool) -> tuple[float, int]:
         prompt_ids = tokenizer.apply_chat_template([{"role": "system", "content": system}, *PROMPT], add_generation_prompt=True,
                                                    tokenize=True, return_dict=True)["input_ids"]
-        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + ([end] if finished else [])
         ids = torch.tensor([prompt_ids + response_ids])
         with torch.no_grad():
             logits = model(ids).logits[0].float()
@@ -69,10 +73,59 @@ def test_self_contrast_equals_the_direct_log_prob_difference(tiny_model: Path):
         return total, len(response_ids)
 
     for item, result in zip(items[:2], results[:2]):
-        pos, count = logprob("Be helpful.", item.response)
-        neg, _ = logprob("Be harmful.", item.response)
-        assert result.score == pytest.approx((pos - neg) / count, abs=1e-4)
+        pos, count = logprob("Be helpful.", item.response, item.finish_reason == "stop")
+        neg, _ = logprob("Be harmful.", item.response, item.finish_reason == "stop")
+        assert result.score == pytest.approx((pos - neg) / count, abs=1e-5)
     assert results[2].score is None and "positive and negative" in results[2].error
+    assert results[3].score is None and results[3].error == "empty response"
+
+
+VIEWS = {"t.default", "transpose.int", "permute.default", "detach.default", "alias.default", "view.default", "_unsafe_view.default"}
+
+
+def vocabulary_wide_rows(run, vocabulary: int) -> int:
+    """The most rows of any vocabulary-wide tensor (last dim = vocabulary, views such as the head weight's
+    transpose aside) an op produces while `run()` runs: logits, their float32 copies, log-softmaxes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    most = 0
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal most
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2 and tensor.shape[-1] == vocabulary and func.__name__ not in VIEWS:
+                    most = max(most, tensor.numel() // vocabulary)
+            return out
+
+    with Watch():
+        run()
+    return most
+
+
+def test_self_contrast_runs_the_output_head_on_response_rows_only(tiny_model: Path):
+    """Long prompts, short responses: the head sees at most `head_chunk` response rows at a time — never the
+    batch × length × vocabulary logits (nor a float32 copy of them) the scorer used to materialise."""
+    from neat_data.scorers.self_contrast import SelfContrastScorer
+
+    long_prompt = [{"role": "user", "content": "How do I boil an egg? " * 30}]
+    items = [ScoreItem(long_prompt, f"Boil it for {n} minutes.", "pos", "Be helpful.", "Be harmful.", "stop") for n in range(8)]
+    scorer = SelfContrastScorer(str(tiny_model), batch_size=16, device="cpu", head_chunk=4)
+    vocabulary = scorer.model.config.vocab_size
+    candidates = [scorer.renderer.render(long_prompt, item.response, "stop", system="Be helpful.") for item in items]
+    response_rows = sum(c.response_length for c in candidates) * 2  # pos and neg renderings, one batch of 16
+    full_rows = 16 * max(len(c.ids) for c in candidates)
+    assert full_rows > 20 * response_rows  # the case where it matters
+    results: list = []
+    most = vocabulary_wide_rows(lambda: results.extend(scorer.score(items)), vocabulary)
+    assert 0 < most <= 4  # one head chunk
+    assert all(r.error is None for r in results)
+    # the same scores with one big chunk (all response rows at once), still nowhere near batch × length
+    wide = SelfContrastScorer(str(tiny_model), batch_size=16, device="cpu", head_chunk=4096)
+    wide_results: list = []
+    assert vocabulary_wide_rows(lambda: wide_results.extend(wide.score(items)), vocabulary) == response_rows
+    assert [r.score for r in wide_results] == pytest.approx([r.score for r in results], abs=1e-6)
 
 
 def make_run(prompts_file: Path, out: Path, fail_france: bool = False) -> Path:

@@ -30,7 +30,7 @@ class TransformersBackend:
     def __init__(self, model: str, *, model_label: str | None = None, device: str = "auto", batch_size: int = 16):
         import transformers
 
-        from neat_data.scorers.torch_common import compute_dtype, pick_device
+        from neat_data.lm.loading import compute_dtype, pick_device
 
         self.model = model_label or model
         self.device = pick_device(device)

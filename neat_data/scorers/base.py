@@ -17,6 +17,7 @@ class ScoreItem:
     steering: str
     positive_system: str | None  # the pair's two steering texts (self-contrast needs both)
     negative_system: str | None
+    finish_reason: str | None = None  # "stop": the rendering ends with the end-of-turn token; "length": it does not
 
 
 @dataclass(frozen=True)

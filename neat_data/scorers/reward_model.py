@@ -8,9 +8,10 @@ bf16 on CUDA, float32 on CPU. The score is logit 0.
 
 from __future__ import annotations
 
+from neat_data.lm.batching import length_sorted_batches, pad_batch
+from neat_data.lm.loading import load_scoring_model
 from neat_data.models import resolve_model
 from neat_data.scorers.base import ScoreItem, ScoreResult
-from neat_data.scorers.torch_common import length_sorted_batches, load_scoring_model, pad_batch
 
 
 class RewardModelScorer:

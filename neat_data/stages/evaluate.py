@@ -93,24 +93,28 @@ def load_preferred(source: Path) -> list[dict[str, Any]]:
 
 
 def perplexity(model_path: str, rows: list[dict[str, Any]], *, max_length: int, device: str, batch_prompts: int = 8) -> tuple[float, int]:
-    """exp(mean NLL per response token) of the policy on `rows`, and the number of tokens."""
-    import torch
+    """exp(mean NLL per response token) of the policy on `rows`, and the number of tokens.
 
-    from neat_data.scorers.torch_common import pick_device
-    from neat_data.train.data import make_batch, tokenize_ranked
-    from neat_data.train.forward import ResponseLogprobs, load_policy
+    Each response is rendered as the trainer renders a candidate (`neat_data.lm.render`: neutral prompt,
+    chat template, response, end-of-turn token when it finished — a row's optional `finish_reason` list, as in ranked lists;
+    none means finished) and scored by the same `ResponseLogprobs`; responses are cut to `max_length`."""
+    from neat_data.lm.loading import load_policy, pad_id_of, pick_device
+    from neat_data.lm.logprobs import ResponseLogprobs, candidate_logprobs
+    from neat_data.lm.render import CandidateRenderer
 
     tokenizer, model, _ = load_policy(model_path, pick_device(device))
-    examples, _ = tokenize_ranked(rows, tokenizer, max_length=max_length)
-    forward = ResponseLogprobs(model.eval())
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_prompts):
-            batch = make_batch(examples[start:start + batch_prompts], pad_id)
-            sums, counts = forward(batch.input_ids.to(model.device), batch.attention_mask.to(model.device), batch.response_mask.to(model.device))
-            total += float(sums.sum())
-            count += int(counts.sum())
+    renderer = CandidateRenderer(tokenizer)
+    sequences, starts = [], []
+    for row in rows:
+        finish = row.get("finish_reason") or [None] * len(row["responses"])
+        for response, reason in zip(row["responses"], finish):
+            candidate = renderer.render(row["prompt"], response, reason)
+            if candidate.prompt_length < max_length:
+                sequences.append(candidate.ids[:max_length])
+                starts.append(candidate.prompt_length)
+    values = candidate_logprobs(ResponseLogprobs(model.eval()), sequences, starts, pad_id_of(tokenizer), batch_size=batch_prompts,
+                                device=model.device)
+    total, count = sum(v for v, _ in values), sum(n for _, n in values)
     return (math.exp(-total / count) if count else math.nan), count
 
 

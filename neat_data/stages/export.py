@@ -5,7 +5,9 @@ Formats:
 - `trl-implicit`  chosen / rejected as whole conversations (RewardTrainer)
 - `kto`           prompt, completion (one assistant message), label (bool): by steering (pos → True, neg →
                   False; unsteered rows left out) or by score (`score >= kto_threshold`)
-- `ranked`        prompt, prompt_id, responses, scores, steering: the NEAT trainer's input (RRHF-compatible)
+- `ranked`        prompt, prompt_id, responses, finish_reason, scores, steering: the NEAT trainer's input
+                  (RRHF-compatible; finish_reason per candidate: the trainer ends only finished ones with the
+                  end-of-turn token; lists ranked before it travelled export it as nulls = finished)
 - `h4`            prompt (text of the last user turn), prompt_id, chosen, rejected (full conversations),
                   messages (= chosen), score_chosen, score_rejected (HuggingFaceH4/ultrafeedback_binarized)
 Each is written as `<out>/<split>.parquet` and as a `datasets` folder `<out>/hf/` (save_to_disk), both with
@@ -65,7 +67,7 @@ def features(fmt: ExportFormat) -> Any:
         "trl-implicit": {"chosen": messages, "rejected": messages},
         "kto": {"prompt": messages, "completion": messages, "label": Value("bool")},
         "ranked": {"prompt": messages, "prompt_id": Value("string"), "responses": List(Value("string")),
-                   "scores": List(Value("float64")), "steering": List(Value("string"))},
+                   "finish_reason": List(Value("string")), "scores": List(Value("float64")), "steering": List(Value("string"))},
         "h4": {"prompt": Value("string"), "prompt_id": Value("string"), "chosen": messages, "rejected": messages,
                "messages": messages, "score_chosen": Value("float64"), "score_rejected": Value("float64")},
     }[fmt])
@@ -111,7 +113,11 @@ def export_table(config: ExportConfig) -> pa.Table:
         return pa.Table.from_arrays([rows.column("prompt"), assistant_turns(rows.column("response")), label], schema=schema)
     if fmt == "ranked":
         lists = read_ranked(config.run, "lists")
-        return lists.select(["prompt", "prompt_id", "responses", "scores", "steering"]).cast(schema)
+        if "finish_reason" not in lists.column_names:  # ranked before finish reasons travelled: unknown = finished
+            lengths = pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False).astype(np.int64)
+            nulls = pa.nulls(int(lengths.sum()), pa.string())
+            lists = lists.append_column("finish_reason", pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), nulls))
+        return lists.select(list(schema.names)).cast(schema)
     pairs = read_ranked(config.run, "pairs")
     if fmt == "trl":
         columns = [pairs.column("prompt"), assistant_turns(pairs.column("chosen")), assistant_turns(pairs.column("rejected"))]

@@ -1,8 +1,10 @@
 """Rank stage (pure, no engine): scored rows → one ranked list per prompt + preference pairs.
 
 In:  `<run>/scored/` (schema SCORED). Out: `<run>/ranked/lists.parquet` (RANKED_LISTS: candidates best
-first) and `<run>/ranked/pairs.parquet` (PAIRS), plus the `rank` entry of the manifest.
-Run: `neat-data rank runs/demo --pairs best-vs-worst --min-margin 0.1`.
+first, each with its finish reason), `<run>/ranked/pairs.parquet` (PAIRS) and `<run>/ranked/dropped.parquet`
+(DROPPED_PAIRS: every pair the strategy formed and dropped, with its reason), plus the `rank` entry of the
+manifest.
+Run: `neat-data rank runs/demo --pairs best-vs-worst --min-margin 0.1 [--drop-truncated]`.
 
 Candidates are the rows with `score_status = ok`. Pair strategies:
 - `best-vs-worst`: the top and the bottom of each list;
@@ -12,6 +14,11 @@ Candidates are the rows with `score_status = ok`. Pair strategies:
 A pair is dropped, and counted by reason, when both texts are the same after whitespace normalisation
 (`degenerate`: no signal), when the scores tie (`tie`), or when the gap is below `min_margin` (`margin`;
 score-labelled strategies only).
+`--drop-truncated` leaves out candidates whose response stopped at max_tokens (finish_reason "length"):
+they are in no list and no pair, and counted. The strategy then runs on the remaining candidates; the
+pairs it would have formed on the whole list that have a truncated side are recorded as dropped with
+reason `truncated` (for pos-vs-neg and all-pairs exactly the pairs lost; for best-vs-worst the top-bottom
+pair it replaced, when a side of it was truncated).
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.errors import NeatError
 from neat_data.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet, update_manifest
-from neat_data.schemas import PAIRS, RANKED_LISTS, SCORED, check_columns
+from neat_data.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns
+
+DropReason = Literal["degenerate", "tie", "margin", "truncated"]
+TRUNCATED = "length"  # the finish reason of a response cut by max_tokens
 
 
 PairStrategy = Literal["best-vs-worst", "pos-vs-neg", "all-pairs"]
@@ -44,6 +54,7 @@ class RankConfig(BaseModel):
     pos_vs_neg_by: Literal["construction", "score"] = Field(
         "construction", description="pos-vs-neg: the positive response is chosen (RLCD), or the higher score.")
     min_margin: float = Field(0.0, ge=0.0, description="Drop score-labelled pairs whose score gap is smaller.")
+    drop_truncated: bool = Field(False, description="Leave out candidates cut at max_tokens (finish_reason length): in no list, no pair.")
 
 
 @dataclass
@@ -53,11 +64,13 @@ class RankSummary:
     pairs_kept: int
     dropped: dict[str, int] = field(default_factory=dict)
     margins: dict[str, float] = field(default_factory=dict)
+    truncated_left_out: int = 0  # candidates left out by drop_truncated
 
     def lines(self) -> list[str]:
         dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dropped.items())) or "none"
         gap = ", ".join(f"{k} {v:.3f}" for k, v in self.margins.items()) or "n/a"
-        return [f"prompts {self.prompts}, candidates {self.candidates}, pairs kept {self.pairs_kept}, dropped: {dropped}",
+        truncated = f", truncated candidates left out {self.truncated_left_out}" if self.truncated_left_out else ""
+        return [f"prompts {self.prompts}, candidates {self.candidates}{truncated}, pairs kept {self.pairs_kept}, dropped: {dropped}",
                 f"score gap of kept pairs: {gap}"]
 
 
@@ -65,13 +78,22 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def ranked_lists(scored: pa.Table) -> pa.Table:
-    """One row per prompt: ok candidates sorted by score (best first; ties by key, for a stable order).
+def is_truncated(finish_reasons: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """finish_reason == "length", with null (unknown) as not truncated."""
+    return pc.fill_null(pc.equal(finish_reasons, TRUNCATED), False)
+
+
+def ranked_lists(scored: pa.Table, *, drop_truncated: bool = False) -> pa.Table:
+    """One row per prompt: ok candidates sorted by score (best first; ties by key, for a stable order),
+    without the truncated ones when `drop_truncated`.
 
     Built in Arrow (sort, then list offsets at the prompt boundaries): ~4× faster than Python rows at 1M rows.
     """
-    names = ["prompt_id", "prompt", "response", "score", "steering", "key"]
-    ok = scored.filter(pc.equal(scored.column("score_status"), "ok")).select(names)
+    names = ["prompt_id", "prompt", "response", "finish_reason", "score", "steering", "key"]
+    keep = pc.equal(scored.column("score_status"), "ok")
+    if drop_truncated:
+        keep = pc.and_(keep, pc.invert(is_truncated(scored.column("finish_reason"))))
+    ok = scored.filter(keep).select(names)
     ok = ok.sort_by([("prompt_id", "ascending"), ("score", "descending"), ("key", "ascending")]).combine_chunks()
     n = ok.num_rows
     if n == 0:
@@ -85,8 +107,8 @@ def ranked_lists(scored: pa.Table) -> pa.Table:
         return pa.ListArray.from_arrays(offsets, ok.column(name).chunk(0))
 
     return pa.Table.from_arrays(
-        [ids.take(pa.array(starts)), ok.column("prompt").take(pa.array(starts)), as_lists("response"), as_lists("score"),
-         as_lists("steering"), as_lists("key")], schema=RANKED_LISTS)
+        [ids.take(pa.array(starts)), ok.column("prompt").take(pa.array(starts)), as_lists("response"), as_lists("finish_reason"),
+         as_lists("score"), as_lists("steering"), as_lists("key")], schema=RANKED_LISTS)
 
 
 def candidate_pairs(config: RankConfig, n: int, steering: list[str]) -> list[tuple[int, int, bool]]:
@@ -104,13 +126,12 @@ def candidate_pairs(config: RankConfig, n: int, steering: list[str]) -> list[tup
     return [(min(p, q), max(p, q), True) for p in positives for q in negatives]  # lower index = higher score
 
 
-def make_pairs(config: RankConfig, lists: pa.Table) -> tuple[pa.Table, Counter[str], list[float]]:
-    """Pairs as positions into the flattened candidate arrays; the output columns are gathered in Arrow."""
-    dropped: Counter[str] = Counter()
+def make_pairs(config: RankConfig, lists: pa.Table) -> tuple[pa.Table, pa.Table, list[float]]:
+    """(pairs, dropped pairs with their reason, score gaps of the kept pairs) from the lists of *all* ok
+    candidates. Pairs are positions into the flattened candidate arrays; the columns are gathered in Arrow."""
     margins: list[float] = []
-    chosen_at: list[int] = []
-    rejected_at: list[int] = []
-    list_of: list[int] = []
+    kept_at: list[tuple[int, int, int]] = []  # (list row, chosen position, rejected position)
+    dropped_at: list[tuple[int, int, int, str]] = []
     if lists.num_rows:
         lists = lists.combine_chunks()
         lengths = pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False)
@@ -118,46 +139,67 @@ def make_pairs(config: RankConfig, lists: pa.Table) -> tuple[pa.Table, Counter[s
         responses = pc.list_flatten(lists.column("responses")).to_pylist()
         scores = pc.list_flatten(lists.column("scores")).to_pylist()
         steering = pc.list_flatten(lists.column("steering")).to_pylist()
+        truncated = is_truncated(pc.list_flatten(lists.column("finish_reason"))).to_pylist()
         for row in range(lists.num_rows):
             base, n = offsets[row], offsets[row + 1] - offsets[row]
-            for chosen, rejected, by_score in candidate_pairs(config, n, steering[base:base + n]):
-                c, r = base + chosen, base + rejected
+            kept = [i for i in range(n) if not (config.drop_truncated and truncated[base + i])]
+            if len(kept) < n:  # what the strategy would have paired on the whole list, lost to truncation
+                dropped_at += [(row, base + c, base + r, "truncated") for c, r, _ in candidate_pairs(config, n, steering[base:base + n])
+                               if truncated[base + c] or truncated[base + r]]
+            for chosen, rejected, by_score in candidate_pairs(config, len(kept), [steering[base + i] for i in kept]):
+                c, r = base + kept[chosen], base + kept[rejected]
                 gap = scores[c] - scores[r]
                 if normalise(responses[c]) == normalise(responses[r]):
-                    dropped["degenerate"] += 1
+                    dropped_at.append((row, c, r, "degenerate"))
                 elif by_score and gap == 0:
-                    dropped["tie"] += 1
+                    dropped_at.append((row, c, r, "tie"))
                 elif by_score and gap < config.min_margin:
-                    dropped["margin"] += 1
+                    dropped_at.append((row, c, r, "margin"))
                 else:
                     margins.append(gap)
-                    chosen_at.append(c)
-                    rejected_at.append(r)
-                    list_of.append(row)
-    if not list_of:
-        return PAIRS.empty_table(), dropped, margins
-    flat = {name: pc.list_flatten(lists.column(name)) for name in ("responses", "scores", "steering", "keys")}
-    chosen_index, rejected_index, rows = pa.array(chosen_at), pa.array(rejected_at), pa.array(list_of)
-    pairs = pa.Table.from_arrays([
-        lists.column("prompt_id").take(rows), lists.column("prompt").take(rows),
-        flat["responses"].take(chosen_index), flat["responses"].take(rejected_index),
-        flat["scores"].take(chosen_index), flat["scores"].take(rejected_index),
-        flat["steering"].take(chosen_index), flat["steering"].take(rejected_index),
-        flat["keys"].take(chosen_index), flat["keys"].take(rejected_index),
-    ], schema=PAIRS)
-    return pairs, dropped, margins
+                    kept_at.append((row, c, r))
+    return _gather_pairs(lists, kept_at), _gather_dropped(lists, dropped_at), margins
 
 
-def rank_tables(config: RankConfig, scored: pa.Table) -> tuple[pa.Table, pa.Table, RankSummary]:
-    """The pure core: scored rows → (ranked lists, pairs, summary)."""
-    lists = ranked_lists(scored)
-    pairs, dropped, margins = make_pairs(config, lists)
+def _flat(lists: pa.Table, name: str) -> pa.Array:
+    return pc.list_flatten(lists.column(name))
+
+
+def _gather_pairs(lists: pa.Table, at: list[tuple[int, int, int]]) -> pa.Table:
+    if not at:
+        return PAIRS.empty_table()
+    rows, chosen, rejected = (pa.array(list(column)) for column in zip(*at))
+    columns = [lists.column("prompt_id").take(rows), lists.column("prompt").take(rows)]
+    for name in ("responses", "scores", "steering", "keys", "finish_reason"):
+        values = _flat(lists, name)
+        columns += [values.take(chosen), values.take(rejected)]
+    return pa.Table.from_arrays(columns, schema=PAIRS)
+
+
+def _gather_dropped(lists: pa.Table, at: list[tuple[int, int, int, str]]) -> pa.Table:
+    if not at:
+        return DROPPED_PAIRS.empty_table()
+    rows, chosen, rejected, reasons = zip(*at)
+    keys, scores = _flat(lists, "keys"), _flat(lists, "scores")
+    chosen_index, rejected_index = pa.array(chosen), pa.array(rejected)
+    return pa.Table.from_arrays([lists.column("prompt_id").take(pa.array(rows)), keys.take(chosen_index), keys.take(rejected_index),
+                                 scores.take(chosen_index), scores.take(rejected_index), pa.array(reasons, pa.string())], schema=DROPPED_PAIRS)
+
+
+def rank_tables(config: RankConfig, scored: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table, RankSummary]:
+    """The pure core: scored rows → (ranked lists, pairs, dropped pairs, summary)."""
+    everything = ranked_lists(scored)
+    pairs, dropped, margins = make_pairs(config, everything)
+    lists = ranked_lists(scored, drop_truncated=True) if config.drop_truncated else everything
     stats = {}
     if margins:
         stats = {"mean": statistics.fmean(margins), "median": statistics.median(margins), "min": min(margins), "max": max(margins)}
-    summary = RankSummary(prompts=lists.num_rows, candidates=int(pc.sum(pc.list_value_length(lists.column("responses"))).as_py() or 0),
-                          pairs_kept=pairs.num_rows, dropped=dict(dropped), margins=stats)
-    return lists, pairs, summary
+    candidates = int(pc.sum(pc.list_value_length(lists.column("responses"))).as_py() or 0)
+    all_candidates = int(pc.sum(pc.list_value_length(everything.column("responses"))).as_py() or 0)
+    summary = RankSummary(prompts=lists.num_rows, candidates=candidates, pairs_kept=pairs.num_rows,
+                          dropped=dict(Counter(dropped.column("reason").to_pylist())), margins=stats,
+                          truncated_left_out=all_candidates - candidates)
+    return lists, pairs, dropped, summary
 
 
 def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
@@ -167,9 +209,10 @@ def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
     with RunLock(run_dir):
         scored = ShardedTable(run_dir / "scored", SCORED).read()
         check_columns(scored, SCORED, str(run_dir / "scored"))
-        lists, pairs, summary = rank_tables(config, scored)
+        lists, pairs, dropped, summary = rank_tables(config, scored)
         atomic_write_table(run_dir / "ranked" / "lists.parquet", lists)
         atomic_write_table(run_dir / "ranked" / "pairs.parquet", pairs)
+        atomic_write_table(run_dir / "ranked" / "dropped.parquet", dropped)
         update_manifest(run_dir, "rank", {"config": config.model_dump(mode="json"), "command": argv, "finished": True,
                                           "summary": summary.__dict__})
     return summary

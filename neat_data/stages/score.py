@@ -211,7 +211,7 @@ def score_rows(rows: list[dict[str, Any]], scorer: Scorer, texts: dict[str, tupl
     ok = [row for row in rows if row["status"] == "ok"]
     items = [ScoreItem(prompt=row["prompt"], response=row["response"], steering=row["steering"],
                        positive_system=texts.get(row["prompt_id"], (None, None))[0],
-                       negative_system=texts.get(row["prompt_id"], (None, None))[1]) for row in ok]
+                       negative_system=texts.get(row["prompt_id"], (None, None))[1], finish_reason=row.get("finish_reason")) for row in ok]
     results = dict(zip((row["key"] for row in ok), scorer.score(items) if items else []))
     out = []
     for row in rows:

@@ -1,1 +1,1 @@
-"""The bundled NEAT trainer: losses (loss.py), trainer input (data.py), the policy forward and save (forward.py), the loop (trainer.py)."""
+"""The bundled NEAT trainer: losses by name (loss.py), trainer input (data.py), DPO reference log-probs (reference.py), what trains and the save (policy.py), the loop (trainer.py). Rendering and log-probs are shared with the scorers in neat_data.lm."""

@@ -1,36 +1,52 @@
 """Trainer input: the `ranked` export → tokenized candidate sequences → padded prompt × candidate batches.
 
-In:  `<run>/export/ranked/train.parquet` (prompt, prompt_id, responses best first, scores, steering).
-Out: `RankedExample`s (token ids of the neutral prompt through the policy's own chat template, then the
-response and the end-of-turn token; the steering system prompt is *not* in the sequence: context
-distillation) and `Batch`es of B prompts × C candidate slots.
+In:  `<run>/export/ranked/train.parquet` (prompt, prompt_id, responses best first, scores; optional steering
+     and finish_reason lists beside responses).
+Out: `RankedExample`s and `Batch`es of B prompts × C candidate slots.
 
-A sequence longer than `max_length` loses the end of its response; a prompt that leaves no room for a
-response token is skipped and counted. Positions: the token at index t+1 is predicted at t, so a
-response occupying [s, e) is scored at positions [s-1, e-1).
+Every candidate is rendered by `neat_data.lm.render.CandidateRenderer` — the rendering self-contrast scored
+it with, minus the steering system prompt (context distillation): the neutral prompt through the policy's
+own chat template, the response, and the end-of-turn token only when the response finished
+(finish_reason "stop"). A truncated response (finish_reason "length") gets no end token, so the policy is
+not taught to stop mid-sentence. A ranked file without a finish_reason column, or a null in it, is taken
+as finished responses (the rendering every candidate got before finish reasons travelled).
+
+Which candidates are tokenized depends on the loss: RRHF/PRO all of them (or `max_candidates` spread from
+best to worst); DPO best-vs-worst the best and the worst; DPO pos-vs-neg the positive- and negative-prompt
+ones; SFT the best alone. A prompt that cannot give DPO a pair (one candidate, all scores equal, no
+positive or no negative) is left out and counted.
+
+A sequence longer than `max_length` loses the end of its response (its end token first); a prompt that
+leaves no room for a response token is skipped and counted.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neat_data.errors import NeatError
-from neat_data.scorers.torch_common import pad_batch
+from neat_data.lm.render import CandidateRenderer
+from neat_data.train.loss import STEERING_CODES
 
 RANKED_COLUMNS = ("prompt", "prompt_id", "responses", "scores")
+OPTIONAL_COLUMNS = ("steering", "finish_reason")
 
 
 @dataclass(frozen=True)
 class RankedExample:
     prompt_id: str
-    sequences: tuple[tuple[int, ...], ...]  # prompt + response (+ end token), one per candidate
+    sequences: tuple[tuple[int, ...], ...]  # prompt + response (+ end token when it finished), one per candidate
     prompt_lengths: tuple[int, ...]
     rewards: tuple[float, ...]
+    steering: tuple[int, ...] = ()  # STEERING_CODES: +1 pos, −1 neg, 0 other (empty: unknown)
+    reference: tuple[float, ...] | None = None  # Σ log π_ref per candidate (DPO), filled by train.reference
 
 
 @dataclass
@@ -38,8 +54,11 @@ class DataStats:
     prompts: int = 0
     candidates: int = 0
     skipped_prompts: int = 0  # prompt alone fills max_length
-    truncated_responses: int = 0
-    dropped_candidates: int = 0  # beyond max_candidates
+    no_pair_prompts: int = 0  # DPO: the prompt's candidates give no pair
+    truncated_responses: int = 0  # cut to fit max_length
+    unfinished_candidates: int = 0  # finish_reason other than "stop" (e.g. "length"): no end token
+    unknown_finish_candidates: int = 0  # no finish reason: taken as finished
+    dropped_candidates: int = 0  # not used by the loss, or beyond max_candidates
     tokens: int = 0
     response_tokens: int = 0
 
@@ -53,16 +72,29 @@ def find_ranked_export(source: Path) -> Path:
 
 
 def read_ranked_rows(path: Path) -> list[dict[str, Any]]:
-    table = pq.read_table(path)
+    """Rows of a ranked Parquet, checked: every problem names the file, the row and the field."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:  # truncated or not Parquet at all
+        raise NeatError(f"not a readable Parquet file ({type(error).__name__}: {str(error)[:200]})", file=path) from None
     missing = [name for name in RANKED_COLUMNS if name not in table.column_names]
     if missing:
         raise NeatError(f"not a ranked export: missing {missing}", file=path, field=missing[0])
-    rows = table.select(list(RANKED_COLUMNS)).to_pylist()
+    names = list(RANKED_COLUMNS) + [name for name in OPTIONAL_COLUMNS if name in table.column_names]
+    rows = table.select(names).to_pylist()
     for number, row in enumerate(rows):
-        if len(row["responses"] or []) != len(row["scores"] or []):
-            raise NeatError("responses and scores differ in length", file=path, row=number, field="scores")
-        if any(score is None for score in row["scores"]):
-            raise NeatError("a candidate has no score", file=path, row=number, field="scores")
+        responses = row["responses"] or []
+        if not isinstance(row["prompt"], list) or not row["prompt"]:
+            raise NeatError("prompt must be a non-empty list of messages", file=path, row=number, field="prompt")
+        if any(not isinstance(text, str) for text in responses):
+            raise NeatError("a candidate has no response text", file=path, row=number, field="responses")
+        for name in ("scores", *[n for n in OPTIONAL_COLUMNS if n in row]):
+            values = row[name] or []
+            if len(values) != len(responses):
+                raise NeatError(f"responses and {name} differ in length", file=path, row=number, field=name)
+        if any(score is None or not isinstance(score, (int, float)) or not math.isfinite(score) for score in row["scores"] or []):
+            raise NeatError("a candidate has no finite score", file=path, row=number, field="scores")
+        row["responses"] = responses
     return rows
 
 
@@ -73,35 +105,60 @@ def spread_indices(count: int, keep: int | None) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, count - 1, keep)})
 
 
-def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+def candidate_indices(row: dict[str, Any], *, loss: str, dpo_pairs: str, max_candidates: int | None) -> list[int]:
+    """The candidates of one ranked row the loss reads (see the module docstring); [] when none."""
+    scores = row["scores"]
+    if not scores:
+        return []
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # first of the highest
+    if loss == "sft":
+        return [best]
+    if loss == "dpo" and dpo_pairs == "best-vs-worst":
+        worst = min(range(len(scores)), key=lambda i: (scores[i], -i))  # last of the lowest
+        return [best, worst] if scores[best] > scores[worst] else []
+    if loss == "dpo":  # pos-vs-neg
+        steering = row.get("steering") or [None] * len(scores)
+        positive = [i for i, s in enumerate(steering) if s == "pos"]
+        negative = [i for i, s in enumerate(steering) if s == "neg"]
+        return sorted(positive + negative) if positive and negative else []
+    return spread_indices(len(scores), max_candidates)
 
 
-def tokenize_ranked(rows: list[dict[str, Any]], tokenizer: Any, *, max_length: int, max_candidates: int | None = None) -> tuple[list[RankedExample], DataStats]:
-    """Tokenize every prompt's candidates (neutral prompt, policy chat template, response + end-of-turn)."""
-    end = tokenizer.eos_token_id
+def tokenize_ranked(rows: list[dict[str, Any]], tokenizer: Any, *, max_length: int, max_candidates: int | None = None, loss: str = "rrhf",
+                    dpo_pairs: str = "best-vs-worst") -> tuple[list[RankedExample], DataStats]:
+    """Tokenize the candidates each prompt's loss reads (neutral prompt, policy chat template, response, end
+    of turn when finished)."""
+    renderer = CandidateRenderer(tokenizer)
     stats = DataStats()
     examples = []
     for row in rows:
-        keep = spread_indices(len(row["responses"]), max_candidates)
+        keep = candidate_indices(row, loss=loss, dpo_pairs=dpo_pairs, max_candidates=max_candidates)
         stats.dropped_candidates += len(row["responses"]) - len(keep)
-        prompt_ids = chat_prompt_ids(tokenizer, row["prompt"])
-        if len(prompt_ids) >= max_length or not keep:
+        if not keep:
+            stats.no_pair_prompts += 1 if row["responses"] else 0
+            stats.skipped_prompts += 0 if row["responses"] else 1
+            continue
+        prompt_ids = renderer.prompt_ids(row["prompt"])
+        if len(prompt_ids) >= max_length:
             stats.skipped_prompts += 1
             continue
+        finish = row.get("finish_reason") or [None] * len(row["responses"])
+        steering = row.get("steering") or [None] * len(row["responses"])
         sequences, lengths = [], []
         for index in keep:
-            response_ids = tokenizer(row["responses"][index], add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
-            room = max_length - len(prompt_ids)
-            if len(response_ids) > room:
-                response_ids = response_ids[:room]
+            candidate = renderer.render(row["prompt"], row["responses"][index], finish[index])
+            stats.unfinished_candidates += not candidate.ends_turn
+            stats.unknown_finish_candidates += finish[index] is None
+            ids = candidate.ids
+            if len(ids) > max_length:
+                ids = ids[:max_length]
                 stats.truncated_responses += 1
-            sequences.append(tuple(prompt_ids + response_ids))
-            lengths.append(len(prompt_ids))
-            stats.tokens += len(prompt_ids) + len(response_ids)
-            stats.response_tokens += len(response_ids)
-        examples.append(RankedExample(row["prompt_id"], tuple(sequences), tuple(lengths), tuple(float(row["scores"][i]) for i in keep)))
+            sequences.append(ids)
+            lengths.append(candidate.prompt_length)
+            stats.tokens += len(ids)
+            stats.response_tokens += len(ids) - candidate.prompt_length
+        examples.append(RankedExample(row["prompt_id"], tuple(sequences), tuple(lengths), tuple(float(row["scores"][i]) for i in keep),
+                                      tuple(STEERING_CODES.get(steering[i], 0) for i in keep)))
         stats.prompts += 1
         stats.candidates += len(keep)
     return examples, stats
@@ -117,27 +174,36 @@ class Batch:
     slots: Any  # [N] long: flat slot index b*C + c of each sequence
     rewards: Any  # [B, C] float (0 in padded slots)
     candidate_mask: Any  # [B, C] float
+    steering: Any  # [B, C] long: +1 pos, −1 neg, 0 other or padded
+    reference_sums: Any  # [B, C] float Σ log π_ref (DPO), or None
     tokens: int  # real tokens in the batch (prompt + response)
 
 
 def make_batch(examples: list[RankedExample], pad_id: int) -> Batch:
     import torch
 
+    from neat_data.lm.logprobs import response_batch
+
     count = max(len(example.sequences) for example in examples)
     sequences = [seq for example in examples for seq in example.sequences]
     starts = [length for example in examples for length in example.prompt_lengths]
     slots = [b * count + c for b, example in enumerate(examples) for c in range(len(example.sequences))]
-    input_ids, attention_mask = pad_batch([list(seq) for seq in sequences], pad_id, "cpu")
-    width = input_ids.shape[1]
-    positions = torch.arange(width - 1).unsqueeze(0)
-    start = torch.tensor(starts).unsqueeze(1) - 1
-    response_mask = (positions >= start) & attention_mask[:, 1:].bool()
+    input_ids, attention_mask, response_mask = response_batch(sequences, starts, pad_id)
     rewards = torch.zeros((len(examples), count), dtype=torch.float32)
     candidate_mask = torch.zeros((len(examples), count), dtype=torch.float32)
+    steering = torch.zeros((len(examples), count), dtype=torch.long)
+    with_reference = all(example.reference is not None for example in examples)
+    reference = torch.zeros((len(examples), count), dtype=torch.float32) if with_reference else None
     for b, example in enumerate(examples):
-        rewards[b, : len(example.rewards)] = torch.tensor(example.rewards)
-        candidate_mask[b, : len(example.rewards)] = 1.0
-    return Batch(input_ids, attention_mask, response_mask, torch.tensor(slots), rewards, candidate_mask, int(attention_mask.sum()))
+        width = len(example.rewards)
+        rewards[b, :width] = torch.tensor(example.rewards)
+        candidate_mask[b, :width] = 1.0
+        if example.steering:
+            steering[b, :width] = torch.tensor(example.steering)
+        if reference is not None:
+            reference[b, :width] = torch.tensor(example.reference)
+    return Batch(input_ids, attention_mask, response_mask, torch.tensor(slots), rewards, candidate_mask, steering, reference,
+                 int(attention_mask.sum()))
 
 
 def epoch_batches(examples: list[RankedExample], prompts_per_batch: int, seed: int, epoch: int) -> list[list[RankedExample]]:
@@ -155,9 +221,14 @@ def rank_share(batches: list[Any], rank: int, world: int) -> list[Any]:
     return [batches[(rank + world * step) % len(batches)] for step in range(per_rank)]
 
 
-def load_examples(source: Path, tokenizer: Any, *, max_length: int, max_candidates: int | None) -> tuple[Path, list[RankedExample], DataStats]:
+def load_examples(source: Path, tokenizer: Any, *, max_length: int, max_candidates: int | None, loss: str = "rrhf",
+                  dpo_pairs: str = "best-vs-worst") -> tuple[Path, list[RankedExample], DataStats]:
     path = find_ranked_export(Path(source))
-    examples, stats = tokenize_ranked(read_ranked_rows(path), tokenizer, max_length=max_length, max_candidates=max_candidates)
+    rows = read_ranked_rows(path)
+    if loss == "dpo" and dpo_pairs == "pos-vs-neg" and rows and "steering" not in rows[0]:
+        raise NeatError("dpo_pairs pos-vs-neg needs a steering column", file=path, field="steering")
+    examples, stats = tokenize_ranked(rows, tokenizer, max_length=max_length, max_candidates=max_candidates, loss=loss, dpo_pairs=dpo_pairs)
     if not examples:
-        raise NeatError("no trainable prompt in the ranked export (empty, or every prompt longer than max_length)", file=path)
+        raise NeatError(f"no trainable prompt in the ranked export for loss {loss} (empty, every prompt longer than max_length, "
+                        "or no pair)", file=path)
     return path, examples, stats

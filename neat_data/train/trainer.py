@@ -8,9 +8,12 @@ Run: `neat-data train RUN --model M --loss rrhf --out RUN/model`; several proces
      `torchrun --nproc-per-node N -m neat_data.cli train …` or `accelerate launch -m neat_data.cli train …` (DDP).
 
 data → model (float32 master weights; bf16 autocast and optional gradient checkpointing on CUDA) →
-AdamW with linear warmup + cosine decay → steps (gradient accumulation, clipping) → checkpoint.
-Each candidate is the neutral prompt (no steering system prompt) through the policy's own chat template +
-the response; prompt tokens are masked; loss = `neat_data.train.loss.neat_loss`.
+[DPO: reference log-probs of the starting policy, one cached no-grad pass] → AdamW with linear warmup +
+cosine decay → steps (gradient accumulation, clipping) → checkpoint.
+Each candidate is rendered by `neat_data.lm.render` (the neutral prompt, no steering system prompt, through
+the policy's own chat template + the response + the end-of-turn token only if the response finished);
+prompt tokens are masked; per-sequence log-prob sums come from `neat_data.lm.logprobs.ResponseLogprobs`
+(the module self-contrast scores with); the loss is `neat_data.train.loss.LOSSES[config.loss]`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neat_data.train.loss import DpoPairs, LossName
+
 
 class TrainConfig(BaseModel):
     """One training run; saved in `<out>/neat_train.json`."""
@@ -36,9 +41,14 @@ class TrainConfig(BaseModel):
     data: Path = Field(description="Run folder (uses export/ranked/train.parquet), an export folder, or a ranked Parquet file.")
     model: str = Field(description="Policy to train: bundled alias, local HF folder or Hub id.")
     out: Path = Field(description="Output HF folder.")
-    loss: Literal["rrhf", "pro"] = Field("rrhf", description="Ranking loss: RRHF pairwise hinge or PRO listwise.")
-    rank_weight: float = Field(1.0, ge=0, description="Weight of the ranking loss.")
-    sft_weight: float | None = Field(None, ge=0, description="Weight of the LM loss on the best candidate (default: 1 for rrhf, 0.05·(C−1)² for pro).")
+    loss: LossName = Field("rrhf", description="rrhf (pairwise hinge) | pro (listwise) | dpo (sigmoid DPO on pairs, reference = the "
+                                               "starting policy) | sft (LM loss on the best candidate only).")
+    rank_weight: float = Field(1.0, ge=0, description="Weight of the ranking loss (rrhf, pro, dpo).")
+    sft_weight: float | None = Field(None, ge=0, description="Weight of the LM loss on the best candidate "
+                                                             "(default: 1 for rrhf and sft, 0.05·(C−1)² for pro, 0 for dpo).")
+    beta: float = Field(0.1, gt=0, description="DPO: β, the strength of the implicit KL penalty.")
+    dpo_pairs: DpoPairs = Field("best-vs-worst", description="DPO pairs from each ranked list: best-vs-worst (by score) or "
+                                                            "pos-vs-neg (every positive- × negative-prompt response, positive chosen).")
     lr: float = Field(2e-5, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of optimizer steps with linear warmup; cosine decay to 0 after.")
@@ -70,6 +80,10 @@ class TrainConfig(BaseModel):
             raise ValueError("choose lora_rank or top_layers, not both")
         if self.fsdp and self.lora_rank:
             raise ValueError("LoRA keeps optimizer state small already: train it with DDP, not fsdp")
+        if self.loss == "sft" and self.sft_weight == 0:
+            raise ValueError("loss sft with sft_weight 0 trains nothing")
+        if self.loss in ("rrhf", "pro", "dpo") and self.rank_weight == 0 and self.sft_weight == 0:
+            raise ValueError("rank_weight and sft_weight are both 0: nothing to train")
         return self
 
 
@@ -111,6 +125,16 @@ class DistributedContext:
         torch.distributed.all_reduce(tensor)
         return (tensor / self.world).tolist()
 
+    def total(self, values: list[float]) -> list[float]:
+        """`values` summed over the ranks, in float64 (a collective: every rank calls it)."""
+        import torch
+
+        if self.world == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
     def gather_all(self, values: list[float]) -> list[list[float]]:
         """Every rank's `values`, in rank order (one entry when not distributed)."""
         import torch
@@ -141,10 +165,13 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     """Train and save; `log(record)` also receives every step record (the JSONL log is always written)."""
     import torch
 
+    from neat_data.lm.loading import load_policy, pad_id_of
+    from neat_data.lm.logprobs import ResponseLogprobs
     from neat_data.models import resolve_model
     from neat_data.train.data import epoch_batches, load_examples, make_batch, rank_share
-    from neat_data.train.forward import ResponseLogprobs, choose_trainable, load_policy, partial_folder, save_policy
-    from neat_data.train.loss import neat_loss
+    from neat_data.train.loss import LOSSES, NEEDS_REFERENCE, LossInputs, LossSettings, default_sft_weight
+    from neat_data.train.policy import choose_trainable, partial_folder, save_policy
+    from neat_data.train.reference import reference_pass
 
     started = time.time()
     if config.threads:
@@ -155,9 +182,17 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     torch.manual_seed(config.seed)
     model_path = resolve_model(config.model)
     tokenizer, model, own_dtype = load_policy(model_path, str(dist.device))
-    data_path, examples, stats = load_examples(config.data, tokenizer, max_length=config.max_length, max_candidates=config.max_candidates)
+    data_path, examples, stats = load_examples(config.data, tokenizer, max_length=config.max_length, max_candidates=config.max_candidates,
+                                               loss=config.loss, dpo_pairs=config.dpo_pairs)
     most_candidates = max(len(e.sequences) for e in examples)
-    sft_weight = config.sft_weight if config.sft_weight is not None else (1.0 if config.loss == "rrhf" else 0.05 * (most_candidates - 1) ** 2)
+    sft_weight = config.sft_weight if config.sft_weight is not None else default_sft_weight(config.loss, most_candidates)
+    settings = LossSettings(rank_weight=config.rank_weight, sft_weight=sft_weight, beta=config.beta, dpo_pairs=config.dpo_pairs)
+    pad_id = pad_id_of(tokenizer)
+    reference = None
+    if config.loss in NEEDS_REFERENCE:  # the starting policy, before LoRA/sharding wrap it and before any step
+        examples, reference = reference_pass(examples, model, pad_id, data_path=data_path, device=dist.device, bf16=bf16 and cuda,
+                                             batch_size=config.prompts_per_batch * most_candidates, head_chunk=config.head_chunk,
+                                             rank=dist.rank, world=dist.world, total=dist.total)
     model = choose_trainable(model, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                              top_layers=config.top_layers)
     if config.gradient_checkpointing if config.gradient_checkpointing is not None else cuda:
@@ -174,7 +209,6 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
         wrapped = forward
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, **({"fused": True} if cuda else {}))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches_per_epoch = len(rank_share(epoch_batches(examples, config.prompts_per_batch, config.seed, 0), dist.rank, dist.world))
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.grad_accum)
     warmup = math.ceil(config.warmup_ratio * total_steps)
@@ -198,9 +232,11 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
                         (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and cuda else nullcontext()):
                     sums, counts = wrapped(batch.input_ids.to(dist.device), batch.attention_mask.to(dist.device),
                                            batch.response_mask.to(dist.device))
-                    scores = scatter_scores(sums / counts.clamp(min=1), batch, dist.device)
-                    loss, parts = neat_loss(scores, batch.rewards.to(dist.device), batch.candidate_mask.to(dist.device),
-                                            rank_loss=config.loss, rank_weight=config.rank_weight, sft_weight=sft_weight)
+                    inputs = LossInputs(sums=scatter_to_slots(sums, batch, dist.device), counts=scatter_to_slots(counts, batch, dist.device),
+                                        rewards=batch.rewards.to(dist.device), candidate_mask=batch.candidate_mask.to(dist.device),
+                                        steering=batch.steering.to(dist.device),
+                                        reference_sums=None if batch.reference_sums is None else batch.reference_sums.to(dist.device))
+                    loss, parts = LOSSES[config.loss](inputs, settings)
                     (loss / len(group)).backward()
                 for name, value in parts.items():
                     parts_sum[name] = parts_sum.get(name, 0.0) + value / len(group)
@@ -230,7 +266,7 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     if dist.rank == 0:
         save_dtype = _save_dtype(config.save_dtype, own_dtype, cuda)
         details = {"config": config.model_dump(mode="json"), "command": argv, "base_model": model_path, "data": str(data_path),
-                   "data_stats": asdict(stats), "sft_weight": sft_weight, "world_size": dist.world, "fsdp": fsdp, "rank_checksums": checksums, "bf16": bf16,
+                   "data_stats": asdict(stats), "sft_weight": sft_weight, "reference": reference, "world_size": dist.world, "fsdp": fsdp, "rank_checksums": checksums, "bf16": bf16,
                    "save_dtype": str(save_dtype).removeprefix("torch."), "summary": {k: v for k, v in asdict(summary).items() if k != "out"}}
         save_policy(model, tokenizer, config.out, save_dtype, {"neat_train.json": json.dumps(details, indent=2, default=str) + "\n"},
                     state_dict=full_state)
@@ -273,12 +309,12 @@ def gather_full_state(model: Any) -> dict[str, Any]:
     return state
 
 
-def scatter_scores(sequence_scores: Any, batch: Any, device: Any) -> Any:
-    """[N] per-sequence scores → [B, C] slots (padded slots 0; they are masked in every loss)."""
+def scatter_to_slots(per_sequence: Any, batch: Any, device: Any) -> Any:
+    """[N] per-sequence values → [B, C] slots (padded slots 0; they are masked in every loss)."""
     import torch
 
-    flat = torch.zeros(batch.candidate_mask.numel(), dtype=sequence_scores.dtype, device=device)
-    flat = flat.index_put((batch.slots.to(device),), sequence_scores)
+    flat = torch.zeros(batch.candidate_mask.numel(), dtype=per_sequence.dtype, device=device)
+    flat = flat.index_put((batch.slots.to(device),), per_sequence)
     return flat.view(batch.candidate_mask.shape)
 
 

@@ -1,21 +1,27 @@
-"""The policy's log-probs of response tokens, and the policy's life cycle: load, choose what trains, save.
+"""Log-probs of response tokens: the one implementation behind self-contrast, the trainer and perplexity.
+
+    sum_n = Σ_{t ∈ response(n)} log π(y_t | x, y_<t),   count_n = |response(n)|
 
 `ResponseLogprobs` runs the decoder on whole sequences but the output head only on response positions
 (prompt and padding positions cost no head compute), through `HeadLogprobs`: chunked, keeping only the
-compute-dtype logits for backward — no float32 logits copies, no second run of the head (49k–150k
-vocabularies make the head the largest activation and ~25% of the FLOPs of a small model). It is one
-nn.Module so DDP sees a single forward.
+compute-dtype logits for backward — no float32 copy of full-vocabulary logits, no second run of the head
+(49k–150k vocabularies make the head the largest activation and ~25% of the FLOPs of a small model). With
+gradients off (scoring, reference passes, perplexity) only one chunk of logits exists at a time, so memory
+does not grow with batch × length × vocabulary. It is one nn.Module so DDP/FSDP see a single forward.
+
+Positions: the token at index t+1 is predicted at t, so a response occupying ids[s:e] is scored at
+positions [s-1, e-1) — `response_batch` builds that mask from each candidate's prompt length.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from neat_data.lm.batching import length_sorted_batches, pad_batch
 
 
 def _head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
@@ -53,6 +59,24 @@ def _elementwise(device_type: str) -> tuple[Any, Any]:
     return _COMPILED[device_type]
 
 
+def streamed_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log π(target_t) for M rows without gradients: one [chunk, V] logits buffer, reused chunk after chunk.
+
+    hidden [M, H], weight [V, H] (same dtype), targets [M] → [M] float32."""
+    rows = hidden.shape[0]
+    out = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+    if rows == 0:
+        return out
+    buffer = hidden.new_empty(min(rows, chunk), weight.shape[0])
+    forward_part, _ = _elementwise(hidden.device.type)
+    for start in range(0, rows, chunk):
+        part = slice(start, start + chunk)
+        block = buffer[: hidden[part].shape[0]]
+        torch.matmul(hidden[part], weight.t(), out=block)
+        _, out[part] = forward_part(block, targets[part])
+    return out
+
+
 class HeadLogprobs(torch.autograd.Function):
     """log π(target_t) = (h_t·W)[target_t] − logsumexp_v (h_t·W)_v for M rows, in chunks of `chunk` rows.
 
@@ -61,23 +85,22 @@ class HeadLogprobs(torch.autograd.Function):
     log-normaliser; backward rebuilds the softmax from them chunk by chunk, so the output head is not run
     again (recomputing it costs ~9% of a step for a 150k vocabulary, measured on an H100):
         ∂/∂logits = g_t · (onehot(target_t) − softmax_t),  ∂h = ∂logits·W,  ∂W = ∂logitsᵀ·h.
+    Only for use with gradients on (`head_logprobs` takes `streamed_head_logprobs` otherwise: inside an
+    autograd Function, `needs_input_grad` is true for a Parameter even under torch.no_grad()).
     """
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
         rows = hidden.shape[0]
-        keep = any(ctx.needs_input_grad[:2])  # no gradient wanted (evaluation): one chunk of logits at a time
-        logits = hidden.new_empty(rows if keep else min(rows, chunk), weight.shape[0])
+        logits = hidden.new_empty(rows, weight.shape[0])
         normaliser = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         out = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         forward_part, _ = _elementwise(hidden.device.type)
         for start in range(0, rows, chunk):
             part = slice(start, start + chunk)
-            block = logits[part] if keep else logits[: hidden[part].shape[0]]
-            torch.matmul(hidden[part], weight.t(), out=block)
-            normaliser[part], out[part] = forward_part(block, targets[part])
-        if keep:
-            ctx.save_for_backward(hidden, weight, targets, logits, normaliser)
+            torch.matmul(hidden[part], weight.t(), out=logits[part])
+            normaliser[part], out[part] = forward_part(logits[part], targets[part])
+        ctx.save_for_backward(hidden, weight, targets, logits, normaliser)
         ctx.chunk = chunk
         return out
 
@@ -98,8 +121,9 @@ class HeadLogprobs(torch.autograd.Function):
 
 
 def head_logprobs(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """`HeadLogprobs` under the ambient autocast: hidden and weight are cast to its dtype (the cast's
-    backward returns float32 gradients to float32 master weights)."""
+    """Output-head log-probs under the ambient autocast: hidden and weight are cast to its dtype (the cast's
+    backward returns float32 gradients to float32 master weights). `HeadLogprobs` when a gradient is wanted,
+    the streamed one-chunk pass when not."""
     weight = head.weight
     if getattr(head, "bias", None) is not None:
         raise ValueError("output heads with a bias are not supported")
@@ -109,7 +133,9 @@ def head_logprobs(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Te
     else:
         hidden = hidden.to(weight.dtype)
     with torch.autocast(hidden.device.type, enabled=False):
-        return HeadLogprobs.apply(hidden, weight, targets, chunk)
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            return HeadLogprobs.apply(hidden, weight, targets, chunk)
+        return streamed_head_logprobs(hidden, weight, targets, chunk)
 
 
 class ResponseLogprobs(torch.nn.Module):
@@ -146,72 +172,28 @@ class ResponseLogprobs(torch.nn.Module):
         return sums, response_mask.sum(dim=1)
 
 
-def load_policy(path: str, device: str) -> tuple[Any, Any, Any]:
-    """(tokenizer, model with float32 master weights on `device`, the checkpoint's own dtype)."""
-    import transformers
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    config = transformers.AutoConfig.from_pretrained(path)
-    own_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    model.config.use_cache = False
-    return tokenizer, model, own_dtype
-
-
-def choose_trainable(model: Any, *, lora_rank: int, lora_alpha: float, lora_dropout: float, top_layers: int | None) -> Any:
-    """Full fine-tune (default), LoRA adapters on every linear layer, or only the top N decoder layers +
-    final norm (embeddings and a tied head stay frozen). Returns the model to train (peft-wrapped for LoRA)."""
-    if lora_rank:
-        from peft import LoraConfig, get_peft_model
-
-        return get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                                target_modules="all-linear", task_type="CAUSAL_LM"))
-    if top_layers:
-        layers = model.get_decoder().layers
-        if top_layers > len(layers):
-            raise ValueError(f"top_layers={top_layers} but the model has {len(layers)} layers")
-        model.requires_grad_(False)
-        for layer in layers[len(layers) - top_layers:]:
-            layer.requires_grad_(True)
-        norm = getattr(model.get_decoder(), "norm", None)
-        if norm is not None:
-            norm.requires_grad_(True)
-    return model
+def response_batch(sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int], pad_id: int,
+                   device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids [N, T], attention_mask [N, T], response_mask [N, T-1] bool): position t is in
+    the response mask when it predicts a response token t+1 (t ≥ prompt_length − 1, not padding)."""
+    input_ids, attention_mask = pad_batch(sequences, pad_id, device)
+    positions = torch.arange(input_ids.shape[1] - 1, device=input_ids.device).unsqueeze(0)
+    start = torch.tensor(list(prompt_lengths), device=input_ids.device).unsqueeze(1) - 1
+    response_mask = (positions >= start) & attention_mask[:, 1:].bool()
+    return input_ids, attention_mask, response_mask
 
 
-def save_policy(model: Any, tokenizer: Any, out: Path, dtype: Any, extra_files: dict[str, str], state_dict: dict[str, Any] | None = None) -> None:
-    """Write an HF folder (weights — `state_dict` when given — config, tokenizer, chat template, `extra_files`) at `out`, atomically:
-    completed in `<out>.partial/` (which already holds the step log), then swapped in; LoRA adapters are
-    merged first so vLLM loads a plain model."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    partial = partial_folder(out)
-    if state_dict is not None:  # FSDP: the gathered full weights (the model itself holds shards)
-        model.save_pretrained(partial, safe_serialization=True, state_dict={k: v.to(dtype) for k, v in state_dict.items()})
-    else:
-        model.to(dtype).save_pretrained(partial, safe_serialization=True)
-        model.to(torch.float32)
-    tokenizer.save_pretrained(partial)
-    for name, text in extra_files.items():
-        (partial / name).write_text(text, encoding="utf-8")
-    for file in partial.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-    replace_folder(partial, out)
-
-
-def partial_folder(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Put folder `new` at `target`: readers see the old folder, the new one, or (for an instant) none —
-    never a mix of the two."""
-    if target.exists():
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, target)
+def candidate_logprobs(forward: ResponseLogprobs, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int], pad_id: int, *,
+                       batch_size: int, device: Any, autocast_dtype: torch.dtype | None = None) -> list[tuple[float, int]]:
+    """(Σ log π over the response tokens, number of response tokens) of each sequence, without gradients,
+    in length-sorted batches of `batch_size` (batching and padding do not change the values)."""
+    device = torch.device(device)
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(sequences)
+    for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
+        ids, mask, response = response_batch([sequences[i] for i in batch], [prompt_lengths[i] for i in batch], pad_id, str(device))
+        autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+        with torch.no_grad(), autocast:  # local: a process-wide switch would leak into a trainer in the same process
+            sums, counts = forward(ids, mask, response)
+        for row, index in enumerate(batch):
+            results[index] = (float(sums[row]), int(counts[row]))
+    return results
