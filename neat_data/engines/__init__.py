@@ -9,6 +9,7 @@ this package stays cheap.
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 from neat_data.engines.base import Backend
@@ -20,6 +21,12 @@ from neat_data.engines.vllm_backend import VLLMOptions
 BackendName = Literal["vllm", "openai", "transformers", "ray"]
 # vllm: one engine in this process; openai: any compatible server; transformers: model.generate, no engine start
 # (small jobs); ray: vLLM engines in Ray Data actors.
+
+
+def loads_model_locally(name: BackendName) -> bool:
+    """Whether the backend (or its actors) loads the model from a local folder or the Hub: then the model is checked
+    before anything runs. A server's model name is the server's business."""
+    return name in typing.get_args(BackendName) and name != "openai"
 
 
 class BackendOptions(VLLMOptions, OpenAIOptions, TransformersOptions, RayOptions):

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from neat_data.engines import BackendName, BackendOptions
+from neat_data.engines import BackendName, BackendOptions, loads_model_locally
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.keys import content_key, request_seed, text_hash
 from neat_data.messages import SystemCombine, build_messages, parse_reply
@@ -70,7 +70,7 @@ class GenerateConfig(BackendOptions):
 
     def local_model(self) -> bool:
         """Whether this process (or its actors) loads the model itself: then it is checked before anything runs."""
-        return self.backend in ("vllm", "transformers", "ray")
+        return loads_model_locally(self.backend)
 
 
 
