@@ -45,7 +45,7 @@ GENERATIONS = pa.schema(
 
 
 # Columns added after the first release: a shard written before lacks them and reads as nulls (not "corrupted").
-ADDED_COLUMNS = frozenset({"system_combine"})
+ADDED_COLUMNS = frozenset({"system_combine", "finish_reason_chosen", "finish_reason_rejected"})
 
 
 def check_columns(table: pa.Table, schema: pa.Schema, source: str) -> None:
@@ -54,6 +54,8 @@ def check_columns(table: pa.Table, schema: pa.Schema, source: str) -> None:
 
     for field in schema:
         if field.name not in table.column_names:
+            if field.name in ADDED_COLUMNS or (schema is RANKED_LISTS and field.name == "finish_reason"):
+                continue  # written before the column existed: readers treat it as nulls
             raise NeatError("missing column", file=source, field=field.name)
         actual = table.schema.field(field.name).type
         if actual != field.type:
