@@ -101,8 +101,10 @@ def option_names(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatten:
     return [name for name, _ in _fields(model, skip, flatten)]
 
 
-def build_config(model: type[BaseModel], options: dict[str, Any], *, flatten: tuple[str, ...] = (), **fixed: Any) -> Any:
-    """The config from click's values (None = not given), nested models regrouped, lists split on commas."""
+def build_config(config_class: type[BaseModel], options: dict[str, Any], *, flatten: tuple[str, ...] = (), **fixed: Any) -> Any:
+    """The config from click's values (None = not given), nested models regrouped, lists split on commas; `fixed`:
+    values the command sets itself (arguments such as RUN)."""
+    model = config_class
     values: dict[str, Any] = dict(fixed)
     nested_of = {inner: outer for outer in flatten for inner in _plain(model.model_fields[outer].annotation).model_fields}
     for name, value in options.items():
