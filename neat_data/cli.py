@@ -330,6 +330,30 @@ def report(run: Path) -> None:
 
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Page to write (default RUN/view.html).")
+@click.option("--max-mb", type=float, default=50.0, show_default=True, help="Largest page; a larger run is sampled (whole prompts) and the page says so.")
+@click.option("--serve", is_flag=True, help="Serve every prompt on 127.0.0.1 instead (texts and search from a local server); Ctrl-C stops.")
+@click.option("--port", type=int, default=8765, show_default=True, help="--serve: port (0 = any free one).")
+def view(run: Path, serve: bool, port: int, **options: Any) -> None:
+    """One self-contained page to look at RUN (prompts, responses, scores, pairs, rounds) → RUN/view.html."""
+    from neat_data.view import ViewConfig, build_view
+
+    config = ViewConfig(run=run, **{k: v for k, v in options.items() if v is not None})
+    if not serve:
+        click.echo(build_view(config).line())
+        return
+    from neat_data.view.serve import ViewServer
+
+    server = ViewServer(config, port=port)
+    click.echo(f"serving {server.data.prompts} prompts ({server.data.rows} responses) of {run} on {server.url} (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
 @click.option("--repo-id", required=True, help="Dataset repo on the Hub, e.g. me/neat-hh.")
 @click.option("--config-name", default="default", show_default=True, help="Dataset config (e.g. one per round: round_1).")
 @click.option("--format", "fmt", type=click.Choice(["trl", "trl-implicit", "kto", "ranked", "h4"]), default="h4", show_default=True,
