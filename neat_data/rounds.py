@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from neat_data.errors import NeatError
+from neat_data.rounds_push import PushSpec, push_round
 from neat_data.runfolder import RunLock, atomic_write_bytes, atomic_write_json, read_manifest
 
 
@@ -101,6 +102,7 @@ class Recipe(BaseModel):
         default_factory=lambda: ["ranked"], description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    push: PushSpec | None = Field(None, description="Publish each finished round to a Hub dataset repo (neat_data.rounds_push).")
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
@@ -233,8 +235,9 @@ def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict
 
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
-    """What a run folder is bound to: the whole recipe except the number of rounds (a run can be extended)."""
-    return {k: v for k, v in recipe.model_dump(mode="json").items() if k != "rounds"}
+    """What a run folder is bound to: the whole recipe except the number of rounds (a run can be extended) and
+    where it is published (push: does not change the data; added to a finished run, it pushes its rounds)."""
+    return {k: v for k, v in recipe.model_dump(mode="json").items() if k not in ("rounds", "push")}
 
 
 def run_stage(name: str, config: dict[str, Any], folder: Path, run_dir: Path, k: int, echo: Any) -> float:
@@ -298,6 +301,7 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) ->
             folder = run_dir / f"round_{k:02d}"
             for name, config in stage_configs(recipe, run_dir, k):
                 run_stage(name, config, folder, run_dir, k, echo)
+            push_round(recipe.push, run_dir, k, rounds=recipe.rounds, exports=list(recipe.exports), echo=echo)
         rows = round_rows(run_dir, recipe.rounds)
         write_round_report(run_dir, rows)
     return rows

@@ -101,17 +101,30 @@ def build_view(config: ViewConfig) -> ViewSummary:
 
     started = time.time()
     contents = RunContents(config.run, heldout_chars=config.max_chars)
-    budget = config.max_mb * 1e6 * 2.0  # raw bytes; gzip (~3×) then base64 (4/3) usually lands under max_mb
-    for _ in range(6):
-        selection = contents.select(max_responses=config.max_responses, max_bytes=budget, max_chars=config.max_chars)
+    title = f"neat-data view · {Path(config.run).resolve().name}"
+    limit = config.max_mb * 1e6
+
+    def page_for(selection) -> tuple[dict[str, Any], bytes]:
         index = contents.index(selection, mode="embedded")
-        page = render_page(index, contents.texts(selection, config.max_chars), title=f"neat-data view · {Path(config.run).resolve().name}")
-        data = page.encode("utf-8")
-        if len(data) <= config.max_mb * 1e6 or not selection.any():
+        return index, render_page(index, contents.texts(selection, config.max_chars), title=title).encode("utf-8")
+
+    sizes = contents.prompt_sizes(config.max_chars)[1]
+    budget = limit * 2.0  # estimated raw bytes; gzip (~3×) then base64 (4/3) usually lands under the limit
+    fixed = None
+    for _ in range(8):
+        selection = contents.select(max_responses=config.max_responses, max_bytes=budget, max_chars=config.max_chars)
+        index, data = page_for(selection)
+        if len(data) <= limit:
             break
-        budget = min(budget, contents.prompt_sizes(config.max_chars)[1][selection].sum()) * 0.9 * config.max_mb * 1e6 / len(data)
+        if fixed is None:  # what a page costs with no prompt in it: code, style, held-out answers, rounds
+            fixed = len(page_for(selection & False)[1])
+            if fixed > limit:
+                raise NeatError(f"a page of this run needs at least {fixed / 1e6:.2f} MB; raise --max-mb", field="max_mb")
+        # bytes written per estimated byte, measured on this try; aim a little under the limit
+        ratio = (len(data) - fixed) / max(float(sizes[selection].sum()), 1.0)
+        budget = min(budget * 0.9, (limit - fixed) / max(ratio, 1e-9) * 0.97)
     else:
-        raise NeatError(f"could not fit the page in {config.max_mb} MB", field="max_mb")
+        raise NeatError(f"could not fit the page in {config.max_mb} MB; raise --max-mb", field="max_mb")
     out = config.out_path()
     atomic_write_bytes(out, data)
     sample = index["sample"] or {"prompts": contents.prompt_count, "prompts_total": contents.prompt_count,

@@ -40,8 +40,12 @@ async function main() {
     state.source = D.mode === 'served' ? new ServedSource(D) : new EmbeddedSource(D);
     let refreshes = 0;
     state.refresh = async () => {
-      const mine = (refreshes += 1);
       const f = readFilters();
+      if (JSON.stringify(f) === JSON.stringify(state.filters)) { // e.g. the change event when the search box loses focus:
+        document.body.dataset.settled = '1'; // re-drawing the list then would swallow the click that moved the focus
+        return;
+      }
+      const mine = (refreshes += 1);
       let hits = null;
       if (f.search) {
         status.textContent = 'searching…';
@@ -53,6 +57,7 @@ async function main() {
       renderList(state); renderOverview(state);
       status.textContent = `${plural(prompts.length, 'prompt')} shown`;
       document.body.dataset.refreshes = String(mine);
+      if (JSON.stringify(readFilters()) === JSON.stringify(f)) document.body.dataset.settled = '1';
     };
     state.open = (p) => {
       state.selected = p;
@@ -67,6 +72,7 @@ async function main() {
     if (D.rounds) renderRounds(D);
     if (D.heldout) renderHeldout(D);
     document.body.dataset.ready = '1';
+    document.body.dataset.settled = '1';
     window.neatFirstRenderMs = performance.now();
     status.textContent = `${plural(D.prompts.pid.length, 'prompt')} · first render ${Math.round(window.neatFirstRenderMs)} ms`;
     setTimeout(() => {

@@ -208,6 +208,9 @@ function setupFilters(state) {
   else { drop.disabled = true; drop.title = 'this run has no ranked/dropped.parquet: drops are known only as counts'; }
   let typing = null;
   const form = document.getElementById('filters');
+  // body[data-settled] is '0' from a change of the form until the list shows it (tests and scripts wait on it)
+  const unsettle = () => { document.body.dataset.settled = '0'; };
+  for (const type of ['input', 'change', 'reset']) form.addEventListener(type, unsettle, true);
   form.addEventListener('input', (event) => {
     clearTimeout(typing);
     typing = setTimeout(() => state.refresh(), event.target.id === 'search' ? 250 : 60);
