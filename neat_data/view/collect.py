@@ -296,6 +296,10 @@ class RunContents:
         return conversations, pa.concat_arrays(responses) if responses else pa.array([], pa.string())
 
     def texts(self, selection: np.ndarray, max_chars: int | None) -> dict[str, Any]:
-        """The page's texts block: {conv, resp, cut}."""
-        conversations, responses = self.text_arrays(selection, max_chars)
-        return {"conv": conversations, "resp": responses.to_pylist(), "cut": max_chars}
+        """The page's texts block: {conv, conv_len (each turn's full length), resp, cut}."""
+        full, responses = self.text_arrays(selection, None)
+        conversations = [[[role, (content or "")[:max_chars] if max_chars else content] for role, content in turns] for turns in full]
+        lengths = [[len(content or "") for _, content in turns] for turns in full]
+        if max_chars is not None:
+            responses = pc.utf8_slice_codeunits(responses, 0, max_chars)
+        return {"conv": conversations, "conv_len": lengths, "resp": responses.to_pylist(), "cut": max_chars}

@@ -96,9 +96,10 @@ def rounds_section(run_dir: Path) -> dict[str, Any]:
     for row in rows:
         scalars, intervals = flatten_metrics(_read_json(run_dir / f"round_{row['round']:02d}" / "eval" / "metrics.json"))
         for column in ("pairs", "train_prompts", "train_tokens", "train_tokens_per_s", "wall_seconds"):
-            if row.get(column) is not None:
+            if row.get(column):  # 0 seconds = nothing ran yet
                 scalars[f"run.{column}"] = finite(row[column])
-        per_round.append((row["round"], scalars, intervals))
+        if scalars or intervals:  # rounds that have not started yet are left out
+            per_round.append((row["round"], scalars, intervals))
     names = sorted({name for _, scalars, _ in per_round for name in scalars}, key=lambda n: (n.startswith("run."), n))
     interval_names = sorted({name for _, _, intervals in per_round for name in intervals})
     owners = {name: interval_owner(name, set(names)) for name in interval_names}
@@ -114,8 +115,7 @@ def rounds_section(run_dir: Path) -> dict[str, Any]:
             series.append({"name": name, "values": [None] * len(per_round), "interval": name,
                            "low": [intervals.get(name, [None, None])[0] for _, _, intervals in per_round],
                            "high": [intervals.get(name, [None, None])[1] for _, _, intervals in per_round]})
-    return {"rounds": [k for k, _, _ in per_round], "series": series,
-            "models": [r.get("model") for r in rows]}
+    return {"rounds": [k for k, _, _ in per_round], "series": series}
 
 
 def _answer(row: dict[str, Any], max_chars: int) -> dict[str, Any]:

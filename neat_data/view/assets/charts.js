@@ -33,7 +33,7 @@ function stackedBars(container, groups, legendNames) {
   let lx = 0; const ly = height - 6;
   for (const name of legendNames) {
     root.append(svg('rect', { x: lx, y: ly - 9, width: 9, height: 9, fill: STATE_COLOUR[name] }));
-    root.append(svgText(lx + 12, ly, name)); lx += 14 + name.length * 6.2;
+    root.append(svgText(lx + 12, ly, name)); lx += 22 + name.length * 6;
   }
   container.append(root);
   if (!groups.length) container.append(el('p', { class: 'note', text: 'no responses match' }));

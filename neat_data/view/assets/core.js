@@ -78,7 +78,7 @@ class EmbeddedSource {
   async texts(p) {
     const all = await this.ready;
     const first = this.index.prompts.r0[p]; const count = this.index.prompts.rn[p];
-    return { conv: all.conv[p] || [], resp: all.resp.slice(first, first + count), cut: all.cut, error: all.error };
+    return { conv: all.conv[p] || [], conv_len: (all.conv_len || [])[p] || [], resp: all.resp.slice(first, first + count), cut: all.cut, error: all.error };
   }
   async search(query) {
     const all = await this.ready;

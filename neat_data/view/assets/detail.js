@@ -38,9 +38,9 @@ async function renderDetail(state, p) {
   const query = state.filters.search;
 
   box.append(el('h3', { text: 'Neutral conversation' }));
-  for (const [role, content] of texts.conv || []) {
-    box.append(el("div", { class: "turn" }, el("div", { class: "role", text: role }), textBlock(content, query, 0, null)));
-  }
+  (texts.conv || []).forEach(([role, content], turn) => {
+    box.append(el('div', { class: 'turn' }, el('div', { class: 'role', text: role }), textBlock(content, query, (texts.conv_len || [])[turn] || 0, texts.cut)));
+  });
   if (!(texts.conv || []).length) box.append(el('p', { class: 'note', text: '(no conversation text)' }));
 
   box.append(el('h3', { text: 'Steering system prompts of the drawn pair' }));
