@@ -70,22 +70,24 @@ def upload_run_files(spec: PushSpec, run_dir: Path) -> list[str]:
     from neat_data.stages.push import merge_card, with_retries
 
     api = HfApi(token=os.environ.get(spec.token_env) or None)
-    retry = dict(max_retries=spec.max_retries, backoff_base=spec.backoff_base)
+
+    def upload(data: bytes, path_in_repo: str) -> None:
+        with_retries(lambda: api.upload_file(path_or_fileobj=data, path_in_repo=path_in_repo, repo_id=spec.repo_id, repo_type="dataset",
+                                             commit_message=f"neat-data: {path_in_repo}"),
+                     what=f"upload of {path_in_repo}", max_retries=spec.max_retries, backoff_base=spec.backoff_base)
+
     uploaded = []
     for name in ("rounds.png", "view.html"):
         if (run_dir / name).is_file():
-            data = (run_dir / name).read_bytes()
-            with_retries(lambda: api.upload_file(path_or_fileobj=data, path_in_repo=f"neat-data/{name}", repo_id=spec.repo_id, repo_type="dataset",
-                                                 commit_message=f"neat-data: {name}"), what=f"upload of {name}", **retry)
+            upload((run_dir / name).read_bytes(), f"neat-data/{name}")
             uploaded.append(f"neat-data/{name}")
     try:
-        path = with_retries(lambda: api.hf_hub_download(spec.repo_id, "README.md", repo_type="dataset"), what="card download", **retry)
+        path = with_retries(lambda: api.hf_hub_download(spec.repo_id, "README.md", repo_type="dataset"), what="card download",
+                            max_retries=spec.max_retries, backoff_base=spec.backoff_base)
         existing = Path(path).read_text(encoding="utf-8")
     except (EntryNotFoundError, RemoteEntryNotFoundError):
         existing = None
-    card = merge_card(existing, rounds_card_section(run_dir), "rounds", spec.repo_id).encode("utf-8")
-    with_retries(lambda: api.upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id=spec.repo_id, repo_type="dataset",
-                                         commit_message="neat-data: rounds"), what="upload of README.md", **retry)
+    upload(merge_card(existing, rounds_card_section(run_dir), "rounds", spec.repo_id).encode("utf-8"), "README.md")
     return uploaded + ["README.md"]
 
 

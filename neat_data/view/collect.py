@@ -75,6 +75,14 @@ def _ints(values: pa.ChunkedArray) -> list[int | None]:
     return values.to_pylist()
 
 
+def page_row(local: np.ndarray, row_mask: np.ndarray, new_row: np.ndarray) -> np.ndarray:
+    """Folder row positions → the page's row numbers (-1: unknown, or a row the page does not hold)."""
+    inside = local >= 0
+    out = np.full(len(local), -1, np.int64)
+    out[inside] = np.where(row_mask[local[inside]], new_row[local[inside]], -1)
+    return out
+
+
 def run_info(run_dir: Path, manifest: dict[str, Any]) -> list[list[str]]:
     """A few (label, value) facts for the header, from the manifest (which never holds a secret)."""
     facts: list[list[str]] = []
@@ -107,6 +115,7 @@ class RunContents:
         self.run_dir = run_dir
         self.manifest = read_manifest(run_dir)
         self.kind = "rounds" if is_rounds_run(run_dir) else "stage"
+        candidates: list[tuple[str, int | None, Path]]
         if self.kind == "rounds":
             candidates = [(f"round {k}", k, folder) for k, folder in round_folders(run_dir) if k > 0]
         else:
@@ -228,22 +237,16 @@ class RunContents:
             responses["err"] += pc.utf8_slice_codeunits(errors, 0, ERROR_CHARS).to_pylist()
             responses["key"] += picked.column("key").to_pylist()
 
-            def page_row(local: np.ndarray) -> np.ndarray:
-                inside = local >= 0
-                out = np.full(len(local), -1, np.int64)
-                out[inside] = np.where(row_mask[local[inside]], new_row[local[inside]], -1)
-                return out
-
             keep = (rows.kept["p"] >= 0) & chosen[np.maximum(rows.kept["p"], 0)] if len(rows.kept["p"]) else np.zeros(0, bool)
             kept["p"] += new_prompt[rows.kept["p"][keep]].tolist()
-            kept["c"] += page_row(rows.kept["c"][keep]).tolist()
-            kept["r"] += page_row(rows.kept["r"][keep]).tolist()
+            kept["c"] += page_row(rows.kept["c"][keep], row_mask, new_row).tolist()
+            kept["r"] += page_row(rows.kept["r"][keep], row_mask, new_row).tolist()
             kept["m"] += _floats(rows.kept["m"][keep])
             if rows.dropped is not None and len(rows.dropped["p"]):
                 keep = (rows.dropped["p"] >= 0) & chosen[np.maximum(rows.dropped["p"], 0)]
                 dropped["p"] += new_prompt[rows.dropped["p"][keep]].tolist()
-                dropped["a"] += page_row(rows.dropped["a"][keep]).tolist()
-                dropped["b"] += page_row(rows.dropped["b"][keep]).tolist()
+                dropped["a"] += page_row(rows.dropped["a"][keep], row_mask, new_row).tolist()
+                dropped["b"] += page_row(rows.dropped["b"][keep], row_mask, new_row).tolist()
                 dropped["reason"] += [strings["drop"].code(r) for r in rows.dropped["reason"][keep]]
             prompt_base += int(chosen.sum())
             row_base += int(row_mask.sum())
@@ -270,7 +273,7 @@ class RunContents:
             state = "generation error" if status != "ok" else "score error" if score_status == "error" else "ok" if score_status == "ok" else "not scored"
             bucket = states.setdefault(str(steering), {})
             bucket[state] = bucket.get(state, 0) + 1
-        return {"label": part.label, "round": part.round, "responses": states, "pairs_kept": int(len(part.rows.kept["p"])),
+        return {"label": part.label, "round": part.round, "responses": states, "pairs_kept": len(part.rows.kept["p"]),
                 "dropped": part.rows.dropped_counts, "dropped_per_pair": part.rows.dropped is not None, "strategy": part.rows.pairs_strategy}
 
     # ---------------------------------------------------------------------------------------------- texts

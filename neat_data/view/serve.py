@@ -82,7 +82,7 @@ def make_handler(data: ViewData) -> type[BaseHTTPRequestHandler]:
         def _json(self, value: Any, status: int = 200) -> None:
             self._send(status, json.dumps(value, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
 
-        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        def do_GET(self) -> None:  # the name http.server calls
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
             if host not in (HOST, "localhost"):
                 self._json({"error": "wrong host"}, 403)
