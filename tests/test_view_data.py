@@ -185,3 +185,36 @@ def test_served_api_answers_texts_and_search_and_refuses_other_hosts(stage_run: 
             get("", host="evil.example:80")
     finally:
         server.stop()
+
+
+def test_retried_rows_supersede_their_error_rows_and_shard_folders_are_read(tmp_path: Path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from neat_data.engines.base import Sampling
+    from neat_data.stages.generate import GenerateConfig, run_generate
+    from view_runs import ScriptedBackend, reply
+
+    run = make_stage_run(tmp_path / "run", dropped_table=False)
+    config = GenerateConfig(prompts=str(tmp_path / "run-prompts.jsonl"), model="fake", out=run, num_pos=2, num_neg=2,
+                            sampling=Sampling(max_tokens=16), flush_every=1)
+    # the [[fail]] prompt's requests again, now answered; the process dies after the first one (before any compaction)
+    with pytest.raises(RuntimeError, match="scripted crash"):
+        run_generate(config, backend=ScriptedBackend(reply=reply, crash_after=1), retry_errors=True, progress=False)
+    parts = sorted((run / "generations").glob("part-*.parquet"))
+    assert len(parts) == 2  # the first run's rows (with the error rows), then the two retried rows
+    # what `--num-shards` processes leave: parts in shard sub-folders
+    for number, part in enumerate(parts):
+        target = run / "generations" / f"shard-0000{number}-of-00002" / "part-000000.parquet"
+        target.parent.mkdir()
+        shutil.move(part, target)
+    index = RunContents(run).index(np.ones(6, bool), mode="embedded")
+    R, P = index["responses"], index["prompts"]
+    failed = QUESTIONS.index("Tell me a joke. [[fail]]")
+    rows = range(P["r0"][failed], P["r0"][failed] + P["rn"][failed])
+    assert len(R["key"]) == 24 and len(set(R["key"])) == 24  # one row per key: the retry, not the error row
+    retried = {key for key, status in zip(pq.read_table(parts[1].parent / "shard-00001-of-00002").column("key").to_pylist(),
+                                          pq.read_table(parts[1].parent / "shard-00001-of-00002").column("status").to_pylist()) if status == "ok"}
+    assert len(retried) == 2
+    assert sorted(R["gs"][r] for r in rows) == [0, 0, 1, 1] and {R["key"][r] for r in rows if R["gs"][r] == 0} == retried
