@@ -111,7 +111,11 @@ def push_round(spec: PushSpec | None, run_dir: Path, k: int, *, rounds: int, exp
     echo(f"round {k} · push to {spec.repo_id} ({', '.join(configs.values())}) …")
     try:
         write_round_report(run_dir, round_rows(run_dir, rounds))  # the table and curve as of this round
-        build_view(ViewConfig(run=run_dir))
+        try:
+            build_view(ViewConfig(run=run_dir))
+        except NeatError as error:  # the page is a courtesy: the data goes out without it
+            (run_dir / "view.html").unlink(missing_ok=True)
+            echo(f"    no view.html for the Hub: {error.one_line()}")
         for fmt, config_name in configs.items():
             run_push(PushConfig(run=folder, repo_id=spec.repo_id, config_name=config_name, format=fmt, public=not spec.private,
                                 token_env=spec.token_env, max_retries=spec.max_retries, backoff_base=spec.backoff_base),
