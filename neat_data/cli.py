@@ -129,6 +129,7 @@ from neat_data.stages.generate import GenerateConfig  # noqa: E402
 from neat_data.stages.push import PushConfig  # noqa: E402
 from neat_data.stages.rank import RankConfig  # noqa: E402
 from neat_data.stages.score import ScoreConfig  # noqa: E402
+from neat_data.view.page import ViewConfig  # noqa: E402
 
 SAMPLING = ("sampling",)  # GenerateConfig.sampling's fields are top-level options: --temperature, --top-p, --max-tokens, --seed
 
@@ -246,6 +247,29 @@ def report(run: Path) -> None:
     for line in lines:
         click.echo(line)
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@config_options(ViewConfig, skip=("run",))
+@click.option("--serve", is_flag=True, help="Serve every prompt on 127.0.0.1 instead (texts and search from a local server); Ctrl-C stops.")
+@click.option("--port", type=int, default=8765, show_default=True, help="--serve: port (0 = any free one).")
+def view(run: Path, serve: bool, port: int, **options: Any) -> None:
+    """One self-contained page to look at RUN (prompts, responses, scores, pairs, rounds) → RUN/view.html."""
+    from neat_data.view import build_view
+
+    config = build_config(ViewConfig, options, run=run)
+    if not serve:
+        click.echo(build_view(config).line())
+        return
+    from neat_data.view.serve import ViewServer
+
+    server = ViewServer(config, port=port)
+    click.echo(f"serving {server.data.prompts} prompts ({server.data.rows} responses) of {run} on {server.url} (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from neat_data.engines import BackendName
 from neat_data.engines.base import Sampling
 from neat_data.errors import NeatError, validation_message
+from neat_data.rounds_push import PushSpec, push_round
 from neat_data.runfolder import RunLock, atomic_write_bytes, atomic_write_json, read_manifest
 from neat_data.stages.export import ExportFormat
 from neat_data.stages.score import NegativeScore
@@ -121,6 +122,7 @@ class Recipe(BaseModel):
         default_factory=lambda: ["ranked"], description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    push: PushSpec | None = Field(None, description="Publish each finished round to a Hub dataset repo (neat_data.rounds_push).")
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="name → overrides (dotted keys, as --set): each variant runs in runs/<name>/<variant>/, "
                                           "sharing every stage whose inputs are identical; comparison.{json,md,png} side by side.")
@@ -229,7 +231,8 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
 
 def variant_recipe(recipe: Recipe, name: str, path: Path | None = None) -> Recipe:
     """The recipe of one variant: the base recipe with the variant's overrides, run in <run>/<variant>/."""
-    raw = {key: value for key, value in recipe.model_dump(mode="json").items() if key not in ("variants", "reference")}
+    # a variant is compared, not published: the parent run's push: would send every variant to the same configs
+    raw = {key: value for key, value in recipe.model_dump(mode="json").items() if key not in ("variants", "reference", "push")}
     for text in variant_overrides({name: recipe.variants[name]})[name]:
         keys, value = parse_override(text)
         apply_override(raw, keys, value, text)
@@ -345,8 +348,9 @@ def check_models(recipe: Recipe) -> None:
 
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
-    """What a run folder is bound to: the whole recipe except the number of rounds (a run can be extended)."""
-    return {k: v for k, v in recipe.model_dump(mode="json").items() if k != "rounds"}
+    """What a run folder is bound to: the whole recipe except the number of rounds (a run can be extended) and
+    where it is published (push: does not change the data; added to a finished run, it pushes its rounds)."""
+    return {k: v for k, v in recipe.model_dump(mode="json").items() if k not in ("rounds", "push")}
 
 
 def record_stage(run_dir: Path, k: int, name: str, record: dict[str, Any]) -> None:
@@ -434,6 +438,7 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
                 inputs = [keys[dep] for dep in dependencies(name, k, recipe.exports) if dep in keys]
                 keys[(name, k)] = stage_key(name, config, run_dir, inputs)
                 run_stage(name, config, folder, run_dir, k, echo, cache=cache, key=keys[(name, k)])
+            push_round(recipe.push, run_dir, k, rounds=recipe.rounds, exports=list(recipe.exports), echo=echo)
         rows = round_rows(run_dir, recipe.rounds)
         write_round_report(run_dir, rows)
     return rows

@@ -9,6 +9,15 @@ venv=.venv
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null 2>&1 || python=python3
 
+# A real browser for `neat-data view`'s tests and screenshots (tests/test_view_*.py skip without one): Debian's
+# chromium, installed with apt-get when this runs as root and it is missing (quietly; `apt-get update` once).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing chromium with apt-get (for the view tests)…" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1 \
+    || echo "setup: apt-get could not install chromium; the view tests will be skipped" >&2
+fi
+
 stamp_of() { cat requirements/*.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1; }
 want=$(stamp_of)
 if [ -f "$venv/.setup-stamp" ] && [ "$(cat "$venv/.setup-stamp")" = "$want" ] && "$venv/bin/python" -c "import neat_data" 2>/dev/null; then
@@ -28,6 +37,8 @@ pip install --no-deps -r requirements/nodeps.txt
 pip install -r requirements/torch-cpu.txt -r requirements/dev.txt
 # 4. optional engines that the test suite covers (--backend ray).
 pip install -r requirements/torch-cpu.txt -r requirements/ray.txt
+# 5. Playwright (Python) drives the system chromium in the view tests (no browser download: see requirements/view.txt).
+pip install -r requirements/view.txt
 pip install -e ".[dev]"
 "$venv/bin/python" - <<'PY'
 import importlib, sys

@@ -1,0 +1,171 @@
+"""The parts of the page that only a `neat-data run` folder has: the rounds table and curves, the held-out answers.
+
+In:  runs/<name>/round_NN/eval/metrics.json (+ rounds.json's columns through `round_report.round_rows`),
+     round_NN/eval/{generations,scored}/, prompts/heldout.jsonl.
+Out: JSON-ready dicts: `rounds_section` (every numeric metric, flattened: nested keys joined with '.', so
+     metrics added later — per-suite safety metrics, say — appear without changes here; two-number lists are
+     intervals, attached to the metric they bound) and `heldout_section` (per held-out prompt, the answer of
+     the base model and of each round, side by side).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from neat_data.errors import NeatError
+from neat_data.runfolder import ShardedTable, read_manifest
+from neat_data.schemas import GENERATIONS, SCORED
+
+ROUND_DIR = re.compile(r"^round_(\d{2,})$")
+SKIPPED_METRIC_KEYS = ("config", "command")  # the evaluation's inputs, not its results
+INTERVAL_SUFFIXES = ("_ci95", ".ci95", "_ci", ".ci", "_interval", ".interval")
+VALUE_SUFFIXES = ("", "_mean", ".mean", ".value", ".estimate")
+
+
+def round_folders(run_dir: Path) -> list[tuple[int, Path]]:
+    folders = [(int(m.group(1)), path) for path in run_dir.iterdir() if path.is_dir() and (m := ROUND_DIR.match(path.name))] if run_dir.is_dir() else []
+    return sorted(folders)
+
+
+def is_rounds_run(run_dir: Path) -> bool:
+    return "recipe" in read_manifest(run_dir) or bool(round_folders(run_dir))
+
+
+def finite(value: Any) -> float | None:
+    """A JSON-safe number: NaN and infinities become null (JSON has no NaN)."""
+    if value is None or isinstance(value, bool):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def flatten_metrics(value: Any, prefix: str = "") -> tuple[dict[str, float | None], dict[str, list[float | None]]]:
+    """(scalars, intervals) of a metrics.json: numeric leaves by dotted key; [low, high] lists as intervals."""
+    scalars: dict[str, float | None] = {}
+    intervals: dict[str, list[float | None]] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not prefix and key in SKIPPED_METRIC_KEYS:
+                continue
+            inner_scalars, inner_intervals = flatten_metrics(item, f"{prefix}.{key}" if prefix else str(key))
+            scalars.update(inner_scalars)
+            intervals.update(inner_intervals)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        scalars[prefix] = finite(value)
+    elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in value):
+        intervals[prefix] = [finite(v) for v in value]
+    return scalars, intervals
+
+
+def interval_owner(name: str, scalars: set[str]) -> str | None:
+    """The metric an interval bounds: reward_ci95 → reward_mean, x.ci → x / x.mean / x.value."""
+    for suffix in INTERVAL_SUFFIXES:
+        if name.endswith(suffix):
+            base = name[: -len(suffix)]
+            for ending in VALUE_SUFFIXES:
+                if base + ending in scalars:
+                    return base + ending
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise NeatError(f"not valid JSON ({error})", file=path) from None
+    return value if isinstance(value, dict) else {}
+
+
+def rounds_section(run_dir: Path) -> dict[str, Any]:
+    """Per round: the rounds.json columns (pairs, train tokens, seconds) and every held-out metric, as series."""
+    from neat_data.round_report import round_rows
+
+    folders = round_folders(run_dir)
+    last = max([k for k, _ in folders] + [int(read_manifest(run_dir).get("rounds_planned") or 0)])
+    try:
+        rows = round_rows(run_dir, last) if folders else []
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # a hand-edited or truncated metrics/train JSON
+        raise NeatError(f"a round's metrics.json or neat_train.json is not valid JSON ({error})", file=run_dir) from None
+    per_round = []
+    for row in rows:
+        scalars, intervals = flatten_metrics(_read_json(run_dir / f"round_{row['round']:02d}" / "eval" / "metrics.json"))
+        for column in ("pairs", "train_prompts", "train_tokens", "train_tokens_per_s", "wall_seconds"):
+            if row.get(column):  # 0 seconds = nothing ran yet
+                scalars[f"run.{column}"] = finite(row[column])
+        if scalars or intervals:  # rounds that have not started yet are left out
+            per_round.append((row["round"], scalars, intervals))
+    names = sorted({name for _, scalars, _ in per_round for name in scalars}, key=lambda n: (n.startswith("run."), n))
+    interval_names = sorted({name for _, _, intervals in per_round for name in intervals})
+    owners = {name: interval_owner(name, set(names)) for name in interval_names}
+    series = []
+    for name in names:
+        bound = [i for i, owner in owners.items() if owner == name]
+        series.append({"name": name, "values": [scalars.get(name) for _, scalars, _ in per_round],
+                       "interval": bound[0] if bound else None,
+                       "low": [intervals.get(bound[0], [None, None])[0] for _, _, intervals in per_round] if bound else None,
+                       "high": [intervals.get(bound[0], [None, None])[1] for _, _, intervals in per_round] if bound else None})
+    for name, owner in owners.items():
+        if owner is None:  # an interval of no scalar: drawn as its band alone
+            series.append({"name": name, "values": [None] * len(per_round), "interval": name,
+                           "low": [intervals.get(name, [None, None])[0] for _, _, intervals in per_round],
+                           "high": [intervals.get(name, [None, None])[1] for _, _, intervals in per_round]})
+    return {"rounds": [k for k, _, _ in per_round], "series": series}
+
+
+def _answer(row: dict[str, Any], max_chars: int) -> dict[str, Any]:
+    text = row.get("response")
+    return {"text": text[:max_chars] if text is not None else None, "chars": len(text) if text is not None else 0,
+            "score": finite(row.get("score")), "status": row.get("status"), "score_status": row.get("score_status"),
+            "error": row.get("error") or row.get("score_error"), "finish": row.get("finish_reason"), "tokens": row.get("completion_tokens"),
+            "key": row.get("key")}
+
+
+def _eval_rows(folder: Path) -> list[dict[str, Any]]:
+    for name, schema in (("scored", SCORED), ("generations", GENERATIONS)):
+        table = ShardedTable(folder / name, schema)
+        if table.shard_paths():
+            return table.read().to_pylist()
+    return []
+
+
+def heldout_section(run_dir: Path, max_chars: int) -> dict[str, Any] | None:
+    """Held-out prompts × (base model, base model under the positive prompt, each round): answer, score, status."""
+    folders = [(k, folder / "eval") for k, folder in round_folders(run_dir) if (folder / "eval").is_dir()]
+    if not folders:
+        return None
+    columns: list[dict[str, Any]] = []
+    cells: dict[tuple[int, str], dict[str, Any]] = {}
+    conversations: dict[str, list[list[str]]] = {}
+    order: list[str] = []
+    for k, folder in folders:
+        rows = [r for r in _eval_rows(folder) if r.get("sample_index") == 0]
+        steerings = ["none", "pos"] if k == 0 else ["none"]
+        for steering in steerings:
+            chosen = [r for r in rows if r.get("steering") == steering]
+            if not chosen:
+                continue
+            column = len(columns)
+            label = ("base model" if steering == "none" else "base model, positive prompt (perplexity set)") if k == 0 else f"round {k}"
+            columns.append({"round": k, "steering": steering, "label": label})
+            for row in chosen:
+                cells[(column, row["prompt_id"])] = _answer(row, max_chars)
+                if row["prompt_id"] not in conversations:
+                    conversations[row["prompt_id"]] = [[m["role"], m["content"]] for m in row.get("prompt") or []]
+                    order.append(row["prompt_id"])
+    heldout_file = run_dir / "prompts" / "heldout.jsonl"
+    if heldout_file.is_file():  # the split's order, when the run folder has it
+        listed = []
+        for line in heldout_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                listed.append(json.loads(line)["prompt_id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        order = [pid for pid in listed if pid in conversations] + [pid for pid in order if pid not in set(listed)]
+    return {"columns": columns,
+            "prompts": [{"pid": pid, "conv": conversations[pid], "cells": [cells.get((c, pid)) for c in range(len(columns))]} for pid in order]}
