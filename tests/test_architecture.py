@@ -19,8 +19,8 @@ LAYERS = [
     ("foundation", ["errors", "keys", "schemas", "messages", "resources", "models", "runfolder", "shards", "pairs", "prompts_in",
                     "lm", "costs", "safety"]),
     ("engines, scorers, train", ["engines", "scorers", "train", "testing"]),
-    ("stages", ["stages", "view"]),
-    ("rounds", ["rounds", "round_report", "recipe", "variants", "comparison", "publish"]),
+    ("stages", ["stages", "view", "round_report"]),
+    ("rounds", ["rounds", "recipe", "variants", "comparison", "rounds_push"]),
     ("cli", ["cli", "cli_options", "cli_rounds", "cli_batch", "cli_audit", "__main__"]),
 ]
 

@@ -37,6 +37,7 @@ class ScriptedBackend(RecordingBackend):
     """RecordingBackend whose answers to a [[long]] prompt stop at max_tokens (finish_reason "length")."""
 
     def generate(self, requests, sampling):
+        requests = list(requests)  # the stage streams requests; this test backend looks back at them by index
         for index, result in super().generate(requests, sampling):
             if "[[long]]" in requests[index].messages[-1]["content"]:
                 result.completions = [dataclasses.replace(c, finish_reason="length", completion_tokens=sampling.max_tokens)
