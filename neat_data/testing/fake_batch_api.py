@@ -11,12 +11,14 @@ fault directives (`[[fault:500]]` → an error line in the error file, `[[fault:
 line, `[[fault:fewer]]`, `[[fault:empty]]`, …). Server-wide outcomes: `batch_outcome="failed"` (validation
 error), `"expired"` (only `batch_partial_lines` lines ran); a cancel leaves the same partial output. Input
 that the real API refuses fails validation too: a line that is not JSON, a missing field, another endpoint,
-a duplicate custom_id, more than `batch_max_lines` lines. Counts: `batch_submissions` (batches created per
+a duplicate custom_id, more than `batch_max_lines` lines. `upload_delay` / `batch_create_delay` hold an answer
+after the file or batch exists (a client killed then has created it without knowing its id). Counts: `batch_submissions` (batches created per
 input file) and `submitted_custom_ids` (how often each custom_id was submitted in any batch).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -98,7 +100,10 @@ class FakeBatchAPI:
             return _error(400, "multipart form needs 'file' and 'purpose'")
         content = upload.file.read()
         self.uploads += 1
-        return web.json_response(self._public(self._new_file(content, upload.filename or "upload.jsonl", purpose)))
+        stored = self._new_file(content, upload.filename or "upload.jsonl", purpose)
+        if self.server.settings.upload_delay:  # the file exists; the client does not know its id yet
+            await asyncio.sleep(self.server.settings.upload_delay)
+        return web.json_response(self._public(stored))
 
     async def _list_files(self, request: web.Request) -> web.Response:
         purpose = request.query.get("purpose")
@@ -129,6 +134,8 @@ class FakeBatchAPI:
         self.batches[batch.id] = batch
         self.batch_submissions[file["id"]] += 1
         self._validate(batch, file["content"])
+        if self.server.settings.batch_create_delay:  # the batch exists; the client does not know its id yet
+            await asyncio.sleep(self.server.settings.batch_create_delay)
         return web.json_response(self._view(batch))
 
     def _validate(self, batch: FakeBatch, content: bytes) -> None:
@@ -241,15 +248,13 @@ class FakeBatchAPI:
             fault = self.server.choose_fault(line["body"])
             if fault:
                 self.server.faults[fault] += 1
-            if fault in ("garbage", "truncated"):  # a broken line in the output file
-                text = json.dumps({"id": record_id, "custom_id": line["custom_id"], "response": {"status_code": 200, "body": {}}})
-                outputs.append(text[: len(text) // 2] if fault == "truncated" else "<html>not json{")
-                completed += 1
-                continue
             status, payload, _ = self.server.answer(line["body"], fault)
             response = {"status_code": status, "request_id": f"req_{record_id}", "body": payload}
             text = json.dumps({"id": record_id, "custom_id": line["custom_id"], "response": response, "error": None})
-            if status == 200:
+            if fault in ("garbage", "truncated"):  # a broken line in the output file (half a line still names its request)
+                outputs.append(text[: len(text) // 2] if fault == "truncated" else "<html>not json{")
+                completed += 1
+            elif status == 200:
                 outputs.append(text)
                 completed += 1
             else:

@@ -9,7 +9,8 @@ Faults, chosen per request by a directive in the last user message (deterministi
     [[fault:401]] (echoes the API key in the error body, as some servers do)
 A suffix xK (e.g. [[fault:429x2]]) applies the fault to the first K attempts of that request only, so
 retries can succeed. Or at random, with `rates` (reliability suite). Server-wide switches: `ignore_n`
-(always one choice) and `reject_system` (400 on a system message, like templates without one).
+(always one choice), `reject_system` (400 on a system message, like templates without one) and `require_key`
+(401 echoing the wrong key, on every endpoint; `error_padding` puts characters before it).
 
 The Files and Batch APIs (upload, batches that walk validating → in_progress → finalizing → completed, failed,
 expired, cancelled, malformed output lines) are in neat_data.testing.fake_batch_api, served by the same app.
@@ -54,6 +55,7 @@ class ServerSettings:
     fixed_reply: str | None = None  # answer every request with this text (e.g. a judge's "Rating: 7")
     context_words: int | None = None  # longer prompts (in words) get vLLM's 400 "maximum context length" answer
     error_padding: int = 0  # characters before the echoed key in a 401 message (puts the key where a cut falls)
+    require_key: str | None = None  # every endpoint answers 401 echoing the key it got unless it is this one
     # Files + Batch APIs (neat_data.testing.fake_batch_api)
     batch_polls_per_state: int = 1  # retrievals before a batch moves on to its next state …
     batch_seconds_per_state: float = 0.0  # … and seconds it stays in each state at least
@@ -61,6 +63,8 @@ class ServerSettings:
     batch_partial_lines: int | None = None  # lines an expired or cancelled batch ran (default: half)
     batch_report_unfinished: bool = False  # list an expired/cancelled batch's unfinished requests in its error file
     batch_max_lines: int = 50_000
+    upload_delay: float = 0.0  # seconds an upload's answer waits after the file is stored (a test kills the client then)
+    batch_create_delay: float = 0.0  # seconds a create's answer waits after the batch exists
 
 
 class FakeOpenAIServer:
@@ -85,11 +89,21 @@ class FakeOpenAIServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=256 * 2**20)  # batch input files are uploaded whole (up to 200 MB)
+        app = web.Application(client_max_size=256 * 2**20, middlewares=[self._check_key])  # batch files: up to 200 MB
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         self.batch_api.register(app)
         return app
+
+    @web.middleware
+    async def _check_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        expected = self.settings.require_key
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if expected is not None and given != expected:  # like OpenAI: the wrong key comes back in the message
+            padding = "x" * self.settings.error_padding
+            return web.json_response({"error": {"message": f"{padding}Incorrect API key provided: {given}", "type": "invalid_api_key"}},
+                                     status=401)
+        return await handler(request)
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
