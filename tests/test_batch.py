@@ -218,3 +218,21 @@ def test_identical_requests_share_one_line_and_ids_must_not_clash():
     no_id = GenerationRequest(messages=[{"role": "user", "content": "hi"}], merged_messages=None, n=1, seed=1)
     derived = list(build_lines([no_id, no_id], "m", SAMPLING).lines)
     assert len(derived) == 1 and derived[0].startswith("req-")  # a judge's requests: the id comes from the body
+
+
+def test_the_judge_scores_through_openai_batch(fake_server, tmp_path: Path):
+    from neat_data.scorers import ScorerOptions, make_scorer
+    from neat_data.scorers.base import ScoreItem
+
+    server = fake_server(fixed_reply="Rating: 7")
+    options = ScorerOptions(scorer="judge", judge_backend="openai-batch", base_url=server.url, batch_poll_interval=0.01)
+    prompt = [{"role": "user", "content": "How do I boil an egg?"}]
+    items = [ScoreItem(prompt, "Seven minutes.", "pos", None, None), ScoreItem(prompt, "Go away.", "neg", None, None)]
+    with pytest.raises(ValueError, match="state folder"):
+        make_scorer(options, "judge-model")
+    scorer = make_scorer(options, "judge-model", state_dir=tmp_path / "batches" / "score")
+    assert [r.score for r in scorer.score(items)] == [7.0, 7.0]
+    assert len(server.batch_api.batches) == 1 and server.requests == []  # one batch, no online request
+    # judging the same items again answers from the stored output
+    again = make_scorer(options, "judge-model", state_dir=tmp_path / "batches" / "score")
+    assert [r.score for r in again.score(items)] == [7.0, 7.0] and len(server.batch_api.batches) == 1

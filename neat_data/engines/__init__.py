@@ -41,11 +41,11 @@ def make_backend(name: BackendName, model: str, options: BackendOptions, *, seed
     and take a `journal` of their batches (default: <state_dir>/journal.json); `progress`: their polling bar."""
     if name in BATCH_BACKENDS and state_dir is None:
         raise ValueError(f"backend {name!r} needs a state folder (state_dir) for its batch files")
-    if name == "openai-batch":
+    if name == "openai-batch" and state_dir is not None:
         from neat_data.engines.openai_batch import OpenAIBatchBackend
 
         return OpenAIBatchBackend.from_options(model, options, state_dir=state_dir, journal=journal, progress=progress)
-    if name == "vllm-batch":
+    if name == "vllm-batch" and state_dir is not None:
         from neat_data.engines.vllm_batch import VLLMBatchBackend
 
         return VLLMBatchBackend.from_options(model, options, seed=seed, state_dir=state_dir, journal=journal, progress=progress)

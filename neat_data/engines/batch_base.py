@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
-from neat_data.engines.batch_core import BatchLines, build_lines, read_input_ids, read_outcomes, split_lines
+from neat_data.engines.batch_core import BatchLines, build_lines, line_digest, read_input_ids, read_outcomes, split_lines
 from neat_data.engines.batch_journal import BatchJournal, BatchRecord, FileBatchJournal, load_records, save_records
 from neat_data.errors import NeatError
 
@@ -121,7 +121,8 @@ class BatchBackendBase:
         asked: dict[str, list[str]] = {}  # record name → custom_ids of this call it answers
         to_submit: list[str] = []
         for custom_id, line in batch.lines.items():
-            record = next((r for r in mine if self._input_ids(r).get(custom_id) == line), None)
+            digest = line_digest(line)
+            record = next((r for r in mine if self._input_ids(r).get(custom_id) == digest), None)
             if record is None:
                 to_submit.append(custom_id)
             elif not record.collected:

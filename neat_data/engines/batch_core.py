@@ -24,7 +24,7 @@ from typing import Any
 
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.batch_journal import BatchRecord
-from neat_data.engines.openai_backend import chat_body, parse_chat_response
+from neat_data.engines.openai_backend import chat_body, encode_json, parse_chat_response
 from neat_data.errors import redact_secret
 
 ENDPOINT = "/v1/chat/completions"
@@ -32,14 +32,6 @@ MAX_REQUESTS_PER_FILE = 50_000  # the OpenAI Batch API's limits per input file
 MAX_BYTES_PER_FILE = 200_000_000
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 SYSTEM_ROLE_HINT = "; the server rejects the system role: re-run with --system-mode merged"
-
-
-def encode_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON; text that UTF-8 cannot hold (lone surrogates) is \\u-escaped instead of crashing."""
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def request_custom_id(request: GenerationRequest, line_body: dict[str, Any]) -> str:
@@ -66,7 +58,7 @@ def build_lines(requests: list[GenerationRequest], model: str, sampling: Samplin
     merged: dict[str, bool] = {}
     for index, request in enumerate(requests):
         use_merged = merge_system and request.merged_messages is not None
-        messages = request.merged_messages if use_merged else request.messages
+        messages = request.merged_messages if use_merged and request.merged_messages is not None else request.messages
         body = chat_body(model, messages, request.n, request.seed, sampling)
         custom_id = request_custom_id(request, body)
         line = encode_json({"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body})
@@ -110,8 +102,14 @@ def line_custom_id(line: bytes) -> str | None:
         return None
 
 
+def line_digest(line: bytes) -> bytes:
+    """A line's identity in 16 bytes: a re-run attaches only to a batch holding exactly the line it would send."""
+    return hashlib.blake2b(line, digest_size=16).digest()
+
+
 def read_input_ids(path: Path) -> dict[str, bytes]:
-    """custom_id → line bytes of a batch input file as written (the journal's evidence of what was submitted)."""
+    """custom_id → `line_digest` of each line of a batch input file as written (the journal's evidence of what was
+    submitted; digests, not lines, so a million journaled requests cost megabytes, not the files' gigabytes)."""
     ids: dict[str, bytes] = {}
     with open(path, "rb") as handle:
         for raw in handle:
@@ -119,7 +117,7 @@ def read_input_ids(path: Path) -> dict[str, bytes]:
             if line:
                 custom_id = line_custom_id(line)
                 if custom_id is not None:
-                    ids[custom_id] = line
+                    ids[custom_id] = line_digest(line)
     return ids
 
 
@@ -131,7 +129,8 @@ def short_text(text: str, limit: int = 300) -> str:
 def _error_text(error: Any) -> str:
     """The message of an `error` field: a string, {"message": …}, {"error": {"message": …}} (vLLM's ErrorResponse)."""
     if isinstance(error, dict):
-        inner = error.get("error") if isinstance(error.get("error"), dict) else error
+        nested = error.get("error")
+        inner: dict[str, Any] = nested if isinstance(nested, dict) else error
         message, code = inner.get("message"), inner.get("code")
         if message:
             return f"{code}: {message}" if isinstance(code, str) and code else str(message)
@@ -139,7 +138,7 @@ def _error_text(error: Any) -> str:
     return str(error)
 
 
-def outcome_of_line(data: Any, n: int, label: str, secret: str | None) -> RequestResult:
+def outcome_of_line(data: Any, label: str, secret: str | None) -> RequestResult:
     """The RequestResult of one parsed output/error line (see the module doc)."""
     def failed(reason: str) -> RequestResult:
         text = short_text(redact_secret(reason, secret))
@@ -160,7 +159,7 @@ def outcome_of_line(data: Any, n: int, label: str, secret: str | None) -> Reques
         message = _error_text(body) if body else _error_text(data.get("error") or "no body")
         return failed(f"HTTP {status}: {message}")
     try:
-        completions = parse_chat_response(body, n)
+        completions = parse_chat_response(body, 1)  # as many completions as choices: the stage checks them against n
     except ValueError as error:
         return failed(f"malformed response: {error}")
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
@@ -170,8 +169,8 @@ def outcome_of_line(data: Any, n: int, label: str, secret: str | None) -> Reques
 
 
 def read_outcomes(record: BatchRecord, state_dir: Path, requested: dict[str, bytes], secret: str | None) -> dict[str, RequestResult]:
-    """custom_id → RequestResult for every line of `record`'s input (`requested`: custom_id → input line), from its
-    output and error files in `state_dir` (absent files: no lines)."""
+    """custom_id → RequestResult for every custom_id of `record`'s input (`requested`, as `read_input_ids` gives it),
+    from its output and error files in `state_dir` (absent files: no lines)."""
     label = f"batch {record.batch_id or record.name}"
     found: dict[str, RequestResult] = {}
     malformed = 0
@@ -195,19 +194,11 @@ def read_outcomes(record: BatchRecord, state_dir: Path, requested: dict[str, byt
                 if data is None:
                     result = RequestResult(error=f"malformed output line: not JSON ({label})")
                 else:
-                    result = outcome_of_line(data, _requested_n(requested[custom_id]), label, secret)
+                    result = outcome_of_line(data, label, secret)
                 if custom_id not in found or found[custom_id].error is not None:  # an ok line wins over an error line
                     found[custom_id] = result
     missing_reason = _missing_reason(record, label, malformed, secret)
     return {custom_id: found.get(custom_id) or RequestResult(error=missing_reason) for custom_id in requested}
-
-
-def _requested_n(line: bytes) -> int:
-    try:
-        n = json.loads(line)["body"].get("n", 1)
-        return n if isinstance(n, int) and n >= 1 else 1
-    except (ValueError, KeyError, AttributeError):
-        return 1
 
 
 def _missing_reason(record: BatchRecord, label: str, malformed: int, secret: str | None) -> str:

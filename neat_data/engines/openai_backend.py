@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import os
 import queue
 import random
@@ -310,6 +311,15 @@ def chat_body(model: str, messages: list[dict[str, str]], n: int, seed: int, sam
     carries as `body` (neat_data.engines.openai_batch), so both paths send exactly the same request."""
     return {"model": model, "messages": messages, "n": n, "seed": seed, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, the bytes a request body is sent as (online) or written as (batch files). Text UTF-8 cannot
+    hold (a lone surrogate from a badly decoded prompt) is \\u-escaped instead of failing the request."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class _SDKChatClient:

@@ -28,6 +28,7 @@ Status and cancel for `neat-data batch status|cancel RUN`: `refresh_records`, `c
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -115,7 +116,7 @@ class OpenAIBatchBackend(BatchBackendBase):
 
         for file_id, suffix in ((record.output_file_id, "output"), (record.error_file_id, "errors")):
             if file_id:
-                content = self._call(f"download {suffix} file", lambda: self._client.files.content(file_id).content)
+                content: bytes = self._call(f"download {suffix} file", functools.partial(_file_bytes, self._client, file_id))
                 atomic_write_bytes(self.state_dir / f"{record.name}.{suffix}.jsonl", content)
 
     def close(self) -> None:
@@ -163,6 +164,10 @@ def apply_batch(record: BatchRecord, batch: Any) -> None:
     record.errors = [f"{e.code or 'error'}: {e.message or ''}" + (f" (line {e.line})" if e.line else "") for e in errors]
 
 
+def _file_bytes(client: Any, file_id: str) -> bytes:
+    return client.files.content(file_id).content
+
+
 def _find_upload(client: Any, upload_name: str, record: BatchRecord) -> str | None:
     """The id of a file this record uploaded before a kill (same name and size), if the server lists one."""
     for file in client.files.list(purpose="batch"):
@@ -196,7 +201,7 @@ def refresh_records(records: list[BatchRecord], *, api_key_for: Callable[[BatchR
         key = api_key_for(record)
         client = make_client(record.base_url or OPENAI_BASE_URL, key, max_retries=2, timeout=60.0)
         try:
-            apply_batch(record, control_call("status", lambda: client.batches.retrieve(record.batch_id), key))
+            apply_batch(record, control_call("status", functools.partial(client.batches.retrieve, record.batch_id), key))
             out.append((record, None))
         except ControlError as error:
             out.append((record, error.reason))
@@ -216,7 +221,7 @@ def cancel_records(records: list[BatchRecord], *, api_key_for: Callable[[BatchRe
         key = api_key_for(record)
         client = make_client(record.base_url or OPENAI_BASE_URL, key, max_retries=2, timeout=60.0)
         try:
-            batch = control_call("cancel", lambda: client.batches.cancel(record.batch_id), key)
+            batch = control_call("cancel", functools.partial(client.batches.cancel, record.batch_id), key)
             out.append((record, f"now {batch.status}"))
         except ControlError as error:
             out.append((record, f"not cancelled: {error.reason}"))

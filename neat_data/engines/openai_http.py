@@ -29,6 +29,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from neat_data.engines.openai_backend import encode_json
+
 
 class HTTPStatusFailure(Exception):
     """The server answered `status`; `message` is its error text (the SDK's "Error code: N - message" form)."""
@@ -126,7 +128,7 @@ class ChatHTTPClient:
 
     async def post_json(self, path: str, body: dict[str, Any]) -> Any:
         """POST `body` as JSON to base_url + path; the decoded JSON answer of a 2xx, else raises (see module doc)."""
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        data = encode_json(body)
         try:
             async with self._session.post(self._url(path), data=data, allow_redirects=False) as response:
                 raw = await response.read()
