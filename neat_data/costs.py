@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from neat_data.engines.base import RequestResult
 
 BATCH_DISCOUNTS = {"openai-batch": 0.5}  # backend → discount on list prices (OpenAI: batch requests cost half)
@@ -28,6 +30,15 @@ BATCH_DISCOUNTS = {"openai-batch": 0.5}  # backend → discount on list prices (
 def batch_discount(backend: str) -> float:
     """The discount a backend's requests get on list prices (0 for online backends)."""
     return BATCH_DISCOUNTS.get(backend, 0.0)
+
+
+class PriceOptions(BaseModel):
+    """Prices for the cost line (a generate or score config inherits them: --price-in / --price-out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price_in: float | None = Field(None, ge=0, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported).")
+    price_out: float | None = Field(None, ge=0, description="Price per 1M completion tokens.")
 
 
 @dataclass(frozen=True)

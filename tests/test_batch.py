@@ -236,3 +236,17 @@ def test_the_judge_scores_through_openai_batch(fake_server, tmp_path: Path):
     # judging the same items again answers from the stored output
     again = make_scorer(options, "judge-model", state_dir=tmp_path / "batches" / "score")
     assert [r.score for r in again.score(items)] == [7.0, 7.0] and len(server.batch_api.batches) == 1
+
+
+def test_a_server_that_stops_answering_leaves_the_requests_pending_not_failed(fake_server, tmp_path: Path):
+    server = fake_server(batch_polls_per_state=1000)
+    requests = [request(i) for i in range(3)]
+    submitted = batch_backend(server, tmp_path / "state", no_wait=True)
+    assert list(submitted.generate(requests, SAMPLING)) == [] and len(submitted.pending) == 3
+    server.stop()  # the batch is still on the (now unreachable) server
+    waiting = OpenAIBatchBackend("fake", OpenAIOptions(base_url=server.url, max_retries=0),
+                                 OpenAIBatchOptions(batch_poll_interval=0.01, batch_poll_max=0.01), state_dir=tmp_path / "state", progress=False)
+    assert list(waiting.generate(requests, SAMPLING)) == []  # no error rows: the batch may still finish
+    assert sorted(waiting.pending) == [0, 1, 2] and waiting.stats["batch_submitted_requests"] == 0
+    record = load_records(FileBatchJournal(tmp_path / "state" / "journal.json"))[0]
+    assert record.status == "validating" and record.last_error.startswith("status: connection refused")

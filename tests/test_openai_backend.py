@@ -208,3 +208,10 @@ def test_redact_secret_replaces_the_key_and_long_pieces_of_it():
     assert redact_secret("EMPTY key EMPTY", "EMPTY") == "EMPTY key EMPTY"  # placeholders are not secrets
     assert redact_secret("a 1234567890 b", "1234567890") == "a *** b"  # a short real key is still replaced whole
     assert redact_secret("nothing here", None) == "nothing here"
+
+
+def test_text_utf8_cannot_hold_is_escaped_not_a_failed_request(fake_server):
+    """A lone surrogate (a prompt decoded with errors="surrogateescape") used to fail encoding as "malformed response"."""
+    server = fake_server()
+    results = run(backend_for(server), [request("bad \udcff byte", n=1, system=None)])
+    assert results[0].error is None and results[0].completions[0].text == "reply 7: bad \udcff byte"

@@ -95,7 +95,7 @@ class OpenAIOptions(BaseModel):
     backoff_base: float = Field(0.5, ge=0, description="openai: first retry delay in seconds; doubles each retry (with jitter).")
     backoff_max: float = Field(30.0, ge=0, description="openai: longest retry delay in seconds.")
     http_transport: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", description="openai: client transport (aiohttp: our lean client; httpx: the openai SDK, ~4x the CPU per request).")
+        "aiohttp", description="openai: client transport (aiohttp: our lean client; httpx: the openai SDK, ~10x the CPU per request).")
 
     @field_validator("base_url")
     @classmethod
@@ -324,7 +324,7 @@ def encode_json(value: Any) -> bytes:
 
 class _SDKChatClient:
     """The openai SDK over httpx behind ChatHTTPClient's interface (`post_json`, `close`): same exceptions, same
-    reasons. ~4x the CPU per request of the lean client; for low concurrency or when aiohttp misbehaves."""
+    reasons. ~10x the CPU per request of the lean client (benchmarks/openai_backend.py); for low concurrency."""
 
     def __init__(self, base_url: str, api_key: str, *, max_connections: int, timeout: float):
         import httpx2

@@ -212,10 +212,12 @@ class FakeOpenAIServer:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None:
+        """Stop serving (idempotent: a test may stop the server itself before its fixture does)."""
+        if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+        self._loop = self._thread = None
 
     def __enter__(self) -> "FakeOpenAIServer":
         return self.start()
