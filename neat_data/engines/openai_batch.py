@@ -57,7 +57,7 @@ class OpenAIBatchOptions(BaseModel):
                                     description="openai-batch/vllm-batch: requests per batch file (API limit 50,000).")
     batch_max_bytes: int = Field(MAX_BYTES_PER_FILE, ge=1024, le=MAX_BYTES_PER_FILE,
                                  description="openai-batch/vllm-batch: bytes per batch file (API limit 200 MB).")
-    batch_poll_interval: float = Field(10.0, gt=0, description="openai-batch: seconds before the first status poll; doubles each poll.")
+    batch_poll_interval: float = Field(10.0, gt=0, description="openai-batch: seconds between status polls at first; doubles each poll.")
     batch_poll_max: float = Field(300.0, gt=0, description="openai-batch: longest wait between status polls, in seconds.")
 
 

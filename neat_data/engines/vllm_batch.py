@@ -76,9 +76,14 @@ class VLLMBatchBackend(BatchBackendBase):
 
     def command(self, input_path: Path, output_path: Path) -> tuple[list[str], dict[str, str]]:
         """The run_batch command line and environment for one file."""
-        from vllm.platforms import current_platform
-
+        from neat_data.errors import NeatError
         from neat_data.models import resolve_dtype
+
+        try:
+            from vllm.platforms import current_platform
+        except ImportError:
+            raise NeatError("backend 'vllm-batch' needs vLLM: pip install 'neat-data[vllm]' (GPU) or run scripts/setup.sh (CPU)",
+                            field="backend") from None
 
         options, on_cpu = self.options, current_platform.is_cpu()
         command = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(input_path), "-o", str(output_path),
@@ -120,11 +125,16 @@ class VLLMBatchBackend(BatchBackendBase):
         bar = tqdm(total=record.requests, unit="req", desc=f"vllm-batch {record.name}", disable=not self.progress)
         try:
             with open(log_path, "wb") as log:
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-                while process.poll() is None:
-                    time.sleep(1.0)
-                    bar.n = _progress(log_path, bar.n)
-                    bar.refresh()
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+                try:
+                    while process.poll() is None:
+                        time.sleep(1.0)
+                        bar.n = _progress(log_path, bar.n)
+                        bar.refresh()
+                except BaseException:  # Ctrl-C or an error here: no engine may outlive its run
+                    process.kill()
+                    process.wait()
+                    raise
         finally:
             bar.close()
         if process.returncode != 0 or not part.exists():
@@ -145,6 +155,18 @@ class VLLMBatchBackend(BatchBackendBase):
     def _download(self, record: BatchRecord) -> None:
         if not (self.state_dir / f"{record.name}.output.jsonl").exists() and record.status == "completed":
             raise ControlError(f"the output of {record.name} is missing from {self.state_dir}")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, be killed when the parent dies (a SIGKILLed stage leaves no engine
+    holding the GPU while its re-run starts another). Elsewhere nothing."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def _progress(log_path: Path, current: int) -> int:
