@@ -10,7 +10,8 @@ Why not the SDK on this path: with 256 requests in flight a whole wave of replie
 SDK's per-reply work (request options, httpx2 Request/Response objects, header merging) cost ~1 ms of client CPU
 per reply — a 256-reply wave then delays the next wave by a quarter of a second (benchmarks/openai_backend.py).
 What the SDK did that matters is kept: the `Authorization: Bearer` header, errors by status with the server's
-`error.message`, the response headers for Retry-After, a timeout per attempt, no redirects to other hosts.
+`error.message`, the response headers for Retry-After, a timeout per attempt, proxies from the environment, and no
+redirects (a redirect is an error, not a second request that would carry the key elsewhere).
 
 `classify_transport_error` also reads the SDK's exceptions (the httpx transport, and the batch client's control
 calls): it walks the cause chain, because the SDK's aiohttp transport reports a refused connection as
@@ -117,6 +118,7 @@ class ChatHTTPClient:
             timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, CONNECT_TIMEOUT)),
             headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json", "Accept": "application/json"},
             raise_for_status=False,
+            trust_env=True,  # HTTP(S)_PROXY / NO_PROXY from the environment, as the SDK's transports do
         )
         self._urls: dict[str, URL] = {}
 

@@ -194,16 +194,16 @@ class FakeOpenAIServer:
         ready = threading.Event()
 
         def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            self._runner = web.AppRunner(self.app(), access_log=None)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
-            self._loop.run_until_complete(site.start())
+            loop = self._loop = asyncio.new_event_loop()  # a local name: stop() may forget self._loop first
+            asyncio.set_event_loop(loop)
+            runner = self._runner = web.AppRunner(self.app(), access_log=None)
+            loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, self.host, self.port, backlog=4096)
+            loop.run_until_complete(site.start())
             ready.set()
-            self._loop.run_forever()
-            self._loop.run_until_complete(self._runner.cleanup())
-            self._loop.close()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
 
         self._thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
         self._thread.start()
@@ -214,10 +214,13 @@ class FakeOpenAIServer:
     def stop(self) -> None:
         """Stop serving (idempotent: a test may stop the server itself before its fixture does)."""
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            try:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            except RuntimeError:  # it closed in between
+                pass
         if self._thread is not None:
             self._thread.join(10)
-        self._loop = self._thread = None
+        self._thread = None
 
     def __enter__(self) -> "FakeOpenAIServer":
         return self.start()
