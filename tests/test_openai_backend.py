@@ -215,3 +215,14 @@ def test_text_utf8_cannot_hold_is_escaped_not_a_failed_request(fake_server):
     server = fake_server()
     results = run(backend_for(server), [request("bad \udcff byte", n=1, system=None)])
     assert results[0].error is None and results[0].completions[0].text == "reply 7: bad \udcff byte"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_proxy_named_by_the_environment_is_used(fake_server, monkeypatch, transport):
+    """HTTP_PROXY is honoured as the SDK honours it: the fake server, acting as the proxy, answers for a host that
+    does not exist."""
+    server = fake_server()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    backend = OpenAIBackend("fake", OpenAIOptions(base_url="http://no-such-host.invalid:1/v1", max_retries=0, http_transport=transport))
+    results = run(backend, [request("via the proxy", n=1)])
+    assert results[0].error is None and results[0].completions[0].text == "reply 7: via the proxy"
