@@ -288,6 +288,8 @@ def push(run: Path, **options: Any) -> None:
 from neat_data.cli_rounds import register  # noqa: E402  (the commands live there; this module stays the entry point)
 
 register(cli, lambda: _argv())
+from neat_data.cli_batch import batch as batch_commands  # noqa: E402  (neat-data batch status|cancel RUN)
+cli.add_command(batch_commands)
 
 
 def main() -> None:

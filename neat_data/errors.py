@@ -61,6 +61,45 @@ def redact_secrets(text: str) -> str:
     return text
 
 
+def redact_secret(text: str, secret: str | None, *, min_fragment: int = 16) -> str:
+    """`text` with `secret` (an API key) and every run of `min_fragment`+ characters of it replaced by '***'.
+
+    Call it on the whole text *before* cutting it to length: a cut can leave a long prefix of the key that no
+    longer matches the whole key (a 300-character error line ending in "sk-proj-AbC…"). Secrets shorter than 8
+    characters (placeholders such as "EMPTY" for local servers) are left alone: replacing them would garble text
+    without protecting anything."""
+    if not secret or len(secret) < 8 or not text:
+        return text
+    spans: list[tuple[int, int]] = []
+    if len(secret) < min_fragment:
+        start = text.find(secret)
+        while start != -1:
+            spans.append((start, start + len(secret)))
+            start = text.find(secret, start + 1)
+    else:
+        for offset in range(len(secret) - min_fragment + 1):
+            fragment = secret[offset: offset + min_fragment]
+            start = text.find(fragment)
+            while start != -1:
+                spans.append((start, start + min_fragment))
+                start = text.find(fragment, start + 1)
+    if not spans:
+        return text
+    spans.sort()
+    merged = [list(spans[0])]
+    for start, end in spans[1:]:
+        if start <= merged[-1][1]:  # overlapping or touching windows of one occurrence
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    pieces, position = [], 0
+    for start, end in merged:
+        pieces += [text[position:start], "***"]
+        position = end
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
 def validation_message(error: "ValidationError") -> tuple[str, str]:
     """(dotted field, message) of a pydantic ValidationError's first problem, without pydantic's "Value error, "
     prefix. Never the input value: it may hold a secret (a key in a URL)."""

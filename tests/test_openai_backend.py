@@ -91,6 +91,8 @@ def test_server_ignoring_n_falls_back_to_single_requests(fake_server):
     assert [c.text for c in results[0].completions] == ["reply 5: a", "reply 6: a", "reply 7: a"]
     assert results[0].n_fallback and not backend.n_supported
     assert [body["n"] for body in server.requests] == [3, 1, 1]
+    # billed: three calls, each with the 3-word prompt ("Be kind." + "a") and 5 completion tokens per choice
+    assert (results[0].prompt_tokens, results[0].completion_tokens) == (9, 15)
 
 
 def test_server_rejecting_the_system_role_gets_it_merged(fake_server):
@@ -148,3 +150,79 @@ def test_parse_chat_response_orders_choices_and_rejects_malformed_bodies():
     for bad in ([], {"choices": []}, {"choices": "x"}, {"choices": [{"index": 0}]}, {"choices": [{"message": {"content": 3}}]}):
         with pytest.raises(ValueError):
             parse_chat_response(bad, 1)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_closed_port_is_connection_refused_not_a_timeout(transport):
+    """Issue 10: a closed port was reported as "timeout after 120 s" on every row of a run that took one second."""
+    from neat_data.testing.fake_openai_server import _free_port
+
+    backend = OpenAIBackend("fake", OpenAIOptions(base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=1, backoff_base=0.01,
+                                                  http_transport=transport))
+    started = time.monotonic()
+    results = run(backend, [request("a")])
+    assert results[0].error.startswith("failed after 2 attempts: connection refused: ") and "timeout" not in results[0].error
+    assert backend.stats["retry_connection_refused"] == 2 and time.monotonic() - started < 10
+
+
+def test_transport_errors_are_named_by_their_cause():
+    import socket
+    import ssl
+
+    import aiohttp
+
+    from neat_data.engines.openai_http import classify_transport_error
+
+    def chained(outer: BaseException, cause: BaseException) -> BaseException:
+        outer.__cause__ = cause
+        return outer
+
+    dns = socket.gaierror(-2, "Name or service not known")
+    assert classify_transport_error(chained(TimeoutError("Request timed out."), dns), 120)[0] == "dns"  # the cause wins
+    assert classify_transport_error(ssl.SSLCertVerificationError(1, "certificate verify failed"), 120) == (
+        "tls", "TLS error: certificate verify failed")
+    assert classify_transport_error(TimeoutError(), 1.5) == ("timeout", "timeout after 1.5 s")
+    assert classify_transport_error(aiohttp.ServerDisconnectedError(), 1.5)[0] == "connection"
+    assert classify_transport_error(chained(RuntimeError("x"), ConnectionRefusedError(111, "Connect call failed")), 9)[0] == "connection_refused"
+
+
+def test_a_key_echoed_where_the_reason_is_cut_is_redacted_first(fake_server):
+    """The server's message puts the key at characters 270-313: cutting to 300 first would keep 30 of its characters,
+    which no longer match the whole key."""
+    key = "sk-" + "z" * 40
+    server = fake_server(error_padding=224)
+    results = run(backend_for(server, api_key=key), [request("[[fault:401]] a")])
+    error = results[0].error
+    assert len(f"Error code: 401 - {'x' * 224}Incorrect API key provided: ") == 270
+    assert error.endswith("Incorrect API key provided: ***") and "z" * 16 not in error
+
+
+def test_redact_secret_replaces_the_key_and_long_pieces_of_it():
+    from neat_data.errors import redact_secret
+
+    key = "sk-proj-" + "AbCdEfGh" * 5
+    assert redact_secret(f"bad key {key}!", key) == "bad key ***!"
+    assert redact_secret(f"got {key[:20]}… and {key[-16:]}", key) == "got ***… and ***"  # pieces of 16+ characters
+    assert redact_secret(f"short {key[:15]}", key) == f"short {key[:15]}"  # 15 characters prove nothing
+    assert redact_secret(f"{key}{key}", key) == "***"
+    assert redact_secret("EMPTY key EMPTY", "EMPTY") == "EMPTY key EMPTY"  # placeholders are not secrets
+    assert redact_secret("a 1234567890 b", "1234567890") == "a *** b"  # a short real key is still replaced whole
+    assert redact_secret("nothing here", None) == "nothing here"
+
+
+def test_text_utf8_cannot_hold_is_escaped_not_a_failed_request(fake_server):
+    """A lone surrogate (a prompt decoded with errors="surrogateescape") used to fail encoding as "malformed response"."""
+    server = fake_server()
+    results = run(backend_for(server), [request("bad \udcff byte", n=1, system=None)])
+    assert results[0].error is None and results[0].completions[0].text == "reply 7: bad \udcff byte"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_proxy_named_by_the_environment_is_used(fake_server, monkeypatch, transport):
+    """HTTP_PROXY is honoured as the SDK honours it: the fake server, acting as the proxy, answers for a host that
+    does not exist."""
+    server = fake_server()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    backend = OpenAIBackend("fake", OpenAIOptions(base_url="http://no-such-host.invalid:1/v1", max_retries=0, http_transport=transport))
+    results = run(backend, [request("via the proxy", n=1)])
+    assert results[0].error is None and results[0].completions[0].text == "reply 7: via the proxy"

@@ -9,33 +9,55 @@ this package stays cheap.
 
 from __future__ import annotations
 
-import typing
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from neat_data.engines.base import Backend
 from neat_data.engines.openai_backend import OpenAIOptions
+from neat_data.engines.openai_batch import OpenAIBatchOptions
 from neat_data.engines.ray_backend import RayOptions
 from neat_data.engines.transformers_backend import TransformersOptions
 from neat_data.engines.vllm_backend import VLLMOptions
 
-BackendName = Literal["vllm", "openai", "transformers", "ray"]
+if TYPE_CHECKING:
+    from neat_data.engines.batch_journal import BatchJournal
+
+BackendName = Literal["vllm", "openai", "transformers", "ray", "openai-batch", "vllm-batch"]
 # vllm: one engine in this process; openai: any compatible server; transformers: model.generate, no engine start
-# (small jobs); ray: vLLM engines in Ray Data actors.
+# (small jobs); ray: vLLM engines in Ray Data actors; openai-batch: the OpenAI Batch API (half price, within 24 h;
+# re-runs attach to submitted batches); vllm-batch: the same batch files through vLLM's run_batch, offline.
+BATCH_BACKENDS = ("openai-batch", "vllm-batch")  # the ones that need a state folder and may leave requests pending
+
+
+SERVER_BACKENDS = ("openai", "openai-batch")  # the model is a server's name: the server checks it, not us
 
 
 def loads_model_locally(name: BackendName) -> bool:
     """Whether the backend (or its actors) loads the model from a local folder or the Hub: then the model is checked
-    before anything runs. A server's model name is the server's business."""
-    return name in typing.get_args(BackendName) and name != "openai"
+    before anything runs."""
+    return name not in SERVER_BACKENDS
 
 
-class BackendOptions(VLLMOptions, OpenAIOptions, TransformersOptions, RayOptions):
+class BackendOptions(VLLMOptions, OpenAIOptions, TransformersOptions, RayOptions, OpenAIBatchOptions):
     """Every backend's options in one flat model (a generate config inherits it)."""
 
 
-def make_backend(name: BackendName, model: str, options: BackendOptions, *, seed: int = 0) -> Backend:
+def make_backend(name: BackendName, model: str, options: BackendOptions, *, seed: int = 0, state_dir: Path | None = None,
+                 journal: "BatchJournal | None" = None, progress: bool = True) -> Backend:
     """The backend `name` for `model` (the user's spec: alias, folder, Hub id, or a server's model name).
-    `seed`: the engine-wide seed (vLLM); each request carries its own seed as well."""
+    `seed`: the engine-wide seed (vLLM); each request carries its own seed as well.
+    Batch backends (BATCH_BACKENDS) need `state_dir` (batch files, downloaded outputs: e.g. <run>/batches/generate)
+    and take a `journal` of their batches (default: <state_dir>/journal.json); `progress`: their polling bar."""
+    if name in BATCH_BACKENDS and state_dir is None:
+        raise ValueError(f"backend {name!r} needs a state folder (state_dir) for its batch files")
+    if name == "openai-batch" and state_dir is not None:
+        from neat_data.engines.openai_batch import OpenAIBatchBackend
+
+        return OpenAIBatchBackend.from_options(model, options, state_dir=state_dir, journal=journal, progress=progress)
+    if name == "vllm-batch" and state_dir is not None:
+        from neat_data.engines.vllm_batch import VLLMBatchBackend
+
+        return VLLMBatchBackend.from_options(model, options, seed=seed, state_dir=state_dir, journal=journal, progress=progress)
     if name == "vllm":
         from neat_data.engines.vllm_backend import VLLMBackend
 

@@ -3,6 +3,12 @@
 A request carries the messages to send (system role) and, when steered, the same request with the system
 text merged into the first user turn, used by backends whose chat template or server rejects the system
 role. Backends never raise for one bad request: they return a RequestResult with `error` set.
+
+Offline batch backends (openai-batch, vllm-batch) may leave requests *pending*: submitted in a batch that has not
+finished (`no_wait`, or its status could not be read). They yield nothing for those and, once the iterator is
+exhausted, list them in `backend.pending` (index → "batch <id> <status>"). No row is written for a pending
+request, so the next run plans it again and the backend attaches to its batch instead of submitting it twice.
+Every other backend has no `pending` attribute: read it with `getattr(backend, "pending", {})`.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ class GenerationRequest:
     merged_messages: list[dict[str, str]] | None  # fallback when the system role is rejected; None if unsteered
     n: int
     seed: int
-    id: str | None = None  # the stage's name for the request (the content key of its first sample row)
+    # A stable name for the request (the generate stage: the content key of its first sample row). Batch backends
+    # use it as the line's custom_id, to find the request again in a batch submitted by an earlier (killed) run.
+    id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,10 @@ class RequestResult:
     error: str | None = None  # set → every sample of this request becomes an error row with this reason
     system_mode: str = "system"  # system | merged | none
     n_fallback: bool = False  # the server returned fewer choices than n; samples came from separate requests
+    # Tokens billed for this request (all its calls, prompt counted once per call); None where the backend does
+    # not report usage — neat_data.costs.request_usage then falls back to the completions' own counts.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class Backend(Protocol):
@@ -54,8 +66,9 @@ class Backend(Protocol):
     model: str  # what goes in the `model` column
 
     def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
-        """Yield (index into requests, result) for every request exactly once, in any order. `requests` may be a
-        lazy iterator (the generate stage streams them): consume it as you go, never index it or take its length."""
+        """Yield (index into requests, result) for every request exactly once, in any order (batch backends: except
+        the pending ones, see the module doc). `requests` may be a lazy iterator (the generate stage streams them):
+        consume it as you go, never index it or take its length."""
         ...
 
     def close(self) -> None: ...

@@ -1,13 +1,16 @@
-"""OpenAI-compatible backend (vLLM server, TGI, OpenAI): `AsyncOpenAI` with bounded concurrency.
+"""OpenAI-compatible backend (vLLM server, TGI, OpenAI): chat completions with bounded concurrency.
 
-- `max_concurrency` requests in flight; an optional requests-per-minute limiter (`rpm`);
-- our own retries (the client's are off) on 429, 5xx, timeouts, connection errors and unparseable bodies,
-  with exponential backoff + jitter that honours `Retry-After`;
+- `max_concurrency` requests in flight over a lean aiohttp client (neat_data.engines.openai_http; the openai
+  SDK over httpx with `http_transport="httpx"`); an optional requests-per-minute limiter (`rpm`);
+- retries on 429, 5xx, timeouts, connection errors and unparseable bodies, with exponential backoff + jitter
+  that honours `Retry-After`; a refused connection, a DNS or a TLS failure is named as such, never "timeout";
 - a server that returns fewer choices than `n` is detected once; the missing samples (and from then on
   all samples) come from separate n=1 requests with seeds seed+i, and rows record `n_fallback`;
 - a 400 that rejects the system role switches to merging the system text into the first user turn;
 - a request that still fails becomes an error result with the reason — never an exception, never a drop.
-The API key is read from the environment variable named by `api_key_env` and is never logged or stored.
+The API key is read from the environment variable named by `api_key_env` and is never logged or stored; every
+error text is redacted (the key and any 16+ character piece of it) before it is cut to length.
+`chat_body` is the one definition of a request's JSON body (the batch backends write the same body).
 The asyncio loop runs in a worker thread so results stream back to the (synchronous) stage as they finish.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import os
 import queue
 import random
@@ -27,6 +31,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+from neat_data.errors import redact_secret
 
 _DONE = object()
 RETRY_AFTER_CAP = 120.0  # seconds
@@ -90,7 +95,7 @@ class OpenAIOptions(BaseModel):
     backoff_base: float = Field(0.5, ge=0, description="openai: first retry delay in seconds; doubles each retry (with jitter).")
     backoff_max: float = Field(30.0, ge=0, description="openai: longest retry delay in seconds.")
     http_transport: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", description="openai: client transport (httpx costs ~4x more CPU per request at high concurrency).")
+        "aiohttp", description="openai: client transport (aiohttp: our lean client; httpx: the openai SDK, ~10x the CPU per request).")
 
     @field_validator("base_url")
     @classmethod
@@ -137,17 +142,12 @@ class OpenAIBackend:
         return cls(model, plain, api_key=os.environ.get(options.api_key_env))
 
     def _client(self) -> Any:
-        import httpx2
-        import openai
+        """The HTTP client of one `generate` call: our lean aiohttp client, or the SDK over httpx (low concurrency)."""
+        if self.transport == "aiohttp":
+            from neat_data.engines.openai_http import ChatHTTPClient
 
-        limits = httpx2.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        timeout = httpx2.Timeout(self.timeout, connect=min(self.timeout, 10.0))
-        # The aiohttp transport costs ~3.7× less client CPU per request than the default httpx2 transport at
-        # concurrency 256 (httpcore2's pool polls every pooled socket per event; benchmarks/openai_backend.py):
-        # at high concurrency the client's CPU, not the server, is the limit. httpx is for low concurrency only.
-        http_client = (openai.DefaultAioHttpClient(limits=limits, timeout=timeout) if self.transport == "aiohttp"
-                       else openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout))
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=timeout, http_client=http_client)
+            return ChatHTTPClient(self.base_url, self._api_key, max_connections=self.max_concurrency, timeout=self.timeout)
+        return _SDKChatClient(self.base_url, self._api_key, max_connections=self.max_concurrency, timeout=self.timeout)
 
     def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
         results: queue.Queue[Any] = queue.Queue()
@@ -196,31 +196,36 @@ class OpenAIBackend:
     async def _generate_one(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, request: GenerationRequest,
                             sampling: Sampling) -> RequestResult:
         mode = "none" if request.merged_messages is None else "system"
+        usage = _Usage()
         try:
             if mode == "system" and not self.system_role_ok:
                 mode = "merged"
             messages = request.merged_messages if mode == "merged" else request.messages
             try:
-                completions, fallback = await self._samples(client, limiter, semaphore, messages, request, sampling)
+                completions, fallback = await self._samples(client, limiter, semaphore, messages, request, sampling, usage)
             except _Rejected as error:
                 if mode == "system" and _rejects_system_role(str(error)):
                     self.system_role_ok = False
                     self.stats["system_role_fallback"] += 1
                     mode = "merged"
-                    completions, fallback = await self._samples(client, limiter, semaphore, request.merged_messages, request, sampling)
+                    completions, fallback = await self._samples(client, limiter, semaphore, request.merged_messages, request, sampling,
+                                                                usage)
                 else:
                     raise
-            return RequestResult(completions=completions, system_mode=mode, n_fallback=fallback)
+            return RequestResult(completions=completions, system_mode=mode, n_fallback=fallback, prompt_tokens=usage.prompt_tokens,
+                                 completion_tokens=usage.completion_tokens)
         except _Rejected as error:
             self.stats["failed_requests"] += 1
-            # servers may echo the key in an error body ("Incorrect API key provided: sk-…"); rows never hold it
-            return RequestResult(error=redact(str(error), self._api_key), system_mode=mode)
+            # servers may echo the key in an error body ("Incorrect API key provided: sk-…"); every reason was
+            # redacted where it was made (_clean), before it was cut to length
+            return RequestResult(error=str(error), system_mode=mode, prompt_tokens=usage.prompt_tokens,
+                                 completion_tokens=usage.completion_tokens)
 
     async def _samples(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, messages: list[dict[str, str]],
-                       request: GenerationRequest, sampling: Sampling) -> tuple[list[Completion], bool]:
+                       request: GenerationRequest, sampling: Sampling, usage: "_Usage") -> tuple[list[Completion], bool]:
         completions: list[Completion] = []
         if self.n_supported or request.n == 1:
-            completions = await self._call(client, limiter, semaphore, messages, request.n, request.seed, sampling)
+            completions = await self._call(client, limiter, semaphore, messages, request.n, request.seed, sampling, usage)
             if len(completions) >= request.n:
                 return completions[: request.n], False
             if request.n > 1:
@@ -228,16 +233,17 @@ class OpenAIBackend:
                 self.stats["n_ignored"] += 1
         # The server ignored n: fetch each missing sample alone, seed + sample index keeps them distinct.
         singles = await asyncio.gather(*(
-            self._call(client, limiter, semaphore, messages, 1, request.seed + i, sampling)
+            self._call(client, limiter, semaphore, messages, 1, request.seed + i, sampling, usage)
             for i in range(len(completions), request.n)
         ))
         completions += [c[0] for c in singles if c]
         return completions, True
 
     async def _call(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, messages: list[dict[str, str]], n: int,
-                    seed: int, sampling: Sampling) -> list[Completion]:
-        import openai
+                    seed: int, sampling: Sampling, usage: "_Usage") -> list[Completion]:
+        from neat_data.engines.openai_http import HTTPStatusFailure, TransportFailure
 
+        body = chat_body(self.model, messages, n, seed, sampling)
         last_reason = "no attempt"
         for attempt in range(self.max_retries + 1):
             wait: float | None = None
@@ -245,29 +251,22 @@ class OpenAIBackend:
                 await limiter.wait()
                 self.stats["requests"] += 1
                 try:
-                    # client.post with a plain body and cast_to=object is the same request through the same
-                    # SDK (auth, errors, transport) without its typed argument transform and response
-                    # models: half the client CPU per request (3.0 → 1.6 ms measured), which is what
-                    # limits throughput at high concurrency. parse_chat_response validates the body.
-                    data = await client.post("/chat/completions", cast_to=object, body={
-                        "model": self.model, "messages": messages, "n": n, "seed": seed, "temperature": sampling.temperature,
-                        "top_p": sampling.top_p, "max_tokens": sampling.max_tokens})
-                    return parse_chat_response(data, n)
-                except openai.APIStatusError as error:
-                    status = error.status_code
-                    last_reason = f"HTTP {status}: {_short(error.message)}"
+                    data = await client.post_json("/chat/completions", body)
+                    completions = parse_chat_response(data, n)
+                    usage.add(data)
+                    return completions
+                except HTTPStatusFailure as error:
+                    status = error.status
+                    last_reason = f"HTTP {status}: {self._clean(error.message)}"
                     if status != 429 and status < 500 and status not in (408, 409):
                         raise _Rejected(last_reason) from None
                     self.stats[f"retry_http_{status}"] += 1
-                    wait = retry_after_seconds(error.response.headers)
-                except openai.APITimeoutError:
-                    last_reason = f"timeout after {self.timeout:g} s"
-                    self.stats["retry_timeout"] += 1
-                except openai.APIConnectionError as error:
-                    last_reason = f"connection error: {_short(str(error.__cause__ or error))}"
-                    self.stats["retry_connection"] += 1
-                except (openai.APIResponseValidationError, ValueError) as error:
-                    last_reason = f"malformed response: {_short(str(error))}"
+                    wait = retry_after_seconds(error.headers)
+                except TransportFailure as error:
+                    last_reason = self._clean(error.reason)
+                    self.stats[f"retry_{error.kind}"] += 1
+                except ValueError as error:  # parse_chat_response: JSON, but not a chat.completion
+                    last_reason = f"malformed response: {self._clean(str(error))}"
                     self.stats["retry_malformed"] += 1
             if attempt == self.max_retries:
                 break
@@ -276,6 +275,11 @@ class OpenAIBackend:
             # the server's Retry-After wins over our backoff (capped, so a bogus header cannot park a worker)
             await asyncio.sleep(min(RETRY_AFTER_CAP, wait) if wait is not None else backoff)
         raise _Rejected(f"failed after {self.max_retries + 1} attempts: {last_reason}")
+
+    def _clean(self, text: str) -> str:
+        """An error text fit for a row: the key and any long piece of it redacted first, then cut to length (the
+        other order can leave a prefix of the key that no longer matches it)."""
+        return _short(redact_secret(text, self._api_key))
 
     def close(self) -> None:
         pass
@@ -302,9 +306,74 @@ def parse_chat_response(data: Any, n: int) -> list[Completion]:
     return completions
 
 
-def redact(text: str, secret: str | None) -> str:
-    """`text` with every occurrence of `secret` (an API key) replaced by '***'."""
-    return text.replace(secret, "***") if secret and secret != "EMPTY" else text
+def chat_body(model: str, messages: list[dict[str, str]], n: int, seed: int, sampling: Sampling) -> dict[str, Any]:
+    """The JSON body of one chat-completions request: what the online backend POSTs and what a batch file line
+    carries as `body` (neat_data.engines.openai_batch), so both paths send exactly the same request."""
+    return {"model": model, "messages": messages, "n": n, "seed": seed, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, the bytes a request body is sent as (online) or written as (batch files). Text UTF-8 cannot
+    hold (a lone surrogate from a badly decoded prompt) is \\u-escaped instead of failing the request."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class _SDKChatClient:
+    """The openai SDK over httpx behind ChatHTTPClient's interface (`post_json`, `close`): same exceptions, same
+    reasons. ~10x the CPU per request of the lean client (benchmarks/openai_backend.py); for low concurrency."""
+
+    def __init__(self, base_url: str, api_key: str, *, max_connections: int, timeout: float):
+        import httpx2
+        import openai
+
+        from neat_data.engines.openai_http import CONNECT_TIMEOUT
+
+        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        httpx_timeout = httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+        self.timeout = timeout
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=httpx_timeout,
+                                          http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=httpx_timeout))
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        import openai
+
+        from neat_data.engines.openai_http import HTTPStatusFailure, TransportFailure, classify_transport_error
+
+        try:
+            # a plain body with cast_to=object: the SDK's request without its typed transform and response models
+            return await self._client.post(path, cast_to=object, body=body)
+        except openai.APIStatusError as error:
+            raise HTTPStatusFailure(error.status_code, error.message, error.response.headers) from None
+        except (openai.APITimeoutError, openai.APIConnectionError) as error:
+            kind, reason = classify_transport_error(error, self.timeout)
+            raise TransportFailure(kind, reason) from None
+        except (openai.APIResponseValidationError, ValueError) as error:
+            raise TransportFailure("malformed", f"malformed response: {error}") from None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class _Usage:
+    """Tokens billed for one request's successful calls (the `usage` object of each answer); None when no answer
+    carried usage."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+
+    def add(self, data: dict[str, Any]) -> None:
+        usage = data.get("usage")
+        if not isinstance(usage, dict):
+            return
+        for name in ("prompt_tokens", "completion_tokens"):
+            value = usage.get(name)
+            if isinstance(value, int):
+                setattr(self, name, (getattr(self, name) or 0) + value)
 
 
 def _choice_index(choice: Any, position: int) -> int:

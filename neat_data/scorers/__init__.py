@@ -2,27 +2,32 @@
 
 `ScorerOptions` holds what choosing and building a scorer needs (a score config inherits it); `make_scorer` is the
 one place an implementation is chosen. The LLM judge's backends take the same options models as generation
-(`VLLMOptions`, `OpenAIOptions`, inherited here). Torch and transformers are imported inside the implementations only.
+(`VLLMOptions`, `OpenAIOptions`, `OpenAIBatchOptions`, inherited here). Torch and transformers are imported inside the implementations only.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
 from neat_data.engines.openai_backend import OpenAIOptions
+from neat_data.engines.openai_batch import OpenAIBatchOptions
 from neat_data.engines.vllm_backend import VLLMOptions
 from neat_data.scorers.base import Scorer
 from neat_data.scorers.judge import JudgeBackendName, JudgeMode
+
+if TYPE_CHECKING:
+    from neat_data.engines.batch_journal import BatchJournal
 
 ScorerName = Literal["self-contrast", "reward-model", "judge"]  # and python:<module>:<function>, a user's callable
 SCORER_HELP = "self-contrast | reward-model | judge | python:<module>:<function>"
 _PYTHON_SCORER = re.compile(r"^python:[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-class ScorerOptions(VLLMOptions, OpenAIOptions):
+class ScorerOptions(VLLMOptions, OpenAIOptions, OpenAIBatchOptions):
     """Which scorer, on which model and device; the judge's backend options are the generate stage's own."""
 
     scorer: str = Field("self-contrast", description=f"{SCORER_HELP}.")
@@ -32,7 +37,8 @@ class ScorerOptions(VLLMOptions, OpenAIOptions):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     max_length: int | None = Field(None, ge=8, description="Longest sequence scored; longer → error row.")
     judge_mode: JudgeMode = Field("pointwise", description="judge: 1–10 rating per response, or pairwise win rate with both orders judged.")
-    judge_backend: JudgeBackendName = Field("openai", description="judge: where the judge model runs (openai: --base-url).")
+    judge_backend: JudgeBackendName = Field("openai", description="judge: where the judge model runs (openai: --base-url; "
+                                                                  "openai-batch: the Batch API, half price, within 24 h).")
     judge_template: str | None = Field(None, description="judge: template YAML (default prompts/judges/<mode>.yaml).")
     # N copies of the scorer on a pool of Ray actors (local Ray, or the cluster RAY_ADDRESS names)
     ray_actors: int | None = Field(None, ge=1, description="Score on N Ray actors, each with its own copy of the scorer; RAY_ADDRESS picks the cluster.")
@@ -48,8 +54,10 @@ class ScorerOptions(VLLMOptions, OpenAIOptions):
         raise ValueError(f"unknown scorer {value!r} ({SCORER_HELP})")
 
 
-def make_scorer(options: ScorerOptions, generation_model: str | None) -> Scorer:
-    """The scorer `options` names. The reference/reward/judge model defaults to the model that generated the run."""
+def make_scorer(options: ScorerOptions, generation_model: str | None, *, state_dir: Path | None = None,
+                journal: "BatchJournal | None" = None) -> Scorer:
+    """The scorer `options` names. The reference/reward/judge model defaults to the model that generated the run.
+    `state_dir`/`journal`: the batch files and journal of a judge on openai-batch (e.g. <run>/batches/score)."""
     if options.ray_actors:
         import functools
 
@@ -77,7 +85,8 @@ def make_scorer(options: ScorerOptions, generation_model: str | None) -> Scorer:
     if kind == "judge":
         from neat_data.scorers.judge import make_judge
 
-        return make_judge(model, options.judge_backend, options, mode=options.judge_mode, template=options.judge_template)
+        return make_judge(model, options.judge_backend, options, mode=options.judge_mode, template=options.judge_template,
+                          state_dir=state_dir, journal=journal)
     if kind == "reward-model":
         from neat_data.scorers.reward_model import RewardModelScorer, VLLMRewardScorer
 

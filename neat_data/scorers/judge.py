@@ -27,11 +27,12 @@ from neat_data.resources import bundled_dir
 from neat_data.scorers.base import ScoreItem, ScoreResult
 
 if TYPE_CHECKING:
+    from neat_data.engines.batch_journal import BatchJournal
     from neat_data.engines.openai_backend import OpenAIOptions
     from neat_data.engines.vllm_backend import VLLMOptions
 
 JudgeMode = Literal["pointwise", "pairwise"]
-JudgeBackendName = Literal["openai", "vllm"]  # the generation backends a judge runs on
+JudgeBackendName = Literal["openai", "vllm", "openai-batch"]  # the generation backends a judge runs on
 _RATING = re.compile(r"rating\s*:\s*\**\s*(\d+)\b", re.IGNORECASE)
 _WINNER = re.compile(r"winner\s*:\s*\**\s*([AB])\b", re.IGNORECASE)
 JUDGE_SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=32, seed=0)
@@ -159,13 +160,20 @@ class JudgeScorer:
 
 
 def make_judge(model: str, backend_name: JudgeBackendName, options: "VLLMOptions | OpenAIOptions", *, mode: JudgeMode = "pointwise",
-               template: str | None = None) -> JudgeScorer:
-    """A JudgeScorer for `model` on a generation backend built from the same options models as `generate`."""
+               template: str | None = None, state_dir: Path | None = None, journal: "BatchJournal | None" = None) -> JudgeScorer:
+    """A JudgeScorer for `model` on a generation backend built from the same options models as `generate`.
+    openai-batch needs `state_dir` (e.g. <run>/batches/score) and takes the `journal` of its batches."""
     from neat_data.engines.openai_backend import OpenAIBackend, OpenAIOptions
     from neat_data.engines.vllm_backend import VLLMBackend, VLLMOptions
 
     backend: Backend
-    if backend_name == "openai":
+    if backend_name == "openai-batch":
+        from neat_data.engines.openai_batch import OpenAIBatchBackend
+
+        if state_dir is None:
+            raise ValueError("the openai-batch judge needs a state folder (state_dir) for its batch files")
+        backend = OpenAIBatchBackend.from_options(model, options, state_dir=state_dir, journal=journal)
+    elif backend_name == "openai":
         assert isinstance(options, OpenAIOptions)
         if not options.base_url:
             raise NeatError("the openai judge needs --base-url", field="base_url")

@@ -9,7 +9,11 @@ Faults, chosen per request by a directive in the last user message (deterministi
     [[fault:401]] (echoes the API key in the error body, as some servers do)
 A suffix xK (e.g. [[fault:429x2]]) applies the fault to the first K attempts of that request only, so
 retries can succeed. Or at random, with `rates` (reliability suite). Server-wide switches: `ignore_n`
-(always one choice) and `reject_system` (400 on a system message, like templates without one).
+(always one choice), `reject_system` (400 on a system message, like templates without one) and `require_key`
+(401 echoing the wrong key, on every endpoint; `error_padding` puts characters before it).
+
+The Files and Batch APIs (upload, batches that walk validating → in_progress → finalizing → completed, failed,
+expired, cancelled, malformed output lines) are in neat_data.testing.fake_batch_api, served by the same app.
 
     python -m neat_data.testing.fake_openai_server --port 8001 --latency 0.05
     python -m neat_data.testing.fake_openai_server --rate 500=0.2 --rate 429=0.1 --rate stall=0.05 --stall-seconds 5
@@ -32,6 +36,8 @@ from typing import Any
 
 from aiohttp import web
 
+from neat_data.testing.fake_batch_api import FakeBatchAPI
+
 _DIRECTIVE = re.compile(r"\[\[fault:([a-z0-9]+?)(?:x(\d+))?\]\]")
 FAULTS = ("429", "500", "stall", "garbage", "truncated", "reset", "fewer", "empty", "400", "401")
 
@@ -48,6 +54,17 @@ class ServerSettings:
     record: bool = True
     fixed_reply: str | None = None  # answer every request with this text (e.g. a judge's "Rating: 7")
     context_words: int | None = None  # longer prompts (in words) get vLLM's 400 "maximum context length" answer
+    error_padding: int = 0  # characters before the echoed key in a 401 message (puts the key where a cut falls)
+    require_key: str | None = None  # every endpoint answers 401 echoing the key it got unless it is this one
+    # Files + Batch APIs (neat_data.testing.fake_batch_api)
+    batch_polls_per_state: int = 1  # retrievals before a batch moves on to its next state …
+    batch_seconds_per_state: float = 0.0  # … and seconds it stays in each state at least
+    batch_outcome: str = "completed"  # completed | failed (validation) | expired (partial output)
+    batch_partial_lines: int | None = None  # lines an expired or cancelled batch ran (default: half)
+    batch_report_unfinished: bool = False  # list an expired/cancelled batch's unfinished requests in its error file
+    batch_max_lines: int = 50_000
+    upload_delay: float = 0.0  # seconds an upload's answer waits after the file is stored (a test kills the client then)
+    batch_create_delay: float = 0.0  # seconds a create's answer waits after the batch exists
 
 
 class FakeOpenAIServer:
@@ -65,21 +82,33 @@ class FakeOpenAIServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
+        self.batch_api = FakeBatchAPI(self)  # /v1/files and /v1/batches; its counters are the tests' evidence
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=256 * 2**20, middlewares=[self._check_key])  # batch files: up to 200 MB
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        self.batch_api.register(app)
         return app
+
+    @web.middleware
+    async def _check_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        expected = self.settings.require_key
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if expected is not None and given != expected:  # like OpenAI: the wrong key comes back in the message
+            padding = "x" * self.settings.error_padding
+            return web.json_response({"error": {"message": f"{padding}Incorrect API key provided: {given}", "type": "invalid_api_key"}},
+                                     status=401)
+        return await handler(request)
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
-    def _choose_fault(self, body: dict[str, Any]) -> str | None:
+    def choose_fault(self, body: dict[str, Any]) -> str | None:
         messages = body.get("messages") or []
         last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
         match = _DIRECTIVE.search(last_user if isinstance(last_user, str) else "")
@@ -103,21 +132,11 @@ class FakeOpenAIServer:
         if self.settings.record:
             self.requests.append(body)
             self.authorizations.add(request.headers.get("Authorization", ""))
-        fault = self._choose_fault(body)
+        fault = self.choose_fault(body)
         if self.settings.latency:
             await asyncio.sleep(self.settings.latency)
         if fault:
             self.faults[fault] += 1
-        if fault == "429":
-            return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
-                                     headers={"Retry-After": f"{self.settings.retry_after:g}"})
-        if fault == "500":
-            return web.json_response({"error": {"message": "internal error", "type": "server_error"}}, status=500)
-        if fault == "401":  # like OpenAI's "Incorrect API key provided: …": the key comes back in the body
-            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            return web.json_response({"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_api_key"}}, status=401)
-        if fault == "400":
-            return web.json_response({"error": {"message": "bad request: unsupported parameter", "type": "invalid_request_error"}}, status=400)
         if fault == "stall":
             await asyncio.sleep(self.settings.stall_seconds)
         if fault == "garbage":
@@ -127,14 +146,34 @@ class FakeOpenAIServer:
             if transport is not None:
                 transport.abort()
             return web.Response(status=500)
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        status, payload, headers = self.answer(body, fault, key)
+        if fault == "truncated" and status == 200:
+            text = json.dumps(payload)
+            return web.Response(text=text[: len(text) // 2], content_type="application/json")
+        return web.json_response(payload, status=status, headers=headers)
+
+    def answer(self, body: dict[str, Any], fault: str | None, key: str = "") -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, JSON payload, headers) of a chat request under `fault`: the server's answer, also used for each
+        line of a batch (neat_data.testing.fake_batch_api). Transport faults (stall, reset, garbage, truncated) are
+        the caller's."""
+        if fault == "429":
+            return 429, {"error": {"message": "rate limited", "type": "rate_limit"}}, {"Retry-After": f"{self.settings.retry_after:g}"}
+        if fault == "500":
+            return 500, {"error": {"message": "internal error", "type": "server_error"}}, {}
+        if fault == "401":  # like OpenAI's "Incorrect API key provided: …": the key comes back in the body
+            padding = "x" * self.settings.error_padding
+            return 401, {"error": {"message": f"{padding}Incorrect API key provided: {key}", "type": "invalid_api_key"}}, {}
+        if fault == "400":
+            return 400, {"error": {"message": "bad request: unsupported parameter", "type": "invalid_request_error"}}, {}
         messages = body.get("messages") or []
         if self.settings.reject_system and any(m.get("role") == "system" for m in messages):
-            return web.json_response({"error": {"message": "System role not supported", "type": "invalid_request_error"}}, status=400)
+            return 400, {"error": {"message": "System role not supported", "type": "invalid_request_error"}}, {}
         prompt_words = sum(len(str(m.get("content", "")).split()) for m in messages)
         if self.settings.context_words is not None and prompt_words > self.settings.context_words:
             message = (f"This model's maximum context length is {self.settings.context_words} tokens. However, your request has "
                        f"{prompt_words} input tokens. Please reduce the length of the input messages.")
-            return web.json_response({"error": {"message": message, "type": "BadRequestError"}}, status=400)
+            return 400, {"error": {"message": message, "type": "BadRequestError"}}, {}
         n = int(body.get("n") or 1)
         if self.settings.ignore_n or fault == "fewer":
             n = 1
@@ -144,31 +183,27 @@ class FakeOpenAIServer:
         for i in range(n):
             text = None if fault == "empty" else (self.settings.fixed_reply or f"reply {seed + i}: {last_user}")
             choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         payload = {
             "id": f"chatcmpl-{seed}", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
             "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5 * n, "total_tokens": prompt_tokens + 5 * n},
+            "usage": {"prompt_tokens": prompt_words, "completion_tokens": 5 * n, "total_tokens": prompt_words + 5 * n},
         }
-        if fault == "truncated":
-            text = json.dumps(payload)
-            return web.Response(text=text[: len(text) // 2], content_type="application/json")
-        return web.json_response(payload)
+        return 200, payload, {}
 
     def start(self) -> "FakeOpenAIServer":
         ready = threading.Event()
 
         def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            self._runner = web.AppRunner(self.app(), access_log=None)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
-            self._loop.run_until_complete(site.start())
+            loop = self._loop = asyncio.new_event_loop()  # a local name: stop() may forget self._loop first
+            asyncio.set_event_loop(loop)
+            runner = self._runner = web.AppRunner(self.app(), access_log=None)
+            loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, self.host, self.port, backlog=4096)
+            loop.run_until_complete(site.start())
             ready.set()
-            self._loop.run_forever()
-            self._loop.run_until_complete(self._runner.cleanup())
-            self._loop.close()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
 
         self._thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
         self._thread.start()
@@ -177,10 +212,15 @@ class FakeOpenAIServer:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        """Stop serving (idempotent: a test may stop the server itself before its fixture does)."""
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            except RuntimeError:  # it closed in between
+                pass
         if self._thread is not None:
             self._thread.join(10)
+        self._thread = None
 
     def __enter__(self) -> "FakeOpenAIServer":
         return self.start()
@@ -205,13 +245,15 @@ def main() -> None:
                         help=f"random fault rate per attempt, repeatable (faults: {', '.join(FAULTS)}), e.g. --rate 500=0.2")
     parser.add_argument("--stall-seconds", type=float, default=30.0, help="how long a 'stall' fault holds the answer")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random faults")
+    parser.add_argument("--batch-seconds-per-state", type=float, default=0.0, help="batches: seconds in each state at least")
+    parser.add_argument("--batch-outcome", choices=["completed", "failed", "expired"], default="completed")
     args = parser.parse_args()
     rates = {name: float(value) for name, _, value in (spec.partition("=") for spec in args.rate)}
     unknown = set(rates) - set(FAULTS)
     if unknown:
         parser.error(f"unknown fault {sorted(unknown)[0]!r}")
     settings = ServerSettings(latency=args.latency, ignore_n=args.ignore_n, record=False, rates=rates, stall_seconds=args.stall_seconds,
-                              seed=args.seed)
+                              seed=args.seed, batch_seconds_per_state=args.batch_seconds_per_state, batch_outcome=args.batch_outcome)
     server = FakeOpenAIServer(settings, host=args.host, port=args.port)
     web.run_app(server.app(), host=args.host, port=server.port, access_log=None, print=None, backlog=4096)
 

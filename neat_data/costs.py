@@ -1,0 +1,119 @@
+"""Token and cost accounting: what a run's requests consumed, by stage and steering, and what it cost.
+
+In:  one `UsageRecord` per request (stage, steering, billed prompt and completion tokens — `request_usage` reads
+     them from any backend's RequestResult), prices in currency units per 1M tokens, a discount.
+Out: `token_costs(...)` → a JSON-able dict for the manifest and the CLI summary:
+     {"by_stage": {stage: {steering: Totals}}, "total": Totals, "prices": {...} | None}
+     Totals = {"requests", "prompt_tokens", "completion_tokens", "requests_without_usage"[, "list_cost", "cost"]}.
+
+With P prompt and C completion tokens, prices p_in and p_out per 1M tokens and discount d (0.5: the OpenAI Batch
+API's half price):
+    list_cost = (P · p_in + C · p_out) / 1,000,000        cost = list_cost · (1 − d)
+A request whose backend reported no usage counts in `requests_without_usage` and adds no tokens (so a cost is a
+lower bound when that count is not 0). A request's prompt is billed once per call: once for a request with n
+samples, n times when the server ignored n and each sample was a separate call (the online backend's fallback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from neat_data.engines.base import RequestResult
+
+BATCH_DISCOUNTS = {"openai-batch": 0.5}  # backend → discount on list prices (OpenAI: batch requests cost half)
+
+
+def batch_discount(backend: str) -> float:
+    """The discount a backend's requests get on list prices (0 for online backends)."""
+    return BATCH_DISCOUNTS.get(backend, 0.0)
+
+
+class PriceOptions(BaseModel):
+    """Prices for the cost line (a generate or score config inherits them: --price-in / --price-out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price_in: float | None = Field(None, ge=0, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported).")
+    price_out: float | None = Field(None, ge=0, description="Price per 1M completion tokens.")
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    stage: str  # generate | score
+    steering: str  # pos | neg | none (score: the steering of the scored row, or "judge")
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def request_usage(result: RequestResult) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens billed for one request: the backend's own usage when it reported it
+    (RequestResult.prompt_tokens / completion_tokens), else from its completions — the prompt once, the
+    completions summed (None when any completion's count is unknown)."""
+    if result.prompt_tokens is not None or result.completion_tokens is not None:
+        return result.prompt_tokens, result.completion_tokens
+    if not result.completions:
+        return None, None
+    prompt = result.completions[0].prompt_tokens
+    counts = [c.completion_tokens for c in result.completions]
+    return prompt, (sum(counts) if all(isinstance(c, int) for c in counts) else None)  # type: ignore[arg-type]
+
+
+def _empty() -> dict[str, int]:
+    return {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "requests_without_usage": 0}
+
+
+def _add(totals: dict[str, int], record: UsageRecord) -> None:
+    totals["requests"] += 1
+    if record.prompt_tokens is None and record.completion_tokens is None:
+        totals["requests_without_usage"] += 1
+    totals["prompt_tokens"] += record.prompt_tokens or 0
+    totals["completion_tokens"] += record.completion_tokens or 0
+
+
+def _price(totals: dict[str, Any], price_in: float, price_out: float, discount: float) -> None:
+    list_cost = (totals["prompt_tokens"] * price_in + totals["completion_tokens"] * price_out) / 1_000_000
+    totals["list_cost"] = round(list_cost, 6)
+    totals["cost"] = round(list_cost * (1.0 - discount), 6)
+
+
+def token_costs(records: Iterable[UsageRecord], *, price_in: float | None = None, price_out: float | None = None,
+                discount: float = 0.0) -> dict[str, Any]:
+    """Totals by stage and steering and overall; with both prices, the list cost and the discounted cost of each.
+    `discount` in [0, 1) (e.g. `batch_discount("openai-batch")`); ValueError outside it or for a negative price."""
+    if not 0.0 <= discount < 1.0:
+        raise ValueError(f"discount must be in [0, 1), got {discount}")
+    if (price_in is None) != (price_out is None):
+        raise ValueError("give both prices (per 1M prompt tokens and per 1M completion tokens) or neither")
+    if price_in is not None and (price_in < 0 or price_out < 0):  # type: ignore[operator]
+        raise ValueError("prices must not be negative")
+    by_stage: dict[str, dict[str, dict[str, Any]]] = {}
+    total: dict[str, Any] = _empty()
+    for record in records:
+        _add(by_stage.setdefault(record.stage, {}).setdefault(record.steering, _empty()), record)
+        _add(total, record)
+    prices = None
+    if price_in is not None and price_out is not None:
+        prices = {"price_in_per_1m": price_in, "price_out_per_1m": price_out, "discount": discount}
+        for steerings in by_stage.values():
+            for totals in steerings.values():
+                _price(totals, price_in, price_out, discount)
+        _price(total, price_in, price_out, discount)
+    return {"by_stage": by_stage, "total": total, "prices": prices}
+
+
+def cost_line(summary: dict[str, Any]) -> str:
+    """One line for the CLI: "tokens: 1,200 prompt + 800 completion in 10 requests; cost 0.0011 (list 0.0022, batch
+    discount 50%)"."""
+    total = summary["total"]
+    line = f"tokens: {total['prompt_tokens']:,} prompt + {total['completion_tokens']:,} completion in {total['requests']:,} requests"
+    if total["requests_without_usage"]:
+        line += f" ({total['requests_without_usage']:,} without usage)"
+    prices = summary.get("prices")
+    if prices:
+        discount = f", batch discount {prices['discount']:.0%}" if prices["discount"] else ""
+        line += f"; cost {total['cost']:.4f} (list {total['list_cost']:.4f}{discount})"
+    return line
