@@ -190,4 +190,5 @@ def test_a_shard_summary_counts_its_own_rows_and_requests(many_prompts: Path, tm
     assert record["generated_rows"] == mine.num_rows and record["requests"]["attempts"] == summary.requests["attempts"]
     assert record["planned_rows"] == mine.num_rows and record["finished"] is True
     assert summary.lines()[0].startswith(f"{summary.folder}: {mine.num_rows} rows ({mine.num_rows} ok, 0 error; {mine.num_rows} new)")
-    assert summary.usage["pos"]["completion_tokens"] > 0 and set(summary.usage) == {"pos", "neg"}
+    by_steering = summary.usage["by_stage"]["generate"]
+    assert set(by_steering) == {"pos", "neg"} and by_steering["pos"]["requests"] == len(owned) and by_steering["pos"]["completion_tokens"] > 0

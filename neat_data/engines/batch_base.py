@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.batch_core import BatchLines, build_lines, line_digest, read_input_ids, read_outcomes, split_lines
@@ -113,7 +113,8 @@ class BatchBackendBase:
         return record
 
     # ----------------------------------------------------------------------------------------- generate
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+    def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+        requests = list(requests)  # batch files are built from the whole list
         self.pending = {}
         batch = build_lines(requests, self._body_model(), sampling, merge_system=self._merge_system())
         self._records = load_records(self.journal)

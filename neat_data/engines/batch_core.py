@@ -24,7 +24,8 @@ from typing import Any
 
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.batch_journal import BatchRecord
-from neat_data.engines.openai_backend import chat_body, encode_json, parse_chat_response
+from neat_data.engines.openai_backend import chat_body, parse_chat_response
+from neat_data.engines.openai_http import encode_json
 from neat_data.errors import redact_secret
 
 ENDPOINT = "/v1/chat/completions"

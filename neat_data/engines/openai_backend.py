@@ -25,12 +25,13 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+from neat_data.engines.openai_http import encode_json
 from neat_data.errors import redact_secret
 
 _DONE = object()
@@ -149,7 +150,7 @@ class OpenAIBackend:
             return ChatHTTPClient(self.base_url, self._api_key, max_connections=self.max_concurrency, timeout=self.timeout)
         return _SDKChatClient(self.base_url, self._api_key, max_connections=self.max_concurrency, timeout=self.timeout)
 
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+    def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
         results: queue.Queue[Any] = queue.Queue()
         failure: list[BaseException] = []
 
@@ -169,7 +170,7 @@ class OpenAIBackend:
         if failure:
             raise failure[0]
 
-    async def _generate_all(self, requests: list[GenerationRequest], sampling: Sampling, results: "queue.Queue[Any]") -> None:
+    async def _generate_all(self, requests: Iterable[GenerationRequest], sampling: Sampling, results: "queue.Queue[Any]") -> None:
         client = self._client()
         limiter = RateLimiter(self.rpm)
         semaphore = asyncio.Semaphore(self.max_concurrency)
@@ -311,15 +312,6 @@ def chat_body(model: str, messages: list[dict[str, str]], n: int, seed: int, sam
     carries as `body` (neat_data.engines.openai_batch), so both paths send exactly the same request."""
     return {"model": model, "messages": messages, "n": n, "seed": seed, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
-
-
-def encode_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON, the bytes a request body is sent as (online) or written as (batch files). Text UTF-8 cannot
-    hold (a lone surrogate from a badly decoded prompt) is \\u-escaped instead of failing the request."""
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class _SDKChatClient:

@@ -30,7 +30,6 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from neat_data.engines.openai_backend import encode_json
 
 
 class HTTPStatusFailure(Exception):
@@ -162,3 +161,12 @@ class ChatHTTPClient:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, the bytes a request body is sent as (online) or written as (batch files). Text UTF-8 cannot
+    hold (a lone surrogate from a badly decoded prompt) is \\u-escaped instead of failing the request."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")

@@ -24,6 +24,7 @@ class ScoreItem:
 class ScoreResult:
     score: float | None
     error: str | None = None
+    pending: bool = False  # a batch judge submitted the item and has no answer yet: no row is written for it
 
 
 class Scorer(Protocol):

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from neat_data.engines.openai_backend import OpenAIOptions
     from neat_data.engines.vllm_backend import VLLMOptions
 
+PENDING = "batch pending: submitted, not answered yet"
 JudgeMode = Literal["pointwise", "pairwise"]
 JudgeBackendName = Literal["openai", "vllm", "openai-batch"]  # the generation backends a judge runs on
 _RATING = re.compile(r"rating\s*:\s*\**\s*(\d+)\b", re.IGNORECASE)
@@ -87,6 +88,7 @@ class JudgeScorer:
         if mode not in JudgeMode.__args__:  # type: ignore[attr-defined]
             raise NeatError("judge mode must be pointwise or pairwise", field="judge_mode")
         self.backend = backend
+        self.usage: list[Any] = []  # costs.UsageRecord per judge request, for the stage's token and cost accounting
         self.mode = mode
         self.template = load_template(mode, template)
         self.name = f"judge-{mode}:{backend.model}"
@@ -99,12 +101,17 @@ class JudgeScorer:
 
     def _replies(self, requests: list[GenerationRequest]) -> list[tuple[str | None, str | None]]:
         """(text, error) per request, in order."""
+        from neat_data.costs import UsageRecord, request_usage
+
         replies: list[tuple[str | None, str | None]] = [(None, "no reply")] * len(requests)
         for index, result in self.backend.generate(requests, JUDGE_SAMPLING):
+            self.usage.append(UsageRecord("score", "judge", *request_usage(result)))
             if result.error is not None or not result.completions:
                 replies[index] = (None, f"judge request failed: {result.error or 'no completion'}")
             else:
                 replies[index] = (result.completions[0].text, None)
+        for index in getattr(self.backend, "pending", {}) or {}:  # a batch judge: submitted, not answered yet
+            replies[index] = (None, PENDING)
         return replies
 
     def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
@@ -115,7 +122,7 @@ class JudgeScorer:
         results = []
         for text, error in self._replies(requests):
             if error is not None:
-                results.append(ScoreResult(None, error))
+                results.append(ScoreResult(None, error, pending=error == PENDING))
                 continue
             try:
                 results.append(ScoreResult(float(parse_rating(text))))
@@ -136,7 +143,11 @@ class JudgeScorer:
         wins = [0] * len(items)
         judged = [0] * len(items)
         problems: dict[int, str] = {}
+        waiting: set[int] = set()  # items with a comparison a batch judge has not answered yet
         for (a, b), (text, error) in zip(comparisons, self._replies(requests)):
+            if error == PENDING:
+                waiting |= {a, b}
+                continue
             try:
                 if error is not None:
                     raise ValueError(error)
@@ -150,7 +161,9 @@ class JudgeScorer:
             judged[b] += 1
         results = []
         for index in range(len(items)):
-            if judged[index]:
+            if index in waiting:  # its win rate needs every comparison: scored when the batch is collected
+                results.append(ScoreResult(None, PENDING, pending=True))
+            elif judged[index]:
                 results.append(ScoreResult(wins[index] / judged[index]))
             else:
                 alone = len(groups[json.dumps(items[index].prompt, sort_keys=True)]) == 1

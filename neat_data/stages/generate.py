@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from neat_data import __version__
 from neat_data.engines.base import Backend, GenerationRequest
+from neat_data.costs import UsageRecord, batch_discount, cost_line, request_usage, token_costs
 from neat_data.errors import NeatError
 from neat_data.pairs import load_libraries
 from neat_data.prompts_in import PromptRecord, iter_prompts
@@ -65,8 +66,9 @@ class GenerateSummary:
     seconds: float
     stale_rows: int = 0  # rows in the folder that this config no longer plans (smaller --limit, edited pair text)
     requests: dict[str, Any] = field(default_factory=dict)  # this run's attempts, retries and failures by reason
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)  # this run's prompt/completion tokens by steering
+    usage: dict[str, Any] = field(default_factory=dict)  # this run's tokens (and cost) by stage and steering: costs.token_costs
     folder: Path | None = None  # where the rows went: <run>/generations or a shard's sub-folder
+    pending: dict[str, Any] = field(default_factory=dict)  # batch backends: rows submitted and not collected yet
 
     def lines(self) -> list[str]:
         status = self.counts.get("status", {})
@@ -79,9 +81,14 @@ class GenerateSummary:
             errors = ", ".join(f"{reason} {count}" for reason, count in requests["error_rows_by_reason"].items()) or "none"
             lines.append(f"requests: {requests['attempts']} attempts, {requests['retries']} retries; failed attempts by reason: "
                          f"{by_reason}; gave up on {requests['given_up']}; error rows by reason: {errors}")
-        if self.usage:
-            lines.append("tokens: " + "; ".join(f"{steering} {u['prompt_tokens']} prompt + {u['completion_tokens']} completion"
-                                                for steering, u in sorted(self.usage.items())))
+        if self.usage.get("total", {}).get("requests"):
+            steerings = self.usage["by_stage"].get("generate", {})
+            by_steering = "; ".join(f"{s} {u['prompt_tokens']:,} + {u['completion_tokens']:,}" for s, u in sorted(steerings.items()))
+            lines.append(f"{cost_line(self.usage)} (by steering, prompt + completion: {by_steering})")
+        if self.pending:
+            lines.append(f"{self.pending['rows']} rows waiting in {len(self.pending['batches'])} batches "
+                         f"({', '.join(self.pending['batches'])}); `neat-data batch status {self.run_dir}` shows them, the same "
+                         "command run again collects them")
         return lines
 
     def notes(self) -> list[str]:
@@ -217,17 +224,39 @@ def _counted(records: Iterator[PromptRecord], plan: _Plan, explicit: dict[str, s
         yield record
 
 
-def start_backend(config: GenerateConfig) -> Backend:
-    """The configured backend; a model or engine that cannot start is one NeatError line."""
-    from neat_data.engines import make_backend
+def start_backend(config: GenerateConfig, run_dir: Path, shard: ShardSpec | None, progress: bool) -> Backend:
+    """The configured backend; a model or engine that cannot start is one NeatError line. Batch backends keep their
+    files under <run>/batches/generate and journal their batches in the manifest (a shard: in its own journal file,
+    since shard processes would race on the manifest) before any waiting."""
+    from neat_data.engines import BATCH_BACKENDS, make_backend
 
+    batch: dict[str, Any] = {}
+    if config.backend in BATCH_BACKENDS:
+        from neat_data.engines.batch_journal import FileBatchJournal, ManifestBatchJournal, state_dir_for
+
+        state = state_dir_for(run_dir, "generate") / (shard.name if shard else "")
+        journal = FileBatchJournal(state / "journal.json") if shard else ManifestBatchJournal(run_dir, "generate")
+        batch = {"state_dir": state, "journal": journal, "progress": progress}
     try:
-        return make_backend(config.backend, config.model, config, seed=config.sampling.seed)
+        return make_backend(config.backend, config.model, config, seed=config.sampling.seed, **batch)
     except NeatError:
         raise
     except Exception as error:  # transformers/torch raise OSError, ValueError, … for a model that does not load
         raise NeatError(f"backend '{config.backend}' could not start: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
                         file=config.model, field="model") from None
+
+
+def forget_batches(run_dir: Path) -> None:
+    """--overwrite starts over: earlier batch files and their journal would otherwise answer the new run's requests."""
+    import shutil
+
+    from neat_data.engines.batch_journal import state_dir_for
+    from neat_data.runfolder import atomic_write_json
+
+    shutil.rmtree(state_dir_for(run_dir, "generate"), ignore_errors=True)
+    manifest = read_manifest(run_dir)
+    if (manifest.get("batches") or {}).pop("generate", None) is not None:
+        atomic_write_json(run_dir / "manifest.json", manifest)
 
 
 def run_generate(config: GenerateConfig, *, backend: Backend | None = None, shard: ShardSpec | None = None, retry_errors: bool = False,
@@ -254,8 +283,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None, shar
             plan = scan(config, libraries, shard, existing, retry_errors, explicit)
             if not overwrite:
                 check_prompt_texts(out, explicit)
+            if overwrite:
+                forget_batches(run_dir)
             if backend is None and plan.pending_requests:
-                backend = start_backend(config)  # before --overwrite deletes anything, and before the manifest names it
+                # before --overwrite deletes anything, and before the manifest names a config
+                backend = start_backend(config, run_dir, shard, progress)
             if overwrite:
                 out.table.clear()
                 update_manifest(run_dir, "generate", {})
@@ -264,11 +296,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None, shar
                      "pair_libraries": [{"name": lib.name, "path": str(lib.path), "pairs": len(lib.pairs), "sha256_16": lib.content_hash}
                                         for lib in libraries]}
             out.start(entry, lambda: None if overwrite else check_run_identity(config, run_dir))
-            generated, requests, usage, new_keys = 0, {}, {}, 0
+            generated, requests, usage, new_keys, pending = 0, {}, [], 0, {}
             if plan.pending_requests:
                 assert backend is not None
-                generated, new_keys, requests, usage = _generate_pending(config, libraries, out, existing, plan, backend, retry_errors,
-                                                                         progress)
+                generated, new_keys, requests, usage, pending = _generate_pending(config, libraries, out, existing, plan, backend,
+                                                                                  retry_errors, progress)
         finally:
             if owns_backend and backend is not None:
                 backend.close()
@@ -277,18 +309,22 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None, shar
         counts = {"status": count_by(mine, "status"), "steering": count_by(mine, "steering")}
         stale = 0 if shard is not None else mine.num_rows - (plan.present_rows + new_keys)
         seconds = time.time() - started
-        out.finish({**entry, "rows": mine.num_rows, "counts": counts, "stale_rows": stale, "requests": requests, "usage": usage,
-                    "seconds": round(seconds, 2)},
-                   {"rows": mine.num_rows, "prompts": plan.owned, "planned_rows": plan.planned_rows, "generated_rows": generated,
-                    "counts": counts, "requests": requests, "usage": usage, "command": argv, "seconds": round(seconds, 2)})
+        costs = token_costs(usage, price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.backend))
+        record = {"rows": mine.num_rows, "counts": counts, "requests": requests, "usage": costs, "seconds": round(seconds, 2)}
+        if pending:  # submitted, not collected: the stage is not finished; the same command run again collects
+            update_manifest(run_dir, "generate", {**read_manifest(run_dir).get("stages", {}).get("generate", entry), **record,
+                                                  "stale_rows": stale, "pending": pending, "finished": False})
+        else:
+            out.finish({**entry, **record, "stale_rows": stale},
+                       {**record, "prompts": plan.owned, "planned_rows": plan.planned_rows, "generated_rows": generated, "command": argv})
     return GenerateSummary(run_dir=run_dir, total_rows=mine.num_rows, generated_rows=generated, counts=counts, seconds=seconds,
-                           stale_rows=stale, requests=requests, usage=usage, folder=out.folder)
+                           stale_rows=stale, requests=requests, usage=costs, folder=out.folder, pending=pending)
 
 
 def _generate_pending(config: GenerateConfig, libraries: list, out: StageOutput, existing: _Existing, plan: _Plan, backend: Backend,
-                      retry_errors: bool, progress: bool) -> tuple[int, int, dict[str, Any], dict[str, dict[str, int]]]:
+                      retry_errors: bool, progress: bool) -> tuple[int, int, dict[str, Any], list[UsageRecord], dict[str, Any]]:
     """Stream the pending requests through the backend and the shard writer; returns (rows written, rows with a key
-    new to the folder, request summary, token usage by steering)."""
+    new to the folder, request summary, token usage per request, what a batch backend left pending)."""
     from tqdm.auto import tqdm
 
     inflight: dict[int, PlannedRequest] = {}  # requests handed to the backend and not answered yet
@@ -307,7 +343,7 @@ def _generate_pending(config: GenerateConfig, libraries: list, out: StageOutput,
     buffer: list[dict[str, Any]] = []
     generated = new_keys = 0
     errors: Counter[str] = Counter()
-    usage: dict[str, dict[str, int]] = {}
+    usage: list[UsageRecord] = []
     bar = tqdm(total=plan.planned_rows, initial=plan.done_rows, unit="row", desc="generate", disable=not progress)
     try:
         for index, result in backend.generate(pending(), config.sampling):
@@ -317,10 +353,7 @@ def _generate_pending(config: GenerateConfig, libraries: list, out: StageOutput,
                 new_keys += row["key"] not in existing.keys
                 if row["status"] == "error":
                     errors[error_reason(row["error"] or "")] += 1
-            tokens = usage.setdefault(planned.steering, {"prompt_tokens": 0, "completion_tokens": 0})
-            if result.completions:  # the prompt is read (and billed) once per request, whatever n
-                tokens["prompt_tokens"] += result.completions[0].prompt_tokens or 0
-                tokens["completion_tokens"] += sum(c.completion_tokens or 0 for c in result.completions)
+            usage.append(UsageRecord("generate", planned.steering, *request_usage(result)))
             buffer.extend(rows)
             bar.update(len(rows))
             if len(buffer) >= config.flush_every:
@@ -331,4 +364,7 @@ def _generate_pending(config: GenerateConfig, libraries: list, out: StageOutput,
         generated += len(buffer)
     finally:
         bar.close()
-    return generated, new_keys, request_summary(dict(getattr(backend, "stats", {})), errors), usage
+    waiting = getattr(backend, "pending", {}) or {}
+    left = {"rows": sum(len(inflight[index].keys) for index in waiting if index in inflight),
+            "batches": sorted(set(waiting.values()))} if waiting else {}
+    return generated, new_keys, request_summary(dict(getattr(backend, "stats", {})), errors), usage, left

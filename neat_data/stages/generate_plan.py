@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from neat_data.engines import BackendName, BackendOptions, loads_model_locally
+from neat_data.costs import PriceOptions
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.keys import content_key, request_seed, text_hash
 from neat_data.messages import SystemCombine, build_messages, parse_reply
@@ -27,7 +28,7 @@ from neat_data.prompts_in import PromptRecord
 IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine")
 
 
-class GenerateConfig(BackendOptions):
+class GenerateConfig(BackendOptions, PriceOptions):
     """Everything the generate stage needs; saved (resolved) in the run's manifest. Holds no secret.
 
     The backends' own options (vLLM, OpenAI-compatible, transformers, Ray) are inherited from
@@ -62,6 +63,8 @@ class GenerateConfig(BackendOptions):
             raise ValueError("num_pos + num_neg + num_neutral must be at least 1")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs base_url")
+        if (self.price_in is None) != (self.price_out is None):
+            raise ValueError("give both --price-in and --price-out (per 1M prompt and completion tokens), or neither")
         return self
 
     def identity(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ generate: rows already scored (by content key) are skipped; `overwrite` starts o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
+from neat_data.costs import PriceOptions, batch_discount, cost_line, token_costs
 from neat_data.errors import NeatError
 from neat_data.runfolder import ShardedTable, count_by, read_manifest, update_manifest
 from neat_data.schemas import GENERATIONS, SCORED, check_columns
@@ -34,7 +35,7 @@ IDENTITY_FIELDS = ("scorer", "model", "negative_score", "judge_mode", "judge_tem
 NegativeScore = Literal["scored", "floor"]
 
 
-class ScoreConfig(ScorerOptions):
+class ScoreConfig(ScorerOptions, PriceOptions):
     """Everything the score stage needs; saved in the run's manifest. The scorer's own options (and the judge's
     backend options) are inherited from `neat_data.scorers.ScorerOptions`."""
 
@@ -57,10 +58,18 @@ class ScoreSummary:
     counts: dict[str, dict[str, int]]
     seconds: float
     folder: Path | None = None  # <run>/scored, or a shard's sub-folder
+    pending_rows: int = 0  # a batch judge's rows submitted and not answered yet
+    usage: dict[str, Any] = field(default_factory=dict)  # an LLM judge's tokens and cost (costs.token_costs)
 
     def line(self) -> str:
-        return (f"{self.folder or self.run_dir / 'scored'}: {self.rows} rows ({self.scored_rows} newly scored) "
+        line = (f"{self.folder or self.run_dir / 'scored'}: {self.rows} rows ({self.scored_rows} newly scored) "
                 f"{self.counts['score_status']} in {self.seconds:.0f} s")
+        if self.usage.get("total", {}).get("requests"):
+            line += f"; judge {cost_line(self.usage)}"
+        if self.pending_rows:
+            line += (f"; {self.pending_rows} rows wait for the batch judge (`neat-data batch status {self.run_dir}`; the same "
+                     "command run again collects them)")
+        return line
 
 
 def pair_texts(rows: list[dict[str, Any]], generate_entry: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
@@ -157,8 +166,11 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, shard: Shard
             done = set() if overwrite else current_scores(out, generations)
             rows = generations.to_pylist()
             pending = [row for row in rows if row["key"] not in done]
-            if scorer is None and pending:
-                scorer = make_scorer(config, generation_model)  # a bad scorer or model fails here, before anything changes
+            batch_judge = config.scorer == "judge" and config.judge_backend == "openai-batch"
+            if overwrite and batch_judge:
+                forget_score_batches(run_dir, shard)
+            if scorer is None and pending:  # a bad scorer or model fails here, before anything changes
+                scorer = make_scorer(config, generation_model, **batch_state(run_dir, shard) if batch_judge else {})
             if overwrite:
                 out.table.clear()
                 update_manifest(run_dir, "score", {})
@@ -169,11 +181,14 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, shard: Shard
                 assert scorer is not None
                 texts = pair_texts(rows, manifest.get("stages", {}).get("generate", {}))
                 bar = tqdm(total=len(rows), initial=len(rows) - len(pending), unit="row", desc="score", disable=not progress)
-                for chunk in prompt_aligned_chunks(pending, config.flush_every):
-                    out.table.append(score_rows(chunk, scorer, texts))
-                    scored_now += len(chunk)
-                    bar.update(len(chunk))
+                # a batch judge gets every pending row at once: one batch of them, not one day-long wait per chunk
+                for chunk in prompt_aligned_chunks(pending, len(pending) if batch_judge else config.flush_every):
+                    written = score_rows(chunk, scorer, texts)
+                    out.table.append(written)
+                    scored_now += len(written)
+                    bar.update(len(written))
                 bar.close()
+            waiting = len(pending) - scored_now
             if shard is None:  # the floor is a constant below every response of the run: one shard cannot know it (merge does)
                 final = out.table.read()
                 final = final.filter(pc.is_in(final.column("key"), generations.column("key")))  # rows no generation holds any more
@@ -185,12 +200,41 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, shard: Shard
             counts = {"score_status": count_by(final, "score_status"), "steering": count_by(final, "steering")}
             seconds = time.time() - started
             scorer_name = final.column("scorer")[0].as_py() if final.num_rows else None
-            out.finish({**entry, "rows": final.num_rows, "counts": counts, "scorer": scorer_name, "seconds": round(seconds, 2)},
-                       {"rows": final.num_rows, "scored_rows": scored_now, "counts": counts, "command": argv, "seconds": round(seconds, 2)})
+            record = {"rows": final.num_rows, "counts": counts, "seconds": round(seconds, 2)}
+            usage = getattr(scorer, "usage", None)  # an LLM judge's tokens (and cost, with --price-in/--price-out)
+            if usage:
+                record["usage"] = token_costs(usage, price_in=config.price_in, price_out=config.price_out,
+                                              discount=batch_discount(config.judge_backend))
+            if waiting:  # a batch judge's rows: not finished; the same command run again collects them
+                update_manifest(run_dir, "score", {**read_manifest(run_dir).get("stages", {}).get("score", entry), **record,
+                                                   "scorer": scorer_name, "pending_rows": waiting, "finished": False})
+            else:
+                out.finish({**entry, **record, "scorer": scorer_name}, {**record, "scored_rows": scored_now, "command": argv})
     finally:
         if owns_scorer and scorer is not None and hasattr(scorer, "close"):
             scorer.close()  # e.g. Ray actors
-    return ScoreSummary(run_dir=run_dir, rows=final.num_rows, scored_rows=scored_now, counts=counts, seconds=seconds, folder=out.folder)
+    return ScoreSummary(run_dir=run_dir, rows=final.num_rows, scored_rows=scored_now, counts=counts, seconds=seconds, folder=out.folder,
+                        pending_rows=waiting, usage=record.get("usage") or {})
+
+
+def batch_state(run_dir: Path, shard: ShardSpec | None) -> dict[str, Any]:
+    """A batch judge's files (<run>/batches/score) and its journal: the manifest, or for a shard its own file."""
+    from neat_data.engines.batch_journal import FileBatchJournal, ManifestBatchJournal, state_dir_for
+
+    state = state_dir_for(run_dir, "score") / (shard.name if shard else "")
+    return {"state_dir": state, "journal": FileBatchJournal(state / "journal.json") if shard else ManifestBatchJournal(run_dir, "score")}
+
+
+def forget_score_batches(run_dir: Path, shard: ShardSpec | None) -> None:
+    import shutil
+
+    from neat_data.engines.batch_journal import state_dir_for
+    from neat_data.runfolder import atomic_write_json
+
+    shutil.rmtree(state_dir_for(run_dir, "score"), ignore_errors=True)
+    manifest = read_manifest(run_dir)
+    if (manifest.get("batches") or {}).pop("score", None) is not None:
+        atomic_write_json(run_dir / "manifest.json", manifest)
 
 
 def prompt_aligned_chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -207,7 +251,8 @@ def prompt_aligned_chunks(rows: list[dict[str, Any]], size: int) -> list[list[di
 
 
 def score_rows(rows: list[dict[str, Any]], scorer: Scorer, texts: dict[str, tuple[str | None, str | None]]) -> list[dict[str, Any]]:
-    """Scored copies of `rows` (one per row, in order): ok rows through the scorer, error rows skipped."""
+    """Scored copies of `rows` (one per row, in order): ok rows through the scorer, error rows skipped; rows a batch
+    judge left pending are left out (no row: the same command run again attaches to the batch)."""
     ok = [row for row in rows if row["status"] == "ok"]
     items = [ScoreItem(prompt=row["prompt"], response=row["response"], steering=row["steering"],
                        positive_system=texts.get(row["prompt_id"], (None, None))[0],
@@ -216,6 +261,8 @@ def score_rows(rows: list[dict[str, Any]], scorer: Scorer, texts: dict[str, tupl
     out = []
     for row in rows:
         result = results.get(row["key"])
+        if result is not None and result.pending:  # a batch judge has not answered yet: the next run collects it
+            continue
         if result is None:
             extra = {"raw_score": None, "score_status": "skipped", "score_error": "generation failed"}
         elif result.error is not None:

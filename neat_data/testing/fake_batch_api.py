@@ -24,12 +24,9 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
-
-if TYPE_CHECKING:
-    from neat_data.testing.fake_openai_server import FakeOpenAIServer
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 ENDPOINT = "/v1/chat/completions"
@@ -57,7 +54,8 @@ class FakeBatch:
 class FakeBatchAPI:
     """Files + batches state of one fake server; `register(app)` adds the routes."""
 
-    def __init__(self, server: "FakeOpenAIServer"):
+    def __init__(self, server: Any):
+        """`server`: the FakeOpenAIServer that serves these routes (its settings, counters and lock)."""
         self.server = server
         self.files: dict[str, dict[str, Any]] = {}  # id → metadata + "content" bytes
         self.batches: dict[str, FakeBatch] = {}

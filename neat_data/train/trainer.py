@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
             raise ValueError("LoRA keeps optimizer state small already: train it with DDP, not fsdp")
         if self.loss == "sft" and self.sft_weight == 0:
             raise ValueError("loss sft with sft_weight 0 trains nothing")
-        if self.loss in ("rrhf", "pro", "dpo") and self.rank_weight == 0 and self.sft_weight == 0:
+        if self.loss != "sft" and self.rank_weight == 0 and self.sft_weight == 0:  # every other loss has a ranking/pair term
             raise ValueError("rank_weight and sft_weight are both 0: nothing to train")
         return self
 
