@@ -351,6 +351,9 @@ def push(run: Path, fmt: str, **options: Any) -> None:
 from neat_data.cli_rounds import register  # noqa: E402  (the commands live there; this module stays the entry point)
 
 register(cli, lambda: _argv())
+from neat_data.cli_audit import audit  # noqa: E402  (`neat-data prompts audit`: neat_data/safety/audit.py)
+
+prompts.add_command(audit)
 
 
 def main() -> None:
