@@ -8,7 +8,7 @@ Out: a dict (written as JSON by the CLI) and a markdown table: per pair, on harm
      prompts with a 95% prompt-bootstrap interval and the paired (positive − negative) interval — and the pair's
      self-contrast gap: mean s(y_pos) − s(y_neg) under the model itself, with s the training scorer
      `(1/|y|)[log π(y|pos,x) − log π(y|neg,x)]`. These measure refusal wording, offensiveness and tone, not helpfulness.
-Run: `neat-data prompts audit harmless --model smollm2-135m-instruct [--prompts P] [--harmful 8 --benign 8]`.
+Run: `neat-data prompts audit harmless --model smollm2-135m-instruct [--prompts P] [--suite harmbench] [--harmful 6 --benign 6]`.
 
 Backends are constructed directly (transformers by default, vLLM optionally); the generation engine is closed before
 the self-contrast model loads. Each request's seed derives from (seed, prompt_id, steering, pair) as in `generate`.
@@ -43,11 +43,11 @@ class AuditConfig(BaseModel):
     model: str = Field(description="Model: bundled alias, local HF folder or Hub id.")
     prompts: str = Field(description="Benign prompts (.jsonl/.parquet/.csv/hf://).")
     prompt_column: str | None = None
-    suite: str = Field("harmbench", description="Where the harmful prompts come from: a suite name or YAML path.")
-    harmful: int = Field(8, ge=0, description="Harmful prompts (a seeded subset of the suite).")
-    benign: int = Field(8, ge=0, description="Benign prompts (a seeded subset of --prompts).")
+    suite: str = Field("strongreject", description="Where the harmful prompts come from: a suite name or YAML path.")
+    harmful: int = Field(6, ge=0, description="Harmful prompts (a seeded subset of the suite).")
+    benign: int = Field(6, ge=0, description="Benign prompts (a seeded subset of --prompts).")
     samples: int = Field(1, ge=1, le=64, description="Responses per prompt and condition.")
-    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, max_tokens=64, seed=0))
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, max_tokens=48, seed=0))
     backend: Literal["transformers", "vllm"] = "transformers"
     batch_size: int = Field(16, ge=1, description="transformers: sequences per generate call; self-contrast batch size.")
     device: str = Field("auto", description="auto | cpu | cuda (transformers generation and self-contrast).")
