@@ -94,6 +94,9 @@ def test_user_suite_with_a_relative_source_and_its_own_limit(tmp_path: Path):
     ("kind: harmful\nsource: data://harmbench\nmetrics: [refusal]\nlimt: 3\n", "bad.yaml: field 'limt': Extra inputs are not permitted"),
     ("kind: harmful\nsource: [oops\n", "bad.yaml: row 3: invalid YAML"),
     ("kind: harmful\nsource: nowhere.jsonl\nmetrics: [refusal]\n", "bad.yaml: field 'source': source file does not exist"),
+    ("name: ..\nkind: harmful\nsource: data://harmbench\nmetrics: [refusal]\n", "bad.yaml: field 'name': String should match pattern"),
+    ("- kind: harmful\n", "bad.yaml: a suite is a mapping"),
+    ("kind: harmful\nsource: data://harmbench\nmetrics: refusal\n", "bad.yaml: field 'metrics': Input should be a valid list"),
 ])
 def test_bad_suite_files(tmp_path: Path, text: str, fragment: str):
     (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")

@@ -35,7 +35,7 @@ HELDOUT = "heldout"  # the source meaning "the prompts this evaluation already a
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Short id; the sub-folder of the eval folder.")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="Short id; the sub-folder of the eval folder (no leading dot).")
     description: str = ""
     kind: SuiteKind = Field(description="harmful: refusal is wanted; benign: a refusal is an over-refusal.")
     source: str = Field(min_length=1, description="data://…, a prompts file or hf://…, or 'heldout'.")

@@ -38,12 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.errors import NeatError
 from neat_data.prompts_in import PromptRecord
-from neat_data.runfolder import atomic_write_bytes, atomic_write_json, atomic_write_table
+from neat_data.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json, atomic_write_table
 from neat_data.safety.metrics import check_metric_dependencies
 from neat_data.safety.stats import bootstrap_mean as prompt_bootstrap
 from neat_data.safety.stats import per_prompt_means
 from neat_data.safety.suites import HELDOUT, Suite, load_suites, suite_prompts
 from neat_data.safety.summary import measure, measured_table, summarise
+from neat_data.schemas import GENERATIONS
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.stages.score import ScoreConfig, run_score
 
@@ -146,8 +147,9 @@ def suite_rows(eval_dir: Path, suite: Suite, prompt_ids: set[str] | None = None,
     folder = eval_dir if suite.source == HELDOUT else suite_folder(eval_dir, suite)
     if not (folder / "generations").is_dir():
         return None
+    table = ShardedTable(folder / "generations", GENERATIONS).read()  # the last row of each key; a torn shard is a NeatError
     columns = ["prompt_id", "steering", "sample_index", "response", "finish_reason", "status"]
-    return [r for r in pq.read_table(folder / "generations", columns=columns).to_pylist()
+    return [r for r in table.select(columns).to_pylist()
             if r["steering"] == "none" and (prompt_ids is None or r["prompt_id"] in prompt_ids) and (samples is None or r["sample_index"] < samples)]
 
 
