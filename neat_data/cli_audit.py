@@ -53,7 +53,7 @@ def audit(library: str, model: str, prompts_source: str | None, prompt_column: s
 
     config = AuditConfig(library=library, model=model, prompts=prompts_source or str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl"),
                          prompt_column=prompt_column, suite=suite, harmful=harmful, benign=benign, samples=samples,
-                         sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed), backend=backend,
+                         sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed), backend=backend,  # type: ignore[arg-type]
                          batch_size=batch_size, device=device)
     if out is None:
         out = Path("runs") / "audit" / f"{_slug(library)}-{_slug(model)}.json"

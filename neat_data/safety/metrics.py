@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import functools
 from pathlib import Path
-from typing import Literal, Sequence, get_args
+from typing import Any, Literal, Sequence, get_args
 
 from neat_data.errors import NeatError
 
@@ -38,7 +38,7 @@ def check_metric_names(names: Sequence[str], *, file: str | Path | None = None, 
     unknown = [name for name in names if name not in METRICS]
     if unknown:
         raise NeatError(f"unknown metric '{unknown[0]}' (known: {', '.join(METRICS)})", file=file, field=field)
-    return list(names)  # type: ignore[return-value]
+    return [name for name in names if name in METRICS]
 
 
 def check_metric_dependencies(names: Sequence[str]) -> None:
@@ -70,9 +70,10 @@ def read_refusal_prefixes(path: Path) -> tuple[str, ...]:
         raise NeatError(f"cannot read the AdvBench refusal prefixes: {error}", file=path) from None
     prefixes, rule = None, None
     for node in tree.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0] if isinstance(node, ast.Assign) else None
-        if isinstance(target, ast.Name) and target.id == "REFUSAL_PREFIXES" and node.value is not None:
-            prefixes = ast.literal_eval(node.value)
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0]
+            if isinstance(target, ast.Name) and target.id == "REFUSAL_PREFIXES" and node.value is not None:
+                prefixes = ast.literal_eval(node.value)
         if isinstance(node, ast.FunctionDef) and node.name == "refusal_label":
             returned = [n.value for n in ast.walk(node) if isinstance(n, ast.Return) and n.value is not None]
             if returned and isinstance(returned[-1], ast.UnaryOp) and isinstance(returned[-1].op, ast.Not):
@@ -104,7 +105,7 @@ def offensive_probabilities(texts: Sequence[str]) -> list[float]:
 
 
 @functools.lru_cache(maxsize=1)
-def _vader():  # type: ignore[no-untyped-def]
+def _vader() -> Any:
     check_metric_dependencies(["tone"])
     from vader import SentimentIntensityAnalyzer
 
