@@ -62,6 +62,16 @@ def test_audit_numbers_match_the_responses(tmp_path: Path, tiny_model: Path):
     assert f"{gap:+.4f} [" in table[4]
     assert "not helpfulness" in result.output
 
+    # the unsteered baseline is the same whichever library is audited (its requests are batched on their own)
+    (tmp_path / "one.yaml").write_text(PAIRS.split("  - {id: two-02")[0].replace("name: two", "name: one"), encoding="utf-8")
+    other = CliRunner().invoke(cli, ["prompts", "audit", str(tmp_path / "one.yaml"), "--model", str(tiny_model), "--prompts", str(benign),
+                                     "--suite", "harmbench", "--harmful", "2", "--benign", "2", "--samples", "2", "--max-tokens", "6",
+                                     "--out", str(tmp_path / "one.json"), "--no-progress"])
+    assert other.exit_code == 0, other.output
+    one_rows = [json.loads(line) for line in (tmp_path / "one.responses.jsonl").read_text().splitlines()]
+    unsteered = lambda rows: sorted((r["prompt_id"], r["sample_index"], r["response"]) for r in rows if r["steering"] == "none")  # noqa: E731
+    assert unsteered(one_rows) == unsteered(rows) and len(unsteered(rows)) == 8
+
 
 @pytest.mark.parametrize("args, fragment", [
     (["no-such-library"], "error: no-such-library: unknown prompt-pair library"),

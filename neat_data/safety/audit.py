@@ -61,14 +61,15 @@ class Planned:
     pair: PromptPair | None
 
 
-def plan(harmful: list[PromptRecord], benign: list[PromptRecord], pairs: tuple[PromptPair, ...]) -> list[Planned]:
-    """Every (prompt, condition): no system prompt once per prompt, then each pair's positive and negative."""
-    planned = []
-    for prompt_set, records in (("harmful", harmful), ("benign", benign)):
-        for record in records:
-            planned.append(Planned(prompt_set, record, "none", None))  # type: ignore[arg-type]
-            planned += [Planned(prompt_set, record, steering, pair) for pair in pairs for steering in ("pos", "neg")]  # type: ignore[arg-type]
-    return planned
+def plan(harmful: list[PromptRecord], benign: list[PromptRecord], pairs: tuple[PromptPair, ...]) -> tuple[list[Planned], list[Planned]]:
+    """(unsteered, steered): every prompt once with no system prompt; then per prompt each pair's positive and negative.
+    The unsteered requests go to the engine on their own, so their samples are the same whichever library is audited
+    (the transformers backend seeds a batch from its first request)."""
+    sets: tuple[tuple[PromptSet, list[PromptRecord]], ...] = (("harmful", harmful), ("benign", benign))
+    unsteered = [Planned(prompt_set, record, "none", None) for prompt_set, records in sets for record in records]
+    steered = [Planned(prompt_set, record, steering, pair) for prompt_set, records in sets for record in records
+               for pair in pairs for steering in ("pos", "neg")]
+    return unsteered, steered
 
 
 def engine_request(item: Planned, samples: int, seed: int) -> GenerationRequest:
@@ -150,7 +151,8 @@ def run_audit(config: AuditConfig, *, echo: Callable[[str], None] = print, progr
     harmful = suite_prompts(suite, limit=config.harmful) if config.harmful else []
     benign_records = load_prompts(config.prompts, prompt_column=config.prompt_column).records if config.benign else []
     benign = seeded_subset(benign_records, config.benign, config.sampling.seed)
-    planned = plan(harmful, benign, library.pairs)
+    unsteered, steered = plan(harmful, benign, library.pairs)
+    planned = unsteered + steered
     if not planned:
         from neat_data.errors import NeatError
 
@@ -162,20 +164,21 @@ def run_audit(config: AuditConfig, *, echo: Callable[[str], None] = print, progr
     errors = 0
     bar = tqdm(total=len(planned) * config.samples, unit="response", desc="audit", disable=not progress)
     try:
-        requests = [engine_request(item, config.samples, config.sampling.seed) for item in planned]
-        for index, result in backend.generate(requests, config.sampling):
-            item = planned[index]
-            bar.update(config.samples)
-            if result.error is not None:
-                errors += config.samples
-                continue
-            for sample_index, completion in enumerate(result.completions):
-                if completion.text is None:
-                    errors += 1
+        for group in (unsteered, steered):
+            requests = [engine_request(item, config.samples, config.sampling.seed) for item in group]
+            for index, result in backend.generate(requests, config.sampling) if requests else ():
+                item = group[index]
+                bar.update(config.samples)
+                if result.error is not None:
+                    errors += config.samples
                     continue
-                rows.append({"prompt_set": item.prompt_set, "prompt_id": item.record.prompt_id, "prompt": item.record.messages,
-                             "steering": item.steering, "pair": item.pair.id if item.pair else None, "sample_index": sample_index,
-                             "response": completion.text.strip(), "finish_reason": completion.finish_reason})
+                for sample_index, completion in enumerate(result.completions):
+                    if completion.text is None:
+                        errors += 1
+                        continue
+                    rows.append({"prompt_set": item.prompt_set, "prompt_id": item.record.prompt_id, "prompt": item.record.messages,
+                                 "steering": item.steering, "pair": item.pair.id if item.pair else None, "sample_index": sample_index,
+                                 "response": completion.text.strip(), "finish_reason": completion.finish_reason})
     finally:
         bar.close()
         backend.close()
