@@ -163,3 +163,34 @@ def test_recipe_evaluate_section_reaches_the_stage_config(tmp_path: Path):
     with pytest.raises(NeatError) as error:
         load_recipe(tmp_path / "bad.yaml")
     assert "bad.yaml: field 'evaluate': Value error, suites: toxicity-suite: unknown evaluation suite" in error.value.one_line()
+
+
+def test_neat_data_run_evaluates_the_suites_every_round(tmp_path: Path, tiny_model: Path):
+    """One round end to end with transformers generation (no vLLM): round 0 and round 1 carry the suites, round 1
+    paired against round 0, and the table / plot show them."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Question {i}: how do I boil an egg?"} for i in range(6)])
+    recipe = {"name": "tiny", "out": str(tmp_path / "run"), "model": str(tiny_model),
+              "prompts": {"source": str(prompts), "heldout": 2, "per_round": 3}, "rounds": 1,
+              "generate": {"backend": "transformers", "num_pos": 1, "num_neg": 1, "max_tokens": 6},
+              "train": {"lr": 1e-2, "epochs": 1, "prompts_per_batch": 2, "warmup_ratio": 0.0},
+              "evaluate": {"backend": "transformers", "max_tokens": 6, "samples": 2, "suites": ["strongreject", "benign"], "suite_limit": 3}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "run", str(tmp_path / "tiny.yaml")], cwd=REPO, capture_output=True,
+                              text=True, timeout=900)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    rows = json.loads((tmp_path / "run" / "rounds.json").read_text())
+    for k in (0, 1):
+        metrics = json.loads((tmp_path / "run" / f"round_{k:02d}" / "eval" / "metrics.json").read_text())
+        strongreject = metrics["suites"]["strongreject"]
+        assert (strongreject["prompts"], strongreject["samples"], metrics["suites"]["benign"]["prompts"]) == (3, 2, 2)
+        generated = pq.read_table(tmp_path / "run" / f"round_{k:02d}" / "eval" / "suites" / "strongreject" / "generations").to_pylist()
+        assert len(generated) == 6 and {r["round"] for r in generated} == {k}
+        assert rows[k]["safety"]["strongreject"]["metrics"]["refusal"] == strongreject["metrics"]["refusal"]
+        assert ("vs_base" in strongreject["metrics"]["offensive"]) == (k == 1)
+    assert "refusal strongreject (95% CI)" in finished.stdout and "over-refusal benign (95% CI)" in finished.stdout
+    assert png_width(tmp_path / "run" / "rounds.png") == 1210
