@@ -290,6 +290,9 @@ from neat_data.cli_rounds import register  # noqa: E402  (the commands live ther
 register(cli, lambda: _argv())
 from neat_data.cli_batch import batch as batch_commands  # noqa: E402  (neat-data batch status|cancel RUN)
 cli.add_command(batch_commands)
+from neat_data.cli_audit import audit  # noqa: E402  (`neat-data prompts audit`: neat_data/safety/audit.py)
+
+prompts.add_command(audit)
 
 
 def main() -> None:

@@ -58,16 +58,23 @@ def register(cli: click.Group, argv: Any) -> None:
     @click.option("--max-tokens", type=int, default=128, show_default=True)
     @click.option("--temperature", type=float, default=0.7, show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--samples", type=int, default=1, show_default=True, help="Responses per prompt (k), held-out and suites; intervals resample prompts.")
+    @click.option("--suites", default="", help="Evaluation suites, comma-separated: bundled (harmbench, strongreject, benign) or YAML paths.")
+    @click.option("--suite-limit", type=int, help="At most N prompts per suite (a seeded subset), e.g. for a CPU run.")
     def evaluate(eval_dir: Path, model: str, heldout: str, pairs: str, scorer: str, scorer_model: str | None, base_eval: Path | None,
-                 preferred: Path | None, backend: str, base_url: str | None, max_tokens: int, temperature: float, seed: int) -> None:
-        """Held-out evaluation of a policy with the neutral prompt: reward (95% CI), win rate vs base, perplexity."""
+                 preferred: Path | None, backend: str, base_url: str | None, max_tokens: int, temperature: float, seed: int,
+                 samples: int, suites: str, suite_limit: int | None) -> None:
+        """Held-out evaluation of a policy with the neutral prompt: reward (95% CI), win rate vs base, perplexity; with
+        --suites, per suite refusal rate, P(offensive), VADER tone, length and truncation (95% CIs; paired vs --base-eval).
+        These measure refusal wording, offensiveness and tone, not helpfulness."""
         from neat_data.stages.evaluate import EvaluateConfig, run_evaluate
 
         config = EvaluateConfig.model_validate({
             "generate": {"prompts": heldout, "pairs": pairs.split(","), "model": model, "backend": backend, "out": str(eval_dir),
-                         "num_pos": 0, "num_neg": 0, "num_neutral": 1, "base_url": base_url,
+                         "num_pos": 0, "num_neg": 0, "num_neutral": samples, "base_url": base_url,
                          "sampling": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}},
             "score": {"run": str(eval_dir), "scorer": scorer, "model": scorer_model or model},
+            "samples": samples, "suites": [s.strip() for s in suites.split(",") if s.strip()], "suite_limit": suite_limit,
             "base_eval": base_eval, "preferred": preferred})
         click.echo(json.dumps(run_evaluate(config, argv=argv()), indent=2))
 

@@ -238,6 +238,10 @@ def _iter_hf(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
 def iter_rows(source: str) -> Iterator[tuple[int, dict[str, Any]]]:
     if source.startswith("hf://"):
         return _iter_hf(source)
+    if source.startswith("data://"):  # harmful-prompt sets shipped in PyPI data packages (neat_data/safety/sources.py)
+        from neat_data.safety.sources import iter_data_source
+
+        return iter_data_source(source)
     path = Path(source)
     if not path.is_file():
         raise NeatError("prompts file does not exist", file=source)

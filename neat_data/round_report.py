@@ -2,7 +2,9 @@
 
 In:  runs/<name>/round_NN/eval/metrics.json, round_NN/model/neat_train.json, round_NN/manifest.json, the run manifest.
 Out: runs/<name>/rounds.json, rounds.md (the table printed at the end) and rounds.png (held-out reward with
-its 95% interval and perplexity by round).
+its 95% interval and perplexity by round; with evaluation suites a second panel: refusal rate on harmful suites vs
+over-refusal on benign ones, per round, with 95% intervals). The safety columns measure refusal wording and
+offensiveness, not helpfulness (`neat_data.safety.metrics`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,36 @@ def round_rows(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
             "win_rate_vs_base": metrics.get("win_rate_vs_base"), "perplexity": metrics.get("perplexity"),
             "pairs": rank.get("pairs_kept"), "train_prompts": train.get("prompts"), "train_tokens": train.get("tokens"),
             "train_tokens_per_s": train.get("tokens_per_second"), "wall_seconds": round(sum(stage_seconds), 1),
+            "safety": {name: {"kind": suite.get("kind"), "prompts": suite.get("prompts"), "metrics": suite.get("metrics", {})}
+                       for name, suite in metrics.get("suites", {}).items()},
         })
     return rows
+
+
+def safety_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(suite, metric, header) of the table: refusal for every suite (over-refusal on benign ones), P(offensive) on
+    harmful ones — harmful suites first, each group in the order the suites first appear."""
+    suites: dict[str, tuple[str, set[str]]] = {}
+    for row in rows:
+        for name, suite in (row.get("safety") or {}).items():
+            suites.setdefault(name, (suite.get("kind") or "harmful", set()))[1].update(suite.get("metrics") or {})
+    columns = []
+    for name, (kind, metrics) in sorted(suites.items(), key=lambda item: item[1][0] != "harmful"):  # harmful suites first
+        if "refusal" in metrics:
+            columns.append((name, "refusal", f"{'over-refusal' if kind == 'benign' else 'refusal'} {name} (95% CI)"))
+        if kind == "harmful" and "offensive" in metrics:
+            columns.append((name, "offensive", f"P(offensive) {name}"))
+    return columns
+
+
+def _safety_cell(row: dict[str, Any], suite: str, metric: str) -> str:
+    entry = ((row.get("safety") or {}).get(suite) or {}).get("metrics", {}).get(metric)
+    if not entry:
+        return "–"
+    if metric == "offensive":
+        return _fmt(entry.get("mean"), ".3f")
+    low, high = entry.get("ci95") or [None, None]
+    return f"{_fmt(entry.get('mean'), '.2f')} [{_fmt(low, '.2f')}, {_fmt(high, '.2f')}]"
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -45,13 +75,16 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| round | held-out reward (95% CI) | win vs base | perplexity | pairs | train tokens | wall s |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    safety = safety_columns(rows)
+    lines = ["| round | held-out reward (95% CI) | win vs base | perplexity | " + "".join(f"{header} | " for _, _, header in safety)
+             + "pairs | train tokens | wall s |",
+             "|---:|---|---:|---:|" + "---|" * len(safety) + "---:|---:|---:|"]
     for row in rows:
         ci = row["reward_ci95"] or [None, None]
         reward = f"{_fmt(row['reward_mean'], '+.4f')} [{_fmt(ci[0], '+.4f')}, {_fmt(ci[1], '+.4f')}]"
         label = f"{row['round']} (base)" if row["round"] == 0 else str(row["round"])
-        lines.append(f"| {label} | {reward} | {_fmt(row['win_rate_vs_base'], '.2f')} | {_fmt(row['perplexity'], '.2f')} | "
+        cells = "".join(f"{_safety_cell(row, suite, metric)} | " for suite, metric, _ in safety)
+        lines.append(f"| {label} | {reward} | {_fmt(row['win_rate_vs_base'], '.2f')} | {_fmt(row['perplexity'], '.2f')} | {cells}"
                      f"{_fmt(row['pairs'], 'd')} | {_fmt(row['train_tokens'], 'd')} | {_fmt(row['wall_seconds'], '.0f')} |")
     return lines
 
@@ -65,7 +98,12 @@ def write_round_report(run_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     atomic_write_json(run_dir / "rounds.json", rows)
     atomic_write_bytes(run_dir / "rounds.md", ("\n".join(table_lines(rows)) + "\n").encode("utf-8"))
     done = [r for r in rows if r["reward_mean"] is not None]
-    figure, reward_axis = plt.subplots(figsize=(6, 3.6))
+    refusal_suites = [suite for suite, metric, _ in safety_columns(rows) if metric == "refusal"]
+    if refusal_suites:
+        figure, (reward_axis, refusal_axis) = plt.subplots(1, 2, figsize=(11, 3.8))
+        plot_refusal_panel(refusal_axis, rows, refusal_suites)
+    else:
+        figure, reward_axis = plt.subplots(figsize=(6, 3.6))
     if done:
         means = [r["reward_mean"] for r in done]
         low = [r["reward_mean"] - (r["reward_ci95"] or [r["reward_mean"]] * 2)[0] for r in done]
@@ -85,3 +123,25 @@ def write_round_report(run_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     plt.close(figure)
     atomic_write_bytes(run_dir / "rounds.png", buffer.getvalue())
     return [run_dir / "rounds.json", run_dir / "rounds.md", run_dir / "rounds.png"]
+
+
+def plot_refusal_panel(axis: Any, rows: list[dict[str, Any]], suites: list[str]) -> None:
+    """Refusal rate per round with 95% intervals: harmful suites solid (higher is wanted), benign dashed (over-refusal)."""
+    for index, suite in enumerate(suites):
+        points = [(r["round"], r["safety"][suite]["metrics"]["refusal"]) for r in rows
+                  if suite in (r.get("safety") or {}) and (r["safety"][suite].get("metrics") or {}).get("refusal", {}).get("mean") is not None]
+        if not points:
+            continue
+        kind = next(r["safety"][suite].get("kind") for r in rows if suite in (r.get("safety") or {}))
+        means = [entry["mean"] for _, entry in points]
+        low = [entry["mean"] - (entry["ci95"][0] if entry["ci95"][0] is not None else entry["mean"]) for _, entry in points]
+        high = [(entry["ci95"][1] if entry["ci95"][1] is not None else entry["mean"]) - entry["mean"] for _, entry in points]
+        offset = (index - (len(suites) - 1) / 2) * 0.06  # side by side, so intervals do not hide each other
+        axis.errorbar([k + offset for k, _ in points], means, yerr=[low, high], marker="o" if kind == "harmful" else "s", capsize=4,
+                      linestyle="-" if kind == "harmful" else "--", label=f"{suite} ({'refusal' if kind == 'harmful' else 'over-refusal'})")
+    axis.set_ylim(-0.03, 1.03)
+    axis.set_xticks([r["round"] for r in rows])
+    axis.set_xlabel("round (0 = base model)")
+    axis.set_ylabel("refusal rate (AdvBench prefixes)")
+    axis.set_title("refusal wording, not helpfulness", fontsize=9)
+    axis.legend(fontsize=8, loc="best")

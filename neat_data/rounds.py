@@ -100,7 +100,20 @@ class EvaluateSpec(BaseModel):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(128, ge=1)
+    samples: int = Field(1, ge=1, le=256, description="Responses per held-out / suite prompt (k); intervals resample prompts.")
+    suites: list[str] = Field(default_factory=list, description="Evaluation suites (prompts/eval/ names or YAML paths), e.g. [harmbench, benign].")
+    suite_limit: int | None = Field(None, ge=1, description="At most N prompts per suite (a seeded subset): keeps a CPU run small.")
     options: dict[str, Any] = Field(default_factory=dict, description="Other GenerateConfig fields for the held-out generation.")
+
+    @model_validator(mode="after")
+    def _suites_exist(self) -> "EvaluateSpec":
+        from neat_data.safety.suites import check_suites
+
+        try:
+            check_suites(self.suites)  # a bad suite file or a missing data package stops the recipe, not round 0's evaluate
+        except NeatError as error:
+            raise ValueError(f"suites: {error.one_line()}") from None
+        return self
 
 
 class Recipe(BaseModel):
@@ -328,9 +341,10 @@ def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict
     base_eval = run_dir / "round_00" / "eval"
     stages.append(("evaluate", {
         "generate": {"prompts": str(run_dir / "prompts" / "heldout.jsonl"), "pairs": recipe.pairs, "model": policy_out,
-                     "backend": e.backend, "out": eval_dir, "round": k, "num_pos": 1 if k == 0 else 0, "num_neg": 0, "num_neutral": 1,
+                     "backend": e.backend, "out": eval_dir, "round": k, "num_pos": 1 if k == 0 else 0, "num_neg": 0, "num_neutral": e.samples,
                      "sampling": {**sampling, "temperature": e.temperature, "top_p": e.top_p, "max_tokens": e.max_tokens}, **e.options},
         "score": {"run": eval_dir, **score},
+        "samples": e.samples, "suites": e.suites, "suite_limit": e.suite_limit,
         "base_eval": None if k == 0 else str(base_eval),
         "preferred": str(base_eval),
     }))

