@@ -18,7 +18,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from neat_data.errors import NeatError, redact_secrets, validation_message
+from neat_data.errors import EXIT_NOTHING_OK, NeatError, redact_secrets, validation_message
 
 
 class NeatGroup(click.Group):
@@ -161,7 +161,7 @@ def generate(retry_errors: bool, overwrite: bool, no_progress: bool, num_shards:
     for note in summary.notes():
         click.echo(note, err=True)
     if summary.total_rows and not summary.counts.get("status", {}).get("ok") and not summary.pending:
-        raise NeatError("no row succeeded: every row is an error row (reasons above); nothing to score", file=summary.folder, exit_code=3)
+        raise NeatError("no row succeeded: every row is an error row (reasons above); nothing to score", file=summary.folder, exit_code=EXIT_NOTHING_OK)
 
 
 def _argv() -> list[str]:
@@ -290,7 +290,7 @@ from neat_data.cli_rounds import register  # noqa: E402  (the commands live ther
 register(cli, lambda: _argv())
 from neat_data.cli_batch import batch as batch_commands  # noqa: E402  (neat-data batch status|cancel RUN)
 cli.add_command(batch_commands)
-from neat_data.cli_audit import audit  # noqa: E402  (`neat-data prompts audit`: neat_data/safety/audit.py)
+from neat_data.cli_audit import audit  # noqa: E402  (`neat-data prompts audit`: neat_data/stages/audit.py)
 
 prompts.add_command(audit)
 

@@ -5,7 +5,7 @@
 
 Prints one row per pair (refusal on harmful and benign prompts under its positive / negative system prompt, the
 paired difference, P(offensive), VADER tone, words, self-contrast gap) and writes every number (with 95% intervals)
-to a JSON file and every response to a JSONL beside it. Logic: `neat_data.safety.audit`; attached to the `prompts`
+to a JSON file and every response to a JSONL beside it. Logic: `neat_data.stages.audit`; attached to the `prompts`
 group in `cli.py`.
 """
 
@@ -49,7 +49,7 @@ def audit(library: str, model: str, prompts_source: str | None, prompt_column: s
     from neat_data.engines.base import Sampling
     from neat_data.resources import bundled_dir
     from neat_data.runfolder import atomic_write_bytes, atomic_write_json
-    from neat_data.safety.audit import AuditConfig, audit_table, run_audit
+    from neat_data.stages.audit import AuditConfig, audit_table, run_audit
 
     config = AuditConfig(library=library, model=model, prompts=prompts_source or str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl"),
                          prompt_column=prompt_column, suite=suite, harmful=harmful, benign=benign, samples=samples,

@@ -97,7 +97,7 @@ def register(cli: click.Group, argv: Any) -> None:
         _run_recipe(bundled_dir("pipelines") / "quickstart.yaml", list(overrides) + ([f"out={out}"] if out else []), overwrite)
 
     @cli.command("stage", hidden=True)
-    @click.argument("name", type=click.Choice(["generate", "score", "rank", "export", "train", "evaluate"]))
+    @click.argument("name", type=click.Choice(STAGE_NAMES))
     @click.argument("config_path", type=click.Path(path_type=Path, exists=True))
     @click.option("--summary", "summary_path", type=click.Path(path_type=Path), help="Also write the summary lines here.")
     def stage(name: str, config_path: Path, summary_path: Path | None) -> None:
@@ -115,16 +115,27 @@ def register(cli: click.Group, argv: Any) -> None:
             atomic_write_bytes(summary_path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
+STAGE_NAMES = ["generate", "score", "rank", "export", "train", "evaluate", "fixed"]  # what `neat-data run` starts
+
+
 def run_stage_config(name: str, raw: dict[str, Any], argv: list[str], echo: Any = click.echo) -> None:
-    from neat_data.errors import NeatError
+    from neat_data.errors import EXIT_NOTHING_OK, EXIT_PENDING, NeatError
 
     if name == "generate":
         from neat_data.stages.generate import GenerateConfig, run_generate
 
         summary = run_generate(GenerateConfig.model_validate(raw), argv=argv)
         echo(f"generations: {summary.total_rows} rows {summary.counts.get('status')} in {summary.seconds:.0f} s")
+        if summary.pending:
+            raise NeatError(f"{summary.pending['rows']} rows wait in batches {', '.join(summary.pending['batches'])}; run the same "
+                            "command again to collect them", file=summary.run_dir, exit_code=EXIT_PENDING)
         if summary.total_rows and not summary.counts.get("status", {}).get("ok"):
-            raise NeatError("no generation succeeded (every row is an error row; their reasons are in the log)", file=summary.folder, exit_code=3)
+            raise NeatError("no generation succeeded (every row is an error row; their reasons are in the log)", file=summary.folder, exit_code=EXIT_NOTHING_OK)
+    elif name == "fixed":
+        from neat_data.stages.fixed import FixedConfig, run_fixed
+
+        rows, dropped = run_fixed(FixedConfig.model_validate(raw), argv=argv)
+        echo(f"fixed data: {rows} prompts" + (f" ({dropped} left out: they share an 8-gram with an evaluation prompt)" if dropped else ""))
     elif name == "score":
         from neat_data.stages.score import ScoreConfig, run_score
 
@@ -154,11 +165,19 @@ def run_stage_config(name: str, raw: dict[str, Any], argv: list[str], echo: Any 
         extra = "".join(f" {label} {metrics[key]:.2f}" for key, label in (("win_rate_vs_base", "win-vs-base"), ("perplexity", "perplexity"))
                         if metrics.get(key) is not None)
         echo(f"eval: {metrics['prompts']} held-out prompts, reward {metrics['reward_mean']:+.4f} [{low:+.4f}, {high:+.4f}]{extra}")
+        for suite, entry in (metrics.get("suites") or {}).items():
+            refusal = (entry.get("metrics") or {}).get("refusal")
+            if refusal and refusal.get("mean") is not None:
+                low, high = refusal["ci95"]
+                vs = refusal.get("vs_base") or {}
+                paired = f", vs base {vs['mean']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}]" if vs.get("mean") is not None else ""
+                echo(f"      {suite}: refusal {refusal['mean']:.3f} [{low:.3f}, {high:.3f}] over {refusal['prompts']} prompts{paired}")
 
 
 def _run_recipe(path: Path, overrides: list[str], overwrite: bool) -> None:
     from neat_data.round_report import table_lines
-    from neat_data.rounds import load_recipe, run_rounds
+    from neat_data.recipe import load_recipe
+    from neat_data.rounds import run_rounds
 
     recipe = load_recipe(path, overrides)
     rows = run_rounds(recipe, overwrite=overwrite, echo=lambda line: click.echo(line, err=True))

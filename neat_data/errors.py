@@ -13,6 +13,11 @@ if TYPE_CHECKING:
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.I)
 
 
+EXIT_BAD_INPUT = 2  # the user's input or environment is wrong: one line says which file, row, field
+EXIT_NOTHING_OK = 3  # the input was fine but nothing succeeded (every row an error row)
+EXIT_PENDING = 4  # batch requests were submitted and are not answered yet: the same command run later collects them
+
+
 class NeatError(Exception):
     """A problem with the user's input or environment that the user can fix.
 
@@ -28,7 +33,7 @@ class NeatError(Exception):
         row: int | None = None,
         field: str | None = None,
         option: str | None = None,
-        exit_code: int = 2,
+        exit_code: int = EXIT_BAD_INPUT,
     ):
         self.message = message
         self.file = str(file) if file is not None else None

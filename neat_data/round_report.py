@@ -23,23 +23,31 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def round_rows(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
+    """One row per round (round 0: the base model), and after round 0 the negative control when the run has one
+    (`evaluate.negative_control`: the base model again, another seed, compared with itself)."""
     seconds_by_round = read_manifest(run_dir).get("rounds", {})
     rows = []
     for k in range(rounds + 1):
         folder = run_dir / f"round_{k:02d}"
-        metrics = _read_json(folder / "eval" / "metrics.json")
-        train = _read_json(folder / "model" / "neat_train.json").get("summary", {})
-        rank = read_manifest(folder).get("stages", {}).get("rank", {}).get("summary", {})
-        stage_seconds = [entry.get("seconds", 0.0) for entry in seconds_by_round.get(str(k), {}).values()]
-        rows.append({
-            "round": k, "model": metrics.get("model"), "reward_mean": metrics.get("reward_mean"), "reward_ci95": metrics.get("reward_ci95"),
-            "win_rate_vs_base": metrics.get("win_rate_vs_base"), "perplexity": metrics.get("perplexity"),
-            "pairs": rank.get("pairs_kept"), "train_prompts": train.get("prompts"), "train_tokens": train.get("tokens"),
-            "train_tokens_per_s": train.get("tokens_per_second"), "wall_seconds": round(sum(stage_seconds), 1),
-            "safety": {name: {"kind": suite.get("kind"), "prompts": suite.get("prompts"), "metrics": suite.get("metrics", {})}
-                       for name, suite in metrics.get("suites", {}).items()},
-        })
+        rows.append(_row(run_dir, folder, k, "eval", seconds_by_round))
+        if k == 0 and (folder / "eval-reseeded" / "metrics.json").is_file():
+            rows.append({**_row(run_dir, folder, k, "eval-reseeded", {}), "label": "0 (base, another seed)", "control": "negative"})
     return rows
+
+
+def _row(run_dir: Path, folder: Path, k: int, eval_folder: str, seconds_by_round: dict[str, Any]) -> dict[str, Any]:
+    metrics = _read_json(folder / eval_folder / "metrics.json")
+    train = _read_json(folder / "model" / "neat_train.json").get("summary", {})
+    rank = read_manifest(folder).get("stages", {}).get("rank", {}).get("summary", {})
+    stage_seconds = [entry.get("seconds", 0.0) for entry in seconds_by_round.get(str(k), {}).values()]
+    return {
+        "round": k, "model": metrics.get("model"), "reward_mean": metrics.get("reward_mean"), "reward_ci95": metrics.get("reward_ci95"),
+        "win_rate_vs_base": metrics.get("win_rate_vs_base"), "perplexity": metrics.get("perplexity"),
+        "pairs": rank.get("pairs_kept"), "train_prompts": train.get("prompts"), "train_tokens": train.get("tokens"),
+        "train_tokens_per_s": train.get("tokens_per_second"), "wall_seconds": round(sum(stage_seconds), 1),
+        "safety": {name: {"kind": suite.get("kind"), "prompts": suite.get("prompts"), "metrics": suite.get("metrics", {})}
+                   for name, suite in metrics.get("suites", {}).items()},
+    }
 
 
 def safety_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -65,7 +73,12 @@ def _safety_cell(row: dict[str, Any], suite: str, metric: str) -> str:
     if metric == "offensive":
         return _fmt(entry.get("mean"), ".3f")
     low, high = entry.get("ci95") or [None, None]
-    return f"{_fmt(entry.get('mean'), '.2f')} [{_fmt(low, '.2f')}, {_fmt(high, '.2f')}]"
+    cell = f"{_fmt(entry.get('mean'), '.2f')} [{_fmt(low, '.2f')}, {_fmt(high, '.2f')}]"
+    paired = entry.get("vs_base") or {}
+    if paired.get("mean") is not None:  # the paired (this − base) difference over the same prompts
+        low, high = paired.get("ci95") or [None, None]
+        cell += f"; Δ {_fmt(paired['mean'], '+.2f')} [{_fmt(low, '+.2f')}, {_fmt(high, '+.2f')}]"
+    return cell
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -82,7 +95,7 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         ci = row["reward_ci95"] or [None, None]
         reward = f"{_fmt(row['reward_mean'], '+.4f')} [{_fmt(ci[0], '+.4f')}, {_fmt(ci[1], '+.4f')}]"
-        label = f"{row['round']} (base)" if row["round"] == 0 else str(row["round"])
+        label = row.get("label") or (f"{row['round']} (base)" if row["round"] == 0 else str(row["round"]))
         cells = "".join(f"{_safety_cell(row, suite, metric)} | " for suite, metric, _ in safety)
         lines.append(f"| {label} | {reward} | {_fmt(row['win_rate_vs_base'], '.2f')} | {_fmt(row['perplexity'], '.2f')} | {cells}"
                      f"{_fmt(row['pairs'], 'd')} | {_fmt(row['train_tokens'], 'd')} | {_fmt(row['wall_seconds'], '.0f')} |")
@@ -97,6 +110,7 @@ def write_round_report(run_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
 
     atomic_write_json(run_dir / "rounds.json", rows)
     atomic_write_bytes(run_dir / "rounds.md", ("\n".join(table_lines(rows)) + "\n").encode("utf-8"))
+    rows = [r for r in rows if not r.get("control")]  # the curves are over rounds; the control is a row of the table
     done = [r for r in rows if r["reward_mean"] is not None]
     refusal_suites = [suite for suite, metric, _ in safety_columns(rows) if metric == "refusal"]
     if refusal_suites:

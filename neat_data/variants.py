@@ -33,14 +33,15 @@ def output_folders(name: str) -> list[str]:
     """The folders of a round folder that hold a stage's result."""
     if name.startswith("export-"):
         return [f"export/{name.removeprefix('export-')}"]
-    return {"generate": ["generations"], "score": ["scored"], "rank": ["ranked"], "train": ["model"], "evaluate": ["eval"]}[name]
+    return {"generate": ["generations"], "score": ["scored"], "rank": ["ranked"], "train": ["model"], "evaluate": ["eval"],
+            "evaluate-reseeded": ["eval-reseeded"], "fixed": ["export/ranked"]}[name]
 
 
 def manifest_entries(name: str) -> list[str]:
     """The entries a stage writes in its round folder's own manifest (the run-folder stages keep their records there)."""
     if name.startswith("export-"):
         return [f"export:{name.removeprefix('export-')}"]
-    return {"generate": ["generate"], "score": ["score"], "rank": ["rank"]}.get(name, [])
+    return {"generate": ["generate"], "score": ["score"], "rank": ["rank"], "fixed": ["fixed"]}.get(name, [])
 
 
 def dependencies(name: str, k: int, exports: list[str]) -> list[tuple[str, int]]:
@@ -53,10 +54,14 @@ def dependencies(name: str, k: int, exports: list[str]) -> list[tuple[str, int]]
         return [("score", k)]
     if name.startswith("export-"):
         return [("rank", k), ("score", k)]
+    if name == "fixed":
+        return []
     if name == "train":
-        return [("export-ranked", k)] + ([("train", k - 1)] if k > 1 else [])
+        return [("export-ranked", k), ("fixed", k)] + ([("train", k - 1)] if k > 1 else [])
     if name == "evaluate":
         return [("train", k), ("evaluate", 0)] if k > 0 else []
+    if name == "evaluate-reseeded":
+        return [("evaluate", 0)]
     raise ValueError(f"unknown stage {name!r}")
 
 

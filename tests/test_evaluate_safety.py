@@ -136,7 +136,9 @@ def test_round_table_and_panel_gain_the_safety_columns(tmp_path: Path, fake_serv
     assert "| refusal locks (95% CI) | P(offensive) locks | over-refusal benign (95% CI) |" in lines[0]
     assert lines[2].split(" | ")[4].startswith("1.00 [1.00, 1.00]")  # round 0 (base): the fixed refusal
     low, high = rows[1]["safety"]["locks"]["metrics"]["refusal"]["ci95"]
-    assert f"| 0.60 [{low:.2f}, {high:.2f}] |" in lines[3] and "| 0.25 [" in lines[3]
+    paired = rows[1]["safety"]["locks"]["metrics"]["refusal"]["vs_base"]  # round 1 against the base model, over the same prompts
+    assert f"| 0.60 [{low:.2f}, {high:.2f}]; Δ {paired['mean']:+.2f} [{paired['ci95'][0]:+.2f}, {paired['ci95'][1]:+.2f}] |" in lines[3]
+    assert "| 0.25 [" in lines[3]
     written = write_round_report(run_dir, rows)
     assert json.loads(written[0].read_text())[1]["safety"]["benign"]["kind"] == "benign"
     assert png_width(run_dir / "rounds.png") == 1210  # two panels (a single panel is 660 px wide)
@@ -146,7 +148,7 @@ def test_round_table_and_panel_gain_the_safety_columns(tmp_path: Path, fake_serv
 
 def test_recipe_evaluate_section_reaches_the_stage_config(tmp_path: Path):
     from neat_data.errors import NeatError
-    from neat_data.rounds import load_recipe, stage_configs
+    from neat_data.recipe import load_recipe, stage_configs
     from neat_data.stages.evaluate import EvaluateConfig
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(8)])
@@ -162,7 +164,7 @@ def test_recipe_evaluate_section_reaches_the_stage_config(tmp_path: Path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**raw, "evaluate": {"suites": ["harmbench", "toxicity-suite"]}}), encoding="utf-8")
     with pytest.raises(NeatError) as error:
         load_recipe(tmp_path / "bad.yaml")
-    assert "bad.yaml: field 'evaluate': Value error, suites: toxicity-suite: unknown evaluation suite" in error.value.one_line()
+    assert "bad.yaml: field 'evaluate': suites: toxicity-suite: unknown evaluation suite" in error.value.one_line()
 
 
 def test_neat_data_run_evaluates_the_suites_every_round(tmp_path: Path, tiny_model: Path):

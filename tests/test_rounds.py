@@ -129,7 +129,7 @@ def test_two_rounds_killed_and_resumed(tiny_model: Path, tmp_path: Path):
 
 def test_recipe_errors_name_file_and_field(tmp_path: Path, tiny_model: Path):
     from neat_data.errors import NeatError
-    from neat_data.rounds import load_recipe
+    from neat_data.recipe import load_recipe
 
     recipe = recipe_file(tmp_path, tiny_model)
     assert load_recipe(recipe, ["rounds=3", "train.lr=1e-4", "generate.num_neg=0"]).train["lr"] == 1e-4
@@ -153,7 +153,7 @@ def test_run_refuses_another_recipe_and_too_few_prompts(tmp_path: Path, tiny_mod
     assert len(finished.stderr.strip().splitlines()) == 1
     run_dir = tmp_path / "runs" / "tiny"
     assert not run_dir.exists()  # a recipe that fails validation records nothing: the corrected command is not refused
-    from neat_data.rounds import load_recipe, recipe_identity
+    from neat_data.recipe import load_recipe, recipe_identity
 
     run_dir.mkdir(parents=True)  # a folder a finished run of the unchanged recipe left
     manifest = {"recipe": recipe_identity(load_recipe(recipe_file(tmp_path, tiny_model))), "rounds_planned": 1}
@@ -172,7 +172,7 @@ def test_run_refuses_another_recipe_and_too_few_prompts(tmp_path: Path, tiny_mod
 
 def test_bundled_recipes_are_valid():
     from neat_data.resources import bundled_dir
-    from neat_data.rounds import load_recipe, stage_configs
+    from neat_data.recipe import load_recipe, stage_configs
 
     quickstart = load_recipe(bundled_dir("pipelines") / "quickstart.yaml")
     assert quickstart.rounds == 2 and quickstart.train["loss"] == "rrhf" and Path(quickstart.prompts.source).is_file()

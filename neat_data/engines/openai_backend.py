@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import os
 import queue
 import random
@@ -31,7 +30,6 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
-from neat_data.engines.openai_http import encode_json
 from neat_data.errors import redact_secret
 
 _DONE = object()

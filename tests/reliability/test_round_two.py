@@ -4,18 +4,16 @@ are in test_bad_input.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 import yaml
 from click.testing import CliRunner
 
 from conftest import write_jsonl
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
-from neat_data.rounds import load_recipe
+from neat_data.recipe import load_recipe
 from neat_data.runfolder import ShardedTable
 from neat_data.schemas import SCORED
 from neat_data.stages.generate import GenerateConfig, run_generate
@@ -82,7 +80,7 @@ def test_an_unexpected_error_is_one_scrubbed_line_and_exit_1(tmp_path: Path, mon
     secret = "tok-abcdefghijklmnopqrstuvwxyz"
     monkeypatch.setenv("SERVICE_TOKEN", secret)
     monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "broken_scorer.py").write_text(f"import os\nraise RuntimeError('cannot start with ' + os.environ['SERVICE_TOKEN'])\n")
+    (tmp_path / "broken_scorer.py").write_text("import os\nraise RuntimeError('cannot start with ' + os.environ['SERVICE_TOKEN'])\n")
     run = generated(tmp_path, RecordingBackend())
     for debug in (None, "1"):
         result = invoke("score", str(run), "--scorer", "python:broken_scorer:score", "--no-progress", env={"NEAT_DATA_DEBUG": debug})

@@ -1,0 +1,443 @@
+"""Recipes: the schema of a `neat-data run`, how a recipe file (plus `--set` overrides) is read and checked, and the
+stage configs each round of it makes.
+
+In:  a recipe YAML (`pipelines/*.yaml`, schema `Recipe`; `--set key=value` overrides, dotted for nesting).
+Out: a validated `Recipe`; `stage_configs(recipe, run_dir, k)` → the (stage, config) list of round k; `plan_split`
+     → the held-out and per-round prompts. Nothing here runs a stage or writes a file (neat_data.rounds does).
+
+Every open choice of the method is a field, with its default recorded in the run's manifest. A recipe is checked by
+building round 1's (and round 0's) stage configs and validating each with its stage's own config class, so a recipe
+can never accept a value its stage rejects; relative paths are relative to the file that names them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from neat_data.engines import BackendName
+from neat_data.engines.base import Sampling
+from neat_data.errors import NeatError, validation_message
+from neat_data.rounds_push import PushSpec
+from neat_data.stages.export import ExportFormat
+from neat_data.stages.score import NegativeScore
+from neat_data.variants import variant_overrides
+
+
+class PromptsSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | list[str] = Field(description="Prompts: .jsonl/.parquet/.csv, hf://… or data://… (relative paths: from the recipe's "
+                                                "folder); a list is one pool of all of them, e.g. benign prompts and data://strongreject.")
+    prompt_column: str | None = None
+    limit: int | None = Field(None, ge=1, description="Read only the first N unique prompts of each source.")
+    heldout_source: str | None = Field(None, description="Take the held-out prompts from here instead of the pool (e.g. benign prompts "
+                                                         "only, so the over-refusal suite is over benign requests); they are left out of the pool.")
+    heldout: int = Field(16, ge=1, description="Held-out prompts for evaluation (never trained on).")
+    per_round: int = Field(32, ge=1, description="Fresh training prompts per round.")
+    decontaminate: bool = Field(True, description="Leave out training prompts that share an 8-gram (after normalisation) with an "
+                                                  "evaluation suite's prompts or a held-out prompt; counted in the manifest.")
+
+    def sources(self) -> list[str]:
+        return [self.source] if isinstance(self.source, str) else list(self.source)
+
+
+class FixedDataSpec(BaseModel):
+    """Train every round on fixed (prompt, response) pairs instead of generate → score → rank: the positive control
+    (harmful prompts answered with a refusal) that shows the evaluation can see an effect."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="Prompts (any prompts source, e.g. data://strongreject).")
+    response: str = Field(min_length=1, description="The one response every prompt is paired with (e.g. a refusal).")
+    prompt_column: str | None = None
+    limit: int | None = Field(None, ge=1, description="The first N unique prompts of the source (after decontamination).")
+
+
+def refuse_shadowed_options(options: dict[str, Any], named: set[str]) -> None:
+    """`options:` passes other stage fields; a key that a named field of the section (or the round runner) sets
+    would silently win or lose against it, so it is refused."""
+    shadowed = sorted(set(options) & named)
+    if shadowed:
+        raise ValueError(f"options.{shadowed[0]} duplicates a field this section (or the round runner) sets; set it there")
+
+
+class GenerateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: BackendName = "vllm"
+    num_pos: int = Field(2, ge=0)
+    num_neg: int = Field(2, ge=0, description="0 = the positive-only baseline.")
+    num_neutral: int = Field(0, ge=0)
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="Any other GenerateConfig field (dtype, max_model_len, base_url, …).")
+
+    @model_validator(mode="after")
+    def _options(self) -> "GenerateSpec":
+        refuse_shadowed_options(self.options, set(type(self).model_fields) | set(Sampling.model_fields) | RUNNER_SETS["generate"])
+        return self
+
+
+class ScoreSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scorer: str = "self-contrast"
+    model: str | None = Field(None, description="Reward model / self-contrast reference (default: the base model, fixed across rounds).")
+    negative_score: NegativeScore = "scored"
+    options: dict[str, Any] = Field(default_factory=dict, description="Any other ScoreConfig field (batch_size, device, judge_*…).")
+
+    @model_validator(mode="after")
+    def _options(self) -> "ScoreSpec":
+        refuse_shadowed_options(self.options, set(type(self).model_fields) | RUNNER_SETS["score"])
+        return self
+
+
+# Fields the round runner sets itself in each stage's config (a recipe names them once, at the top, or not at all).
+RUNNER_SETS = {"generate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed"}, "score": {"run"}}
+
+
+class EvaluateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: BackendName = Field("transformers", description="transformers: no engine start for a small held-out set.")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(128, ge=1)
+    samples: int = Field(1, ge=1, le=256, description="Responses per held-out / suite prompt (k); intervals resample prompts.")
+    suites: list[str] = Field(default_factory=list, description="Evaluation suites (prompts/eval/ names or YAML paths), e.g. [harmbench, benign].")
+    suite_limit: int | None = Field(None, ge=1, description="At most N prompts per suite (a seeded subset): keeps a CPU run small.")
+    negative_control: bool = Field(False, description="Round 0 also evaluates the base model with another seed against itself: the "
+                                                      "paired intervals of that difference show the evaluation's noise (they should hold 0).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Other GenerateConfig fields for the held-out generation.")
+
+    @model_validator(mode="after")
+    def _suites_exist(self) -> "EvaluateSpec":
+        from neat_data.safety.suites import check_suites
+
+        try:
+            check_suites(self.suites)  # a bad suite file or a missing data package stops the recipe, not round 0's evaluate
+        except NeatError as error:
+            raise ValueError(f"suites: {error.one_line()}") from None
+        return self
+
+
+class Recipe(BaseModel):
+    """A NEAT run. Every open choice of the method is a field here, with its default recorded in the manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    out: Path | None = Field(None, description="Run folder (default runs/<name>).")
+    model: str = Field(description="Base policy: bundled alias, local folder or Hub id.")
+    prompts: PromptsSpec
+    pairs: list[str] = Field(default_factory=lambda: ["harmless"], min_length=1)
+    rounds: int = Field(2, ge=1, le=100)
+    seed: int = Field(0, ge=0)
+    generate: GenerateSpec = Field(default_factory=GenerateSpec)
+    score: ScoreSpec = Field(default_factory=ScoreSpec)
+    rank: dict[str, Any] = Field(default_factory=dict, description="RankConfig fields (pairs, pos_vs_neg_by, min_margin, …).")
+    exports: list[ExportFormat] = Field(
+        default_factory=lambda: ["ranked"], description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    push: PushSpec | None = Field(None, description="Publish each finished round to a Hub dataset repo (neat_data.rounds_push).")
+    fixed_data: FixedDataSpec | None = Field(None, description="Train on fixed pairs instead of generated ones (the positive control).")
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name → overrides (dotted keys, as --set): each variant runs in runs/<name>/<variant>/, "
+                                          "sharing every stage whose inputs are identical; comparison.{json,md,png} side by side.")
+    reference: str | None = Field(None, description="The variant the others are compared with (paired differences); default: the first.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Recipe":
+        if "ranked" not in self.exports:
+            raise ValueError("exports must include 'ranked' (the trainer's input)")
+        for name in self.variants:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"variant name {name!r}: letters, digits, '_', '.', '-' only (it is a folder name)")
+        variant_overrides(self.variants)  # refuses a variant that changes what all variants share
+        if self.reference is not None and self.reference not in self.variants:
+            raise ValueError(f"reference {self.reference!r} is not one of the variants")
+        return self
+
+    def run_dir(self) -> Path:
+        return self.out or Path("runs") / self.name
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (["a", "b"], the value read as YAML); a NeatError naming the override when it is malformed."""
+    if "=" not in text:
+        raise NeatError(f"--set wants key=value, got {text!r}", option="set")
+    key, value = text.split("=", 1)
+    keys = [part.strip() for part in key.split(".")]
+    if not all(keys) or not all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in keys):
+        raise NeatError(f"--set key {key!r} must be dotted names, e.g. train.lr", option="set")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        raise NeatError(f"--set {key}: the value is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})", option="set") from None
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
+    return keys, parsed
+
+
+def apply_override(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    target = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = target.setdefault(key, {})
+        if child is None:
+            child = target[key] = {}
+        if not isinstance(child, dict):
+            raise NeatError(f"--set {text!r}: '{'.'.join(keys[:depth + 1])}' is a {type(child).__name__}, not a section", option="set")
+        target = child
+    target[keys[-1]] = value
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """The recipe's YAML mapping; every way a file can be wrong is one line naming it."""
+    if path.is_dir():
+        raise NeatError("is a folder, not a recipe file", file=path)
+    try:
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise NeatError("recipe not found", file=path) from None
+    except UnicodeDecodeError as error:
+        raise NeatError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path) from None
+    except OSError as error:
+        raise NeatError(f"cannot read the recipe ({error.strerror})", file=path) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise NeatError(f"YAML syntax error: {getattr(error, 'problem', error)}", file=path, row=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise NeatError("a recipe is a mapping of keys", file=path)
+    return raw
+
+
+def _relative_to(base: Path, value: Any) -> Any:
+    """A relative file path is relative to the folder of the file that names it (a recipe's own values: the recipe's
+    folder; a `--set` value: the current folder). hf:// sources and other URLs pass through."""
+    if not isinstance(value, str) or "://" in value or ":" in value.split("/")[0] or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe, apply `--set` overrides, validate the recipe *and* every stage config it makes (so a value a
+    stage rejects is refused now, not rounds later); errors name the file and the field."""
+    path = Path(path)
+    raw = read_recipe_file(path)
+    if isinstance(raw.get("prompts"), dict):
+        for key in ("source", "heldout_source"):
+            value = raw["prompts"].get(key)
+            raw["prompts"][key] = [_relative_to(path.parent, v) for v in value] if isinstance(value, list) else _relative_to(path.parent, value)
+    if isinstance(raw.get("fixed_data"), dict) and raw["fixed_data"].get("source"):
+        raw["fixed_data"]["source"] = _relative_to(path.parent, raw["fixed_data"]["source"])
+    if isinstance(raw.get("pairs"), list):  # pair libraries given as YAML paths, like the prompts source
+        raw["pairs"] = [_relative_to(path.parent, p) if str(p).endswith((".yaml", ".yml")) else p for p in raw["pairs"]]
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys in (["prompts", "source"], ["prompts", "heldout_source"], ["fixed_data", "source"]):
+            value = [_relative_to(Path.cwd(), v) for v in value] if isinstance(value, list) else _relative_to(Path.cwd(), value)
+        apply_override(raw, keys, value, text)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as error:
+        field, message = validation_message(error)
+        raise NeatError(message, file=path, field=field) from None
+    check_stage_fields(recipe, path)
+    for name in recipe.variants:
+        check_stage_fields(variant_recipe(recipe, name, path), path, prefix=f"variants.{name}.")
+    return recipe
+
+
+def variant_recipe(recipe: Recipe, name: str, path: Path | None = None) -> Recipe:
+    """The recipe of one variant: the base recipe with the variant's overrides, run in <run>/<variant>/."""
+    # a variant is compared, not published: the parent run's push: would send every variant to the same configs
+    raw = {key: value for key, value in recipe.model_dump(mode="json").items() if key not in ("variants", "reference", "push")}
+    for text in variant_overrides({name: recipe.variants[name]})[name]:
+        keys, value = parse_override(text)
+        apply_override(raw, keys, value, text)
+    raw.update(name=f"{recipe.name}.{name}", out=str(recipe.run_dir() / name))
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        field, message = validation_message(error)
+        raise NeatError(message, file=path, field=f"variants.{name}.{field}") from None
+
+
+def stage_config_classes() -> dict[str, Any]:
+    """Stage name → the config class that validates it (imported here: the recipe layer sits above the stages)."""
+    from neat_data.stages.evaluate import EvaluateConfig
+    from neat_data.stages.export import ExportConfig
+    from neat_data.stages.generate import GenerateConfig
+    from neat_data.stages.rank import RankConfig
+    from neat_data.stages.score import ScoreConfig
+    from neat_data.train.trainer import TrainConfig
+
+    from neat_data.stages.fixed import FixedConfig
+
+    return {"generate": GenerateConfig, "score": ScoreConfig, "rank": RankConfig, "export": ExportConfig, "train": TrainConfig,
+            "evaluate": EvaluateConfig, "fixed": FixedConfig}
+
+
+def check_stage_fields(recipe: Recipe, path: Path, prefix: str = "") -> None:
+    """Build the configs of round 1 (and round 0's evaluation) exactly as `run` will, and validate each with its stage's
+    own config class: the recipe can never accept a value its stage rejects."""
+    classes = stage_config_classes()
+    for k in (0, 1):
+        for name, values in stage_configs(recipe, Path("runs") / recipe.name, k):
+            stage = name.split("-")[0]
+            try:
+                classes[stage].model_validate(values)
+            except ValidationError as error:
+                field, message = validation_message(error)
+                section = {"export": "exports", "fixed": "fixed_data"}.get(stage, stage)
+                inner = field.removeprefix("sampling.") if stage == "generate" else field
+                raise NeatError(message, file=path, field=f"{prefix}{section}.{inner}") from None
+
+
+def split_files(recipe: Recipe, run_dir: Path) -> list[Path]:
+    folder = run_dir / "prompts"
+    return [folder / "heldout.jsonl"] + [folder / f"round_{k:02d}.jsonl" for k in range(1, recipe.rounds + 1)]
+
+
+@dataclass
+class Split:
+    """[held-out prompts, round 1's, round 2's, …] and what decontamination left out."""
+
+    slices: list[list[Any]]
+    decontaminated: int = 0  # training prompts dropped for an 8-gram shared with an evaluation prompt
+
+
+def _pool(sources: list[str], prompt_column: str | None, limit: int | None) -> list[Any]:
+    from neat_data.prompts_in import load_prompts
+
+    seen: set[str] = set()
+    records = []
+    for source in sources:
+        for record in load_prompts(source, prompt_column=prompt_column, limit=limit).records:
+            if record.prompt_id not in seen:  # the same prompt in two sources is one prompt
+                seen.add(record.prompt_id)
+                records.append(record)
+    return records
+
+
+def evaluation_texts(recipe: Recipe, heldout: list[Any]) -> list[str]:
+    """Every prompt the evaluation sees: the held-out prompts and each suite's (training must not have seen them)."""
+    from neat_data.safety.decontaminate import record_text
+    from neat_data.safety.suites import load_suites, suite_texts
+
+    suites = [suite for suite in load_suites(recipe.evaluate.suites) if suite.source != "heldout"]
+    return suite_texts(suites) + [record_text(record) for record in heldout]
+
+
+def plan_split(recipe: Recipe) -> Split:
+    """The held-out prompts and each round's: a seeded hash order of the prompt ids, so the split never changes when
+    the source is re-read and held-out prompts are never trained on; with `decontaminate`, training prompts that share
+    an 8-gram with an evaluation prompt are left out. Pure: validates, writes nothing."""
+    from neat_data.safety.decontaminate import decontaminate
+
+    spec = recipe.prompts
+    order = lambda r: hashlib.sha256(f"{recipe.seed}:{r.prompt_id}".encode()).hexdigest()  # noqa: E731
+    pool = sorted(_pool(spec.sources(), spec.prompt_column, spec.limit), key=order)
+    if spec.heldout_source:
+        candidates = sorted(_pool([spec.heldout_source], spec.prompt_column, None), key=order)
+        if len(candidates) < spec.heldout:
+            raise NeatError(f"{spec.heldout} held-out prompts wanted; the held-out source has {len(candidates)}", file=spec.heldout_source,
+                            field="prompts.heldout")
+        heldout = candidates[: spec.heldout]
+        taken = {r.prompt_id for r in heldout}
+        pool = [r for r in pool if r.prompt_id not in taken]
+    else:
+        heldout, pool = pool[: spec.heldout], pool[spec.heldout:]
+    dropped = 0
+    if spec.decontaminate:
+        result = decontaminate(pool, evaluation_texts(recipe, heldout))
+        pool, dropped = list(result.kept), result.dropped_count
+    training = 0 if recipe.fixed_data else recipe.rounds * spec.per_round
+    if len(pool) < training:
+        sources = ", ".join(spec.sources())
+        raise NeatError(f"{recipe.rounds} rounds × {spec.per_round} + {spec.heldout} held-out needs "
+                        f"{training + (0 if spec.heldout_source else spec.heldout)} prompts; the source has "
+                        f"{len(pool) + (0 if spec.heldout_source else spec.heldout) + dropped}"
+                        + (f" ({dropped} left out: they share an 8-gram with an evaluation prompt)" if dropped else ""),
+                        file=sources, field="prompts")
+    slices = [heldout] + [pool[k * spec.per_round:(k + 1) * spec.per_round] if not recipe.fixed_data else [] for k in range(recipe.rounds)]
+    return Split(slices=slices, decontaminated=dropped)
+
+
+def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict[str, Any]]]:
+    """The (stage, config) list of round k (k = 0: only the base model's evaluation)."""
+    base, folder = recipe.model, run_dir / f"round_{k:02d}"
+    policy_in = base if k <= 1 else str(run_dir / f"round_{k - 1:02d}" / "model")
+    policy_out = base if k == 0 else str(folder / "model")
+    score = {"scorer": recipe.score.scorer, "model": recipe.score.model or base, "negative_score": recipe.score.negative_score, **recipe.score.options}
+    sampling = {"seed": recipe.seed}
+    stages: list[tuple[str, dict[str, Any]]] = []
+    if k > 0 and recipe.fixed_data is not None:
+        f = recipe.fixed_data
+        stages += [
+            ("fixed", {"out": str(folder), "source": f.source, "response": f.response, "prompt_column": f.prompt_column, "limit": f.limit,
+                       "exclude": str(run_dir / "prompts" / "heldout.jsonl"), "suites": recipe.evaluate.suites, "seed": recipe.seed}),
+            ("train", {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train}),
+        ]
+    elif k > 0:
+        g = recipe.generate
+        stages += [
+            ("generate", {"prompts": str(run_dir / "prompts" / f"round_{k:02d}.jsonl"), "pairs": recipe.pairs, "model": policy_in,
+                          "backend": g.backend, "out": str(folder), "round": k, "num_pos": g.num_pos, "num_neg": g.num_neg,
+                          "num_neutral": g.num_neutral, "sampling": {**sampling, "temperature": g.temperature, "top_p": g.top_p,
+                                                                     "max_tokens": g.max_tokens}, **g.options}),
+            ("score", {"run": str(folder), **score}),
+            ("rank", {"run": str(folder), **recipe.rank}),
+            *[(f"export-{fmt}", {"run": str(folder), "format": fmt}) for fmt in recipe.exports],
+            ("train", {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train}),
+        ]
+    e = recipe.evaluate
+    base_eval = run_dir / "round_00" / "eval"
+
+    def evaluation(eval_dir: str, seed: int, base: Path | None) -> dict[str, Any]:
+        return {
+            "generate": {"prompts": str(run_dir / "prompts" / "heldout.jsonl"), "pairs": recipe.pairs, "model": policy_out,
+                         "backend": e.backend, "out": eval_dir, "round": k, "num_pos": 1 if k == 0 else 0, "num_neg": 0,
+                         "num_neutral": e.samples, "sampling": {"seed": seed, "temperature": e.temperature, "top_p": e.top_p,
+                                                                "max_tokens": e.max_tokens}, **e.options},
+            "score": {"run": eval_dir, **score},
+            "samples": e.samples, "suites": e.suites, "suite_limit": e.suite_limit,
+            "base_eval": None if base is None else str(base),
+            "preferred": str(base_eval),
+        }
+
+    stages.append(("evaluate", evaluation(str(folder / "eval"), recipe.seed, None if k == 0 else base_eval)))
+    if k == 0 and e.negative_control:  # the base model against itself, another seed: what "no effect" looks like
+        stages.append(("evaluate-reseeded", evaluation(str(folder / "eval-reseeded"), recipe.seed + 1, base_eval)))
+    return stages
+
+
+def changed_fields(recorded: dict[str, Any], recipe: Recipe) -> list[str]:
+    """The top-level recipe fields that differ between a run folder's recorded identity and `recipe`. The recorded one
+    is read through today's schema first, so a field added since (with its default) is no change."""
+    try:
+        recorded = recipe_identity(Recipe.model_validate({**recorded, "rounds": recipe.rounds}))
+    except ValidationError:
+        pass  # recorded by a recipe this version cannot read: compare as written
+    now = recipe_identity(recipe)
+    return sorted(key for key in set(now) | set(recorded) if recorded.get(key) != now.get(key))
+
+
+def recipe_identity(recipe: Recipe) -> dict[str, Any]:
+    """What a run folder is bound to: the whole recipe except the number of rounds (a run can be extended) and
+    where it is published (push: does not change the data; added to a finished run, it pushes its rounds)."""
+    return {k: v for k, v in recipe.model_dump(mode="json").items() if k not in ("rounds", "push")}
+
+
