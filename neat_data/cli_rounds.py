@@ -180,8 +180,16 @@ def _run_recipe(path: Path, overrides: list[str], overwrite: bool) -> None:
     from neat_data.rounds import run_rounds
 
     recipe = load_recipe(path, overrides)
-    rows = run_rounds(recipe, overwrite=overwrite, echo=lambda line: click.echo(line, err=True))
     run_dir = recipe.run_dir()
+    if recipe.variants:
+        from neat_data.rounds import run_variants
+
+        run_variants(recipe, overwrite=overwrite, echo=lambda line: click.echo(line, err=True))
+        click.echo("\n" + (run_dir / "comparison.md").read_text(encoding="utf-8"))
+        click.echo(f"Variants: {run_dir}/<variant>/ (each a `neat-data run` folder; rounds.md per variant)"
+                   f"\nPlot:     {run_dir}/comparison.png   table: {run_dir}/comparison.md   data: {run_dir}/comparison.json")
+        return
+    rows = run_rounds(recipe, overwrite=overwrite, echo=lambda line: click.echo(line, err=True))
     click.echo("\n" + "\n".join(table_lines(rows)))
     last = recipe.rounds
     click.echo(f"\nDatasets: {run_dir}/round_NN/export/ (ranked{', ' + ', '.join(f for f in recipe.exports if f != 'ranked') if len(recipe.exports) > 1 else ''})"
