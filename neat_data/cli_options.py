@@ -69,10 +69,11 @@ def option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     kind = _plain(field.annotation)
     flag = "--" + name.replace("_", "-")
     required = field.is_required()
-    help_text = field.description or ""
     shown = _default_text(field)
-    common: dict[str, Any] = {"default": None, "required": required, "help": help_text,
-                              "show_default": shown if shown is not None else False}
+    # default=None (an option not given stays out of the config, whose default applies); the default is shown in the
+    # help text by hand, since click would print a string default in parentheses
+    help_text = (field.description or "") + (f"  [default: {shown}]" if shown is not None else "")
+    common: dict[str, Any] = {"default": None, "required": required, "help": help_text}
     if kind is bool:
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         off = str(extra.get("cli_false") or "--no-" + name.replace("_", "-"))

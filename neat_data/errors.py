@@ -59,10 +59,11 @@ class NeatError(Exception):
 
 def redact_secrets(text: str) -> str:
     """`text` with the value of every secret-looking environment variable (…KEY, …TOKEN, …SECRET, …PASSWORD;
-    8+ characters) replaced by '***': the last guard before an error line is printed."""
+    8+ characters) — and every 16+ character piece of one (a cut line may end inside it) — replaced by '***': the
+    last guard before any line is printed."""
     for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
-            text = text.replace(value, "***")
+        if len(value) >= 8 and _SECRET_NAME.search(name):
+            text = redact_secret(text, value)
     return text
 
 

@@ -52,7 +52,8 @@ class OpenAIBatchOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    no_wait: bool = Field(False, description="openai-batch: submit (or attach to) the batches and return; a later run collects them.")
+    no_wait: bool = Field(False, description="openai-batch: submit (or attach to) the batches and return; a later run collects them.",
+                          json_schema_extra={"cli_false": "--wait"})
     batch_max_requests: int = Field(MAX_REQUESTS_PER_FILE, ge=1, le=MAX_REQUESTS_PER_FILE,
                                     description="openai-batch/vllm-batch: requests per batch file (API limit 50,000).")
     batch_max_bytes: int = Field(MAX_BYTES_PER_FILE, ge=1024, le=MAX_BYTES_PER_FILE,

@@ -36,14 +36,17 @@ class GenerateConfig(BackendOptions, PriceOptions):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: str = Field(description="Prompts: .jsonl/.parquet/.csv or hf://<dataset>[:<config>][@<split>].")
+    prompts: str = Field(description="Prompts: .jsonl/.parquet/.csv, hf://<dataset>[:<config>][@<split>] or a bundled harmful set "
+                                     "(data://harmbench[@test|@val|@test-standard], data://strongreject[@small]).")
     prompt_column: str | None = Field(None, description="Column holding the prompt (default: messages, prompt or chosen).")
     limit: int | None = Field(None, ge=1, description="Use only the first N unique prompts.")
     pairs: list[str] = Field(default_factory=lambda: ["harmless"], min_length=1,
                              description="Prompt-pair libraries, comma-separated (bundled names or YAML paths).")
     model: str = Field(description="Bundled alias (smollm2-135m-instruct), local HF folder or Hub id; for openai the served name.")
     backend: BackendName = Field("vllm", description="vllm: one engine in this process; openai: any compatible server; transformers: "
-                                                     "model.generate, no engine start (small jobs); ray: vLLM engines in Ray Data actors.")
+                                                     "model.generate, no engine start (small jobs); ray: vLLM engines in Ray Data actors; "
+                                                     "openai-batch: the OpenAI Batch API (half price; re-runs attach); vllm-batch: the same "
+                                                     "batch files through vLLM's run_batch (docs/BATCH.md).")
     out: Path = Field(description="Run folder.")
     round: int = Field(1, ge=0, description="Round recorded in every row (online NEAT rounds; 0 = the base model's evaluation).")
     num_pos: int = Field(2, ge=0, le=256, description="Responses per prompt under the positive system prompt.")
