@@ -14,14 +14,13 @@ measure refusal wording, offensiveness and tone, not helpfulness.
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from neat_data.runfolder import atomic_write_bytes, atomic_write_json, read_manifest
+from neat_data.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_manifest
 from neat_data.safety.stats import bootstrap_mean, paired_difference, per_prompt_means
 from neat_data.stages.evaluate import neutral_scores
 
@@ -149,8 +148,5 @@ def write_comparison(parent: Path, recipe: Any, results: dict[str, Any]) -> list
         axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         axis.set_title(f"{metric} (round {last})", fontsize=9)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": "neat-data"})
-    plt.close(figure)
-    atomic_write_bytes(parent / "comparison.png", buffer.getvalue())
+    atomic_write_figure(parent / "comparison.png", figure)
     return [parent / "comparison.json", parent / "comparison.md", parent / "comparison.png"]

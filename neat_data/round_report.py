@@ -9,13 +9,12 @@ offensiveness, not helpfulness (`neat_data.safety.metrics`).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from neat_data.runfolder import atomic_write_bytes, atomic_write_json, read_manifest
+from neat_data.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_manifest
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -132,10 +131,7 @@ def write_round_report(run_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
         ppl_axis.set_ylabel("perplexity on preferred responses", color="tab:red")
     reward_axis.set_xticks([r["round"] for r in rows])
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": "neat-data"})
-    plt.close(figure)
-    atomic_write_bytes(run_dir / "rounds.png", buffer.getvalue())
+    atomic_write_figure(run_dir / "rounds.png", figure)
     return [run_dir / "rounds.json", run_dir / "rounds.md", run_dir / "rounds.png"]
 
 

@@ -28,7 +28,7 @@ from neat_data.errors import EXIT_PENDING, NeatError
 from neat_data.recipe import (Recipe, Split, changed_fields, plan_split, recipe_identity, split_files, stage_configs,
                               variant_recipe)
 from neat_data.rounds_push import push_round
-from neat_data.runfolder import RunLock, atomic_write_bytes, atomic_write_json, read_manifest
+from neat_data.runfolder import RunLock, atomic_write_bytes, atomic_write_json, empty_folder, read_manifest
 from neat_data.variants import StageCache, dependencies, materialize, stage_key
 
 
@@ -104,8 +104,6 @@ def run_stage(name: str, config: dict[str, Any], folder: Path, run_dir: Path, k:
 
 def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, cache: StageCache | None = None) -> list[dict[str, Any]]:
     """Execute every unfinished stage of every round; returns the per-round table rows."""
-    import shutil
-
     from neat_data.round_report import round_rows, write_round_report
 
     run_dir = recipe.run_dir()
@@ -116,9 +114,7 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
     with RunLock(run_dir):
         manifest = read_manifest(run_dir)
         if overwrite and manifest:
-            for child in run_dir.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            empty_folder(run_dir)
             manifest = {}
         if manifest and "recipe" not in manifest:
             raise NeatError("this folder holds a single-stage run, not a `neat-data run`; use another name/out or --overwrite",
@@ -148,8 +144,6 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
 
 def run_variants(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) -> dict[str, list[dict[str, Any]]]:
     """Every variant of the recipe in turn (each resumable), sharing identical stages; then the comparison."""
-    import shutil
-
     from neat_data.comparison import write_comparison
 
     parent = recipe.run_dir()
@@ -161,9 +155,7 @@ def run_variants(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) 
     with RunLock(parent, check_shards=False):
         manifest = read_manifest(parent)
         if overwrite and manifest:
-            for child in parent.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            empty_folder(parent)
             manifest = {}
         if manifest and changed_fields(manifest.get("variants_recipe") or {}, recipe):
             raise NeatError("run folder was made with another recipe; use --overwrite or another name", file=parent / "manifest.json")

@@ -307,3 +307,24 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
         if missing:
             raise NeatError("missing column", file=path, field=missing[0]) from None
         raise NeatError(f"cannot read Parquet ({_short(error)}); re-run the stage that wrote it", file=path) from None
+
+
+def atomic_write_figure(path: Path, figure: Any) -> None:
+    """A matplotlib figure as a PNG (110 dpi), whole or absent; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": "neat-data"})
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def empty_folder(folder: Path) -> None:
+    """Remove everything in `folder` but its lock file (--overwrite of a run folder this process holds)."""
+    import shutil
+
+    for child in folder.iterdir():
+        if child.name != ".lock":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -7,12 +7,11 @@ distributions for pos / neg / none), `<run>/report/margins.png` (score gap of ke
 
 from __future__ import annotations
 
-import io
 import statistics
 from pathlib import Path
 
 from neat_data.errors import NeatError
-from neat_data.runfolder import ShardedTable, atomic_write_bytes
+from neat_data.runfolder import ShardedTable, atomic_write_bytes, atomic_write_figure
 from neat_data.schemas import SCORED
 
 COLOURS = {"pos": "tab:green", "neg": "tab:red", "none": "tab:gray"}
@@ -30,12 +29,6 @@ def score_table(scores_by_steering: dict[str, list[float]], pairs: int | None, m
         gap = f", score gap mean {statistics.fmean(margins):.4f}, median {statistics.median(margins):.4f}" if margins else ""
         lines.append(f"pairs kept: {pairs}{gap}")
     return lines
-
-
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": "neat-data"})
-    return buffer.getvalue()
 
 
 def run_report(run_dir: Path) -> tuple[list[str], list[Path]]:
@@ -65,17 +58,15 @@ def run_report(run_dir: Path) -> tuple[list[str], list[Path]]:
     axes.set(title=f"Scores by steering — {run_dir.name}", xlabel="score", ylabel="responses")
     axes.legend()
     figure.tight_layout()
-    atomic_write_bytes(run_dir / "report" / "scores.png", _png(figure))
+    atomic_write_figure(run_dir / "report" / "scores.png", figure)
     written.append(run_dir / "report" / "scores.png")
-    plt.close(figure)
     if margins:
         figure, axes = plt.subplots(figsize=(7, 4))
         axes.hist(margins, bins=30, color="tab:blue")
         axes.set(title=f"Score gap of kept pairs (n={len(margins)})", xlabel="score_chosen − score_rejected", ylabel="pairs")
         figure.tight_layout()
-        atomic_write_bytes(run_dir / "report" / "margins.png", _png(figure))
+        atomic_write_figure(run_dir / "report" / "margins.png", figure)
         written.append(run_dir / "report" / "margins.png")
-        plt.close(figure)
     lines = score_table(by_steering, pair_count, margins)
     atomic_write_bytes(run_dir / "report" / "summary.txt", ("\n".join(lines) + "\n").encode("utf-8"))
     written.append(run_dir / "report" / "summary.txt")
