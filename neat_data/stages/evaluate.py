@@ -171,7 +171,8 @@ def suite_rows(eval_dir: Path, suite: Suite, prompt_ids: set[str] | None = None,
             if r["steering"] == "none" and (prompt_ids is None or r["prompt_id"] in prompt_ids) and (samples is None or r["sample_index"] < samples)]
 
 
-def generate_suite(config: EvaluateConfig, suite: Suite, records: list[PromptRecord], *, argv: list[str] | None, progress: bool) -> None:
+def generate_suite(config: EvaluateConfig, suite: Suite, records: list[PromptRecord], *, argv: list[str] | None, progress: bool,
+                   backend: Any = None) -> None:
     """k neutral responses per suite prompt into the suite's own run folder (it resumes like any generate)."""
     folder = suite_folder(Path(config.generate.out), suite)
     prompts_path = folder / "prompts.jsonl"
@@ -179,7 +180,8 @@ def generate_suite(config: EvaluateConfig, suite: Suite, records: list[PromptRec
     if not prompts_path.is_file() or prompts_path.read_bytes() != text:
         atomic_write_bytes(prompts_path, text)
     run_generate(config.generate.model_copy(update={"prompts": str(prompts_path), "prompt_column": None, "limit": None, "out": folder,
-                                                    "num_pos": 0, "num_neg": 0, "num_neutral": config.samples}), progress=progress, argv=argv)
+                                                    "num_pos": 0, "num_neg": 0, "num_neutral": config.samples}), backend=backend,
+                 progress=progress, argv=argv)
 
 
 def evaluate_suite(config: EvaluateConfig, suite: Suite, prompt_ids: set[str] | None) -> dict[str, Any]:
@@ -195,6 +197,31 @@ def evaluate_suite(config: EvaluateConfig, suite: Suite, prompt_ids: set[str] | 
             **({"base_eval": str(config.base_eval), "base_found": base is not None} if config.base_eval is not None else {}), **summary}
 
 
+class SharedBackend:
+    """One engine for the held-out prompts and every suite of an evaluation, started on first use (a finished
+    evaluation that is run again starts none) and closed by the caller: a vLLM engine start costs minutes on a GPU."""
+
+    def __init__(self, config: GenerateConfig, progress: bool):
+        self.config, self.progress = config, progress
+        self.name, self.model = config.backend, config.model
+        self.inner: Any = None
+
+    @property
+    def stats(self) -> Any:
+        return getattr(self.inner, "stats", {})
+
+    def generate(self, requests: Any, sampling: Any) -> Any:
+        if self.inner is None:
+            from neat_data.stages.generate import start_backend
+
+            self.inner = start_backend(self.config, Path(self.config.out), None, self.progress)
+        return self.inner.generate(requests, sampling)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+
 def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     from neat_data.models import resolve_model
 
@@ -206,10 +233,22 @@ def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progr
     suites = load_suites(config.suites)
     check_metric_dependencies(sorted({m for suite in suites for m in suite.metrics}))
     suite_records = {s.name: suite_prompts(s, limit=config.suite_limit) for s in suites if s.source != HELDOUT}
-    run_generate(config.generate, progress=progress, argv=argv)
-    for suite in suites:
-        if suite.source != HELDOUT:
-            generate_suite(config, suite, suite_records[suite.name], argv=argv, progress=progress)
+    from neat_data.engines import BATCH_BACKENDS, loads_model_locally
+
+    if loads_model_locally(config.generate.backend):
+        from neat_data.models import resolve_model as check_model
+
+        check_model(config.generate.model)  # the shared engine starts lazily: check its model first, as generate would
+    # batch backends keep files per run folder (each suite is one): they are not shared
+    shared = None if config.generate.backend in BATCH_BACKENDS else SharedBackend(config.generate, progress)
+    try:
+        run_generate(config.generate, backend=shared, progress=progress, argv=argv)
+        for suite in suites:
+            if suite.source != HELDOUT:
+                generate_suite(config, suite, suite_records[suite.name], argv=argv, progress=progress, backend=shared)
+    finally:
+        if shared is not None:
+            shared.close()  # the engine goes before the scorer and the perplexity model load
     run_score(config.score, progress=progress, argv=argv)
     scores = neutral_scores(eval_dir, config.samples)
     mean, low, high = bootstrap_mean(list(scores.values()), config.bootstrap, seed=config.generate.sampling.seed)
