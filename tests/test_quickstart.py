@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 def test_quickstart_runs_a_real_round(tmp_path: Path, neat_cache: Path):
     out = tmp_path / "quickstart"
-    small = ["rounds=1", "prompts.heldout=2", "prompts.per_round=3", "generate.max_tokens=12", "evaluate.max_tokens=12", "train.top_layers=2"]
+    small = ["rounds=1", "prompts.heldout=2", "prompts.per_round=3", "generate.max_tokens=12", "evaluate.max_tokens=12", "train.top_layers=2",
+             "evaluate.samples=1", "evaluate.suite_limit=2"]
     command = [sys.executable, "-m", "neat_data.cli", "quickstart", "--out", str(out), *[w for s in small for w in ("--set", s)]]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "NEAT_DATA_CACHE": str(neat_cache)})
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
@@ -34,5 +35,8 @@ def test_quickstart_runs_a_real_round(tmp_path: Path, neat_cache: Path):
     assert details["config"]["loss"] == "rrhf" and details["summary"]["prompts"] == 3
     metrics = json.loads((out / "round_01" / "eval" / "metrics.json").read_text())
     assert metrics["model"] == str(out / "round_01" / "model") and metrics["perplexity"] > 1
+    refusal = metrics["suites"]["harmbench-standard"]["metrics"]["refusal"]
+    assert refusal["prompts"] == 2 and "vs_base" in refusal and metrics["suites"]["benign"]["prompts"] == 2
+    assert "refusal harmbench-standard (95% CI)" in run.stdout and "over-refusal benign (95% CI)" in run.stdout
     assert "| 0 (base) |" in run.stdout and "| 1 |" in run.stdout and f"Model:    {out}/round_01/model" in run.stdout
     assert "round 1 · train … (log:" in run.stderr and "eval: 2 held-out prompts" in run.stderr

@@ -175,7 +175,8 @@ def test_bundled_recipes_are_valid():
     from neat_data.recipe import load_recipe, stage_configs
 
     quickstart = load_recipe(bundled_dir("pipelines") / "quickstart.yaml")
-    assert quickstart.rounds == 2 and quickstart.train["loss"] == "rrhf" and Path(quickstart.prompts.source).is_file()
+    assert quickstart.rounds == 2 and quickstart.train["loss"] == "rrhf"
+    assert all(Path(s).is_file() or s.startswith("data://") for s in quickstart.prompts.sources()) and Path(quickstart.prompts.heldout_source).is_file()
     hh = load_recipe(bundled_dir("pipelines") / "hh-rlhf.yaml", ["model=Qwen/Qwen2.5-0.5B-Instruct", "rounds=3"])
     names = [name for name, _ in stage_configs(hh, Path("runs/hh-rlhf"), 2)]
     assert names == ["generate", "score", "rank", "export-ranked", "export-trl", "train", "evaluate"]
