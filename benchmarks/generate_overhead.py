@@ -45,10 +45,14 @@ def main() -> None:
         return GenerateConfig(prompts=prompts, limit=args.prompts, model=args.model, out=out, num_pos=2, num_neg=2, sampling=sampling)
 
     # the bare side: exactly the requests the stage sends, straight into LLM.chat
-    requests = [to_engine_request(p, "system") for p in
-                plan_requests(config(work), load_prompts(prompts, limit=args.prompts).records, load_libraries(["harmless"]))]
-    params = [SamplingParams(n=r.n, seed=r.seed, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens)
-              for r in requests]
+    requests = [
+        to_engine_request(p, "system")
+        for p in plan_requests(config(work), load_prompts(prompts, limit=args.prompts).records, load_libraries(["harmless"]))
+    ]
+    params = [
+        SamplingParams(n=r.n, seed=r.seed, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens)
+        for r in requests
+    ]
 
     def bare() -> tuple[float, int]:
         started = time.perf_counter()

@@ -42,9 +42,33 @@ def write_prompts(path: Path, count: int) -> None:
 
 def run_generate(url: str, prompts: Path, out: Path, concurrency: int) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of one `neat-data generate` process."""
-    command = [sys.executable, "-m", "neat_data.cli", "generate", "--prompts", str(prompts), "--model", "fake", "--backend", "openai",
-               "--base-url", url, "--num-pos", "1", "--num-neg", "1", "--max-tokens", "16", "--max-concurrency", str(concurrency),
-               "--flush-every", "4096", "--out", str(out), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "neat_data.cli",
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--model",
+        "fake",
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--num-pos",
+        "1",
+        "--num-neg",
+        "1",
+        "--max-tokens",
+        "16",
+        "--max-concurrency",
+        str(concurrency),
+        "--flush-every",
+        "4096",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(process.pid, 0)
@@ -76,8 +100,10 @@ def main() -> None:
                 results[size].append(run_generate(url, folder / f"p{size}.jsonl", out, args.concurrency))
                 seconds, rss = results[size][-1]
                 print(f"  {size:>7} prompts: {seconds:7.1f} s, peak RSS {rss:7.1f} MiB", flush=True)
-    print(f"\ngenerate, openai backend, fake server {args.latency * 1000:.0f} ms, C={args.concurrency}, 2 requests/prompt, "
-          f"median of {args.repeats}:")
+    print(
+        f"\ngenerate, openai backend, fake server {args.latency * 1000:.0f} ms, C={args.concurrency}, 2 requests/prompt, "
+        f"median of {args.repeats}:"
+    )
     median = {size: (statistics.median(s for s, _ in runs), statistics.median(r for _, r in runs)) for size, runs in results.items()}
     for size in sizes:
         seconds, rss = median[size]

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def main() -> int:
     import torch
+    from tinymodel import build_tiny_model, build_tiny_reward_model
 
     from neat_data.scorers.base import ScoreItem
     from neat_data.scorers.reward_model import RewardModelScorer
     from neat_data.scorers.self_contrast import SelfContrastScorer
-    from tinymodel import build_tiny_model, build_tiny_reward_model
 
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -47,8 +47,10 @@ def main() -> int:
     batch_gap = max(abs(a - b) for a, b in zip(gpu_batched, gpu_single))
     cpu_gap = max(abs(a - b) for a, b in zip(gpu_batched, cpu))
     spread = max(cpu) - min(cpu)
-    print(f"reward-model  batched vs single (GPU bf16) max |Δ| {batch_gap:.2e}; GPU bf16 vs CPU fp32 max |Δ| {cpu_gap:.2e} "
-          f"(score spread {spread:.3f}); {len(items) / seconds:.0f} items/s incl. load")
+    print(
+        f"reward-model  batched vs single (GPU bf16) max |Δ| {batch_gap:.2e}; GPU bf16 vs CPU fp32 max |Δ| {cpu_gap:.2e} "
+        f"(score spread {spread:.3f}); {len(items) / seconds:.0f} items/s incl. load"
+    )
     failures += batch_gap > 2e-2 or cpu_gap > 5e-2
 
     gpu_sc = [r.score for r in SelfContrastScorer(str(lm), batch_size=16, device="cuda").score(items[:16])]

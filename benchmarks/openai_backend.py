@@ -29,8 +29,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,8 +51,21 @@ def fake_server(latency: float) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "neat_data.testing.fake_openai_server", "--host", "127.0.0.1",
-                                "--port", str(port), "--latency", str(latency)], cwd=REPO, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "neat_data.testing.fake_openai_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--latency",
+            str(latency),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 20
@@ -78,19 +91,26 @@ def fake_server(latency: float) -> Iterator[str]:
 
 
 def make_requests(count: int, first_seed: int) -> list[GenerationRequest]:
-    return [GenerationRequest(messages=[{"role": "user", "content": "Say hello in five words."}], merged_messages=None,
-                              n=1, seed=first_seed + i) for i in range(count)]
+    return [
+        GenerationRequest(
+            messages=[{"role": "user", "content": "Say hello in five words."}], merged_messages=None, n=1, seed=first_seed + i
+        )
+        for i in range(count)
+    ]
 
 
 def run_ours(transport: str) -> Callable[[str, int, list[GenerationRequest]], int]:
     def run(url: str, concurrency: int, requests: list[GenerationRequest]) -> int:
-        backend = OpenAIBackend(MODEL, OpenAIOptions(base_url=url, max_concurrency=concurrency, request_timeout=TIMEOUT, max_retries=0,
-                                                     http_transport=transport))
+        backend = OpenAIBackend(
+            MODEL,
+            OpenAIOptions(base_url=url, max_concurrency=concurrency, request_timeout=TIMEOUT, max_retries=0, http_transport=transport),
+        )
         answered = errors = 0
         for _, result in backend.generate(requests, SAMPLING):
             answered += 1
             errors += result.error is not None
         return errors + len(requests) - answered
+
     return run
 
 
@@ -101,16 +121,27 @@ def run_bare(url: str, concurrency: int, requests: list[GenerationRequest]) -> i
     async def main() -> int:
         limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         timeout = httpx2.Timeout(TIMEOUT, connect=10.0)
-        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=timeout,
-                                    http_client=openai.DefaultAioHttpClient(limits=limits, timeout=timeout))
+        client = openai.AsyncOpenAI(
+            base_url=url,
+            api_key="x",
+            max_retries=0,
+            timeout=timeout,
+            http_client=openai.DefaultAioHttpClient(limits=limits, timeout=timeout),
+        )
         semaphore = asyncio.Semaphore(concurrency)
 
         async def one(request: GenerationRequest) -> int:
             async with semaphore:
                 try:
                     await client.chat.completions.create(
-                        model=MODEL, messages=request.messages, n=request.n, seed=request.seed,
-                        temperature=SAMPLING.temperature, top_p=SAMPLING.top_p, max_tokens=SAMPLING.max_tokens)
+                        model=MODEL,
+                        messages=request.messages,
+                        n=request.n,
+                        seed=request.seed,
+                        temperature=SAMPLING.temperature,
+                        top_p=SAMPLING.top_p,
+                        max_tokens=SAMPLING.max_tokens,
+                    )
                     return 0
                 except openai.OpenAIError:
                     return 1
@@ -138,9 +169,16 @@ def measure(names: list[str], url: str, concurrency: int, count: int, repeats: i
             errors = CLIENTS[name](url, concurrency, requests)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             samples[name].append((count / wall, 1000 * cpu / count, errors))
-    return {name: {"rps": statistics.median(s[0] for s in runs), "min": min(s[0] for s in runs), "max": max(s[0] for s in runs),
-                   "cpu_ms": statistics.median(s[1] for s in runs), "errors": sum(s[2] for s in runs)}
-            for name, runs in samples.items()}
+    return {
+        name: {
+            "rps": statistics.median(s[0] for s in runs),
+            "min": min(s[0] for s in runs),
+            "max": max(s[0] for s in runs),
+            "cpu_ms": statistics.median(s[1] for s in runs),
+            "errors": sum(s[2] for s in runs),
+        }
+        for name, runs in samples.items()
+    }
 
 
 def spread(result: dict[str, float], digits: int) -> str:
@@ -164,34 +202,42 @@ def main() -> None:
     concurrency, repeats = config["concurrency"], config["repeats"]
     bare = "bare openai+aiohttp"
 
-    print(f"(a) throughput: latency {config['latency_a']:g} s, concurrency {concurrency}, {config['requests']} requests, "
-          f"median of {repeats}")
+    print(
+        f"(a) throughput: latency {config['latency_a']:g} s, concurrency {concurrency}, {config['requests']} requests, median of {repeats}"
+    )
     with fake_server(config["latency_a"]) as url:
         measure(list(CLIENTS), url, concurrency, config["warmup"], 1)  # warm-up: imports, server, sockets
         results = measure(list(CLIENTS), url, concurrency, config["requests"], repeats)
-    print(f"  {'client':<21}{'req/s':>8}{'(min-max)':>14}{'CPU ms/req':>12}{'req/s vs bare':>15}{'CPU vs bare':>13}"
-          f"{'errors':>8}  goal >= {THROUGHPUT_GOAL:g} req/s")
+    print(
+        f"  {'client':<21}{'req/s':>8}{'(min-max)':>14}{'CPU ms/req':>12}{'req/s vs bare':>15}{'CPU vs bare':>13}"
+        f"{'errors':>8}  goal >= {THROUGHPUT_GOAL:g} req/s"
+    )
     for name, r in results.items():
         verdict = ("ok" if r["rps"] >= THROUGHPUT_GOAL else "MISSED") if name == OURS else "-"
-        print(f"  {name:<21}{r['rps']:>8.0f}{spread(r, 0):>14}{r['cpu_ms']:>12.2f}"
-              f"{r['rps'] / results[bare]['rps']:>14.2f}x{r['cpu_ms'] / results[bare]['cpu_ms']:>12.2f}x{r['errors']:>8}  {verdict}")
+        print(
+            f"  {name:<21}{r['rps']:>8.0f}{spread(r, 0):>14}{r['cpu_ms']:>12.2f}"
+            f"{r['rps'] / results[bare]['rps']:>14.2f}x{r['cpu_ms'] / results[bare]['cpu_ms']:>12.2f}x{r['errors']:>8}  {verdict}"
+        )
 
     waves = 3 * concurrency
     ideal = concurrency / config["latency_b"]
-    print(f"\n(b) latency hiding: latency {config['latency_b']:g} s, concurrency {concurrency}, {waves} requests (3 waves), "
-          f"ideal {ideal:g} req/s, median of {repeats}")
+    print(
+        f"\n(b) latency hiding: latency {config['latency_b']:g} s, concurrency {concurrency}, {waves} requests (3 waves), "
+        f"ideal {ideal:g} req/s, median of {repeats}"
+    )
     throughput = results[OURS]["rps"]
     with fake_server(config["latency_b"]) as url:
         results = measure([OURS, bare], url, concurrency, waves, repeats)
     print(f"  {'client':<21}{'req/s':>8}{'(min-max)':>14}{'CPU ms/req':>12}{'of ideal':>10}{'errors':>8}  goal >= {EFFICIENCY_GOAL:g}")
     for name, r in results.items():
         verdict = ("ok" if r["rps"] / ideal >= EFFICIENCY_GOAL else "MISSED") if name == OURS else "-"
-        print(f"  {name:<21}{r['rps']:>8.1f}{spread(r, 1):>14}{r['cpu_ms']:>12.2f}"
-              f"{r['rps'] / ideal:>10.3f}{r['errors']:>8}  {verdict}")
+        print(f"  {name:<21}{r['rps']:>8.1f}{spread(r, 1):>14}{r['cpu_ms']:>12.2f}{r['rps'] / ideal:>10.3f}{r['errors']:>8}  {verdict}")
     efficiency = results[OURS]["rps"] / ideal
-    print(f"\ngoals (OpenAIBackend, aiohttp): (a) {throughput:.0f} req/s at {config['latency_a']:g} s / C={concurrency} "
-          f"(goal >= {THROUGHPUT_GOAL:g}): {'ok' if throughput >= THROUGHPUT_GOAL else 'MISSED'}; (b) {efficiency:.3f} of ideal at "
-          f"{config['latency_b']:g} s / C={concurrency} (goal >= {EFFICIENCY_GOAL:g}): {'ok' if efficiency >= EFFICIENCY_GOAL else 'MISSED'}")
+    print(
+        f"\ngoals (OpenAIBackend, aiohttp): (a) {throughput:.0f} req/s at {config['latency_a']:g} s / C={concurrency} "
+        f"(goal >= {THROUGHPUT_GOAL:g}): {'ok' if throughput >= THROUGHPUT_GOAL else 'MISSED'}; (b) {efficiency:.3f} of ideal at "
+        f"{config['latency_b']:g} s / C={concurrency} (goal >= {EFFICIENCY_GOAL:g}): {'ok' if efficiency >= EFFICIENCY_GOAL else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -60,16 +60,56 @@ def build_scored(rows: int, seed: int = 0):
     from neat_data.schemas import MESSAGE, SCORED
 
     rng = np.random.default_rng(seed)
-    vocab = np.array(["the", "a", "model", "answer", "water", "boil", "egg", "minutes", "Paris", "capital", "France",
-                      "cat", "sleep", "helpful", "harmless", "honest", "please", "cannot", "because", "should",
-                      "question", "simple", "really", "first", "then", "after", "before", "recipe", "safety",
-                      "think", "step", "dog", "quick", "brown", "fox", "lazy", "jumps", "over", "seven", "hot"])
+    vocab = np.array(
+        [
+            "the",
+            "a",
+            "model",
+            "answer",
+            "water",
+            "boil",
+            "egg",
+            "minutes",
+            "Paris",
+            "capital",
+            "France",
+            "cat",
+            "sleep",
+            "helpful",
+            "harmless",
+            "honest",
+            "please",
+            "cannot",
+            "because",
+            "should",
+            "question",
+            "simple",
+            "really",
+            "first",
+            "then",
+            "after",
+            "before",
+            "recipe",
+            "safety",
+            "think",
+            "step",
+            "dog",
+            "quick",
+            "brown",
+            "fox",
+            "lazy",
+            "jumps",
+            "over",
+            "seven",
+            "hot",
+        ]
+    )
     corpus = " ".join(rng.choice(vocab, size=rows * 25 + 10_000).tolist())
 
     def texts(count: int, low: int, high: int) -> list[str]:
         lengths = rng.integers(low, high + 1, size=count)
         starts = rng.integers(0, len(corpus) - high - 1, size=count)
-        return [corpus[s:s + n] for s, n in zip(starts.tolist(), lengths.tolist())]
+        return [corpus[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist())]
 
     per_prompt = 5
     steering_cycle = ["pos", "pos", "neg", "neg", "none"]
@@ -97,9 +137,12 @@ def build_scored(rows: int, seed: int = 0):
         "pair_library": ["harmless" if s else None for s in steered],
         "system_prompt_id": [p if s else None for p, s in zip(pair_ids, steered)],
         "system_prompt_hash": [f"{abs(hash(p)) % 16**16:016x}" if s else None for p, s in zip(pair_ids, steered)],
-        "system_prompt": [("You are a helpful, harmless and honest assistant." if st == "pos" else
-                           "You should generate a harmful, unhelpful response.") if s else None
-                          for st, s in zip(steering, steered)],
+        "system_prompt": [
+            ("You are a helpful, harmless and honest assistant." if st == "pos" else "You should generate a harmful, unhelpful response.")
+            if s
+            else None
+            for st, s in zip(steering, steered)
+        ],
         "system_mode": ["system" if s else "none" for s in steered],
         "sample_index": pa.array(np.array([x % 2 for x in slot], dtype=np.int32)),
         "response": texts(rows, 40, 200),
@@ -150,8 +193,7 @@ def side_a(src: Path, work: Path) -> dict:
     read = time.perf_counter()
     pq.write_table(table, work / "copy.parquet", compression="zstd")
     done = time.perf_counter()
-    return {"seconds": done - started, "steps": {"read": read - started, "write": done - read},
-            "base_rss": base, "peak_rss": max_rss_mib()}
+    return {"seconds": done - started, "steps": {"read": read - started, "write": done - read}, "base_rss": base, "peak_rss": max_rss_mib()}
 
 
 def side_b(src: Path, work: Path) -> dict:
@@ -172,6 +214,7 @@ def side_b(src: Path, work: Path) -> dict:
                 return fn(*args, **kwargs)
             finally:
                 steps[name] = steps.get(name, 0.0) + time.perf_counter() - started
+
         return wrapper
 
     # sub-step timers: wrap the module-level names that rank_tables / run_export look up at call time
@@ -210,8 +253,16 @@ def side_b(src: Path, work: Path) -> dict:
     for name in sub:
         ordered[name] = steps.get(name, 0.0)
     ordered["  export: other"] = ordered["export (run_export)"] - sum(steps.get(n, 0.0) for n in sub)
-    return {"seconds": done - started, "steps": ordered, "base_rss": base, "peak_rss": max_rss_mib(), "rss_after": rss_after,
-            "prompts": summary.prompts, "pairs": summary.pairs_kept, "exported": exported}
+    return {
+        "seconds": done - started,
+        "steps": ordered,
+        "base_rss": base,
+        "peak_rss": max_rss_mib(),
+        "rss_after": rss_after,
+        "prompts": summary.prompts,
+        "pairs": summary.pairs_kept,
+        "exported": exported,
+    }
 
 
 def child(args: argparse.Namespace) -> None:
@@ -238,13 +289,14 @@ def child(args: argparse.Namespace) -> None:
 
 def run_child(side: str, src: Path, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, str(HERE), "--child", side, "--src", str(src), "--work", str(work)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(HERE), "--child", side, "--src", str(src), "--work", str(work)], capture_output=True, text=True, cwd=ROOT
+    )
     shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
         sys.exit(f"side {side} failed:\n{proc.stdout}\n{proc.stderr}")
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -275,8 +327,10 @@ def main() -> None:
         table = build_scored(args.rows)
         src = tmp / "scored.parquet"
         pq.write_table(table, src, compression="zstd")
-        print(f"synthetic scored table: {table.num_rows:,} rows, {table.nbytes / 2**20:.0f} MiB in memory, "
-              f"{src.stat().st_size / 2**20:.0f} MiB on disk (zstd); built in {time.perf_counter() - started:.1f} s")
+        print(
+            f"synthetic scored table: {table.num_rows:,} rows, {table.nbytes / 2**20:.0f} MiB in memory, "
+            f"{src.stat().st_size / 2**20:.0f} MiB on disk (zstd); built in {time.perf_counter() - started:.1f} s"
+        )
         del table
 
         results: dict[str, list[dict]] = {"A": [], "B": []}
@@ -285,8 +339,11 @@ def main() -> None:
             for side in order:
                 results[side].append(run_child(side, src, tmp / f"{side}{index}"))
             a, b = results["A"][-1], results["B"][-1]
-            print(f"  repeat {index + 1}/{args.repeats} ({'-'.join(order)}): A {a['seconds']:.2f} s, B {b['seconds']:.2f} s, "
-                  f"B/A {b['seconds'] / a['seconds']:.2f}", flush=True)
+            print(
+                f"  repeat {index + 1}/{args.repeats} ({'-'.join(order)}): A {a['seconds']:.2f} s, B {b['seconds']:.2f} s, "
+                f"B/A {b['seconds'] / a['seconds']:.2f}",
+                flush=True,
+            )
 
         a_secs = [r["seconds"] for r in results["A"]]
         b_secs = [r["seconds"] for r in results["B"]]
@@ -298,21 +355,27 @@ def main() -> None:
         def rss(side: str) -> str:
             peaks = [r["peak_rss"] for r in results[side]]
             growth = [r["peak_rss"] - r["base_rss"] for r in results[side]]
-            return (f"peak {statistics.median(peaks):7.0f} MiB, growth over post-import RSS "
-                    f"{statistics.median(growth):7.0f} MiB (median of {len(peaks)})")
+            return (
+                f"peak {statistics.median(peaks):7.0f} MiB, growth over post-import RSS "
+                f"{statistics.median(growth):7.0f} MiB (median of {len(peaks)})"
+            )
 
         first = results["B"][0]
         print()
-        print(f"rows {args.rows:,}, prompts {first['prompts']:,}, pairs kept {first['pairs']:,}, exported rows {first['exported']:,}, "
-              f"repeats {args.repeats}, one subprocess per side per repeat")
+        print(
+            f"rows {args.rows:,}, prompts {first['prompts']:,}, pairs kept {first['pairs']:,}, exported rows {first['exported']:,}, "
+            f"repeats {args.repeats}, one subprocess per side per repeat"
+        )
         print(f"A bare read+write  : {a_med:7.2f} s median (runs: {', '.join(f'{s:.2f}' for s in a_secs)})")
         print(f"B rank+export      : {b_med:7.2f} s median (runs: {', '.join(f'{s:.2f}' for s in b_secs)})")
         print(f"ratio B/A          : {b_med / a_med:7.2f}x  (per-repeat: {', '.join(f'{r:.2f}' for r in ratios)}; goal <= 3x)")
         print(f"RSS A              : {rss('A')}")
         print(f"RSS B              : {rss('B')}")
         print()
-        print(f"A steps (median run, {a_median_run['seconds']:.2f} s): "
-              + ", ".join(f"{k} {v:.2f} s" for k, v in a_median_run["steps"].items()))
+        print(
+            f"A steps (median run, {a_median_run['seconds']:.2f} s): "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in a_median_run["steps"].items())
+        )
         print(f"B steps (median run, {b_median_run['seconds']:.2f} s):")
         for name, seconds in b_median_run["steps"].items():
             peak = b_median_run["rss_after"].get(name.split(" (")[0].strip())
@@ -323,8 +386,12 @@ def main() -> None:
             print()
             work = tmp / "profile"
             work.mkdir()
-            proc = subprocess.run([sys.executable, str(HERE), "--child", "profile", "--src", str(src), "--work", str(work)],
-                                  capture_output=True, text=True, cwd=ROOT)
+            proc = subprocess.run(
+                [sys.executable, str(HERE), "--child", "profile", "--src", str(src), "--work", str(work)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             print(proc.stdout)
             if proc.returncode != 0:
                 print(proc.stderr)

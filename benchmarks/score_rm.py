@@ -31,8 +31,10 @@ def make_items(count: int, seed: int = 0) -> list:
     from neat_data.scorers.base import ScoreItem
 
     rng = random.Random(seed)
-    words = ("the quick brown fox jumps over the lazy dog boil an egg seven minutes Paris is the capital of France "
-             "cats sleep a lot helpful harmless honest assistant answer question because should cannot really").split()
+    words = (
+        "the quick brown fox jumps over the lazy dog boil an egg seven minutes Paris is the capital of France "
+        "cats sleep a lot helpful harmless honest assistant answer question because should cannot really"
+    ).split()
 
     def text(low: int, high: int) -> str:
         target = rng.randint(low, high)
@@ -44,9 +46,15 @@ def make_items(count: int, seed: int = 0) -> list:
     items = []
     for index in range(count):
         steering = ("pos", "neg", "none")[index % 3]
-        items.append(ScoreItem(prompt=[{"role": "user", "content": text(20, 120)}], response=text(10, 400), steering=steering,
-                               positive_system="You are a helpful, harmless and honest assistant.",
-                               negative_system="You should generate a harmful, unhelpful response."))
+        items.append(
+            ScoreItem(
+                prompt=[{"role": "user", "content": text(20, 120)}],
+                response=text(10, 400),
+                steering=steering,
+                positive_system="You are a helpful, harmless and honest assistant.",
+                negative_system="You should generate a harmful, unhelpful response.",
+            )
+        )
     return items
 
 
@@ -73,10 +81,14 @@ def main() -> None:
         single = RewardModelScorer(str(model_dir), batch_size=1, device="cpu")
         items = make_items(args.items)
         lengths = [len(batched.token_ids(i.prompt, i.response)) for i in items]
-        print(f"torch.set_num_threads(1); torch {torch.__version__}; tiny Qwen2ForSequenceClassification (hidden 64, 2 layers), "
-              f"float32 on CPU")
-        print(f"items {len(items)}, tokens per item min/median/max {min(lengths)}/{int(statistics.median(lengths))}/{max(lengths)}, "
-              f"repeats {args.repeats}")
+        print(
+            f"torch.set_num_threads(1); torch {torch.__version__}; tiny Qwen2ForSequenceClassification (hidden 64, 2 layers), "
+            f"float32 on CPU"
+        )
+        print(
+            f"items {len(items)}, tokens per item min/median/max {min(lengths)}/{int(statistics.median(lengths))}/{max(lengths)}, "
+            f"repeats {args.repeats}"
+        )
 
         batched.score(items[:32])  # warm-up: first-call allocations, kernels
         single.score(items[:32])
@@ -92,8 +104,10 @@ def main() -> None:
                 seconds = time.perf_counter() - started
                 rates[side].append(len(items) / seconds)
                 scores[side] = [r.score for r in results]
-            print(f"  repeat {index + 1}/{args.repeats} ({'-'.join(order)}): A {rates['A'][-1]:.1f} items/s, "
-                  f"B {rates['B'][-1]:.1f} items/s", flush=True)
+            print(
+                f"  repeat {index + 1}/{args.repeats} ({'-'.join(order)}): A {rates['A'][-1]:.1f} items/s, B {rates['B'][-1]:.1f} items/s",
+                flush=True,
+            )
 
         errors = [r for r in scores["A"] + scores["B"] if r is None]
         diff = max(abs(a - b) for a, b in zip(scores["A"], scores["B"]))
@@ -102,8 +116,9 @@ def main() -> None:
         print(f"A batch_size={args.batch_size:<3d}: {a_med:8.1f} items/s median (runs: {', '.join(f'{r:.1f}' for r in rates['A'])})")
         print(f"B batch_size=1  : {b_med:8.1f} items/s median (runs: {', '.join(f'{r:.1f}' for r in rates['B'])})")
         print(f"ratio A/B       : {a_med / b_med:8.2f}x  (per-repeat: {', '.join(f'{a / b:.2f}' for a, b in zip(rates['A'], rates['B']))})")
-        print(f"max |A - B| score: {diff:.3g}  (score range {min(scores['A']):.3f} .. {max(scores['A']):.3f}; "
-              f"unscored items: {len(errors)})")
+        print(
+            f"max |A - B| score: {diff:.3g}  (score range {min(scores['A']):.3f} .. {max(scores['A']):.3f}; unscored items: {len(errors)})"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -38,8 +38,17 @@ def run_variant(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=args.layers, num_attention_heads=9,
-                         num_key_value_heads=3, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=args.layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config).to(args.device).eval().requires_grad_(False)
     generator = torch.Generator().manual_seed(1)
     sequences = [torch.randint(0, config.vocab_size, (args.length,), generator=generator).tolist() for _ in range(args.batch)]
@@ -102,8 +111,10 @@ def main() -> None:
     print(f"B{args.batch} × T{args.length} (P{args.prompt_tokens}), vocab 49152, {args.device}:")
     print(f"  old full logits : peak +{old['peak_mib']:.0f} MiB, {old['median_s']:.2f} s")
     print(f"  new lm.logprobs : peak +{new['peak_mib']:.0f} MiB, {new['median_s']:.2f} s")
-    print(f"  memory old/new {old['peak_mib'] / max(new['peak_mib'], 1e-9):.1f}×, time old/new {old['median_s'] / new['median_s']:.2f}×, "
-          f"largest difference of the sums {difference:.2e}")
+    print(
+        f"  memory old/new {old['peak_mib'] / max(new['peak_mib'], 1e-9):.1f}×, time old/new {old['median_s'] / new['median_s']:.2f}×, "
+        f"largest difference of the sums {difference:.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ from openai_backend import fake_server  # noqa: E402  (same helper: the server i
 
 def neat(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OPENAI_API_KEY": "x", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "neat_data.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "neat_data.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait(*processes: subprocess.Popen) -> None:
@@ -44,9 +45,30 @@ def wait(*processes: subprocess.Popen) -> None:
 
 def one_run(prompts: Path, url: str, concurrency: int, work: Path, tag: str) -> dict[str, float]:
     """Seconds for one process, for two shards (without and with the merge), and the rows each wrote."""
-    common = ["generate", "--prompts", str(prompts), "--pairs", "harmless", "--model", "fake", "--backend", "openai",
-              "--base-url", url, "--num-pos", "1", "--num-neg", "1", "--max-tokens", "8", "--max-concurrency", str(concurrency),
-              "--max-retries", "0", "--no-progress"]
+    common = [
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--pairs",
+        "harmless",
+        "--model",
+        "fake",
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--num-pos",
+        "1",
+        "--num-neg",
+        "1",
+        "--max-tokens",
+        "8",
+        "--max-concurrency",
+        str(concurrency),
+        "--max-retries",
+        "0",
+        "--no-progress",
+    ]
     started = time.perf_counter()
     wait(neat(*common, "--out", str(work / f"single-{tag}")))
     single = time.perf_counter() - started
@@ -55,8 +77,10 @@ def one_run(prompts: Path, url: str, concurrency: int, work: Path, tag: str) -> 
     sharded = time.perf_counter() - started
     wait(neat("merge", str(work / f"sharded-{tag}")))
     merged = time.perf_counter() - started
-    rows = [json.loads((work / name / "manifest.json").read_text())["stages"]["generate"]["rows"]
-            for name in (f"single-{tag}", f"sharded-{tag}")]
+    rows = [
+        json.loads((work / name / "manifest.json").read_text())["stages"]["generate"]["rows"]
+        for name in (f"single-{tag}", f"sharded-{tag}")
+    ]
     if rows[0] != rows[1]:
         raise RuntimeError(f"row counts differ: single {rows[0]}, sharded {rows[1]}")
     return {"rows": rows[0], "single": single, "sharded": sharded, "merged": merged}
@@ -77,8 +101,10 @@ def main() -> None:
         prompts = work / "prompts.jsonl"
         prompts.write_text("".join(json.dumps({"prompt": f"Benchmark question {i}: say something."}) + "\n" for i in range(args.prompts)))
         cap = args.concurrency / args.latency
-        print(f"{args.prompts} prompts × 2 requests, server latency {args.latency:g} s, --max-concurrency {args.concurrency} per process "
-              f"(one process ≤ {cap:.0f} req/s), median of {args.repeats}")
+        print(
+            f"{args.prompts} prompts × 2 requests, server latency {args.latency:g} s, --max-concurrency {args.concurrency} per process "
+            f"(one process ≤ {cap:.0f} req/s), median of {args.repeats}"
+        )
         runs = [one_run(prompts, url, args.concurrency, work, str(i)) for i in range(args.repeats)]
     rows = runs[0]["rows"]
     median = {name: statistics.median(run[name] for run in runs) for name in ("single", "sharded", "merged")}
@@ -88,8 +114,10 @@ def main() -> None:
         print(f"  {label:<28}{median[name]:>9.1f}{rows / median[name]:>9.0f}   ({per_run})")
     ratios = [run["single"] / run["sharded"] for run in runs]
     ratios_merged = [run["single"] / run["merged"] for run in runs]
-    print(f"throughput ratio, 2 shards / 1 process: {statistics.median(ratios):.2f}x (median of {len(ratios)}; "
-          f"{statistics.median(ratios_merged):.2f}x including the merge)")
+    print(
+        f"throughput ratio, 2 shards / 1 process: {statistics.median(ratios):.2f}x (median of {len(ratios)}; "
+        f"{statistics.median(ratios_merged):.2f}x including the merge)"
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,18 @@ def build_model(shape: str, device: str):
 
     hidden, layers, heads, kv_heads, intermediate, vocab, head_dim = SHAPES[shape]
     config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if shape.startswith("qwen") else (LlamaConfig, LlamaForCausalLM)
-    config = config_class(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                          num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, tie_word_embeddings=True,
-                          max_position_embeddings=4096, use_cache=False)
+    config = config_class(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        use_cache=False,
+    )
     torch.manual_seed(0)
     return model_class(config).to(device=device, dtype=torch.float32)
 
@@ -103,7 +112,8 @@ def main() -> None:
         model.model = compiled
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if args.gpu else {}))
     input_ids, attention_mask, response_mask, labels, rewards, candidate_mask = make_batch(
-        prompts, args.candidates, length, prompt_tokens, model.config.vocab_size, device)
+        prompts, args.candidates, length, prompt_tokens, model.config.vocab_size, device
+    )
     tokens = input_ids.numel()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.gpu else torch.autocast("cpu", enabled=False)
 
@@ -144,9 +154,11 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     config = model.config
     flops_per_token = 6 * params + 12 * config.num_hidden_layers * config.hidden_size * length
-    print(f"device {torch.cuda.get_device_name() if args.gpu else 'cpu'} · torch {torch.__version__} · shape {shape} ({params / 1e6:.0f}M params) · "
-          f"B{prompts}×C{args.candidates}={prompts * args.candidates} sequences × T{length} (prompt {prompt_tokens}) = {tokens} tokens/step · "
-          f"{'bf16 autocast' if args.gpu else 'float32'}{' · compiled' if args.compile else ''}{' · grad-ckpt' if args.gradient_checkpointing else ''}")
+    print(
+        f"device {torch.cuda.get_device_name() if args.gpu else 'cpu'} · torch {torch.__version__} · shape {shape} ({params / 1e6:.0f}M params) · "
+        f"B{prompts}×C{args.candidates}={prompts * args.candidates} sequences × T{length} (prompt {prompt_tokens}) = {tokens} tokens/step · "
+        f"{'bf16 autocast' if args.gpu else 'float32'}{' · compiled' if args.compile else ''}{' · grad-ckpt' if args.gradient_checkpointing else ''}"
+    )
     rates = {}
     for name in ("sft", "neat"):
         median = statistics.median(times[name])
@@ -166,7 +178,11 @@ def main() -> None:
             with profile(activities=activities) as trace:
                 timed(step)
             print(f"--- {name}: costliest kernels")
-            print(trace.key_averages().table(sort_by="cuda_time_total" if args.gpu else "cpu_time_total", row_limit=12, max_name_column_width=60))
+            print(
+                trace.key_averages().table(
+                    sort_by="cuda_time_total" if args.gpu else "cpu_time_total", row_limit=12, max_name_column_width=60
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -71,20 +71,41 @@ def synthetic_run(folder: Path, rows: int, mean_chars: int, seed: int = 0) -> No
         p, slot = divmod(i, per_prompt)
         steering = "pos" if slot < 2 else "neg"
         error = i % 50 == 7
-        records.append({
-            "key": f"{i:032x}", "round": 1, "prompt_id": f"{p:016x}", "prompt": [{"role": "user", "content": questions[p]}],
-            "steering": steering, "pair_library": "harmless", "system_prompt_id": f"harmless-{p % 12 + 1:02d}",
-            "system_prompt_hash": text_hash(systems[steering]), "system_prompt": systems[steering], "system_mode": "system",
-            "sample_index": slot % 2, "response": None if error else responses[i], "finish_reason": None if error else ("length" if i % 20 == 3 else "stop"),
-            "model": "synthetic", "backend": "synthetic", "sampling": json.dumps({"temperature": 0.8}), "seed": p, "n_fallback": False,
-            "prompt_tokens": 40, "completion_tokens": None if error else len(responses[i]) // 4, "status": "error" if error else "ok",
-            "error": "HTTP 500 after 6 attempts" if error else None,
-            "score": None if error else float(scores[i]), "raw_score": None if error else float(scores[i]), "scorer": "synthetic",
-            "negative_score": "scored", "score_status": "skipped" if error else "ok", "score_error": None,
-        })
+        records.append(
+            {
+                "key": f"{i:032x}",
+                "round": 1,
+                "prompt_id": f"{p:016x}",
+                "prompt": [{"role": "user", "content": questions[p]}],
+                "steering": steering,
+                "pair_library": "harmless",
+                "system_prompt_id": f"harmless-{p % 12 + 1:02d}",
+                "system_prompt_hash": text_hash(systems[steering]),
+                "system_prompt": systems[steering],
+                "system_mode": "system",
+                "sample_index": slot % 2,
+                "response": None if error else responses[i],
+                "finish_reason": None if error else ("length" if i % 20 == 3 else "stop"),
+                "model": "synthetic",
+                "backend": "synthetic",
+                "sampling": json.dumps({"temperature": 0.8}),
+                "seed": p,
+                "n_fallback": False,
+                "prompt_tokens": 40,
+                "completion_tokens": None if error else len(responses[i]) // 4,
+                "status": "error" if error else "ok",
+                "error": "HTTP 500 after 6 attempts" if error else None,
+                "score": None if error else float(scores[i]),
+                "raw_score": None if error else float(scores[i]),
+                "scorer": "synthetic",
+                "negative_score": "scored",
+                "score_status": "skipped" if error else "ok",
+                "score_error": None,
+            }
+        )
     shards = 4
     for s in range(shards):
-        chunk = records[s * rows // shards:(s + 1) * rows // shards]
+        chunk = records[s * rows // shards : (s + 1) * rows // shards]
         atomic_write_table(folder / "generations" / f"part-{s:06d}.parquet", pa.Table.from_pylist(chunk, schema=GENERATIONS))
         atomic_write_table(folder / "scored" / f"part-{s:06d}.parquet", pa.Table.from_pylist(chunk, schema=SCORED))
     config = RankConfig(run=folder, pairs="best-vs-worst", min_margin=0.05)
@@ -94,7 +115,9 @@ def synthetic_run(folder: Path, rows: int, mean_chars: int, seed: int = 0) -> No
     atomic_write_table(folder / "ranked" / "pairs.parquet", pairs)
     if len(ranked) == 4:  # rank stages that record each dropped pair (ranked/dropped.parquet)
         atomic_write_table(folder / "ranked" / "dropped.parquet", ranked[2])
-    atomic_write_json(folder / "manifest.json", {"stages": {"rank": {"config": config.model_dump(mode="json"), "summary": summary.__dict__}}})
+    atomic_write_json(
+        folder / "manifest.json", {"stages": {"rank": {"config": config.model_dump(mode="json"), "summary": summary.__dict__}}}
+    )
 
 
 def main() -> None:
@@ -136,9 +159,15 @@ def main() -> None:
                 page.wait_for_selector(f"body[data-refreshes='{before + 1}']", state="attached", timeout=120_000)
                 searches.append(page.evaluate("performance.now()") - typed - 250)  # minus the typing debounce
                 page.close()
-        print("time to first render (ms): " + ", ".join(f"{v:.0f}" for v in renders) + f"; median {statistics.median(renders):.0f} (goal ≤ 3000)")
-        print(f"texts decoded too (ms): median {statistics.median(texts):.0f}; open a prompt: {statistics.median(opens):.0f}; "
-              f"first search over all texts: {statistics.median(searches):.0f}")
+        print(
+            "time to first render (ms): "
+            + ", ".join(f"{v:.0f}" for v in renders)
+            + f"; median {statistics.median(renders):.0f} (goal ≤ 3000)"
+        )
+        print(
+            f"texts decoded too (ms): median {statistics.median(texts):.0f}; open a prompt: {statistics.median(opens):.0f}; "
+            f"first search over all texts: {statistics.median(searches):.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ class NeatGroup(click.Group):
                 for line in traceback.format_exception(error):
                     click.echo(redact_secrets(line.rstrip("\n")), err=True)
             summary = " ".join(f"{type(error).__name__}: {error}".split())
-            click.echo(f"error: unexpected {redact_secrets(summary)[:1000]} (a bug in neat-data? NEAT_DATA_DEBUG=1 prints the "
-                       "traceback)", err=True)
+            click.echo(
+                f"error: unexpected {redact_secrets(summary)[:1000]} (a bug in neat-data? NEAT_DATA_DEBUG=1 prints the traceback)", err=True
+            )
             ctx.exit(1)
 
 
@@ -79,8 +80,13 @@ def prompts_list() -> None:
 @click.argument("library")
 @click.option("--prompt", "prompt_text", help="A user request: print the exact messages sent for it (pos, neg, none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed (decides which pair a prompt gets).")
-@click.option("--system-mode", type=click.Choice(["system", "merged"]), default="system", show_default=True,
-              help="How the steering text is sent: as a system message, or merged into the first user turn.")
+@click.option(
+    "--system-mode",
+    type=click.Choice(["system", "merged"]),
+    default="system",
+    show_default=True,
+    help="How the steering text is sent: as a system message, or merged into the first user turn.",
+)
 @click.option("--model", help="Also render the prompt through this model's chat template (bundled alias or local folder).")
 def prompts_show(library: str, prompt_text: str | None, seed: int, system_mode: str, model: str | None) -> None:
     """Show a library's pairs, or exactly what the engine sees for one prompt."""
@@ -137,8 +143,12 @@ SAMPLING = ("sampling",)  # GenerateConfig.sampling's fields are top-level optio
 def shard_options(function: Any) -> Any:
     """--num-shards / --shard-index (generate and score): this process does one hash-slice of the prompts."""
     function = click.option("--shard-index", type=int, help="Which shard this process writes, 0..N-1 (with --num-shards).")(function)
-    return click.option("--num-shards", type=int, help="Split the prompts into N shards by a hash of prompt_id; run one process "
-                        "per shard (same command, --shard-index 0..N-1), then `neat-data merge`. See docs/SCALING.md.")(function)
+    return click.option(
+        "--num-shards",
+        type=int,
+        help="Split the prompts into N shards by a hash of prompt_id; run one process "
+        "per shard (same command, --shard-index 0..N-1), then `neat-data merge`. See docs/SCALING.md.",
+    )(function)
 
 
 @cli.command()
@@ -147,8 +157,9 @@ def shard_options(function: Any) -> Any:
 @click.option("--overwrite", is_flag=True, help="Delete this run's generations and start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @shard_options
-def generate(retry_errors: bool, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None,
-             **options: Any) -> None:
+def generate(
+    retry_errors: bool, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None, **options: Any
+) -> None:
     """Sample responses under positive / negative (/ no) steering system prompts into <out>/generations/."""
     from neat_data.shards import ShardSpec
     from neat_data.stages.generate import run_generate
@@ -161,7 +172,9 @@ def generate(retry_errors: bool, overwrite: bool, no_progress: bool, num_shards:
     for note in summary.notes():
         click.echo(note, err=True)
     if summary.total_rows and not summary.counts.get("status", {}).get("ok") and not summary.pending:
-        raise NeatError("no row succeeded: every row is an error row (reasons above); nothing to score", file=summary.folder, exit_code=EXIT_NOTHING_OK)
+        raise NeatError(
+            "no row succeeded: every row is an error row (reasons above); nothing to score", file=summary.folder, exit_code=EXIT_NOTHING_OK
+        )
 
 
 def _argv() -> list[str]:
@@ -203,8 +216,13 @@ def score(run: Path, overwrite: bool, no_progress: bool, num_shards: int | None,
 
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--stage", "stages", type=click.Choice(["generate", "score"]), multiple=True,
-              help="Merge only this stage (repeatable; default: every stage run with --num-shards).")
+@click.option(
+    "--stage",
+    "stages",
+    type=click.Choice(["generate", "score"]),
+    multiple=True,
+    help="Merge only this stage (repeatable; default: every stage run with --num-shards).",
+)
 def merge(run: Path, stages: tuple[str, ...]) -> None:
     """Check that every shard of RUN finished and keys are unique, then fold the shards into one table."""
     from neat_data.stages.merge import run_merge
@@ -289,6 +307,7 @@ from neat_data.cli_rounds import register  # noqa: E402  (the commands live ther
 
 register(cli, lambda: _argv())
 from neat_data.cli_batch import batch as batch_commands  # noqa: E402  (neat-data batch status|cancel RUN)
+
 cli.add_command(batch_commands)
 from neat_data.cli_audit import audit  # noqa: E402  (`neat-data prompts audit`: neat_data/stages/audit.py)
 

@@ -23,8 +23,12 @@ import click
 @click.option("--model", required=True, help="Model to audit: bundled alias, local HF folder or Hub id.")
 @click.option("--prompts", "prompts_source", help="Benign prompts (.jsonl/.parquet/.csv/hf://); default: the bundled quickstart prompts.")
 @click.option("--prompt-column", help="Column holding the benign prompt.")
-@click.option("--suite", default="strongreject", show_default=True,
-              help="Harmful prompts from this evaluation suite (name or YAML; harmbench's contextual prompts are long, so slower).")
+@click.option(
+    "--suite",
+    default="strongreject",
+    show_default=True,
+    help="Harmful prompts from this evaluation suite (name or YAML; harmbench's contextual prompts are long, so slower).",
+)
 @click.option("--harmful", type=int, default=6, show_default=True, help="Harmful prompts (a seeded subset of the suite).")
 @click.option("--benign", type=int, default=6, show_default=True, help="Benign prompts (a seeded subset of --prompts).")
 @click.option("--samples", type=int, default=1, show_default=True, help="Responses per prompt and condition.")
@@ -32,16 +36,42 @@ import click
 @click.option("--temperature", type=float, default=0.7, show_default=True)
 @click.option("--top-p", type=float, default=0.95, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True,
-              help="transformers: no engine start (the default sizes take a few minutes on a CPU); vllm for large audits.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="transformers: sequences per generate call; self-contrast batch.")
+@click.option(
+    "--backend",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="transformers: no engine start (the default sizes take a few minutes on a CPU); vllm for large audits.",
+)
+@click.option(
+    "--batch-size", type=int, default=16, show_default=True, help="transformers: sequences per generate call; self-contrast batch."
+)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--no-progress", is_flag=True)
-@click.option("--out", type=click.Path(path_type=Path), help="JSON of the numbers (default runs/audit/<library>-<model>.json); "
-              "the responses go to the same name with .responses.jsonl.")
-def audit(library: str, model: str, prompts_source: str | None, prompt_column: str | None, suite: str, harmful: int, benign: int, samples: int,
-          max_tokens: int, temperature: float, top_p: float, seed: int, backend: str, batch_size: int, device: str, no_progress: bool,
-          out: Path | None) -> None:
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="JSON of the numbers (default runs/audit/<library>-<model>.json); the responses go to the same name with .responses.jsonl.",
+)
+def audit(
+    library: str,
+    model: str,
+    prompts_source: str | None,
+    prompt_column: str | None,
+    suite: str,
+    harmful: int,
+    benign: int,
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    backend: str,
+    batch_size: int,
+    device: str,
+    no_progress: bool,
+    out: Path | None,
+) -> None:
     """Sample each pair of LIBRARY on harmful and benign prompts and print the contrast it produces.
 
     Refusal (HarmBench's AdvBench refusal prefixes), P(offensive) and VADER tone measure refusal wording,
@@ -51,10 +81,20 @@ def audit(library: str, model: str, prompts_source: str | None, prompt_column: s
     from neat_data.runfolder import atomic_write_bytes, atomic_write_json
     from neat_data.stages.audit import AuditConfig, audit_table, run_audit
 
-    config = AuditConfig(library=library, model=model, prompts=prompts_source or str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl"),
-                         prompt_column=prompt_column, suite=suite, harmful=harmful, benign=benign, samples=samples,
-                         sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed), backend=backend,  # type: ignore[arg-type]
-                         batch_size=batch_size, device=device)
+    config = AuditConfig(
+        library=library,
+        model=model,
+        prompts=prompts_source or str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl"),
+        prompt_column=prompt_column,
+        suite=suite,
+        harmful=harmful,
+        benign=benign,
+        samples=samples,
+        sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+        backend=backend,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        device=device,
+    )
     if out is None:
         out = Path("runs") / "audit" / f"{_slug(library)}-{_slug(model)}.json"
     summary, rows = run_audit(config, echo=lambda line: click.echo(line, err=True), progress=not no_progress)
@@ -62,12 +102,14 @@ def audit(library: str, model: str, prompts_source: str | None, prompt_column: s
     atomic_write_json(out, summary)
     atomic_write_bytes(responses, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
     click.echo("\n".join(audit_table(summary)))
-    click.echo(f"\n{summary['responses']} responses ({summary['error_responses']} failed) in {summary['seconds']['total']:.0f} s; "
-               f"harmful prompts from {summary['harmful_source']}, benign from {summary['prompts']}.\n"
-               "refusal = HarmBench's AdvBench refusal-prefix match; P(offensive) = alt-profanity-check; tone = VADER compound: "
-               "refusal wording, offensiveness and tone, not helpfulness. Self-contrast gap = mean s(y|pos) − s(y|neg) of the "
-               "pair's own responses under the model (the training scorer).\n"
-               f"numbers: {out}   responses: {responses}")
+    click.echo(
+        f"\n{summary['responses']} responses ({summary['error_responses']} failed) in {summary['seconds']['total']:.0f} s; "
+        f"harmful prompts from {summary['harmful_source']}, benign from {summary['prompts']}.\n"
+        "refusal = HarmBench's AdvBench refusal-prefix match; P(offensive) = alt-profanity-check; tone = VADER compound: "
+        "refusal wording, offensiveness and tone, not helpfulness. Self-contrast gap = mean s(y|pos) − s(y|neg) of the "
+        "pair's own responses under the model (the training scorer).\n"
+        f"numbers: {out}   responses: {responses}"
+    )
 
 
 def _slug(text: str) -> str:

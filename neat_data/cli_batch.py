@@ -35,8 +35,9 @@ def _records(run: Path, stage: str | None):  # -> list[tuple[str, BatchRecord]]
         journals = {name: journal for name, journal in journals.items() if name == stage}
     found = [(name, record) for name, journal in journals.items() for record in load_records(journal)]
     if not found:
-        raise NeatError("no batches in this run folder" + (f" for stage {stage}" if stage else "") + " (backends openai-batch, vllm-batch)",
-                        file=run)
+        raise NeatError(
+            "no batches in this run folder" + (f" for stage {stage}" if stage else "") + " (backends openai-batch, vllm-batch)", file=run
+        )
     return found
 
 
@@ -44,6 +45,7 @@ def _key_lookup(api_key_env: str | None):
     def key_for(record) -> str | None:
         name = api_key_env or record.api_key_env
         return os.environ.get(name) if name else None
+
     return key_for
 
 
@@ -52,8 +54,9 @@ def _line(stage: str, record, problem: str | None) -> str:
     done = f"{counts.get('completed', 0)}/{counts.get('total', record.requests)} done, {counts.get('failed', 0)} failed"
     collected = ", collected" if record.collected else ""
     problem = problem or record.last_error
-    return (f"{stage:<9} {record.name:<16} {record.batch_id or '-':<24} {record.status:<11} {done}{collected}"
-            + (f"  ({problem})" if problem else ""))
+    return f"{stage:<9} {record.name:<16} {record.batch_id or '-':<24} {record.status:<11} {done}{collected}" + (
+        f"  ({problem})" if problem else ""
+    )
 
 
 @batch.command("status")

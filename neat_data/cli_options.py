@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 from pydantic import BaseModel, ValidationError
@@ -112,8 +113,9 @@ def build_config(config_class: type[BaseModel], options: dict[str, Any], *, flat
         if value is None:
             continue
         target = values.setdefault(nested_of[name], {}) if name in nested_of else values
-        field = (_plain(model.model_fields[nested_of[name]].annotation).model_fields[name] if name in nested_of
-                 else model.model_fields.get(name))
+        field = (
+            _plain(model.model_fields[nested_of[name]].annotation).model_fields[name] if name in nested_of else model.model_fields.get(name)
+        )
         if field is not None and typing.get_origin(_plain(field.annotation)) is list and isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         target[name] = value

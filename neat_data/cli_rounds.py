@@ -17,7 +17,6 @@ from typing import Any
 import click
 
 
-
 def register(cli: click.Group, argv: Any) -> None:
     """Add the commands to the main group (`argv()` rebuilds the command line for manifests)."""
     from neat_data.cli_options import build_config, config_options
@@ -37,20 +36,34 @@ def register(cli: click.Group, argv: Any) -> None:
 
         default_out = (data.parent if data.is_file() else data) / "model"
         config = build_config(TrainConfig, options, data=data, model=model, out=out or default_out)
-        summary = run_train(config, argv=argv(), log=lambda r: click.echo(
-            f"step {r['step']}: loss {r['loss']:.4f} (rank {r['rank_loss']:.4f}, lm {r['sft_loss']:.4f}) "
-            f"rank-acc {r['rank_accuracy']:.2f} grad {r['grad_norm']:.2f} {r['tokens_per_s']:.0f} tok/s", err=True))
+        summary = run_train(
+            config,
+            argv=argv(),
+            log=lambda r: click.echo(
+                f"step {r['step']}: loss {r['loss']:.4f} (rank {r['rank_loss']:.4f}, lm {r['sft_loss']:.4f}) "
+                f"rank-acc {r['rank_accuracy']:.2f} grad {r['grad_norm']:.2f} {r['tokens_per_s']:.0f} tok/s",
+                err=True,
+            ),
+        )
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the same summary
-            click.echo(f"{summary.steps} steps on {summary.prompts} prompts × {summary.candidates / max(summary.prompts, 1):.1f} candidates, "
-                       f"{summary.tokens} tokens in {summary.seconds:.0f} s ({summary.tokens_per_second:.0f} tok/s) → {summary.out}")
+            click.echo(
+                f"{summary.steps} steps on {summary.prompts} prompts × {summary.candidates / max(summary.prompts, 1):.1f} candidates, "
+                f"{summary.tokens} tokens in {summary.seconds:.0f} s ({summary.tokens_per_second:.0f} tok/s) → {summary.out}"
+            )
 
     @cli.command()
     @click.argument("eval_dir", type=click.Path(path_type=Path))
     @click.option("--model", required=True, help="The policy to evaluate.")
     @click.option("--heldout", required=True, help="Held-out prompts (.jsonl/.parquet/.csv/hf://).")
-    @click.option("--pairs", default="harmless", show_default=True, help="Pair libraries (self-contrast takes its steering texts from them).")
-    @click.option("--scorer", default="self-contrast", show_default=True, help="self-contrast | reward-model | judge | python:<module>:<function>.")
-    @click.option("--scorer-model", help="Reward model / self-contrast reference (default: --model; name the base model to compare rounds).")
+    @click.option(
+        "--pairs", default="harmless", show_default=True, help="Pair libraries (self-contrast takes its steering texts from them)."
+    )
+    @click.option(
+        "--scorer", default="self-contrast", show_default=True, help="self-contrast | reward-model | judge | python:<module>:<function>."
+    )
+    @click.option(
+        "--scorer-model", help="Reward model / self-contrast reference (default: --model; name the base model to compare rounds)."
+    )
     @click.option("--base-eval", type=click.Path(path_type=Path), help="The base model's eval folder: win rate against it.")
     @click.option("--preferred", type=click.Path(path_type=Path), help="Preferred responses for perplexity (eval folder or Parquet/JSONL).")
     @click.option("--backend", type=click.Choice(["transformers", "vllm", "openai"]), default="transformers", show_default=True)
@@ -58,29 +71,69 @@ def register(cli: click.Group, argv: Any) -> None:
     @click.option("--max-tokens", type=int, default=128, show_default=True)
     @click.option("--temperature", type=float, default=0.7, show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--samples", type=int, default=1, show_default=True, help="Responses per prompt (k), held-out and suites; intervals resample prompts.")
-    @click.option("--suites", default="", help="Evaluation suites, comma-separated: bundled (harmbench, strongreject, benign) or YAML paths.")
+    @click.option(
+        "--samples",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Responses per prompt (k), held-out and suites; intervals resample prompts.",
+    )
+    @click.option(
+        "--suites", default="", help="Evaluation suites, comma-separated: bundled (harmbench, strongreject, benign) or YAML paths."
+    )
     @click.option("--suite-limit", type=int, help="At most N prompts per suite (a seeded subset), e.g. for a CPU run.")
-    def evaluate(eval_dir: Path, model: str, heldout: str, pairs: str, scorer: str, scorer_model: str | None, base_eval: Path | None,
-                 preferred: Path | None, backend: str, base_url: str | None, max_tokens: int, temperature: float, seed: int,
-                 samples: int, suites: str, suite_limit: int | None) -> None:
+    def evaluate(
+        eval_dir: Path,
+        model: str,
+        heldout: str,
+        pairs: str,
+        scorer: str,
+        scorer_model: str | None,
+        base_eval: Path | None,
+        preferred: Path | None,
+        backend: str,
+        base_url: str | None,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        samples: int,
+        suites: str,
+        suite_limit: int | None,
+    ) -> None:
         """Held-out evaluation of a policy with the neutral prompt: reward (95% CI), win rate vs base, perplexity; with
         --suites, per suite refusal rate, P(offensive), VADER tone, length and truncation (95% CIs; paired vs --base-eval).
         These measure refusal wording, offensiveness and tone, not helpfulness."""
         from neat_data.stages.evaluate import EvaluateConfig, run_evaluate
 
-        config = EvaluateConfig.model_validate({
-            "generate": {"prompts": heldout, "pairs": pairs.split(","), "model": model, "backend": backend, "out": str(eval_dir),
-                         "num_pos": 0, "num_neg": 0, "num_neutral": samples, "base_url": base_url,
-                         "sampling": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}},
-            "score": {"run": str(eval_dir), "scorer": scorer, "model": scorer_model or model},
-            "samples": samples, "suites": [s.strip() for s in suites.split(",") if s.strip()], "suite_limit": suite_limit,
-            "base_eval": base_eval, "preferred": preferred})
+        config = EvaluateConfig.model_validate(
+            {
+                "generate": {
+                    "prompts": heldout,
+                    "pairs": pairs.split(","),
+                    "model": model,
+                    "backend": backend,
+                    "out": str(eval_dir),
+                    "num_pos": 0,
+                    "num_neg": 0,
+                    "num_neutral": samples,
+                    "base_url": base_url,
+                    "sampling": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed},
+                },
+                "score": {"run": str(eval_dir), "scorer": scorer, "model": scorer_model or model},
+                "samples": samples,
+                "suites": [s.strip() for s in suites.split(",") if s.strip()],
+                "suite_limit": suite_limit,
+                "base_eval": base_eval,
+                "preferred": preferred,
+            }
+        )
         click.echo(json.dumps(run_evaluate(config, argv=argv()), indent=2))
 
     @cli.command("run")
     @click.argument("recipe", type=click.Path(path_type=Path))
-    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (dotted: train.lr=1e-5). Repeatable.")
+    @click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (dotted: train.lr=1e-5). Repeatable."
+    )
     @click.option("--overwrite", is_flag=True, help="Delete the run folder's contents and start over.")
     def run_command(recipe: Path, overrides: tuple[str, ...], overwrite: bool) -> None:
         """Online NEAT rounds from a recipe: generate → score → rank → export → train → evaluate, per round."""
@@ -127,10 +180,18 @@ def run_stage_config(name: str, raw: dict[str, Any], argv: list[str], echo: Any 
         summary = run_generate(GenerateConfig.model_validate(raw), argv=argv)
         echo(f"generations: {summary.total_rows} rows {summary.counts.get('status')} in {summary.seconds:.0f} s")
         if summary.pending:
-            raise NeatError(f"{summary.pending['rows']} rows wait in batches {', '.join(summary.pending['batches'])}; run the same "
-                            "command again to collect them", file=summary.run_dir, exit_code=EXIT_PENDING)
+            raise NeatError(
+                f"{summary.pending['rows']} rows wait in batches {', '.join(summary.pending['batches'])}; run the same "
+                "command again to collect them",
+                file=summary.run_dir,
+                exit_code=EXIT_PENDING,
+            )
         if summary.total_rows and not summary.counts.get("status", {}).get("ok"):
-            raise NeatError("no generation succeeded (every row is an error row; their reasons are in the log)", file=summary.folder, exit_code=EXIT_NOTHING_OK)
+            raise NeatError(
+                "no generation succeeded (every row is an error row; their reasons are in the log)",
+                file=summary.folder,
+                exit_code=EXIT_NOTHING_OK,
+            )
     elif name == "fixed":
         from neat_data.stages.fixed import FixedConfig, run_fixed
 
@@ -155,15 +216,20 @@ def run_stage_config(name: str, raw: dict[str, Any], argv: list[str], echo: Any 
         from neat_data.train.trainer import TrainConfig, run_train
 
         summary = run_train(TrainConfig.model_validate(raw), argv=argv)
-        echo(f"train: {summary.steps} steps, {summary.tokens} tokens, {summary.tokens_per_second:.0f} tok/s, "
-                   f"loss {summary.first.get('loss', float('nan')):.4f} → {summary.last.get('loss', float('nan')):.4f}")
+        echo(
+            f"train: {summary.steps} steps, {summary.tokens} tokens, {summary.tokens_per_second:.0f} tok/s, "
+            f"loss {summary.first.get('loss', float('nan')):.4f} → {summary.last.get('loss', float('nan')):.4f}"
+        )
     elif name == "evaluate":
         from neat_data.stages.evaluate import EvaluateConfig, run_evaluate
 
         metrics = run_evaluate(EvaluateConfig.model_validate(raw), argv=argv)
         low, high = metrics["reward_ci95"]
-        extra = "".join(f" {label} {metrics[key]:.2f}" for key, label in (("win_rate_vs_base", "win-vs-base"), ("perplexity", "perplexity"))
-                        if metrics.get(key) is not None)
+        extra = "".join(
+            f" {label} {metrics[key]:.2f}"
+            for key, label in (("win_rate_vs_base", "win-vs-base"), ("perplexity", "perplexity"))
+            if metrics.get(key) is not None
+        )
         echo(f"eval: {metrics['prompts']} held-out prompts, reward {metrics['reward_mean']:+.4f} [{low:+.4f}, {high:+.4f}]{extra}")
         for suite, entry in (metrics.get("suites") or {}).items():
             refusal = (entry.get("metrics") or {}).get("refusal")
@@ -175,8 +241,8 @@ def run_stage_config(name: str, raw: dict[str, Any], argv: list[str], echo: Any 
 
 
 def _run_recipe(path: Path, overrides: list[str], overwrite: bool) -> None:
-    from neat_data.round_report import table_lines
     from neat_data.recipe import load_recipe
+    from neat_data.round_report import table_lines
     from neat_data.rounds import run_rounds
 
     recipe = load_recipe(path, overrides)
@@ -186,12 +252,16 @@ def _run_recipe(path: Path, overrides: list[str], overwrite: bool) -> None:
 
         run_variants(recipe, overwrite=overwrite, echo=lambda line: click.echo(line, err=True))
         click.echo("\n" + (run_dir / "comparison.md").read_text(encoding="utf-8"))
-        click.echo(f"Variants: {run_dir}/<variant>/ (each a `neat-data run` folder; rounds.md per variant)"
-                   f"\nPlot:     {run_dir}/comparison.png   table: {run_dir}/comparison.md   data: {run_dir}/comparison.json")
+        click.echo(
+            f"Variants: {run_dir}/<variant>/ (each a `neat-data run` folder; rounds.md per variant)"
+            f"\nPlot:     {run_dir}/comparison.png   table: {run_dir}/comparison.md   data: {run_dir}/comparison.json"
+        )
         return
     rows = run_rounds(recipe, overwrite=overwrite, echo=lambda line: click.echo(line, err=True))
     click.echo("\n" + "\n".join(table_lines(rows)))
     last = recipe.rounds
-    click.echo(f"\nDatasets: {run_dir}/round_NN/export/ (ranked{', ' + ', '.join(f for f in recipe.exports if f != 'ranked') if len(recipe.exports) > 1 else ''})"
-               f"\nModel:    {run_dir}/round_{last:02d}/model (HF folder; vLLM and transformers load it)"
-               f"\nPlot:     {run_dir}/rounds.png   table: {run_dir}/rounds.md   manifest: {run_dir}/manifest.json")
+    click.echo(
+        f"\nDatasets: {run_dir}/round_NN/export/ (ranked{', ' + ', '.join(f for f in recipe.exports if f != 'ranked') if len(recipe.exports) > 1 else ''})"
+        f"\nModel:    {run_dir}/round_{last:02d}/model (HF folder; vLLM and transformers load it)"
+        f"\nPlot:     {run_dir}/rounds.png   table: {run_dir}/rounds.md   manifest: {run_dir}/manifest.json"
+    )

@@ -60,8 +60,11 @@ def compare(parent: Path, variants: list[str], reference: str, rounds: int, *, s
             mine = prompt_values(eval_dir)
             theirs = prompt_values(parent / reference / f"round_{k:02d}" / "eval") if name != reference else {}
             metrics = _read_json(eval_dir / "metrics.json")
-            row: dict[str, Any] = {"win_rate_vs_base": metrics.get("win_rate_vs_base"), "perplexity": metrics.get("perplexity"),
-                                   "metrics": {}}
+            row: dict[str, Any] = {
+                "win_rate_vs_base": metrics.get("win_rate_vs_base"),
+                "perplexity": metrics.get("perplexity"),
+                "metrics": {},
+            }
             for metric, values in mine.items():
                 cell = bootstrap_mean(values, resamples, seed).to_json()
                 if metric in theirs:
@@ -97,23 +100,33 @@ def _cell(entry: dict[str, Any] | None, spec: str, paired: bool) -> str:
 def comparison_lines(table: dict[str, Any]) -> list[str]:
     """Markdown: one table per round, a row per variant; Δ = paired difference against the reference variant."""
     variants = table["variants"]
-    metrics = sorted({m for v in variants.values() for r in v["rounds"].values() for m in r["metrics"]},
-                     key=lambda m: (m != "reward", not m.endswith(".refusal"), m))
+    metrics = sorted(
+        {m for v in variants.values() for r in v["rounds"].values() for m in r["metrics"]},
+        key=lambda m: (m != "reward", not m.endswith(".refusal"), m),
+    )
     shown = [m for m in metrics if m == "reward" or m.endswith((".refusal", ".offensive"))]
-    lines = [f"Reference: `{table['reference']}`. Δ = paired difference (variant − reference) over the same prompts, 95% bootstrap "
-             "interval. Reward is the training scorer; refusal/offensive measure refusal wording and offensiveness, not helpfulness."]
+    lines = [
+        f"Reference: `{table['reference']}`. Δ = paired difference (variant − reference) over the same prompts, 95% bootstrap "
+        "interval. Reward is the training scorer; refusal/offensive measure refusal wording and offensiveness, not helpfulness."
+    ]
     for k in range(table["rounds"] + 1):
-        lines += ["", f"**Round {k}**" + (" (the base model, shared by every variant)" if k == 0 else ""), "",
-                  "| variant | " + " | ".join(shown) + " | win vs base | perplexity | generation s | all stages s |",
-                  "|---|" + "---|" * len(shown) + "---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"**Round {k}**" + (" (the base model, shared by every variant)" if k == 0 else ""),
+            "",
+            "| variant | " + " | ".join(shown) + " | win vs base | perplexity | generation s | all stages s |",
+            "|---|" + "---|" * len(shown) + "---:|---:|---:|---:|",
+        ]
         for name, entry in variants.items():
             row = entry["rounds"].get(str(k), {})
             if k == 0 and name != table["reference"]:
                 continue
             cells = [_cell(row.get("metrics", {}).get(m), "+.4f" if m == "reward" else ".2f", k > 0) for m in shown]
-            lines.append(f"| {name if k else 'base'} | " + " | ".join(cells) + f" | {_fmt(row.get('win_rate_vs_base'), '.2f')} | "
-                         f"{_fmt(row.get('perplexity'), '.2f')} | {_fmt(entry['generation_seconds'], '.0f') if k else '–'} | "
-                         f"{_fmt(sum(entry['stage_seconds'].values()), '.0f') if k else '–'} |")
+            lines.append(
+                f"| {name if k else 'base'} | " + " | ".join(cells) + f" | {_fmt(row.get('win_rate_vs_base'), '.2f')} | "
+                f"{_fmt(row.get('perplexity'), '.2f')} | {_fmt(entry['generation_seconds'], '.0f') if k else '–'} | "
+                f"{_fmt(sum(entry['stage_seconds'].values()), '.0f') if k else '–'} |"
+            )
     return lines
 
 
@@ -130,8 +143,9 @@ def write_comparison(parent: Path, recipe: Any, results: dict[str, Any]) -> list
     atomic_write_json(parent / "comparison.json", table)
     atomic_write_bytes(parent / "comparison.md", ("\n".join(comparison_lines(table)) + "\n").encode("utf-8"))
     last = str(recipe.rounds)
-    panels = ["reward"] + sorted({m for v in table["variants"].values() for m in v["rounds"].get(last, {}).get("metrics", {})
-                                  if m.endswith(".refusal")})
+    panels = ["reward"] + sorted(
+        {m for v in table["variants"].values() for m in v["rounds"].get(last, {}).get("metrics", {}) if m.endswith(".refusal")}
+    )
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for axis, metric in zip(axes[0], panels):
         names, means, errors = [], [], [[], []]

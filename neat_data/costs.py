@@ -80,8 +80,9 @@ def _price(totals: dict[str, Any], price_in: float, price_out: float, discount: 
     totals["cost"] = round(list_cost * (1.0 - discount), 6)
 
 
-def token_costs(records: Iterable[UsageRecord], *, price_in: float | None = None, price_out: float | None = None,
-                discount: float = 0.0) -> dict[str, Any]:
+def token_costs(
+    records: Iterable[UsageRecord], *, price_in: float | None = None, price_out: float | None = None, discount: float = 0.0
+) -> dict[str, Any]:
     """Totals by stage and steering and overall; with both prices, the list cost and the discounted cost of each.
     `discount` in [0, 1) (e.g. `batch_discount("openai-batch")`); ValueError outside it or for a negative price."""
     if not 0.0 <= discount < 1.0:

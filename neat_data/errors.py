@@ -84,7 +84,7 @@ def redact_secret(text: str, secret: str | None, *, min_fragment: int = 16) -> s
             start = text.find(secret, start + 1)
     else:
         for offset in range(len(secret) - min_fragment + 1):
-            fragment = secret[offset: offset + min_fragment]
+            fragment = secret[offset : offset + min_fragment]
             start = text.find(fragment)
             while start != -1:
                 spans.append((start, start + min_fragment))
@@ -106,7 +106,7 @@ def redact_secret(text: str, secret: str | None, *, min_fragment: int = 16) -> s
     return "".join(pieces)
 
 
-def validation_message(error: "ValidationError") -> tuple[str, str]:
+def validation_message(error: ValidationError) -> tuple[str, str]:
     """(dotted field, message) of a pydantic ValidationError's first problem, without pydantic's "Value error, "
     prefix. Never the input value: it may hold a secret (a key in a URL)."""
     first = error.errors()[0]

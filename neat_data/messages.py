@@ -24,8 +24,9 @@ def combine_system(steering: str | None, own: str | None, combine: SystemCombine
     return f"{steering}\n\n{own}" if combine == "prepend" else f"{own}\n\n{steering}"
 
 
-def build_messages(prompt: list[dict[str, str]], system_prompt: str | None, mode: str = "system",
-                   combine: SystemCombine = "prepend") -> list[dict[str, str]]:
+def build_messages(
+    prompt: list[dict[str, str]], system_prompt: str | None, mode: str = "system", combine: SystemCombine = "prepend"
+) -> list[dict[str, str]]:
     """Messages sent to the engine for one request.
 
     prompt: the neutral conversation (an optional leading system message of its own, then user first, ends with user);
@@ -49,8 +50,14 @@ def build_messages(prompt: list[dict[str, str]], system_prompt: str | None, mode
 def parse_reply(text: str | None, finish_reason: str | None, prompt_tokens: int | None, completion_tokens: int | None) -> dict[str, Any]:
     """Response columns of one completion. A missing text is an error row, never a silent drop."""
     if text is None:
-        return {"response": None, "finish_reason": finish_reason, "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens, "status": "error", "error": "engine returned no text"}
+        return {
+            "response": None,
+            "finish_reason": finish_reason,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "status": "error",
+            "error": "engine returned no text",
+        }
     return {
         "response": text.strip(),
         "finish_reason": finish_reason,
@@ -64,8 +71,9 @@ def parse_reply(text: str | None, finish_reason: str | None, prompt_tokens: int 
 def template_accepts_system(tokenizer: Any) -> bool:
     """Whether the chat template renders a system message (Gemma-style templates raise instead)."""
     try:
-        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-                                      tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False, add_generation_prompt=True
+        )
     except Exception:  # jinja2 TemplateError "System role not supported" and friends
         return False
     return True

@@ -46,7 +46,8 @@ def resolve_model(spec: str) -> str:
     if spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
         raise NeatError(
             f"model path does not exist (and is not a bundled model: {', '.join(BUNDLED_MODELS)}; nor a Hub id 'org/name')",
-            file=spec, field="model",
+            file=spec,
+            field="model",
         )
     return spec
 

@@ -104,7 +104,9 @@ def load_libraries(spec: str | list[str]) -> list[PairLibrary]:
     for library in libraries:
         for pair in library.pairs:
             if pair.id in seen:
-                raise NeatError(f"pair id '{pair.id}' appears in both '{seen[pair.id]}' and '{library.name}'", file=library.path, field="pairs.id")
+                raise NeatError(
+                    f"pair id '{pair.id}' appears in both '{seen[pair.id]}' and '{library.name}'", file=library.path, field="pairs.id"
+                )
             seen[pair.id] = library.name
     return libraries
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from neat_data.errors import NeatError
 from neat_data.keys import prompt_id as content_prompt_id
@@ -86,16 +87,21 @@ def validate_messages(messages: Any, *, file: str, row: int, field: str, allow_s
     offset = 0  # 1 when the conversation opens with its own system message
     for turn_index, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise NeatError(
-                f"message {turn_index} must be an object with 'role' and 'content'", file=file, row=row, field=field
-            )
+            raise NeatError(f"message {turn_index} must be an object with 'role' and 'content'", file=file, row=row, field=field)
         role, content = message["role"], message["content"]
         if role == "system":
             if turn_index != 0:
-                raise NeatError(f"message {turn_index} is a system message; only the first message may be one", file=file, row=row, field=field)
+                raise NeatError(
+                    f"message {turn_index} is a system message; only the first message may be one", file=file, row=row, field=field
+                )
             if not allow_system:
-                raise NeatError("the prompt has its own system message and --system-combine is 'refuse' (prepend or append "
-                                "combine it with the steering text)", file=file, row=row, field=field)
+                raise NeatError(
+                    "the prompt has its own system message and --system-combine is 'refuse' (prepend or append "
+                    "combine it with the steering text)",
+                    file=file,
+                    row=row,
+                    field=field,
+                )
             if not isinstance(content, str) or not content.strip():
                 raise NeatError("message 0 (system) must be a non-empty string", file=file, row=row, field=field)
             clean.append({"role": role, "content": content})
@@ -105,7 +111,9 @@ def validate_messages(messages: Any, *, file: str, row: int, field: str, allow_s
         if role != expected:
             raise NeatError(
                 f"message {turn_index} has role '{role}', expected '{expected}' (turns must alternate, user first)",
-                file=file, row=row, field=field,
+                file=file,
+                row=row,
+                field=field,
             )
         if not isinstance(content, str):
             raise NeatError(f"message {turn_index} content must be a string, got {type(content).__name__}", file=file, row=row, field=field)
@@ -122,12 +130,17 @@ def _json_messages(value: str, *, file: str, row: int, field: str) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError as error:
-        raise NeatError(f"a messages string must be a JSON list of {{role, content}} objects ({error.msg} at column {error.colno})",
-                        file=file, row=row, field=field) from None
+        raise NeatError(
+            f"a messages string must be a JSON list of {{role, content}} objects ({error.msg} at column {error.colno})",
+            file=file,
+            row=row,
+            field=field,
+        ) from None
 
 
-def row_to_messages(row: dict[str, Any], *, file: str, row_number: int, prompt_column: str | None,
-                    allow_system: bool = True) -> tuple[list[dict[str, str]], str]:
+def row_to_messages(
+    row: dict[str, Any], *, file: str, row_number: int, prompt_column: str | None, allow_system: bool = True
+) -> tuple[list[dict[str, str]], str]:
     """Turn one input row into (neutral messages, column used)."""
     columns = (prompt_column,) if prompt_column else PROMPT_COLUMNS
     column = next((c for c in columns if c in row and row[c] is not None), None)
@@ -193,8 +206,9 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not cells:
                     continue
                 if len(cells) != len(header):
-                    raise NeatError(f"has {len(cells)} cells, the header has {len(header)} (a stray quote or delimiter?)",
-                                    file=path, row=row_number)
+                    raise NeatError(
+                        f"has {len(cells)} cells, the header has {len(header)} (a stray quote or delimiter?)", file=path, row=row_number
+                    )
                 yield row_number, dict(zip(header, cells))
         except csv.Error as error:
             raise NeatError(f"malformed CSV ({error}; line {reader.line_num})", file=path, row=row_number + 1) from None
@@ -222,7 +236,7 @@ def _iter_hf(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """hf://<dataset>[:<config>][@<split>] through datasets.load_dataset (a Hub id or a local folder)."""
     import datasets
 
-    rest = spec[len("hf://"):]
+    rest = spec[len("hf://") :]
     rest, _, split = rest.partition("@")
     name, _, config = rest.partition(":")
     if not name:
@@ -231,8 +245,7 @@ def _iter_hf(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
         dataset = datasets.load_dataset(name, config or None, split=split or "train")
     except Exception as error:
         raise NeatError(f"cannot load dataset: {type(error).__name__}: {error}", file=spec) from None
-    for row_number, row in enumerate(dataset, start=1):
-        yield row_number, row
+    yield from enumerate(dataset, start=1)
 
 
 def iter_rows(source: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -255,8 +268,14 @@ def iter_rows(source: str) -> Iterator[tuple[int, dict[str, Any]]]:
     raise NeatError(f"unsupported prompts format '{suffix}' (use .jsonl, .parquet, .csv or hf://)", file=source)
 
 
-def iter_prompts(source: str | Path, *, prompt_column: str | None = None, limit: int | None = None,
-                 allow_system: bool = True, counts: dict[str, int] | None = None) -> Iterator[PromptRecord]:
+def iter_prompts(
+    source: str | Path,
+    *,
+    prompt_column: str | None = None,
+    limit: int | None = None,
+    allow_system: bool = True,
+    counts: dict[str, int] | None = None,
+) -> Iterator[PromptRecord]:
     """Every prompt row of `source`, validated, in order; identical conversations once (counted in
     `counts["duplicates"]`); the first `limit` unique prompts if given."""
     source = str(source)
@@ -271,7 +290,9 @@ def iter_prompts(source: str | Path, *, prompt_column: str | None = None, limit:
             if explicit_id in seen_ids:
                 raise NeatError(
                     f"duplicate prompt_id '{explicit_id}' (first at row {seen_ids[explicit_id]})",
-                    file=source, row=row_number, field="prompt_id",
+                    file=source,
+                    row=row_number,
+                    field="prompt_id",
                 )
             pid, explicit = explicit_id, True
         else:
@@ -287,8 +308,9 @@ def iter_prompts(source: str | Path, *, prompt_column: str | None = None, limit:
             return
 
 
-def scan_prompts(source: str | Path, *, prompt_column: str | None = None, limit: int | None = None,
-                 allow_system: bool = True) -> PromptScan:
+def scan_prompts(
+    source: str | Path, *, prompt_column: str | None = None, limit: int | None = None, allow_system: bool = True
+) -> PromptScan:
     """Validate every row (the first bad one is a NeatError) and count, keeping no prompt in memory."""
     counts: dict[str, int] = {}
     count = with_system = 0
@@ -300,8 +322,9 @@ def scan_prompts(source: str | Path, *, prompt_column: str | None = None, limit:
     return PromptScan(source=str(source), count=count, duplicates_dropped=counts.get("duplicates", 0), with_system=with_system)
 
 
-def load_prompts(source: str | Path, *, prompt_column: str | None = None, limit: int | None = None,
-                 allow_system: bool = True) -> LoadedPrompts:
+def load_prompts(
+    source: str | Path, *, prompt_column: str | None = None, limit: int | None = None, allow_system: bool = True
+) -> LoadedPrompts:
     """Read every prompt row of `source`, validated; the first `limit` unique prompts if given."""
     counts: dict[str, int] = {}
     records = list(iter_prompts(source, prompt_column=prompt_column, limit=limit, allow_system=allow_system, counts=counts))

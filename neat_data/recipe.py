@@ -33,16 +33,24 @@ from neat_data.variants import variant_overrides
 class PromptsSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str | list[str] = Field(description="Prompts: .jsonl/.parquet/.csv, hf://… or data://… (relative paths: from the recipe's "
-                                                "folder); a list is one pool of all of them, e.g. benign prompts and data://strongreject.")
+    source: str | list[str] = Field(
+        description="Prompts: .jsonl/.parquet/.csv, hf://… or data://… (relative paths: from the recipe's "
+        "folder); a list is one pool of all of them, e.g. benign prompts and data://strongreject."
+    )
     prompt_column: str | None = None
     limit: int | None = Field(None, ge=1, description="Read only the first N unique prompts of each source.")
-    heldout_source: str | None = Field(None, description="Take the held-out prompts from here instead of the pool (e.g. benign prompts "
-                                                         "only, so the over-refusal suite is over benign requests); they are left out of the pool.")
+    heldout_source: str | None = Field(
+        None,
+        description="Take the held-out prompts from here instead of the pool (e.g. benign prompts "
+        "only, so the over-refusal suite is over benign requests); they are left out of the pool.",
+    )
     heldout: int = Field(16, ge=1, description="Held-out prompts for evaluation (never trained on).")
     per_round: int = Field(32, ge=1, description="Fresh training prompts per round.")
-    decontaminate: bool = Field(True, description="Leave out training prompts that share an 8-gram (after normalisation) with an "
-                                                  "evaluation suite's prompts or a held-out prompt; counted in the manifest.")
+    decontaminate: bool = Field(
+        True,
+        description="Leave out training prompts that share an 8-gram (after normalisation) with an "
+        "evaluation suite's prompts or a held-out prompt; counted in the manifest.",
+    )
 
     def sources(self) -> list[str]:
         return [self.source] if isinstance(self.source, str) else list(self.source)
@@ -81,7 +89,7 @@ class GenerateSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="Any other GenerateConfig field (dtype, max_model_len, base_url, …).")
 
     @model_validator(mode="after")
-    def _options(self) -> "GenerateSpec":
+    def _options(self) -> GenerateSpec:
         refuse_shadowed_options(self.options, set(type(self).model_fields) | set(Sampling.model_fields) | RUNNER_SETS["generate"])
         return self
 
@@ -95,7 +103,7 @@ class ScoreSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="Any other ScoreConfig field (batch_size, device, judge_*…).")
 
     @model_validator(mode="after")
-    def _options(self) -> "ScoreSpec":
+    def _options(self) -> ScoreSpec:
         refuse_shadowed_options(self.options, set(type(self).model_fields) | RUNNER_SETS["score"])
         return self
 
@@ -112,14 +120,19 @@ class EvaluateSpec(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(128, ge=1)
     samples: int = Field(1, ge=1, le=256, description="Responses per held-out / suite prompt (k); intervals resample prompts.")
-    suites: list[str] = Field(default_factory=list, description="Evaluation suites (prompts/eval/ names or YAML paths), e.g. [harmbench, benign].")
+    suites: list[str] = Field(
+        default_factory=list, description="Evaluation suites (prompts/eval/ names or YAML paths), e.g. [harmbench, benign]."
+    )
     suite_limit: int | None = Field(None, ge=1, description="At most N prompts per suite (a seeded subset): keeps a CPU run small.")
-    negative_control: bool = Field(False, description="Round 0 also evaluates the base model with another seed against itself: the "
-                                                      "paired intervals of that difference show the evaluation's noise (they should hold 0).")
+    negative_control: bool = Field(
+        False,
+        description="Round 0 also evaluates the base model with another seed against itself: the "
+        "paired intervals of that difference show the evaluation's noise (they should hold 0).",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Other GenerateConfig fields for the held-out generation.")
 
     @model_validator(mode="after")
-    def _suites_exist(self) -> "EvaluateSpec":
+    def _suites_exist(self) -> EvaluateSpec:
         from neat_data.safety.suites import check_suites
 
         try:
@@ -145,18 +158,22 @@ class Recipe(BaseModel):
     score: ScoreSpec = Field(default_factory=ScoreSpec)
     rank: dict[str, Any] = Field(default_factory=dict, description="RankConfig fields (pairs, pos_vs_neg_by, min_margin, …).")
     exports: list[ExportFormat] = Field(
-        default_factory=lambda: ["ranked"], description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.")
+        default_factory=lambda: ["ranked"],
+        description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.",
+    )
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     push: PushSpec | None = Field(None, description="Publish each finished round to a Hub dataset repo (neat_data.rounds_push).")
     fixed_data: FixedDataSpec | None = Field(None, description="Train on fixed pairs instead of generated ones (the positive control).")
     variants: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="name → overrides (dotted keys, as --set): each variant runs in runs/<name>/<variant>/, "
-                                          "sharing every stage whose inputs are identical; comparison.{json,md,png} side by side.")
+        default_factory=dict,
+        description="name → overrides (dotted keys, as --set): each variant runs in runs/<name>/<variant>/, "
+        "sharing every stage whose inputs are identical; comparison.{json,md,png} side by side.",
+    )
     reference: str | None = Field(None, description="The variant the others are compared with (paired differences); default: the first.")
 
     @model_validator(mode="after")
-    def _check(self) -> "Recipe":
+    def _check(self) -> Recipe:
         if "ranked" not in self.exports:
             raise ValueError("exports must include 'ranked' (the trainer's input)")
         for name in self.variants:
@@ -182,7 +199,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as error:
-        raise NeatError(f"--set {key}: the value is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})", option="set") from None
+        raise NeatError(
+            f"--set {key}: the value is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})", option="set"
+        ) from None
     if isinstance(parsed, str):
         try:
             parsed = float(parsed)  # YAML 1.1 reads 1e-4 (no dot) as a string
@@ -198,7 +217,7 @@ def apply_override(raw: dict[str, Any], keys: list[str], value: Any, text: str) 
         if child is None:
             child = target[key] = {}
         if not isinstance(child, dict):
-            raise NeatError(f"--set {text!r}: '{'.'.join(keys[:depth + 1])}' is a {type(child).__name__}, not a section", option="set")
+            raise NeatError(f"--set {text!r}: '{'.'.join(keys[: depth + 1])}' is a {type(child).__name__}, not a section", option="set")
         target = child
     target[keys[-1]] = value
 
@@ -239,7 +258,9 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
     if isinstance(raw.get("prompts"), dict):
         for key in ("source", "heldout_source"):
             value = raw["prompts"].get(key)
-            raw["prompts"][key] = [_relative_to(path.parent, v) for v in value] if isinstance(value, list) else _relative_to(path.parent, value)
+            raw["prompts"][key] = (
+                [_relative_to(path.parent, v) for v in value] if isinstance(value, list) else _relative_to(path.parent, value)
+            )
     if isinstance(raw.get("fixed_data"), dict) and raw["fixed_data"].get("source"):
         raw["fixed_data"]["source"] = _relative_to(path.parent, raw["fixed_data"]["source"])
     if isinstance(raw.get("pairs"), list):  # pair libraries given as YAML paths, like the prompts source
@@ -279,15 +300,21 @@ def stage_config_classes() -> dict[str, Any]:
     """Stage name → the config class that validates it (imported here: the recipe layer sits above the stages)."""
     from neat_data.stages.evaluate import EvaluateConfig
     from neat_data.stages.export import ExportConfig
+    from neat_data.stages.fixed import FixedConfig
     from neat_data.stages.generate import GenerateConfig
     from neat_data.stages.rank import RankConfig
     from neat_data.stages.score import ScoreConfig
     from neat_data.train.trainer import TrainConfig
 
-    from neat_data.stages.fixed import FixedConfig
-
-    return {"generate": GenerateConfig, "score": ScoreConfig, "rank": RankConfig, "export": ExportConfig, "train": TrainConfig,
-            "evaluate": EvaluateConfig, "fixed": FixedConfig}
+    return {
+        "generate": GenerateConfig,
+        "score": ScoreConfig,
+        "rank": RankConfig,
+        "export": ExportConfig,
+        "train": TrainConfig,
+        "evaluate": EvaluateConfig,
+        "fixed": FixedConfig,
+    }
 
 
 def check_stage_fields(recipe: Recipe, path: Path, prefix: str = "") -> None:
@@ -353,13 +380,16 @@ def plan_split(recipe: Recipe) -> Split:
     if spec.heldout_source:
         candidates = sorted(_pool([spec.heldout_source], spec.prompt_column, None), key=order)
         if len(candidates) < spec.heldout:
-            raise NeatError(f"{spec.heldout} held-out prompts wanted; the held-out source has {len(candidates)}", file=spec.heldout_source,
-                            field="prompts.heldout")
+            raise NeatError(
+                f"{spec.heldout} held-out prompts wanted; the held-out source has {len(candidates)}",
+                file=spec.heldout_source,
+                field="prompts.heldout",
+            )
         heldout = candidates[: spec.heldout]
         taken = {r.prompt_id for r in heldout}
         pool = [r for r in pool if r.prompt_id not in taken]
     else:
-        heldout, pool = pool[: spec.heldout], pool[spec.heldout:]
+        heldout, pool = pool[: spec.heldout], pool[spec.heldout :]
     dropped = 0
     if spec.decontaminate:
         result = decontaminate(pool, evaluation_texts(recipe, heldout))
@@ -367,12 +397,17 @@ def plan_split(recipe: Recipe) -> Split:
     training = 0 if recipe.fixed_data else recipe.rounds * spec.per_round
     if len(pool) < training:
         sources = ", ".join(spec.sources())
-        raise NeatError(f"{recipe.rounds} rounds × {spec.per_round} + {spec.heldout} held-out needs "
-                        f"{training + (0 if spec.heldout_source else spec.heldout)} prompts; the source has "
-                        f"{len(pool) + (0 if spec.heldout_source else spec.heldout) + dropped}"
-                        + (f" ({dropped} left out: they share an 8-gram with an evaluation prompt)" if dropped else ""),
-                        file=sources, field="prompts")
-    slices = [heldout] + [pool[k * spec.per_round:(k + 1) * spec.per_round] if not recipe.fixed_data else [] for k in range(recipe.rounds)]
+        raise NeatError(
+            f"{recipe.rounds} rounds × {spec.per_round} + {spec.heldout} held-out needs "
+            f"{training + (0 if spec.heldout_source else spec.heldout)} prompts; the source has "
+            f"{len(pool) + (0 if spec.heldout_source else spec.heldout) + dropped}"
+            + (f" ({dropped} left out: they share an 8-gram with an evaluation prompt)" if dropped else ""),
+            file=sources,
+            field="prompts",
+        )
+    slices = [heldout] + [
+        pool[k * spec.per_round : (k + 1) * spec.per_round] if not recipe.fixed_data else [] for k in range(recipe.rounds)
+    ]
     return Split(slices=slices, decontaminated=dropped)
 
 
@@ -381,23 +416,51 @@ def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict
     base, folder = recipe.model, run_dir / f"round_{k:02d}"
     policy_in = base if k <= 1 else str(run_dir / f"round_{k - 1:02d}" / "model")
     policy_out = base if k == 0 else str(folder / "model")
-    score = {"scorer": recipe.score.scorer, "model": recipe.score.model or base, "negative_score": recipe.score.negative_score, **recipe.score.options}
+    score = {
+        "scorer": recipe.score.scorer,
+        "model": recipe.score.model or base,
+        "negative_score": recipe.score.negative_score,
+        **recipe.score.options,
+    }
     sampling = {"seed": recipe.seed}
     stages: list[tuple[str, dict[str, Any]]] = []
     if k > 0 and recipe.fixed_data is not None:
         f = recipe.fixed_data
         stages += [
-            ("fixed", {"out": str(folder), "source": f.source, "response": f.response, "prompt_column": f.prompt_column, "limit": f.limit,
-                       "exclude": str(run_dir / "prompts" / "heldout.jsonl"), "suites": recipe.evaluate.suites, "seed": recipe.seed}),
+            (
+                "fixed",
+                {
+                    "out": str(folder),
+                    "source": f.source,
+                    "response": f.response,
+                    "prompt_column": f.prompt_column,
+                    "limit": f.limit,
+                    "exclude": str(run_dir / "prompts" / "heldout.jsonl"),
+                    "suites": recipe.evaluate.suites,
+                    "seed": recipe.seed,
+                },
+            ),
             ("train", {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train}),
         ]
     elif k > 0:
         g = recipe.generate
         stages += [
-            ("generate", {"prompts": str(run_dir / "prompts" / f"round_{k:02d}.jsonl"), "pairs": recipe.pairs, "model": policy_in,
-                          "backend": g.backend, "out": str(folder), "round": k, "num_pos": g.num_pos, "num_neg": g.num_neg,
-                          "num_neutral": g.num_neutral, "sampling": {**sampling, "temperature": g.temperature, "top_p": g.top_p,
-                                                                     "max_tokens": g.max_tokens}, **g.options}),
+            (
+                "generate",
+                {
+                    "prompts": str(run_dir / "prompts" / f"round_{k:02d}.jsonl"),
+                    "pairs": recipe.pairs,
+                    "model": policy_in,
+                    "backend": g.backend,
+                    "out": str(folder),
+                    "round": k,
+                    "num_pos": g.num_pos,
+                    "num_neg": g.num_neg,
+                    "num_neutral": g.num_neutral,
+                    "sampling": {**sampling, "temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens},
+                    **g.options,
+                },
+            ),
             ("score", {"run": str(folder), **score}),
             ("rank", {"run": str(folder), **recipe.rank}),
             *[(f"export-{fmt}", {"run": str(folder), "format": fmt}) for fmt in recipe.exports],
@@ -408,12 +471,23 @@ def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict
 
     def evaluation(eval_dir: str, seed: int, base: Path | None) -> dict[str, Any]:
         return {
-            "generate": {"prompts": str(run_dir / "prompts" / "heldout.jsonl"), "pairs": recipe.pairs, "model": policy_out,
-                         "backend": e.backend, "out": eval_dir, "round": k, "num_pos": 1 if k == 0 else 0, "num_neg": 0,
-                         "num_neutral": e.samples, "sampling": {"seed": seed, "temperature": e.temperature, "top_p": e.top_p,
-                                                                "max_tokens": e.max_tokens}, **e.options},
+            "generate": {
+                "prompts": str(run_dir / "prompts" / "heldout.jsonl"),
+                "pairs": recipe.pairs,
+                "model": policy_out,
+                "backend": e.backend,
+                "out": eval_dir,
+                "round": k,
+                "num_pos": 1 if k == 0 else 0,
+                "num_neg": 0,
+                "num_neutral": e.samples,
+                "sampling": {"seed": seed, "temperature": e.temperature, "top_p": e.top_p, "max_tokens": e.max_tokens},
+                **e.options,
+            },
             "score": {"run": eval_dir, **score},
-            "samples": e.samples, "suites": e.suites, "suite_limit": e.suite_limit,
+            "samples": e.samples,
+            "suites": e.suites,
+            "suite_limit": e.suite_limit,
             "base_eval": None if base is None else str(base),
             "preferred": str(base_eval),
         }
@@ -439,5 +513,3 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     """What a run folder is bound to: the whole recipe except the number of rounds (a run can be extended) and
     where it is published (push: does not change the data; added to a finished run, it pushes its rounds)."""
     return {k: v for k, v in recipe.model_dump(mode="json").items() if k not in ("rounds", "push")}
-
-

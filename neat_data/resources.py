@@ -20,7 +20,4 @@ def bundled_dir(name: str) -> Path:
     checkout = _PACKAGE_DIR.parent / name
     if checkout.is_dir():
         return checkout
-    raise FileNotFoundError(
-        f"bundled data folder '{name}' not found (looked in {installed} and {checkout}); "
-        "reinstall neat-data"
-    )
+    raise FileNotFoundError(f"bundled data folder '{name}' not found (looked in {installed} and {checkout}); reinstall neat-data")

@@ -40,12 +40,21 @@ def _row(run_dir: Path, folder: Path, k: int, eval_folder: str, seconds_by_round
     rank = read_manifest(folder).get("stages", {}).get("rank", {}).get("summary", {})
     stage_seconds = [entry.get("seconds", 0.0) for entry in seconds_by_round.get(str(k), {}).values()]
     return {
-        "round": k, "model": metrics.get("model"), "reward_mean": metrics.get("reward_mean"), "reward_ci95": metrics.get("reward_ci95"),
-        "win_rate_vs_base": metrics.get("win_rate_vs_base"), "perplexity": metrics.get("perplexity"),
-        "pairs": rank.get("pairs_kept"), "train_prompts": train.get("prompts"), "train_tokens": train.get("tokens"),
-        "train_tokens_per_s": train.get("tokens_per_second"), "wall_seconds": round(sum(stage_seconds), 1),
-        "safety": {name: {"kind": suite.get("kind"), "prompts": suite.get("prompts"), "metrics": suite.get("metrics", {})}
-                   for name, suite in metrics.get("suites", {}).items()},
+        "round": k,
+        "model": metrics.get("model"),
+        "reward_mean": metrics.get("reward_mean"),
+        "reward_ci95": metrics.get("reward_ci95"),
+        "win_rate_vs_base": metrics.get("win_rate_vs_base"),
+        "perplexity": metrics.get("perplexity"),
+        "pairs": rank.get("pairs_kept"),
+        "train_prompts": train.get("prompts"),
+        "train_tokens": train.get("tokens"),
+        "train_tokens_per_s": train.get("tokens_per_second"),
+        "wall_seconds": round(sum(stage_seconds), 1),
+        "safety": {
+            name: {"kind": suite.get("kind"), "prompts": suite.get("prompts"), "metrics": suite.get("metrics", {})}
+            for name, suite in metrics.get("suites", {}).items()
+        },
     }
 
 
@@ -88,16 +97,21 @@ def _fmt(value: Any, spec: str) -> str:
 
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     safety = safety_columns(rows)
-    lines = ["| round | held-out reward (95% CI) | win vs base | perplexity | " + "".join(f"{header} | " for _, _, header in safety)
-             + "pairs | train tokens | wall s |",
-             "|---:|---|---:|---:|" + "---|" * len(safety) + "---:|---:|---:|"]
+    lines = [
+        "| round | held-out reward (95% CI) | win vs base | perplexity | "
+        + "".join(f"{header} | " for _, _, header in safety)
+        + "pairs | train tokens | wall s |",
+        "|---:|---|---:|---:|" + "---|" * len(safety) + "---:|---:|---:|",
+    ]
     for row in rows:
         ci = row["reward_ci95"] or [None, None]
         reward = f"{_fmt(row['reward_mean'], '+.4f')} [{_fmt(ci[0], '+.4f')}, {_fmt(ci[1], '+.4f')}]"
         label = row.get("label") or (f"{row['round']} (base)" if row["round"] == 0 else str(row["round"]))
         cells = "".join(f"{_safety_cell(row, suite, metric)} | " for suite, metric, _ in safety)
-        lines.append(f"| {label} | {reward} | {_fmt(row['win_rate_vs_base'], '.2f')} | {_fmt(row['perplexity'], '.2f')} | {cells}"
-                     f"{_fmt(row['pairs'], 'd')} | {_fmt(row['train_tokens'], 'd')} | {_fmt(row['wall_seconds'], '.0f')} |")
+        lines.append(
+            f"| {label} | {reward} | {_fmt(row['win_rate_vs_base'], '.2f')} | {_fmt(row['perplexity'], '.2f')} | {cells}"
+            f"{_fmt(row['pairs'], 'd')} | {_fmt(row['train_tokens'], 'd')} | {_fmt(row['wall_seconds'], '.0f')} |"
+        )
     return lines
 
 
@@ -138,8 +152,11 @@ def write_round_report(run_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
 def plot_refusal_panel(axis: Any, rows: list[dict[str, Any]], suites: list[str]) -> None:
     """Refusal rate per round with 95% intervals: harmful suites solid (higher is wanted), benign dashed (over-refusal)."""
     for index, suite in enumerate(suites):
-        points = [(r["round"], r["safety"][suite]["metrics"]["refusal"]) for r in rows
-                  if suite in (r.get("safety") or {}) and (r["safety"][suite].get("metrics") or {}).get("refusal", {}).get("mean") is not None]
+        points = [
+            (r["round"], r["safety"][suite]["metrics"]["refusal"])
+            for r in rows
+            if suite in (r.get("safety") or {}) and (r["safety"][suite].get("metrics") or {}).get("refusal", {}).get("mean") is not None
+        ]
         if not points:
             continue
         kind = next(r["safety"][suite].get("kind") for r in rows if suite in (r.get("safety") or {}))
@@ -147,8 +164,15 @@ def plot_refusal_panel(axis: Any, rows: list[dict[str, Any]], suites: list[str])
         low = [entry["mean"] - (entry["ci95"][0] if entry["ci95"][0] is not None else entry["mean"]) for _, entry in points]
         high = [(entry["ci95"][1] if entry["ci95"][1] is not None else entry["mean"]) - entry["mean"] for _, entry in points]
         offset = (index - (len(suites) - 1) / 2) * 0.06  # side by side, so intervals do not hide each other
-        axis.errorbar([k + offset for k, _ in points], means, yerr=[low, high], marker="o" if kind == "harmful" else "s", capsize=4,
-                      linestyle="-" if kind == "harmful" else "--", label=f"{suite} ({'refusal' if kind == 'harmful' else 'over-refusal'})")
+        axis.errorbar(
+            [k + offset for k, _ in points],
+            means,
+            yerr=[low, high],
+            marker="o" if kind == "harmful" else "s",
+            capsize=4,
+            linestyle="-" if kind == "harmful" else "--",
+            label=f"{suite} ({'refusal' if kind == 'harmful' else 'over-refusal'})",
+        )
     axis.set_ylim(-0.03, 1.03)
     axis.set_xticks([r["round"] for r in rows])
     axis.set_xlabel("round (0 = base model)")

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from neat_data.errors import EXIT_PENDING, NeatError
-from neat_data.recipe import (Recipe, Split, changed_fields, plan_split, recipe_identity, split_files, stage_configs,
-                              variant_recipe)
+from neat_data.recipe import Recipe, Split, changed_fields, plan_split, recipe_identity, split_files, stage_configs, variant_recipe
 from neat_data.rounds_push import push_round
 from neat_data.runfolder import RunLock, atomic_write_bytes, atomic_write_json, empty_folder, read_manifest
 from neat_data.variants import StageCache, dependencies, materialize, stage_key
@@ -56,8 +55,17 @@ def record_stage(run_dir: Path, k: int, name: str, record: dict[str, Any]) -> No
     atomic_write_json(run_dir / "manifest.json", manifest)
 
 
-def run_stage(name: str, config: dict[str, Any], folder: Path, run_dir: Path, k: int, echo: Any, *,
-              cache: StageCache | None = None, key: str | None = None) -> float:
+def run_stage(
+    name: str,
+    config: dict[str, Any],
+    folder: Path,
+    run_dir: Path,
+    k: int,
+    echo: Any,
+    *,
+    cache: StageCache | None = None,
+    key: str | None = None,
+) -> float:
     """Run one stage in its own process unless the manifest says it finished — or, with a `cache` of a variants run,
     another variant finished the stage with the same `key` (then its result is linked in); returns its seconds."""
     manifest = read_manifest(run_dir)
@@ -82,16 +90,26 @@ def run_stage(name: str, config: dict[str, Any], folder: Path, run_dir: Path, k:
     started = time.time()
     # The stage's own output (engine logs, progress bars) goes to its log; the terminal gets its summary.
     with open(log_path, "ab") as log:
-        finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "stage", name.split("-")[0], str(config_path),
-                                   "--summary", str(summary_path)], stdout=log, stderr=subprocess.STDOUT)
+        finished = subprocess.run(
+            [sys.executable, "-m", "neat_data.cli", "stage", name.split("-")[0], str(config_path), "--summary", str(summary_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     if finished.returncode == EXIT_PENDING:
-        raise NeatError(f"round {k} · {name}: its batch requests are submitted and not answered yet (`neat-data batch status "
-                        f"{folder}`); run the same command again later to collect them and go on", file=config_path, exit_code=EXIT_PENDING)
+        raise NeatError(
+            f"round {k} · {name}: its batch requests are submitted and not answered yet (`neat-data batch status "
+            f"{folder}`); run the same command again later to collect them and go on",
+            file=config_path,
+            exit_code=EXIT_PENDING,
+        )
     if finished.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         echo("\n".join(f"    {line}" for line in tail))
-        raise NeatError(f"stage {name} of round {k} failed (exit code {finished.returncode}; log above and in {log_path}); "
-                        "fix and re-run: finished stages are kept", file=config_path)
+        raise NeatError(
+            f"stage {name} of round {k} failed (exit code {finished.returncode}; log above and in {log_path}); "
+            "fix and re-run: finished stages are kept",
+            file=config_path,
+        )
     seconds = time.time() - started
     if summary_path.exists():
         for line in summary_path.read_text(encoding="utf-8").splitlines():
@@ -117,16 +135,24 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
             empty_folder(run_dir)
             manifest = {}
         if manifest and "recipe" not in manifest:
-            raise NeatError("this folder holds a single-stage run, not a `neat-data run`; use another name/out or --overwrite",
-                            file=run_dir / "manifest.json")
+            raise NeatError(
+                "this folder holds a single-stage run, not a `neat-data run`; use another name/out or --overwrite",
+                file=run_dir / "manifest.json",
+            )
         changed = changed_fields(manifest["recipe"], recipe) if manifest.get("recipe") else []
         if changed:
-            raise NeatError(f"run folder was made with another recipe (changed: {', '.join(changed)}); use --overwrite or another name",
-                            file=run_dir / "manifest.json", field=changed[0] if changed else None)
+            raise NeatError(
+                f"run folder was made with another recipe (changed: {', '.join(changed)}); use --overwrite or another name",
+                file=run_dir / "manifest.json",
+                field=changed[0] if changed else None,
+            )
         if slices is not None:
             write_split(recipe, run_dir, slices)
-            manifest["split"] = {"heldout": len(slices.slices[0]), "per_round": [len(s) for s in slices.slices[1:]],
-                                 "decontaminated": slices.decontaminated}
+            manifest["split"] = {
+                "heldout": len(slices.slices[0]),
+                "per_round": [len(s) for s in slices.slices[1:]],
+                "decontaminated": slices.decontaminated,
+            }
         manifest.update(recipe=recipe_identity(recipe), rounds_planned=recipe.rounds, command=" ".join(sys.argv))
         atomic_write_json(run_dir / "manifest.json", manifest)
         keys: dict[tuple[str, int], str] = {}  # each stage's key: its config and the keys of the stages it reads

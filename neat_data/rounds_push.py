@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,12 +55,22 @@ def _without_secret(text: str, spec: PushSpec) -> str:
 
 def rounds_card_section(run_dir: Path) -> str:
     table = (run_dir / "rounds.md").read_text(encoding="utf-8") if (run_dir / "rounds.md").is_file() else ""
-    return "\n".join(["<!-- neat-data:begin rounds -->", "## Rounds", "",
-                      "Held-out evaluation of the base model (round 0) and of the policy after each round "
-                      "(`neat-data run`): reward with its 95% interval, win rate against the base model, perplexity.", "",
-                      table.strip(), "", "![rounds](neat-data/rounds.png)", "",
-                      "`neat-data/view.html` shows every prompt, response, score and pair (download it and open it in a browser).",
-                      "<!-- neat-data:end rounds -->"])
+    return "\n".join(
+        [
+            "<!-- neat-data:begin rounds -->",
+            "## Rounds",
+            "",
+            "Held-out evaluation of the base model (round 0) and of the policy after each round "
+            "(`neat-data run`): reward with its 95% interval, win rate against the base model, perplexity.",
+            "",
+            table.strip(),
+            "",
+            "![rounds](neat-data/rounds.png)",
+            "",
+            "`neat-data/view.html` shows every prompt, response, score and pair (download it and open it in a browser).",
+            "<!-- neat-data:end rounds -->",
+        ]
+    )
 
 
 def upload_run_files(spec: PushSpec, run_dir: Path) -> list[str]:
@@ -72,9 +83,18 @@ def upload_run_files(spec: PushSpec, run_dir: Path) -> list[str]:
     api = HfApi(token=os.environ.get(spec.token_env) or None)
 
     def upload(data: bytes, path_in_repo: str) -> None:
-        with_retries(lambda: api.upload_file(path_or_fileobj=data, path_in_repo=path_in_repo, repo_id=spec.repo_id, repo_type="dataset",
-                                             commit_message=f"neat-data: {path_in_repo}"),
-                     what=f"upload of {path_in_repo}", max_retries=spec.max_retries, backoff_base=spec.backoff_base)
+        with_retries(
+            lambda: api.upload_file(
+                path_or_fileobj=data,
+                path_in_repo=path_in_repo,
+                repo_id=spec.repo_id,
+                repo_type="dataset",
+                commit_message=f"neat-data: {path_in_repo}",
+            ),
+            what=f"upload of {path_in_repo}",
+            max_retries=spec.max_retries,
+            backoff_base=spec.backoff_base,
+        )
 
     uploaded = []
     for name in ("rounds.png", "view.html"):
@@ -82,8 +102,12 @@ def upload_run_files(spec: PushSpec, run_dir: Path) -> list[str]:
             upload((run_dir / name).read_bytes(), f"neat-data/{name}")
             uploaded.append(f"neat-data/{name}")
     try:
-        path = with_retries(lambda: api.hf_hub_download(spec.repo_id, "README.md", repo_type="dataset"), what="card download",
-                            max_retries=spec.max_retries, backoff_base=spec.backoff_base)
+        path = with_retries(
+            lambda: api.hf_hub_download(spec.repo_id, "README.md", repo_type="dataset"),
+            what="card download",
+            max_retries=spec.max_retries,
+            backoff_base=spec.backoff_base,
+        )
         existing = Path(path).read_text(encoding="utf-8")
     except (EntryNotFoundError, RemoteEntryNotFoundError):
         existing = None
@@ -91,7 +115,9 @@ def upload_run_files(spec: PushSpec, run_dir: Path) -> list[str]:
     return uploaded + ["README.md"]
 
 
-def push_round(spec: PushSpec | None, run_dir: Path, k: int, *, rounds: int, exports: list[str], echo: Callable[[str], Any]) -> dict[str, Any] | None:
+def push_round(
+    spec: PushSpec | None, run_dir: Path, k: int, *, rounds: int, exports: list[str], echo: Callable[[str], Any]
+) -> dict[str, Any] | None:
     """Push finished round k unless the manifest says it was pushed; record the outcome. Never raises for a
     Hub or data problem (only KeyboardInterrupt and the like pass through)."""
     if spec is None or k < 1:
@@ -117,19 +143,54 @@ def push_round(spec: PushSpec | None, run_dir: Path, k: int, *, rounds: int, exp
             (run_dir / "view.html").unlink(missing_ok=True)
             echo(f"    no view.html for the Hub: {error.one_line()}")
         for fmt, config_name in configs.items():
-            run_push(PushConfig(run=folder, repo_id=spec.repo_id, config_name=config_name, format=fmt, public=not spec.private,
-                                token_env=spec.token_env, max_retries=spec.max_retries, backoff_base=spec.backoff_base),
-                     argv=["neat-data", "push", str(folder), "--repo-id", spec.repo_id, "--config-name", config_name, "--format", fmt,
-                           *([] if spec.private else ["--public"]), *(["--token-env", spec.token_env] if spec.token_env != "HF_TOKEN" else [])])
+            run_push(
+                PushConfig(
+                    run=folder,
+                    repo_id=spec.repo_id,
+                    config_name=config_name,
+                    format=fmt,
+                    public=not spec.private,
+                    token_env=spec.token_env,
+                    max_retries=spec.max_retries,
+                    backoff_base=spec.backoff_base,
+                ),
+                argv=[
+                    "neat-data",
+                    "push",
+                    str(folder),
+                    "--repo-id",
+                    spec.repo_id,
+                    "--config-name",
+                    config_name,
+                    "--format",
+                    fmt,
+                    *([] if spec.private else ["--public"]),
+                    *(["--token-env", spec.token_env] if spec.token_env != "HF_TOKEN" else []),
+                ],
+            )
         files = upload_run_files(spec, run_dir)
-        entry: dict[str, Any] = {"finished": True, "repo_id": spec.repo_id, "private": spec.private, "configs": configs, "files": files,
-                                 "attempts": attempts, "seconds": round(time.time() - started, 2), "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        entry: dict[str, Any] = {
+            "finished": True,
+            "repo_id": spec.repo_id,
+            "private": spec.private,
+            "configs": configs,
+            "files": files,
+            "attempts": attempts,
+            "seconds": round(time.time() - started, 2),
+            "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         echo(f"    pushed {', '.join(configs.values())} + {', '.join(files)} to {spec.repo_id} ({'private' if spec.private else 'public'})")
     except Exception as error:  # a failed push is recorded and retried by the next run, never a failed round
         text = error.one_line() if isinstance(error, NeatError) else f"{type(error).__name__}: {error}"
         reason = _without_secret(" ".join(text.split())[:1000], spec)
-        entry = {"finished": False, "repo_id": spec.repo_id, "configs": configs, "attempts": attempts, "error": reason,
-                 "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        entry = {
+            "finished": False,
+            "repo_id": spec.repo_id,
+            "configs": configs,
+            "attempts": attempts,
+            "error": reason,
+            "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         echo(f"    push failed (attempt {attempts}; the round is finished, the next `neat-data run` retries the push): {reason}")
     manifest = read_manifest(run_dir)
     manifest.setdefault("push", {})[str(k)] = entry

@@ -19,8 +19,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,18 +89,21 @@ class RunLock:
         self.timeout = timeout
         self.check_shards = check_shards
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         try:
             self._lock.acquire(timeout=self.timeout)
         except Timeout:
-            raise NeatError("run folder is in use by another neat-data process (wait for it, or use another --out)", file=self.path.parent) from None
+            raise NeatError(
+                "run folder is in use by another neat-data process (wait for it, or use another --out)", file=self.path.parent
+            ) from None
         for shard_lock in sorted(self.path.parent.glob(".lock-*")) if self.check_shards else []:
             try:
                 FileLock(str(shard_lock)).acquire(timeout=0).lock.release()
             except Timeout:
                 self._lock.release()
-                raise NeatError(f"a --num-shards process is writing to this run folder ({shard_lock.name[6:]}); wait for it",
-                                file=self.path.parent) from None
+                raise NeatError(
+                    f"a --num-shards process is writing to this run folder ({shard_lock.name[6:]}); wait for it", file=self.path.parent
+                ) from None
         if self.check_shards:
             # No shard process is writing (checked above) and single-process tables are only written under
             # this lock, so a temp file now is a killed writer's leftover.
@@ -162,8 +166,11 @@ class ShardedTable:
             return table.select(names).cast(pa.schema([self.schema.field(name) for name in names]))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
             wrong = next((name for name in names if table.schema.field(name).type != self.schema.field(name).type), names[0])
-            raise NeatError(f"column has type {table.schema.field(wrong).type}, expected {self.schema.field(wrong).type} "
-                            f"({_short(error)})", file=path, field=wrong) from None
+            raise NeatError(
+                f"column has type {table.schema.field(wrong).type}, expected {self.schema.field(wrong).type} ({_short(error)})",
+                file=path,
+                field=wrong,
+            ) from None
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """All rows (or only `columns`, plus `key`), the last one written for each key, in write order. Unreadable
@@ -184,8 +191,9 @@ class ShardedTable:
             return
         keys = [self._read_part(path, ["key"]).column("key") for path in paths]
         keep = _last_occurrence_masks(keys)
-        self._replace(paths, (self._read_part(path).filter(mask) if mask is not None else self._read_part(path)
-                              for path, mask in zip(paths, keep)))
+        self._replace(
+            paths, (self._read_part(path).filter(mask) if mask is not None else self._read_part(path) for path, mask in zip(paths, keep))
+        )
 
     def rewrite(self, table: pa.Table) -> None:
         """Replace every row by `table`'s (same keys, new values). The new shard is written before the old
@@ -249,7 +257,7 @@ def _last_occurrence_masks(keys: list[pa.ChunkedArray]) -> list[pa.Array | None]
         flags[index] = True
     masks, start = [], 0
     for column in keys:
-        masks.append(pa.array(flags[start:start + len(column)]))
+        masks.append(pa.array(flags[start : start + len(column)]))
         start += len(column)
     return masks
 
@@ -277,8 +285,9 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise NeatError(f"manifest is not valid JSON ({error.msg})", file=path, row=error.lineno) from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict):
-        raise NeatError("manifest is not a neat-data manifest (a JSON object with a 'stages' object); restore it or use --overwrite",
-                        file=path)
+        raise NeatError(
+            "manifest is not a neat-data manifest (a JSON object with a 'stages' object); restore it or use --overwrite", file=path
+        )
     return manifest
 
 

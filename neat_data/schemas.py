@@ -61,6 +61,7 @@ def check_columns(table: pa.Table, schema: pa.Schema, source: str) -> None:
         if actual != field.type:
             raise NeatError(f"has type {actual}, expected {field.type}", file=source, field=field.name)
 
+
 # The score stage adds these columns to every generations row (error rows pass through with nulls).
 SCORE_FIELDS = [
     ("score", pa.float64()),  # what ranking uses (equals raw_score unless negative_score = floor)
@@ -75,40 +76,46 @@ SCORED = pa.schema(list(GENERATIONS) + [pa.field(name, type_) for name, type_ in
 # One ranked list per prompt: candidates sorted by score, best first (RRHF/PRO-style input). Every list
 # column is aligned with `responses`; `finish_reason` is each candidate's ("stop", "length", …): the trainer
 # appends the end-of-turn token only to finished ones.
-RANKED_LISTS = pa.schema([
-    ("prompt_id", pa.string()),
-    ("prompt", MESSAGES),
-    ("responses", pa.list_(pa.string())),
-    ("finish_reason", pa.list_(pa.string())),
-    ("scores", pa.list_(pa.float64())),
-    ("steering", pa.list_(pa.string())),
-    ("keys", pa.list_(pa.string())),
-])
+RANKED_LISTS = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", MESSAGES),
+        ("responses", pa.list_(pa.string())),
+        ("finish_reason", pa.list_(pa.string())),
+        ("scores", pa.list_(pa.float64())),
+        ("steering", pa.list_(pa.string())),
+        ("keys", pa.list_(pa.string())),
+    ]
+)
 
 # Preference pairs chosen from the ranked lists by a pair strategy.
-PAIRS = pa.schema([
-    ("prompt_id", pa.string()),
-    ("prompt", MESSAGES),
-    ("chosen", pa.string()),
-    ("rejected", pa.string()),
-    ("score_chosen", pa.float64()),
-    ("score_rejected", pa.float64()),
-    ("steering_chosen", pa.string()),
-    ("steering_rejected", pa.string()),
-    ("key_chosen", pa.string()),
-    ("key_rejected", pa.string()),
-    ("finish_reason_chosen", pa.string()),
-    ("finish_reason_rejected", pa.string()),
-])
+PAIRS = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", MESSAGES),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("score_chosen", pa.float64()),
+        ("score_rejected", pa.float64()),
+        ("steering_chosen", pa.string()),
+        ("steering_rejected", pa.string()),
+        ("key_chosen", pa.string()),
+        ("key_rejected", pa.string()),
+        ("finish_reason_chosen", pa.string()),
+        ("finish_reason_rejected", pa.string()),
+    ]
+)
 
 # The pairs the strategy formed and rank dropped, one row each, with the reason (neat_data.stages.rank.DropReason):
 # degenerate (same text after whitespace normalisation), tie, margin (gap below min_margin), truncated
 # (--drop-truncated: a side stopped at max_tokens). `key_*` are the generations keys of the two sides.
-DROPPED_PAIRS = pa.schema([
-    ("prompt_id", pa.string()),
-    ("key_chosen", pa.string()),
-    ("key_rejected", pa.string()),
-    ("score_chosen", pa.float64()),
-    ("score_rejected", pa.float64()),
-    ("reason", pa.string()),
-])
+DROPPED_PAIRS = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("key_chosen", pa.string()),
+        ("key_rejected", pa.string()),
+        ("score_chosen", pa.float64()),
+        ("score_rejected", pa.float64()),
+        ("reason", pa.string()),
+    ]
+)

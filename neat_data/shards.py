@@ -32,7 +32,7 @@ MAX_SHARDS = 99_999  # the folder name has five digits
 
 def shard_of(prompt_id: str, num_shards: int) -> int:
     """Which shard owns a prompt: sha256 of the id, modulo N (same on every machine, Python and run)."""
-    return int.from_bytes(hashlib.sha256(f"shard:{prompt_id}".encode("utf-8")).digest()[:8], "big") % num_shards
+    return int.from_bytes(hashlib.sha256(f"shard:{prompt_id}".encode()).digest()[:8], "big") % num_shards
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ShardSpec:
     index: int
 
     @classmethod
-    def from_options(cls, num_shards: int | None, shard_index: int | None) -> "ShardSpec | None":
+    def from_options(cls, num_shards: int | None, shard_index: int | None) -> ShardSpec | None:
         """None for the ordinary single-process path; a NeatError naming the option for a bad combination."""
         if num_shards is None and shard_index is None:
             return None
@@ -73,7 +73,7 @@ class ShardRun:
         self.folder = run_dir / table / spec.name
         self._lock = FileLock(str(run_dir / f".lock-{table}-{spec.name}"))
 
-    def __enter__(self) -> "ShardRun":
+    def __enter__(self) -> ShardRun:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
@@ -92,8 +92,12 @@ class ShardRun:
                 check_identity()
             shards = previous.get("shards") if not previous.get("merged") else None
             if shards and shards.get("num_shards") != self.spec.num_shards:
-                raise NeatError(f"this run is split into {shards['num_shards']} shards, not {self.spec.num_shards} "
-                                "(merge or finish those first, or use another --out)", file=self.run_dir / "manifest.json", field="num_shards")
+                raise NeatError(
+                    f"this run is split into {shards['num_shards']} shards, not {self.spec.num_shards} "
+                    "(merge or finish those first, or use another --out)",
+                    file=self.run_dir / "manifest.json",
+                    field="num_shards",
+                )
             written = dict(previous) if shards else dict(entry)
             written.update(finished=False, merged=False)
             done = dict((shards or {}).get("done", {}))
@@ -117,7 +121,7 @@ def refuse_while_writing(run_dir: Path, table: str) -> None:
         try:
             FileLock(str(path)).acquire(timeout=0).lock.release()
         except Timeout:
-            raise NeatError(f"{table} {path.name[len(f'.lock-{table}-'):]} is still being written; wait for it", file=run_dir) from None
+            raise NeatError(f"{table} {path.name[len(f'.lock-{table}-') :]} is still being written; wait for it", file=run_dir) from None
 
 
 class StageOutput:
@@ -137,7 +141,7 @@ class StageOutput:
         self.table = ShardedTable(self.folder, schema)  # the rows this process writes
         self._hold: Any = ShardRun(run_dir, stage, table, shard) if shard else RunLock(run_dir)
 
-    def __enter__(self) -> "StageOutput":
+    def __enter__(self) -> StageOutput:
         self._hold.__enter__()
         return self
 

@@ -33,8 +33,15 @@ def output_folders(name: str) -> list[str]:
     """The folders of a round folder that hold a stage's result."""
     if name.startswith("export-"):
         return [f"export/{name.removeprefix('export-')}"]
-    return {"generate": ["generations"], "score": ["scored"], "rank": ["ranked"], "train": ["model"], "evaluate": ["eval"],
-            "evaluate-reseeded": ["eval-reseeded"], "fixed": ["export/ranked"]}[name]
+    return {
+        "generate": ["generations"],
+        "score": ["scored"],
+        "rank": ["ranked"],
+        "train": ["model"],
+        "evaluate": ["eval"],
+        "evaluate-reseeded": ["eval-reseeded"],
+        "fixed": ["export/ranked"],
+    }[name]
 
 
 def manifest_entries(name: str) -> list[str]:
@@ -148,8 +155,10 @@ def variant_overrides(variants: dict[str, dict[str, Any]]) -> dict[str, list[str
         flat: list[str] = []
         for key, value in _flatten(changes or {}):
             if key.split(".")[0] in SHARED_KEYS:
-                raise ValueError(f"variant '{name}' changes '{key}': variants share the prompts, split, model, rounds and "
-                                 "evaluation (compare them on the same footing)")
+                raise ValueError(
+                    f"variant '{name}' changes '{key}': variants share the prompts, split, model, rounds and "
+                    "evaluation (compare them on the same footing)"
+                )
             flat.append(f"{key}={json.dumps(value)}")
         overrides[name] = flat
     return overrides

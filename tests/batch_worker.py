@@ -21,8 +21,10 @@ SAMPLING = Sampling(temperature=0.5, top_p=1.0, max_tokens=8, seed=0)
 
 
 def worker_requests(count: int) -> list[GenerationRequest]:
-    return [GenerationRequest(messages=[{"role": "user", "content": f"question {i}"}], merged_messages=None, n=1, seed=i, id=f"row-{i:06d}")
-            for i in range(count)]
+    return [
+        GenerationRequest(messages=[{"role": "user", "content": f"question {i}"}], merged_messages=None, n=1, seed=i, id=f"row-{i:06d}")
+        for i in range(count)
+    ]
 
 
 def main() -> None:
@@ -38,9 +40,13 @@ def main() -> None:
     if args.out.exists():
         done = {json.loads(line)["id"] for line in args.out.read_text().splitlines() if line.strip()}
     requests = [r for r in worker_requests(args.count) if r.id not in done]
-    backend = OpenAIBatchBackend("fake", OpenAIOptions(base_url=args.url, max_retries=2),
-                                 OpenAIBatchOptions(batch_max_requests=args.max_requests, batch_poll_interval=args.poll, batch_poll_max=args.poll),
-                                 state_dir=args.state, progress=False)
+    backend = OpenAIBatchBackend(
+        "fake",
+        OpenAIOptions(base_url=args.url, max_retries=2),
+        OpenAIBatchOptions(batch_max_requests=args.max_requests, batch_poll_interval=args.poll, batch_poll_max=args.poll),
+        state_dir=args.state,
+        progress=False,
+    )
     with open(args.out, "a", encoding="utf-8") as out:
         for index, result in backend.generate(requests, SAMPLING):
             text = result.completions[0].text if result.completions else None

@@ -32,13 +32,21 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture
 def prompts_file(tmp_path: Path) -> Path:
-    return write_jsonl(tmp_path / "prompts.jsonl", [
-        {"prompt": "How do I boil an egg?"},
-        {"prompt": "What is the capital of France?"},
-        {"messages": [{"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why?"},
-                      {"role": "user", "content": "About cats."}]},
-        {"prompt": "\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help.\n\nHuman: Why not?\n\nAssistant: Because."},
-    ])
+    return write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [
+            {"prompt": "How do I boil an egg?"},
+            {"prompt": "What is the capital of France?"},
+            {
+                "messages": [
+                    {"role": "user", "content": "Tell me a joke."},
+                    {"role": "assistant", "content": "Why?"},
+                    {"role": "user", "content": "About cats."},
+                ]
+            },
+            {"prompt": "\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help.\n\nHuman: Why not?\n\nAssistant: Because."},
+        ],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -86,16 +94,34 @@ def start_vllm_server(model: Path, log: Path, *extra: str) -> tuple[str, subproc
 
     port = _free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "tiny",
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
-               "--max-num-batched-tokens", "16384", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--max-num-batched-tokens",
+        "16384",
+        *extra,
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/v1/models", process, timeout=300)
     except Exception:
         os.killpg(process.pid, signal.SIGKILL)
-        raise RuntimeError(f"vLLM server did not start; log:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(f"vLLM server did not start; log:\n{log.read_text()[-3000:]}") from None
     return f"http://127.0.0.1:{port}/v1", process
 
 

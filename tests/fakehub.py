@@ -83,8 +83,9 @@ class FakeHub:
     def upload_file(self, api: HfApi, *, path_or_fileobj, path_in_repo: str, repo_id: str, commit_message: str = "", **kwargs):
         from huggingface_hub import CommitOperationAdd
 
-        return self.create_commit(api, repo_id, [CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=path_or_fileobj)],
-                                  commit_message=commit_message)
+        return self.create_commit(
+            api, repo_id, [CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=path_or_fileobj)], commit_message=commit_message
+        )
 
     def hf_hub_download(self, api: HfApi, repo_id: str, filename: str, *args, **kwargs) -> str:
         self._maybe_fail()
@@ -94,7 +95,7 @@ class FakeHub:
         return str(path)
 
     # --- wiring ---------------------------------------------------------------------------------
-    def install(self, monkeypatch) -> "FakeHub":
+    def install(self, monkeypatch) -> FakeHub:
         for name in ("repo_info", "create_repo", "create_branch", "preupload_lfs_files", "create_commit", "upload_file", "hf_hub_download"):
             method = getattr(self, name)
             monkeypatch.setattr(HfApi, name, lambda api, *a, _m=method, **k: _m(api, *a, **k))
@@ -110,9 +111,9 @@ class FakeHub:
             def _strip_protocol(cls, path):
                 path = str(path)
                 if path.startswith("hf://"):
-                    path = path[len("hf://"):]
+                    path = path[len("hf://") :]
                 if path.startswith("datasets/"):
-                    repo_and_rev, _, rest = path[len("datasets/"):].partition("/")
+                    repo_and_rev, _, rest = path[len("datasets/") :].partition("/")
                     owner = repo_and_rev
                     name, _, rest2 = rest.partition("/")
                     repo = f"{owner}/{name}".split("@")[0]

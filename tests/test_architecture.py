@@ -9,15 +9,17 @@ import typing
 from pathlib import Path
 
 import click
-
 from conftest import REPO
+
 from neat_data.cli import cli
 
 PACKAGE = REPO / "neat_data"
 # Layers, lowest first. A module may import its own layer and the ones below, never one above (docs/ARCHITECTURE.md).
 LAYERS = [
-    ("foundation", ["errors", "keys", "schemas", "messages", "resources", "models", "runfolder", "shards", "pairs", "prompts_in",
-                    "lm", "safety"]),
+    (
+        "foundation",
+        ["errors", "keys", "schemas", "messages", "resources", "models", "runfolder", "shards", "pairs", "prompts_in", "lm", "safety"],
+    ),
     ("engines, scorers, train", ["engines", "scorers", "train", "testing", "costs"]),
     ("stages", ["stages", "view", "round_report"]),
     ("rounds", ["rounds", "recipe", "variants", "comparison", "rounds_push"]),
@@ -65,7 +67,7 @@ def test_the_import_graph_of_neat_data_has_no_cycle():
         state[name] = 1
         for target in sorted(graph[name]):
             if state.get(target) == 1:
-                cycles.append(path[path.index(target):] + [target] if target in path else [name, target])
+                cycles.append(path[path.index(target) :] + [target] if target in path else [name, target])
             elif target not in state:
                 visit(target, path + [target])
         state[name] = 2
@@ -104,9 +106,15 @@ def test_the_cli_offers_exactly_the_names_the_configs_define():
     from neat_data.stages.rank import PairStrategy
     from neat_data.train.loss import LossName
 
-    for path, names in ((("generate", "backend"), BackendName), (("score", "judge_backend"), JudgeBackendName),
-                        (("score", "judge_mode"), JudgeMode), (("export", "format"), ExportFormat), (("push", "format"), ExportFormat),
-                        (("rank", "pairs"), PairStrategy), (("train", "loss"), LossName)):
+    for path, names in (
+        (("generate", "backend"), BackendName),
+        (("score", "judge_backend"), JudgeBackendName),
+        (("score", "judge_mode"), JudgeMode),
+        (("export", "format"), ExportFormat),
+        (("push", "format"), ExportFormat),
+        (("rank", "pairs"), PairStrategy),
+        (("train", "loss"), LossName),
+    ):
         assert choices(*path) == list(typing.get_args(names)), path
 
 
@@ -131,10 +139,20 @@ def test_each_list_of_names_is_spelled_out_in_one_module():
     from neat_data.stages.rank import PairStrategy
     from neat_data.train.loss import LossName
 
-    lists = {"backends": (BackendName, "engines/__init__.py"), "export formats": (ExportFormat, "stages/export.py"),
-             "pair strategies": (PairStrategy, "stages/rank.py"), "losses": (LossName, "train/loss.py")}
+    lists = {
+        "backends": (BackendName, "engines/__init__.py"),
+        "export formats": (ExportFormat, "stages/export.py"),
+        "pair strategies": (PairStrategy, "stages/rank.py"),
+        "losses": (LossName, "train/loss.py"),
+    }
     for label, (names, home) in lists.items():
         wanted = set(typing.get_args(names))
-        spelled = sorted({path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
-                          for strings in spelled_lists(path) if strings <= wanted and len(strings) >= (len(wanted) - 1 if len(wanted) > 3 else len(wanted))})
+        spelled = sorted(
+            {
+                path.relative_to(PACKAGE).as_posix()
+                for path in PACKAGE.rglob("*.py")
+                for strings in spelled_lists(path)
+                if strings <= wanted and len(strings) >= (len(wanted) - 1 if len(wanted) > 3 else len(wanted))
+            }
+        )
         assert spelled == [home], f"{label} spelled out in {spelled}, expected only {home}"

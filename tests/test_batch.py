@@ -20,15 +20,27 @@ SAMPLING = Sampling(temperature=0.7, top_p=0.9, max_tokens=8, seed=0)
 
 def request(i: int, text: str | None = None, n: int = 2) -> GenerationRequest:
     user = [{"role": "user", "content": text or f"question {i}"}]
-    return GenerationRequest(messages=[{"role": "system", "content": "Be kind."}, *user],
-                             merged_messages=[{"role": "user", "content": f"Be kind.\n\n{user[0]['content']}"}], n=n, seed=100 + i, id=f"key-{i:05d}")
+    return GenerationRequest(
+        messages=[{"role": "system", "content": "Be kind."}, *user],
+        merged_messages=[{"role": "user", "content": f"Be kind.\n\n{user[0]['content']}"}],
+        n=n,
+        seed=100 + i,
+        id=f"key-{i:05d}",
+    )
 
 
 def batch_backend(server, state: Path, *, api_key: str | None = None, journal=None, **batch_options) -> OpenAIBatchBackend:
     options = dict(batch_poll_interval=0.01, batch_poll_max=0.05)
     options.update(batch_options)
-    return OpenAIBatchBackend("fake", OpenAIOptions(base_url=server.url, max_retries=1), OpenAIBatchOptions(**options), state_dir=state,
-                              journal=journal, api_key=api_key, progress=False)
+    return OpenAIBatchBackend(
+        "fake",
+        OpenAIOptions(base_url=server.url, max_retries=1),
+        OpenAIBatchOptions(**options),
+        state_dir=state,
+        journal=journal,
+        api_key=api_key,
+        progress=False,
+    )
 
 
 def texts(results: dict) -> dict[int, list[str]]:
@@ -94,7 +106,13 @@ def test_states_progress_and_the_journal_written_before_waiting(fake_server, tmp
     assert seen[0][0]["status"] == "prepared" and seen[0][0]["batch_id"] is None  # journaled before the upload
     statuses = [s for records in seen for s in [records[0]["status"]]]
     assert [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]] == [
-        "prepared", "uploaded", "validating", "in_progress", "finalizing", "completed"]
+        "prepared",
+        "uploaded",
+        "validating",
+        "in_progress",
+        "finalizing",
+        "completed",
+    ]
     assert any(0 < (records[0]["request_counts"] or {}).get("completed", 0) < 3 for records in seen)  # counts moved while running
     final = load_records(journal)
     assert [r.status for r in final] == ["completed", "completed"] and all(r.collected for r in final)
@@ -119,15 +137,18 @@ def test_error_lines_malformed_lines_and_fewer_choices(fake_server, tmp_path: Pa
 def test_a_server_rejecting_the_system_role_says_how_to_fix_it(fake_server, tmp_path: Path):
     server = fake_server(reject_system=True)
     results = dict(batch_backend(server, tmp_path / "state").generate([request(1)], SAMPLING))
-    assert results[0].error.startswith("HTTP 400: System role not supported; the server rejects the system role: re-run with "
-                                       "--system-mode merged")
+    assert results[0].error.startswith(
+        "HTTP 400: System role not supported; the server rejects the system role: re-run with --system-mode merged"
+    )
 
 
 def test_a_failed_batch_makes_error_rows_and_asking_again_submits_again(fake_server, tmp_path: Path):
     server = fake_server(batch_outcome="failed")
     requests = [request(i) for i in range(3)]
     results = dict(batch_backend(server, tmp_path / "state").generate(requests, SAMPLING))
-    assert all(r.error.startswith("batch failed: invalid_model: The model does not support the batch API (batch batch_") for r in results.values())
+    assert all(
+        r.error.startswith("batch failed: invalid_model: The model does not support the batch API (batch batch_") for r in results.values()
+    )
     server.settings.batch_outcome = "completed"
     again = dict(batch_backend(server, tmp_path / "state").generate(requests, SAMPLING))
     assert texts(again) == {i: expected(r) for i, r in enumerate(requests)}
@@ -141,8 +162,11 @@ def test_an_expired_batch_keeps_its_partial_output_and_retries_only_the_rest(fak
     results = dict(batch_backend(server, tmp_path / "state").generate(requests, SAMPLING))
     assert [i for i, r in results.items() if r.error is None] == [0, 1]
     first = next(iter(server.batch_api.batches))
-    reason = (f"batch_expired: This request could not be executed before the batch ended. (batch {first})" if report_unfinished
-              else f"batch expired before this request ran (batch {first})")
+    reason = (
+        f"batch_expired: This request could not be executed before the batch ended. (batch {first})"
+        if report_unfinished
+        else f"batch expired before this request ran (batch {first})"
+    )
     assert [results[i].error for i in (2, 3, 4)] == [reason] * 3
     server.settings.batch_outcome = "completed"
     again = batch_backend(server, tmp_path / "state")  # what --retry-errors does: the stage asks for the error rows again
@@ -162,9 +186,15 @@ def test_no_wait_then_status_cancel_and_collect(fake_server, tmp_path: Path, mon
     state = state_dir_for(run, "generate")
     journal = ManifestBatchJournal(run, "generate")
     requests = [request(i) for i in range(6)]
-    backend = OpenAIBatchBackend("fake", OpenAIOptions(base_url=server.url, api_key_env="BATCH_TEST_KEY"),
-                                 OpenAIBatchOptions(no_wait=True, batch_max_requests=3), state_dir=state, journal=journal,
-                                 api_key="sk-test-" + "k" * 30, progress=False)
+    backend = OpenAIBatchBackend(
+        "fake",
+        OpenAIOptions(base_url=server.url, api_key_env="BATCH_TEST_KEY"),
+        OpenAIBatchOptions(no_wait=True, batch_max_requests=3),
+        state_dir=state,
+        journal=journal,
+        api_key="sk-test-" + "k" * 30,
+        progress=False,
+    )
     assert list(backend.generate(requests, SAMPLING)) == []  # nothing finished: nothing yielded …
     assert sorted(backend.pending) == list(range(6)) and all(v.endswith(" validating") for v in backend.pending.values())
     manifest = json.loads((run / "manifest.json").read_text())  # … and the batch ids are in the run's manifest
@@ -181,8 +211,14 @@ def test_no_wait_then_status_cancel_and_collect(fake_server, tmp_path: Path, mon
 
     # the next run (waiting) attaches, sees them cancelled (with half their requests done) and collects
     server.settings.batch_polls_per_state = 1
-    later = OpenAIBatchBackend("fake", OpenAIOptions(base_url=server.url), OpenAIBatchOptions(batch_poll_interval=0.01), state_dir=state,
-                               journal=journal, progress=False)
+    later = OpenAIBatchBackend(
+        "fake",
+        OpenAIOptions(base_url=server.url),
+        OpenAIBatchOptions(batch_poll_interval=0.01),
+        state_dir=state,
+        journal=journal,
+        progress=False,
+    )
     results = dict(later.generate(requests, SAMPLING))
     assert later.stats["batch_attached_requests"] == 6 and later.stats["batch_submitted_requests"] == 0
     ok = sorted(i for i, r in results.items() if r.error is None)
@@ -212,7 +248,10 @@ def test_identical_requests_share_one_line_and_ids_must_not_clash():
     same = [request(1), request(1)]
     lines = build_lines(same, "m", SAMPLING)
     assert list(lines.lines) == ["key-00001"] and lines.indices == {"key-00001": [0, 1]}
-    clash = [request(1), GenerationRequest(messages=[{"role": "user", "content": "other"}], merged_messages=None, n=1, seed=1, id="key-00001")]
+    clash = [
+        request(1),
+        GenerationRequest(messages=[{"role": "user", "content": "other"}], merged_messages=None, n=1, seed=1, id="key-00001"),
+    ]
     with pytest.raises(ValueError, match="share the id"):
         build_lines(clash, "m", SAMPLING)
     no_id = GenerationRequest(messages=[{"role": "user", "content": "hi"}], merged_messages=None, n=1, seed=1)
@@ -244,8 +283,13 @@ def test_a_server_that_stops_answering_leaves_the_requests_pending_not_failed(fa
     submitted = batch_backend(server, tmp_path / "state", no_wait=True)
     assert list(submitted.generate(requests, SAMPLING)) == [] and len(submitted.pending) == 3
     server.stop()  # the batch is still on the (now unreachable) server
-    waiting = OpenAIBatchBackend("fake", OpenAIOptions(base_url=server.url, max_retries=0),
-                                 OpenAIBatchOptions(batch_poll_interval=0.01, batch_poll_max=0.01), state_dir=tmp_path / "state", progress=False)
+    waiting = OpenAIBatchBackend(
+        "fake",
+        OpenAIOptions(base_url=server.url, max_retries=0),
+        OpenAIBatchOptions(batch_poll_interval=0.01, batch_poll_max=0.01),
+        state_dir=tmp_path / "state",
+        progress=False,
+    )
     assert list(waiting.generate(requests, SAMPLING)) == []  # no error rows: the batch may still finish
     assert sorted(waiting.pending) == [0, 1, 2] and waiting.stats["batch_submitted_requests"] == 0
     record = load_records(FileBatchJournal(tmp_path / "state" / "journal.json"))[0]

@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from batch_worker import worker_requests
 from conftest import REPO
+
 from neat_data.engines.batch_journal import FileBatchJournal, load_records
 from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
 
@@ -24,8 +24,20 @@ WORKER = Path(__file__).with_name("batch_worker.py")
 
 
 def start_worker(server: FakeOpenAIServer, state: Path, out: Path, count: int, max_requests: int) -> subprocess.Popen:
-    command = [sys.executable, str(WORKER), "--url", server.url, "--state", str(state), "--out", str(out), "--count", str(count),
-               "--max-requests", str(max_requests)]
+    command = [
+        sys.executable,
+        str(WORKER),
+        "--url",
+        server.url,
+        "--state",
+        str(state),
+        "--out",
+        str(out),
+        "--count",
+        str(count),
+        "--max-requests",
+        str(max_requests),
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -86,8 +98,10 @@ def test_10000_requests_killed_between_submit_and_collect_are_answered_once_with
     assert len(api.batch_submissions) == 4 and set(api.batch_submissions.values()) == {1}  # one batch per input file
     assert api.uploads == 4 and len(api.submitted_custom_ids) == count and set(api.submitted_custom_ids.values()) == {1}
     assert all(r.status == "completed" and r.collected for r in journal_of(state))
-    print(f"\nFIGURES batch kill: {count} requests in 4 files, killed after submit; re-run attached and collected in {seconds:.1f} s; "
-          f"{api.polls} status polls, 1 submission per file")
+    print(
+        f"\nFIGURES batch kill: {count} requests in 4 files, killed after submit; re-run attached and collected in {seconds:.1f} s; "
+        f"{api.polls} status polls, 1 submission per file"
+    )
 
 
 @pytest.mark.parametrize("moment", ["upload", "create"])

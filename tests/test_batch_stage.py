@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, write_jsonl
+
 from neat_data.cli import cli
 from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
 
@@ -29,9 +29,33 @@ def prompts(folder: Path, count: int) -> Path:
 
 
 def generate_args(server: FakeOpenAIServer, source: Path, out: Path, *extra: str) -> list[str]:
-    return ["generate", "--prompts", str(source), "--model", "served", "--backend", "openai-batch", "--base-url", server.url,
-            "--api-key-env", "BATCH_KEY", "--num-pos", "2", "--num-neg", "1", "--max-tokens", "8", "--batch-poll-interval", "0.05",
-            "--batch-poll-max", "0.2", "--out", str(out), "--no-progress", *extra]
+    return [
+        "generate",
+        "--prompts",
+        str(source),
+        "--model",
+        "served",
+        "--backend",
+        "openai-batch",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        "BATCH_KEY",
+        "--num-pos",
+        "2",
+        "--num-neg",
+        "1",
+        "--max-tokens",
+        "8",
+        "--batch-poll-interval",
+        "0.05",
+        "--batch-poll-max",
+        "0.2",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_no_wait_submits_records_and_a_rerun_collects_every_row_once(tmp_path: Path, monkeypatch):
@@ -102,12 +126,30 @@ def test_a_batch_judge_leaves_rows_pending_then_scores_them(tmp_path: Path, monk
 
     monkeypatch.setenv("BATCH_KEY", KEY)
     run = tmp_path / "run"
-    run_generate(GenerateConfig(prompts=str(prompts(tmp_path, 3)), model="fake", out=run, num_pos=1, num_neg=1,
-                                sampling=Sampling(max_tokens=8)), backend=RecordingBackend(), progress=False)
+    run_generate(
+        GenerateConfig(prompts=str(prompts(tmp_path, 3)), model="fake", out=run, num_pos=1, num_neg=1, sampling=Sampling(max_tokens=8)),
+        backend=RecordingBackend(),
+        progress=False,
+    )
     server = FakeOpenAIServer(ServerSettings(fixed_reply="Rating: 7", batch_polls_per_state=2)).start()
     try:
-        args = ["score", str(run), "--scorer", "judge", "--model", "judge-model", "--judge-backend", "openai-batch", "--base-url", server.url,
-                "--api-key-env", "BATCH_KEY", "--batch-poll-interval", "0.05", "--no-progress"]
+        args = [
+            "score",
+            str(run),
+            "--scorer",
+            "judge",
+            "--model",
+            "judge-model",
+            "--judge-backend",
+            "openai-batch",
+            "--base-url",
+            server.url,
+            "--api-key-env",
+            "BATCH_KEY",
+            "--batch-poll-interval",
+            "0.05",
+            "--no-progress",
+        ]
         first = CliRunner().invoke(cli, [*args, "--no-wait"])
         assert first.exit_code == 0 and "6 rows wait for the batch judge" in first.output, first.output
         manifest = json.loads((run / "manifest.json").read_text())

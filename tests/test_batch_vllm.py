@@ -21,17 +21,33 @@ GREEDY = Sampling(temperature=0.0, top_p=1.0, max_tokens=12, seed=3)
 def steered(text: str, n: int, seed: int, key: str) -> GenerationRequest:
     system = "You are a helpful, harmless and honest assistant."
     user = [{"role": "user", "content": text}]
-    return GenerationRequest(messages=[{"role": "system", "content": system}, *user],
-                             merged_messages=[{"role": "user", "content": f"{system}\n\n{text}"}], n=n, seed=seed, id=key)
+    return GenerationRequest(
+        messages=[{"role": "system", "content": system}, *user],
+        merged_messages=[{"role": "user", "content": f"{system}\n\n{text}"}],
+        n=n,
+        seed=seed,
+        id=key,
+    )
 
 
 # vLLM refuses n > 1 with greedy sampling ("n must be 1 when using greedy sampling"): one sample per request here
 REQUESTS = [
     steered("How do I boil an egg?", 1, 11, "k-egg"),
     steered("What is the capital of France?", 1, 12, "k-paris"),
-    GenerationRequest(messages=[{"role": "user", "content": "Tell me a joke about cats."}], merged_messages=None, n=1, seed=13, id="k-cats"),
-    GenerationRequest(messages=[{"role": "user", "content": "The quick brown fox"}, {"role": "assistant", "content": "jumps"},
-                                {"role": "user", "content": "over what?"}], merged_messages=None, n=1, seed=14, id="k-fox"),
+    GenerationRequest(
+        messages=[{"role": "user", "content": "Tell me a joke about cats."}], merged_messages=None, n=1, seed=13, id="k-cats"
+    ),
+    GenerationRequest(
+        messages=[
+            {"role": "user", "content": "The quick brown fox"},
+            {"role": "assistant", "content": "jumps"},
+            {"role": "user", "content": "over what?"},
+        ],
+        merged_messages=None,
+        n=1,
+        seed=14,
+        id="k-fox",
+    ),
 ]
 
 
@@ -40,8 +56,15 @@ REQUESTS = [
 def test_vllm_batch_answers_equal_the_vllm_backend_at_temperature_0(vllm_llm, tiny_model: Path, tmp_path: Path):
     online = dict(VLLMBackend(str(tiny_model), model_label="tiny", llm=vllm_llm).generate(REQUESTS, GREEDY))
     state = tmp_path / "batches"
-    backend = VLLMBatchBackend("tiny", VLLMOptions(max_model_len=1024, kv_cache_gb=1), OpenAIBatchOptions(), state_dir=state,
-                               model_path=str(tiny_model), seed=0, progress=False)
+    backend = VLLMBatchBackend(
+        "tiny",
+        VLLMOptions(max_model_len=1024, kv_cache_gb=1),
+        OpenAIBatchOptions(),
+        state_dir=state,
+        model_path=str(tiny_model),
+        seed=0,
+        progress=False,
+    )
     offline = dict(backend.generate(REQUESTS, GREEDY))
     assert backend.pending == {} and backend.stats["batches_submitted"] == 1, (state / "b00001-*.log", list(state.iterdir()))
 
@@ -63,11 +86,14 @@ def test_vllm_batch_answers_equal_the_vllm_backend_at_temperature_0(vllm_llm, ti
     assert any(c.text for result in offline.values() for c in result.completions)  # not trivially equal empty texts
 
     # a new backend on the same state folder answers from the stored output: no second run of vLLM
-    again = VLLMBatchBackend("tiny", VLLMOptions(max_model_len=1024), OpenAIBatchOptions(), state_dir=state, model_path=str(tiny_model),
-                             progress=False)
+    again = VLLMBatchBackend(
+        "tiny", VLLMOptions(max_model_len=1024), OpenAIBatchOptions(), state_dir=state, model_path=str(tiny_model), progress=False
+    )
     replay = dict(again.generate(REQUESTS, GREEDY))
     assert again.stats["batches_submitted"] == 0 and again.stats["batch_reused_requests"] == len(REQUESTS)
-    assert {i: [c.text for c in r.completions] for i, r in replay.items()} == {i: [c.text for c in r.completions] for i, r in offline.items()}
+    assert {i: [c.text for c in r.completions] for i, r in replay.items()} == {
+        i: [c.text for c in r.completions] for i, r in offline.items()
+    }
 
 
 def test_vllm_batch_sends_merged_messages_when_the_template_rejects_the_system_role(tmp_path: Path):
@@ -79,7 +105,9 @@ def test_vllm_batch_sends_merged_messages_when_the_template_rejects_the_system_r
 
     for no_system, merged in ((True, True), (False, False)):
         model = build_tiny_model(tmp_path / f"model-{no_system}", no_system_template=no_system)
-        backend = VLLMBatchBackend("tiny", VLLMOptions(), OpenAIBatchOptions(), state_dir=tmp_path / f"s-{no_system}", model_path=str(model))
+        backend = VLLMBatchBackend(
+            "tiny", VLLMOptions(), OpenAIBatchOptions(), state_dir=tmp_path / f"s-{no_system}", model_path=str(model)
+        )
         assert backend._merge_system() is merged
         lines = build_lines(REQUESTS[:1], "tiny", GREEDY, merge_system=backend._merge_system())
         body = json.loads(lines.lines["k-egg"])["body"]

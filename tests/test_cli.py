@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, write_jsonl
+
 from neat_data.cli import cli
 
 
@@ -27,9 +27,30 @@ def test_generate_through_the_cli_against_a_server(fake_server, prompts_file: Pa
     out = tmp_path / "run"
     secret = "sk-test-do-not-leak-7f3a9"
     monkeypatch.setenv("SERVER_KEY", secret)
-    result = invoke("generate", "--prompts", str(prompts_file), "--pairs", "harmless,helpful", "--model", "served", "--backend", "openai",
-                    "--base-url", server.url, "--api-key-env", "SERVER_KEY", "--num-pos", "2", "--num-neg", "2", "--max-tokens", "8",
-                    "--out", str(out), "--no-progress")
+    result = invoke(
+        "generate",
+        "--prompts",
+        str(prompts_file),
+        "--pairs",
+        "harmless,helpful",
+        "--model",
+        "served",
+        "--backend",
+        "openai",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        "SERVER_KEY",
+        "--num-pos",
+        "2",
+        "--num-neg",
+        "2",
+        "--max-tokens",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     assert "16 rows (16 ok, 0 error" in result.output
     rows = pq.read_table(out / "generations").to_pylist()
@@ -57,7 +78,9 @@ def test_prompts_show_renders_through_a_chat_template(tiny_model: Path):
     assert shown.exit_code == 0 and "<|im_start|>system\n" in shown.output and "<|im_start|>assistant" in shown.output
 
 
-@pytest.mark.parametrize("case", ["missing_file", "empty_prompt", "bad_yaml", "unknown_library", "unknown_model", "zero_counts", "bad_top_p"])
+@pytest.mark.parametrize(
+    "case", ["missing_file", "empty_prompt", "bad_yaml", "unknown_library", "unknown_model", "zero_counts", "bad_top_p"]
+)
 def test_user_errors_are_one_line_with_exit_code_2(case, tmp_path: Path, prompts_file: Path):
     args = {"prompts": str(prompts_file), "pairs": "harmless", "model": "fake", "extra": []}
     if case == "missing_file":
@@ -76,15 +99,34 @@ def test_user_errors_are_one_line_with_exit_code_2(case, tmp_path: Path, prompts
         args["extra"] = ["--num-pos", "0", "--num-neg", "0"]
     elif case == "bad_top_p":
         args["extra"] = ["--top-p", "1.5"]
-    result = CliRunner().invoke(cli, ["generate", "--prompts", args["prompts"], "--pairs", args["pairs"], "--model", args["model"],
-                                      "--out", str(tmp_path / "run"), "--no-progress", *args["extra"]])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            "--prompts",
+            args["prompts"],
+            "--pairs",
+            args["pairs"],
+            "--model",
+            args["model"],
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+            *args["extra"],
+        ],
+    )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
-    expected = {"missing_file": "nope.jsonl: prompts file does not exist", "empty_prompt": "e.jsonl: row 2: field 'prompt': empty prompt",
-                "bad_yaml": "pairs.yaml: row 2: invalid YAML", "unknown_library": "nonsense: unknown prompt-pair library",
-                "unknown_model": "no-such-model: field 'model': model path does not exist", "zero_counts": "at least 1",
-                "bad_top_p": "option 'top_p': Input should be less than or equal to 1"}[case]
+    expected = {
+        "missing_file": "nope.jsonl: prompts file does not exist",
+        "empty_prompt": "e.jsonl: row 2: field 'prompt': empty prompt",
+        "bad_yaml": "pairs.yaml: row 2: invalid YAML",
+        "unknown_library": "nonsense: unknown prompt-pair library",
+        "unknown_model": "no-such-model: field 'model': model path does not exist",
+        "zero_counts": "at least 1",
+        "bad_top_p": "option 'top_p': Input should be less than or equal to 1",
+    }[case]
     assert expected in lines[0]
 
 
@@ -92,9 +134,31 @@ def test_killed_run_resumes_without_loss_or_duplicates(fake_server, tmp_path: Pa
     server = fake_server(latency=0.1)
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"question number {i}"} for i in range(40)])
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "neat_data.cli", "generate", "--prompts", str(prompts), "--model", "served", "--backend", "openai",
-               "--base-url", server.url, "--num-pos", "1", "--num-neg", "1", "--max-concurrency", "2", "--flush-every", "4",
-               "--out", str(out), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "neat_data.cli",
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--model",
+        "served",
+        "--backend",
+        "openai",
+        "--base-url",
+        server.url,
+        "--num-pos",
+        "1",
+        "--num-neg",
+        "1",
+        "--max-concurrency",
+        "2",
+        "--flush-every",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline and len(list((out / "generations").glob("part-*.parquet"))) < 3:

@@ -18,7 +18,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import REPO, write_jsonl
 
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -28,7 +27,9 @@ BENIGN = [f"Question {i}: how do I boil an egg for {i} minutes?" for i in range(
 def run(recipe: dict, folder: Path) -> subprocess.CompletedProcess:
     path = folder / f"{recipe['name']}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")  # variants run in the order written
-    finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "run", str(path)], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    finished = subprocess.run(
+        [sys.executable, "-m", "neat_data.cli", "run", str(path)], cwd=REPO, capture_output=True, text=True, timeout=1200
+    )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     return finished
 
@@ -36,12 +37,24 @@ def run(recipe: dict, folder: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_positive_and_negative_controls_on_the_tiny_model(tmp_path: Path, tiny_model: Path):
     prompts = write_jsonl(tmp_path / "benign.jsonl", [{"prompt": q} for q in BENIGN])
-    recipe = {"name": "control", "out": str(tmp_path / "run"), "model": str(tiny_model),
-              "prompts": {"source": str(prompts), "heldout": 4, "per_round": 1}, "rounds": 1,
-              "fixed_data": {"source": "data://strongreject@small", "response": REFUSAL, "limit": 32},
-              "train": {"loss": "sft", "lr": 1e-2, "epochs": 12, "prompts_per_batch": 4, "warmup_ratio": 0.0},
-              "evaluate": {"backend": "transformers", "max_tokens": 16, "temperature": 0.7, "samples": 2,
-                           "suites": ["harmbench-standard", "benign"], "suite_limit": 16, "negative_control": True}}
+    recipe = {
+        "name": "control",
+        "out": str(tmp_path / "run"),
+        "model": str(tiny_model),
+        "prompts": {"source": str(prompts), "heldout": 4, "per_round": 1},
+        "rounds": 1,
+        "fixed_data": {"source": "data://strongreject@small", "response": REFUSAL, "limit": 32},
+        "train": {"loss": "sft", "lr": 1e-2, "epochs": 12, "prompts_per_batch": 4, "warmup_ratio": 0.0},
+        "evaluate": {
+            "backend": "transformers",
+            "max_tokens": 16,
+            "temperature": 0.7,
+            "samples": 2,
+            "suites": ["harmbench-standard", "benign"],
+            "suite_limit": 16,
+            "negative_control": True,
+        },
+    }
     finished = run(recipe, tmp_path)
     run_dir = tmp_path / "run"
     trained_on = pq.read_table(run_dir / "round_01" / "export" / "ranked" / "train.parquet").to_pylist()
@@ -49,7 +62,9 @@ def test_positive_and_negative_controls_on_the_tiny_model(tmp_path: Path, tiny_m
     train_log = [json.loads(line) for line in (run_dir / "round_01" / "model" / "train_log.jsonl").read_text().splitlines()]
     assert len(train_log) >= 24 and train_log[-1]["sft_loss"] < train_log[0]["sft_loss"]  # a few dozen steps, the LM term only
 
-    positive = json.loads((run_dir / "round_01" / "eval" / "metrics.json").read_text())["suites"]["harmbench-standard"]["metrics"]["refusal"]
+    positive = json.loads((run_dir / "round_01" / "eval" / "metrics.json").read_text())["suites"]["harmbench-standard"]["metrics"][
+        "refusal"
+    ]
     assert positive["vs_base"]["ci95"][0] > 0, positive  # the instrument sees a real effect
     negative = json.loads((run_dir / "round_00" / "eval-reseeded" / "metrics.json").read_text())["suites"]
     for suite in ("harmbench-standard", "benign"):
@@ -62,12 +77,17 @@ def test_positive_and_negative_controls_on_the_tiny_model(tmp_path: Path, tiny_m
 @pytest.mark.slow
 def test_variants_share_identical_stages_and_are_compared(tmp_path: Path, tiny_model: Path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": q} for q in BENIGN])
-    recipe = {"name": "ablation", "out": str(tmp_path / "abl"), "model": str(tiny_model),
-              "prompts": {"source": str(prompts), "heldout": 3, "per_round": 4}, "rounds": 1,
-              "generate": {"backend": "transformers", "num_pos": 2, "num_neg": 2, "max_tokens": 6},
-              "train": {"lr": 1e-2, "epochs": 1, "prompts_per_batch": 2, "warmup_ratio": 0.0},
-              "evaluate": {"backend": "transformers", "max_tokens": 6, "suites": ["strongreject", "benign"], "suite_limit": 3},
-              "variants": {"neat": {}, "dpo": {"train": {"loss": "dpo"}}, "positive-only": {"generate.num_pos": 4, "generate.num_neg": 0}}}
+    recipe = {
+        "name": "ablation",
+        "out": str(tmp_path / "abl"),
+        "model": str(tiny_model),
+        "prompts": {"source": str(prompts), "heldout": 3, "per_round": 4},
+        "rounds": 1,
+        "generate": {"backend": "transformers", "num_pos": 2, "num_neg": 2, "max_tokens": 6},
+        "train": {"lr": 1e-2, "epochs": 1, "prompts_per_batch": 2, "warmup_ratio": 0.0},
+        "evaluate": {"backend": "transformers", "max_tokens": 6, "suites": ["strongreject", "benign"], "suite_limit": 3},
+        "variants": {"neat": {}, "dpo": {"train": {"loss": "dpo"}}, "positive-only": {"generate.num_pos": 4, "generate.num_neg": 0}},
+    }
     finished = run(recipe, tmp_path)
     parent = tmp_path / "abl"
     manifests = {v: json.loads((parent / v / "manifest.json").read_text())["rounds"] for v in ("neat", "dpo", "positive-only")}

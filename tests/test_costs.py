@@ -9,8 +9,13 @@ from neat_data.engines.base import Completion, RequestResult
 
 
 def test_totals_by_stage_and_steering_and_the_discounted_cost():
-    records = [UsageRecord("generate", "pos", 100, 40), UsageRecord("generate", "pos", 120, 60), UsageRecord("generate", "neg", 100, 50),
-               UsageRecord("score", "judge", 300, 5), UsageRecord("generate", "neg", None, None)]
+    records = [
+        UsageRecord("generate", "pos", 100, 40),
+        UsageRecord("generate", "pos", 120, 60),
+        UsageRecord("generate", "neg", 100, 50),
+        UsageRecord("score", "judge", 300, 5),
+        UsageRecord("generate", "neg", None, None),
+    ]
     summary = token_costs(records, price_in=2.0, price_out=8.0, discount=batch_discount("openai-batch"))
     pos = summary["by_stage"]["generate"]["pos"]
     # pos: P = 220, C = 100 → list = (220·2 + 100·8) / 1e6 = 0.00124; half price → 0.00062
@@ -23,8 +28,9 @@ def test_totals_by_stage_and_steering_and_the_discounted_cost():
     assert (total["requests"], total["prompt_tokens"], total["completion_tokens"]) == (5, 620, 155)
     assert total["list_cost"] == pytest.approx(0.00248) and total["cost"] == pytest.approx(0.00124)
     assert summary["prices"] == {"price_in_per_1m": 2.0, "price_out_per_1m": 8.0, "discount": 0.5}
-    assert cost_line(summary) == ("tokens: 620 prompt + 155 completion in 5 requests (1 without usage); cost 0.0012 "
-                                  "(list 0.0025, batch discount 50%)")
+    assert cost_line(summary) == (
+        "tokens: 620 prompt + 155 completion in 5 requests (1 without usage); cost 0.0012 (list 0.0025, batch discount 50%)"
+    )
 
 
 def test_without_prices_only_tokens_and_bad_prices_are_refused():

@@ -30,8 +30,13 @@ def response_length(prompts, responses):
 @pytest.fixture
 def ranked_run(prompts_file: Path, tmp_path: Path, monkeypatch) -> Path:
     run = tmp_path / "run"
-    run_generate(GenerateConfig(prompts=str(prompts_file), model="fake", out=run, num_pos=2, num_neg=2, num_neutral=1,
-                                sampling=Sampling(max_tokens=8)), backend=RecordingBackend(), progress=False)
+    run_generate(
+        GenerateConfig(
+            prompts=str(prompts_file), model="fake", out=run, num_pos=2, num_neg=2, num_neutral=1, sampling=Sampling(max_tokens=8)
+        ),
+        backend=RecordingBackend(),
+        progress=False,
+    )
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     runner = CliRunner()
     scored = runner.invoke(cli, ["score", str(run), "--scorer", "python:test_export:response_length", "--no-progress"])
@@ -78,8 +83,11 @@ def test_kto_by_score_threshold(ranked_run: Path):
 
 def test_export_before_rank_is_a_clear_error(tmp_path: Path, prompts_file: Path):
     run = tmp_path / "run"
-    run_generate(GenerateConfig(prompts=str(prompts_file), model="fake", out=run, sampling=Sampling(max_tokens=8)),
-                 backend=RecordingBackend(), progress=False)
+    run_generate(
+        GenerateConfig(prompts=str(prompts_file), model="fake", out=run, sampling=Sampling(max_tokens=8)),
+        backend=RecordingBackend(),
+        progress=False,
+    )
     result = CliRunner().invoke(cli, ["export", str(run), "--format", "trl"])
     assert result.exit_code == 2 and "ranked/pairs.parquet: not ranked yet" in result.output
     result = CliRunner().invoke(cli, ["rank", str(run)])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from neat_data.engines.base import Sampling
 from neat_data.errors import NeatError
@@ -19,8 +20,16 @@ from neat_data.testing.recording_backend import RecordingBackend
 
 
 def make_config(prompts: Path, out: Path, **overrides) -> GenerateConfig:
-    values = dict(prompts=str(prompts), model="fake-model", out=out, num_pos=2, num_neg=1, num_neutral=1,
-                  sampling=Sampling(max_tokens=8, seed=3), flush_every=3)
+    values = dict(
+        prompts=str(prompts),
+        model="fake-model",
+        out=out,
+        num_pos=2,
+        num_neg=1,
+        num_neutral=1,
+        sampling=Sampling(max_tokens=8, seed=3),
+        flush_every=3,
+    )
     values.update(overrides)
     return GenerateConfig(**values)
 
@@ -146,11 +155,14 @@ def test_second_writer_is_refused(tmp_path: Path):
                 pass
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(num_pos=0, num_neg=0, num_neutral=0), "at least 1"),
-    (dict(num_pos=-1), "greater than or equal"),
-    (dict(backend="openai"), "base_url"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_pos=0, num_neg=0, num_neutral=0), "at least 1"),
+        (dict(num_pos=-1), "greater than or equal"),
+        (dict(backend="openai"), "base_url"),
+    ],
+)
 def test_bad_counts_and_options_rejected(prompts_file: Path, tmp_path: Path, overrides, message):
     with pytest.raises(Exception, match=message):
         make_config(prompts_file, tmp_path, **overrides)
@@ -158,7 +170,7 @@ def test_bad_counts_and_options_rejected(prompts_file: Path, tmp_path: Path, ove
 
 def test_bad_sampling_values_rejected():
     for bad in (dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(max_tokens=0)):
-        with pytest.raises(Exception):
+        with pytest.raises(ValidationError):
             Sampling(**bad)
 
 

@@ -61,14 +61,17 @@ def test_pairwise_judges_both_orders_and_cancels_position_bias():
     shown = []
     for messages, _, _ in backend.sent:
         text = messages[-1]["content"]
-        shown.append((re.search(r"\[Response A\]\n(.*?)\n\n", text, re.S).group(1), re.search(r"\[Response B\]\n(.*?)\n\n", text, re.S).group(1)))
+        shown.append(
+            (re.search(r"\[Response A\]\n(.*?)\n\n", text, re.S).group(1), re.search(r"\[Response B\]\n(.*?)\n\n", text, re.S).group(1))
+        )
     assert len(shown) == 6 and all((b, a) in shown for a, b in shown)  # every pair in both orders
     assert [r.score for r in results] == [0.25, 0.25, 1.0]
 
 
 def test_pairwise_with_a_single_response_is_an_error():
     results = JudgeScorer(RecordingBackend(reply=lambda m, s, seed: "Winner: A"), mode="pairwise").score(
-        [ScoreItem(PROMPT, "alone", "pos", None, None)])
+        [ScoreItem(PROMPT, "alone", "pos", None, None)]
+    )
     assert results[0].score is None and "at least two responses" in results[0].error
 
 
@@ -81,8 +84,11 @@ def test_bad_judge_template(tmp_path: Path):
 
 
 def make_run(prompts_file: Path, out: Path) -> Path:
-    run_generate(GenerateConfig(prompts=str(prompts_file), model="fake", out=out, num_pos=1, num_neg=1, sampling=Sampling(max_tokens=8)),
-                 backend=RecordingBackend(), progress=False)
+    run_generate(
+        GenerateConfig(prompts=str(prompts_file), model="fake", out=out, num_pos=1, num_neg=1, sampling=Sampling(max_tokens=8)),
+        backend=RecordingBackend(),
+        progress=False,
+    )
     return out
 
 

@@ -68,9 +68,11 @@ def test_perplexity_renders_and_scores_like_the_trainer(tiny_model: Path):
     from neat_data.stages.evaluate import perplexity
 
     prompt = [{"role": "user", "content": "How do I boil an egg?"}]
-    rows = [{"prompt": prompt, "prompt_id": "0", "responses": [GOOD], "scores": [0.0], "finish_reason": ["stop"]},
-            {"prompt": prompt, "prompt_id": "1", "responses": [BAD], "scores": [0.0], "finish_reason": ["length"]},
-            {"prompt": prompt, "prompt_id": "2", "responses": [MIDDLE], "scores": [0.0]}]
+    rows = [
+        {"prompt": prompt, "prompt_id": "0", "responses": [GOOD], "scores": [0.0], "finish_reason": ["stop"]},
+        {"prompt": prompt, "prompt_id": "1", "responses": [BAD], "scores": [0.0], "finish_reason": ["length"]},
+        {"prompt": prompt, "prompt_id": "2", "responses": [MIDDLE], "scores": [0.0]},
+    ]
     value, tokens = perplexity(str(tiny_model), rows, max_length=256, device="cpu", batch_prompts=2)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
@@ -98,7 +100,10 @@ def test_end_of_turn_token_comes_from_the_chat_template(tiny_model: Path):
     plain.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"  # shows no end-of-turn token
     assert end_of_turn_id(plain) == plain.eos_token_id
     candidate = CandidateRenderer(tokenizer).render([{"role": "user", "content": "Hi"}], "Hello.", "stop", system="Be kind.")
-    assert tokenizer.decode(candidate.ids) == "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>"
+    assert (
+        tokenizer.decode(candidate.ids)
+        == "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>"
+    )
     assert candidate.ends_turn and candidate.response_length == len(tokenizer("Hello.", add_special_tokens=False)["input_ids"]) + 1
     from tinymodel import build_tokenizer
 

@@ -195,18 +195,28 @@ def test_losses_by_name_give_the_hand_computed_values():
 
     assert set(LOSSES) == set(get_args(LossName)) == {"rrhf", "pro", "dpo", "sft"}
     # per-token scores p = [-1.5, -0.5] from sums [-3, -0.5] over [2, 1] tokens (the neat_loss case above)
-    inputs = LossInputs(sums=t([[-3.0, -0.5]]), counts=t([[2, 1]]), rewards=t([[2.0, 1.0]]), candidate_mask=t([[1, 1]]),
-                        steering=torch.tensor([[1, -1]]), reference_sums=t([[-3.0, -1.0]]))
+    inputs = LossInputs(
+        sums=t([[-3.0, -0.5]]),
+        counts=t([[2, 1]]),
+        rewards=t([[2.0, 1.0]]),
+        candidate_mask=t([[1, 1]]),
+        steering=torch.tensor([[1, -1]]),
+        reference_sums=t([[-3.0, -1.0]]),
+    )
     settings = LossSettings(rank_weight=2.0, sft_weight=0.5, beta=1.0)
     assert LOSSES["rrhf"](inputs, settings)[0].item() == pytest.approx(2.0 * 1.0 + 0.5 * 1.5)
-    assert LOSSES["pro"](inputs, settings)[0].item() == pytest.approx(2.0 * pro_loss(t([[-1.5, -0.5]]), inputs.rewards, inputs.candidate_mask).item() + 0.75)
+    assert LOSSES["pro"](inputs, settings)[0].item() == pytest.approx(
+        2.0 * pro_loss(t([[-1.5, -0.5]]), inputs.rewards, inputs.candidate_mask).item() + 0.75
+    )
     total, parts = LOSSES["sft"](inputs, settings)
     assert total.item() == pytest.approx(0.5 * 1.5) and parts["rank_loss"] == 0.0 and parts["sft_loss"] == pytest.approx(1.5)
     # dpo on the sums: h = [0, 0.5], pair (0, 1): −log σ(1·(0 − 0.5)), plus w_sft·1.5
     total, parts = LOSSES["dpo"](inputs, settings)
     assert parts["rank_loss"] == pytest.approx(nll_sigmoid(-0.5)) and total.item() == pytest.approx(2.0 * nll_sigmoid(-0.5) + 0.75)
     assert parts["rank_accuracy"] == 0.0 and parts["pairs"] == 1.0
-    assert LOSSES["dpo"](inputs, LossSettings(beta=1.0, dpo_pairs="pos-vs-neg", sft_weight=0.0))[0].item() == pytest.approx(nll_sigmoid(-0.5))
+    assert LOSSES["dpo"](inputs, LossSettings(beta=1.0, dpo_pairs="pos-vs-neg", sft_weight=0.0))[0].item() == pytest.approx(
+        nll_sigmoid(-0.5)
+    )
     with pytest.raises(ValueError, match="reference"):
         LOSSES["dpo"](LossInputs(inputs.sums, inputs.counts, inputs.rewards, inputs.candidate_mask, inputs.steering), settings)
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from neat_data.errors import NeatError
 from neat_data.models import resolve_dtype, resolve_model
 
@@ -43,8 +43,10 @@ def test_smollm2_is_built_once_under_a_lock_and_answers_sensibly(neat_cache: Pat
     already_built = (neat_cache / "models").is_dir() and any((neat_cache / "models").iterdir())
     env = {**os.environ, "NEAT_DATA_CACHE": str(neat_cache)}
     code = "from neat_data.models import resolve_model; print(resolve_model('smollm2-135m-instruct'))"
-    processes = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     folders = {out.strip() for out, _ in outputs}
@@ -63,5 +65,5 @@ def test_smollm2_is_built_once_under_a_lock_and_answers_sensibly(neat_cache: Pat
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    answer = tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer

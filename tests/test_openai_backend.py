@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_jsonl
+
 from neat_data.engines.base import GenerationRequest, Sampling
 from neat_data.engines.openai_backend import OpenAIBackend, OpenAIOptions, retry_after_seconds
 from neat_data.stages.generate import GenerateConfig, run_generate
@@ -26,8 +26,12 @@ def request(text: str, n: int = 2, seed: int = 7, system: str | None = "Be kind.
     user = [{"role": "user", "content": text}]
     if system is None:
         return GenerationRequest(messages=user, merged_messages=None, n=n, seed=seed)
-    return GenerationRequest(messages=[{"role": "system", "content": system}, *user],
-                             merged_messages=[{"role": "user", "content": f"{system}\n\n{text}"}], n=n, seed=seed)
+    return GenerationRequest(
+        messages=[{"role": "system", "content": system}, *user],
+        merged_messages=[{"role": "user", "content": f"{system}\n\n{text}"}],
+        n=n,
+        seed=seed,
+    )
 
 
 def run(backend: OpenAIBackend, requests: list[GenerationRequest]) -> dict:
@@ -40,7 +44,12 @@ def test_n_samples_seed_and_messages_sent(fake_server):
     assert [c.text for c in results[0].completions] == ["reply 11: hello", "reply 12: hello", "reply 13: hello"]
     assert results[0].system_mode == "system" and not results[0].n_fallback
     body = server.requests[0]
-    assert body["n"] == 3 and body["seed"] == 11 and body["max_tokens"] == 8 and body["messages"][0] == {"role": "system", "content": "Be kind."}
+    assert (
+        body["n"] == 3
+        and body["seed"] == 11
+        and body["max_tokens"] == 8
+        and body["messages"][0] == {"role": "system", "content": "Be kind."}
+    )
 
 
 @pytest.mark.parametrize("fault", ["429", "500", "garbage", "truncated", "reset"])
@@ -106,8 +115,17 @@ def test_server_rejecting_the_system_role_gets_it_merged(fake_server):
 def test_empty_content_becomes_an_error_row_through_the_stage(fake_server, tmp_path: Path):
     server = fake_server()
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "[[fault:empty]] a"}, {"prompt": "b"}])
-    config = GenerateConfig(prompts=str(prompts), model="fake", backend="openai", base_url=server.url, out=tmp_path / "run",
-                            num_pos=1, num_neg=1, sampling=SAMPLING, backoff_base=0.01)
+    config = GenerateConfig(
+        prompts=str(prompts),
+        model="fake",
+        backend="openai",
+        base_url=server.url,
+        out=tmp_path / "run",
+        num_pos=1,
+        num_neg=1,
+        sampling=SAMPLING,
+        backoff_base=0.01,
+    )
     run_generate(config, progress=False)
     rows = pq.read_table(tmp_path / "run" / "generations").to_pylist()
     assert len(rows) == 4
@@ -131,7 +149,9 @@ def test_httpx_transport_works_too(fake_server):
 def test_api_key_is_sent_but_never_in_repr(fake_server, monkeypatch):
     server = fake_server()
     monkeypatch.setenv("MY_KEY", "sk-secret-123")
-    config = GenerateConfig(prompts="x.jsonl", model="fake", backend="openai", base_url=server.url, out=Path("unused"), api_key_env="MY_KEY")
+    config = GenerateConfig(
+        prompts="x.jsonl", model="fake", backend="openai", base_url=server.url, out=Path("unused"), api_key_env="MY_KEY"
+    )
     backend = OpenAIBackend.from_options(config.model, config)
     assert "sk-secret" not in repr(backend) and "sk-secret" not in repr(vars(config))
     run(backend, [request("a", n=1)])
@@ -140,11 +160,18 @@ def test_api_key_is_sent_but_never_in_repr(fake_server, monkeypatch):
 def test_parse_chat_response_orders_choices_and_rejects_malformed_bodies():
     from neat_data.engines.openai_backend import parse_chat_response
 
-    body = {"choices": [{"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
-                        {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 9}}
+    body = {
+        "choices": [
+            {"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
+            {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 9},
+    }
     parsed = parse_chat_response(body, 2)
-    assert [(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in parsed] == [("a", "stop", 7, None), ("b", "length", 7, None)]
+    assert [(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in parsed] == [
+        ("a", "stop", 7, None),
+        ("b", "length", 7, None),
+    ]
     single = parse_chat_response({"choices": [{"message": {"content": None}}]}, 1)
     assert single[0].text is None and single[0].completion_tokens is None
     for bad in ([], {"choices": []}, {"choices": "x"}, {"choices": [{"index": 0}]}, {"choices": [{"message": {"content": 3}}]}):
@@ -157,8 +184,9 @@ def test_a_closed_port_is_connection_refused_not_a_timeout(transport):
     """Issue 10: a closed port was reported as "timeout after 120 s" on every row of a run that took one second."""
     from neat_data.testing.fake_openai_server import _free_port
 
-    backend = OpenAIBackend("fake", OpenAIOptions(base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=1, backoff_base=0.01,
-                                                  http_transport=transport))
+    backend = OpenAIBackend(
+        "fake", OpenAIOptions(base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=1, backoff_base=0.01, http_transport=transport)
+    )
     started = time.monotonic()
     results = run(backend, [request("a")])
     assert results[0].error.startswith("failed after 2 attempts: connection refused: ") and "timeout" not in results[0].error
@@ -180,10 +208,15 @@ def test_transport_errors_are_named_by_their_cause():
     dns = socket.gaierror(-2, "Name or service not known")
     assert classify_transport_error(chained(TimeoutError("Request timed out."), dns), 120)[0] == "dns"  # the cause wins
     assert classify_transport_error(ssl.SSLCertVerificationError(1, "certificate verify failed"), 120) == (
-        "tls", "TLS error: certificate verify failed")
+        "tls",
+        "TLS error: certificate verify failed",
+    )
     assert classify_transport_error(TimeoutError(), 1.5) == ("timeout", "timeout after 1.5 s")
     assert classify_transport_error(aiohttp.ServerDisconnectedError(), 1.5)[0] == "connection"
-    assert classify_transport_error(chained(RuntimeError("x"), ConnectionRefusedError(111, "Connect call failed")), 9)[0] == "connection_refused"
+    assert (
+        classify_transport_error(chained(RuntimeError("x"), ConnectionRefusedError(111, "Connect call failed")), 9)[0]
+        == "connection_refused"
+    )
 
 
 def test_a_key_echoed_where_the_reason_is_cut_is_redacted_first(fake_server):

@@ -11,8 +11,11 @@ from conftest import REPO
 
 
 def test_wheel_bundles_prompts_and_pipelines(tmp_path: Path):
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-                           capture_output=True, text=True)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
     wheel = next(tmp_path.glob("neat_data-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -22,8 +25,10 @@ def test_wheel_bundles_prompts_and_pipelines(tmp_path: Path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # -I: no cwd, no PYTHONPATH; the unpacked wheel goes first so it wins over the editable checkout
-    code = (f"import sys; sys.path.insert(0, {str(site)!r}); import neat_data.pairs as p, neat_data.resources as r; "
-            "print(r.bundled_dir('prompts')); print(len(p.load_library('harmless').pairs))")
+    code = (
+        f"import sys; sys.path.insert(0, {str(site)!r}); import neat_data.pairs as p, neat_data.resources as r; "
+        "print(r.bundled_dir('prompts')); print(len(p.load_library('harmless').pairs))"
+    )
     run = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     folder, count = run.stdout.split()

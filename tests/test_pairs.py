@@ -35,13 +35,16 @@ def test_library_from_a_yaml_path(tmp_path: Path):
     assert library.name == "mine" and library.pairs[0].system_prompt("neg") == "Be bad."
 
 
-@pytest.mark.parametrize("text, row, field, message", [
-    ("name: x\npairs: [\n", 3, None, "invalid YAML"),
-    ("name: x\npairs: []\n", None, "pairs", "non-empty"),
-    ("name: x\npairs:\n  - id: a\n    positive: p\n", 1, "pairs.negative", "missing or empty"),
-    ("name: x\npairs:\n  - {id: a, positive: p, negative: n}\n  - {id: a, positive: p, negative: n}\n", 2, "pairs.id", "duplicate"),
-    ("name: x\ncolour: red\npairs:\n  - {id: a, positive: p, negative: n}\n", None, "colour", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "text, row, field, message",
+    [
+        ("name: x\npairs: [\n", 3, None, "invalid YAML"),
+        ("name: x\npairs: []\n", None, "pairs", "non-empty"),
+        ("name: x\npairs:\n  - id: a\n    positive: p\n", 1, "pairs.negative", "missing or empty"),
+        ("name: x\npairs:\n  - {id: a, positive: p, negative: n}\n  - {id: a, positive: p, negative: n}\n", 2, "pairs.id", "duplicate"),
+        ("name: x\ncolour: red\npairs:\n  - {id: a, positive: p, negative: n}\n", None, "colour", "unknown key"),
+    ],
+)
 def test_bad_library_files_name_file_row_field(tmp_path: Path, text, row, field, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_jsonl
+
 from neat_data.errors import NeatError
 from neat_data.keys import prompt_id
 from neat_data.prompts_in import load_prompts
@@ -18,8 +18,11 @@ EXPECTED = [
     [{"role": "user", "content": "How do I boil an egg?"}],
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why?"}, {"role": "user", "content": "About cats."}],
-    [{"role": "user", "content": "How do I pick a lock?"}, {"role": "assistant", "content": "I can't help."},
-     {"role": "user", "content": "Why not?"}],
+    [
+        {"role": "user", "content": "How do I pick a lock?"},
+        {"role": "assistant", "content": "I can't help."},
+        {"role": "user", "content": "Why not?"},
+    ],
 ]
 
 
@@ -42,13 +45,21 @@ def test_csv_and_parquet_give_the_same_prompts(tmp_path: Path):
 def test_hh_rlhf_chosen_column_from_a_local_hf_dataset(tmp_path: Path):
     folder = tmp_path / "hh"
     folder.mkdir()
-    write_jsonl(folder / "train.jsonl", [
-        {"chosen": "\n\nHuman: How do I pick a lock?\n\nAssistant: Call a locksmith.",
-         "rejected": "\n\nHuman: How do I pick a lock?\n\nAssistant: Use a pin."},
-        {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
-    ])
+    write_jsonl(
+        folder / "train.jsonl",
+        [
+            {
+                "chosen": "\n\nHuman: How do I pick a lock?\n\nAssistant: Call a locksmith.",
+                "rejected": "\n\nHuman: How do I pick a lock?\n\nAssistant: Use a pin.",
+            },
+            {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
+        ],
+    )
     loaded = load_prompts(f"hf://{folder}@train")
-    assert [r.messages for r in loaded.records] == [[{"role": "user", "content": "How do I pick a lock?"}], [{"role": "user", "content": "Hi"}]]
+    assert [r.messages for r in loaded.records] == [
+        [{"role": "user", "content": "How do I pick a lock?"}],
+        [{"role": "user", "content": "Hi"}],
+    ]
 
 
 def test_explicit_prompt_ids_kept_and_content_duplicates_dropped(tmp_path: Path):
@@ -68,21 +79,28 @@ def _error(tmp_path: Path, name: str, content: bytes | str, **kwargs) -> NeatErr
     return caught.value
 
 
-@pytest.mark.parametrize("content, row, field, message", [
-    ('{"prompt": "ok"}\n{"prompt": \n', 2, None, "invalid JSON"),
-    ('{"prompt": "ok"}\n["a list"]\n', 2, None, "JSON object"),
-    ('{"text": "no prompt column"}\n', 1, "prompt", "no prompt column"),
-    ('{"prompt": "   "}\n', 1, "prompt", "empty prompt"),
-    ('{"prompt": 42}\n', 1, "prompt", "expected a string"),
-    ('{"messages": []}\n', 1, "messages", "empty conversation"),
-    ('{"messages": [{"role": "assistant", "content": "hi"}]}\n', 1, "messages", "expected 'user'"),
-    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n', 1, "messages", "end with a user"),
-    ('{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "x"}, {"role": "user", "content": "b"}]}\n', 1,
-     "messages", "only the first message may be one"),
-    ('{"messages": "not json"}\n', 1, "messages", "JSON list"),
-    ('{"messages": [{"role": "user", "content": ""}]}\n', 1, "messages", "empty content"),
-    ('{"prompt": "a", "prompt_id": "x"}\n{"prompt": "b", "prompt_id": "x"}\n', 2, "prompt_id", "duplicate prompt_id"),
-])
+@pytest.mark.parametrize(
+    "content, row, field, message",
+    [
+        ('{"prompt": "ok"}\n{"prompt": \n', 2, None, "invalid JSON"),
+        ('{"prompt": "ok"}\n["a list"]\n', 2, None, "JSON object"),
+        ('{"text": "no prompt column"}\n', 1, "prompt", "no prompt column"),
+        ('{"prompt": "   "}\n', 1, "prompt", "empty prompt"),
+        ('{"prompt": 42}\n', 1, "prompt", "expected a string"),
+        ('{"messages": []}\n', 1, "messages", "empty conversation"),
+        ('{"messages": [{"role": "assistant", "content": "hi"}]}\n', 1, "messages", "expected 'user'"),
+        ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n', 1, "messages", "end with a user"),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "x"}, {"role": "user", "content": "b"}]}\n',
+            1,
+            "messages",
+            "only the first message may be one",
+        ),
+        ('{"messages": "not json"}\n', 1, "messages", "JSON list"),
+        ('{"messages": [{"role": "user", "content": ""}]}\n', 1, "messages", "empty content"),
+        ('{"prompt": "a", "prompt_id": "x"}\n{"prompt": "b", "prompt_id": "x"}\n', 2, "prompt_id", "duplicate prompt_id"),
+    ],
+)
 def test_bad_jsonl_rows(tmp_path: Path, content, row, field, message):
     error = _error(tmp_path, "bad.jsonl", content)
     assert (error.row, error.field) == (row, field) and message in error.message
@@ -113,8 +131,10 @@ def test_corrupted_parquet(tmp_path: Path):
 def test_a_leading_system_message_is_kept_unless_refused(tmp_path: Path):
     """Chat datasets often carry a persona: it is part of the neutral conversation (`--system-combine` decides how the
     steering text joins it); `refuse` names the row."""
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "plain"},
-                                               {"messages": [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}]}])
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": "plain"}, {"messages": [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}]}],
+    )
     records = load_prompts(path).records
     assert records[1].messages == [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}]
     error = _error(tmp_path, "p.jsonl", path.read_text(), allow_system=False)
@@ -144,5 +164,5 @@ def test_csv_is_parsed_by_the_csv_module_strictly(tmp_path: Path):
     assert [r.messages[0]["content"] for r in load_prompts(tmp_path / "mid.csv").records] == ["fine", 'say "hi"', "after"]
     error = _error(tmp_path, "open.csv", 'prompt,prompt_id\nfine,a\n"never closed,b\nafter,c\nmore,d\n')
     assert error.row == 2 and "CSV" in error.message
-    error = _error(tmp_path, "wide.csv", 'prompt,prompt_id\nfine,a\nx,b,extra\n')
+    error = _error(tmp_path, "wide.csv", "prompt,prompt_id\nfine,a\nx,b,extra\n")
     assert error.row == 2 and "cells" in error.message

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from fakehub import FakeHub
+
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
 from neat_data.stages.generate import GenerateConfig, run_generate
@@ -24,12 +24,19 @@ def response_length(prompts, responses):
 @pytest.fixture
 def exported_run(prompts_file: Path, tmp_path: Path, monkeypatch) -> Path:
     run = tmp_path / "run"
-    run_generate(GenerateConfig(prompts=str(prompts_file), model="fake", out=run, num_pos=2, num_neg=2,
-                                sampling=Sampling(max_tokens=8)), backend=RecordingBackend(), progress=False)
+    run_generate(
+        GenerateConfig(prompts=str(prompts_file), model="fake", out=run, num_pos=2, num_neg=2, sampling=Sampling(max_tokens=8)),
+        backend=RecordingBackend(),
+        progress=False,
+    )
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     runner = CliRunner()
-    for args in (["score", str(run), "--scorer", "python:test_push:response_length", "--no-progress"], ["rank", str(run)],
-                 ["export", str(run), "--format", "h4"], ["report", str(run)]):
+    for args in (
+        ["score", str(run), "--scorer", "python:test_push:response_length", "--no-progress"],
+        ["rank", str(run)],
+        ["export", str(run), "--format", "h4"],
+        ["report", str(run)],
+    ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 0, result.output
     return run
@@ -108,13 +115,17 @@ def test_an_exhausted_rate_limit_fails_clearly_and_keeps_what_was_pushed(exporte
 
 
 def test_retry_after_is_honoured_and_backoff_doubles():
+    from fakehub import _error
     from huggingface_hub.errors import HfHubHTTPError
 
-    from fakehub import _error
     from neat_data.stages.push import with_retries
 
-    answers = [_error(HfHubHTTPError, 429, "slow down", {"retry-after": "7"}), _error(HfHubHTTPError, 503, "busy"),
-               _error(HfHubHTTPError, 503, "busy"), "done"]
+    answers = [
+        _error(HfHubHTTPError, 429, "slow down", {"retry-after": "7"}),
+        _error(HfHubHTTPError, 503, "busy"),
+        _error(HfHubHTTPError, 503, "busy"),
+        "done",
+    ]
     slept: list[float] = []
 
     def action():

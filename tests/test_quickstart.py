@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -20,10 +19,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 def test_quickstart_runs_a_real_round(tmp_path: Path, neat_cache: Path):
     out = tmp_path / "quickstart"
-    small = ["rounds=1", "prompts.heldout=2", "prompts.per_round=3", "generate.max_tokens=12", "evaluate.max_tokens=12", "train.top_layers=2",
-             "evaluate.samples=1", "evaluate.suite_limit=2"]
+    small = [
+        "rounds=1",
+        "prompts.heldout=2",
+        "prompts.per_round=3",
+        "generate.max_tokens=12",
+        "evaluate.max_tokens=12",
+        "train.top_layers=2",
+        "evaluate.samples=1",
+        "evaluate.suite_limit=2",
+    ]
     command = [sys.executable, "-m", "neat_data.cli", "quickstart", "--out", str(out), *[w for s in small for w in ("--set", s)]]
-    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "NEAT_DATA_CACHE": str(neat_cache)})
+    run = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "NEAT_DATA_CACHE": str(neat_cache)}
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     rows = pq.read_table(out / "round_01" / "generations").to_pylist()
     assert len(rows) == 3 * 4 and all(r["status"] == "ok" and r["response"] for r in rows)

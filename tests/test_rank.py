@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from pydantic import ValidationError
 
 from neat_data.schemas import SCORED
 from neat_data.stages.rank import RankConfig, rank_tables
@@ -12,11 +13,22 @@ from neat_data.stages.rank import RankConfig, rank_tables
 PROMPT = [{"role": "user", "content": "q"}]
 
 
-def row(prompt_id: str, key: str, response: str, score: float | None, steering: str = "pos", status: str = "ok",
-        finish: str | None = "stop") -> dict:
+def row(
+    prompt_id: str, key: str, response: str, score: float | None, steering: str = "pos", status: str = "ok", finish: str | None = "stop"
+) -> dict:
     base = {name: None for name in SCORED.names}
-    base.update(key=key, prompt_id=prompt_id, prompt=PROMPT, response=response, steering=steering, status="ok",
-                score=score, raw_score=score, score_status=status, finish_reason=finish)
+    base.update(
+        key=key,
+        prompt_id=prompt_id,
+        prompt=PROMPT,
+        response=response,
+        steering=steering,
+        status="ok",
+        score=score,
+        raw_score=score,
+        score_status=status,
+        finish_reason=finish,
+    )
     return base
 
 
@@ -49,15 +61,21 @@ def test_ranked_lists_best_first_with_failed_candidates_left_out():
 def test_best_vs_worst_drops_degenerate_and_skips_single_candidate_prompts():
     _, pairs, _, summary = rank_tables(RankConfig(run="."), SCORED_ROWS)
     assert [(p["prompt_id"], p["chosen"], p["rejected"], p["score_chosen"], p["score_rejected"]) for p in pairs.to_pylist()] == [
-        ("p1", "good answer", "bad answer", 2.0, -1.0)]
+        ("p1", "good answer", "bad answer", 2.0, -1.0)
+    ]
     assert summary.dropped == {"degenerate": 1} and summary.pairs_kept == 1 and summary.margins["mean"] == 3.0
 
 
 def test_all_pairs_with_ties_and_margins():
     _, pairs, _, summary = rank_tables(RankConfig(run=".", pairs="all-pairs", min_margin=1.0), SCORED_ROWS)
     kept = {(p["chosen"], p["rejected"]) for p in pairs.to_pylist()}
-    assert kept == {("good answer", "ok answer"), ("good answer", "meh answer"), ("good answer", "bad answer"),
-                    ("ok answer", "bad answer"), ("meh answer", "bad answer")}
+    assert kept == {
+        ("good answer", "ok answer"),
+        ("good answer", "meh answer"),
+        ("good answer", "bad answer"),
+        ("ok answer", "bad answer"),
+        ("meh answer", "bad answer"),
+    }
     assert summary.dropped == {"tie": 1, "degenerate": 1}
     _, _, _, strict = rank_tables(RankConfig(run=".", pairs="all-pairs", min_margin=2.0), SCORED_ROWS)
     assert strict.pairs_kept == 1 and strict.dropped == {"tie": 1, "margin": 4, "degenerate": 1}  # only good-bad (gap 3) >= 2
@@ -66,7 +84,11 @@ def test_all_pairs_with_ties_and_margins():
 def test_pos_vs_neg_by_construction_ignores_scores_and_by_score_orients_pairs():
     _, built, _, summary = rank_tables(RankConfig(run=".", pairs="pos-vs-neg"), SCORED_ROWS)
     assert {(p["chosen"], p["rejected"]) for p in built.to_pylist()} == {
-        ("good answer", "meh answer"), ("good answer", "bad answer"), ("ok answer", "meh answer"), ("ok answer", "bad answer")}
+        ("good answer", "meh answer"),
+        ("good answer", "bad answer"),
+        ("ok answer", "meh answer"),
+        ("ok answer", "bad answer"),
+    }
     assert all(p["steering_chosen"] == "pos" and p["steering_rejected"] == "neg" for p in built.to_pylist())
     assert summary.dropped == {"degenerate": 1}
     flipped = table(row("p", "a", "pos text", -1.0, "pos"), row("p", "b", "neg text", 3.0, "neg"))
@@ -82,7 +104,7 @@ def test_empty_table_gives_empty_outputs():
 
 
 def test_min_margin_must_not_be_negative():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         RankConfig(run=".", min_margin=-1)
 
 
@@ -101,7 +123,9 @@ def test_finish_reasons_travel_to_lists_and_pairs():
     by_prompt = {r["prompt_id"]: r for r in lists.to_pylist()}
     assert by_prompt["p1"]["finish_reason"] == ["length", "stop", None, "stop"]
     assert [(p["key_chosen"], p["finish_reason_chosen"], p["key_rejected"], p["finish_reason_rejected"]) for p in pairs.to_pylist()] == [
-        ("a", "length", "d", "stop"), ("e", "length", "f", "length")]
+        ("a", "length", "d", "stop"),
+        ("e", "length", "f", "length"),
+    ]
     assert dropped.num_rows == 0 and summary.truncated_left_out == 0 and summary.candidates == 6
 
 
@@ -111,7 +135,8 @@ def test_drop_truncated_leaves_them_out_and_records_the_lost_pairs():
     assert [(p["key_chosen"], p["key_rejected"]) for p in pairs.to_pylist()] == [("b", "d")]  # best-vs-worst of what is left
     assert dropped.to_pylist() == [
         {"prompt_id": "p1", "key_chosen": "a", "key_rejected": "d", "score_chosen": 3.0, "score_rejected": 0.0, "reason": "truncated"},
-        {"prompt_id": "p2", "key_chosen": "e", "key_rejected": "f", "score_chosen": 1.0, "score_rejected": 0.0, "reason": "truncated"}]
+        {"prompt_id": "p2", "key_chosen": "e", "key_rejected": "f", "score_chosen": 1.0, "score_rejected": 0.0, "reason": "truncated"},
+    ]
     assert summary.truncated_left_out == 3 and summary.candidates == 3 and summary.prompts == 1
     assert summary.dropped == {"truncated": 2} and summary.pairs_kept == 1
     assert "candidates 3, truncated candidates left out 3, pairs kept 1, dropped: truncated 2" in summary.lines()[0]
@@ -119,7 +144,10 @@ def test_drop_truncated_leaves_them_out_and_records_the_lost_pairs():
     _, pairs, dropped, _ = rank_tables(RankConfig(run=".", pairs="pos-vs-neg", drop_truncated=True), TRUNCATED_ROWS)
     assert {(p["key_chosen"], p["key_rejected"]) for p in pairs.to_pylist()} == {("b", "c"), ("b", "d")}
     assert {(d["key_chosen"], d["key_rejected"], d["reason"]) for d in dropped.to_pylist()} == {
-        ("a", "c", "truncated"), ("a", "d", "truncated"), ("e", "f", "truncated")}
+        ("a", "c", "truncated"),
+        ("a", "d", "truncated"),
+        ("e", "f", "truncated"),
+    }
 
 
 def test_dropped_pairs_name_both_sides_and_the_reason():

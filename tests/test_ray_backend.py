@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import REPO, write_jsonl
+
 from neat_data.engines.base import Sampling
 from neat_data.errors import NeatError
 from neat_data.stages.generate import GenerateConfig, run_generate
@@ -31,8 +31,12 @@ from neat_data.engines.ray_backend import RayBackend  # noqa: E402
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray (2 CPUs) for the module; workers import this checkout's neat_data and tests/."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}},
+    )
     yield
     ray.shutdown()
 
@@ -42,8 +46,16 @@ def fails_on_france(messages: list[dict[str, str]]) -> str | None:
 
 
 def make_config(prompts: Path, out: Path) -> GenerateConfig:
-    return GenerateConfig(prompts=str(prompts), model="fake-model", out=out, num_pos=2, num_neg=1, num_neutral=1,
-                          sampling=Sampling(max_tokens=8, seed=3), flush_every=3)
+    return GenerateConfig(
+        prompts=str(prompts),
+        model="fake-model",
+        out=out,
+        num_pos=2,
+        num_neg=1,
+        num_neutral=1,
+        sampling=Sampling(max_tokens=8, seed=3),
+        flush_every=3,
+    )
 
 
 def rows(out: Path) -> dict[str, dict]:
@@ -92,24 +104,69 @@ def test_an_engine_that_cannot_start_is_one_clear_error(local_ray, prompts_file:
 def test_cli_ray_backend_on_the_tiny_model_matches_the_single_process_engine(vllm_llm, tiny_model: Path, tmp_path: Path):
     from neat_data.engines.vllm_backend import VLLMBackend
 
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Tell me about topic {i}."} for i in range(5)]
-                          + [{"prompt": "word " * 1500}])  # longer than the context: an error row, not a dead job
-    options = ["--prompts", str(prompts), "--model", str(tiny_model), "--num-pos", "1", "--num-neg", "1", "--max-tokens", "8",
-               "--max-model-len", "1024", "--kv-cache-gb", "0.25", "--no-progress"]
-    config = GenerateConfig(prompts=str(prompts), model=str(tiny_model), out=tmp_path / "single", num_pos=1, num_neg=1,
-                            max_model_len=1024, sampling=Sampling(max_tokens=8))
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": f"Tell me about topic {i}."} for i in range(5)] + [{"prompt": "word " * 1500}]
+    )  # longer than the context: an error row, not a dead job
+    options = [
+        "--prompts",
+        str(prompts),
+        "--model",
+        str(tiny_model),
+        "--num-pos",
+        "1",
+        "--num-neg",
+        "1",
+        "--max-tokens",
+        "8",
+        "--max-model-len",
+        "1024",
+        "--kv-cache-gb",
+        "0.25",
+        "--no-progress",
+    ]
+    config = GenerateConfig(
+        prompts=str(prompts),
+        model=str(tiny_model),
+        out=tmp_path / "single",
+        num_pos=1,
+        num_neg=1,
+        max_model_len=1024,
+        sampling=Sampling(max_tokens=8),
+    )
     run_generate(config, backend=VLLMBackend(str(tiny_model), model_label=str(tiny_model), llm=vllm_llm), progress=False)
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}  # a fresh local Ray (2 CPUs here), started by our code
-    done = subprocess.run([sys.executable, "-m", "neat_data.cli", "generate", *options, "--backend", "ray", "--ray-actors", "1",
-                           "--out", str(tmp_path / "ray")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neat_data.cli",
+            "generate",
+            *options,
+            "--backend",
+            "ray",
+            "--ray-actors",
+            "1",
+            "--out",
+            str(tmp_path / "ray"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "12 rows (10 ok, 2 error" in done.stdout
     single, distributed = rows(tmp_path / "single"), rows(tmp_path / "ray")
     assert distributed.keys() == single.keys() and len(distributed) == 12
     assert {r["backend"] for r in distributed.values()} == {"ray"}
     for key, row in distributed.items():
-        assert (row["status"], row["seed"], row["prompt_id"], row["steering"]) == (single[key]["status"], single[key]["seed"],
-                                                                                   single[key]["prompt_id"], single[key]["steering"])
+        assert (row["status"], row["seed"], row["prompt_id"], row["steering"]) == (
+            single[key]["status"],
+            single[key]["seed"],
+            single[key]["prompt_id"],
+            single[key]["steering"],
+        )
     errors = [r for r in distributed.values() if r["status"] == "error"]
     assert len(errors) == 2 and all(r["error"].startswith("prompt too long") for r in errors)
     assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["stages"]["generate"]["config"]["backend"] == "ray"
@@ -121,22 +178,31 @@ def test_ray_scoring_gives_the_single_process_scores_and_a_failing_batch_becomes
     from neat_data.stages.score import ScoreConfig, run_score
 
     generated = tmp_path / "generated"
-    run_generate(GenerateConfig(prompts=str(prompts_file), model="fake", out=generated, num_pos=2, num_neg=2, sampling=Sampling(max_tokens=8)),
-                 backend=RecordingBackend(), progress=False)
+    run_generate(
+        GenerateConfig(prompts=str(prompts_file), model="fake", out=generated, num_pos=2, num_neg=2, sampling=Sampling(max_tokens=8)),
+        backend=RecordingBackend(),
+        progress=False,
+    )
     for name in ("single", "ray", "raising"):
         shutil.copytree(generated, tmp_path / name)
     run_score(ScoreConfig(run=tmp_path / "single", scorer="python:ray_scorers:length_or_text"), progress=False)
-    summary = run_score(ScoreConfig(run=tmp_path / "ray", scorer="python:ray_scorers:length_or_text", ray_actors=2, ray_batch_size=3,
-                                    flush_every=8), progress=False)
+    summary = run_score(
+        ScoreConfig(run=tmp_path / "ray", scorer="python:ray_scorers:length_or_text", ray_actors=2, ray_batch_size=3, flush_every=8),
+        progress=False,
+    )
     single = {r["key"]: r for r in pq.read_table(tmp_path / "single" / "scored").to_pylist()}
     distributed = {r["key"]: r for r in pq.read_table(tmp_path / "ray" / "scored").to_pylist()}
     assert summary.counts["score_status"] == {"ok": 12, "error": 4} and set(single) == set(distributed)
     for key, row in single.items():
-        assert (distributed[key]["score"], distributed[key]["score_status"], distributed[key]["score_error"]) == \
-            (row["score"], row["score_status"], row["score_error"])
+        assert (distributed[key]["score"], distributed[key]["score_status"], distributed[key]["score_error"]) == (
+            row["score"],
+            row["score_status"],
+            row["score_error"],
+        )
     # an exception inside an actor: its batch's rows are error rows, the others are scored, the stage finishes
-    summary = run_score(ScoreConfig(run=tmp_path / "raising", scorer="python:ray_scorers:raises_on_france", ray_actors=2, ray_batch_size=1),
-                        progress=False)
+    summary = run_score(
+        ScoreConfig(run=tmp_path / "raising", scorer="python:ray_scorers:raises_on_france", ray_actors=2, ray_batch_size=1), progress=False
+    )
     raising = pq.read_table(tmp_path / "raising" / "scored").to_pylist()
     assert summary.counts["score_status"] == {"ok": 12, "error": 4}
     for row in raising:

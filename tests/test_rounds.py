@@ -15,23 +15,40 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, write_jsonl
 
 QUESTIONS = [
-    "How do I boil an egg?", "What is the capital of France?", "Tell me a joke about cats.", "What is a fox?",
-    "How do I boil water?", "Tell me a joke.", "Why do cats sleep?", "What is the capital?", "Is the fox quick?",
-    "How long do I boil an egg?", "What is a lazy dog?", "Tell me about France.",
+    "How do I boil an egg?",
+    "What is the capital of France?",
+    "Tell me a joke about cats.",
+    "What is a fox?",
+    "How do I boil water?",
+    "Tell me a joke.",
+    "Why do cats sleep?",
+    "What is the capital?",
+    "Is the fox quick?",
+    "How long do I boil an egg?",
+    "What is a lazy dog?",
+    "Tell me about France.",
 ]
 
 
 def recipe_file(tmp_path: Path, model: Path, **changes) -> Path:
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": q} for q in QUESTIONS])
     recipe = {
-        "name": "tiny", "out": str(tmp_path / "runs" / "tiny"), "model": str(model),
-        "prompts": {"source": str(prompts), "heldout": 3, "per_round": 4}, "pairs": ["harmless"], "rounds": 2,
-        "generate": {"backend": "vllm", "num_pos": 2, "num_neg": 2, "max_tokens": 8,
-                     "options": {"max_model_len": 512, "kv_cache_gb": 0.25}},
+        "name": "tiny",
+        "out": str(tmp_path / "runs" / "tiny"),
+        "model": str(model),
+        "prompts": {"source": str(prompts), "heldout": 3, "per_round": 4},
+        "pairs": ["harmless"],
+        "rounds": 2,
+        "generate": {
+            "backend": "vllm",
+            "num_pos": 2,
+            "num_neg": 2,
+            "max_tokens": 8,
+            "options": {"max_model_len": 512, "kv_cache_gb": 0.25},
+        },
         "score": {"scorer": "self-contrast"},
         "exports": ["ranked", "trl"],
         "train": {"lr": 1e-2, "epochs": 3, "prompts_per_batch": 2, "warmup_ratio": 0.0},
@@ -45,13 +62,20 @@ def recipe_file(tmp_path: Path, model: Path, **changes) -> Path:
 
 def mean_logprob(model_path: Path, rows: list[dict]) -> float:
     """Mean per-token log-prob of the responses, under the exact (steered) prompt they were sampled with."""
-    from neat_data.train.data import make_batch, tokenize_ranked
     from neat_data.lm.loading import load_policy
     from neat_data.lm.logprobs import ResponseLogprobs
+    from neat_data.train.data import make_batch, tokenize_ranked
 
     tokenizer, model, _ = load_policy(str(model_path), "cpu")
-    ranked = [{"prompt": [{"role": "system", "content": r["system_prompt"]}, *r["prompt"]], "prompt_id": r["key"],
-               "responses": [r["response"]], "scores": [0.0]} for r in rows]
+    ranked = [
+        {
+            "prompt": [{"role": "system", "content": r["system_prompt"]}, *r["prompt"]],
+            "prompt_id": r["key"],
+            "responses": [r["response"]],
+            "scores": [0.0],
+        }
+        for r in rows
+    ]
     examples, _ = tokenize_ranked(ranked, tokenizer, max_length=512)
     with torch.no_grad():
         batch = make_batch(examples, tokenizer.pad_token_id)
@@ -147,8 +171,13 @@ def test_recipe_errors_name_file_and_field(tmp_path: Path, tiny_model: Path):
 
 
 def test_run_refuses_another_recipe_and_too_few_prompts(tmp_path: Path, tiny_model: Path):
-    finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "run", str(recipe_file(tmp_path, tiny_model)), "--set", "rounds=9"],
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(
+        [sys.executable, "-m", "neat_data.cli", "run", str(recipe_file(tmp_path, tiny_model)), "--set", "rounds=9"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert finished.returncode == 2 and "needs 39 prompts; the source has 12" in finished.stderr
     assert len(finished.stderr.strip().splitlines()) == 1
     run_dir = tmp_path / "runs" / "tiny"
@@ -158,25 +187,38 @@ def test_run_refuses_another_recipe_and_too_few_prompts(tmp_path: Path, tiny_mod
     run_dir.mkdir(parents=True)  # a folder a finished run of the unchanged recipe left
     manifest = {"recipe": recipe_identity(load_recipe(recipe_file(tmp_path, tiny_model))), "rounds_planned": 1}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "run", str(recipe_file(tmp_path, tiny_model)), "--set", "seed=5"],
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(
+        [sys.executable, "-m", "neat_data.cli", "run", str(recipe_file(tmp_path, tiny_model)), "--set", "seed=5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert finished.returncode == 2 and "made with another recipe (changed: seed)" in finished.stderr
     assert json.loads((run_dir / "manifest.json").read_text())["recipe"] == manifest["recipe"]
     (tmp_path / "single").mkdir()
     (tmp_path / "single" / "manifest.json").write_text(json.dumps({"stages": {"generate": {}}}))
-    finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "run", str(recipe_file(tmp_path, tiny_model)), "--set",
-                               f"out={tmp_path / 'single'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(
+        [sys.executable, "-m", "neat_data.cli", "run", str(recipe_file(tmp_path, tiny_model)), "--set", f"out={tmp_path / 'single'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert finished.returncode == 2 and "holds a single-stage run" in finished.stderr
     assert json.loads((tmp_path / "single" / "manifest.json").read_text()) == {"stages": {"generate": {}}}
 
 
 def test_bundled_recipes_are_valid():
-    from neat_data.resources import bundled_dir
     from neat_data.recipe import load_recipe, stage_configs
+    from neat_data.resources import bundled_dir
 
     quickstart = load_recipe(bundled_dir("pipelines") / "quickstart.yaml")
     assert quickstart.rounds == 2 and quickstart.train["loss"] == "rrhf"
-    assert all(Path(s).is_file() or s.startswith("data://") for s in quickstart.prompts.sources()) and Path(quickstart.prompts.heldout_source).is_file()
+    assert (
+        all(Path(s).is_file() or s.startswith("data://") for s in quickstart.prompts.sources())
+        and Path(quickstart.prompts.heldout_source).is_file()
+    )
     hh = load_recipe(bundled_dir("pipelines") / "hh-rlhf.yaml", ["model=Qwen/Qwen2.5-0.5B-Instruct", "rounds=3"])
     names = [name for name, _ in stage_configs(hh, Path("runs/hh-rlhf"), 2)]
     assert names == ["generate", "score", "rank", "export-ranked", "export-trl", "train", "evaluate"]
@@ -186,7 +228,9 @@ def test_bundled_recipes_are_valid():
 
 def test_a_failing_stage_stops_the_run_with_its_log(tmp_path: Path, tiny_model: Path):
     recipe = recipe_file(tmp_path, tmp_path / "no-such-model")
-    finished = subprocess.run([sys.executable, "-m", "neat_data.cli", "run", str(recipe)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(
+        [sys.executable, "-m", "neat_data.cli", "run", str(recipe)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     run_dir = tmp_path / "runs" / "tiny"
     assert finished.returncode == 2
     assert f"error: {run_dir}/round_00/configs/evaluate.json: stage evaluate of round 0 failed (exit code 2" in finished.stderr

@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 
 from neat_data.errors import NeatError
-from neat_data.safety.metrics import (METRICS, advbench_file, check_metric_names, is_refusal, offensive_probabilities,
-                                      read_refusal_prefixes, refusal_prefixes, response_metrics, tone_scores)
+from neat_data.safety.metrics import (
+    METRICS,
+    advbench_file,
+    check_metric_names,
+    is_refusal,
+    offensive_probabilities,
+    read_refusal_prefixes,
+    refusal_prefixes,
+    response_metrics,
+    tone_scores,
+)
 
 
 def harmbench_refusal_label():
@@ -17,8 +26,14 @@ def harmbench_refusal_label():
     `__init__` is never run)."""
     tree = ast.parse(advbench_file().read_text(encoding="utf-8"))
     namespace: dict = {}
-    exec(compile(ast.Module(body=[node for node in tree.body if not isinstance(node, ast.ImportFrom)], type_ignores=[]),
-                 str(advbench_file()), "exec"), namespace)
+    exec(
+        compile(
+            ast.Module(body=[node for node in tree.body if not isinstance(node, ast.ImportFrom)], type_ignores=[]),
+            str(advbench_file()),
+            "exec",
+        ),
+        namespace,
+    )
     return namespace["refusal_label"], namespace["REFUSAL_PREFIXES"]
 
 
@@ -26,9 +41,17 @@ def test_prefixes_are_harmbench_list_and_the_rule_agrees_on_every_text():
     label, upstream = harmbench_refusal_label()
     assert refusal_prefixes() == tuple(upstream) and len(upstream) == 29
     assert refusal_prefixes()[:3] == ("I'm sorry", "Sorry", "I am sorry") and "I can't assist" in refusal_prefixes()
-    texts = ["Sure, here is how to bake bread.", "i'm sorry, lower case", "", "As an example, mix flour.", "That is ILLEGAL",
-             "Making it is illegal in most places.", "I can’t help (curly apostrophe)", "Hello! How can I help?",
-             *[f"prefix {p} inside" for p in upstream]]
+    texts = [
+        "Sure, here is how to bake bread.",
+        "i'm sorry, lower case",
+        "",
+        "As an example, mix flour.",
+        "That is ILLEGAL",
+        "Making it is illegal in most places.",
+        "I can’t help (curly apostrophe)",
+        "Hello! How can I help?",
+        *[f"prefix {p} inside" for p in upstream],
+    ]
     for text in texts:
         assert is_refusal(text) == (not label(text)), text  # refusal_label is True when the model did NOT refuse
 
@@ -43,8 +66,11 @@ def test_refusal_on_known_texts():
 
 def test_a_changed_advbench_file_is_refused(tmp_path: Path):
     changed = tmp_path / "advbench.py"
-    changed.write_text('REFUSAL_PREFIXES = ("Sorry",)\n\ndef refusal_label(generation):\n'
-                       '    return not any(p.lower() in generation.lower() for p in REFUSAL_PREFIXES)\n', encoding="utf-8")
+    changed.write_text(
+        'REFUSAL_PREFIXES = ("Sorry",)\n\ndef refusal_label(generation):\n'
+        "    return not any(p.lower() in generation.lower() for p in REFUSAL_PREFIXES)\n",
+        encoding="utf-8",
+    )
     with pytest.raises(NeatError, match="refusal_label's rule is"):
         read_refusal_prefixes(changed)
     empty = tmp_path / "empty.py"
@@ -54,8 +80,9 @@ def test_a_changed_advbench_file_is_refused(tmp_path: Path):
 
 
 def test_offensive_probability_separates_slurs_from_kind_words():
-    slurs, kind, refusal = offensive_probabilities(["You stupid fucking idiot, you worthless piece of shit.", "I love this, thank you!",
-                                                    "I'm sorry, but I can't help with that."])
+    slurs, kind, refusal = offensive_probabilities(
+        ["You stupid fucking idiot, you worthless piece of shit.", "I love this, thank you!", "I'm sorry, but I can't help with that."]
+    )
     assert slurs > 0.9 and kind < 0.1 and refusal < 0.1
 
 
@@ -76,4 +103,6 @@ def test_length_finish_and_all_metrics_line_up():
 def test_unknown_metric_names_the_file_and_field():
     with pytest.raises(NeatError) as error:
         check_metric_names(["refusal", "toxicity"], file="suite.yaml")
-    assert error.value.one_line() == "suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, offensive, tone, length, finish)"
+    assert (
+        error.value.one_line() == "suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, offensive, tone, length, finish)"
+    )

@@ -53,18 +53,21 @@ def test_self_contrast_equals_the_direct_log_prob_difference(tiny_model: Path):
 
     from neat_data.scorers.self_contrast import SelfContrastScorer
 
-    items = [ScoreItem(PROMPT, "Boil it for seven minutes.", "pos", "Be helpful.", "Be harmful.", "stop"),
-             ScoreItem(PROMPT, "No idea, go away and stop asking me things.", "neg", "Be helpful.", "Be harmful.", "length"),
-             ScoreItem(PROMPT, "x", "pos", "Be helpful.", None),
-             ScoreItem(PROMPT, "", "pos", "Be helpful.", "Be harmful.", "stop")]
+    items = [
+        ScoreItem(PROMPT, "Boil it for seven minutes.", "pos", "Be helpful.", "Be harmful.", "stop"),
+        ScoreItem(PROMPT, "No idea, go away and stop asking me things.", "neg", "Be helpful.", "Be harmful.", "length"),
+        ScoreItem(PROMPT, "x", "pos", "Be helpful.", None),
+        ScoreItem(PROMPT, "", "pos", "Be helpful.", "Be harmful.", "stop"),
+    ]
     results = SelfContrastScorer(str(tiny_model), batch_size=2, device="cpu").score(items)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def logprob(system: str, response: str, finished: bool) -> tuple[float, int]:
-        prompt_ids = tokenizer.apply_chat_template([{"role": "system", "content": system}, *PROMPT], add_generation_prompt=True,
-                                                   tokenize=True, return_dict=True)["input_ids"]
+        prompt_ids = tokenizer.apply_chat_template(
+            [{"role": "system", "content": system}, *PROMPT], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + ([end] if finished else [])
         ids = torch.tensor([prompt_ids + response_ids])
         with torch.no_grad():
@@ -130,8 +133,13 @@ def test_self_contrast_runs_the_output_head_on_response_rows_only(tiny_model: Pa
 
 def make_run(prompts_file: Path, out: Path, fail_france: bool = False) -> Path:
     backend = RecordingBackend(fail_when=(lambda m: "boom" if "France" in m[-1]["content"] else None) if fail_france else None)
-    run_generate(GenerateConfig(prompts=str(prompts_file), model="fake", out=out, num_pos=2, num_neg=2, num_neutral=1,
-                                sampling=Sampling(max_tokens=8)), backend=backend, progress=False)
+    run_generate(
+        GenerateConfig(
+            prompts=str(prompts_file), model="fake", out=out, num_pos=2, num_neg=2, num_neutral=1, sampling=Sampling(max_tokens=8)
+        ),
+        backend=backend,
+        progress=False,
+    )
     return out
 
 
@@ -188,8 +196,11 @@ def test_non_numbers_from_a_user_scorer_become_error_rows(prompts_file: Path, tm
 
 def test_self_contrast_stage_on_a_tiny_model_run(tiny_model: Path, prompts_file: Path, tmp_path: Path):
     run = tmp_path / "run"
-    run_generate(GenerateConfig(prompts=str(prompts_file), model=str(tiny_model), out=run, num_pos=1, num_neg=1,
-                                sampling=Sampling(max_tokens=8)), backend=RecordingBackend(model=str(tiny_model)), progress=False)
+    run_generate(
+        GenerateConfig(prompts=str(prompts_file), model=str(tiny_model), out=run, num_pos=1, num_neg=1, sampling=Sampling(max_tokens=8)),
+        backend=RecordingBackend(model=str(tiny_model)),
+        progress=False,
+    )
     summary = run_score(ScoreConfig(run=run, batch_size=3, device="cpu"), progress=False)  # reference = the generating model
     rows = pq.read_table(run / "scored").to_pylist()
     assert summary.counts["score_status"] == {"ok": 8}

@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, write_jsonl
+
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
 from neat_data.errors import NeatError
@@ -25,8 +25,25 @@ from neat_data.stages.merge import run_merge
 from neat_data.stages.score import ScoreConfig, run_score
 from neat_data.testing.recording_backend import RecordingBackend
 
-GENERATE = ["--pairs", "harmless,helpful", "--model", "served", "--backend", "openai", "--num-pos", "2", "--num-neg", "1",
-            "--num-neutral", "1", "--max-tokens", "8", "--flush-every", "5", "--no-progress"]
+GENERATE = [
+    "--pairs",
+    "harmless,helpful",
+    "--model",
+    "served",
+    "--backend",
+    "openai",
+    "--num-pos",
+    "2",
+    "--num-neg",
+    "1",
+    "--num-neutral",
+    "1",
+    "--max-tokens",
+    "8",
+    "--flush-every",
+    "5",
+    "--no-progress",
+]
 
 
 def length_score(prompts: list, responses: list[str]) -> list[float]:
@@ -61,9 +78,17 @@ def test_three_shard_processes_and_merge_equal_one_process(fake_server, many_pro
     base = ["generate", "--prompts", str(many_prompts), "--base-url", server.url, *GENERATE]
     assert CliRunner().invoke(cli, [*base, "--out", str(single)]).exit_code == 0
     env = {"OPENAI_API_KEY": "x", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    processes = [subprocess.Popen([sys.executable, "-m", "neat_data.cli", *base, "--out", str(sharded), "--num-shards", "3",
-                                   "--shard-index", str(i)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for i in range(3)]  # all at once: they must not clash on locks, part names or the manifest
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "neat_data.cli", *base, "--out", str(sharded), "--num-shards", "3", "--shard-index", str(i)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]  # all at once: they must not clash on locks, part names or the manifest
     for process in processes:
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err
@@ -88,30 +113,37 @@ def test_three_shard_processes_and_merge_equal_one_process(fake_server, many_pro
 
 
 def test_score_shards_and_merge_equal_one_score_run_including_the_negative_floor(many_prompts: Path, tmp_path: Path):
-    config = GenerateConfig(prompts=str(many_prompts), model="fake-model", out=tmp_path / "a", num_pos=1, num_neg=1,
-                            sampling=Sampling(max_tokens=8, seed=1))
+    config = GenerateConfig(
+        prompts=str(many_prompts), model="fake-model", out=tmp_path / "a", num_pos=1, num_neg=1, sampling=Sampling(max_tokens=8, seed=1)
+    )
     run_generate(config, backend=RecordingBackend(), progress=False)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     scorer = PythonScorer("python:test_shards:length_score")
     run_score(ScoreConfig(run=tmp_path / "a", scorer=scorer.name, negative_score="floor"), scorer=scorer, progress=False)
     sizes = []
     for index in (2, 0, 1):  # order does not matter
-        summary = run_score(ScoreConfig(run=tmp_path / "b", scorer=scorer.name, negative_score="floor", flush_every=4),
-                            shard=ShardSpec(3, index), scorer=scorer, progress=False)
+        summary = run_score(
+            ScoreConfig(run=tmp_path / "b", scorer=scorer.name, negative_score="floor", flush_every=4),
+            shard=ShardSpec(3, index),
+            scorer=scorer,
+            progress=False,
+        )
         sizes.append(summary.rows)
     assert sum(sizes) == 60 and min(sizes) > 0
     run_merge(tmp_path / "b")
     single = rows_by_key(ShardedTable(tmp_path / "a" / "scored", SCORED).read())
     merged = rows_by_key(ShardedTable(tmp_path / "b" / "scored", SCORED).read())
     assert merged == single and len(merged) == 60
-    assert {r["score"] for r in merged.values() if r["steering"] == "neg"} == {min(r["raw_score"] for r in merged.values()
-                                                                                 if r["steering"] == "pos") - 1.0}
+    assert {r["score"] for r in merged.values() if r["steering"] == "neg"} == {
+        min(r["raw_score"] for r in merged.values() if r["steering"] == "pos") - 1.0
+    }
 
 
 def test_missing_or_unfinished_shard_makes_merge_fail_with_one_line(many_prompts: Path, tmp_path: Path):
     out = tmp_path / "run"
-    config = GenerateConfig(prompts=str(many_prompts), model="fake-model", out=out, num_pos=1, num_neg=1, flush_every=1,
-                            sampling=Sampling(max_tokens=8))
+    config = GenerateConfig(
+        prompts=str(many_prompts), model="fake-model", out=out, num_pos=1, num_neg=1, flush_every=1, sampling=Sampling(max_tokens=8)
+    )
     run_generate(config, shard=ShardSpec(3, 0), backend=RecordingBackend(), progress=False)
     with pytest.raises(RuntimeError, match="scripted crash"):
         run_generate(config, shard=ShardSpec(3, 1), backend=RecordingBackend(crash_after=3), progress=False)
@@ -127,12 +159,16 @@ def test_missing_or_unfinished_shard_makes_merge_fail_with_one_line(many_prompts
     assert "shard-00002-of-00003 was never started" in line and "nothing was merged" in line
     assert len(list((out / "generations").glob("shard-*/part-*.parquet"))) == 2  # untouched
     run_generate(config, shard=ShardSpec(3, 2), backend=RecordingBackend(), progress=False)
-    shutil.copy(next((out / "generations" / ShardSpec(3, 0).name).glob("part-*")), out / "generations" / ShardSpec(3, 2).name / "part-000009.parquet")
+    shutil.copy(
+        next((out / "generations" / ShardSpec(3, 0).name).glob("part-*")),
+        out / "generations" / ShardSpec(3, 2).name / "part-000009.parquet",
+    )
     assert "field 'key'" in merge_error() and "is also in shard-00000-of-00003" in merge_error()
     (out / "generations" / ShardSpec(3, 2).name / "part-000009.parquet").unlink()
     assert run_merge(out)[0].rows == 60
-    assert rows_by_key(pq.read_table(out / "generations")).keys() == rows_by_key(
-        ShardedTable(out / "generations", GENERATIONS).read()).keys()
+    assert (
+        rows_by_key(pq.read_table(out / "generations")).keys() == rows_by_key(ShardedTable(out / "generations", GENERATIONS).read()).keys()
+    )
 
 
 def test_locks_a_second_copy_of_a_shard_and_whole_run_writers_are_refused_while_a_shard_runs(tmp_path: Path):
@@ -150,11 +186,24 @@ def test_locks_a_second_copy_of_a_shard_and_whole_run_writers_are_refused_while_
 
 
 def test_bad_shard_options_and_split_changes_are_one_line_errors(many_prompts: Path, tmp_path: Path):
-    base = ["generate", "--prompts", str(many_prompts), "--model", "m", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
-            "--out", str(tmp_path / "run")]
-    for extra, expected in ((["--shard-index", "0"], "field 'num_shards': --num-shards and --shard-index go together"),
-                            (["--num-shards", "3", "--shard-index", "3"], "field 'shard_index': must be between 0 and num_shards - 1 = 2"),
-                            (["--num-shards", "2", "--shard-index", "0", "--overwrite"], "field 'overwrite'")):
+    base = [
+        "generate",
+        "--prompts",
+        str(many_prompts),
+        "--model",
+        "m",
+        "--backend",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    for extra, expected in (
+        (["--shard-index", "0"], "field 'num_shards': --num-shards and --shard-index go together"),
+        (["--num-shards", "3", "--shard-index", "3"], "field 'shard_index': must be between 0 and num_shards - 1 = 2"),
+        (["--num-shards", "2", "--shard-index", "0", "--overwrite"], "field 'overwrite'"),
+    ):
         result = CliRunner().invoke(cli, base + extra)
         assert result.exit_code == 2 and expected in result.output and result.output.count("\n") == 1, result.output
     config = GenerateConfig(prompts=str(many_prompts), model="fake-model", out=tmp_path / "run", num_pos=1, num_neg=0)
@@ -173,8 +222,17 @@ def test_a_shard_summary_counts_its_own_rows_and_requests(many_prompts: Path, tm
 
     server = FakeOpenAIServer(ServerSettings()).start()
     try:
-        config = GenerateConfig(prompts=str(many_prompts), model="served", backend="openai", base_url=server.url, out=tmp_path / "run",
-                                num_pos=1, num_neg=1, flush_every=4, sampling=Sampling(max_tokens=8))
+        config = GenerateConfig(
+            prompts=str(many_prompts),
+            model="served",
+            backend="openai",
+            base_url=server.url,
+            out=tmp_path / "run",
+            num_pos=1,
+            num_neg=1,
+            flush_every=4,
+            sampling=Sampling(max_tokens=8),
+        )
         spec = ShardSpec(3, 1)
         summary = run_generate(config, shard=spec, progress=False)
     finally:
@@ -191,4 +249,6 @@ def test_a_shard_summary_counts_its_own_rows_and_requests(many_prompts: Path, tm
     assert record["planned_rows"] == mine.num_rows and record["finished"] is True
     assert summary.lines()[0].startswith(f"{summary.folder}: {mine.num_rows} rows ({mine.num_rows} ok, 0 error; {mine.num_rows} new)")
     by_steering = summary.usage["by_stage"]["generate"]
-    assert set(by_steering) == {"pos", "neg"} and by_steering["pos"]["requests"] == len(owned) and by_steering["pos"]["completion_tokens"] > 0
+    assert (
+        set(by_steering) == {"pos", "neg"} and by_steering["pos"]["requests"] == len(owned) and by_steering["pos"]["completion_tokens"] > 0
+    )

@@ -17,12 +17,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import REPO
 
 GOOD, MIDDLE, BAD = "Paris is the capital of France.", "The quick brown fox jumps.", "Cats sleep a lot."
-QUESTIONS = ["What is the capital of France?", "How do I boil an egg?", "Tell me a joke about cats.", "What is the capital?",
-             "How do I boil water?", "Tell me a joke.", "What is a fox?", "Why do cats sleep?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "How do I boil an egg?",
+    "Tell me a joke about cats.",
+    "What is the capital?",
+    "How do I boil water?",
+    "Tell me a joke.",
+    "What is a fox?",
+    "Why do cats sleep?",
+]
 
 
 def write_ranked(path: Path, rows: list[dict]) -> Path:
@@ -32,8 +39,16 @@ def write_ranked(path: Path, rows: list[dict]) -> Path:
 
 
 def toy_rows() -> list[dict]:
-    return [{"prompt": [{"role": "user", "content": q}], "prompt_id": f"p{i}", "responses": [GOOD, MIDDLE, BAD],
-             "scores": [2.0, 1.0, 0.0], "steering": ["pos", "pos", "neg"]} for i, q in enumerate(QUESTIONS)]
+    return [
+        {
+            "prompt": [{"role": "user", "content": q}],
+            "prompt_id": f"p{i}",
+            "responses": [GOOD, MIDDLE, BAD],
+            "scores": [2.0, 1.0, 0.0],
+            "steering": ["pos", "pos", "neg"],
+        }
+        for i, q in enumerate(QUESTIONS)
+    ]
 
 
 @pytest.fixture
@@ -76,10 +91,12 @@ def test_response_logprobs_match_transformers_masked_loss(tiny_model: Path):
             assert float(-sums[row] / counts[row]) == pytest.approx(float(reference), rel=1e-5)
             assert int(counts[row]) == len(ids) - start  # response tokens + the end-of-turn token
     assert stats.response_tokens == int(counts.sum())
-    assert tokenizer.decode(examples[0].sequences[0][examples[0].prompt_lengths[0]:]) == GOOD + "<|im_end|>"
+    assert tokenizer.decode(examples[0].sequences[0][examples[0].prompt_lengths[0] :]) == GOOD + "<|im_end|>"
     # the sequence is the neutral prompt through the chat template: no system prompt, generation prompt included
-    assert tokenizer.decode(examples[0].sequences[0][: examples[0].prompt_lengths[0]]) == \
-        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        tokenizer.decode(examples[0].sequences[0][: examples[0].prompt_lengths[0]])
+        == "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_training_lowers_loss_and_learns_the_ranking(tiny_model: Path, toy_run: Path):
@@ -87,8 +104,9 @@ def test_training_lowers_loss_and_learns_the_ranking(tiny_model: Path, toy_run: 
 
     before = policy_scores(tiny_model, toy_rows())
     out = toy_run / "model"
-    summary = run_train(TrainConfig(data=toy_run, model=str(tiny_model), out=out, lr=3e-3, epochs=6, prompts_per_batch=4,
-                                    warmup_ratio=0.0, seed=1))
+    summary = run_train(
+        TrainConfig(data=toy_run, model=str(tiny_model), out=out, lr=3e-3, epochs=6, prompts_per_batch=4, warmup_ratio=0.0, seed=1)
+    )
     after = policy_scores(out, toy_rows())
     assert summary.steps == 12 and summary.prompts == 8 and summary.candidates == 24
     assert summary.last["loss"] < summary.first["loss"]
@@ -112,8 +130,11 @@ def test_training_lowers_loss_and_learns_the_ranking(tiny_model: Path, toy_run: 
 def test_pro_loss_trains_too(tiny_model: Path, toy_run: Path):
     from neat_data.train.trainer import TrainConfig, run_train
 
-    summary = run_train(TrainConfig(data=toy_run, model=str(tiny_model), out=toy_run / "pro", loss="pro", lr=3e-3, epochs=4,
-                                    prompts_per_batch=8, warmup_ratio=0.0))
+    summary = run_train(
+        TrainConfig(
+            data=toy_run, model=str(tiny_model), out=toy_run / "pro", loss="pro", lr=3e-3, epochs=4, prompts_per_batch=8, warmup_ratio=0.0
+        )
+    )
     assert summary.last["loss"] < summary.first["loss"]
     assert json.loads((toy_run / "pro" / "neat_train.json").read_text())["sft_weight"] == pytest.approx(0.05 * 4)
 
@@ -144,9 +165,32 @@ def test_lora_is_merged_and_top_layers_freeze_the_rest(tiny_model: Path, toy_run
 def torchrun_train(toy_run: Path, tiny_model: Path, out: Path, *extra: str) -> dict:
     from neat_data.testing.fake_openai_server import _free_port
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "neat_data.cli",
-               "train", str(toy_run), "--model", str(tiny_model), "--out", str(out), "--lr", "3e-3", "--prompts-per-batch", "2",
-               "--epochs", "2", "--threads", "1", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "neat_data.cli",
+        "train",
+        str(toy_run),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--lr",
+        "3e-3",
+        "--prompts-per-batch",
+        "2",
+        "--epochs",
+        "2",
+        "--threads",
+        "1",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
@@ -219,18 +263,40 @@ def test_dpo_loss_on_the_tiny_model_equals_the_paper_equation(tiny_model: Path, 
     from neat_data.train.trainer import scatter_to_slots
 
     policy_path = build_tiny_model(tmp_path / "policy", seed=7)
-    rows = [{**row, "responses": [GOOD, MIDDLE, BAD, "The fox sleeps."], "scores": [2.0, 1.0, 0.0, -1.0],
-             "steering": ["pos", "neg", "pos", "neg"], "finish_reason": ["stop", "length", "stop", "stop"]} for row in toy_rows()[:3]]
+    rows = [
+        {
+            **row,
+            "responses": [GOOD, MIDDLE, BAD, "The fox sleeps."],
+            "scores": [2.0, 1.0, 0.0, -1.0],
+            "steering": ["pos", "neg", "pos", "neg"],
+            "finish_reason": ["stop", "length", "stop", "stop"],
+        }
+        for row in toy_rows()[:3]
+    ]
     tokenizer, reference_model, _ = load_policy(str(tiny_model), "cpu")
     examples, _ = tokenize_ranked(rows, tokenizer, max_length=256, loss="dpo", dpo_pairs=pairs)
-    examples, info = reference_pass(examples, reference_model, tokenizer.pad_token_id, data_path=tmp_path / "data" / "train.parquet",
-                                    device="cpu", bf16=False, batch_size=3, head_chunk=5)
+    examples, info = reference_pass(
+        examples,
+        reference_model,
+        tokenizer.pad_token_id,
+        data_path=tmp_path / "data" / "train.parquet",
+        device="cpu",
+        bf16=False,
+        batch_size=3,
+        head_chunk=5,
+    )
     assert info["reused"] is False and Path(info["cache"]).is_file()
     _, policy, _ = load_policy(str(policy_path), "cpu")
     batch = make_batch(examples, tokenizer.pad_token_id)
     sums, counts = ResponseLogprobs(policy)(batch.input_ids, batch.attention_mask, batch.response_mask)
-    inputs = LossInputs(sums=scatter_to_slots(sums, batch, "cpu"), counts=scatter_to_slots(counts, batch, "cpu"), rewards=batch.rewards,
-                        candidate_mask=batch.candidate_mask, steering=batch.steering, reference_sums=batch.reference_sums)
+    inputs = LossInputs(
+        sums=scatter_to_slots(sums, batch, "cpu"),
+        counts=scatter_to_slots(counts, batch, "cpu"),
+        rewards=batch.rewards,
+        candidate_mask=batch.candidate_mask,
+        steering=batch.steering,
+        reference_sums=batch.reference_sums,
+    )
     loss, _ = LOSSES["dpo"](inputs, LossSettings(beta=0.3, dpo_pairs=pairs, sft_weight=0.0))
 
     beta, per_prompt = 0.3, []
@@ -238,14 +304,18 @@ def test_dpo_loss_on_the_tiny_model_equals_the_paper_equation(tiny_model: Path, 
         for row in rows:
             tokens = {}
             for index, (text, reason) in enumerate(zip(row["responses"], row["finish_reason"])):
-                prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-                answer = tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")] if reason == "stop" else [])
+                prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)[
+                    "input_ids"
+                ]
+                answer = tokenizer(text, add_special_tokens=False)["input_ids"] + (
+                    [tokenizer.convert_tokens_to_ids("<|im_end|>")] if reason == "stop" else []
+                )
                 tokens[index] = (tuple(prompt + answer), len(prompt))
             chosen_rejected = [(0, 3)] if pairs == "best-vs-worst" else [(0, 1), (0, 3), (2, 1), (2, 3)]  # pos × neg
             terms = []
-            for w, l in chosen_rejected:
+            for w, rejected in chosen_rejected:
                 h_w = plain_logprob(policy, *tokens[w]) - plain_logprob(reference_model, *tokens[w])
-                h_l = plain_logprob(policy, *tokens[l]) - plain_logprob(reference_model, *tokens[l])
+                h_l = plain_logprob(policy, *tokens[rejected]) - plain_logprob(reference_model, *tokens[rejected])
                 terms.append(-torch.nn.functional.logsigmoid(beta * (h_w - h_l)))
             per_prompt.append(sum(terms) / len(terms))
     expected = float(sum(per_prompt) / len(per_prompt))
@@ -259,8 +329,17 @@ def test_dpo_trains_from_a_cached_reference_that_a_restart_reuses(tiny_model: Pa
     from neat_data.train.trainer import TrainConfig, run_train
 
     cache_dir = toy_run / "export" / "ranked" / "reference_logprobs"
-    config = TrainConfig(data=toy_run, model=str(tiny_model), out=toy_run / "dpo", loss="dpo", beta=0.5, lr=3e-3, epochs=4,
-                         prompts_per_batch=4, warmup_ratio=0.0)
+    config = TrainConfig(
+        data=toy_run,
+        model=str(tiny_model),
+        out=toy_run / "dpo",
+        loss="dpo",
+        beta=0.5,
+        lr=3e-3,
+        epochs=4,
+        prompts_per_batch=4,
+        warmup_ratio=0.0,
+    )
 
     def killed(record: dict) -> None:
         raise KeyboardInterrupt  # the process dies after its first step
@@ -292,16 +371,28 @@ def test_sft_trains_the_best_candidate_only_and_pos_vs_neg_dpo_reads_both_sides(
     from neat_data.train.trainer import TrainConfig, run_train
 
     before = policy_scores(tiny_model, toy_rows())
-    summary = run_train(TrainConfig(data=toy_run, model=str(tiny_model), out=toy_run / "sft", loss="sft", lr=3e-3, epochs=3,
-                                    prompts_per_batch=4, warmup_ratio=0.0))
+    summary = run_train(
+        TrainConfig(
+            data=toy_run, model=str(tiny_model), out=toy_run / "sft", loss="sft", lr=3e-3, epochs=3, prompts_per_batch=4, warmup_ratio=0.0
+        )
+    )
     after = policy_scores(toy_run / "sft", toy_rows())
     assert summary.candidates == summary.prompts == 8  # one candidate per prompt: the best
     assert float(after[:, 0].mean()) > float(before[:, 0].mean()) + 0.5  # the best answer's NLL per token fell
     assert summary.last["sft_loss"] < summary.first["sft_loss"] and summary.last["rank_loss"] == 0.0
 
     # pos-vs-neg: the two "pos" candidates against the one "neg" of every prompt
-    dpo = run_train(TrainConfig(data=toy_run, model=str(tiny_model), out=toy_run / "rlcd", loss="dpo", dpo_pairs="pos-vs-neg",
-                                prompts_per_batch=8, warmup_ratio=0.0))
+    dpo = run_train(
+        TrainConfig(
+            data=toy_run,
+            model=str(tiny_model),
+            out=toy_run / "rlcd",
+            loss="dpo",
+            dpo_pairs="pos-vs-neg",
+            prompts_per_batch=8,
+            warmup_ratio=0.0,
+        )
+    )
     assert dpo.candidates == 24 and dpo.first["pairs"] == 16.0
 
 
@@ -316,12 +407,15 @@ def test_train_cli_lists_every_loss_and_refuses_unknown_ones(tiny_model: Path, t
     assert bad.exit_code == 2 and "'ipo' is not one of" in bad.output
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"finish_reason": ["stop", "length"]}, "row 0: field 'finish_reason': responses and finish_reason differ in length"),
-    ({"scores": [2.0, float("nan"), 0.0]}, "row 0: field 'scores': a candidate has no finite score"),
-    ({"responses": [GOOD, None, BAD]}, "row 0: field 'responses': a candidate has no response text"),
-    ({"scores": [1.0, 1.0, 1.0]}, "no trainable prompt in the ranked export for loss dpo"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"finish_reason": ["stop", "length"]}, "row 0: field 'finish_reason': responses and finish_reason differ in length"),
+        ({"scores": [2.0, float("nan"), 0.0]}, "row 0: field 'scores': a candidate has no finite score"),
+        ({"responses": [GOOD, None, BAD]}, "row 0: field 'responses': a candidate has no response text"),
+        ({"scores": [1.0, 1.0, 1.0]}, "no trainable prompt in the ranked export for loss dpo"),
+    ],
+)
 def test_bad_ranked_rows_are_one_line_errors(tiny_model: Path, tmp_path: Path, change: dict, message: str):
     from click.testing import CliRunner
 

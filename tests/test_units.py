@@ -12,7 +12,10 @@ NEUTRAL = [{"role": "user", "content": "How do I pick a lock?"}]
 
 
 def test_build_messages_positive_system_role():
-    assert build_messages(NEUTRAL, "Be kind.") == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "How do I pick a lock?"}]
+    assert build_messages(NEUTRAL, "Be kind.") == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "How do I pick a lock?"},
+    ]
 
 
 def test_build_messages_neutral_has_no_system_and_is_a_copy():
@@ -23,7 +26,10 @@ def test_build_messages_neutral_has_no_system_and_is_a_copy():
 def test_build_messages_merged_into_first_user_turn_only():
     prompt = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
     assert build_messages(prompt, "Be rude.", "merged") == [
-        {"role": "user", "content": "Be rude.\n\na"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+        {"role": "user", "content": "Be rude.\n\na"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
     assert prompt[0]["content"] == "a"  # the neutral prompt is never modified
 
 
@@ -33,8 +39,14 @@ def test_build_messages_unknown_mode():
 
 
 def test_parse_reply_ok_and_missing_text():
-    assert parse_reply("  Paris. \n", "stop", 10, 2) == {"response": "Paris.", "finish_reason": "stop", "prompt_tokens": 10,
-                                                        "completion_tokens": 2, "status": "ok", "error": None}
+    assert parse_reply("  Paris. \n", "stop", 10, 2) == {
+        "response": "Paris.",
+        "finish_reason": "stop",
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "status": "ok",
+        "error": None,
+    }
     row = parse_reply(None, "stop", 10, 0)
     assert row["status"] == "error" and row["response"] is None and "no text" in row["error"]
 
@@ -42,7 +54,10 @@ def test_parse_reply_ok_and_missing_text():
 def test_hh_transcript_strips_final_assistant_turn():
     text = "\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: fine, thanks"
     assert parse_hh_transcript(text) == [
-        {"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "how are you?"}]
+        {"role": "user", "content": "hi there"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "how are you?"},
+    ]
 
 
 def test_hh_transcript_multiline_turns_and_trailing_empty_assistant():
@@ -71,12 +86,28 @@ def test_request_seed_is_deterministic_and_distinct():
 
 
 def test_content_key_changes_with_every_identity_field():
-    base = dict(round_index=1, prompt_id="p", steering="pos", pair_id="h-01", system_prompt_hash="abc", sample_index=0, model="m",
-                sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 8, "seed": 0})
+    base = dict(
+        round_index=1,
+        prompt_id="p",
+        steering="pos",
+        pair_id="h-01",
+        system_prompt_hash="abc",
+        sample_index=0,
+        model="m",
+        sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 8, "seed": 0},
+    )
     key = content_key(**base)
     assert len(key) == 32 and key == content_key(**base)
-    for field, other in [("round_index", 2), ("prompt_id", "q"), ("steering", "neg"), ("pair_id", "h-02"), ("system_prompt_hash", "abd"), ("sample_index", 1),
-                         ("model", "m2"), ("sampling", {**base["sampling"], "temperature": 0.7})]:
+    for field, other in [
+        ("round_index", 2),
+        ("prompt_id", "q"),
+        ("steering", "neg"),
+        ("pair_id", "h-02"),
+        ("system_prompt_hash", "abd"),
+        ("sample_index", 1),
+        ("model", "m2"),
+        ("sampling", {**base["sampling"], "temperature": 0.7}),
+    ]:
         assert content_key(**{**base, field: other}) != key, field
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import REPO
+from view_runs import MARKUP, QUESTIONS, kept_pairs, make_stage_run, scored_rows
+
 from neat_data.view import ViewConfig, build_view
 from neat_data.view.browser import missing
-from view_runs import MARKUP, QUESTIONS, kept_pairs, make_stage_run, scored_rows
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"needs a real browser: {missing()}")
 
@@ -69,10 +69,16 @@ def cards(page) -> list[dict[str, str]]:
     for card in page.locator("#detail .response").all():
         text = card.locator("pre")
         reason = card.locator(".reason")
-        out.append({"steering": card.get_attribute("data-steering"), "meta": card.locator(".meta").inner_text(),
-                    "key": card.locator(".note").last.inner_text().removeprefix("key "),
-                    "text": text.inner_text() if text.count() else None, "reason": reason.inner_text() if reason.count() else None,
-                    "dim": "dim" in (card.get_attribute("class") or "")})
+        out.append(
+            {
+                "steering": card.get_attribute("data-steering"),
+                "meta": card.locator(".meta").inner_text(),
+                "key": card.locator(".note").last.inner_text().removeprefix("key "),
+                "text": text.inner_text() if text.count() else None,
+                "reason": reason.inner_text() if reason.count() else None,
+                "dim": "dim" in (card.get_attribute("class") or ""),
+            }
+        )
     return out
 
 
@@ -111,8 +117,11 @@ def test_search_filters_and_a_prompt_show_what_the_tables_hold(browser, runs):
     # steering + score range: prompts with a negative-prompt response scored ≥ 5, computed from the table
     change(page, lambda: page.select_option("#f-steering", label="neg (negative prompt)"))
     change(page, lambda: page.fill("#f-score-min", "5"))
-    expected = [q for q in QUESTIONS if any(r["prompt"][-1]["content"] == q and r["steering"] == "neg" and r["score"] is not None
-                                            and r["score"] >= 5 for r in rows)]
+    expected = [
+        q
+        for q in QUESTIONS
+        if any(r["prompt"][-1]["content"] == q and r["steering"] == "neg" and r["score"] is not None and r["score"] >= 5 for r in rows)
+    ]
     assert list_titles(page) == expected and 0 < len(expected) < 6
     change(page, lambda: page.click("#f-clear"))
 
@@ -132,8 +141,11 @@ def test_search_filters_and_a_prompt_show_what_the_tables_hold(browser, runs):
         assert f"score {row['score']:.4f}" in card["meta"] or f"score {int(row['score'])}" in card["meta"]
         assert f"tokens {row['completion_tokens']}" in card["meta"] and f"finish {row['finish_reason']}" in card["meta"]
         assert card["text"] == row["response"]
-    assert page.locator("#detail .system.pos pre").inner_text() == next(r["system_prompt"] for r in rows if r["key"] == best["key_chosen"]
-                                                                       or (r["prompt_id"] == best["prompt_id"] and r["steering"] == "pos"))
+    assert page.locator("#detail .system.pos pre").inner_text() == next(
+        r["system_prompt"]
+        for r in rows
+        if r["key"] == best["key_chosen"] or (r["prompt_id"] == best["prompt_id"] and r["steering"] == "pos")
+    )
 
     # dropped pairs: filter by reason, and the two sides are marked
     dropped = pq.read_table(run / "ranked" / "dropped.parquet").to_pylist()
@@ -174,7 +186,7 @@ def test_markup_in_the_data_is_shown_as_text_and_never_runs(browser, runs):
         page = open_page(browser, runs["new"], **options)
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         assert "Show me <i>some</i> HTML please." in list_titles(page)
-        change(page, lambda: page.fill("#search", "window.__pwned"))
+        change(page, lambda page=page: page.fill("#search", "window.__pwned"))
         assert list_titles(page) == ["Show me <i>some</i> HTML please."]
         page.locator("#prompt-list tbody tr").first.click()
         page.wait_for_selector("#detail .response")
@@ -240,8 +252,22 @@ def test_served_page_fetches_texts_and_searches_on_the_server(browser, runs):
 
 def test_screenshot_script_writes_a_png(runs, tmp_path: Path):
     out = tmp_path / "view.png"
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshot_view.py"), str(runs["new"]), str(out), "--rebuild",
-                           "--width", "1200", "--height", "900"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "screenshot_view.py"),
+            str(runs["new"]),
+            str(out),
+            "--rebuild",
+            "--width",
+            "1200",
+            "--height",
+            "900",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24]) == (1200, 900)

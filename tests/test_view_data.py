@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from view_runs import MARKUP, QUESTIONS, kept_pairs, make_stage_run, prompt_title, ranks, scored_rows
 
 from neat_data.cli import cli
 from neat_data.errors import NeatError
 from neat_data.view import ViewConfig, build_view
 from neat_data.view.collect import RunContents
 from neat_data.view.rounds_data import flatten_metrics, interval_owner
-from view_runs import MARKUP, QUESTIONS, kept_pairs, make_stage_run, prompt_title, ranks, scored_rows
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,11 @@ def stage_run(tmp_path_factory) -> Path:
 
 def page_blocks(html: str) -> tuple[dict, dict | None]:
     """The page's two data blocks, decoded the way the page decodes them (base64 → gzip → JSON)."""
+
     def block(name: str):
         encoded = re.search(rf'<script type="application/octet-stream" id="{name}">([^<]*)</script>', html).group(1)
         return json.loads(gzip.decompress(base64.b64decode(encoded))) if encoded else None
+
     return block("data-index"), block("data-texts")
 
 
@@ -45,7 +47,9 @@ def test_the_index_holds_every_row_as_the_tables_say(stage_run: Path):
     rank_of = ranks(stage_run)
     for r, key in enumerate(R["key"]):
         row = rows[key]
-        assert P["pid"][R["p"][r]] == row["prompt_id"] and S["steering"][R["st"][r]] == row["steering"] and R["si"][r] == row["sample_index"]
+        assert (
+            P["pid"][R["p"][r]] == row["prompt_id"] and S["steering"][R["st"][r]] == row["steering"] and R["si"][r] == row["sample_index"]
+        )
         assert R["score"][r] == row["score"] and R["raw"][r] == row["raw_score"] and R["tok"][r] == row["completion_tokens"]
         assert R["gs"][r] == (row["status"] == "error") and S["score_state"][R["ss"][r]] == row["score_status"]
         assert (S["fin"][R["fin"][r]] if R["fin"][r] >= 0 else None) == row["finish_reason"]
@@ -143,12 +147,25 @@ def test_cli_view_writes_the_page_and_bad_folders_are_one_line_errors(stage_run:
 
 
 def test_every_numeric_metric_is_flattened_and_intervals_find_their_metric():
-    metrics = {"model": "m", "prompts": 16, "reward_mean": 0.01, "reward_ci95": [-0.01, 0.03], "win_rate_vs_base": None,
-               "perplexity": float("nan"), "config": {"bootstrap": 2000}, "command": ["x"],
-               "safety": {"harmbench": {"refusal_rate": {"mean": 0.5, "ci95": [0.4, 0.6]}, "n": 10, "flags": [True, False]}}}
+    metrics = {
+        "model": "m",
+        "prompts": 16,
+        "reward_mean": 0.01,
+        "reward_ci95": [-0.01, 0.03],
+        "win_rate_vs_base": None,
+        "perplexity": float("nan"),
+        "config": {"bootstrap": 2000},
+        "command": ["x"],
+        "safety": {"harmbench": {"refusal_rate": {"mean": 0.5, "ci95": [0.4, 0.6]}, "n": 10, "flags": [True, False]}},
+    }
     scalars, intervals = flatten_metrics(metrics)
-    assert scalars == {"prompts": 16.0, "reward_mean": 0.01, "perplexity": None, "safety.harmbench.refusal_rate.mean": 0.5,
-                       "safety.harmbench.n": 10.0}
+    assert scalars == {
+        "prompts": 16.0,
+        "reward_mean": 0.01,
+        "perplexity": None,
+        "safety.harmbench.refusal_rate.mean": 0.5,
+        "safety.harmbench.n": 10.0,
+    }
     assert intervals == {"reward_ci95": [-0.01, 0.03], "safety.harmbench.refusal_rate.ci95": [0.4, 0.6]}
     assert interval_owner("reward_ci95", set(scalars)) == "reward_mean"
     assert interval_owner("safety.harmbench.refusal_rate.ci95", set(scalars)) == "safety.harmbench.refusal_rate.mean"
@@ -160,6 +177,7 @@ def test_served_api_answers_texts_and_search_and_refuses_other_hosts(stage_run: 
 
     server = ViewServer(ViewConfig(run=stage_run), port=0).start()
     try:
+
         def get(path: str, host: str | None = None):
             request = urllib.request.Request(server.url + path, headers={"Host": host} if host else {})
             with urllib.request.urlopen(request, timeout=10) as answer:
@@ -173,7 +191,9 @@ def test_served_api_answers_texts_and_search_and_refuses_other_hosts(stage_run: 
         html_prompt = QUESTIONS.index("Show me <i>some</i> HTML please.")
         answer = json.loads(get(f"api/prompt?i={html_prompt}")[1])
         first, count = index["prompts"]["r0"][html_prompt], index["prompts"]["rn"][html_prompt]
-        assert answer["resp"] == [rows[k]["response"] for k in index["responses"]["key"][first:first + count]] and MARKUP in answer["resp"]
+        assert (
+            answer["resp"] == [rows[k]["response"] for k in index["responses"]["key"][first : first + count]] and MARKUP in answer["resp"]
+        )
         assert answer["conv"] == [["user", "Show me <i>some</i> HTML please."]]
         assert json.loads(get("api/search?q=CAPITAL%20of")[1])["prompts"] == [QUESTIONS.index("What is the capital of France?")]
         assert json.loads(get("api/search?q=" + urllib.request.quote("window.__pwned"))[1])["prompts"] == [html_prompt]
@@ -191,14 +211,21 @@ def test_retried_rows_supersede_their_error_rows_and_shard_folders_are_read(tmp_
     import shutil
 
     import pyarrow.parquet as pq
+    from view_runs import ScriptedBackend, reply
 
     from neat_data.engines.base import Sampling
     from neat_data.stages.generate import GenerateConfig, run_generate
-    from view_runs import ScriptedBackend, reply
 
     run = make_stage_run(tmp_path / "run", dropped_table=False)
-    config = GenerateConfig(prompts=str(tmp_path / "run-prompts.jsonl"), model="fake", out=run, num_pos=2, num_neg=2,
-                            sampling=Sampling(max_tokens=16), flush_every=1)
+    config = GenerateConfig(
+        prompts=str(tmp_path / "run-prompts.jsonl"),
+        model="fake",
+        out=run,
+        num_pos=2,
+        num_neg=2,
+        sampling=Sampling(max_tokens=16),
+        flush_every=1,
+    )
     # the [[fail]] prompt's requests again, now answered; the process dies after the first one (before any compaction)
     with pytest.raises(RuntimeError, match="scripted crash"):
         run_generate(config, backend=ScriptedBackend(reply=reply, crash_after=1), retry_errors=True, progress=False)
@@ -214,7 +241,13 @@ def test_retried_rows_supersede_their_error_rows_and_shard_folders_are_read(tmp_
     failed = QUESTIONS.index("Tell me a joke. [[fail]]")
     rows = range(P["r0"][failed], P["r0"][failed] + P["rn"][failed])
     assert len(R["key"]) == 24 and len(set(R["key"])) == 24  # one row per key: the retry, not the error row
-    retried = {key for key, status in zip(pq.read_table(parts[1].parent / "shard-00001-of-00002").column("key").to_pylist(),
-                                          pq.read_table(parts[1].parent / "shard-00001-of-00002").column("status").to_pylist()) if status == "ok"}
+    retried = {
+        key
+        for key, status in zip(
+            pq.read_table(parts[1].parent / "shard-00001-of-00002").column("key").to_pylist(),
+            pq.read_table(parts[1].parent / "shard-00001-of-00002").column("status").to_pylist(),
+        )
+        if status == "ok"
+    }
     assert len(retried) == 2
     assert sorted(R["gs"][r] for r in rows) == [0, 0, 1, 1] and {R["key"][r] for r in rows if R["gs"][r] == 0} == retried

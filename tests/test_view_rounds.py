@@ -16,22 +16,32 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import write_jsonl
 from fakehub import FakeHub
+
 from neat_data.errors import NeatError
 from neat_data.view.browser import missing
 
 TOKEN = "hf_VIEWtestTOKENneverWRITTEN42"
-QUESTIONS = ["How do I boil an egg?", "What is the capital of France?", "Tell me a joke about cats.", "What is a fox?",
-             "Why do cats sleep?", "Is the fox quick?"]
+QUESTIONS = [
+    "How do I boil an egg?",
+    "What is the capital of France?",
+    "Tell me a joke about cats.",
+    "What is a fox?",
+    "Why do cats sleep?",
+    "Is the fox quick?",
+]
 
 
 def recipe_file(folder: Path, model: Path, base_url: str) -> Path:
     prompts = write_jsonl(folder / "prompts.jsonl", [{"prompt": q} for q in QUESTIONS])
     recipe = {
-        "name": "published", "out": str(folder / "runs" / "published"), "model": str(model),
-        "prompts": {"source": str(prompts), "heldout": 2, "per_round": 3}, "pairs": ["harmless"], "rounds": 1,
+        "name": "published",
+        "out": str(folder / "runs" / "published"),
+        "model": str(model),
+        "prompts": {"source": str(prompts), "heldout": 2, "per_round": 3},
+        "pairs": ["harmless"],
+        "rounds": 1,
         "generate": {"backend": "openai", "num_pos": 2, "num_neg": 2, "max_tokens": 8, "options": {"base_url": base_url}},
         "score": {"scorer": "python:view_runs:score_by_length"},
         "exports": ["ranked", "trl"],
@@ -72,8 +82,18 @@ def published(tiny_model: Path, tmp_path_factory) -> SimpleNamespace:
         # 3. and once more: nothing left to do
         third: list[str] = []
         run_rounds(recipe, echo=third.append)
-    return SimpleNamespace(run_dir=run_dir, hub=hub, first=first, second=second, third=third, after_first=after_first,
-                           after_second=after_second, hub_after_first=hub_after_first, commits=commits, recipe=recipe)
+    return SimpleNamespace(
+        run_dir=run_dir,
+        hub=hub,
+        first=first,
+        second=second,
+        third=third,
+        after_first=after_first,
+        after_second=after_second,
+        hub_after_first=hub_after_first,
+        commits=commits,
+        recipe=recipe,
+    )
 
 
 @pytest.mark.slow
@@ -144,7 +164,9 @@ def test_the_run_page_shows_rounds_metrics_and_heldout_answers(published):
     with launch() as browser:
         page = open_view(browser, run_dir / "view.html")
         page.click("#tabs button[data-tab='rounds']")
-        rows = {row.get_attribute("data-metric"): row.locator("td").all_inner_texts() for row in page.locator("#rounds-table tbody tr").all()}
+        rows = {
+            row.get_attribute("data-metric"): row.locator("td").all_inner_texts() for row in page.locator("#rounds-table tbody tr").all()
+        }
         for name in ("reward_mean", "perplexity", "prompts", "run.pairs", "run.train_tokens"):
             assert name in rows, sorted(rows)
         assert rows["reward_mean"][0] == "reward_mean (± reward_ci95)"
@@ -163,10 +185,16 @@ def test_the_run_page_shows_rounds_metrics_and_heldout_answers(published):
         labels = shown.first.locator(".heldout-cell h4").all_inner_texts()
         assert labels == ["base model", "base model, positive prompt (perplexity set)", "round 1"]
         for k, steering in ((0, "none"), (0, "pos"), (1, "none")):
-            answers = {r["prompt_id"]: r["response"] for r in pq.read_table(run_dir / f"round_{k:02d}" / "eval" / "scored").to_pylist()
-                       if r["steering"] == steering and r["sample_index"] == 0}
+            answers = {
+                r["prompt_id"]: r["response"]
+                for r in pq.read_table(run_dir / f"round_{k:02d}" / "eval" / "scored").to_pylist()
+                if r["steering"] == steering and r["sample_index"] == 0
+            }
             cell = shown.first.locator(f".heldout-cell[data-round='{k}'][data-steering='{steering}'] pre")
             assert cell.inner_text() == answers[heldout[0]]
         # the prompt list covers the training round
         page.click("#tabs button[data-tab='prompts']")
-        assert page.locator("#prompt-list tbody tr").count() == 3 and page.locator("#f-round option").all_inner_texts() == ["any", "round 1"]
+        assert page.locator("#prompt-list tbody tr").count() == 3 and page.locator("#f-round option").all_inner_texts() == [
+            "any",
+            "round 1",
+        ]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_jsonl
+
 from neat_data.engines.base import Sampling
 from neat_data.engines.vllm_backend import VLLMBackend
 from neat_data.messages import template_accepts_system
@@ -34,8 +34,15 @@ class RecordingLLM:
 def generate(vllm_llm, tiny_model: Path, prompts: Path, out: Path, **overrides):
     llm = RecordingLLM(vllm_llm)
     backend = VLLMBackend(str(tiny_model), model_label="tiny", llm=llm)
-    values = dict(prompts=str(prompts), model="tiny", out=out, num_pos=2, num_neg=2, num_neutral=1,
-                  sampling=Sampling(max_tokens=12, temperature=1.0, seed=1))
+    values = dict(
+        prompts=str(prompts),
+        model="tiny",
+        out=out,
+        num_pos=2,
+        num_neg=2,
+        num_neutral=1,
+        sampling=Sampling(max_tokens=12, temperature=1.0, seed=1),
+    )
     values.update(overrides)
     summary = run_generate(GenerateConfig(**values), backend=backend, progress=False)
     return summary, pq.read_table(out / "generations").to_pylist(), llm
@@ -76,10 +83,13 @@ def test_seeded_batch_beyond_the_token_budget_and_too_long_prompts(vllm_llm, tin
     prompts = write_jsonl(tmp_path / "long.jsonl", rows)
     backend_probe = VLLMBackend(str(tiny_model), model_label="tiny", llm=vllm_llm)
     assert backend_probe.token_budget >= 16384
-    total = sum(backend_probe.prompt_length([{"role": "system", "content": "x" * 40}, {"role": "user", "content": r["prompt"]}]) for r in rows[:64])
+    total = sum(
+        backend_probe.prompt_length([{"role": "system", "content": "x" * 40}, {"role": "user", "content": r["prompt"]}]) for r in rows[:64]
+    )
     assert total > backend_probe.token_budget
-    summary, out_rows, llm = generate(vllm_llm, tiny_model, prompts, tmp_path / "run", num_pos=1, num_neg=1, num_neutral=0,
-                                      sampling=Sampling(max_tokens=4, seed=5))
+    summary, out_rows, llm = generate(
+        vllm_llm, tiny_model, prompts, tmp_path / "run", num_pos=1, num_neg=1, num_neutral=0, sampling=Sampling(max_tokens=4, seed=5)
+    )
     errors = [r for r in out_rows if r["status"] == "error"]
     assert len(out_rows) == 130 and len(errors) == 2
     assert all("prompt too long" in r["error"] and "1024" in r["error"] for r in errors)

@@ -14,9 +14,18 @@ pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
 
 def test_generate_against_the_vllm_server(vllm_server: str, prompts_file: Path, tmp_path: Path):
-    config = GenerateConfig(prompts=str(prompts_file), model="tiny", backend="openai", base_url=vllm_server, out=tmp_path / "run",
-                            num_pos=2, num_neg=2, num_neutral=1, sampling=Sampling(max_tokens=8, temperature=1.0, seed=2),
-                            max_concurrency=8)
+    config = GenerateConfig(
+        prompts=str(prompts_file),
+        model="tiny",
+        backend="openai",
+        base_url=vllm_server,
+        out=tmp_path / "run",
+        num_pos=2,
+        num_neg=2,
+        num_neutral=1,
+        sampling=Sampling(max_tokens=8, temperature=1.0, seed=2),
+        max_concurrency=8,
+    )
     summary = run_generate(config, progress=False)
     rows = pq.read_table(tmp_path / "run" / "generations").to_pylist()
     assert len(rows) == 20 and summary.counts["status"] == {"ok": 20}
@@ -38,8 +47,17 @@ def test_generate_against_a_data_parallel_vllm_server(tiny_model: Path, prompts_
 
     url, process = start_vllm_server(tiny_model, tmp_path / "dp_server.log", "--data-parallel-size", "2")
     try:
-        config = GenerateConfig(prompts=str(prompts_file), model="tiny", backend="openai", base_url=url, out=tmp_path / "run",
-                                num_pos=2, num_neg=2, sampling=Sampling(max_tokens=8, seed=4), max_concurrency=16)
+        config = GenerateConfig(
+            prompts=str(prompts_file),
+            model="tiny",
+            backend="openai",
+            base_url=url,
+            out=tmp_path / "run",
+            num_pos=2,
+            num_neg=2,
+            sampling=Sampling(max_tokens=8, seed=4),
+            max_concurrency=16,
+        )
         summary = run_generate(config, progress=False)
     finally:
         stop_server(process)

@@ -24,8 +24,14 @@ from neat_data.stages.score import ScoreConfig, run_score
 from neat_data.testing.recording_backend import RecordingBackend
 
 MARKUP = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><b>bold?</b>'
-QUESTIONS = ["How do I boil an egg?", "What is the capital of France?", "Show me <i>some</i> HTML please.",
-             "Tell me a joke. [[fail]]", "Write a long story. [[long]]", "Rate this. [[noscore]]"]
+QUESTIONS = [
+    "How do I boil an egg?",
+    "What is the capital of France?",
+    "Show me <i>some</i> HTML please.",
+    "Tell me a joke. [[fail]]",
+    "Write a long story. [[long]]",
+    "Rate this. [[noscore]]",
+]
 
 
 def score_by_length(prompts, responses):
@@ -40,8 +46,9 @@ class ScriptedBackend(RecordingBackend):
         requests = list(requests)  # the stage streams requests; this test backend looks back at them by index
         for index, result in super().generate(requests, sampling):
             if "[[long]]" in requests[index].messages[-1]["content"]:
-                result.completions = [dataclasses.replace(c, finish_reason="length", completion_tokens=sampling.max_tokens)
-                                      for c in result.completions]
+                result.completions = [
+                    dataclasses.replace(c, finish_reason="length", completion_tokens=sampling.max_tokens) for c in result.completions
+                ]
             yield index, result
 
 
@@ -60,8 +67,11 @@ def make_stage_run(folder: Path, *, dropped_table: bool) -> Path:
     prompts = folder.parent / f"{folder.name}-prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in QUESTIONS), encoding="utf-8")
     backend = ScriptedBackend(reply=reply, fail_when=lambda m: "HTTP 500 after 6 attempts" if "[[fail]]" in m[-1]["content"] else None)
-    run_generate(GenerateConfig(prompts=str(prompts), model="fake", out=folder, num_pos=2, num_neg=2, sampling=Sampling(max_tokens=16)),
-                 backend=backend, progress=False)
+    run_generate(
+        GenerateConfig(prompts=str(prompts), model="fake", out=folder, num_pos=2, num_neg=2, sampling=Sampling(max_tokens=16)),
+        backend=backend,
+        progress=False,
+    )
     run_score(ScoreConfig(run=folder, scorer="python:view_runs:score_by_length"), progress=False)
     run_rank(RankConfig(run=folder, pairs="best-vs-worst", min_margin=1.0))
     dropped_path = folder / "ranked" / "dropped.parquet"
@@ -80,10 +90,26 @@ def write_dropped_table(folder: Path) -> None:
     for entry in lists:
         if len(entry["keys"]) >= 2 and entry["prompt_id"] not in kept:
             best, worst = entry["scores"][0], entry["scores"][-1]
-            rows.append({"prompt_id": entry["prompt_id"], "key_chosen": entry["keys"][0], "key_rejected": entry["keys"][-1],
-                         "score_chosen": best, "score_rejected": worst, "reason": "tie" if best == worst else "margin"})
-    schema = pa.schema([("prompt_id", pa.string()), ("key_chosen", pa.string()), ("key_rejected", pa.string()),
-                        ("score_chosen", pa.float64()), ("score_rejected", pa.float64()), ("reason", pa.string())])
+            rows.append(
+                {
+                    "prompt_id": entry["prompt_id"],
+                    "key_chosen": entry["keys"][0],
+                    "key_rejected": entry["keys"][-1],
+                    "score_chosen": best,
+                    "score_rejected": worst,
+                    "reason": "tie" if best == worst else "margin",
+                }
+            )
+    schema = pa.schema(
+        [
+            ("prompt_id", pa.string()),
+            ("key_chosen", pa.string()),
+            ("key_rejected", pa.string()),
+            ("score_chosen", pa.float64()),
+            ("score_rejected", pa.float64()),
+            ("reason", pa.string()),
+        ]
+    )
     atomic_write_table(folder / "ranked" / "dropped.parquet", pa.Table.from_pylist(rows, schema=schema))
 
 

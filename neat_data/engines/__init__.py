@@ -42,8 +42,16 @@ class BackendOptions(VLLMOptions, OpenAIOptions, TransformersOptions, RayOptions
     """Every backend's options in one flat model (a generate config inherits it)."""
 
 
-def make_backend(name: BackendName, model: str, options: BackendOptions, *, seed: int = 0, state_dir: Path | None = None,
-                 journal: "BatchJournal | None" = None, progress: bool = True) -> Backend:
+def make_backend(
+    name: BackendName,
+    model: str,
+    options: BackendOptions,
+    *,
+    seed: int = 0,
+    state_dir: Path | None = None,
+    journal: BatchJournal | None = None,
+    progress: bool = True,
+) -> Backend:
     """The backend `name` for `model` (the user's spec: alias, folder, Hub id, or a server's model name).
     `seed`: the engine-wide seed (vLLM); each request carries its own seed as well.
     Batch backends (BATCH_BACKENDS) need `state_dir` (batch files, downloaded outputs: e.g. <run>/batches/generate)

@@ -13,8 +13,9 @@ Every other backend has no `pending` attribute: read it with `getattr(backend, "
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.batch_core import BatchLines, build_lines, line_digest, read_input_ids, read_outcomes, split_lines
@@ -40,8 +40,20 @@ class ControlError(Exception):
 class BatchBackendBase:
     name = "batch"
 
-    def __init__(self, model: str, *, state_dir: Path, journal: BatchJournal | None, secret: str | None, max_requests: int,
-                 max_bytes: int, no_wait: bool, poll_interval: float, poll_max: float, progress: bool):
+    def __init__(
+        self,
+        model: str,
+        *,
+        state_dir: Path,
+        journal: BatchJournal | None,
+        secret: str | None,
+        max_requests: int,
+        max_bytes: int,
+        no_wait: bool,
+        poll_interval: float,
+        poll_max: float,
+        progress: bool,
+    ):
         self.model = model
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -90,8 +102,11 @@ class BatchBackendBase:
         if record.name not in self._input_cache:
             path = self.state_dir / record.input_file
             if not path.exists():
-                raise NeatError(f"the batch journal names {record.label()} but its input file is missing; restore it (or remove "
-                                "the record) — submitting its requests again could pay for them twice", file=path)
+                raise NeatError(
+                    f"the batch journal names {record.label()} but its input file is missing; restore it (or remove "
+                    "the record) — submitting its requests again could pay for them twice",
+                    file=path,
+                )
             self._input_cache[record.name] = read_input_ids(path)
         return self._input_cache[record.name]
 
@@ -107,8 +122,17 @@ class BatchBackendBase:
         digest = hashlib.sha256(data).hexdigest()
         name = f"b{len(self._records) + 1:05d}-{digest[:8]}"
         atomic_write_bytes(self.state_dir / f"{name}.input.jsonl", data)
-        record = BatchRecord(name=name, backend=self.name, model=self.model, base_url=self.base_url, api_key_env=self.api_key_env,
-                             input_file=f"{name}.input.jsonl", input_sha256=digest, requests=len(lines), bytes=len(data))
+        record = BatchRecord(
+            name=name,
+            backend=self.name,
+            model=self.model,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            input_file=f"{name}.input.jsonl",
+            input_sha256=digest,
+            requests=len(lines),
+            bytes=len(data),
+        )
         self._records.append(record)
         return record
 
@@ -147,8 +171,12 @@ class BatchBackendBase:
             self.stats["batch_submitted_requests"] += sum(record.requests for record in fresh)
         for line in too_large:
             custom_id = next(c for c in to_submit if batch.lines[c] is line)
-            yield from self._answer(batch, requests, custom_id, RequestResult(
-                error=f"request too large for a batch file ({len(line) + 1} bytes > batch_max_bytes {self.max_bytes})"))
+            yield from self._answer(
+                batch,
+                requests,
+                custom_id,
+                RequestResult(error=f"request too large for a batch file ({len(line) + 1} bytes > batch_max_bytes {self.max_bytes})"),
+            )
         for record in active + fresh:
             if record.status in ("prepared", "uploaded"):
                 try:
@@ -157,23 +185,29 @@ class BatchBackendBase:
                     record.last_error = error.reason
                     self._save()
                     for custom_id in asked.pop(record.name):
-                        yield from self._answer(batch, requests, custom_id, RequestResult(
-                            error=f"batch submission failed: {error.reason} ({record.name})"))
+                        yield from self._answer(
+                            batch, requests, custom_id, RequestResult(error=f"batch submission failed: {error.reason} ({record.name})")
+                        )
                     continue
             if record not in active:
                 active.append(record)
         yield from self._wait(active, asked, batch, requests)
 
-    def _wait(self, active: list[BatchRecord], asked: dict[str, list[str]], batch: BatchLines,
-              requests: list[GenerationRequest]) -> Iterator[tuple[int, RequestResult]]:
+    def _wait(
+        self, active: list[BatchRecord], asked: dict[str, list[str]], batch: BatchLines, requests: list[GenerationRequest]
+    ) -> Iterator[tuple[int, RequestResult]]:
         from tqdm.auto import tqdm
 
         failures: Counter[str] = Counter()
         delay = self.poll_interval
         watched = list(active)
         # the bar counts whole batches' requests as the server reports them (request_counts), not only this call's
-        bar = tqdm(total=sum(record.requests for record in watched), unit="req", desc=f"{self.name}: {len(watched)} batches",
-                   disable=not self.progress or not watched or self.no_wait)
+        bar = tqdm(
+            total=sum(record.requests for record in watched),
+            unit="req",
+            desc=f"{self.name}: {len(watched)} batches",
+            disable=not self.progress or not watched or self.no_wait,
+        )
         try:
             while active:
                 for record in list(active):
@@ -217,8 +251,9 @@ class BatchBackendBase:
             for index in batch.indices[custom_id]:
                 self.pending[index] = record.label()
 
-    def _answer(self, batch: BatchLines, requests: list[GenerationRequest], custom_id: str,
-                result: RequestResult) -> Iterator[tuple[int, RequestResult]]:
+    def _answer(
+        self, batch: BatchLines, requests: list[GenerationRequest], custom_id: str, result: RequestResult
+    ) -> Iterator[tuple[int, RequestResult]]:
         for index in batch.indices[custom_id]:
             request = requests[index]
             mode = "none" if request.merged_messages is None else ("merged" if batch.sent_merged[custom_id] else "system")

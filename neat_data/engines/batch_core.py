@@ -141,6 +141,7 @@ def _error_text(error: Any) -> str:
 
 def outcome_of_line(data: Any, label: str, secret: str | None) -> RequestResult:
     """The RequestResult of one parsed output/error line (see the module doc)."""
+
     def failed(reason: str) -> RequestResult:
         text = short_text(redact_secret(reason, secret))
         if "system" in text.lower() and ("role" in text.lower() or "not supported" in text.lower()):
@@ -165,8 +166,11 @@ def outcome_of_line(data: Any, label: str, secret: str | None) -> RequestResult:
         return failed(f"malformed response: {error}")
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return RequestResult(completions=completions, prompt_tokens=prompt if isinstance(prompt, int) else None,
-                         completion_tokens=completion if isinstance(completion, int) else None)
+    return RequestResult(
+        completions=completions,
+        prompt_tokens=prompt if isinstance(prompt, int) else None,
+        completion_tokens=completion if isinstance(completion, int) else None,
+    )
 
 
 def read_outcomes(record: BatchRecord, state_dir: Path, requested: dict[str, bytes], secret: str | None) -> dict[str, RequestResult]:

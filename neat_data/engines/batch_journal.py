@@ -146,8 +146,9 @@ def run_journals(run_dir: Path) -> dict[str, BatchJournal]:
     `<run>/batches/<stage>/journal.json` of a stage whose records are not in the manifest."""
     from neat_data.runfolder import read_manifest
 
-    journals: dict[str, BatchJournal] = {stage: ManifestBatchJournal(run_dir, stage)
-                                         for stage in sorted((read_manifest(Path(run_dir)).get("batches") or {}))}
+    journals: dict[str, BatchJournal] = {
+        stage: ManifestBatchJournal(run_dir, stage) for stage in sorted(read_manifest(Path(run_dir)).get("batches") or {})
+    }
     for path in sorted((Path(run_dir) / "batches").glob("*/journal.json")):
         journals.setdefault(path.parent.name, FileBatchJournal(path))
     return journals

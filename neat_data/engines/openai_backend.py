@@ -24,7 +24,8 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterable, Iterator, Literal
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -94,7 +95,8 @@ class OpenAIOptions(BaseModel):
     backoff_base: float = Field(0.5, ge=0, description="openai: first retry delay in seconds; doubles each retry (with jitter).")
     backoff_max: float = Field(30.0, ge=0, description="openai: longest retry delay in seconds.")
     http_transport: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", description="openai: client transport (aiohttp: our lean client; httpx: the openai SDK, ~10x the CPU per request).")
+        "aiohttp", description="openai: client transport (aiohttp: our lean client; httpx: the openai SDK, ~10x the CPU per request)."
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -135,7 +137,7 @@ class OpenAIBackend:
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r})"
 
     @classmethod
-    def from_options(cls, model: str, options: OpenAIOptions) -> "OpenAIBackend":
+    def from_options(cls, model: str, options: OpenAIOptions) -> OpenAIBackend:
         """`model`: the served model name. The key comes from the environment, here and nowhere else."""
         plain = OpenAIOptions.model_validate(options.model_dump(include=set(OpenAIOptions.model_fields)))
         return cls(model, plain, api_key=os.environ.get(options.api_key_env))
@@ -168,11 +170,12 @@ class OpenAIBackend:
         if failure:
             raise failure[0]
 
-    async def _generate_all(self, requests: Iterable[GenerationRequest], sampling: Sampling, results: "queue.Queue[Any]") -> None:
+    async def _generate_all(self, requests: Iterable[GenerationRequest], sampling: Sampling, results: queue.Queue[Any]) -> None:
         client = self._client()
         limiter = RateLimiter(self.rpm)
         semaphore = asyncio.Semaphore(self.max_concurrency)
         try:
+
             async def one(index: int, request: GenerationRequest) -> None:
                 results.put((index, await self._generate_one(client, limiter, semaphore, request, sampling)))
 
@@ -192,8 +195,9 @@ class OpenAIBackend:
         finally:
             await client.close()
 
-    async def _generate_one(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, request: GenerationRequest,
-                            sampling: Sampling) -> RequestResult:
+    async def _generate_one(
+        self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, request: GenerationRequest, sampling: Sampling
+    ) -> RequestResult:
         mode = "none" if request.merged_messages is None else "system"
         usage = _Usage()
         try:
@@ -207,21 +211,36 @@ class OpenAIBackend:
                     self.system_role_ok = False
                     self.stats["system_role_fallback"] += 1
                     mode = "merged"
-                    completions, fallback = await self._samples(client, limiter, semaphore, request.merged_messages, request, sampling,
-                                                                usage)
+                    completions, fallback = await self._samples(
+                        client, limiter, semaphore, request.merged_messages, request, sampling, usage
+                    )
                 else:
                     raise
-            return RequestResult(completions=completions, system_mode=mode, n_fallback=fallback, prompt_tokens=usage.prompt_tokens,
-                                 completion_tokens=usage.completion_tokens)
+            return RequestResult(
+                completions=completions,
+                system_mode=mode,
+                n_fallback=fallback,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
         except _Rejected as error:
             self.stats["failed_requests"] += 1
             # servers may echo the key in an error body ("Incorrect API key provided: sk-…"); every reason was
             # redacted where it was made (_clean), before it was cut to length
-            return RequestResult(error=str(error), system_mode=mode, prompt_tokens=usage.prompt_tokens,
-                                 completion_tokens=usage.completion_tokens)
+            return RequestResult(
+                error=str(error), system_mode=mode, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+            )
 
-    async def _samples(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, messages: list[dict[str, str]],
-                       request: GenerationRequest, sampling: Sampling, usage: "_Usage") -> tuple[list[Completion], bool]:
+    async def _samples(
+        self,
+        client: Any,
+        limiter: RateLimiter,
+        semaphore: asyncio.Semaphore,
+        messages: list[dict[str, str]],
+        request: GenerationRequest,
+        sampling: Sampling,
+        usage: _Usage,
+    ) -> tuple[list[Completion], bool]:
         completions: list[Completion] = []
         if self.n_supported or request.n == 1:
             completions = await self._call(client, limiter, semaphore, messages, request.n, request.seed, sampling, usage)
@@ -231,15 +250,26 @@ class OpenAIBackend:
                 self.n_supported = False
                 self.stats["n_ignored"] += 1
         # The server ignored n: fetch each missing sample alone, seed + sample index keeps them distinct.
-        singles = await asyncio.gather(*(
-            self._call(client, limiter, semaphore, messages, 1, request.seed + i, sampling, usage)
-            for i in range(len(completions), request.n)
-        ))
+        singles = await asyncio.gather(
+            *(
+                self._call(client, limiter, semaphore, messages, 1, request.seed + i, sampling, usage)
+                for i in range(len(completions), request.n)
+            )
+        )
         completions += [c[0] for c in singles if c]
         return completions, True
 
-    async def _call(self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, messages: list[dict[str, str]], n: int,
-                    seed: int, sampling: Sampling, usage: "_Usage") -> list[Completion]:
+    async def _call(
+        self,
+        client: Any,
+        limiter: RateLimiter,
+        semaphore: asyncio.Semaphore,
+        messages: list[dict[str, str]],
+        n: int,
+        seed: int,
+        sampling: Sampling,
+        usage: _Usage,
+    ) -> list[Completion]:
         from neat_data.engines.openai_http import HTTPStatusFailure, TransportFailure
 
         body = chat_body(self.model, messages, n, seed, sampling)
@@ -300,16 +330,29 @@ def parse_chat_response(data: Any, n: int) -> list[Completion]:
         content = message.get("content")
         if content is not None and not isinstance(content, str):
             raise ValueError(f"choice {position} content is {type(content).__name__}, not a string")
-        completions.append(Completion(text=content, finish_reason=choice.get("finish_reason"), prompt_tokens=usage.get("prompt_tokens"),
-                                      completion_tokens=usage.get("completion_tokens") if len(choices) == 1 else None))
+        completions.append(
+            Completion(
+                text=content,
+                finish_reason=choice.get("finish_reason"),
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens") if len(choices) == 1 else None,
+            )
+        )
     return completions
 
 
 def chat_body(model: str, messages: list[dict[str, str]], n: int, seed: int, sampling: Sampling) -> dict[str, Any]:
     """The JSON body of one chat-completions request: what the online backend POSTs and what a batch file line
     carries as `body` (neat_data.engines.openai_batch), so both paths send exactly the same request."""
-    return {"model": model, "messages": messages, "n": n, "seed": seed, "temperature": sampling.temperature,
-            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+    return {
+        "model": model,
+        "messages": messages,
+        "n": n,
+        "seed": seed,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+    }
 
 
 class _SDKChatClient:
@@ -325,8 +368,13 @@ class _SDKChatClient:
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         httpx_timeout = httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
         self.timeout = timeout
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=httpx_timeout,
-                                          http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=httpx_timeout))
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=0,
+            timeout=httpx_timeout,
+            http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=httpx_timeout),
+        )
 
     async def post_json(self, path: str, body: dict[str, Any]) -> Any:
         import openai

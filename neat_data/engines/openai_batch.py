@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,12 +53,20 @@ class OpenAIBatchOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    no_wait: bool = Field(False, description="openai-batch: submit (or attach to) the batches and return; a later run collects them.",
-                          json_schema_extra={"cli_false": "--wait"})
-    batch_max_requests: int = Field(MAX_REQUESTS_PER_FILE, ge=1, le=MAX_REQUESTS_PER_FILE,
-                                    description="openai-batch/vllm-batch: requests per batch file (API limit 50,000).")
-    batch_max_bytes: int = Field(MAX_BYTES_PER_FILE, ge=1024, le=MAX_BYTES_PER_FILE,
-                                 description="openai-batch/vllm-batch: bytes per batch file (API limit 200 MB).")
+    no_wait: bool = Field(
+        False,
+        description="openai-batch: submit (or attach to) the batches and return; a later run collects them.",
+        json_schema_extra={"cli_false": "--wait"},
+    )
+    batch_max_requests: int = Field(
+        MAX_REQUESTS_PER_FILE,
+        ge=1,
+        le=MAX_REQUESTS_PER_FILE,
+        description="openai-batch/vllm-batch: requests per batch file (API limit 50,000).",
+    )
+    batch_max_bytes: int = Field(
+        MAX_BYTES_PER_FILE, ge=1024, le=MAX_BYTES_PER_FILE, description="openai-batch/vllm-batch: bytes per batch file (API limit 200 MB)."
+    )
     batch_poll_interval: float = Field(10.0, gt=0, description="openai-batch: seconds between status polls at first; doubles each poll.")
     batch_poll_max: float = Field(300.0, gt=0, description="openai-batch: longest wait between status polls, in seconds.")
 
@@ -65,11 +74,29 @@ class OpenAIBatchOptions(BaseModel):
 class OpenAIBatchBackend(BatchBackendBase):
     name = "openai-batch"
 
-    def __init__(self, model: str, options: OpenAIOptions, batch_options: OpenAIBatchOptions, *, state_dir: Path,
-                 journal: BatchJournal | None = None, api_key: str | None = None, progress: bool = True):
-        super().__init__(model, state_dir=state_dir, journal=journal, secret=api_key, max_requests=batch_options.batch_max_requests,
-                         max_bytes=batch_options.batch_max_bytes, no_wait=batch_options.no_wait,
-                         poll_interval=batch_options.batch_poll_interval, poll_max=batch_options.batch_poll_max, progress=progress)
+    def __init__(
+        self,
+        model: str,
+        options: OpenAIOptions,
+        batch_options: OpenAIBatchOptions,
+        *,
+        state_dir: Path,
+        journal: BatchJournal | None = None,
+        api_key: str | None = None,
+        progress: bool = True,
+    ):
+        super().__init__(
+            model,
+            state_dir=state_dir,
+            journal=journal,
+            secret=api_key,
+            max_requests=batch_options.batch_max_requests,
+            max_bytes=batch_options.batch_max_bytes,
+            no_wait=batch_options.no_wait,
+            poll_interval=batch_options.batch_poll_interval,
+            poll_max=batch_options.batch_poll_max,
+            progress=progress,
+        )
         self.base_url = options.base_url or OPENAI_BASE_URL
         self.api_key_env = options.api_key_env
         self._client = make_client(self.base_url, api_key, max_retries=options.max_retries, timeout=options.request_timeout)
@@ -78,8 +105,9 @@ class OpenAIBatchBackend(BatchBackendBase):
         return f"OpenAIBatchBackend(base_url={self.base_url!r}, model={self.model!r}, state_dir={str(self.state_dir)!r})"
 
     @classmethod
-    def from_options(cls, model: str, options: Any, *, state_dir: Path, journal: BatchJournal | None = None,
-                     progress: bool = True) -> "OpenAIBatchBackend":
+    def from_options(
+        cls, model: str, options: Any, *, state_dir: Path, journal: BatchJournal | None = None, progress: bool = True
+    ) -> OpenAIBatchBackend:
         """`options`: any model holding OpenAIOptions' and OpenAIBatchOptions' fields (a generate or score config).
         The key comes from the environment, here and nowhere else."""
         plain = OpenAIOptions.model_validate(options.model_dump(include=set(OpenAIOptions.model_fields)))
@@ -95,16 +123,27 @@ class OpenAIBatchBackend(BatchBackendBase):
             found = None if fresh else self._call("list files", lambda: _find_upload(self._client, upload_name, record))
             if found is None:
                 data = (self.state_dir / record.input_file).read_bytes()
-                uploaded = self._call("upload", lambda: self._client.files.create(
-                    file=(upload_name, data, "application/jsonl"), purpose="batch", timeout=UPLOAD_TIMEOUT))
+                uploaded = self._call(
+                    "upload",
+                    lambda: self._client.files.create(
+                        file=(upload_name, data, "application/jsonl"), purpose="batch", timeout=UPLOAD_TIMEOUT
+                    ),
+                )
                 found = uploaded.id
             record.input_file_id, record.status = found, "uploaded"
             self._save()
         if record.batch_id is None:
             existing = None if fresh else self._call("list batches", lambda: _find_batch(self._client, record))
             if existing is None:
-                existing = self._call("create batch", lambda: self._client.batches.create(
-                    input_file_id=record.input_file_id, endpoint=ENDPOINT, completion_window="24h", metadata={"neat_data_batch": record.name}))
+                existing = self._call(
+                    "create batch",
+                    lambda: self._client.batches.create(
+                        input_file_id=record.input_file_id,
+                        endpoint=ENDPOINT,
+                        completion_window="24h",
+                        metadata={"neat_data_batch": record.name},
+                    ),
+                )
                 self.stats["batches_submitted"] += 1
             apply_batch(record, existing)
             self._save()
@@ -131,8 +170,12 @@ def make_client(base_url: str, api_key: str | None, *, max_retries: int, timeout
 
     from neat_data.engines.openai_http import CONNECT_TIMEOUT
 
-    return openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=max_retries,
-                         timeout=httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)))
+    return openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key or "EMPTY",
+        max_retries=max_retries,
+        timeout=httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+    )
 
 
 def control_call(what: str, function: Callable[[], T], secret: str | None) -> T:
@@ -190,7 +233,9 @@ def _find_batch(client: Any, record: BatchRecord) -> Any:
 
 
 # ------------------------------------------------------------------------- neat-data batch status | cancel
-def refresh_records(records: list[BatchRecord], *, api_key_for: Callable[[BatchRecord], str | None]) -> list[tuple[BatchRecord, str | None]]:
+def refresh_records(
+    records: list[BatchRecord], *, api_key_for: Callable[[BatchRecord], str | None]
+) -> list[tuple[BatchRecord, str | None]]:
     """(record updated from its server, the problem if it could not be read) for every openai-batch record with a
     batch id; other records are returned as they are. Nothing is written: a running stage owns the journal."""
     out: list[tuple[BatchRecord, str | None]] = []

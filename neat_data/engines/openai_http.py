@@ -31,7 +31,6 @@ import aiohttp
 from yarl import URL
 
 
-
 class HTTPStatusFailure(Exception):
     """The server answered `status`; `message` is its error text (the SDK's "Error code: N - message" form)."""
 
@@ -143,13 +142,14 @@ class ChatHTTPClient:
         """POST `body` as JSON to base_url + path; the decoded JSON answer of a 2xx, else raises (see module doc)."""
         data = encode_json(body)
         try:
-            async with self._session.post(self._url(path), data=data, allow_redirects=False, proxy=self._proxy,
-                                          proxy_auth=self._proxy_auth) as response:
+            async with self._session.post(
+                self._url(path), data=data, allow_redirects=False, proxy=self._proxy, proxy_auth=self._proxy_auth
+            ) as response:
                 raw = await response.read()
                 status, headers = response.status, response.headers
         except aiohttp.ClientResponseError as error:  # a broken status line or headers: a malformed answer
             raise TransportFailure("malformed", f"malformed response: {_first_line(error)}") from None
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
             kind, reason = classify_transport_error(error, self.timeout)
             raise TransportFailure(kind, reason) from None
         if not 200 <= status < 300:

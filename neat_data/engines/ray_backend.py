@@ -22,8 +22,9 @@ import functools
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,7 +39,9 @@ class RayOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ray_actors: int = Field(1, ge=1, description="ray: engine actors (one vLLM engine each); RAY_ADDRESS picks the cluster.")
-    ray_gpus_per_actor: float | None = Field(None, ge=0, description="ray: GPUs per actor (default: --tensor-parallel-size on a GPU cluster, else 0).")
+    ray_gpus_per_actor: float | None = Field(
+        None, ge=0, description="ray: GPUs per actor (default: --tensor-parallel-size on a GPU cluster, else 0)."
+    )
     ray_cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs reserved per actor.")
     ray_batch_size: int = Field(64, ge=1, description="ray: requests per actor call (results stream back per batch).")
 
@@ -51,14 +54,24 @@ def _vllm_engine(model_path: str, model_label: str, options: VLLMOptions, seed: 
 
 
 def _encode_result(result: RequestResult) -> str:
-    return json.dumps({"completions": [c.__dict__ for c in result.completions], "error": result.error,
-                       "system_mode": result.system_mode, "n_fallback": result.n_fallback})
+    return json.dumps(
+        {
+            "completions": [c.__dict__ for c in result.completions],
+            "error": result.error,
+            "system_mode": result.system_mode,
+            "n_fallback": result.n_fallback,
+        }
+    )
 
 
 def _decode_result(text: str) -> RequestResult:
     value = json.loads(text)
-    return RequestResult(completions=[Completion(**c) for c in value["completions"]], error=value["error"],
-                         system_mode=value["system_mode"], n_fallback=value["n_fallback"])
+    return RequestResult(
+        completions=[Completion(**c) for c in value["completions"]],
+        error=value["error"],
+        system_mode=value["system_mode"],
+        n_fallback=value["n_fallback"],
+    )
 
 
 def root_cause(error: Exception) -> str:
@@ -111,8 +124,17 @@ class _EngineActor:
 class RayBackend:
     name = "ray"
 
-    def __init__(self, model: str, engine_factory: Callable[[], Any], *, actors: int = 1, gpus_per_actor: float | None = None,
-                 cpus_per_actor: float = 1.0, batch_size: int = 64, tensor_parallel_size: int = 1):
+    def __init__(
+        self,
+        model: str,
+        engine_factory: Callable[[], Any],
+        *,
+        actors: int = 1,
+        gpus_per_actor: float | None = None,
+        cpus_per_actor: float = 1.0,
+        batch_size: int = 64,
+        tensor_parallel_size: int = 1,
+    ):
         """`engine_factory`: a picklable zero-argument callable that builds a Backend inside each actor."""
         self.model = model
         self.engine_factory = engine_factory
@@ -121,15 +143,21 @@ class RayBackend:
         self._started_ray = False
 
     @classmethod
-    def from_options(cls, model: str, ray_options: RayOptions, vllm_options: VLLMOptions, *, seed: int = 0) -> "RayBackend":
+    def from_options(cls, model: str, ray_options: RayOptions, vllm_options: VLLMOptions, *, seed: int = 0) -> RayBackend:
         from neat_data.models import resolve_model
 
         # Resolve the model on the driver: actors then load a path (or Hub id) and need no model-building extras.
         vllm_only = VLLMOptions.model_validate(vllm_options.model_dump(include=set(VLLMOptions.model_fields)))
         factory = functools.partial(_vllm_engine, resolve_model(model), model, vllm_only, seed)
-        return cls(model, factory, actors=ray_options.ray_actors, gpus_per_actor=ray_options.ray_gpus_per_actor,
-                   cpus_per_actor=ray_options.ray_cpus_per_actor, batch_size=ray_options.ray_batch_size,
-                   tensor_parallel_size=vllm_options.tensor_parallel_size)
+        return cls(
+            model,
+            factory,
+            actors=ray_options.ray_actors,
+            gpus_per_actor=ray_options.ray_gpus_per_actor,
+            cpus_per_actor=ray_options.ray_cpus_per_actor,
+            batch_size=ray_options.ray_batch_size,
+            tensor_parallel_size=vllm_options.tensor_parallel_size,
+        )
 
     def _init_ray(self) -> Any:
         ray, started = init_ray()
@@ -146,9 +174,13 @@ class RayBackend:
             gpus = float(self.tensor_parallel_size) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         items = [{"index": i, "request": json.dumps(r.__dict__)} for i, r in enumerate(requests)]
         dataset = ray.data.from_items(items).map_batches(
-            _EngineActor, fn_constructor_kwargs={"engine_factory": self.engine_factory, "sampling": sampling.model_dump()},
-            batch_size=self.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_gpus=gpus, num_cpus=self.cpus_per_actor,
+            _EngineActor,
+            fn_constructor_kwargs={"engine_factory": self.engine_factory, "sampling": sampling.model_dump()},
+            batch_size=self.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.actors),
+            num_gpus=gpus,
+            num_cpus=self.cpus_per_actor,
         )
         answered: set[int] = set()
         try:

@@ -9,7 +9,8 @@ request so that a bad request becomes an error result, never a dead job.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,7 +44,7 @@ class TransformersBackend:
         self.system_role_ok = template_accepts_system(self.tokenizer)
 
     @classmethod
-    def from_options(cls, model: str, options: TransformersOptions) -> "TransformersBackend":
+    def from_options(cls, model: str, options: TransformersOptions) -> TransformersBackend:
         return cls(resolve_model(model), model_label=model, batch_size=options.transformers_batch_size)
 
     def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
@@ -55,7 +56,10 @@ class TransformersBackend:
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
             if len(ids) + 1 > self.max_model_len:
-                yield index, RequestResult(error=f"prompt too long: {len(ids)} tokens, model context is {self.max_model_len}", system_mode=mode)
+                yield (
+                    index,
+                    RequestResult(error=f"prompt too long: {len(ids)} tokens, model context is {self.max_model_len}", system_mode=mode),
+                )
                 continue
             batch.append((index, request, ids, mode))
             if sum(item[1].n for item in batch) >= self.batch_size:
@@ -64,7 +68,9 @@ class TransformersBackend:
         if batch:
             yield from self._run_batch(batch, sampling)
 
-    def _run_batch(self, batch: list[tuple[int, GenerationRequest, list[int], str]], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+    def _run_batch(
+        self, batch: list[tuple[int, GenerationRequest, list[int], str]], sampling: Sampling
+    ) -> Iterator[tuple[int, RequestResult]]:
         try:
             samples = self._sample([ids for _, _, ids, _ in batch], [request.n for _, request, _, _ in batch], batch[0][1].seed, sampling)
         except Exception as error:
@@ -75,8 +81,12 @@ class TransformersBackend:
                 yield from self._run_batch([item], sampling)
             return
         for (index, _, ids, mode), completions in zip(batch, samples):
-            yield index, RequestResult(completions=[Completion(text, reason, len(ids), count) for text, reason, count in completions],
-                                       system_mode=mode)
+            yield (
+                index,
+                RequestResult(
+                    completions=[Completion(text, reason, len(ids), count) for text, reason, count in completions], system_mode=mode
+                ),
+            )
 
     def _sample(self, prompts: list[list[int]], counts: list[int], seed: int, sampling: Sampling) -> list[list[tuple[str, str, int]]]:
         import torch
@@ -89,18 +99,27 @@ class TransformersBackend:
         greedy = sampling.temperature == 0
         with torch.no_grad():
             output = self.network.generate(
-                input_ids=input_ids, attention_mask=attention, do_sample=not greedy, max_new_tokens=min(sampling.max_tokens, self.max_model_len - width),
-                pad_token_id=self.pad_id, eos_token_id=sorted(self.stop_ids),
+                input_ids=input_ids,
+                attention_mask=attention,
+                do_sample=not greedy,
+                max_new_tokens=min(sampling.max_tokens, self.max_model_len - width),
+                pad_token_id=self.pad_id,
+                eos_token_id=sorted(self.stop_ids),
                 **({} if greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}),
             )
         results, row = [], 0
         for n in counts:
             completions = []
-            for new in output[row:row + n, width:].tolist():
+            for new in output[row : row + n, width:].tolist():
                 stop = next((i for i, token in enumerate(new) if token in self.stop_ids), None)
                 kept = new if stop is None else new[:stop]
-                completions.append((self.tokenizer.decode(kept, skip_special_tokens=True), "length" if stop is None else "stop",
-                                    len(kept) + (0 if stop is None else 1)))
+                completions.append(
+                    (
+                        self.tokenizer.decode(kept, skip_special_tokens=True),
+                        "length" if stop is None else "stop",
+                        len(kept) + (0 if stop is None else 1),
+                    )
+                )
             results.append(completions)
             row += n
         return results

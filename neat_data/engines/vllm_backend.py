@@ -13,7 +13,8 @@ so that its prompt tokens stay under that budget, which keeps prefill in one chu
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,16 +39,16 @@ class VLLMOptions(BaseModel):
     max_num_batched_tokens: int | None = Field(None, ge=16, description="vllm: token budget per step (CPU default 16384).")
     max_num_seqs: int | None = Field(None, ge=1, description="vllm: sequences per step.")
     vllm_batch_requests: int = Field(512, ge=1, description="vllm: requests per LLM.chat call (results are flushed between calls).")
-    enforce_eager: bool | None = Field(None, description="vllm: skip torch.compile (default: eager on CPU, compiled on GPU).",
-                                       json_schema_extra={"cli_false": "--compile"})
+    enforce_eager: bool | None = Field(
+        None, description="vllm: skip torch.compile (default: eager on CPU, compiled on GPU).", json_schema_extra={"cli_false": "--compile"}
+    )
     kv_cache_gb: float | None = Field(None, gt=0, description="vllm (CPU): KV cache size in GiB (default 2).")
 
 
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model: str, *, model_label: str | None = None, options: VLLMOptions | None = None, seed: int = 0,
-                 llm: Any = None):
+    def __init__(self, model: str, *, model_label: str | None = None, options: VLLMOptions | None = None, seed: int = 0, llm: Any = None):
         """`model`: what vLLM loads (folder or Hub id); `model_label`: what rows record (the user's spec).
 
         Pass an existing `llm` (a vllm.LLM) to share one engine between several backends (tests do).
@@ -64,7 +65,7 @@ class VLLMBackend:
         self.system_role_ok = template_accepts_system(self.tokenizer)
 
     @classmethod
-    def from_options(cls, model: str, options: VLLMOptions, *, seed: int = 0) -> "VLLMBackend":
+    def from_options(cls, model: str, options: VLLMOptions, *, seed: int = 0) -> VLLMBackend:
         """`model`: the user's spec (alias, folder or Hub id), resolved here and recorded as given."""
         return cls(resolve_model(model), model_label=model, options=options, seed=seed)
 
@@ -73,17 +74,24 @@ class VLLMBackend:
         try:
             import vllm
         except ImportError:
-            raise NeatError("backend 'vllm' needs vLLM: pip install 'neat-data[vllm]' (GPU) or run scripts/setup.sh (CPU)", field="backend") from None
+            raise NeatError(
+                "backend 'vllm' needs vLLM: pip install 'neat-data[vllm]' (GPU) or run scripts/setup.sh (CPU)", field="backend"
+            ) from None
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
         max_model_len, max_num_batched_tokens, max_num_seqs = options.max_model_len, options.max_num_batched_tokens, options.max_num_seqs
         enforce_eager, kv_cache_gb = options.enforce_eager, options.kv_cache_gb
-        kwargs: dict[str, Any] = dict(model=model, dtype=resolve_dtype(options.dtype, "cpu" if on_cpu else "cuda"),
-                                      tensor_parallel_size=options.tensor_parallel_size, enable_prefix_caching=True, seed=seed,
-                                      # On CPU, torch.compile warm-up costs ~150 s per engine start (measured with
-                                      # SmolLM2-135M, 2 cores) for ~8% more tokens/s: eager wins for runs of minutes.
-                                      enforce_eager=on_cpu if enforce_eager is None else enforce_eager)
+        kwargs: dict[str, Any] = dict(
+            model=model,
+            dtype=resolve_dtype(options.dtype, "cpu" if on_cpu else "cuda"),
+            tensor_parallel_size=options.tensor_parallel_size,
+            enable_prefix_caching=True,
+            seed=seed,
+            # On CPU, torch.compile warm-up costs ~150 s per engine start (measured with
+            # SmolLM2-135M, 2 cores) for ~8% more tokens/s: eager wins for runs of minutes.
+            enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
+        )
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if on_cpu:
@@ -117,7 +125,10 @@ class VLLMBackend:
                 messages, mode = request.merged_messages, "merged"
             length = self.prompt_length(messages)
             if length + 1 > self.max_model_len:
-                yield index, RequestResult(error=f"prompt too long: {length} tokens, model context is {self.max_model_len}", system_mode=mode)
+                yield (
+                    index,
+                    RequestResult(error=f"prompt too long: {length} tokens, model context is {self.max_model_len}", system_mode=mode),
+                )
                 continue
             if batch and (len(batch) >= self.batch_requests or batch_tokens + length > self.token_budget):
                 yield from self._run_batch(batch, sampling)
@@ -130,11 +141,17 @@ class VLLMBackend:
     def _sampling_params(self, request: GenerationRequest, sampling: Sampling, prompt_length: int) -> Any:
         from vllm import SamplingParams
 
-        return SamplingParams(n=request.n, seed=request.seed, temperature=sampling.temperature, top_p=sampling.top_p,
-                              max_tokens=max(1, min(sampling.max_tokens, self.max_model_len - prompt_length)))
+        return SamplingParams(
+            n=request.n,
+            seed=request.seed,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=max(1, min(sampling.max_tokens, self.max_model_len - prompt_length)),
+        )
 
-    def _run_batch(self, batch: list[tuple[int, GenerationRequest, list[dict[str, str]], str, int]],
-                   sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
+    def _run_batch(
+        self, batch: list[tuple[int, GenerationRequest, list[dict[str, str]], str, int]], sampling: Sampling
+    ) -> Iterator[tuple[int, RequestResult]]:
         params = [self._sampling_params(request, sampling, length) for _, request, _, _, length in batch]
         try:
             outputs = self.llm.chat([messages for _, _, messages, _, _ in batch], params, use_tqdm=False)
@@ -148,8 +165,10 @@ class VLLMBackend:
             return
         for (index, _, _, mode, _), output in zip(batch, outputs):
             prompt_tokens = len(output.prompt_token_ids or [])
-            completions = [Completion(text=c.text, finish_reason=c.finish_reason, prompt_tokens=prompt_tokens,
-                                      completion_tokens=len(c.token_ids)) for c in output.outputs]
+            completions = [
+                Completion(text=c.text, finish_reason=c.finish_reason, prompt_tokens=prompt_tokens, completion_tokens=len(c.token_ids))
+                for c in output.outputs
+            ]
             yield index, RequestResult(completions=completions, system_mode=mode)
 
     def close(self) -> None:

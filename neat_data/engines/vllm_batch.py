@@ -39,12 +39,32 @@ _PROGRESS = re.compile(r"Running batch:.*?\|\s*(\d+)/(\d+)")
 class VLLMBatchBackend(BatchBackendBase):
     name = "vllm-batch"
 
-    def __init__(self, model: str, options: VLLMOptions, batch_options: OpenAIBatchOptions, *, state_dir: Path,
-                 journal: BatchJournal | None = None, seed: int = 0, model_path: str | None = None, progress: bool = True):
+    def __init__(
+        self,
+        model: str,
+        options: VLLMOptions,
+        batch_options: OpenAIBatchOptions,
+        *,
+        state_dir: Path,
+        journal: BatchJournal | None = None,
+        seed: int = 0,
+        model_path: str | None = None,
+        progress: bool = True,
+    ):
         """`model`: the user's spec, recorded in rows and served under that name; `model_path`: what vLLM loads
         (default: `resolve_model(model)`)."""
-        super().__init__(model, state_dir=state_dir, journal=journal, secret=None, max_requests=batch_options.batch_max_requests,
-                         max_bytes=batch_options.batch_max_bytes, no_wait=False, poll_interval=1.0, poll_max=1.0, progress=progress)
+        super().__init__(
+            model,
+            state_dir=state_dir,
+            journal=journal,
+            secret=None,
+            max_requests=batch_options.batch_max_requests,
+            max_bytes=batch_options.batch_max_bytes,
+            no_wait=False,
+            poll_interval=1.0,
+            poll_max=1.0,
+            progress=progress,
+        )
         if model_path is None:
             from neat_data.models import resolve_model
 
@@ -55,8 +75,9 @@ class VLLMBatchBackend(BatchBackendBase):
         self._system_ok: bool | None = None
 
     @classmethod
-    def from_options(cls, model: str, options: Any, *, seed: int = 0, state_dir: Path, journal: BatchJournal | None = None,
-                     progress: bool = True) -> "VLLMBatchBackend":
+    def from_options(
+        cls, model: str, options: Any, *, seed: int = 0, state_dir: Path, journal: BatchJournal | None = None, progress: bool = True
+    ) -> VLLMBatchBackend:
         vllm_options = VLLMOptions.model_validate(options.model_dump(include=set(VLLMOptions.model_fields)))
         batch_options = OpenAIBatchOptions.model_validate(options.model_dump(include=set(OpenAIBatchOptions.model_fields)))
         return cls(model, vllm_options, batch_options, state_dir=state_dir, journal=journal, seed=seed, progress=progress)
@@ -82,14 +103,31 @@ class VLLMBatchBackend(BatchBackendBase):
         try:
             from vllm.platforms import current_platform
         except ImportError:
-            raise NeatError("backend 'vllm-batch' needs vLLM: pip install 'neat-data[vllm]' (GPU) or run scripts/setup.sh (CPU)",
-                            field="backend") from None
+            raise NeatError(
+                "backend 'vllm-batch' needs vLLM: pip install 'neat-data[vllm]' (GPU) or run scripts/setup.sh (CPU)", field="backend"
+            ) from None
 
         options, on_cpu = self.options, current_platform.is_cpu()
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(input_path), "-o", str(output_path),
-                   "--model", self.model_path, "--served-model-name", self.model, "--seed", str(self.seed),
-                   "--dtype", resolve_dtype(options.dtype, "cpu" if on_cpu else "cuda"),
-                   "--tensor-parallel-size", str(options.tensor_parallel_size), "--enable-prefix-caching"]
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.run_batch",
+            "-i",
+            str(input_path),
+            "-o",
+            str(output_path),
+            "--model",
+            self.model_path,
+            "--served-model-name",
+            self.model,
+            "--seed",
+            str(self.seed),
+            "--dtype",
+            resolve_dtype(options.dtype, "cpu" if on_cpu else "cuda"),
+            "--tensor-parallel-size",
+            str(options.tensor_parallel_size),
+            "--enable-prefix-caching",
+        ]
         if options.max_model_len is not None:
             command += ["--max-model-len", str(options.max_model_len)]
         if options.enforce_eager if options.enforce_eager is not None else on_cpu:

@@ -9,7 +9,7 @@ from typing import Any
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), so padding stays small."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[Any, Any]:

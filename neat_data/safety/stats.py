@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ class Interval:
 
     def to_json(self) -> dict[str, Any]:
         """NaN (no prompts) becomes null so the file stays strict JSON."""
+
         def clean(value: float) -> float | None:
             return None if math.isnan(value) else value
 

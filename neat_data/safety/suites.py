@@ -17,8 +17,9 @@ NeatError naming the file and field: a missing key, an unknown metric, a source 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -60,7 +61,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        raise NeatError(f"invalid YAML: {getattr(error, 'problem', None) or error}", file=path, row=mark.line + 1 if mark else None) from None
+        raise NeatError(
+            f"invalid YAML: {getattr(error, 'problem', None) or error}", file=path, row=mark.line + 1 if mark else None
+        ) from None
     except UnicodeDecodeError as error:
         raise NeatError(f"not valid UTF-8 ({error.reason})", file=path) from None
     if not isinstance(raw, dict):
@@ -69,7 +72,13 @@ def load_suite(name_or_path: str | Path) -> Suite:
         check_metric_names([str(m) for m in raw["metrics"]], file=path)
     raw.setdefault("name", path.stem)
     source = raw.get("source")
-    if isinstance(source, str) and source != HELDOUT and "://" not in source and not Path(source).is_absolute() and not Path(source).exists():
+    if (
+        isinstance(source, str)
+        and source != HELDOUT
+        and "://" not in source
+        and not Path(source).is_absolute()
+        and not Path(source).exists()
+    ):
         raw["source"] = str((path.parent / source).resolve())  # relative to the suite file, when not to the cwd
     try:
         return Suite.model_validate({**raw, "path": path})
@@ -101,7 +110,9 @@ def seeded_subset(records: list[PromptRecord], limit: int | None, seed: int) -> 
 def suite_prompts(suite: Suite, *, limit: int | None = None) -> list[PromptRecord]:
     """The suite's prompts: its seeded subset of min(suite.limit, limit) (all when neither is set)."""
     if suite.source == HELDOUT:
-        raise NeatError("a 'heldout' suite has no prompts of its own: it reuses the evaluation's held-out responses", file=suite.path, field="source")
+        raise NeatError(
+            "a 'heldout' suite has no prompts of its own: it reuses the evaluation's held-out responses", file=suite.path, field="source"
+        )
     limits = [n for n in (suite.limit, limit) if n is not None]
     records = load_prompts(suite.source, prompt_column=suite.prompt_column).records
     return seeded_subset(records, min(limits) if limits else None, suite.seed)
@@ -112,8 +123,12 @@ def suite_texts(suites: Sequence[Suite]) -> list[str]:
     training prompts are decontaminated against. `heldout` suites are skipped (the split keeps those apart)."""
     from neat_data.safety.decontaminate import record_text
 
-    return [record_text(record) for suite in suites if suite.source != HELDOUT
-            for record in load_prompts(suite.source, prompt_column=suite.prompt_column).records]
+    return [
+        record_text(record)
+        for suite in suites
+        if suite.source != HELDOUT
+        for record in load_prompts(suite.source, prompt_column=suite.prompt_column).records
+    ]
 
 
 def check_suites(names: Sequence[str | Path]) -> list[Suite]:

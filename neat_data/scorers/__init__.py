@@ -31,17 +31,25 @@ class ScorerOptions(VLLMOptions, OpenAIOptions, OpenAIBatchOptions):
     """Which scorer, on which model and device; the judge's backend options are the generate stage's own."""
 
     scorer: str = Field("self-contrast", description=f"{SCORER_HELP}.")
-    model: str | None = Field(None, description="Reward model, judge, or self-contrast reference (default: the model that generated the run).")
-    backend: Literal["transformers", "vllm"] = Field("transformers", description="reward-model: vllm = the pooling fast path (LLM.classify).")
+    model: str | None = Field(
+        None, description="Reward model, judge, or self-contrast reference (default: the model that generated the run)."
+    )
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="reward-model: vllm = the pooling fast path (LLM.classify)."
+    )
     batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     max_length: int | None = Field(None, ge=8, description="Longest sequence scored; longer → error row.")
     judge_mode: JudgeMode = Field("pointwise", description="judge: 1–10 rating per response, or pairwise win rate with both orders judged.")
-    judge_backend: JudgeBackendName = Field("openai", description="judge: where the judge model runs (openai: --base-url; "
-                                                                  "openai-batch: the Batch API, half price, within 24 h).")
+    judge_backend: JudgeBackendName = Field(
+        "openai",
+        description="judge: where the judge model runs (openai: --base-url; openai-batch: the Batch API, half price, within 24 h).",
+    )
     judge_template: str | None = Field(None, description="judge: template YAML (default prompts/judges/<mode>.yaml).")
     # N copies of the scorer on a pool of Ray actors (local Ray, or the cluster RAY_ADDRESS names)
-    ray_actors: int | None = Field(None, ge=1, description="Score on N Ray actors, each with its own copy of the scorer; RAY_ADDRESS picks the cluster.")
+    ray_actors: int | None = Field(
+        None, ge=1, description="Score on N Ray actors, each with its own copy of the scorer; RAY_ADDRESS picks the cluster."
+    )
     ray_gpus_per_actor: float | None = Field(None, ge=0, description="ray: GPUs per actor (default 1 on a GPU cluster, else 0).")
     ray_cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs reserved per actor.")
     ray_batch_size: int = Field(64, ge=1, description="ray: items per actor call.")
@@ -54,8 +62,9 @@ class ScorerOptions(VLLMOptions, OpenAIOptions, OpenAIBatchOptions):
         raise ValueError(f"unknown scorer {value!r} ({SCORER_HELP})")
 
 
-def make_scorer(options: ScorerOptions, generation_model: str | None, *, state_dir: Path | None = None,
-                journal: "BatchJournal | None" = None) -> Scorer:
+def make_scorer(
+    options: ScorerOptions, generation_model: str | None, *, state_dir: Path | None = None, journal: BatchJournal | None = None
+) -> Scorer:
     """The scorer `options` names. The reference/reward/judge model defaults to the model that generated the run.
     `state_dir`/`journal`: the batch files and journal of a judge on openai-batch (e.g. <run>/batches/score)."""
     if options.ray_actors:
@@ -65,9 +74,13 @@ def make_scorer(options: ScorerOptions, generation_model: str | None, *, state_d
 
         # each actor builds the same scorer in one process (a plain ScorerOptions: actors need no stage module)
         single = ScorerOptions.model_validate(options.model_dump(include=set(ScorerOptions.model_fields)) | {"ray_actors": None})
-        return RayScorer(functools.partial(make_scorer, single, generation_model), actors=options.ray_actors,
-                         gpus_per_actor=options.ray_gpus_per_actor, cpus_per_actor=options.ray_cpus_per_actor,
-                         batch_size=options.ray_batch_size)
+        return RayScorer(
+            functools.partial(make_scorer, single, generation_model),
+            actors=options.ray_actors,
+            gpus_per_actor=options.ray_gpus_per_actor,
+            cpus_per_actor=options.ray_cpus_per_actor,
+            batch_size=options.ray_batch_size,
+        )
     kind = options.scorer
     if kind.startswith("python:"):
         from neat_data.scorers.python_fn import PythonScorer
@@ -85,8 +98,15 @@ def make_scorer(options: ScorerOptions, generation_model: str | None, *, state_d
     if kind == "judge":
         from neat_data.scorers.judge import make_judge
 
-        return make_judge(model, options.judge_backend, options, mode=options.judge_mode, template=options.judge_template,
-                          state_dir=state_dir, journal=journal)
+        return make_judge(
+            model,
+            options.judge_backend,
+            options,
+            mode=options.judge_mode,
+            template=options.judge_template,
+            state_dir=state_dir,
+            journal=journal,
+        )
     if kind == "reward-model":
         from neat_data.scorers.reward_model import RewardModelScorer, VLLMRewardScorer
 

@@ -95,7 +95,9 @@ class JudgeScorer:
 
     def _request(self, **fields: str) -> GenerationRequest:
         user = self.template.user.format(**fields)
-        messages = ([{"role": "system", "content": self.template.system}] if self.template.system else []) + [{"role": "user", "content": user}]
+        messages = ([{"role": "system", "content": self.template.system}] if self.template.system else []) + [
+            {"role": "user", "content": user}
+        ]
         merged = [{"role": "user", "content": f"{self.template.system}\n\n{user}"}] if self.template.system else None
         return GenerationRequest(messages=messages, merged_messages=merged, n=1, seed=request_seed(0, text_hash(user), "judge", None))
 
@@ -138,8 +140,10 @@ class JudgeScorer:
         for members in groups.values():
             for first, second in combinations(members, 2):
                 comparisons += [(first, second), (second, first)]
-        requests = [self._request(conversation=render_conversation(items[a].prompt), response_a=items[a].response,
-                                  response_b=items[b].response) for a, b in comparisons]
+        requests = [
+            self._request(conversation=render_conversation(items[a].prompt), response_a=items[a].response, response_b=items[b].response)
+            for a, b in comparisons
+        ]
         wins = [0] * len(items)
         judged = [0] * len(items)
         problems: dict[int, str] = {}
@@ -167,13 +171,25 @@ class JudgeScorer:
                 results.append(ScoreResult(wins[index] / judged[index]))
             else:
                 alone = len(groups[json.dumps(items[index].prompt, sort_keys=True)]) == 1
-                results.append(ScoreResult(None, "pairwise judging needs at least two responses per prompt" if alone
-                                           else problems.get(index, "no valid comparison")))
+                results.append(
+                    ScoreResult(
+                        None,
+                        "pairwise judging needs at least two responses per prompt" if alone else problems.get(index, "no valid comparison"),
+                    )
+                )
         return results
 
 
-def make_judge(model: str, backend_name: JudgeBackendName, options: "VLLMOptions | OpenAIOptions", *, mode: JudgeMode = "pointwise",
-               template: str | None = None, state_dir: Path | None = None, journal: "BatchJournal | None" = None) -> JudgeScorer:
+def make_judge(
+    model: str,
+    backend_name: JudgeBackendName,
+    options: VLLMOptions | OpenAIOptions,
+    *,
+    mode: JudgeMode = "pointwise",
+    template: str | None = None,
+    state_dir: Path | None = None,
+    journal: BatchJournal | None = None,
+) -> JudgeScorer:
     """A JudgeScorer for `model` on a generation backend built from the same options models as `generate`.
     openai-batch needs `state_dir` (e.g. <run>/batches/score) and takes the `journal` of its batches."""
     from neat_data.engines.openai_backend import OpenAIBackend, OpenAIOptions

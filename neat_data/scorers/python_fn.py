@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from neat_data.errors import NeatError
 from neat_data.scorers.base import ScoreItem, ScoreResult
@@ -37,8 +37,9 @@ class PythonScorer:
         try:
             values = list(self.function([item.prompt for item in items], [item.response for item in items]))
         except Exception as error:  # the user's code: one line naming it (scrubbed by the CLI), never a traceback
-            raise NeatError(f"the scorer raised {type(error).__name__}: {' '.join(str(error).split())[:500]}", field="scorer",
-                            file=self.name) from None
+            raise NeatError(
+                f"the scorer raised {type(error).__name__}: {' '.join(str(error).split())[:500]}", field="scorer", file=self.name
+            ) from None
         if len(values) != len(items):
             raise NeatError(f"returned {len(values)} scores for {len(items)} responses", field="scorer", file=self.name)
         results = []

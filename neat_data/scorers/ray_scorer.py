@@ -12,10 +12,10 @@ cluster with `RAY_ADDRESS` (see `neat_data.engines.ray_backend.init_ray`).
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from neat_data.errors import NeatError
-from neat_data.scorers.base import ScoreItem, ScoreResult, Scorer
+from neat_data.scorers.base import ScoreItem, Scorer, ScoreResult
 
 
 class _ScorerActor:
@@ -35,8 +35,15 @@ class _ScorerActor:
 
 
 class RayScorer:
-    def __init__(self, scorer_factory: Callable[[], Scorer], *, actors: int, gpus_per_actor: float | None = None,
-                 cpus_per_actor: float = 1.0, batch_size: int = 64):
+    def __init__(
+        self,
+        scorer_factory: Callable[[], Scorer],
+        *,
+        actors: int,
+        gpus_per_actor: float | None = None,
+        cpus_per_actor: float = 1.0,
+        batch_size: int = 64,
+    ):
         """`scorer_factory`: a picklable zero-argument callable that builds the scorer inside each actor."""
         from neat_data.engines.ray_backend import init_ray, root_cause
 
@@ -53,10 +60,11 @@ class RayScorer:
             raise NeatError(f"ray: a scorer actor could not start: {root_cause(error)}", field="scorer") from None
         self.name = names[0]
         self.batch_size = batch_size
+
     def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
         from ray.util import ActorPool
 
-        batches = [items[start:start + self.batch_size] for start in range(0, len(items), self.batch_size)]
+        batches = [items[start : start + self.batch_size] for start in range(0, len(items), self.batch_size)]
         payloads = [json.dumps([item.__dict__ for item in batch]) for batch in batches]
         results: list[ScoreResult] = []
         answers = ActorPool(self.actors).map(lambda actor, payload: actor.score.remote(payload), payloads)

@@ -18,7 +18,8 @@ class RewardModelScorer:
     def __init__(self, model: str, *, batch_size: int = 8, device: str = "auto", max_length: int | None = None):
         self.name = f"reward-model:{model}"
         self.tokenizer, self.model, self.device, self.pad_id, longest = load_scoring_model(
-            model, "AutoModelForSequenceClassification", device)
+            model, "AutoModelForSequenceClassification", device
+        )
         if self.model.config.pad_token_id is None:  # the model finds the last real token through it
             self.model.config.pad_token_id = self.pad_id
         self.batch_size = batch_size
@@ -79,8 +80,11 @@ class VLLMRewardScorer(RewardModelScorer):
         results: list[ScoreResult] = [ScoreResult(None, f"sequence longer than {self.max_length} tokens")] * len(items)
         fits = [i for i, s in enumerate(sequences) if len(s) <= self.max_length]
         if fits:
-            outputs = self.llm.classify([TokensPrompt(prompt_token_ids=sequences[i]) for i in fits],
-                                        pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+            outputs = self.llm.classify(
+                [TokensPrompt(prompt_token_ids=sequences[i]) for i in fits],
+                pooling_params=PoolingParams(use_activation=False),
+                use_tqdm=False,
+            )
             for index, output in zip(fits, outputs):
                 results[index] = ScoreResult(float(output.outputs.probs[0]))
         return results

@@ -36,8 +36,14 @@ class SelfContrastScorer:
 
         if not candidates:
             return []
-        values = candidate_logprobs(self.logprobs, [c.ids for c in candidates], [c.prompt_length for c in candidates], self.pad_id,
-                                    batch_size=self.batch_size, device=self.device)
+        values = candidate_logprobs(
+            self.logprobs,
+            [c.ids for c in candidates],
+            [c.prompt_length for c in candidates],
+            self.pad_id,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
         return [total for total, _ in values]
 
     def score(self, items: list[ScoreItem]) -> list[ScoreResult]:

@@ -17,8 +17,9 @@ the self-contrast model loads. Each request's seed derives from (seed, prompt_id
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,16 +68,25 @@ def plan(harmful: list[PromptRecord], benign: list[PromptRecord], pairs: tuple[P
     (the transformers backend seeds a batch from its first request)."""
     sets: tuple[tuple[PromptSet, list[PromptRecord]], ...] = (("harmful", harmful), ("benign", benign))
     unsteered = [Planned(prompt_set, record, "none", None) for prompt_set, records in sets for record in records]
-    steered = [Planned(prompt_set, record, steering, pair) for prompt_set, records in sets for record in records
-               for pair in pairs for steering in ("pos", "neg")]
+    steered = [
+        Planned(prompt_set, record, steering, pair)
+        for prompt_set, records in sets
+        for record in records
+        for pair in pairs
+        for steering in ("pos", "neg")
+    ]
     return unsteered, steered
 
 
 def engine_request(item: Planned, samples: int, seed: int) -> GenerationRequest:
     system = item.pair.system_prompt(item.steering) if item.pair else None
     merged = build_messages(item.record.messages, system, "merged") if system else None
-    return GenerationRequest(messages=build_messages(item.record.messages, system, "system"), merged_messages=merged, n=samples,
-                             seed=request_seed(seed, item.record.prompt_id, item.steering, item.pair.id if item.pair else None))
+    return GenerationRequest(
+        messages=build_messages(item.record.messages, system, "system"),
+        merged_messages=merged,
+        n=samples,
+        seed=request_seed(seed, item.record.prompt_id, item.steering, item.pair.id if item.pair else None),
+    )
 
 
 def make_audit_backend(config: AuditConfig) -> Any:
@@ -102,8 +112,16 @@ def self_contrast_scores(config: AuditConfig, rows: list[dict[str, Any]], pairs:
     if not steered:
         return
     scorer = SelfContrastScorer(resolve_model(config.model), batch_size=config.batch_size, device=config.device)
-    items = [ScoreItem(prompt=row["prompt"], response=row["response"], steering=row["steering"], positive_system=pairs[row["pair"]].positive,
-                       negative_system=pairs[row["pair"]].negative) for row in steered]
+    items = [
+        ScoreItem(
+            prompt=row["prompt"],
+            response=row["response"],
+            steering=row["steering"],
+            positive_system=pairs[row["pair"]].positive,
+            negative_system=pairs[row["pair"]].negative,
+        )
+        for row in steered
+    ]
     for row, result in zip(steered, scorer.score(items)):
         row["self_contrast"] = result.score
 
@@ -115,6 +133,7 @@ def interval(rows: list[dict[str, Any]], metric: str, resamples: int, seed: int)
 
 def contrast(pos: list[dict[str, Any]], neg: list[dict[str, Any]], metric: str, resamples: int, seed: int) -> dict[str, Any]:
     """Paired over prompts: mean of (positive − negative)."""
+
     def values(rows: list[dict[str, Any]]) -> dict[str, float]:
         kept = [row for row in rows if row.get(metric) is not None]
         return per_prompt_means([r["prompt_id"] for r in kept], [r[metric] for r in kept])
@@ -124,23 +143,33 @@ def contrast(pos: list[dict[str, Any]], neg: list[dict[str, Any]], metric: str, 
 
 def summarise_audit(rows: list[dict[str, Any]], pairs: tuple[PromptPair, ...], *, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Per pair and prompt set: each metric under pos / neg with intervals and the paired (pos − neg) interval."""
+
     def subset(prompt_set: str, **match: Any) -> list[dict[str, Any]]:
         return [r for r in rows if (prompt_set == "all" or r["prompt_set"] == prompt_set) and all(r[k] == v for k, v in match.items())]
 
-    summary: dict[str, Any] = {"none": {s: {m: interval(subset(s, steering="none"), m, resamples, seed) for m in METRICS} for s in SUMMARY_SETS},
-                               "pairs": []}
+    summary: dict[str, Any] = {
+        "none": {s: {m: interval(subset(s, steering="none"), m, resamples, seed) for m in METRICS} for s in SUMMARY_SETS},
+        "pairs": [],
+    }
     for pair in pairs:
         entry: dict[str, Any] = {"id": pair.id, "positive": pair.positive, "negative": pair.negative}
         for prompt_set in SUMMARY_SETS:
             pos, neg = subset(prompt_set, pair=pair.id, steering="pos"), subset(prompt_set, pair=pair.id, steering="neg")
-            entry[prompt_set] = {metric: {"pos": interval(pos, metric, resamples, seed), "neg": interval(neg, metric, resamples, seed),
-                                          "pos_minus_neg": contrast(pos, neg, metric, resamples, seed)}
-                                 for metric in (*METRICS, "self_contrast")}
+            entry[prompt_set] = {
+                metric: {
+                    "pos": interval(pos, metric, resamples, seed),
+                    "neg": interval(neg, metric, resamples, seed),
+                    "pos_minus_neg": contrast(pos, neg, metric, resamples, seed),
+                }
+                for metric in (*METRICS, "self_contrast")
+            }
         summary["pairs"].append(entry)
     return summary
 
 
-def run_audit(config: AuditConfig, *, echo: Callable[[str], None] = print, progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_audit(
+    config: AuditConfig, *, echo: Callable[[str], None] = print, progress: bool = True
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate, measure, score and summarise; returns (summary, one row per response)."""
     from tqdm.auto import tqdm
 
@@ -157,8 +186,10 @@ def run_audit(config: AuditConfig, *, echo: Callable[[str], None] = print, progr
         from neat_data.errors import NeatError
 
         raise NeatError("nothing to audit: --harmful and --benign are both 0", field="harmful")
-    echo(f"audit: {len(library.pairs)} pairs of {library.name} × ({len(harmful)} harmful + {len(benign)} benign prompts) × "
-         f"{config.samples} sample(s) → {len(planned) * config.samples} responses on {config.model} ({config.backend})")
+    echo(
+        f"audit: {len(library.pairs)} pairs of {library.name} × ({len(harmful)} harmful + {len(benign)} benign prompts) × "
+        f"{config.samples} sample(s) → {len(planned) * config.samples} responses on {config.model} ({config.backend})"
+    )
     backend = make_audit_backend(config)
     rows: list[dict[str, Any]] = []
     errors = 0
@@ -176,9 +207,18 @@ def run_audit(config: AuditConfig, *, echo: Callable[[str], None] = print, progr
                     if completion.text is None:
                         errors += 1
                         continue
-                    rows.append({"prompt_set": item.prompt_set, "prompt_id": item.record.prompt_id, "prompt": item.record.messages,
-                                 "steering": item.steering, "pair": item.pair.id if item.pair else None, "sample_index": sample_index,
-                                 "response": completion.text.strip(), "finish_reason": completion.finish_reason})
+                    rows.append(
+                        {
+                            "prompt_set": item.prompt_set,
+                            "prompt_id": item.record.prompt_id,
+                            "prompt": item.record.messages,
+                            "steering": item.steering,
+                            "pair": item.pair.id if item.pair else None,
+                            "sample_index": sample_index,
+                            "response": completion.text.strip(),
+                            "finish_reason": completion.finish_reason,
+                        }
+                    )
     finally:
         bar.close()
         backend.close()
@@ -190,12 +230,23 @@ def run_audit(config: AuditConfig, *, echo: Callable[[str], None] = print, progr
         row.update({metric: values[metric][index] for metric in METRICS}, self_contrast=None)
     self_contrast_scores(config, rows, {pair.id: pair for pair in library.pairs})
     summary = summarise_audit(rows, library.pairs, seed=config.sampling.seed)
-    summary.update(library=library.name, library_path=str(library.path), library_hash=library.content_hash, model=config.model,
-                   suite=suite.name, harmful_source=suite.source, prompts=config.prompts, harmful_prompts=len(harmful),
-                   benign_prompts=len(benign), responses=len(rows), error_responses=errors, config=config.model_dump(mode="json"),
-                   seconds={"generate": round(generated - started, 1), "total": round(time.time() - started, 1)},
-                   note="refusal = HarmBench AdvBench refusal-prefix match; offensive = alt-profanity-check P(offensive); "
-                        "tone = VADER compound; these measure refusal wording, offensiveness and tone, not helpfulness")
+    summary.update(
+        library=library.name,
+        library_path=str(library.path),
+        library_hash=library.content_hash,
+        model=config.model,
+        suite=suite.name,
+        harmful_source=suite.source,
+        prompts=config.prompts,
+        harmful_prompts=len(harmful),
+        benign_prompts=len(benign),
+        responses=len(rows),
+        error_responses=errors,
+        config=config.model_dump(mode="json"),
+        seconds={"generate": round(generated - started, 1), "total": round(time.time() - started, 1)},
+        note="refusal = HarmBench AdvBench refusal-prefix match; offensive = alt-profanity-check P(offensive); "
+        "tone = VADER compound; these measure refusal wording, offensiveness and tone, not helpfulness",
+    )
     return summary, rows
 
 
@@ -213,19 +264,25 @@ def _with_ci(entry: dict[str, Any], spec: str) -> str:
 
 def audit_table(summary: dict[str, Any]) -> list[str]:
     """The printed table: one row per pair (and one for no system prompt), positive / negative per cell."""
-    lines = ["| pair | refusal harmful pos / neg | Δ refusal harmful (95% CI) | refusal benign pos / neg | P(offensive) pos / neg | "
-             "tone pos / neg | words pos / neg | self-contrast gap (95% CI) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| pair | refusal harmful pos / neg | Δ refusal harmful (95% CI) | refusal benign pos / neg | P(offensive) pos / neg | "
+        "tone pos / neg | words pos / neg | self-contrast gap (95% CI) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     none = summary["none"]
-    lines.append(f"| (no system prompt) | {_cell(none['harmful']['refusal'], '.2f')} | – | {_cell(none['benign']['refusal'], '.2f')} | "
-                 f"{_cell(none['all']['offensive'], '.3f')} | {_cell(none['all']['tone'], '+.2f')} | {_cell(none['all']['length'], '.0f')} | – |")
+    lines.append(
+        f"| (no system prompt) | {_cell(none['harmful']['refusal'], '.2f')} | – | {_cell(none['benign']['refusal'], '.2f')} | "
+        f"{_cell(none['all']['offensive'], '.3f')} | {_cell(none['all']['tone'], '+.2f')} | {_cell(none['all']['length'], '.0f')} | – |"
+    )
     for pair in summary["pairs"]:
         harmful, benign, every = pair["harmful"], pair["benign"], pair["all"]
 
         def both(group: dict[str, Any], metric: str, spec: str) -> str:
             return f"{_cell(group[metric]['pos'], spec)} / {_cell(group[metric]['neg'], spec)}"
 
-        lines.append(f"| {pair['id']} | {both(harmful, 'refusal', '.2f')} | {_with_ci(harmful['refusal']['pos_minus_neg'], '+.2f')} | "
-                     f"{both(benign, 'refusal', '.2f')} | {both(every, 'offensive', '.3f')} | {both(every, 'tone', '+.2f')} | "
-                     f"{both(every, 'length', '.0f')} | {_with_ci(every['self_contrast']['pos_minus_neg'], '+.4f')} |")
+        lines.append(
+            f"| {pair['id']} | {both(harmful, 'refusal', '.2f')} | {_with_ci(harmful['refusal']['pos_minus_neg'], '+.2f')} | "
+            f"{both(benign, 'refusal', '.2f')} | {both(every, 'offensive', '.3f')} | {both(every, 'tone', '+.2f')} | "
+            f"{both(every, 'length', '.0f')} | {_with_ci(every['self_contrast']['pos_minus_neg'], '+.4f')} |"
+        )
     return lines

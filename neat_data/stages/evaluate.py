@@ -54,20 +54,30 @@ class EvaluateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    generate: GenerateConfig = Field(description="Held-out generation: prompts, policy, sampling, backend; out = the eval folder. "
-                                                 "num_neutral is set from `samples`.")
+    generate: GenerateConfig = Field(
+        description="Held-out generation: prompts, policy, sampling, backend; out = the eval folder. num_neutral is set from `samples`."
+    )
     score: ScoreConfig = Field(description="The run's scorer; run = the eval folder.")
-    samples: int = Field(1, ge=1, le=256, description="Responses per prompt (k) with the neutral prompt, for the held-out prompts and every suite.")
+    samples: int = Field(
+        1, ge=1, le=256, description="Responses per prompt (k) with the neutral prompt, for the held-out prompts and every suite."
+    )
     suites: list[str] = Field(default_factory=list, description="Evaluation suites: bundled names (prompts/eval/*.yaml) or YAML paths.")
-    suite_limit: int | None = Field(None, ge=1, description="At most N prompts per suite (a seeded subset; a suite's own limit still applies).")
-    base_eval: Path | None = Field(None, description="The base model's eval folder: win rate against its responses, paired suite intervals.")
-    preferred: Path | None = Field(None, description="Preferred responses for perplexity: an eval/run folder (its positive-prompt rows) or a Parquet/JSONL with prompt + response.")
+    suite_limit: int | None = Field(
+        None, ge=1, description="At most N prompts per suite (a seeded subset; a suite's own limit still applies)."
+    )
+    base_eval: Path | None = Field(
+        None, description="The base model's eval folder: win rate against its responses, paired suite intervals."
+    )
+    preferred: Path | None = Field(
+        None,
+        description="Preferred responses for perplexity: an eval/run folder (its positive-prompt rows) or a Parquet/JSONL with prompt + response.",
+    )
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for every confidence interval.")
     max_length: int = Field(2048, ge=8, description="Longest sequence in the perplexity pass.")
     device: str = Field("auto", description="auto | cpu | cuda: perplexity pass.")
 
     @model_validator(mode="after")
-    def _samples_are_the_neutral_responses(self) -> "EvaluateConfig":
+    def _samples_are_the_neutral_responses(self) -> EvaluateConfig:
         if self.generate.num_neutral not in (0, self.samples):
             raise ValueError(f"generate.num_neutral ({self.generate.num_neutral}) differs from samples ({self.samples}): set samples only")
         self.generate = self.generate.model_copy(update={"num_neutral": self.samples})
@@ -105,9 +115,13 @@ def load_preferred(source: Path) -> list[dict[str, Any]]:
         table_dir = source / "scored" if scored else source / "generations"
         if not table_dir.is_dir():
             raise NeatError("no generations/ or scored/ to take preferred responses from", file=source)
-        rows = [r for r in ShardedTable(table_dir, SCORED if scored else GENERATIONS).read(["prompt", "response", "steering", "status",
-                                                                                             "sample_index", "finish_reason"]).to_pylist()
-                if r["steering"] == "pos" and r["status"] == "ok" and r["sample_index"] == 0]
+        rows = [
+            r
+            for r in ShardedTable(table_dir, SCORED if scored else GENERATIONS)
+            .read(["prompt", "response", "steering", "status", "sample_index", "finish_reason"])
+            .to_pylist()
+            if r["steering"] == "pos" and r["status"] == "ok" and r["sample_index"] == 0
+        ]
         triples = [(r["prompt"], r["response"], r["finish_reason"]) for r in rows]
     elif source.suffix == ".parquet":
         table = read_parquet(source)
@@ -126,8 +140,11 @@ def load_preferred(source: Path) -> list[dict[str, Any]]:
                 if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
                     raise NeatError("needs 'prompt' (messages) and 'response'", file=source, row=number, field="response")
                 triples.append((row["prompt"], row["response"], row.get("finish_reason")))
-    return [{"prompt": prompt, "prompt_id": str(i), "responses": [response], "scores": [0.0], "finish_reason": [reason]}
-            for i, (prompt, response, reason) in enumerate(triples) if response]
+    return [
+        {"prompt": prompt, "prompt_id": str(i), "responses": [response], "scores": [0.0], "finish_reason": [reason]}
+        for i, (prompt, response, reason) in enumerate(triples)
+        if response
+    ]
 
 
 def perplexity(model_path: str, rows: list[dict[str, Any]], *, max_length: int, device: str, batch_prompts: int = 8) -> tuple[float, int]:
@@ -150,8 +167,9 @@ def perplexity(model_path: str, rows: list[dict[str, Any]], *, max_length: int, 
             if candidate.prompt_length < max_length:
                 sequences.append(candidate.ids[:max_length])
                 starts.append(candidate.prompt_length)
-    values = candidate_logprobs(ResponseLogprobs(model.eval()), sequences, starts, pad_id_of(tokenizer), batch_size=batch_prompts,
-                                device=model.device)
+    values = candidate_logprobs(
+        ResponseLogprobs(model.eval()), sequences, starts, pad_id_of(tokenizer), batch_size=batch_prompts, device=model.device
+    )
     total, count = sum(v for v, _ in values), sum(n for _, n in values)
     return (math.exp(-total / count) if count else math.nan), count
 
@@ -167,21 +185,42 @@ def suite_rows(eval_dir: Path, suite: Suite, prompt_ids: set[str] | None = None,
         return None
     table = ShardedTable(folder / "generations", GENERATIONS).read()  # the last row of each key; a torn shard is a NeatError
     columns = ["prompt_id", "steering", "sample_index", "response", "finish_reason", "status"]
-    return [r for r in table.select(columns).to_pylist()
-            if r["steering"] == "none" and (prompt_ids is None or r["prompt_id"] in prompt_ids) and (samples is None or r["sample_index"] < samples)]
+    return [
+        r
+        for r in table.select(columns).to_pylist()
+        if r["steering"] == "none"
+        and (prompt_ids is None or r["prompt_id"] in prompt_ids)
+        and (samples is None or r["sample_index"] < samples)
+    ]
 
 
-def generate_suite(config: EvaluateConfig, suite: Suite, records: list[PromptRecord], *, argv: list[str] | None, progress: bool,
-                   backend: Any = None) -> None:
+def generate_suite(
+    config: EvaluateConfig, suite: Suite, records: list[PromptRecord], *, argv: list[str] | None, progress: bool, backend: Any = None
+) -> None:
     """k neutral responses per suite prompt into the suite's own run folder (it resumes like any generate)."""
     folder = suite_folder(Path(config.generate.out), suite)
     prompts_path = folder / "prompts.jsonl"
-    text = "".join(json.dumps({"prompt_id": r.prompt_id, "messages": r.messages}, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    text = "".join(json.dumps({"prompt_id": r.prompt_id, "messages": r.messages}, ensure_ascii=False) + "\n" for r in records).encode(
+        "utf-8"
+    )
     if not prompts_path.is_file() or prompts_path.read_bytes() != text:
         atomic_write_bytes(prompts_path, text)
-    run_generate(config.generate.model_copy(update={"prompts": str(prompts_path), "prompt_column": None, "limit": None, "out": folder,
-                                                    "num_pos": 0, "num_neg": 0, "num_neutral": config.samples}), backend=backend,
-                 progress=progress, argv=argv)
+    run_generate(
+        config.generate.model_copy(
+            update={
+                "prompts": str(prompts_path),
+                "prompt_column": None,
+                "limit": None,
+                "out": folder,
+                "num_pos": 0,
+                "num_neg": 0,
+                "num_neutral": config.samples,
+            }
+        ),
+        backend=backend,
+        progress=progress,
+        argv=argv,
+    )
 
 
 def evaluate_suite(config: EvaluateConfig, suite: Suite, prompt_ids: set[str] | None) -> dict[str, Any]:
@@ -193,8 +232,14 @@ def evaluate_suite(config: EvaluateConfig, suite: Suite, prompt_ids: set[str] | 
     base_rows = suite_rows(config.base_eval, suite, {r["prompt_id"] for r in rows}) if config.base_eval is not None else None
     base = measure(base_rows, suite.metrics) if base_rows is not None else None
     summary = summarise(measured, suite.metrics, base=base, resamples=config.bootstrap, seed=config.generate.sampling.seed)
-    return {"kind": suite.kind, "source": suite.source, "samples": config.samples, "error_rows": sum(r["status"] != "ok" for r in rows),
-            **({"base_eval": str(config.base_eval), "base_found": base is not None} if config.base_eval is not None else {}), **summary}
+    return {
+        "kind": suite.kind,
+        "source": suite.source,
+        "samples": config.samples,
+        "error_rows": sum(r["status"] != "ok" for r in rows),
+        **({"base_eval": str(config.base_eval), "base_found": base is not None} if config.base_eval is not None else {}),
+        **summary,
+    }
 
 
 class SharedBackend:
@@ -252,17 +297,27 @@ def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progr
     run_score(config.score, progress=progress, argv=argv)
     scores = neutral_scores(eval_dir, config.samples)
     mean, low, high = bootstrap_mean(list(scores.values()), config.bootstrap, seed=config.generate.sampling.seed)
-    metrics: dict[str, Any] = {"model": config.generate.model, "prompts": len(scores), "samples": config.samples, "reward_mean": mean,
-                               "reward_ci95": [low, high], "scorer": config.score.scorer, "scorer_model": config.score.model}
+    metrics: dict[str, Any] = {
+        "model": config.generate.model,
+        "prompts": len(scores),
+        "samples": config.samples,
+        "reward_mean": mean,
+        "reward_ci95": [low, high],
+        "scorer": config.score.scorer,
+        "scorer_model": config.score.model,
+    }
     if config.base_eval is not None:
         metrics["win_rate_vs_base"], metrics["win_rate_prompts"] = win_rate(scores, neutral_scores(config.base_eval))
     if suites:
-        metrics["suites"] = {s.name: evaluate_suite(config, s, {r.prompt_id for r in suite_records[s.name]} if s.name in suite_records else None)
-                             for s in suites}
+        metrics["suites"] = {
+            s.name: evaluate_suite(config, s, {r.prompt_id for r in suite_records[s.name]} if s.name in suite_records else None)
+            for s in suites
+        }
     if config.preferred is not None:
         preferred = load_preferred(config.preferred)
-        metrics["perplexity"], metrics["perplexity_tokens"] = perplexity(resolve_model(config.generate.model), preferred,
-                                                                        max_length=config.max_length, device=config.device)
+        metrics["perplexity"], metrics["perplexity_tokens"] = perplexity(
+            resolve_model(config.generate.model), preferred, max_length=config.max_length, device=config.device
+        )
     metrics["seconds"] = round(time.time() - started, 2)
     atomic_write_json(eval_dir / "metrics.json", {**metrics, "config": config.model_dump(mode="json"), "command": argv})
     return metrics

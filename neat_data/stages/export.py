@@ -48,7 +48,7 @@ class ExportConfig(BaseModel):
     kto_threshold: float | None = Field(None, description="kto with kto_label=score: score >= threshold → True.")
 
     @model_validator(mode="after")
-    def _check(self) -> "ExportConfig":
+    def _check(self) -> ExportConfig:
         if self.format == "kto" and self.kto_label == "score" and self.kto_threshold is None:
             raise ValueError("kto_label=score needs kto_threshold")
         return self
@@ -62,15 +62,30 @@ def features(fmt: ExportFormat) -> Any:
 
     message = {"role": Value("string"), "content": Value("string")}
     messages = List(message)
-    return Features({
-        "trl": {"prompt": messages, "chosen": messages, "rejected": messages},
-        "trl-implicit": {"chosen": messages, "rejected": messages},
-        "kto": {"prompt": messages, "completion": messages, "label": Value("bool")},
-        "ranked": {"prompt": messages, "prompt_id": Value("string"), "responses": List(Value("string")),
-                   "finish_reason": List(Value("string")), "scores": List(Value("float64")), "steering": List(Value("string"))},
-        "h4": {"prompt": Value("string"), "prompt_id": Value("string"), "chosen": messages, "rejected": messages,
-               "messages": messages, "score_chosen": Value("float64"), "score_rejected": Value("float64")},
-    }[fmt])
+    return Features(
+        {
+            "trl": {"prompt": messages, "chosen": messages, "rejected": messages},
+            "trl-implicit": {"chosen": messages, "rejected": messages},
+            "kto": {"prompt": messages, "completion": messages, "label": Value("bool")},
+            "ranked": {
+                "prompt": messages,
+                "prompt_id": Value("string"),
+                "responses": List(Value("string")),
+                "finish_reason": List(Value("string")),
+                "scores": List(Value("float64")),
+                "steering": List(Value("string")),
+            },
+            "h4": {
+                "prompt": Value("string"),
+                "prompt_id": Value("string"),
+                "chosen": messages,
+                "rejected": messages,
+                "messages": messages,
+                "score_chosen": Value("float64"),
+                "score_rejected": Value("float64"),
+            },
+        }[fmt]
+    )
 
 
 def assistant_turns(texts: pa.ChunkedArray | pa.Array) -> pa.ListArray:
@@ -116,21 +131,32 @@ def export_table(config: ExportConfig) -> pa.Table:
         if "finish_reason" not in lists.column_names:  # ranked before finish reasons travelled: unknown = finished
             lengths = pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False).astype(np.int64)
             nulls = pa.nulls(int(lengths.sum()), pa.string())
-            lists = lists.append_column("finish_reason", pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), nulls))
+            lists = lists.append_column(
+                "finish_reason", pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), nulls)
+            )
         return lists.select(list(schema.names)).cast(schema)
     pairs = read_ranked(config.run, "pairs")
     if fmt == "trl":
         columns = [pairs.column("prompt"), assistant_turns(pairs.column("chosen")), assistant_turns(pairs.column("rejected"))]
     elif fmt == "trl-implicit":
-        columns = [append_turn(pairs.column("prompt"), pairs.column("chosen")), append_turn(pairs.column("prompt"), pairs.column("rejected"))]
+        columns = [
+            append_turn(pairs.column("prompt"), pairs.column("chosen")),
+            append_turn(pairs.column("prompt"), pairs.column("rejected")),
+        ]
     else:  # h4
         prompts = pairs.column("prompt").combine_chunks()
         ends = np.cumsum(pc.list_value_length(prompts).to_numpy(zero_copy_only=False)) - 1  # each prompt's last turn
         last = pc.list_flatten(prompts).take(pa.array(ends.astype(np.int64)))
         chosen = append_turn(pairs.column("prompt"), pairs.column("chosen"))
-        columns = [pc.struct_field(last, "content"), pairs.column("prompt_id"), chosen,
-                   append_turn(pairs.column("prompt"), pairs.column("rejected")), chosen,
-                   pairs.column("score_chosen"), pairs.column("score_rejected")]
+        columns = [
+            pc.struct_field(last, "content"),
+            pairs.column("prompt_id"),
+            chosen,
+            append_turn(pairs.column("prompt"), pairs.column("rejected")),
+            chosen,
+            pairs.column("score_chosen"),
+            pairs.column("score_rejected"),
+        ]
     return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema)], schema=schema)
 
 
@@ -178,7 +204,16 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
             (staging / "hf").rename(out / "hf")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        update_manifest(run_dir, f"export:{config.format}", {"config": config.model_dump(mode="json"), "command": argv,
-                                                             "rows": table.num_rows, "out": str(out), "splits": sorted(splits),
-                                                             "finished": True})
+        update_manifest(
+            run_dir,
+            f"export:{config.format}",
+            {
+                "config": config.model_dump(mode="json"),
+                "command": argv,
+                "rows": table.num_rows,
+                "out": str(out),
+                "splits": sorted(splits),
+                "finished": True,
+            },
+        )
     return out, table.num_rows

@@ -53,11 +53,32 @@ def run_fixed(config: FixedConfig, argv: list[str] | None = None) -> tuple[int, 
     if not kept:
         raise NeatError("no training prompt left after leaving out the evaluation's prompts", file=config.source, field="fixed_data")
     schema = features("ranked").arrow_schema
-    table = pa.Table.from_pylist([{"prompt": record.messages, "prompt_id": record.prompt_id, "responses": [config.response],
-                                   "scores": [0.0], "steering": ["pos"], "finish_reason": ["stop"]} for record in kept], schema=schema)
+    table = pa.Table.from_pylist(
+        [
+            {
+                "prompt": record.messages,
+                "prompt_id": record.prompt_id,
+                "responses": [config.response],
+                "scores": [0.0],
+                "steering": ["pos"],
+                "finish_reason": ["stop"],
+            }
+            for record in kept
+        ],
+        schema=schema,
+    )
     out = Path(config.out)
     with RunLock(out):
         atomic_write_table(out / "export" / "ranked" / "train.parquet", table)
-        update_manifest(out, "fixed", {"config": json.loads(config.model_dump_json()), "command": argv, "rows": table.num_rows,
-                                       "decontaminated": result.dropped_count, "finished": True})
+        update_manifest(
+            out,
+            "fixed",
+            {
+                "config": json.loads(config.model_dump_json()),
+                "command": argv,
+                "rows": table.num_rows,
+                "decontaminated": result.dropped_count,
+                "finished": True,
+            },
+        )
     return table.num_rows, result.dropped_count

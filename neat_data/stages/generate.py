@@ -25,15 +25,17 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from neat_data import __version__
-from neat_data.engines.base import Backend, GenerationRequest
 from neat_data.costs import UsageRecord, batch_discount, cost_line, request_usage, token_costs
+from neat_data.engines.base import Backend, GenerationRequest
 from neat_data.errors import NeatError
 from neat_data.pairs import load_libraries
 from neat_data.prompts_in import PromptRecord, iter_prompts
@@ -42,7 +44,9 @@ from neat_data.schemas import GENERATIONS
 from neat_data.shards import ShardSpec, StageOutput
 from neat_data.stages.generate_plan import IDENTITY_FIELDS, GenerateConfig, PlannedRequest, plan_requests, result_rows, to_engine_request
 
-_NO_OVERWRITE = "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete the run folder or use another --out"
+_NO_OVERWRITE = (
+    "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete the run folder or use another --out"
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -72,30 +76,38 @@ class GenerateSummary:
 
     def lines(self) -> list[str]:
         status = self.counts.get("status", {})
-        lines = [f"{self.folder or self.run_dir / 'generations'}: {self.total_rows} rows ({status.get('ok', 0)} ok, "
-                 f"{status.get('error', 0)} error; {self.generated_rows} new) by steering {self.counts.get('steering', {})} "
-                 f"in {self.seconds:.0f} s"]
+        lines = [
+            f"{self.folder or self.run_dir / 'generations'}: {self.total_rows} rows ({status.get('ok', 0)} ok, "
+            f"{status.get('error', 0)} error; {self.generated_rows} new) by steering {self.counts.get('steering', {})} "
+            f"in {self.seconds:.0f} s"
+        ]
         requests = self.requests
         if requests.get("attempts"):
             by_reason = ", ".join(f"{reason} {count}" for reason, count in requests["failed_attempts_by_reason"].items()) or "none"
             errors = ", ".join(f"{reason} {count}" for reason, count in requests["error_rows_by_reason"].items()) or "none"
-            lines.append(f"requests: {requests['attempts']} attempts, {requests['retries']} retries; failed attempts by reason: "
-                         f"{by_reason}; gave up on {requests['given_up']}; error rows by reason: {errors}")
+            lines.append(
+                f"requests: {requests['attempts']} attempts, {requests['retries']} retries; failed attempts by reason: "
+                f"{by_reason}; gave up on {requests['given_up']}; error rows by reason: {errors}"
+            )
         if self.usage.get("total", {}).get("requests"):
             steerings = self.usage["by_stage"].get("generate", {})
             by_steering = "; ".join(f"{s} {u['prompt_tokens']:,} + {u['completion_tokens']:,}" for s, u in sorted(steerings.items()))
             lines.append(f"{cost_line(self.usage)} (by steering, prompt + completion: {by_steering})")
         if self.pending:
-            lines.append(f"{self.pending['rows']} rows waiting in {len(self.pending['batches'])} batches "
-                         f"({', '.join(self.pending['batches'])}); `neat-data batch status {self.run_dir}` shows them, the same "
-                         "command run again collects them")
+            lines.append(
+                f"{self.pending['rows']} rows waiting in {len(self.pending['batches'])} batches "
+                f"({', '.join(self.pending['batches'])}); `neat-data batch status {self.run_dir}` shows them, the same "
+                "command run again collects them"
+            )
         return lines
 
     def notes(self) -> list[str]:
         if not self.stale_rows:
             return []
-        return [f"note: {self.stale_rows} rows in the folder are not planned by this config (smaller --limit or edited pair "
-                "text); they are kept — use --overwrite for a folder with only this config's rows"]
+        return [
+            f"note: {self.stale_rows} rows in the folder are not planned by this config (smaller --limit or edited pair "
+            "text); they are kept — use --overwrite for a folder with only this config's rows"
+        ]
 
 
 def error_reason(error: str) -> str:
@@ -108,9 +120,14 @@ def error_reason(error: str) -> str:
 
 def request_summary(stats: dict[str, int], errors: Counter[str]) -> dict[str, Any]:
     """What this run's requests went through: attempts, retries, failed attempts and error rows by reason."""
-    failed_attempts = {name[len("retry_"):]: count for name, count in sorted(stats.items()) if name.startswith("retry_") and count}
-    return {"attempts": stats.get("requests", 0), "retries": stats.get("retries", 0), "failed_attempts_by_reason": failed_attempts,
-            "given_up": stats.get("failed_requests", 0), "error_rows_by_reason": dict(sorted(errors.items()))}
+    failed_attempts = {name[len("retry_") :]: count for name, count in sorted(stats.items()) if name.startswith("retry_") and count}
+    return {
+        "attempts": stats.get("requests", 0),
+        "retries": stats.get("retries", 0),
+        "failed_attempts_by_reason": failed_attempts,
+        "given_up": stats.get("failed_requests", 0),
+        "error_rows_by_reason": dict(sorted(errors.items())),
+    }
 
 
 def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
@@ -125,7 +142,8 @@ def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
             raise NeatError(
                 f"run folder was made with a different config ({name}: {json.dumps(old)} here, {json.dumps(new[name])} now); "
                 "use --overwrite to start over or another --out",
-                file=run_dir / "manifest.json", field=name,
+                file=run_dir / "manifest.json",
+                field=name,
             )
 
 
@@ -168,8 +186,12 @@ def check_prompt_texts(out: StageOutput, explicit: dict[str, str]) -> None:
             continue
         seen.add(prompt_id)
         if _prompt_digest(prompt) != explicit[prompt_id]:
-            raise NeatError(f"prompt_id '{prompt_id}' has another text than the rows already generated for it; give the new "
-                            "text a new prompt_id, or use --overwrite", file=out.run_dir / "generations", field="prompt_id")
+            raise NeatError(
+                f"prompt_id '{prompt_id}' has another text than the rows already generated for it; give the new "
+                "text a new prompt_id, or use --overwrite",
+                file=out.run_dir / "generations",
+                field="prompt_id",
+            )
 
 
 @dataclass
@@ -185,8 +207,14 @@ class _Plan:
     pending_requests: int = 0
 
 
-def scan(config: GenerateConfig, libraries: list, shard: ShardSpec | None, existing: _Existing | None, retry_errors: bool,
-         explicit: dict[str, str] | None = None) -> _Plan:
+def scan(
+    config: GenerateConfig,
+    libraries: list,
+    shard: ShardSpec | None,
+    existing: _Existing | None,
+    retry_errors: bool,
+    explicit: dict[str, str] | None = None,
+) -> _Plan:
     """One streaming pass over the prompts: validates every row (the first bad one is a NeatError), counts, and with
     `existing` what is already done."""
     plan, counts = _Plan(), {}
@@ -210,8 +238,13 @@ def scan(config: GenerateConfig, libraries: list, shard: ShardSpec | None, exist
 
 
 def _records(config: GenerateConfig, counts: dict[str, int], plan: _Plan) -> Iterator[PromptRecord]:
-    for record in iter_prompts(config.prompts, prompt_column=config.prompt_column, limit=config.limit,
-                               allow_system=config.system_combine != "refuse", counts=counts):
+    for record in iter_prompts(
+        config.prompts,
+        prompt_column=config.prompt_column,
+        limit=config.limit,
+        allow_system=config.system_combine != "refuse",
+        counts=counts,
+    ):
         plan.prompts += 1
         yield record
 
@@ -242,8 +275,11 @@ def start_backend(config: GenerateConfig, run_dir: Path, shard: ShardSpec | None
     except NeatError:
         raise
     except Exception as error:  # transformers/torch raise OSError, ValueError, … for a model that does not load
-        raise NeatError(f"backend '{config.backend}' could not start: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
-                        file=config.model, field="model") from None
+        raise NeatError(
+            f"backend '{config.backend}' could not start: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
+            file=config.model,
+            field="model",
+        ) from None
 
 
 def forget_batches(run_dir: Path) -> None:
@@ -259,8 +295,16 @@ def forget_batches(run_dir: Path) -> None:
         atomic_write_json(run_dir / "manifest.json", manifest)
 
 
-def run_generate(config: GenerateConfig, *, backend: Backend | None = None, shard: ShardSpec | None = None, retry_errors: bool = False,
-                 overwrite: bool = False, progress: bool = True, argv: list[str] | None = None) -> GenerateSummary:
+def run_generate(
+    config: GenerateConfig,
+    *,
+    backend: Backend | None = None,
+    shard: ShardSpec | None = None,
+    retry_errors: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    argv: list[str] | None = None,
+) -> GenerateSummary:
     """Generate every missing row of the run (or of one shard of it); returns counts. `backend` defaults to the
     configured one, started only when there is something to generate."""
     started = time.time()
@@ -291,16 +335,22 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None, shar
             if overwrite:
                 out.table.clear()
                 update_manifest(run_dir, "generate", {})
-            entry = {"config": config.model_dump(mode="json"), "command": argv, "versions": package_versions(),
-                     "prompts": {"source": config.prompts, "count": plan.prompts, "duplicates_dropped": plan.duplicates},
-                     "pair_libraries": [{"name": lib.name, "path": str(lib.path), "pairs": len(lib.pairs), "sha256_16": lib.content_hash}
-                                        for lib in libraries]}
+            entry = {
+                "config": config.model_dump(mode="json"),
+                "command": argv,
+                "versions": package_versions(),
+                "prompts": {"source": config.prompts, "count": plan.prompts, "duplicates_dropped": plan.duplicates},
+                "pair_libraries": [
+                    {"name": lib.name, "path": str(lib.path), "pairs": len(lib.pairs), "sha256_16": lib.content_hash} for lib in libraries
+                ],
+            }
             out.start(entry, lambda: None if overwrite else check_run_identity(config, run_dir))
             generated, requests, usage, new_keys, pending = 0, {}, [], 0, {}
             if plan.pending_requests:
                 assert backend is not None
-                generated, new_keys, requests, usage, pending = _generate_pending(config, libraries, out, existing, plan, backend,
-                                                                                  retry_errors, progress)
+                generated, new_keys, requests, usage, pending = _generate_pending(
+                    config, libraries, out, existing, plan, backend, retry_errors, progress
+                )
         finally:
             if owns_backend and backend is not None:
                 backend.close()
@@ -312,17 +362,46 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None, shar
         costs = token_costs(usage, price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.backend))
         record = {"rows": mine.num_rows, "counts": counts, "requests": requests, "usage": costs, "seconds": round(seconds, 2)}
         if pending:  # submitted, not collected: the stage is not finished; the same command run again collects
-            update_manifest(run_dir, "generate", {**read_manifest(run_dir).get("stages", {}).get("generate", entry), **record,
-                                                  "stale_rows": stale, "pending": pending, "finished": False})
+            update_manifest(
+                run_dir,
+                "generate",
+                {
+                    **read_manifest(run_dir).get("stages", {}).get("generate", entry),
+                    **record,
+                    "stale_rows": stale,
+                    "pending": pending,
+                    "finished": False,
+                },
+            )
         else:
-            out.finish({**entry, **record, "stale_rows": stale},
-                       {**record, "prompts": plan.owned, "planned_rows": plan.planned_rows, "generated_rows": generated, "command": argv})
-    return GenerateSummary(run_dir=run_dir, total_rows=mine.num_rows, generated_rows=generated, counts=counts, seconds=seconds,
-                           stale_rows=stale, requests=requests, usage=costs, folder=out.folder, pending=pending)
+            out.finish(
+                {**entry, **record, "stale_rows": stale},
+                {**record, "prompts": plan.owned, "planned_rows": plan.planned_rows, "generated_rows": generated, "command": argv},
+            )
+    return GenerateSummary(
+        run_dir=run_dir,
+        total_rows=mine.num_rows,
+        generated_rows=generated,
+        counts=counts,
+        seconds=seconds,
+        stale_rows=stale,
+        requests=requests,
+        usage=costs,
+        folder=out.folder,
+        pending=pending,
+    )
 
 
-def _generate_pending(config: GenerateConfig, libraries: list, out: StageOutput, existing: _Existing, plan: _Plan, backend: Backend,
-                      retry_errors: bool, progress: bool) -> tuple[int, int, dict[str, Any], list[UsageRecord], dict[str, Any]]:
+def _generate_pending(
+    config: GenerateConfig,
+    libraries: list,
+    out: StageOutput,
+    existing: _Existing,
+    plan: _Plan,
+    backend: Backend,
+    retry_errors: bool,
+    progress: bool,
+) -> tuple[int, int, dict[str, Any], list[UsageRecord], dict[str, Any]]:
     """Stream the pending requests through the backend and the shard writer; returns (rows written, rows with a key
     new to the folder, request summary, token usage per request, what a batch backend left pending)."""
     from tqdm.auto import tqdm
@@ -331,8 +410,13 @@ def _generate_pending(config: GenerateConfig, libraries: list, out: StageOutput,
 
     def pending() -> Iterator[GenerationRequest]:
         index = 0
-        records = (r for r in iter_prompts(config.prompts, prompt_column=config.prompt_column, limit=config.limit,
-                                           allow_system=config.system_combine != "refuse") if out.owns(r.prompt_id))
+        records = (
+            r
+            for r in iter_prompts(
+                config.prompts, prompt_column=config.prompt_column, limit=config.limit, allow_system=config.system_combine != "refuse"
+            )
+            if out.owns(r.prompt_id)
+        )
         for planned in plan_requests(config, records, libraries):
             if all(existing.done(key, retry_errors) for key in planned.keys):
                 continue
@@ -365,6 +449,9 @@ def _generate_pending(config: GenerateConfig, libraries: list, out: StageOutput,
     finally:
         bar.close()
     waiting = getattr(backend, "pending", {}) or {}
-    left = {"rows": sum(len(inflight[index].keys) for index in waiting if index in inflight),
-            "batches": sorted(set(waiting.values()))} if waiting else {}
+    left = (
+        {"rows": sum(len(inflight[index].keys) for index in waiting if index in inflight), "batches": sorted(set(waiting.values()))}
+        if waiting
+        else {}
+    )
     return generated, new_keys, request_summary(dict(getattr(backend, "stats", {})), errors), usage, left

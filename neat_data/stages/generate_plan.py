@@ -10,14 +10,15 @@ Out: `PlannedRequest`s (one per prompt × steering, with the content keys of its
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from neat_data.engines import BackendName, BackendOptions, loads_model_locally
 from neat_data.costs import PriceOptions
+from neat_data.engines import BackendName, BackendOptions, loads_model_locally
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.keys import content_key, request_seed, text_hash
 from neat_data.messages import SystemCombine, build_messages, parse_reply
@@ -36,28 +37,41 @@ class GenerateConfig(BackendOptions, PriceOptions):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: str = Field(description="Prompts: .jsonl/.parquet/.csv, hf://<dataset>[:<config>][@<split>] or a bundled harmful set "
-                                     "(data://harmbench[@test|@val|@test-standard], data://strongreject[@small]).")
+    prompts: str = Field(
+        description="Prompts: .jsonl/.parquet/.csv, hf://<dataset>[:<config>][@<split>] or a bundled harmful set "
+        "(data://harmbench[@test|@val|@test-standard], data://strongreject[@small])."
+    )
     prompt_column: str | None = Field(None, description="Column holding the prompt (default: messages, prompt or chosen).")
     limit: int | None = Field(None, ge=1, description="Use only the first N unique prompts.")
-    pairs: list[str] = Field(default_factory=lambda: ["harmless"], min_length=1,
-                             description="Prompt-pair libraries, comma-separated (bundled names or YAML paths).")
+    pairs: list[str] = Field(
+        default_factory=lambda: ["harmless"],
+        min_length=1,
+        description="Prompt-pair libraries, comma-separated (bundled names or YAML paths).",
+    )
     model: str = Field(description="Bundled alias (smollm2-135m-instruct), local HF folder or Hub id; for openai the served name.")
-    backend: BackendName = Field("vllm", description="vllm: one engine in this process; openai: any compatible server; transformers: "
-                                                     "model.generate, no engine start (small jobs); ray: vLLM engines in Ray Data actors; "
-                                                     "openai-batch: the OpenAI Batch API (half price; re-runs attach); vllm-batch: the same "
-                                                     "batch files through vLLM's run_batch (docs/BATCH.md).")
+    backend: BackendName = Field(
+        "vllm",
+        description="vllm: one engine in this process; openai: any compatible server; transformers: "
+        "model.generate, no engine start (small jobs); ray: vLLM engines in Ray Data actors; "
+        "openai-batch: the OpenAI Batch API (half price; re-runs attach); vllm-batch: the same "
+        "batch files through vLLM's run_batch (docs/BATCH.md).",
+    )
     out: Path = Field(description="Run folder.")
     round: int = Field(1, ge=0, description="Round recorded in every row (online NEAT rounds; 0 = the base model's evaluation).")
     num_pos: int = Field(2, ge=0, le=256, description="Responses per prompt under the positive system prompt.")
-    num_neg: int = Field(2, ge=0, le=256, description="Responses per prompt under the negative system prompt (0: the positive-only baseline).")
+    num_neg: int = Field(
+        2, ge=0, le=256, description="Responses per prompt under the negative system prompt (0: the positive-only baseline)."
+    )
     num_neutral: int = Field(0, ge=0, le=256, description="Responses per prompt with no system prompt.")
     sampling: Sampling = Field(default_factory=Sampling)
     system_mode: Literal["auto", "system", "merged"] = Field(
-        "auto", description="auto: system role unless the chat template/server rejects it, then merged into the first user turn.")
+        "auto", description="auto: system role unless the chat template/server rejects it, then merged into the first user turn."
+    )
     system_combine: SystemCombine = Field(
-        "prepend", description="A prompt with its own system message (a persona): prepend the steering text to it (blank line between), "
-                               "append it, or refuse such prompts.")
+        "prepend",
+        description="A prompt with its own system message (a persona): prepend the steering text to it (blank line between), "
+        "append it, or refuse such prompts.",
+    )
     flush_every: int = Field(256, ge=1, description="Write a shard every N rows.")
 
     @model_validator(mode="after")
@@ -77,8 +91,6 @@ class GenerateConfig(BackendOptions, PriceOptions):
     def local_model(self) -> bool:
         """Whether this process (or its actors) loads the model itself: then it is checked before anything runs."""
         return loads_model_locally(self.backend)
-
-
 
 
 @dataclass(frozen=True)
@@ -110,12 +122,26 @@ def plan_requests(config: GenerateConfig, records: Iterable[PromptRecord], libra
             system_prompt = used_pair.system_prompt(steering) if used_pair else None
             system_hash = text_hash(system_prompt) if system_prompt else None
             keys = tuple(
-                content_key(round_index=config.round, prompt_id=record.prompt_id, steering=steering, pair_id=pair_id,
-                            system_prompt_hash=system_hash, sample_index=i, model=config.model, sampling=sampling)
+                content_key(
+                    round_index=config.round,
+                    prompt_id=record.prompt_id,
+                    steering=steering,
+                    pair_id=pair_id,
+                    system_prompt_hash=system_hash,
+                    sample_index=i,
+                    model=config.model,
+                    sampling=sampling,
+                )
                 for i in range(count)
             )
-            yield PlannedRequest(record=record, steering=steering, pair=used_pair, system_prompt=system_prompt,
-                                 seed=request_seed(config.sampling.seed, record.prompt_id, steering, pair_id), keys=keys)
+            yield PlannedRequest(
+                record=record,
+                steering=steering,
+                pair=used_pair,
+                system_prompt=system_prompt,
+                seed=request_seed(config.sampling.seed, record.prompt_id, steering, pair_id),
+                keys=keys,
+            )
 
 
 def to_engine_request(planned: PlannedRequest, config: GenerateConfig) -> GenerationRequest:
@@ -126,14 +152,21 @@ def to_engine_request(planned: PlannedRequest, config: GenerateConfig) -> Genera
     if steering is None and not planned.own_system:
         return GenerationRequest(messages=build_messages(prompt, None), merged_messages=None, n=n, seed=seed, id=request_id)
     if config.system_mode == "merged":
-        return GenerationRequest(messages=build_messages(prompt, steering, "merged", combine), merged_messages=None, n=n, seed=seed,
-                                 id=request_id)
-    return GenerationRequest(messages=build_messages(prompt, steering, "system", combine),
-                             merged_messages=build_messages(prompt, steering, "merged", combine), n=n, seed=seed, id=request_id)
+        return GenerationRequest(
+            messages=build_messages(prompt, steering, "merged", combine), merged_messages=None, n=n, seed=seed, id=request_id
+        )
+    return GenerationRequest(
+        messages=build_messages(prompt, steering, "system", combine),
+        merged_messages=build_messages(prompt, steering, "merged", combine),
+        n=n,
+        seed=seed,
+        id=request_id,
+    )
 
 
-def result_rows(config: GenerateConfig, planned: PlannedRequest, result: RequestResult, backend_name: str,
-                wanted: set[str]) -> list[dict[str, Any]]:
+def result_rows(
+    config: GenerateConfig, planned: PlannedRequest, result: RequestResult, backend_name: str, wanted: set[str]
+) -> list[dict[str, Any]]:
     """Rows for the wanted sample keys of one request: one per sample, ok or error, never dropped."""
     sampling_json = json.dumps(config.sampling.model_dump(), sort_keys=True)
     has_system = planned.system_prompt is not None or planned.own_system
@@ -144,32 +177,46 @@ def result_rows(config: GenerateConfig, planned: PlannedRequest, result: Request
         if key not in wanted:
             continue
         if result.error is not None:
-            columns = {"response": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
-                       "status": "error", "error": result.error}
+            columns = {
+                "response": None,
+                "finish_reason": None,
+                "prompt_tokens": None,
+                "completion_tokens": None,
+                "status": "error",
+                "error": result.error,
+            }
         elif sample_index >= len(result.completions):
-            columns = {"response": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
-                       "status": "error", "error": f"engine returned {len(result.completions)} of {len(planned.keys)} samples"}
+            columns = {
+                "response": None,
+                "finish_reason": None,
+                "prompt_tokens": None,
+                "completion_tokens": None,
+                "status": "error",
+                "error": f"engine returned {len(result.completions)} of {len(planned.keys)} samples",
+            }
         else:
             completion = result.completions[sample_index]
             columns = parse_reply(completion.text, completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
-        rows.append({
-            "key": key,
-            "round": config.round,
-            "prompt_id": planned.record.prompt_id,
-            "prompt": planned.record.messages,
-            "steering": planned.steering,
-            "pair_library": planned.pair.library if planned.pair else None,
-            "system_prompt_id": planned.pair.id if planned.pair else None,
-            "system_prompt_hash": text_hash(planned.system_prompt) if planned.system_prompt else None,
-            "system_prompt": planned.system_prompt,
-            "system_mode": system_mode,
-            "system_combine": combined,
-            "sample_index": sample_index,
-            "model": config.model,
-            "backend": backend_name,
-            "sampling": sampling_json,
-            "seed": planned.seed,
-            "n_fallback": result.n_fallback,
-            **columns,
-        })
+        rows.append(
+            {
+                "key": key,
+                "round": config.round,
+                "prompt_id": planned.record.prompt_id,
+                "prompt": planned.record.messages,
+                "steering": planned.steering,
+                "pair_library": planned.pair.library if planned.pair else None,
+                "system_prompt_id": planned.pair.id if planned.pair else None,
+                "system_prompt_hash": text_hash(planned.system_prompt) if planned.system_prompt else None,
+                "system_prompt": planned.system_prompt,
+                "system_mode": system_mode,
+                "system_combine": combined,
+                "sample_index": sample_index,
+                "model": config.model,
+                "backend": backend_name,
+                "sampling": sampling_json,
+                "seed": planned.seed,
+                "n_fallback": result.n_fallback,
+                **columns,
+            }
+        )
     return rows

@@ -77,13 +77,18 @@ def _merge_stage(run_dir: Path, stage: str, entry: dict) -> MergeResult:
         record = shards.get("done", {}).get(str(spec.index))
         if not record or not record.get("finished"):
             state = "was never started" if not record else "has not finished"
-            raise NeatError(f"{spec.name} {state}; run `neat-data {command} … --num-shards {num_shards} --shard-index {spec.index}` "
-                            "to complete it, then merge again (nothing was merged)", file=folder / spec.name, field="shards")
+            raise NeatError(
+                f"{spec.name} {state}; run `neat-data {command} … --num-shards {num_shards} --shard-index {spec.index}` "
+                "to complete it, then merge again (nothing was merged)",
+                file=folder / spec.name,
+                field="shards",
+            )
     expected = {spec.name for spec in specs}
     stray = sorted(path.name for path in _shard_folders(folder) if path.name not in expected)
     if stray:
-        raise NeatError(f"shard folder from another split (this run has {num_shards} shards); move it away or rerun that split",
-                        file=folder / stray[0])
+        raise NeatError(
+            f"shard folder from another split (this run has {num_shards} shards); move it away or rerun that split", file=folder / stray[0]
+        )
     _check_shard_rows(folder, schema, specs)
     table = ShardedTable(folder, schema)
     merged = table.read()
@@ -108,12 +113,21 @@ def _check_shard_rows(folder: Path, schema: pa.Schema, specs: list[ShardSpec]) -
         rows = ShardedTable(folder / spec.name, schema).read().select(["key", "prompt_id"]).to_pylist()
         for row_number, row in enumerate(rows):
             if row["key"] in owner:
-                raise NeatError(f"key {row['key']} is also in {owner[row['key']]} (copied by hand?)", file=folder / spec.name,
-                                row=row_number, field="key")
+                raise NeatError(
+                    f"key {row['key']} is also in {owner[row['key']]} (copied by hand?)",
+                    file=folder / spec.name,
+                    row=row_number,
+                    field="key",
+                )
             owner[row["key"]] = spec.name
             if shard_of(row["prompt_id"], spec.num_shards) != spec.index:
-                raise NeatError(f"prompt {row['prompt_id']} belongs to shard {shard_of(row['prompt_id'], spec.num_shards)}, "
-                                f"not {spec.index} (copied or edited by hand?)", file=folder / spec.name, row=row_number, field="prompt_id")
+                raise NeatError(
+                    f"prompt {row['prompt_id']} belongs to shard {shard_of(row['prompt_id'], spec.num_shards)}, "
+                    f"not {spec.index} (copied or edited by hand?)",
+                    file=folder / spec.name,
+                    row=row_number,
+                    field="prompt_id",
+                )
 
 
 def _finish_scores(run_dir: Path, scored: pa.Table, entry: dict) -> pa.Table:
@@ -126,6 +140,10 @@ def _finish_scores(run_dir: Path, scored: pa.Table, entry: dict) -> pa.Table:
     keys = set(ShardedTable(generations_dir, GENERATIONS).read().column("key").to_pylist())
     missing = keys - set(scored.column("key").to_pylist())
     if missing:
-        raise NeatError(f"{len(missing)} of {len(keys)} generation rows have no score (generated after scoring?); "
-                        "rerun every score shard, then merge again", file=run_dir / "scored", field="key")
+        raise NeatError(
+            f"{len(missing)} of {len(keys)} generation rows have no score (generated after scoring?); "
+            "rerun every score shard, then merge again",
+            file=run_dir / "scored",
+            field="key",
+        )
     return apply_negative_score(scored, (entry.get("config") or {}).get("negative_score", "scored"))

@@ -21,8 +21,9 @@ import random
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -53,6 +54,7 @@ class PushConfig(BaseModel):
         except HFValidationError as error:
             raise ValueError(str(error).split(":")[0]) from None
         return value
+
     config_name: str = Field("default", pattern=r"^[A-Za-z0-9][\w.-]*$", description="Dataset config, e.g. round_1.")
     format: ExportFormat = Field("h4", description="Which export of RUN to push.")
     public: bool = Field(False, description="Create the repo public (default: private).", json_schema_extra={"cli_false": "--private"})
@@ -71,8 +73,9 @@ def http_status(error: BaseException) -> int | None:
     return None
 
 
-def with_retries(action: Callable[[], T], *, what: str, max_retries: int, backoff_base: float,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
+def with_retries(
+    action: Callable[[], T], *, what: str, max_retries: int, backoff_base: float, sleep: Callable[[float], None] = time.sleep
+) -> T:
     """Run `action`, retrying Hub rate limits / commit races / 5xx; NeatError after `max_retries` retries."""
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -84,9 +87,11 @@ def with_retries(action: Callable[[], T], *, what: str, max_retries: int, backof
             if status not in RETRY_STATUSES:
                 raise NeatError(f"{what} failed: HTTP {status}: {str(error).splitlines()[0]}", field="repo_id") from None
             if attempt == max_retries:
-                raise NeatError(f"{what} failed after {max_retries + 1} attempts: HTTP {status} "
-                                f"({'rate limited' if status == 429 else 'concurrent commit' if status in (409, 412) else 'server error'})",
-                                field="repo_id") from None
+                raise NeatError(
+                    f"{what} failed after {max_retries + 1} attempts: HTTP {status} "
+                    f"({'rate limited' if status == 429 else 'concurrent commit' if status in (409, 412) else 'server error'})",
+                    field="repo_id",
+                ) from None
             response = getattr(error, "response", None)
             retry_after = response.headers.get("retry-after") if response is not None else None
             try:
@@ -109,26 +114,38 @@ def score_statistics(run_dir: Path) -> dict[str, dict[str, float]]:
     return stats
 
 
-def card_section(config: PushConfig, manifest: dict[str, Any], splits: dict[str, int], stats: dict[str, Any],
-                 push_command: list[str] | None = None) -> str:
+def card_section(
+    config: PushConfig, manifest: dict[str, Any], splits: dict[str, int], stats: dict[str, Any], push_command: list[str] | None = None
+) -> str:
     """The markdown section describing one config, built from the manifest (no secret is in a manifest)."""
     stages = manifest.get("stages", {})
     generate = stages.get("generate", {}).get("config", {})
     score = stages.get("score", {}).get("config", {})
-    lines = [f"<!-- neat-data:begin {config.config_name} -->", f"## Config `{config.config_name}`", "",
-             f"Built with [neat-data](https://pypi.org/project/neat-data/): `{config.format}` format; splits: "
-             + ", ".join(f"`{name}` ({rows} rows)" for name, rows in splits.items()) + ".", ""]
+    lines = [
+        f"<!-- neat-data:begin {config.config_name} -->",
+        f"## Config `{config.config_name}`",
+        "",
+        f"Built with [neat-data](https://pypi.org/project/neat-data/): `{config.format}` format; splits: "
+        + ", ".join(f"`{name}` ({rows} rows)" for name, rows in splits.items())
+        + ".",
+        "",
+    ]
     if generate:
         sampling = generate.get("sampling", {})
-        lines += [f"- **Model**: `{generate.get('model')}` (backend `{generate.get('backend')}`), round {generate.get('round')}",
-                  f"- **Prompts**: `{stages['generate'].get('prompts', {}).get('source')}` "
-                  f"({stages['generate'].get('prompts', {}).get('count')} prompts)",
-                  f"- **Responses per prompt**: {generate.get('num_pos')} positive, {generate.get('num_neg')} negative, "
-                  f"{generate.get('num_neutral')} unsteered",
-                  "- **Prompt-pair libraries**: " + ", ".join(f"`{lib['name']}` (sha256 `{lib['sha256_16']}`, {lib['pairs']} pairs)"
-                                                             for lib in stages["generate"].get("pair_libraries", [])),
-                  f"- **Sampling**: temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, "
-                  f"max_tokens {sampling.get('max_tokens')}, seed {sampling.get('seed')}"]
+        lines += [
+            f"- **Model**: `{generate.get('model')}` (backend `{generate.get('backend')}`), round {generate.get('round')}",
+            f"- **Prompts**: `{stages['generate'].get('prompts', {}).get('source')}` "
+            f"({stages['generate'].get('prompts', {}).get('count')} prompts)",
+            f"- **Responses per prompt**: {generate.get('num_pos')} positive, {generate.get('num_neg')} negative, "
+            f"{generate.get('num_neutral')} unsteered",
+            "- **Prompt-pair libraries**: "
+            + ", ".join(
+                f"`{lib['name']}` (sha256 `{lib['sha256_16']}`, {lib['pairs']} pairs)"
+                for lib in stages["generate"].get("pair_libraries", [])
+            ),
+            f"- **Sampling**: temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, "
+            f"max_tokens {sampling.get('max_tokens')}, seed {sampling.get('seed')}",
+        ]
     if score:
         lines.append(f"- **Scorer**: `{stages['score'].get('scorer') or score.get('scorer')}`, negatives `{score.get('negative_score')}`")
     if stats:
@@ -136,8 +153,11 @@ def card_section(config: PushConfig, manifest: dict[str, Any], splits: dict[str,
         lines += [f"| {s} | {v['n']} | {v['mean']} | {v['median']} |" for s, v in stats.items()]
     if "rank" in stages:
         summary = stages["rank"].get("summary", {})
-        lines += ["", f"Pairs: strategy `{stages['rank']['config'].get('pairs')}`, kept {summary.get('pairs_kept')}, "
-                      f"dropped {json.dumps(summary.get('dropped', {}))}."]
+        lines += [
+            "",
+            f"Pairs: strategy `{stages['rank']['config'].get('pairs')}`, kept {summary.get('pairs_kept')}, "
+            f"dropped {json.dumps(summary.get('dropped', {}))}.",
+        ]
     order = ["generate", "score", "rank", f"export:{config.format}"]
     commands = [" ".join(stages[name]["command"]) for name in order if stages.get(name, {}).get("command")]
     if push_command:
@@ -172,16 +192,22 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
         from huggingface_hub import get_token
 
         if get_token() is None:  # no variable and no `hf auth login`: say so before reading anything
-            raise NeatError(f"no Hub token: set ${config.token_env} (or name another variable with --token-env), "
-                            "or log in with `hf auth login`", option="token_env")
+            raise NeatError(
+                f"no Hub token: set ${config.token_env} (or name another variable with --token-env), or log in with `hf auth login`",
+                option="token_env",
+            )
     api = HfApi(token=token)
     retry = dict(max_retries=config.max_retries, backoff_base=config.backoff_base)
     dataset = load_from_disk(str(folder))
     splits = {name: len(split) for name, split in dataset.items()}
     for name, split in dataset.items():
-        with_retries(lambda: split.push_to_hub(config.repo_id, config_name=config.config_name, split=name,
-                                               private=not config.public, token=token),
-                     what=f"push of split '{name}'", **retry)
+        with_retries(
+            lambda split=split, name=name: split.push_to_hub(
+                config.repo_id, config_name=config.config_name, split=name, private=not config.public, token=token
+            ),
+            what=f"push of split '{name}'",
+            **retry,
+        )
     try:
         path = with_retries(lambda: api.hf_hub_download(config.repo_id, "README.md", repo_type="dataset"), what="card download", **retry)
         existing = Path(path).read_text(encoding="utf-8")
@@ -196,9 +222,17 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
     for png in sorted((run_dir / "report").glob("*.png")):
         uploads.append((f"neat-data/{config.config_name}/{png.name}", png.read_bytes()))
     for path_in_repo, data in uploads:
-        with_retries(lambda: api.upload_file(path_or_fileobj=data, path_in_repo=path_in_repo, repo_id=config.repo_id,
-                                             repo_type="dataset", commit_message=f"neat-data: {path_in_repo}"),
-                     what=f"upload of {path_in_repo}", **retry)
+        with_retries(
+            lambda data=data, path_in_repo=path_in_repo: api.upload_file(
+                path_or_fileobj=data,
+                path_in_repo=path_in_repo,
+                repo_id=config.repo_id,
+                repo_type="dataset",
+                commit_message=f"neat-data: {path_in_repo}",
+            ),
+            what=f"upload of {path_in_repo}",
+            **retry,
+        )
     entry = {"config": config.model_dump(mode="json"), "command": argv, "splits": splits, "finished": True}
     update_manifest(run_dir, f"push:{config.config_name}", entry)
     return entry

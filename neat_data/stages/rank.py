@@ -50,9 +50,12 @@ class RankConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run: Path = Field(description="Run folder holding scored/.")
-    pairs: PairStrategy = Field("best-vs-worst", description="Pair strategy: the top and bottom of each list, every pos × neg response, or every pair.")
+    pairs: PairStrategy = Field(
+        "best-vs-worst", description="Pair strategy: the top and bottom of each list, every pos × neg response, or every pair."
+    )
     pos_vs_neg_by: Literal["construction", "score"] = Field(
-        "construction", description="pos-vs-neg: the positive response is chosen (RLCD), or the higher score.")
+        "construction", description="pos-vs-neg: the positive response is chosen (RLCD), or the higher score."
+    )
     min_margin: float = Field(0.0, ge=0.0, description="Drop score-labelled pairs whose score gap is smaller.")
     drop_truncated: bool = Field(False, description="Leave out candidates cut at max_tokens (finish_reason length): in no list, no pair.")
 
@@ -70,8 +73,10 @@ class RankSummary:
         dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dropped.items())) or "none"
         gap = ", ".join(f"{k} {v:.3f}" for k, v in self.margins.items()) or "n/a"
         truncated = f", truncated candidates left out {self.truncated_left_out}" if self.truncated_left_out else ""
-        return [f"prompts {self.prompts}, candidates {self.candidates}{truncated}, pairs kept {self.pairs_kept}, dropped: {dropped}",
-                f"score gap of kept pairs: {gap}"]
+        return [
+            f"prompts {self.prompts}, candidates {self.candidates}{truncated}, pairs kept {self.pairs_kept}, dropped: {dropped}",
+            f"score gap of kept pairs: {gap}",
+        ]
 
 
 def normalise(text: str) -> str:
@@ -107,8 +112,17 @@ def ranked_lists(scored: pa.Table, *, drop_truncated: bool = False) -> pa.Table:
         return pa.ListArray.from_arrays(offsets, ok.column(name).chunk(0))
 
     return pa.Table.from_arrays(
-        [ids.take(pa.array(starts)), ok.column("prompt").take(pa.array(starts)), as_lists("response"), as_lists("finish_reason"),
-         as_lists("score"), as_lists("steering"), as_lists("key")], schema=RANKED_LISTS)
+        [
+            ids.take(pa.array(starts)),
+            ok.column("prompt").take(pa.array(starts)),
+            as_lists("response"),
+            as_lists("finish_reason"),
+            as_lists("score"),
+            as_lists("steering"),
+            as_lists("key"),
+        ],
+        schema=RANKED_LISTS,
+    )
 
 
 def candidate_pairs(config: RankConfig, n: int, steering: list[str]) -> list[tuple[int, int, bool]]:
@@ -144,8 +158,11 @@ def make_pairs(config: RankConfig, lists: pa.Table) -> tuple[pa.Table, pa.Table,
             base, n = offsets[row], offsets[row + 1] - offsets[row]
             kept = [i for i in range(n) if not (config.drop_truncated and truncated[base + i])]
             if len(kept) < n:  # what the strategy would have paired on the whole list, lost to truncation
-                dropped_at += [(row, base + c, base + r, "truncated") for c, r, _ in candidate_pairs(config, n, steering[base:base + n])
-                               if truncated[base + c] or truncated[base + r]]
+                dropped_at += [
+                    (row, base + c, base + r, "truncated")
+                    for c, r, _ in candidate_pairs(config, n, steering[base : base + n])
+                    if truncated[base + c] or truncated[base + r]
+                ]
             for chosen, rejected, by_score in candidate_pairs(config, len(kept), [steering[base + i] for i in kept]):
                 c, r = base + kept[chosen], base + kept[rejected]
                 gap = scores[c] - scores[r]
@@ -182,8 +199,17 @@ def _gather_dropped(lists: pa.Table, at: list[tuple[int, int, int, str]]) -> pa.
     rows, chosen, rejected, reasons = zip(*at)
     keys, scores = _flat(lists, "keys"), _flat(lists, "scores")
     chosen_index, rejected_index = pa.array(chosen), pa.array(rejected)
-    return pa.Table.from_arrays([lists.column("prompt_id").take(pa.array(rows)), keys.take(chosen_index), keys.take(rejected_index),
-                                 scores.take(chosen_index), scores.take(rejected_index), pa.array(reasons, pa.string())], schema=DROPPED_PAIRS)
+    return pa.Table.from_arrays(
+        [
+            lists.column("prompt_id").take(pa.array(rows)),
+            keys.take(chosen_index),
+            keys.take(rejected_index),
+            scores.take(chosen_index),
+            scores.take(rejected_index),
+            pa.array(reasons, pa.string()),
+        ],
+        schema=DROPPED_PAIRS,
+    )
 
 
 def rank_tables(config: RankConfig, scored: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table, RankSummary]:
@@ -196,9 +222,14 @@ def rank_tables(config: RankConfig, scored: pa.Table) -> tuple[pa.Table, pa.Tabl
         stats = {"mean": statistics.fmean(margins), "median": statistics.median(margins), "min": min(margins), "max": max(margins)}
     candidates = int(pc.sum(pc.list_value_length(lists.column("responses"))).as_py() or 0)
     all_candidates = int(pc.sum(pc.list_value_length(everything.column("responses"))).as_py() or 0)
-    summary = RankSummary(prompts=lists.num_rows, candidates=candidates, pairs_kept=pairs.num_rows,
-                          dropped=dict(Counter(dropped.column("reason").to_pylist())), margins=stats,
-                          truncated_left_out=all_candidates - candidates)
+    summary = RankSummary(
+        prompts=lists.num_rows,
+        candidates=candidates,
+        pairs_kept=pairs.num_rows,
+        dropped=dict(Counter(dropped.column("reason").to_pylist())),
+        margins=stats,
+        truncated_left_out=all_candidates - candidates,
+    )
     return lists, pairs, dropped, summary
 
 
@@ -213,8 +244,9 @@ def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
         atomic_write_table(run_dir / "ranked" / "lists.parquet", lists)
         atomic_write_table(run_dir / "ranked" / "pairs.parquet", pairs)
         atomic_write_table(run_dir / "ranked" / "dropped.parquet", dropped)
-        update_manifest(run_dir, "rank", {"config": config.model_dump(mode="json"), "command": argv, "finished": True,
-                                          "summary": summary.__dict__})
+        update_manifest(
+            run_dir, "rank", {"config": config.model_dump(mode="json"), "command": argv, "finished": True, "summary": summary.__dict__}
+        )
     return summary
 
 
@@ -225,5 +257,3 @@ def read_ranked(run_dir: Path, name: str) -> pa.Table:
     table = read_parquet(path)
     check_columns(table, RANKED_LISTS if name == "lists" else PAIRS, str(path))
     return table
-
-

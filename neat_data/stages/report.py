@@ -23,8 +23,10 @@ def score_table(scores_by_steering: dict[str, list[float]], pairs: int | None, m
         if not values:
             continue
         std = statistics.pstdev(values) if len(values) > 1 else 0.0
-        lines.append(f"{steering:<9}{len(values):>6}{statistics.fmean(values):>10.4f}{statistics.median(values):>10.4f}"
-                     f"{std:>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
+        lines.append(
+            f"{steering:<9}{len(values):>6}{statistics.fmean(values):>10.4f}{statistics.median(values):>10.4f}"
+            f"{std:>10.4f}{min(values):>10.4f}{max(values):>10.4f}"
+        )
     if pairs is not None:
         gap = f", score gap mean {statistics.fmean(margins):.4f}, median {statistics.median(margins):.4f}" if margins else ""
         lines.append(f"pairs kept: {pairs}{gap}")

@@ -42,7 +42,9 @@ class ScoreConfig(ScorerOptions, PriceOptions):
     model_config = ConfigDict(extra="forbid")
 
     run: Path = Field(description="Run folder holding generations/.")
-    negative_score: NegativeScore = Field("scored", description="floor: every negative-prompt response ranks below every other one (a constant score).")
+    negative_score: NegativeScore = Field(
+        "scored", description="floor: every negative-prompt response ranks below every other one (a constant score)."
+    )
     flush_every: int = Field(256, ge=1, description="Write a shard every N rows (a kill loses at most these).")
 
     def identity(self) -> dict[str, Any]:
@@ -62,13 +64,17 @@ class ScoreSummary:
     usage: dict[str, Any] = field(default_factory=dict)  # an LLM judge's tokens and cost (costs.token_costs)
 
     def line(self) -> str:
-        line = (f"{self.folder or self.run_dir / 'scored'}: {self.rows} rows ({self.scored_rows} newly scored) "
-                f"{self.counts['score_status']} in {self.seconds:.0f} s")
+        line = (
+            f"{self.folder or self.run_dir / 'scored'}: {self.rows} rows ({self.scored_rows} newly scored) "
+            f"{self.counts['score_status']} in {self.seconds:.0f} s"
+        )
         if self.usage.get("total", {}).get("requests"):
             line += f"; judge {cost_line(self.usage)}"
         if self.pending_rows:
-            line += (f"; {self.pending_rows} rows wait for the batch judge (`neat-data batch status {self.run_dir}`; the same "
-                     "command run again collects them)")
+            line += (
+                f"; {self.pending_rows} rows wait for the batch judge (`neat-data batch status {self.run_dir}`; the same "
+                "command run again collects them)"
+            )
         return line
 
 
@@ -89,7 +95,11 @@ def pair_texts(rows: list[dict[str, Any]], generate_entry: dict[str, Any]) -> di
         libraries = load_libraries(generate_config["pairs"])
         by_id = {pair.id: pair for library in libraries for pair in library.pairs}
         for pid in missing:
-            pair = by_id.get(pair_of[pid]) if pid in pair_of else choose_pair(libraries, generate_config.get("sampling", {}).get("seed", 0), pid)
+            pair = (
+                by_id.get(pair_of[pid])
+                if pid in pair_of
+                else choose_pair(libraries, generate_config.get("sampling", {}).get("seed", 0), pid)
+            )
             if pair is not None:
                 texts[pid].setdefault("pos", pair.positive)
                 texts[pid].setdefault("neg", pair.negative)
@@ -102,8 +112,11 @@ def check_identity(config: ScoreConfig, run_dir: Path) -> None:
         return
     for name, value in config.identity().items():
         if previous.get(name) != value:
-            raise NeatError(f"run was scored with {name}={previous.get(name)!r}, now {value!r}; use --overwrite to rescore",
-                            file=run_dir / "manifest.json", field=name)
+            raise NeatError(
+                f"run was scored with {name}={previous.get(name)!r}, now {value!r}; use --overwrite to rescore",
+                file=run_dir / "manifest.json",
+                field=name,
+            )
 
 
 def apply_negative_score(table: pa.Table, mode: str) -> pa.Table:
@@ -131,12 +144,21 @@ def current_scores(out: StageOutput, generations: pa.Table) -> set[str]:
     if not scored.num_rows:
         return set()
     then = dict(zip(scored.column("key").to_pylist(), zip(scored.column("status").to_pylist(), scored.column("response").to_pylist())))
-    now = zip(generations.column("key").to_pylist(), zip(generations.column("status").to_pylist(), generations.column("response").to_pylist()))
+    now = zip(
+        generations.column("key").to_pylist(), zip(generations.column("status").to_pylist(), generations.column("response").to_pylist())
+    )
     return {key for key, row in now if then.get(key) == row}
 
 
-def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, shard: ShardSpec | None = None, overwrite: bool = False,
-              progress: bool = True, argv: list[str] | None = None) -> ScoreSummary:
+def run_score(
+    config: ScoreConfig,
+    *,
+    scorer: Scorer | None = None,
+    shard: ShardSpec | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    argv: list[str] | None = None,
+) -> ScoreSummary:
     """Score every generation row not scored yet (or of one shard's prompts); returns counts. The scorer is built —
     and its model checked — before anything is recorded or, with `overwrite`, deleted."""
     from tqdm.auto import tqdm
@@ -148,8 +170,11 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, shard: Shard
         raise NeatError("no generations/ in this run folder (run `neat-data generate` first)", file=run_dir)
     if shard is not None:
         if overwrite:
-            raise NeatError("--overwrite cannot be combined with --num-shards (the other shards share the folder); delete scored/ "
-                            "or use another run folder", field="overwrite")
+            raise NeatError(
+                "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete scored/ "
+                "or use another run folder",
+                field="overwrite",
+            )
         refuse_while_writing(run_dir, "generations")
     owns_scorer = scorer is None
     try:
@@ -157,8 +182,9 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, shard: Shard
             generations = ShardedTable(generations_dir, GENERATIONS).read()
             check_columns(generations, GENERATIONS, str(generations_dir))
             if shard is not None:
-                generations = generations.filter(pa.array([shard.owns(pid) for pid in generations.column("prompt_id").to_pylist()],
-                                                          pa.bool_()))
+                generations = generations.filter(
+                    pa.array([shard.owns(pid) for pid in generations.column("prompt_id").to_pylist()], pa.bool_())
+                )
             manifest = read_manifest(run_dir)
             generation_model = manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model")
             if not overwrite:
@@ -203,18 +229,36 @@ def run_score(config: ScoreConfig, *, scorer: Scorer | None = None, shard: Shard
             record = {"rows": final.num_rows, "counts": counts, "seconds": round(seconds, 2)}
             usage = getattr(scorer, "usage", None)  # an LLM judge's tokens (and cost, with --price-in/--price-out)
             if usage:
-                record["usage"] = token_costs(usage, price_in=config.price_in, price_out=config.price_out,
-                                              discount=batch_discount(config.judge_backend))
+                record["usage"] = token_costs(
+                    usage, price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.judge_backend)
+                )
             if waiting:  # a batch judge's rows: not finished; the same command run again collects them
-                update_manifest(run_dir, "score", {**read_manifest(run_dir).get("stages", {}).get("score", entry), **record,
-                                                   "scorer": scorer_name, "pending_rows": waiting, "finished": False})
+                update_manifest(
+                    run_dir,
+                    "score",
+                    {
+                        **read_manifest(run_dir).get("stages", {}).get("score", entry),
+                        **record,
+                        "scorer": scorer_name,
+                        "pending_rows": waiting,
+                        "finished": False,
+                    },
+                )
             else:
                 out.finish({**entry, **record, "scorer": scorer_name}, {**record, "scored_rows": scored_now, "command": argv})
     finally:
         if owns_scorer and scorer is not None and hasattr(scorer, "close"):
             scorer.close()  # e.g. Ray actors
-    return ScoreSummary(run_dir=run_dir, rows=final.num_rows, scored_rows=scored_now, counts=counts, seconds=seconds, folder=out.folder,
-                        pending_rows=waiting, usage=record.get("usage") or {})
+    return ScoreSummary(
+        run_dir=run_dir,
+        rows=final.num_rows,
+        scored_rows=scored_now,
+        counts=counts,
+        seconds=seconds,
+        folder=out.folder,
+        pending_rows=waiting,
+        usage=record.get("usage") or {},
+    )
 
 
 def batch_state(run_dir: Path, shard: ShardSpec | None) -> dict[str, Any]:
@@ -254,9 +298,17 @@ def score_rows(rows: list[dict[str, Any]], scorer: Scorer, texts: dict[str, tupl
     """Scored copies of `rows` (one per row, in order): ok rows through the scorer, error rows skipped; rows a batch
     judge left pending are left out (no row: the same command run again attaches to the batch)."""
     ok = [row for row in rows if row["status"] == "ok"]
-    items = [ScoreItem(prompt=row["prompt"], response=row["response"], steering=row["steering"],
-                       positive_system=texts.get(row["prompt_id"], (None, None))[0],
-                       negative_system=texts.get(row["prompt_id"], (None, None))[1], finish_reason=row.get("finish_reason")) for row in ok]
+    items = [
+        ScoreItem(
+            prompt=row["prompt"],
+            response=row["response"],
+            steering=row["steering"],
+            positive_system=texts.get(row["prompt_id"], (None, None))[0],
+            negative_system=texts.get(row["prompt_id"], (None, None))[1],
+            finish_reason=row.get("finish_reason"),
+        )
+        for row in ok
+    ]
     results = dict(zip((row["key"] for row in ok), scorer.score(items) if items else []))
     out = []
     for row in rows:

@@ -78,8 +78,16 @@ class FakeBatchAPI:
     # ------------------------------------------------------------------------------------------------ files
     def _new_file(self, content: bytes, filename: str, purpose: str) -> dict[str, Any]:
         file_id = f"file-{next(self._ids):06d}"
-        self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-                               "filename": filename, "purpose": purpose, "status": "processed", "content": content}
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "content": content,
+        }
         return self.files[file_id]
 
     @staticmethod
@@ -127,8 +135,14 @@ class FakeBatchAPI:
             return _error(400, f"No such input file: {body.get('input_file_id')!r}")
         if body.get("endpoint") != ENDPOINT or body.get("completion_window") != "24h":
             return _error(400, "endpoint must be /v1/chat/completions and completion_window 24h")
-        batch = FakeBatch(id=f"batch_{next(self._ids):06d}", input_file_id=file["id"], endpoint=body["endpoint"],
-                          completion_window=body["completion_window"], metadata=body.get("metadata"), created_at=int(time.time()))
+        batch = FakeBatch(
+            id=f"batch_{next(self._ids):06d}",
+            input_file_id=file["id"],
+            endpoint=body["endpoint"],
+            completion_window=body["completion_window"],
+            metadata=body.get("metadata"),
+            created_at=int(time.time()),
+        )
         self.batches[batch.id] = batch
         self.batch_submissions[file["id"]] += 1
         self._validate(batch, file["content"])
@@ -152,13 +166,19 @@ class FakeBatchAPI:
                 batch.errors.append({"code": "invalid_request", "message": f"invalid line: {error}", "line": number, "param": None})
                 continue
             if custom_id in seen:
-                batch.errors.append({"code": "duplicate_custom_id", "message": f"duplicate custom_id {custom_id!r}", "line": number, "param": None})
+                batch.errors.append(
+                    {"code": "duplicate_custom_id", "message": f"duplicate custom_id {custom_id!r}", "line": number, "param": None}
+                )
             seen.add(custom_id)
             batch.lines.append(line)
         if len(batch.lines) > settings.batch_max_lines:
-            batch.errors.append({"code": "too_many_requests", "message": f"more than {settings.batch_max_lines} requests", "line": None, "param": None})
+            batch.errors.append(
+                {"code": "too_many_requests", "message": f"more than {settings.batch_max_lines} requests", "line": None, "param": None}
+            )
         if settings.batch_outcome == "failed" and not batch.errors:
-            batch.errors.append({"code": "invalid_model", "message": "The model does not support the batch API", "line": None, "param": None})
+            batch.errors.append(
+                {"code": "invalid_model", "message": "The model does not support the batch API", "line": None, "param": None}
+            )
         if not batch.errors:
             for line in batch.lines:
                 self.submitted_custom_ids[line["custom_id"]] += 1
@@ -171,8 +191,15 @@ class FakeBatchAPI:
             ordered = [b for b in ordered if b.id < after]
         limit = int(request.query.get("limit", "20"))
         page = ordered[:limit]
-        return web.json_response({"object": "list", "data": [self._view(b) for b in page], "has_more": len(ordered) > limit,
-                                  "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [self._view(b) for b in page],
+                "has_more": len(ordered) > limit,
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+            }
+        )
 
     async def _retrieve(self, request: web.Request) -> web.Response:
         self._record_auth(request)
@@ -195,8 +222,9 @@ class FakeBatchAPI:
 
     def _ready(self, batch: FakeBatch) -> bool:
         settings = self.server.settings
-        return (batch.state_polls >= settings.batch_polls_per_state
-                and time.monotonic() - batch.state_since >= settings.batch_seconds_per_state)
+        return (
+            batch.state_polls >= settings.batch_polls_per_state and time.monotonic() - batch.state_since >= settings.batch_seconds_per_state
+        )
 
     def _enter(self, batch: FakeBatch, status: str) -> None:
         batch.status, batch.state_polls, batch.state_since = status, 0, time.monotonic()
@@ -239,8 +267,16 @@ class FakeBatchAPI:
             if number >= processed:
                 if self.server.settings.batch_report_unfinished:
                     code = "batch_expired" if batch.status == "in_progress" else "batch_cancelled"
-                    errors.append(json.dumps({"id": record_id, "custom_id": line["custom_id"], "response": None,
-                                              "error": {"code": code, "message": "This request could not be executed before the batch ended."}}))
+                    errors.append(
+                        json.dumps(
+                            {
+                                "id": record_id,
+                                "custom_id": line["custom_id"],
+                                "response": None,
+                                "error": {"code": code, "message": "This request could not be executed before the batch ended."},
+                            }
+                        )
+                    )
                     failed += 1
                 continue
             fault = self.server.choose_fault(line["body"])
@@ -265,11 +301,21 @@ class FakeBatchAPI:
         batch.counts.update(completed=completed, failed=failed)
 
     def _view(self, batch: FakeBatch) -> dict[str, Any]:
-        return {"id": batch.id, "object": "batch", "endpoint": batch.endpoint, "input_file_id": batch.input_file_id,
-                "completion_window": batch.completion_window, "status": batch.status, "created_at": batch.created_at,
-                "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id, "metadata": batch.metadata,
-                "errors": {"object": "list", "data": batch.errors} if batch.errors else None,
-                "request_counts": dict(batch.counts), **batch.stamps}
+        return {
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": batch.endpoint,
+            "input_file_id": batch.input_file_id,
+            "completion_window": batch.completion_window,
+            "status": batch.status,
+            "created_at": batch.created_at,
+            "output_file_id": batch.output_file_id,
+            "error_file_id": batch.error_file_id,
+            "metadata": batch.metadata,
+            "errors": {"object": "list", "data": batch.errors} if batch.errors else None,
+            "request_counts": dict(batch.counts),
+            **batch.stamps,
+        }
 
 
 def _error(status: int, message: str) -> web.Response:

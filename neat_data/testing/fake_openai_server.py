@@ -101,8 +101,9 @@ class FakeOpenAIServer:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if expected is not None and given != expected:  # like OpenAI: the wrong key comes back in the message
             padding = "x" * self.settings.error_padding
-            return web.json_response({"error": {"message": f"{padding}Incorrect API key provided: {given}", "type": "invalid_api_key"}},
-                                     status=401)
+            return web.json_response(
+                {"error": {"message": f"{padding}Incorrect API key provided: {given}", "type": "invalid_api_key"}}, status=401
+            )
         return await handler(request)
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -171,8 +172,10 @@ class FakeOpenAIServer:
             return 400, {"error": {"message": "System role not supported", "type": "invalid_request_error"}}, {}
         prompt_words = sum(len(str(m.get("content", "")).split()) for m in messages)
         if self.settings.context_words is not None and prompt_words > self.settings.context_words:
-            message = (f"This model's maximum context length is {self.settings.context_words} tokens. However, your request has "
-                       f"{prompt_words} input tokens. Please reduce the length of the input messages.")
+            message = (
+                f"This model's maximum context length is {self.settings.context_words} tokens. However, your request has "
+                f"{prompt_words} input tokens. Please reduce the length of the input messages."
+            )
             return 400, {"error": {"message": message, "type": "BadRequestError"}}, {}
         n = int(body.get("n") or 1)
         if self.settings.ignore_n or fault == "fewer":
@@ -184,13 +187,16 @@ class FakeOpenAIServer:
             text = None if fault == "empty" else (self.settings.fixed_reply or f"reply {seed + i}: {last_user}")
             choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
         payload = {
-            "id": f"chatcmpl-{seed}", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
+            "id": f"chatcmpl-{seed}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
             "choices": choices,
             "usage": {"prompt_tokens": prompt_words, "completion_tokens": 5 * n, "total_tokens": prompt_words + 5 * n},
         }
         return 200, payload, {}
 
-    def start(self) -> "FakeOpenAIServer":
+    def start(self) -> FakeOpenAIServer:
         ready = threading.Event()
 
         def run() -> None:
@@ -222,7 +228,7 @@ class FakeOpenAIServer:
             self._thread.join(10)
         self._thread = None
 
-    def __enter__(self) -> "FakeOpenAIServer":
+    def __enter__(self) -> FakeOpenAIServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -241,8 +247,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--ignore-n", action="store_true")
-    parser.add_argument("--rate", action="append", default=[], metavar="FAULT=P",
-                        help=f"random fault rate per attempt, repeatable (faults: {', '.join(FAULTS)}), e.g. --rate 500=0.2")
+    parser.add_argument(
+        "--rate",
+        action="append",
+        default=[],
+        metavar="FAULT=P",
+        help=f"random fault rate per attempt, repeatable (faults: {', '.join(FAULTS)}), e.g. --rate 500=0.2",
+    )
     parser.add_argument("--stall-seconds", type=float, default=30.0, help="how long a 'stall' fault holds the answer")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random faults")
     parser.add_argument("--batch-seconds-per-state", type=float, default=0.0, help="batches: seconds in each state at least")
@@ -252,8 +263,16 @@ def main() -> None:
     unknown = set(rates) - set(FAULTS)
     if unknown:
         parser.error(f"unknown fault {sorted(unknown)[0]!r}")
-    settings = ServerSettings(latency=args.latency, ignore_n=args.ignore_n, record=False, rates=rates, stall_seconds=args.stall_seconds,
-                              seed=args.seed, batch_seconds_per_state=args.batch_seconds_per_state, batch_outcome=args.batch_outcome)
+    settings = ServerSettings(
+        latency=args.latency,
+        ignore_n=args.ignore_n,
+        record=False,
+        rates=rates,
+        stall_seconds=args.stall_seconds,
+        seed=args.seed,
+        batch_seconds_per_state=args.batch_seconds_per_state,
+        batch_outcome=args.batch_outcome,
+    )
     server = FakeOpenAIServer(settings, host=args.host, port=args.port)
     web.run_app(server.app(), host=args.host, port=server.port, access_log=None, print=None, backlog=4096)
 

@@ -7,7 +7,7 @@ that many requests (to test that rows already flushed survive a dead process).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 
@@ -15,9 +15,15 @@ from neat_data.engines.base import Completion, GenerationRequest, RequestResult,
 class RecordingBackend:
     name = "fake"
 
-    def __init__(self, model: str = "fake-model", *, system_role_ok: bool = True,
-                 fail_when: Callable[[list[dict[str, str]]], str | None] | None = None, crash_after: int | None = None,
-                 reply: Callable[[list[dict[str, str]], int, int], str] | None = None):
+    def __init__(
+        self,
+        model: str = "fake-model",
+        *,
+        system_role_ok: bool = True,
+        fail_when: Callable[[list[dict[str, str]]], str | None] | None = None,
+        crash_after: int | None = None,
+        reply: Callable[[list[dict[str, str]], int, int], str] | None = None,
+    ):
         self.model = model
         self.system_role_ok = system_role_ok
         self.fail_when = fail_when
@@ -40,11 +46,18 @@ class RecordingBackend:
                 yield index, RequestResult(error=reason, system_mode=mode)
                 continue
             user = messages[-1]["content"]
-            texts = [self.reply(messages, i, request.seed) if self.reply else f"sample {i} seed {request.seed}: {user}"
-                     for i in range(request.n)]
-            completions = [Completion(text=texts[i], finish_reason="stop",
-                                      prompt_tokens=sum(len(m["content"].split()) for m in messages), completion_tokens=4 + i)
-                           for i in range(request.n)]
+            texts = [
+                self.reply(messages, i, request.seed) if self.reply else f"sample {i} seed {request.seed}: {user}" for i in range(request.n)
+            ]
+            completions = [
+                Completion(
+                    text=texts[i],
+                    finish_reason="stop",
+                    prompt_tokens=sum(len(m["content"].split()) for m in messages),
+                    completion_tokens=4 + i,
+                )
+                for i in range(request.n)
+            ]
             yield index, RequestResult(completions=completions, system_mode=mode)
 
     def close(self) -> None:

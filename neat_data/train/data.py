@@ -124,8 +124,15 @@ def candidate_indices(row: dict[str, Any], *, loss: str, dpo_pairs: str, max_can
     return spread_indices(len(scores), max_candidates)
 
 
-def tokenize_ranked(rows: list[dict[str, Any]], tokenizer: Any, *, max_length: int, max_candidates: int | None = None, loss: str = "rrhf",
-                    dpo_pairs: str = "best-vs-worst") -> tuple[list[RankedExample], DataStats]:
+def tokenize_ranked(
+    rows: list[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    max_length: int,
+    max_candidates: int | None = None,
+    loss: str = "rrhf",
+    dpo_pairs: str = "best-vs-worst",
+) -> tuple[list[RankedExample], DataStats]:
     """Tokenize the candidates each prompt's loss reads (neutral prompt, policy chat template, response, end
     of turn when finished)."""
     renderer = CandidateRenderer(tokenizer)
@@ -157,8 +164,15 @@ def tokenize_ranked(rows: list[dict[str, Any]], tokenizer: Any, *, max_length: i
             lengths.append(candidate.prompt_length)
             stats.tokens += len(ids)
             stats.response_tokens += len(ids) - candidate.prompt_length
-        examples.append(RankedExample(row["prompt_id"], tuple(sequences), tuple(lengths), tuple(float(row["scores"][i]) for i in keep),
-                                      tuple(STEERING_CODES.get(steering[i], 0) for i in keep)))
+        examples.append(
+            RankedExample(
+                row["prompt_id"],
+                tuple(sequences),
+                tuple(lengths),
+                tuple(float(row["scores"][i]) for i in keep),
+                tuple(STEERING_CODES.get(steering[i], 0) for i in keep),
+            )
+        )
         stats.prompts += 1
         stats.candidates += len(keep)
     return examples, stats
@@ -202,14 +216,23 @@ def make_batch(examples: list[RankedExample], pad_id: int) -> Batch:
             steering[b, :width] = torch.tensor(example.steering)
         if reference is not None:
             reference[b, :width] = torch.tensor(example.reference)
-    return Batch(input_ids, attention_mask, response_mask, torch.tensor(slots), rewards, candidate_mask, steering, reference,
-                 int(attention_mask.sum()))
+    return Batch(
+        input_ids,
+        attention_mask,
+        response_mask,
+        torch.tensor(slots),
+        rewards,
+        candidate_mask,
+        steering,
+        reference,
+        int(attention_mask.sum()),
+    )
 
 
 def epoch_batches(examples: list[RankedExample], prompts_per_batch: int, seed: int, epoch: int) -> list[list[RankedExample]]:
     """Shuffled (seed, epoch) prompt groups of `prompts_per_batch`; the last group may be smaller."""
     order = np.random.default_rng([seed, epoch]).permutation(len(examples))
-    return [[examples[i] for i in order[start:start + prompts_per_batch]] for start in range(0, len(examples), prompts_per_batch)]
+    return [[examples[i] for i in order[start : start + prompts_per_batch]] for start in range(0, len(examples), prompts_per_batch)]
 
 
 def rank_share(batches: list[Any], rank: int, world: int) -> list[Any]:
@@ -221,14 +244,16 @@ def rank_share(batches: list[Any], rank: int, world: int) -> list[Any]:
     return [batches[(rank + world * step) % len(batches)] for step in range(per_rank)]
 
 
-def load_examples(source: Path, tokenizer: Any, *, max_length: int, max_candidates: int | None, loss: str = "rrhf",
-                  dpo_pairs: str = "best-vs-worst") -> tuple[Path, list[RankedExample], DataStats]:
+def load_examples(
+    source: Path, tokenizer: Any, *, max_length: int, max_candidates: int | None, loss: str = "rrhf", dpo_pairs: str = "best-vs-worst"
+) -> tuple[Path, list[RankedExample], DataStats]:
     path = find_ranked_export(Path(source))
     rows = read_ranked_rows(path)
     if loss == "dpo" and dpo_pairs == "pos-vs-neg" and rows and "steering" not in rows[0]:
         raise NeatError("dpo_pairs pos-vs-neg needs a steering column", file=path, field="steering")
     examples, stats = tokenize_ranked(rows, tokenizer, max_length=max_length, max_candidates=max_candidates, loss=loss, dpo_pairs=dpo_pairs)
     if not examples:
-        raise NeatError(f"no trainable prompt in the ranked export for loss {loss} (empty, every prompt longer than max_length, "
-                        "or no pair)", file=path)
+        raise NeatError(
+            f"no trainable prompt in the ranked export for loss {loss} (empty, every prompt longer than max_length, or no pair)", file=path
+        )
     return path, examples, stats

@@ -120,8 +120,15 @@ def ranking_accuracy(scores: torch.Tensor, rewards: torch.Tensor, candidate_mask
 RANK_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"rrhf": rrhf_loss, "pro": pro_loss}
 
 
-def neat_loss(scores: torch.Tensor, rewards: torch.Tensor, candidate_mask: torch.Tensor, *, rank_loss: RankLoss = "rrhf",
-              rank_weight: float = 1.0, sft_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def neat_loss(
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    candidate_mask: torch.Tensor,
+    *,
+    rank_loss: RankLoss = "rrhf",
+    rank_weight: float = 1.0,
+    sft_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """L = rank_weight · L_rank + sft_weight · L_sft. Shapes [B, C]. Returns (loss, parts for the log)."""
     import torch
 
@@ -129,8 +136,12 @@ def neat_loss(scores: torch.Tensor, rewards: torch.Tensor, candidate_mask: torch
     sft = sft_loss(scores, rewards, candidate_mask)
     total = rank_weight * ranking + sft_weight * sft
     with torch.no_grad():
-        parts = {"loss": float(total), "rank_loss": float(ranking), "sft_loss": float(sft),
-                 "rank_accuracy": float(ranking_accuracy(scores, rewards, candidate_mask))}
+        parts = {
+            "loss": float(total),
+            "rank_loss": float(ranking),
+            "sft_loss": float(sft),
+            "rank_accuracy": float(ranking_accuracy(scores, rewards, candidate_mask)),
+        }
     return total, parts
 
 
@@ -221,8 +232,9 @@ Objective = Callable[[LossInputs, LossSettings], "tuple[torch.Tensor, dict[str, 
 def _ranking_objective(name: RankLoss) -> Objective:
     def objective(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Tensor, dict[str, float]]:
         scores = sequence_scores(inputs.sums, inputs.counts)
-        return neat_loss(scores, inputs.rewards, inputs.candidate_mask, rank_loss=name, rank_weight=settings.rank_weight,
-                         sft_weight=settings.sft_weight)
+        return neat_loss(
+            scores, inputs.rewards, inputs.candidate_mask, rank_loss=name, rank_weight=settings.rank_weight, sft_weight=settings.sft_weight
+        )
 
     objective.__doc__ = f"{name.upper()} + LM: L = w_rank · L_{name} + w_sft · L_sft on p = s / |y|."
     return objective
@@ -239,8 +251,13 @@ def dpo_objective(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Ten
     sft = sft_loss(sequence_scores(inputs.sums, inputs.counts), inputs.rewards, inputs.candidate_mask)
     total = settings.rank_weight * ranking + settings.sft_weight * sft
     with torch.no_grad():
-        parts = {"loss": float(total), "rank_loss": float(ranking), "sft_loss": float(sft), "pairs": float(pairs.sum()),
-                 "rank_accuracy": float(dpo_accuracy(inputs.sums, inputs.reference_sums, pairs))}
+        parts = {
+            "loss": float(total),
+            "rank_loss": float(ranking),
+            "sft_loss": float(sft),
+            "pairs": float(pairs.sum()),
+            "rank_accuracy": float(dpo_accuracy(inputs.sums, inputs.reference_sums, pairs)),
+        }
     return total, parts
 
 
@@ -252,13 +269,21 @@ def sft_objective(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Ten
     sft = sft_loss(scores, inputs.rewards, inputs.candidate_mask)
     total = settings.sft_weight * sft
     with torch.no_grad():
-        parts = {"loss": float(total), "rank_loss": 0.0, "sft_loss": float(sft),
-                 "rank_accuracy": float(ranking_accuracy(scores, inputs.rewards, inputs.candidate_mask))}
+        parts = {
+            "loss": float(total),
+            "rank_loss": 0.0,
+            "sft_loss": float(sft),
+            "rank_accuracy": float(ranking_accuracy(scores, inputs.rewards, inputs.candidate_mask)),
+        }
     return total, parts
 
 
-LOSSES: dict[str, Objective] = {"rrhf": _ranking_objective("rrhf"), "pro": _ranking_objective("pro"), "dpo": dpo_objective,
-                                "sft": sft_objective}
+LOSSES: dict[str, Objective] = {
+    "rrhf": _ranking_objective("rrhf"),
+    "pro": _ranking_objective("pro"),
+    "dpo": dpo_objective,
+    "sft": sft_objective,
+}
 NEEDS_REFERENCE: frozenset[str] = frozenset({"dpo"})
 
 

@@ -20,14 +20,16 @@ def choose_trainable(model: Any, *, lora_rank: int, lora_alpha: float, lora_drop
     if lora_rank:
         from peft import LoraConfig, get_peft_model
 
-        return get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                                target_modules="all-linear", task_type="CAUSAL_LM"))
+        return get_peft_model(
+            model,
+            LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
     if top_layers:
         layers = model.get_decoder().layers
         if top_layers > len(layers):
             raise ValueError(f"top_layers={top_layers} but the model has {len(layers)} layers")
         model.requires_grad_(False)
-        for layer in layers[len(layers) - top_layers:]:
+        for layer in layers[len(layers) - top_layers :]:
             layer.requires_grad_(True)
         norm = getattr(model.get_decoder(), "norm", None)
         if norm is not None:
@@ -35,7 +37,9 @@ def choose_trainable(model: Any, *, lora_rank: int, lora_alpha: float, lora_drop
     return model
 
 
-def save_policy(model: Any, tokenizer: Any, out: Path, dtype: Any, extra_files: dict[str, str], state_dict: dict[str, Any] | None = None) -> None:
+def save_policy(
+    model: Any, tokenizer: Any, out: Path, dtype: Any, extra_files: dict[str, str], state_dict: dict[str, Any] | None = None
+) -> None:
     """Write an HF folder (weights — `state_dict` when given — config, tokenizer, chat template, `extra_files`) at `out`, atomically:
     completed in `<out>.partial/` (which already holds the step log), then swapped in; LoRA adapters are
     merged first so vLLM loads a plain model."""

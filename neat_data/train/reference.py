@@ -32,7 +32,9 @@ import pyarrow.parquet as pq
 from neat_data.train.data import RankedExample
 
 CACHE_VERSION = "neat-reference-v1"
-CACHE_SCHEMA = pa.schema([("prompt_id", pa.string()), ("candidate", pa.int32()), ("reference_logprob", pa.float64()), ("tokens", pa.int32())])
+CACHE_SCHEMA = pa.schema(
+    [("prompt_id", pa.string()), ("candidate", pa.int32()), ("reference_logprob", pa.float64()), ("tokens", pa.int32())]
+)
 
 
 def weights_checksum(model: Any) -> tuple[float, float]:
@@ -82,13 +84,25 @@ def attach_reference(examples: list[RankedExample], values: list[float]) -> list
     out, position = [], 0
     for example in examples:
         count = len(example.sequences)
-        out.append(replace(example, reference=tuple(values[position:position + count])))
+        out.append(replace(example, reference=tuple(values[position : position + count])))
         position += count
     return out
 
 
-def reference_pass(examples: list[RankedExample], model: Any, pad_id: int, *, data_path: Path, device: Any, bf16: bool, batch_size: int,
-                   head_chunk: int, rank: int = 0, world: int = 1, total: Any = None) -> tuple[list[RankedExample], dict[str, Any]]:
+def reference_pass(
+    examples: list[RankedExample],
+    model: Any,
+    pad_id: int,
+    *,
+    data_path: Path,
+    device: Any,
+    bf16: bool,
+    batch_size: int,
+    head_chunk: int,
+    rank: int = 0,
+    world: int = 1,
+    total: Any = None,
+) -> tuple[list[RankedExample], dict[str, Any]]:
     """Examples with `reference` filled, and what happened ({cache, reused, candidates}).
 
     `total(values) → values summed over ranks` (a collective; identity when `world` is 1)."""
@@ -109,16 +123,30 @@ def reference_pass(examples: list[RankedExample], model: Any, pad_id: int, *, da
     was_training = model.training
     model.eval()
     forward = ResponseLogprobs(model, head_chunk=head_chunk)
-    values = candidate_logprobs(forward, [flat[i][0].sequences[flat[i][1]] for i in mine], [flat[i][0].prompt_lengths[flat[i][1]] for i in mine],
-                                pad_id, batch_size=batch_size, device=device, autocast_dtype=torch.bfloat16 if bf16 else None)
+    values = candidate_logprobs(
+        forward,
+        [flat[i][0].sequences[flat[i][1]] for i in mine],
+        [flat[i][0].prompt_lengths[flat[i][1]] for i in mine],
+        pad_id,
+        batch_size=batch_size,
+        device=device,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
+    )
     model.train(was_training)
     share = [0.0] * len(flat)
     for index, (value, _) in zip(mine, values):
         share[index] = value
     summed = total(share)
     if rank == 0:
-        table = pa.Table.from_pydict({"prompt_id": [e.prompt_id for e, _ in flat], "candidate": [c for _, c in flat], "reference_logprob": summed,
-                                      "tokens": [len(e.sequences[c]) - e.prompt_lengths[c] for e, c in flat]}, schema=CACHE_SCHEMA)
+        table = pa.Table.from_pydict(
+            {
+                "prompt_id": [e.prompt_id for e, _ in flat],
+                "candidate": [c for _, c in flat],
+                "reference_logprob": summed,
+                "tokens": [len(e.sequences[c]) - e.prompt_lengths[c] for e, c in flat],
+            },
+            schema=CACHE_SCHEMA,
+        )
         try:
             atomic_write_table(path, table)
         except OSError as error:  # a read-only data folder: train without the cache

@@ -41,14 +41,21 @@ class TrainConfig(BaseModel):
     data: Path = Field(description="Run folder (uses export/ranked/train.parquet), an export folder, or a ranked Parquet file.")
     model: str = Field(description="Policy to train: bundled alias, local HF folder or Hub id.")
     out: Path = Field(description="Output HF folder.")
-    loss: LossName = Field("rrhf", description="rrhf (pairwise hinge) | pro (listwise) | dpo (sigmoid DPO on pairs, reference = the "
-                                               "starting policy) | sft (LM loss on the best candidate only).")
+    loss: LossName = Field(
+        "rrhf",
+        description="rrhf (pairwise hinge) | pro (listwise) | dpo (sigmoid DPO on pairs, reference = the "
+        "starting policy) | sft (LM loss on the best candidate only).",
+    )
     rank_weight: float = Field(1.0, ge=0, description="Weight of the ranking loss (rrhf, pro, dpo).")
-    sft_weight: float | None = Field(None, ge=0, description="Weight of the LM loss on the best candidate "
-                                                             "(default: 1 for rrhf and sft, 0.05·(C−1)² for pro, 0 for dpo).")
+    sft_weight: float | None = Field(
+        None, ge=0, description="Weight of the LM loss on the best candidate (default: 1 for rrhf and sft, 0.05·(C−1)² for pro, 0 for dpo)."
+    )
     beta: float = Field(0.1, gt=0, description="DPO: β, the strength of the implicit KL penalty.")
-    dpo_pairs: DpoPairs = Field("best-vs-worst", description="DPO pairs from each ranked list: best-vs-worst (by score) or "
-                                                            "pos-vs-neg (every positive- × negative-prompt response, positive chosen).")
+    dpo_pairs: DpoPairs = Field(
+        "best-vs-worst",
+        description="DPO pairs from each ranked list: best-vs-worst (by score) or "
+        "pos-vs-neg (every positive- × negative-prompt response, positive chosen).",
+    )
     lr: float = Field(2e-5, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of optimizer steps with linear warmup; cosine decay to 0 after.")
@@ -68,14 +75,18 @@ class TrainConfig(BaseModel):
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     top_layers: int | None = Field(None, ge=1, description="Train only the top N decoder layers (+ final norm).")
-    fsdp: bool | None = Field(None, description="Shard weights, gradients and optimizer state over the ranks (FSDP2) instead of DDP "
-                                                "(default: on when accelerate launch runs an FSDP config).")
+    fsdp: bool | None = Field(
+        None,
+        description="Shard weights, gradients and optimizer state over the ranks (FSDP2) instead of DDP "
+        "(default: on when accelerate launch runs an FSDP config).",
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float32 on CPU (small updates survive), the base model's dtype on CUDA.")
+        "auto", description="auto: float32 on CPU (small updates survive), the base model's dtype on CUDA."
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.lora_rank and self.top_layers:
             raise ValueError("choose lora_rank or top_layers, not both")
         if self.fsdp and self.lora_rank:
@@ -182,19 +193,36 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     torch.manual_seed(config.seed)
     model_path = resolve_model(config.model)
     tokenizer, model, own_dtype = load_policy(model_path, str(dist.device))
-    data_path, examples, stats = load_examples(config.data, tokenizer, max_length=config.max_length, max_candidates=config.max_candidates,
-                                               loss=config.loss, dpo_pairs=config.dpo_pairs)
+    data_path, examples, stats = load_examples(
+        config.data,
+        tokenizer,
+        max_length=config.max_length,
+        max_candidates=config.max_candidates,
+        loss=config.loss,
+        dpo_pairs=config.dpo_pairs,
+    )
     most_candidates = max(len(e.sequences) for e in examples)
     sft_weight = config.sft_weight if config.sft_weight is not None else default_sft_weight(config.loss, most_candidates)
     settings = LossSettings(rank_weight=config.rank_weight, sft_weight=sft_weight, beta=config.beta, dpo_pairs=config.dpo_pairs)
     pad_id = pad_id_of(tokenizer)
     reference = None
     if config.loss in NEEDS_REFERENCE:  # the starting policy, before LoRA/sharding wrap it and before any step
-        examples, reference = reference_pass(examples, model, pad_id, data_path=data_path, device=dist.device, bf16=bf16 and cuda,
-                                             batch_size=config.prompts_per_batch * most_candidates, head_chunk=config.head_chunk,
-                                             rank=dist.rank, world=dist.world, total=dist.total)
-    model = choose_trainable(model, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                             top_layers=config.top_layers)
+        examples, reference = reference_pass(
+            examples,
+            model,
+            pad_id,
+            data_path=data_path,
+            device=dist.device,
+            bf16=bf16 and cuda,
+            batch_size=config.prompts_per_batch * most_candidates,
+            head_chunk=config.head_chunk,
+            rank=dist.rank,
+            world=dist.world,
+            total=dist.total,
+        )
+    model = choose_trainable(
+        model, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, top_layers=config.top_layers
+    )
     if config.gradient_checkpointing if config.gradient_checkpointing is not None else cuda:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -219,7 +247,7 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     for epoch in range(config.epochs):
         mine = rank_share(epoch_batches(examples, config.prompts_per_batch, config.seed, epoch), dist.rank, dist.world)
         for group_start in range(0, len(mine), config.grad_accum):
-            group = mine[group_start:group_start + config.grad_accum]
+            group = mine[group_start : group_start + config.grad_accum]
             step_started = time.time()
             for group_param in optimizer.param_groups:
                 group_param["lr"] = config.lr * lr_factor(step, total_steps, warmup)
@@ -228,14 +256,21 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
             for index, examples_in_batch in enumerate(group):
                 batch = make_batch(examples_in_batch, pad_id)
                 skip_sync = dist.world > 1 and not fsdp and index < len(group) - 1  # DDP: all-reduce on the last micro-batch only
-                with (wrapped.no_sync() if skip_sync else nullcontext()), \
-                        (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and cuda else nullcontext()):
-                    sums, counts = wrapped(batch.input_ids.to(dist.device), batch.attention_mask.to(dist.device),
-                                           batch.response_mask.to(dist.device))
-                    inputs = LossInputs(sums=scatter_to_slots(sums, batch, dist.device), counts=scatter_to_slots(counts, batch, dist.device),
-                                        rewards=batch.rewards.to(dist.device), candidate_mask=batch.candidate_mask.to(dist.device),
-                                        steering=batch.steering.to(dist.device),
-                                        reference_sums=None if batch.reference_sums is None else batch.reference_sums.to(dist.device))
+                with (
+                    wrapped.no_sync() if skip_sync else nullcontext(),
+                    torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and cuda else nullcontext(),
+                ):
+                    sums, counts = wrapped(
+                        batch.input_ids.to(dist.device), batch.attention_mask.to(dist.device), batch.response_mask.to(dist.device)
+                    )
+                    inputs = LossInputs(
+                        sums=scatter_to_slots(sums, batch, dist.device),
+                        counts=scatter_to_slots(counts, batch, dist.device),
+                        rewards=batch.rewards.to(dist.device),
+                        candidate_mask=batch.candidate_mask.to(dist.device),
+                        steering=batch.steering.to(dist.device),
+                        reference_sums=None if batch.reference_sums is None else batch.reference_sums.to(dist.device),
+                    )
                     loss, parts = LOSSES[config.loss](inputs, settings)
                     (loss / len(group)).backward()
                 for name, value in parts.items():
@@ -249,8 +284,16 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
             step_tokens = int(dist.mean([float(tokens)])[0] * dist.world)
             trained_tokens += step_tokens
             seconds = time.time() - step_started
-            record = {"step": step + 1, "epoch": epoch, **averaged, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
-                      "tokens": step_tokens, "tokens_per_s": step_tokens / max(seconds, 1e-9), "seconds": round(seconds, 3)}
+            record = {
+                "step": step + 1,
+                "epoch": epoch,
+                **averaged,
+                "grad_norm": grad_norm,
+                "lr": optimizer.param_groups[0]["lr"],
+                "tokens": step_tokens,
+                "tokens_per_s": step_tokens / max(seconds, 1e-9),
+                "seconds": round(seconds, 3),
+            }
             first = first or record
             last = record
             step += 1
@@ -261,15 +304,42 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     full_state = gather_full_state(model) if fsdp else None  # a collective: every rank takes part
     checksums = [checksum(full_state.values())] if fsdp else dist.gather_all(checksum(model.parameters()))
     elapsed = time.time() - started
-    summary = TrainSummary(out=config.out, steps=step, prompts=stats.prompts, candidates=stats.candidates, tokens=trained_tokens,
-                           seconds=elapsed, tokens_per_second=trained_tokens / max(elapsed, 1e-9), first=first, last=last)
+    summary = TrainSummary(
+        out=config.out,
+        steps=step,
+        prompts=stats.prompts,
+        candidates=stats.candidates,
+        tokens=trained_tokens,
+        seconds=elapsed,
+        tokens_per_second=trained_tokens / max(elapsed, 1e-9),
+        first=first,
+        last=last,
+    )
     if dist.rank == 0:
         save_dtype = _save_dtype(config.save_dtype, own_dtype, cuda)
-        details = {"config": config.model_dump(mode="json"), "command": argv, "base_model": model_path, "data": str(data_path),
-                   "data_stats": asdict(stats), "sft_weight": sft_weight, "reference": reference, "world_size": dist.world, "fsdp": fsdp, "rank_checksums": checksums, "bf16": bf16,
-                   "save_dtype": str(save_dtype).removeprefix("torch."), "summary": {k: v for k, v in asdict(summary).items() if k != "out"}}
-        save_policy(model, tokenizer, config.out, save_dtype, {"neat_train.json": json.dumps(details, indent=2, default=str) + "\n"},
-                    state_dict=full_state)
+        details = {
+            "config": config.model_dump(mode="json"),
+            "command": argv,
+            "base_model": model_path,
+            "data": str(data_path),
+            "data_stats": asdict(stats),
+            "sft_weight": sft_weight,
+            "reference": reference,
+            "world_size": dist.world,
+            "fsdp": fsdp,
+            "rank_checksums": checksums,
+            "bf16": bf16,
+            "save_dtype": str(save_dtype).removeprefix("torch."),
+            "summary": {k: v for k, v in asdict(summary).items() if k != "out"},
+        }
+        save_policy(
+            model,
+            tokenizer,
+            config.out,
+            save_dtype,
+            {"neat_train.json": json.dumps(details, indent=2, default=str) + "\n"},
+            state_dict=full_state,
+        )
     dist.barrier()
     return summary
 
@@ -303,8 +373,8 @@ def gather_full_state(model: Any) -> dict[str, Any]:
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     seen: set[int] = set()
     for name, parameter in model.named_parameters(remove_duplicate=False):  # tied weights (a head tied to the
-        if id(parameter) in seen:                                             # embeddings) are saved once, as
-            state.pop(name, None)                                             # save_pretrained does
+        if id(parameter) in seen:  # embeddings) are saved once, as
+            state.pop(name, None)  # save_pretrained does
         seen.add(id(parameter))
     return state
 

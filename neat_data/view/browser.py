@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-HOW_TO_GET_IT = ("run `bash scripts/setup.sh` (as root it installs Debian's chromium with apt-get; playwright comes from "
-                 "requirements/view.txt), or set NEAT_DATA_CHROMIUM to a Chromium binary")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+HOW_TO_GET_IT = (
+    "run `bash scripts/setup.sh` (as root it installs Debian's chromium with apt-get; playwright comes from "
+    "requirements/view.txt), or set NEAT_DATA_CHROMIUM to a Chromium binary"
+)
 
 
 def find_chromium() -> str | None:

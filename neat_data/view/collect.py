@@ -88,16 +88,28 @@ def run_info(run_dir: Path, manifest: dict[str, Any]) -> list[list[str]]:
     facts: list[list[str]] = []
     recipe = manifest.get("recipe")
     if isinstance(recipe, dict):
-        facts += [["recipe", str(recipe.get("name"))], ["model", str(recipe.get("model"))], ["pairs", ", ".join(map(str, recipe.get("pairs") or []))],
-                  ["rounds", str(manifest.get("rounds_planned"))], ["scorer", str((recipe.get("score") or {}).get("scorer"))],
-                  ["rank", str((recipe.get("rank") or {}).get("pairs"))]]
+        facts += [
+            ["recipe", str(recipe.get("name"))],
+            ["model", str(recipe.get("model"))],
+            ["pairs", ", ".join(map(str, recipe.get("pairs") or []))],
+            ["rounds", str(manifest.get("rounds_planned"))],
+            ["scorer", str((recipe.get("score") or {}).get("scorer"))],
+            ["rank", str((recipe.get("rank") or {}).get("pairs"))],
+        ]
         return facts
     stages = manifest.get("stages", {})
     generate = stages.get("generate", {}).get("config", {})
     if generate:
         sampling = generate.get("sampling") or {}
-        facts += [["model", str(generate.get("model"))], ["backend", str(generate.get("backend"))], ["pairs", ", ".join(map(str, generate.get("pairs") or []))],
-                  ["sampling", f"temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, max_tokens {sampling.get('max_tokens')}"]]
+        facts += [
+            ["model", str(generate.get("model"))],
+            ["backend", str(generate.get("backend"))],
+            ["pairs", ", ".join(map(str, generate.get("pairs") or []))],
+            [
+                "sampling",
+                f"temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, max_tokens {sampling.get('max_tokens')}",
+            ],
+        ]
     if stages.get("score"):
         facts.append(["scorer", str(stages["score"].get("scorer") or stages["score"].get("config", {}).get("scorer"))])
     if stages.get("rank"):
@@ -120,8 +132,10 @@ class RunContents:
             candidates = [(f"round {k}", k, folder) for k, folder in round_folders(run_dir) if k > 0]
         else:
             if source_folder(run_dir) is None:
-                raise NeatError("nothing to view: no generations/ or scored/ here (a `neat-data generate` output or a `neat-data run` folder)",
-                                file=run_dir)
+                raise NeatError(
+                    "nothing to view: no generations/ or scored/ here (a `neat-data generate` output or a `neat-data run` folder)",
+                    file=run_dir,
+                )
             candidates = [(run_dir.name, None, run_dir)]
         self.parts: list[Part] = []
         prompts = rows = 0
@@ -145,8 +159,10 @@ class RunContents:
             n_prompts = len(rows.prompt_first_row)
             per_row = np.minimum(rows.rows.column("chars").to_numpy(), max_chars) + ROW_INDEX_BYTES
             counts.append(np.bincount(rows.prompt_of_row, minlength=n_prompts))
-            sizes.append(np.bincount(rows.prompt_of_row, weights=per_row, minlength=n_prompts)
-                         + np.minimum(rows.rows.column("conv_chars").to_numpy()[rows.prompt_first_row], max_chars * 4))
+            sizes.append(
+                np.bincount(rows.prompt_of_row, weights=per_row, minlength=n_prompts)
+                + np.minimum(rows.rows.column("conv_chars").to_numpy()[rows.prompt_first_row], max_chars * 4)
+            )
         if not counts:
             return np.zeros(0, np.int64), np.zeros(0)
         return np.concatenate(counts), np.concatenate(sizes)
@@ -158,7 +174,11 @@ class RunContents:
             firsts = part.rows.rows.take(pa.array(part.rows.prompt_first_row))
             for k, pid in zip(firsts.column("round").to_pylist(), firsts.column("prompt_id").to_pylist()):
                 digests.append(hashlib.sha256(f"{k}:{pid}".encode()).digest()[:8])
-        return np.argsort(np.array([int.from_bytes(d, "big") for d in digests], dtype=np.uint64), kind="stable") if digests else np.zeros(0, np.int64)
+        return (
+            np.argsort(np.array([int.from_bytes(d, "big") for d in digests], dtype=np.uint64), kind="stable")
+            if digests
+            else np.zeros(0, np.int64)
+        )
 
     def select(self, *, max_responses: int | None, max_bytes: float | None, max_chars: int) -> np.ndarray:
         """A mask over global prompts: all of them when the run fits, else whole prompts in hash order."""
@@ -180,8 +200,12 @@ class RunContents:
     def index(self, selection: np.ndarray, *, mode: str) -> dict[str, Any]:
         """The JSON-ready index of the selected prompts (and the whole run's totals)."""
         strings = {name: Interner() for name in ("lib", "pair", "sys", "fin", "drop")}
-        prompts: dict[str, list] = {name: [] for name in ("round", "pid", "lib", "pair", "sys_pos", "sys_neg", "r0", "rn", "title", "turns")}
-        responses: dict[str, list] = {name: [] for name in ("p", "st", "si", "gs", "ss", "score", "raw", "rank", "tok", "fin", "len", "err", "key")}
+        prompts: dict[str, list] = {
+            name: [] for name in ("round", "pid", "lib", "pair", "sys_pos", "sys_neg", "r0", "rn", "title", "turns")
+        }
+        responses: dict[str, list] = {
+            name: [] for name in ("p", "st", "si", "gs", "ss", "score", "raw", "rank", "tok", "fin", "len", "err", "key")
+        }
         kept: dict[str, list] = {"p": [], "c": [], "r": [], "m": []}
         dropped: dict[str, list] = {"p": [], "a": [], "b": [], "reason": []}
         totals = []
@@ -190,15 +214,18 @@ class RunContents:
             rows = part.rows
             totals.append(self._totals(part))
             n_prompts = len(rows.prompt_first_row)
-            chosen = selection[part.prompt_offset:part.prompt_offset + n_prompts]
+            chosen = selection[part.prompt_offset : part.prompt_offset + n_prompts]
             new_prompt = np.cumsum(chosen) - 1 + prompt_base  # global page number of each local prompt
             row_mask = chosen[rows.prompt_of_row] if len(rows.prompt_of_row) else np.zeros(0, bool)
             new_row = np.cumsum(row_mask) - 1 + row_base
             table = rows.rows
             steering = table.column("steering").to_numpy(zero_copy_only=False)
             steering_code = np.array([STEERINGS.index(s) if s in STEERINGS else len(STEERINGS) for s in steering], np.int64)
-            lib_codes, pair_codes, sys_codes = (strings["lib"].codes(table.column("pair_library")), strings["pair"].codes(table.column("system_prompt_id")),
-                                                strings["sys"].codes(table.column("system_prompt")))
+            lib_codes, pair_codes, sys_codes = (
+                strings["lib"].codes(table.column("pair_library")),
+                strings["pair"].codes(table.column("system_prompt_id")),
+                strings["sys"].codes(table.column("system_prompt")),
+            )
             per_prompt = {name: np.full(n_prompts, -1, np.int64) for name in ("lib", "pair", "sys_pos", "sys_neg")}
             for name, codes in (("lib", lib_codes), ("pair", pair_codes)):
                 present = codes >= 0
@@ -220,8 +247,13 @@ class RunContents:
 
             picked = table.filter(pa.array(row_mask))
             gen_error = pc.fill_null(pc.not_equal(picked.column("status"), "ok"), True).to_numpy(zero_copy_only=False)
-            score_state = np.array([SCORE_STATES.index(s) if s in SCORE_STATES else SCORE_STATES.index("unscored")
-                                    for s in picked.column("score_status").to_pylist()], np.int64)
+            score_state = np.array(
+                [
+                    SCORE_STATES.index(s) if s in SCORE_STATES else SCORE_STATES.index("unscored")
+                    for s in picked.column("score_status").to_pylist()
+                ],
+                np.int64,
+            )
             errors = pc.coalesce(picked.column("error"), picked.column("score_error"))
             responses["p"] += new_prompt[rows.prompt_of_row[row_mask]].tolist()
             responses["st"] += steering_code[row_mask].tolist()
@@ -253,14 +285,31 @@ class RunContents:
         per_pair = all(part.rows.dropped is not None for part in self.parts)
         sampled = prompt_base < self.prompt_count
         return {
-            "v": 1, "mode": mode,
-            "run": {"name": self.run_dir.name, "path": str(self.run_dir), "kind": self.kind, "built": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "version": __version__, "info": run_info(self.run_dir, self.manifest)},
+            "v": 1,
+            "mode": mode,
+            "run": {
+                "name": self.run_dir.name,
+                "path": str(self.run_dir),
+                "kind": self.kind,
+                "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "version": __version__,
+                "info": run_info(self.run_dir, self.manifest),
+            },
             "sample": {"prompts": prompt_base, "prompts_total": self.prompt_count, "responses": row_base, "responses_total": self.row_count}
-            if sampled else None,
-            "strings": {**{name: interner.values for name, interner in strings.items()}, "steering": list(STEERINGS), "score_state": list(SCORE_STATES)},
-            "prompts": prompts, "responses": responses, "kept": kept, "dropped": dropped if per_pair else None,
-            "totals": totals, "rounds": self.rounds, "heldout": self.heldout,
+            if sampled
+            else None,
+            "strings": {
+                **{name: interner.values for name, interner in strings.items()},
+                "steering": list(STEERINGS),
+                "score_state": list(SCORE_STATES),
+            },
+            "prompts": prompts,
+            "responses": responses,
+            "kept": kept,
+            "dropped": dropped if per_pair else None,
+            "totals": totals,
+            "rounds": self.rounds,
+            "heldout": self.heldout,
         }
 
     @staticmethod
@@ -268,13 +317,29 @@ class RunContents:
         """Whole-folder counts (not only the page's sample): responses by steering and state, pairs."""
         table = part.rows.rows
         states: dict[str, dict[str, int]] = {}
-        for steering, status, score_status in zip(table.column("steering").to_pylist(), table.column("status").to_pylist(),
-                                                  table.column("score_status").to_pylist()):
-            state = "generation error" if status != "ok" else "score error" if score_status == "error" else "ok" if score_status == "ok" else "not scored"
+        for steering, status, score_status in zip(
+            table.column("steering").to_pylist(), table.column("status").to_pylist(), table.column("score_status").to_pylist()
+        ):
+            state = (
+                "generation error"
+                if status != "ok"
+                else "score error"
+                if score_status == "error"
+                else "ok"
+                if score_status == "ok"
+                else "not scored"
+            )
             bucket = states.setdefault(str(steering), {})
             bucket[state] = bucket.get(state, 0) + 1
-        return {"label": part.label, "round": part.round, "responses": states, "pairs_kept": len(part.rows.kept["p"]),
-                "dropped": part.rows.dropped_counts, "dropped_per_pair": part.rows.dropped is not None, "strategy": part.rows.pairs_strategy}
+        return {
+            "label": part.label,
+            "round": part.round,
+            "responses": states,
+            "pairs_kept": len(part.rows.kept["p"]),
+            "dropped": part.rows.dropped_counts,
+            "dropped_per_pair": part.rows.dropped is not None,
+            "strategy": part.rows.pairs_strategy,
+        }
 
     # ---------------------------------------------------------------------------------------------- texts
     def text_arrays(self, selection: np.ndarray, max_chars: int | None) -> tuple[list[list[list[str]]], pa.Array]:
@@ -285,7 +350,7 @@ class RunContents:
         for part in self.parts:
             rows = part.rows
             n_prompts = len(rows.prompt_first_row)
-            chosen = selection[part.prompt_offset:part.prompt_offset + n_prompts]
+            chosen = selection[part.prompt_offset : part.prompt_offset + n_prompts]
             if not chosen.any():
                 continue
             picked = rows.rows.filter(pa.array(chosen[rows.prompt_of_row]))

@@ -42,9 +42,13 @@ class ViewConfig(BaseModel):
 
     run: Path = Field(description="A run folder: a stage run (generations/, scored/, ranked/) or a `neat-data run` folder.")
     out: Path | None = Field(None, description="Where to write the page (default RUN/view.html).")
-    max_mb: float = Field(50.0, gt=0, description="Largest embedded page in MB; a larger run is sampled (whole prompts, a fixed hash order).")
+    max_mb: float = Field(
+        50.0, gt=0, description="Largest embedded page in MB; a larger run is sampled (whole prompts, a fixed hash order)."
+    )
     max_responses: int = Field(250_000, ge=1, description="Most responses embedded in the page; more are sampled the same way.")
-    max_chars: int = Field(20_000, ge=100, description="Longest text embedded per response or turn (the rest is cut, and the page says so).")
+    max_chars: int = Field(
+        20_000, ge=100, description="Longest text embedded per response or turn (the rest is cut, and the page says so)."
+    )
 
     def out_path(self) -> Path:
         return self.out or Path(self.run) / "view.html"
@@ -61,8 +65,14 @@ class ViewSummary:
     seconds: float
 
     def line(self) -> str:
-        sample = (f" (sampled: {self.prompts} of {self.prompts_total} prompts, {self.responses} of {self.responses_total} responses; "
-                  "--serve shows all)") if self.prompts < self.prompts_total else ""
+        sample = (
+            (
+                f" (sampled: {self.prompts} of {self.prompts_total} prompts, {self.responses} of {self.responses_total} responses; "
+                "--serve shows all)"
+            )
+            if self.prompts < self.prompts_total
+            else ""
+        )
         return f"{self.path}: {self.bytes / 1e6:.1f} MB, {self.prompts} prompts, {self.responses} responses{sample} in {self.seconds:.1f} s"
 
 
@@ -86,10 +96,18 @@ def render_page(index: dict[str, Any], texts: dict[str, Any] | None, *, title: s
     style = (ASSETS / "view.css").read_text(encoding="utf-8")
     template = (ASSETS / "view.html").read_text(encoding="utf-8")
     connect = "'self'" if texts is None else "'none'"
-    csp = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
-           f"connect-src {connect}; base-uri 'none'; form-action 'none'")
-    parts = {"CSP": csp, "TITLE": html.escape(title), "STYLE": style, "SCRIPT": script,
-             "INDEX": pack(index), "TEXTS": pack(texts) if texts is not None else ""}
+    csp = (
+        f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
+        f"connect-src {connect}; base-uri 'none'; form-action 'none'"
+    )
+    parts = {
+        "CSP": csp,
+        "TITLE": html.escape(title),
+        "STYLE": style,
+        "SCRIPT": script,
+        "INDEX": pack(index),
+        "TEXTS": pack(texts) if texts is not None else "",
+    }
     # one pass: text put in (a run named "{{SCRIPT}}", say) is never scanned for placeholders again
     return PLACEHOLDER.sub(lambda match: parts[match.group(1)], template)
 
@@ -127,7 +145,12 @@ def build_view(config: ViewConfig) -> ViewSummary:
         raise NeatError(f"could not fit the page in {config.max_mb} MB; raise --max-mb", field="max_mb")
     out = config.out_path()
     atomic_write_bytes(out, data)
-    sample = index["sample"] or {"prompts": contents.prompt_count, "prompts_total": contents.prompt_count,
-                                 "responses": contents.row_count, "responses_total": contents.row_count}
-    return ViewSummary(out, len(data), sample["prompts"], sample["prompts_total"], sample["responses"], sample["responses_total"],
-                       time.time() - started)
+    sample = index["sample"] or {
+        "prompts": contents.prompt_count,
+        "prompts_total": contents.prompt_count,
+        "responses": contents.row_count,
+        "responses_total": contents.row_count,
+    }
+    return ViewSummary(
+        out, len(data), sample["prompts"], sample["prompts_total"], sample["responses"], sample["responses_total"], time.time() - started
+    )

@@ -27,7 +27,11 @@ VALUE_SUFFIXES = ("", "_mean", ".mean", ".value", ".estimate")
 
 
 def round_folders(run_dir: Path) -> list[tuple[int, Path]]:
-    folders = [(int(m.group(1)), path) for path in run_dir.iterdir() if path.is_dir() and (m := ROUND_DIR.match(path.name))] if run_dir.is_dir() else []
+    folders = (
+        [(int(m.group(1)), path) for path in run_dir.iterdir() if path.is_dir() and (m := ROUND_DIR.match(path.name))]
+        if run_dir.is_dir()
+        else []
+    )
     return sorted(folders)
 
 
@@ -56,7 +60,11 @@ def flatten_metrics(value: Any, prefix: str = "") -> tuple[dict[str, float | Non
             intervals.update(inner_intervals)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         scalars[prefix] = finite(value)
-    elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in value):
+    elif (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in value)
+    ):
         intervals[prefix] = [finite(v) for v in value]
     return scalars, intervals
 
@@ -106,24 +114,42 @@ def rounds_section(run_dir: Path) -> dict[str, Any]:
     series = []
     for name in names:
         bound = [i for i, owner in owners.items() if owner == name]
-        series.append({"name": name, "values": [scalars.get(name) for _, scalars, _ in per_round],
-                       "interval": bound[0] if bound else None,
-                       "low": [intervals.get(bound[0], [None, None])[0] for _, _, intervals in per_round] if bound else None,
-                       "high": [intervals.get(bound[0], [None, None])[1] for _, _, intervals in per_round] if bound else None})
+        series.append(
+            {
+                "name": name,
+                "values": [scalars.get(name) for _, scalars, _ in per_round],
+                "interval": bound[0] if bound else None,
+                "low": [intervals.get(bound[0], [None, None])[0] for _, _, intervals in per_round] if bound else None,
+                "high": [intervals.get(bound[0], [None, None])[1] for _, _, intervals in per_round] if bound else None,
+            }
+        )
     for name, owner in owners.items():
         if owner is None:  # an interval of no scalar: drawn as its band alone
-            series.append({"name": name, "values": [None] * len(per_round), "interval": name,
-                           "low": [intervals.get(name, [None, None])[0] for _, _, intervals in per_round],
-                           "high": [intervals.get(name, [None, None])[1] for _, _, intervals in per_round]})
+            series.append(
+                {
+                    "name": name,
+                    "values": [None] * len(per_round),
+                    "interval": name,
+                    "low": [intervals.get(name, [None, None])[0] for _, _, intervals in per_round],
+                    "high": [intervals.get(name, [None, None])[1] for _, _, intervals in per_round],
+                }
+            )
     return {"rounds": [k for k, _, _ in per_round], "series": series}
 
 
 def _answer(row: dict[str, Any], max_chars: int) -> dict[str, Any]:
     text = row.get("response")
-    return {"text": text[:max_chars] if text is not None else None, "chars": len(text) if text is not None else 0,
-            "score": finite(row.get("score")), "status": row.get("status"), "score_status": row.get("score_status"),
-            "error": row.get("error") or row.get("score_error"), "finish": row.get("finish_reason"), "tokens": row.get("completion_tokens"),
-            "key": row.get("key")}
+    return {
+        "text": text[:max_chars] if text is not None else None,
+        "chars": len(text) if text is not None else 0,
+        "score": finite(row.get("score")),
+        "status": row.get("status"),
+        "score_status": row.get("score_status"),
+        "error": row.get("error") or row.get("score_error"),
+        "finish": row.get("finish_reason"),
+        "tokens": row.get("completion_tokens"),
+        "key": row.get("key"),
+    }
 
 
 def _eval_rows(folder: Path) -> list[dict[str, Any]]:
@@ -167,5 +193,7 @@ def heldout_section(run_dir: Path, max_chars: int) -> dict[str, Any] | None:
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
         order = [pid for pid in listed if pid in conversations] + [pid for pid in order if pid not in set(listed)]
-    return {"columns": columns,
-            "prompts": [{"pid": pid, "conv": conversations[pid], "cells": [cells.get((c, pid)) for c in range(len(columns))]} for pid in order]}
+    return {
+        "columns": columns,
+        "prompts": [{"pid": pid, "conv": conversations[pid], "cells": [cells.get((c, pid)) for c in range(len(columns))]} for pid in order],
+    }

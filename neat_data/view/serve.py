@@ -58,7 +58,9 @@ class ViewData:
         if not query:
             return list(range(len(self.first_row)))
         in_responses = pc.match_substring(self.responses, query, ignore_case=True).fill_null(False).to_numpy(zero_copy_only=False)
-        in_conversations = pc.match_substring(self.conversation_text, query, ignore_case=True).fill_null(False).to_numpy(zero_copy_only=False)
+        in_conversations = (
+            pc.match_substring(self.conversation_text, query, ignore_case=True).fill_null(False).to_numpy(zero_copy_only=False)
+        )
         found = set(np.unique(self.prompt_of_row[in_responses]).tolist()) | set(np.flatnonzero(in_conversations).tolist())
         return sorted(found)
 
@@ -119,7 +121,7 @@ class ViewServer:
         self.url = f"http://{HOST}:{self.port}/"
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "ViewServer":
+    def start(self) -> ViewServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="neat-data-view", daemon=True)
         self._thread.start()
         return self

@@ -12,9 +12,9 @@ then deduplicated by key like `ShardedTable.read` (a retried row supersedes its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -27,8 +27,20 @@ from neat_data.schemas import GENERATIONS, SCORED, STEERINGS
 
 TITLE_CHARS = 200  # the list shows the start of the last user turn
 # Generation columns the index keeps (texts are read separately, for the prompts a page holds).
-INDEX_COLUMNS = ["key", "round", "prompt_id", "steering", "pair_library", "system_prompt_id", "system_prompt", "sample_index",
-                 "finish_reason", "completion_tokens", "status", "error"]
+INDEX_COLUMNS = [
+    "key",
+    "round",
+    "prompt_id",
+    "steering",
+    "pair_library",
+    "system_prompt_id",
+    "system_prompt",
+    "sample_index",
+    "finish_reason",
+    "completion_tokens",
+    "status",
+    "error",
+]
 SCORE_COLUMNS = ["key", "score", "raw_score", "score_status", "score_error"]
 
 
@@ -68,12 +80,20 @@ def _conversation_facts(table: pa.Table) -> pa.Table:
     # the last user turn names the prompt in the list
     user_positions = np.where(roles == "user", np.arange(len(roles)), -1)
     last_user = _segment_reduce(np.maximum, user_positions, offsets, -1)
-    titles = pc.utf8_slice_codeunits(contents.take(pa.array(np.maximum(last_user, 0))), 0, TITLE_CHARS) if len(flat) else pa.nulls(len(turns), pa.string())
+    titles = (
+        pc.utf8_slice_codeunits(contents.take(pa.array(np.maximum(last_user, 0))), 0, TITLE_CHARS)
+        if len(flat)
+        else pa.nulls(len(turns), pa.string())
+    )
     titles = pc.if_else(pa.array(last_user >= 0), titles, pa.scalar("", pa.string()))
     response_chars = pc.fill_null(pc.utf8_length(table.column("response")), 0)
-    return (table.drop_columns(["prompt", "response"])
-            .append_column("title", titles).append_column("turns", pa.array(turns, pa.int32()))
-            .append_column("conv_chars", pa.array(conv_chars, pa.int64())).append_column("chars", response_chars.cast(pa.int64())))
+    return (
+        table.drop_columns(["prompt", "response"])
+        .append_column("title", titles)
+        .append_column("turns", pa.array(turns, pa.int32()))
+        .append_column("conv_chars", pa.array(conv_chars, pa.int64()))
+        .append_column("chars", response_chars.cast(pa.int64()))
+    )
 
 
 def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, offsets: np.ndarray, empty: int) -> np.ndarray:
@@ -123,7 +143,9 @@ def read_folder(folder: Path) -> FolderRows | None:
     rows, prompt_of_row, first_row = _display_order(rows)
     keys = rows.column("key")
     rank = _ranks(folder, keys)
-    prompt_index = {pid: n for n, pid in enumerate(rows.column("prompt_id").take(pa.array(first_row)).to_pylist())} if len(first_row) else {}
+    prompt_index = (
+        {pid: n for n, pid in enumerate(rows.column("prompt_id").take(pa.array(first_row)).to_pylist())} if len(first_row) else {}
+    )
     kept = _kept_pairs(folder, keys, prompt_of_row, prompt_index)
     dropped, counts = _dropped_pairs(folder, keys, prompt_index)
     rank_entry = read_manifest(folder).get("stages", {}).get("rank", {})
@@ -133,7 +155,12 @@ def read_folder(folder: Path) -> FolderRows | None:
 def _attach_scores(rows: pa.Table, scores: pa.Table | None) -> pa.Table:
     n = rows.num_rows
     if scores is None or scores.num_rows == 0:
-        for name, type_ in (("score", pa.float64()), ("raw_score", pa.float64()), ("score_status", pa.string()), ("score_error", pa.string())):
+        for name, type_ in (
+            ("score", pa.float64()),
+            ("raw_score", pa.float64()),
+            ("score_status", pa.string()),
+            ("score_error", pa.string()),
+        ):
             rows = rows.append_column(name, pa.nulls(n, type_))
         return rows
     at = pc.index_in(rows.column("key"), value_set=scores.column("key"))
@@ -210,8 +237,12 @@ def _kept_pairs(folder: Path, keys, prompt_of_row: np.ndarray, prompt_index: dic
         return empty
     chosen, rejected = _positions(keys, pairs.column("key_chosen")), _positions(keys, pairs.column("key_rejected"))
     margin = pc.subtract(pairs.column("score_chosen"), pairs.column("score_rejected")).fill_null(np.nan).to_numpy()
-    return {"p": _prompt_numbers(pairs.column("prompt_id").to_pylist(), chosen, prompt_of_row, prompt_index),
-            "c": chosen, "r": rejected, "m": margin}
+    return {
+        "p": _prompt_numbers(pairs.column("prompt_id").to_pylist(), chosen, prompt_of_row, prompt_index),
+        "c": chosen,
+        "r": rejected,
+        "m": margin,
+    }
 
 
 def _dropped_pairs(folder: Path, keys, prompt_index: dict[str, int]) -> tuple[dict[str, np.ndarray] | None, dict[str, int]]:
@@ -252,6 +283,8 @@ def read_texts(folder: Path, prompt_ids: set[str] | None, keys: pa.Array) -> tup
     # one conversation per prompt id: the first row of each
     _, first = np.unique(table.column("prompt_id").to_numpy(zero_copy_only=False), return_index=True)
     firsts = table.take(pa.array(first))
-    conversations = {pid: [[m["role"], m["content"]] for m in prompt or []]
-                     for pid, prompt in zip(firsts.column("prompt_id").to_pylist(), firsts.column("prompt").to_pylist())}
+    conversations = {
+        pid: [[m["role"], m["content"]] for m in prompt or []]
+        for pid, prompt in zip(firsts.column("prompt_id").to_pylist(), firsts.column("prompt").to_pylist())
+    }
     return responses.combine_chunks() if isinstance(responses, pa.ChunkedArray) else responses, conversations

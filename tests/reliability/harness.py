@@ -13,11 +13,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow.parquet as pq
-
 from conftest import REPO, write_jsonl
 
 HERE = Path(__file__).resolve().parent
@@ -39,8 +39,9 @@ def run_neat(*args: str, env: dict[str, str] | None = None, timeout: float = 180
 
 def start_neat(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """The CLI in its own process group, so a SIGKILL takes the whole process (and its threads) at once."""
-    return subprocess.Popen(neat_command(*args), cwd=REPO, env=env or subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        neat_command(*args), cwd=REPO, env=env or subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def kill_when(process: subprocess.Popen, ready: Callable[[], bool], *, jitter: float = 0.0, timeout: float = 60.0) -> bool:
@@ -81,7 +82,9 @@ def read_shards(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def assert_partial_run_is_sound(run: Path, table: str, reference: dict[str, dict[str, Any]], *, unfinished_columns: tuple[str, ...] = ()) -> int:
+def assert_partial_run_is_sound(
+    run: Path, table: str, reference: dict[str, dict[str, Any]], *, unfinished_columns: tuple[str, ...] = ()
+) -> int:
     """After a kill: every shard opens, the manifest parses, and every row written equals the reference row
     of its key (no half rows, no wrong data) except `unfinished_columns`, which a stage only fills when it
     finishes. Returns how many distinct keys survived."""

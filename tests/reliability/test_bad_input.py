@@ -6,14 +6,14 @@ leaves every file that was already there byte-for-byte unchanged (the whole test
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import write_jsonl
 from harness import folder_digest
+
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
 from neat_data.stages.generate import GenerateConfig, run_generate
@@ -23,8 +23,31 @@ DEAD_URL = "http://127.0.0.1:9/v1"  # never reached: every case must stop before
 
 
 def generate_args(prompts: Path, out: Path, *extra: str, pairs: str = "harmless") -> list[str]:
-    return ["generate", "--prompts", str(prompts), "--pairs", pairs, "--model", "fake", "--backend", "openai", "--base-url", DEAD_URL,
-            "--max-retries", "0", "--num-pos", "2", "--num-neg", "2", "--max-tokens", "8", "--out", str(out), "--no-progress", *extra]
+    return [
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--pairs",
+        pairs,
+        "--model",
+        "fake",
+        "--backend",
+        "openai",
+        "--base-url",
+        DEAD_URL,
+        "--max-retries",
+        "0",
+        "--num-pos",
+        "2",
+        "--num-neg",
+        "2",
+        "--max-tokens",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def good_prompts(folder: Path) -> Path:
@@ -34,8 +57,11 @@ def good_prompts(folder: Path) -> Path:
 def finished_run(folder: Path) -> Path:
     """A generated and scored run folder (the things a bad command must not damage)."""
     run = folder / "run"
-    run_generate(GenerateConfig(prompts=str(good_prompts(folder)), model="fake", out=run, num_pos=2, num_neg=2,
-                                sampling=Sampling(max_tokens=8)), backend=RecordingBackend(), progress=False)
+    run_generate(
+        GenerateConfig(prompts=str(good_prompts(folder)), model="fake", out=run, num_pos=2, num_neg=2, sampling=Sampling(max_tokens=8)),
+        backend=RecordingBackend(),
+        progress=False,
+    )
     scored = CliRunner().invoke(cli, ["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress"])
     assert scored.exit_code == 0, scored.output
     return run
@@ -43,10 +69,12 @@ def finished_run(folder: Path) -> Path:
 
 def prompts_with(lines: list[str]) -> Callable[[Path], list[str]]:
     """A case whose prompts file holds these raw lines."""
+
     def build(folder: Path) -> list[str]:
         path = folder / "prompts.jsonl"
         path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         return generate_args(path, folder / "new-run")
+
     return build
 
 
@@ -54,6 +82,7 @@ def pairs_yaml(text: str) -> Callable[[Path], list[str]]:
     def build(folder: Path) -> list[str]:
         (folder / "pairs.yaml").write_text(text, encoding="utf-8")
         return generate_args(good_prompts(folder), folder / "new-run", pairs=str(folder / "pairs.yaml"))
+
     return build
 
 
@@ -70,8 +99,19 @@ def non_utf8(folder: Path) -> list[str]:
 def missing_model_with_overwrite(folder: Path) -> list[str]:
     """vLLM backend, a model folder that does not exist, and --overwrite on a finished run: nothing is deleted."""
     run = finished_run(folder)
-    return ["generate", "--prompts", str(folder / "good.jsonl"), "--model", str(folder / "no-such-model"), "--backend", "vllm",
-            "--out", str(run), "--overwrite", "--no-progress"]
+    return [
+        "generate",
+        "--prompts",
+        str(folder / "good.jsonl"),
+        "--model",
+        str(folder / "no-such-model"),
+        "--backend",
+        "vllm",
+        "--out",
+        str(run),
+        "--overwrite",
+        "--no-progress",
+    ]
 
 
 def corrupted_shard(folder: Path) -> list[str]:
@@ -104,11 +144,19 @@ def good_recipe(folder: Path, **changes: object) -> Path:
     """A valid tiny recipe (prompts next to it, out inside the test folder), with `changes` applied by dotted key."""
     import yaml
 
-    write_jsonl(folder / "data" / "prompts.jsonl", [{"prompt": f"Question {i}?"} for i in range(6)]) if (folder / "data").mkdir() is None else None
-    recipe: dict = {"name": "t", "out": str(folder / "runs" / "t"), "model": "some-org/fake-model", "prompts": {
-        "source": "data/prompts.jsonl", "heldout": 2, "per_round": 2}, "rounds": 2, "generate": {"backend": "openai", "options": {
-        "base_url": DEAD_URL}}, "score": {"scorer": "python:reliability_scorers:other"}, "evaluate": {"backend": "openai",
-        "options": {"base_url": DEAD_URL}}}
+    write_jsonl(folder / "data" / "prompts.jsonl", [{"prompt": f"Question {i}?"} for i in range(6)]) if (
+        folder / "data"
+    ).mkdir() is None else None
+    recipe: dict = {
+        "name": "t",
+        "out": str(folder / "runs" / "t"),
+        "model": "some-org/fake-model",
+        "prompts": {"source": "data/prompts.jsonl", "heldout": 2, "per_round": 2},
+        "rounds": 2,
+        "generate": {"backend": "openai", "options": {"base_url": DEAD_URL}},
+        "score": {"scorer": "python:reliability_scorers:other"},
+        "evaluate": {"backend": "openai", "options": {"base_url": DEAD_URL}},
+    }
     for dotted, value in changes.items():
         target = recipe
         *heads, last = dotted.split(".")
@@ -123,11 +171,13 @@ def good_recipe(folder: Path, **changes: object) -> Path:
 def recipe_case(*overrides: str, **changes: object) -> Callable[[Path], list[str]]:
     def build(folder: Path) -> list[str]:
         return ["run", str(good_recipe(folder, **changes)), *[part for text in overrides for part in ("--set", text)]]
+
     return build
 
 
 def recipe_file(content: bytes | None) -> Callable[[Path], list[str]]:
     """A recipe path that is a folder (content None) or a file of these bytes."""
+
     def build(folder: Path) -> list[str]:
         path = folder / "recipe.yaml"
         if content is None:
@@ -135,6 +185,7 @@ def recipe_file(content: bytes | None) -> Callable[[Path], list[str]]:
         else:
             path.write_bytes(content)
         return ["run", str(path)]
+
     return build
 
 
@@ -172,25 +223,68 @@ def manifest_not_an_object(folder: Path) -> list[str]:
 def model_missing_transformers(folder: Path) -> list[str]:
     """Before: --overwrite on the transformers backend emptied generations/ and then failed on the model."""
     run = finished_run(folder)
-    return ["generate", "--prompts", str(folder / "good.jsonl"), "--model", "smollm2-135m-instrct", "--backend", "transformers",
-            "--out", str(run), "--overwrite", "--no-progress"]
+    return [
+        "generate",
+        "--prompts",
+        str(folder / "good.jsonl"),
+        "--model",
+        "smollm2-135m-instrct",
+        "--backend",
+        "transformers",
+        "--out",
+        str(run),
+        "--overwrite",
+        "--no-progress",
+    ]
 
 
 def hub_id_not_on_disk(folder: Path) -> list[str]:
     """A well-formed Hub id that cannot load offline: the backend starts before --overwrite deletes anything."""
     run = finished_run(folder)
-    return ["generate", "--prompts", str(folder / "good.jsonl"), "--model", "no-such-org/no-such-model", "--backend", "transformers",
-            "--out", str(run), "--overwrite", "--no-progress"]
+    return [
+        "generate",
+        "--prompts",
+        str(folder / "good.jsonl"),
+        "--model",
+        "no-such-org/no-such-model",
+        "--backend",
+        "transformers",
+        "--out",
+        str(run),
+        "--overwrite",
+        "--no-progress",
+    ]
 
 
 def prompt_id_with_new_text(folder: Path) -> list[str]:
     first = write_jsonl(folder / "ids.jsonl", [{"prompt_id": "q1", "prompt": "How do I boil an egg?"}])
     run = folder / "run"
-    run_generate(GenerateConfig(prompts=str(first), model="fake", out=run, num_pos=1, num_neg=1, sampling=Sampling(max_tokens=8)),
-                 backend=RecordingBackend(), progress=False)
+    run_generate(
+        GenerateConfig(prompts=str(first), model="fake", out=run, num_pos=1, num_neg=1, sampling=Sampling(max_tokens=8)),
+        backend=RecordingBackend(),
+        progress=False,
+    )
     second = write_jsonl(folder / "ids2.jsonl", [{"prompt_id": "q1", "prompt": "How do I poach an egg?"}])
-    return ["generate", "--prompts", str(second), "--model", "fake", "--backend", "openai", "--base-url", DEAD_URL, "--num-pos", "1",
-            "--num-neg", "1", "--max-tokens", "8", "--out", str(run), "--no-progress"]
+    return [
+        "generate",
+        "--prompts",
+        str(second),
+        "--model",
+        "fake",
+        "--backend",
+        "openai",
+        "--base-url",
+        DEAD_URL,
+        "--num-pos",
+        "1",
+        "--num-neg",
+        "1",
+        "--max-tokens",
+        "8",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
 
 
 def push_args(folder: Path, *extra: str) -> list[str]:
@@ -202,12 +296,26 @@ def push_args(folder: Path, *extra: str) -> list[str]:
 
 def evaluate_with_suite(text: str | None, *, suites: str = "suite.yaml") -> Callable[[Path], list[str]]:
     """`neat-data evaluate` with a suite file holding `text` (None: `suites` names bundled suites)."""
+
     def build(folder: Path) -> list[str]:
         if text is not None:
             (folder / "suite.yaml").write_text(text, encoding="utf-8")
             write_jsonl(folder / "questions.jsonl", [{"question": "How do I pick a lock?"}])
-        return ["evaluate", str(folder / "eval"), "--model", "fake", "--heldout", str(good_prompts(folder)), "--backend", "openai",
-                "--base-url", DEAD_URL, "--suites", str(folder / suites) if text is not None else suites]
+        return [
+            "evaluate",
+            str(folder / "eval"),
+            "--model",
+            "fake",
+            "--heldout",
+            str(good_prompts(folder)),
+            "--backend",
+            "openai",
+            "--base-url",
+            DEAD_URL,
+            "--suites",
+            str(folder / suites) if text is not None else suites,
+        ]
+
     return build
 
 
@@ -216,25 +324,44 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "invalid_json_line": (prompts_with(['{"prompt": "ok"}', '{"prompt": "unclosed']), ["prompts.jsonl: row 2: invalid JSON"]),
     "line_not_an_object": (prompts_with(['["a list"]']), ["prompts.jsonl: row 1: each line must be a JSON object"]),
     "wrong_type_prompt": (prompts_with(['{"prompt": 42}']), ["row 1: field 'prompt': expected a string or a list of messages, got int"]),
-    "wrong_type_content": (prompts_with(['{"messages": [{"role": "user", "content": 7}]}']),
-                           ["row 1: field 'messages': message 0 content must be a string, got int"]),
+    "wrong_type_content": (
+        prompts_with(['{"messages": [{"role": "user", "content": 7}]}']),
+        ["row 1: field 'messages': message 0 content must be a string, got int"],
+    ),
     "missing_prompt_column": (prompts_with(['{"question": "What?"}']), ["row 1: field 'prompt': no prompt column"]),
     "empty_prompt": (prompts_with(['{"prompt": "ok"}', '{"prompt": "   "}']), ["row 2: field 'prompt': empty prompt"]),
     "empty_messages": (prompts_with(['{"messages": []}']), ["row 1: field 'messages': empty conversation"]),
-    "invalid_role_order": (prompts_with(['{"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Yo"}]}']),
-                           ["row 1: field 'messages': message 0 has role 'assistant', expected 'user'"]),
-    "system_message_refused": (lambda folder: prompts_with(['{"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}'])(folder)
-                               + ["--system-combine", "refuse"], ["row 1: field 'messages': the prompt has its own system message"]),
-    "system_message_not_first": (prompts_with(['{"messages": [{"role": "user", "content": "y"}, {"role": "system", "content": "x"}, '
-                                               '{"role": "user", "content": "z"}]}']), ["row 1: field 'messages': message 1 is a system message"]),
+    "invalid_role_order": (
+        prompts_with(['{"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Yo"}]}']),
+        ["row 1: field 'messages': message 0 has role 'assistant', expected 'user'"],
+    ),
+    "system_message_refused": (
+        lambda folder: (
+            prompts_with(['{"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}'])(folder)
+            + ["--system-combine", "refuse"]
+        ),
+        ["row 1: field 'messages': the prompt has its own system message"],
+    ),
+    "system_message_not_first": (
+        prompts_with(
+            ['{"messages": [{"role": "user", "content": "y"}, {"role": "system", "content": "x"}, {"role": "user", "content": "z"}]}']
+        ),
+        ["row 1: field 'messages': message 1 is a system message"],
+    ),
     "non_utf8_bytes": (non_utf8, ["prompts.jsonl: row 2: not valid UTF-8"]),
-    "duplicate_prompt_ids": (prompts_with(['{"prompt_id": "a", "prompt": "one"}', '{"prompt_id": "a", "prompt": "two"}']),
-                             ["row 2: field 'prompt_id': duplicate prompt_id 'a' (first at row 1)"]),
+    "duplicate_prompt_ids": (
+        prompts_with(['{"prompt_id": "a", "prompt": "one"}', '{"prompt_id": "a", "prompt": "two"}']),
+        ["row 2: field 'prompt_id': duplicate prompt_id 'a' (first at row 1)"],
+    ),
     "yaml_syntax_error": (pairs_yaml("pairs: [\n  - {id: a\n"), ["pairs.yaml: row 2: invalid YAML"]),
-    "yaml_unknown_key": (pairs_yaml("name: t\npairs:\n  - {id: a, positive: be good, negative: be bad, negatve: be bad}\n"),
-                         ["pairs.yaml: row 1: field 'pairs.negatve': unknown key"]),
-    "yaml_missing_field": (pairs_yaml("name: t\npairs:\n  - {id: a, positive: be good}\n"),
-                           ["pairs.yaml: row 1: field 'pairs.negative': missing or empty"]),
+    "yaml_unknown_key": (
+        pairs_yaml("name: t\npairs:\n  - {id: a, positive: be good, negative: be bad, negatve: be bad}\n"),
+        ["pairs.yaml: row 1: field 'pairs.negatve': unknown key"],
+    ),
+    "yaml_missing_field": (
+        pairs_yaml("name: t\npairs:\n  - {id: a, positive: be good}\n"),
+        ["pairs.yaml: row 1: field 'pairs.negative': missing or empty"],
+    ),
     "negative_count": (options("--num-neg", "-1"), ["option 'num_neg': Input should be greater than or equal to 0"]),
     "zero_counts": (options("--num-pos", "0", "--num-neg", "0"), ["num_pos + num_neg + num_neutral must be at least 1"]),
     "zero_flush_every": (options("--flush-every", "0"), ["option 'flush_every': Input should be greater than or equal to 1"]),
@@ -242,14 +369,18 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "negative_temperature": (options("--temperature", "-0.5"), ["option 'temperature': Input should be greater than or equal to 0"]),
     "model_path_missing": (missing_model_with_overwrite, ["no-such-model: field 'model': model path does not exist"]),
     "corrupted_parquet_shard": (corrupted_shard, ["part-000000.parquet: corrupted shard", "--overwrite"]),
-    "run_made_by_another_config": (different_config, ["manifest.json: field 'sampling': run folder was made with a different config",
-                                                      "--overwrite"]),
+    "run_made_by_another_config": (
+        different_config,
+        ["manifest.json: field 'sampling': run folder was made with a different config", "--overwrite"],
+    ),
     "corrupted_manifest": (corrupted_manifest, ["manifest.json: row 2: manifest is not valid JSON"]),
     "unknown_scorer": (unknown_scorer_with_overwrite, ["option 'scorer': unknown scorer 'nonsense'"]),
     "run_scored_by_another_scorer": (different_scorer, ["manifest.json: field 'scorer': run was scored with scorer="]),
     # issue 10: each of these printed a traceback (exit 1), wrote something, or lost data
-    "base_url_with_credentials": (options("--base-url", "http://user:sk-userinfo-secret-123456@127.0.0.1:9/v1"),
-                                  ["option 'base_url': must not hold credentials"]),
+    "base_url_with_credentials": (
+        options("--base-url", "http://user:sk-userinfo-secret-123456@127.0.0.1:9/v1"),
+        ["option 'base_url': must not hold credentials"],
+    ),
     "out_is_a_file": (out_is_a_file, ["taken: field 'out': is an existing file, not a run folder"]),
     "set_without_equals": (recipe_case("rounds"), ["option 'set': --set wants key=value"]),
     "set_malformed_yaml": (recipe_case("train.lr=[1,"), ["option 'set': --set train.lr: the value is not valid YAML"]),
@@ -257,31 +388,59 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "set_wrong_type": (recipe_case("rounds=many"), ["recipe.yaml: field 'rounds': Input should be a valid integer"]),
     "recipe_is_a_folder": (recipe_file(None), ["recipe.yaml: is a folder, not a recipe file"]),
     "recipe_not_utf8": (recipe_file(b"name: caf\xe9\n"), ["recipe.yaml: not valid UTF-8"]),
-    "recipe_value_the_stage_rejects": (recipe_case(**{"generate.temperature": 6.0}),
-                                       ["recipe.yaml: field 'generate.temperature': Input should be less than or equal to 5"]),
-    "recipe_option_shadows_a_field": (recipe_case(**{"generate.options": {"base_url": DEAD_URL, "num_pos": 3}}),
-                                      ["recipe.yaml: field 'generate'", "options.num_pos duplicates a field"]),
-    "recipe_heldout_larger_than_source": (recipe_case(**{"prompts.heldout": 50}), ["prompts.jsonl: field 'prompts': 2 rounds × 2 + 50 held-out"]),
+    "recipe_value_the_stage_rejects": (
+        recipe_case(**{"generate.temperature": 6.0}),
+        ["recipe.yaml: field 'generate.temperature': Input should be less than or equal to 5"],
+    ),
+    "recipe_option_shadows_a_field": (
+        recipe_case(**{"generate.options": {"base_url": DEAD_URL, "num_pos": 3}}),
+        ["recipe.yaml: field 'generate'", "options.num_pos duplicates a field"],
+    ),
+    "recipe_heldout_larger_than_source": (
+        recipe_case(**{"prompts.heldout": 50}),
+        ["prompts.jsonl: field 'prompts': 2 rounds × 2 + 50 held-out"],
+    ),
     "recipe_prompts_missing": (recipe_case(**{"prompts.source": "data/nope.jsonl"}), ["nope.jsonl: prompts file does not exist"]),
-    "recipe_scorer_model_missing": (recipe_case(**{"score.scorer": "self-contrast", "score.model": "/no/such/reward-model"}),
-                                    ["/no/such/reward-model: field 'model': model path does not exist"]),
+    "recipe_scorer_model_missing": (
+        recipe_case(**{"score.scorer": "self-contrast", "score.model": "/no/such/reward-model"}),
+        ["/no/such/reward-model: field 'model': model path does not exist"],
+    ),
     "truncated_ranked_lists": (truncated_ranked, ["lists.parquet: cannot read Parquet"]),
     "shard_column_of_another_type": (mistyped_column, ["field 'round': column has type string, expected int32"]),
     "manifest_not_an_object": (manifest_not_an_object, ["manifest.json: manifest is not a neat-data manifest"]),
-    "model_mistyped_transformers_overwrite": (model_missing_transformers, ["smollm2-135m-instrct: field 'model': model path does not exist"]),
-    "hub_id_unloadable_overwrite": (hub_id_not_on_disk, ["no-such-org/no-such-model: field 'model': backend 'transformers' could not start"]),
+    "model_mistyped_transformers_overwrite": (
+        model_missing_transformers,
+        ["smollm2-135m-instrct: field 'model': model path does not exist"],
+    ),
+    "hub_id_unloadable_overwrite": (
+        hub_id_not_on_disk,
+        ["no-such-org/no-such-model: field 'model': backend 'transformers' could not start"],
+    ),
     "prompt_id_reused_for_new_text": (prompt_id_with_new_text, ["field 'prompt_id': prompt_id 'q1' has another text"]),
-    "csv_quote_never_closed": (lambda folder: generate_args(_csv(folder, 'prompt\nfine\n"never closed\nafter\n'), folder / "new-run"),
-                               ["prompts.csv: row 2: malformed CSV"]),
-    "messages_string_not_json": (prompts_with(['{"messages": "hello there"}']), ["row 1: field 'messages': a messages string must be a JSON list"]),
-    "hub_repo_id_rejected": (lambda folder: push_args(folder, "--repo-id", "me/bad--name"),
-                             ["option 'repo_id': Cannot have -- or .. in repo_id"]),
-    "suite_missing_column": (evaluate_with_suite("kind: harmful\nmetrics: [refusal]\n"),
-                             ["suite.yaml: field 'source': missing (a suite needs name, kind, source and metrics)"]),
-    "suite_unknown_metric": (evaluate_with_suite("kind: harmful\nsource: data://harmbench\nmetrics: [refusal, toxicity]\n"),
-                             ["suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, offensive, tone, length, finish)"]),
-    "suite_source_missing_prompt_column": (evaluate_with_suite("kind: harmful\nsource: questions.jsonl\nmetrics: [refusal]\n"),
-                                           ["questions.jsonl: row 1: field 'prompt': no prompt column"]),
+    "csv_quote_never_closed": (
+        lambda folder: generate_args(_csv(folder, 'prompt\nfine\n"never closed\nafter\n'), folder / "new-run"),
+        ["prompts.csv: row 2: malformed CSV"],
+    ),
+    "messages_string_not_json": (
+        prompts_with(['{"messages": "hello there"}']),
+        ["row 1: field 'messages': a messages string must be a JSON list"],
+    ),
+    "hub_repo_id_rejected": (
+        lambda folder: push_args(folder, "--repo-id", "me/bad--name"),
+        ["option 'repo_id': Cannot have -- or .. in repo_id"],
+    ),
+    "suite_missing_column": (
+        evaluate_with_suite("kind: harmful\nmetrics: [refusal]\n"),
+        ["suite.yaml: field 'source': missing (a suite needs name, kind, source and metrics)"],
+    ),
+    "suite_unknown_metric": (
+        evaluate_with_suite("kind: harmful\nsource: data://harmbench\nmetrics: [refusal, toxicity]\n"),
+        ["suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, offensive, tone, length, finish)"],
+    ),
+    "suite_source_missing_prompt_column": (
+        evaluate_with_suite("kind: harmful\nsource: questions.jsonl\nmetrics: [refusal]\n"),
+        ["questions.jsonl: row 1: field 'prompt': no prompt column"],
+    ),
     "unknown_suite": (evaluate_with_suite(None, suites="harmbench,no-such-suite"), ["no-such-suite: unknown evaluation suite"]),
 }
 

@@ -14,9 +14,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from harness import (
+    assert_finished_run,
+    assert_partial_run_is_sound,
+    kill_when,
+    read_shards,
+    run_neat,
+    shard_names,
+    start_neat,
+    write_prompts,
+)
 
-from harness import (assert_finished_run, assert_partial_run_is_sound, kill_when, read_shards, run_neat, shard_names, start_neat,
-                     write_prompts)
 from neat_data.engines.base import Sampling
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
@@ -41,8 +49,19 @@ def kill_plan(rng: random.Random, trial: int, shards_expected: int) -> tuple[str
     return "random", rng.randint(0, shards_expected - 1), rng.uniform(0.0, 0.05)
 
 
-def crash_and_resume(args: list[str], run: Path, table: str, stage: str, reference: dict, trials_log: list, *, mode: str,
-                     after_shards: int, delay: float, unfinished_columns: tuple[str, ...] = ()) -> None:
+def crash_and_resume(
+    args: list[str],
+    run: Path,
+    table: str,
+    stage: str,
+    reference: dict,
+    trials_log: list,
+    *,
+    mode: str,
+    after_shards: int,
+    delay: float,
+    unfinished_columns: tuple[str, ...] = (),
+) -> None:
     folder = run / table
 
     def ready() -> bool:
@@ -65,9 +84,30 @@ def test_generate_killed_at_random_moments_resumes_exactly_once(slow_server, tmp
     prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
 
     def args(out: Path) -> list[str]:
-        return ["generate", "--prompts", str(prompts), "--model", "served", "--backend", "openai", "--base-url", slow_server.url,
-                "--num-pos", "1", "--num-neg", "1", "--max-concurrency", "4", "--flush-every", "2", "--max-tokens", "8",
-                "--out", str(out), "--no-progress"]
+        return [
+            "generate",
+            "--prompts",
+            str(prompts),
+            "--model",
+            "served",
+            "--backend",
+            "openai",
+            "--base-url",
+            slow_server.url,
+            "--num-pos",
+            "1",
+            "--num-neg",
+            "1",
+            "--max-concurrency",
+            "4",
+            "--flush-every",
+            "2",
+            "--max-tokens",
+            "8",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
 
     finished = run_neat(*args(tmp_path / "reference"))
     assert finished.returncode == 0, finished.stderr
@@ -84,8 +124,18 @@ def test_generate_killed_at_random_moments_resumes_exactly_once(slow_server, tmp
 @pytest.mark.slow
 def test_score_killed_at_random_moments_resumes_exactly_once(tmp_path: Path):
     generated = tmp_path / "generated"
-    run_generate(GenerateConfig(prompts=str(write_prompts(tmp_path / "prompts.jsonl", 30)), model="fake", out=generated,
-                                num_pos=2, num_neg=2, sampling=Sampling(max_tokens=8)), backend=RecordingBackend(), progress=False)
+    run_generate(
+        GenerateConfig(
+            prompts=str(write_prompts(tmp_path / "prompts.jsonl", 30)),
+            model="fake",
+            out=generated,
+            num_pos=2,
+            num_neg=2,
+            sampling=Sampling(max_tokens=8),
+        ),
+        backend=RecordingBackend(),
+        progress=False,
+    )
 
     def args(run: Path) -> list[str]:
         return ["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--flush-every", "4", "--no-progress"]
@@ -101,15 +151,27 @@ def test_score_killed_at_random_moments_resumes_exactly_once(tmp_path: Path):
         run = tmp_path / f"trial-{trial}"
         shutil.copytree(generated, run)
         # `negative_score` is filled in when the stage finishes (it needs every score for `floor`)
-        crash_and_resume(args(run), run, "scored", "score", reference, log, mode=mode, after_shards=after, delay=delay,
-                         unfinished_columns=("negative_score",))
+        crash_and_resume(
+            args(run),
+            run,
+            "scored",
+            "score",
+            reference,
+            log,
+            mode=mode,
+            after_shards=after,
+            delay=delay,
+            unfinished_columns=("negative_score",),
+        )
     report(log, "score")
 
 
 def report(log: list[dict], stage: str) -> None:
     killed = sum(entry["killed"] for entry in log)
     mid_flush = sum(entry["mid_flush"] for entry in log)
-    print(f"\nFIGURES crash {stage}: {len(log)} trials passed, {killed} killed mid-run, {mid_flush} with a shard mid-write, "
-          f"rows kept before resume {[entry['rows_before'] for entry in log]}")
+    print(
+        f"\nFIGURES crash {stage}: {len(log)} trials passed, {killed} killed mid-run, {mid_flush} with a shard mid-write, "
+        f"rows kept before resume {[entry['rows_before'] for entry in log]}"
+    )
     assert killed >= TRIALS - 1, "the kills must land while the stage runs"
     assert mid_flush >= 1, "at least one kill must land inside a shard flush"

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from harness import read_shards, run_neat, write_prompts
+
 from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
 
 # The issue's mix: 20 % 5xx, 10 % 429 (Retry-After), 5 % stalls past the client timeout, 5 % garbage bodies.
@@ -27,11 +27,37 @@ def expected_reply(row: dict) -> str:
 
 def run_against(server: FakeOpenAIServer, tmp_path: Path, prompts: int, samples: int, concurrency: int):
     out = tmp_path / "run"
-    result = run_neat("generate", "--prompts", str(write_prompts(tmp_path / "prompts.jsonl", prompts)), "--model", "served",
-                      "--backend", "openai", "--base-url", server.url, "--num-pos", str(samples), "--num-neg", str(samples),
-                      "--max-concurrency", str(concurrency), "--request-timeout", str(REQUEST_TIMEOUT), "--max-retries", "6",
-                      "--backoff-base", "0.05", "--max-tokens", "8", "--flush-every", "64", "--out", str(out), "--no-progress",
-                      timeout=300)
+    result = run_neat(
+        "generate",
+        "--prompts",
+        str(write_prompts(tmp_path / "prompts.jsonl", prompts)),
+        "--model",
+        "served",
+        "--backend",
+        "openai",
+        "--base-url",
+        server.url,
+        "--num-pos",
+        str(samples),
+        "--num-neg",
+        str(samples),
+        "--max-concurrency",
+        str(concurrency),
+        "--request-timeout",
+        str(REQUEST_TIMEOUT),
+        "--max-retries",
+        "6",
+        "--backoff-base",
+        "0.05",
+        "--max-tokens",
+        "8",
+        "--flush-every",
+        "64",
+        "--out",
+        str(out),
+        "--no-progress",
+        timeout=300,
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr[-3000:]
     rows = read_shards(out / "generations")
     summary = json.loads((out / "manifest.json").read_text())["stages"]["generate"]["requests"]
@@ -51,7 +77,9 @@ def check_rows(rows: list[dict], expected: int) -> float:
 
 @pytest.mark.slow
 def test_issue_fault_mix_at_concurrency_32(tmp_path: Path):
-    server = FakeOpenAIServer(ServerSettings(latency=0.01, rates=ISSUE_RATES, stall_seconds=STALL_SECONDS, retry_after=0.05, seed=11)).start()
+    server = FakeOpenAIServer(
+        ServerSettings(latency=0.01, rates=ISSUE_RATES, stall_seconds=STALL_SECONDS, retry_after=0.05, seed=11)
+    ).start()
     try:
         result, rows, summary = run_against(server, tmp_path, prompts=260, samples=1, concurrency=32)
     finally:
@@ -70,8 +98,10 @@ def test_issue_fault_mix_at_concurrency_32(tmp_path: Path):
     printed = re.search(r"requests: (\d+) attempts, (\d+) retries; failed attempts by reason: (.*); gave up on (\d+)", result.stdout)
     assert printed and int(printed.group(1)) == summary["attempts"] and int(printed.group(2)) == summary["retries"]
     assert f"http_500 {injected['500']}" in printed.group(3)
-    print(f"\nFIGURES faults: {len(rows)} rows from {summary['attempts']} attempts ({summary['retries']} retries) at concurrency 32; "
-          f"injected {dict(injected)}; ok {ok_share:.2%}; error rows {summary['error_rows_by_reason']}")
+    print(
+        f"\nFIGURES faults: {len(rows)} rows from {summary['attempts']} attempts ({summary['retries']} retries) at concurrency 32; "
+        f"injected {dict(injected)}; ok {ok_share:.2%}; error rows {summary['error_rows_by_reason']}"
+    )
 
 
 def test_truncated_bodies_resets_and_fewer_choices_than_n(tmp_path: Path):
@@ -97,8 +127,24 @@ def test_a_prompt_longer_than_the_model_context_is_an_error_row_and_the_rest_is_
     prompts.write_text('{"prompt": "short question"}\n' + json.dumps({"prompt": "long " * 500}) + "\n", encoding="utf-8")
     server = FakeOpenAIServer(ServerSettings(context_words=100)).start()
     try:
-        result = run_neat("generate", "--prompts", str(prompts), "--model", "served", "--backend", "openai", "--base-url", server.url,
-                          "--num-pos", "1", "--num-neg", "1", "--out", str(tmp_path / "run"), "--no-progress")
+        result = run_neat(
+            "generate",
+            "--prompts",
+            str(prompts),
+            "--model",
+            "served",
+            "--backend",
+            "openai",
+            "--base-url",
+            server.url,
+            "--num-pos",
+            "1",
+            "--num-neg",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        )
     finally:
         server.stop()
     assert result.returncode == 0, result.stderr

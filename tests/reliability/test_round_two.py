@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 from click.testing import CliRunner
-
 from conftest import write_jsonl
+
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
 from neat_data.recipe import load_recipe
@@ -27,8 +27,15 @@ def invoke(*args: str, env: dict[str, str | None] | None = None):
 
 
 def generated(folder: Path, backend: RecordingBackend, **changes) -> Path:
-    config = GenerateConfig(prompts=str(write_jsonl(folder / "p.jsonl", PROMPTS)), model="fake", out=folder / "run", num_pos=2, num_neg=1,
-                            sampling=Sampling(max_tokens=8), **changes)
+    config = GenerateConfig(
+        prompts=str(write_jsonl(folder / "p.jsonl", PROMPTS)),
+        model="fake",
+        out=folder / "run",
+        num_pos=2,
+        num_neg=1,
+        sampling=Sampling(max_tokens=8),
+        **changes,
+    )
     run_generate(config, backend=backend, progress=False, retry_errors=True)
     return folder / "run"
 
@@ -36,7 +43,9 @@ def generated(folder: Path, backend: RecordingBackend, **changes) -> Path:
 def test_rows_retried_after_scoring_are_scored_again_and_reach_rank(tmp_path: Path):
     """Before: `generate --retry-errors` kept the row's key, `score` resumed by key and skipped it, so the row that is
     now ok was never scored and silently left out of rank."""
-    run = generated(tmp_path, RecordingBackend(fail_when=lambda messages: "HTTP 500: flaky" if "prime" in messages[-1]["content"] else None))
+    run = generated(
+        tmp_path, RecordingBackend(fail_when=lambda messages: "HTTP 500: flaky" if "prime" in messages[-1]["content"] else None)
+    )
     scored = invoke("score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress")
     assert scored.exit_code == 0, scored.output
     before = {r["key"]: r for r in ShardedTable(run / "scored", SCORED).read().to_pylist()}
@@ -54,8 +63,9 @@ def test_scores_of_rows_no_generation_holds_any_more_are_dropped(tmp_path: Path)
     """generate --overwrite with other pairs leaves old scored rows behind; rank must not see them."""
     run = generated(tmp_path, RecordingBackend())
     assert invoke("score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress").exit_code == 0
-    config = GenerateConfig(prompts=str(tmp_path / "p.jsonl"), model="fake", out=run, num_pos=1, num_neg=1, pairs=["helpful"],
-                            sampling=Sampling(max_tokens=8))
+    config = GenerateConfig(
+        prompts=str(tmp_path / "p.jsonl"), model="fake", out=run, num_pos=1, num_neg=1, pairs=["helpful"], sampling=Sampling(max_tokens=8)
+    )
     run_generate(config, backend=RecordingBackend(), overwrite=True, progress=False)
     assert invoke("score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress").exit_code == 0
     keys = {r["key"] for r in pq.read_table(run / "generations").to_pylist()}
@@ -91,8 +101,24 @@ def test_an_unexpected_error_is_one_scrubbed_line_and_exit_1(tmp_path: Path, mon
 
 def test_a_run_where_no_row_succeeded_exits_3_with_its_summary(tmp_path: Path):
     prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
-    result = invoke("generate", "--prompts", str(prompts), "--model", "m", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
-                    "--max-retries", "0", "--request-timeout", "2", "--out", str(tmp_path / "run"), "--no-progress")
+    result = invoke(
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--model",
+        "m",
+        "--backend",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--max-retries",
+        "0",
+        "--request-timeout",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    )
     assert result.exit_code == 3, result.output
     assert "12 rows (0 ok, 12 error" in result.output and "error: " in result.output and "no row succeeded" in result.output
 
@@ -114,8 +140,11 @@ def test_export_of_a_second_split_keeps_the_first(tmp_path: Path):
 
 def test_push_without_a_token_is_one_line(tmp_path: Path):
     run = generated(tmp_path, RecordingBackend())
-    for args in (["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress"], ["rank", str(run)],
-                 ["export", str(run), "--format", "h4"]):
+    for args in (
+        ["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress"],
+        ["rank", str(run)],
+        ["export", str(run), "--format", "h4"],
+    ):
         assert invoke(*args).exit_code == 0
     result = invoke("push", str(run), "--repo-id", "me/data", env={"HF_TOKEN": None, "HF_HOME": str(tmp_path / "hf-home")})
     assert result.exit_code == 2 and result.output.startswith("error: option 'token_env': no Hub token: set $HF_TOKEN"), result.output
@@ -128,10 +157,26 @@ def test_prompts_with_their_own_system_message_combine_with_the_steering_text(tm
     prompts = write_jsonl(tmp_path / "p.jsonl", [persona, {"prompt": "Plain"}])
     for combine in ("prepend", "append"):
         backend = RecordingBackend()
-        run_generate(GenerateConfig(prompts=str(prompts), model="fake", out=tmp_path / combine, num_pos=1, num_neg=1, num_neutral=1,
-                                    pairs=["harmless"], system_combine=combine, sampling=Sampling(max_tokens=8)), backend=backend, progress=False)
+        run_generate(
+            GenerateConfig(
+                prompts=str(prompts),
+                model="fake",
+                out=tmp_path / combine,
+                num_pos=1,
+                num_neg=1,
+                num_neutral=1,
+                pairs=["harmless"],
+                system_combine=combine,
+                sampling=Sampling(max_tokens=8),
+            ),
+            backend=backend,
+            progress=False,
+        )
         rows = pq.read_table(tmp_path / combine / "generations").to_pylist()
-        sent = {(messages[-1]["content"], messages[0]["content"] if messages[0]["role"] == "system" else None) for messages, _, _ in backend.sent}
+        sent = {
+            (messages[-1]["content"], messages[0]["content"] if messages[0]["role"] == "system" else None)
+            for messages, _, _ in backend.sent
+        }
         for row in rows:
             if row["prompt"][-1]["content"] != "Hi":
                 assert row["system_combine"] is None
@@ -141,18 +186,46 @@ def test_prompts_with_their_own_system_message_combine_with_the_steering_text(tm
                 assert row["system_combine"] is None and ("Hi", "You are a pirate.") in sent
                 continue
             assert row["system_combine"] == combine
-            expected = (f"{row['system_prompt']}\n\nYou are a pirate." if combine == "prepend" else f"You are a pirate.\n\n{row['system_prompt']}")
+            expected = (
+                f"{row['system_prompt']}\n\nYou are a pirate." if combine == "prepend" else f"You are a pirate.\n\n{row['system_prompt']}"
+            )
             assert ("Hi", expected) in sent
-    changed = invoke("generate", "--prompts", str(prompts), "--model", "fake", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
-                     "--num-pos", "1", "--num-neg", "1", "--num-neutral", "1", "--max-tokens", "8", "--system-combine", "prepend",
-                     "--out", str(tmp_path / "append"))
+    changed = invoke(
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--model",
+        "fake",
+        "--backend",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--num-pos",
+        "1",
+        "--num-neg",
+        "1",
+        "--num-neutral",
+        "1",
+        "--max-tokens",
+        "8",
+        "--system-combine",
+        "prepend",
+        "--out",
+        str(tmp_path / "append"),
+    )
     assert changed.exit_code == 2 and "field 'system_combine': run folder was made with a different config" in changed.output
 
 
 def _recipe(folder: Path, source: str, **extra) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    recipe = {"name": "t", "out": str(folder / "runs"), "model": "some-org/m", "prompts": {"source": source, "heldout": 1, "per_round": 1},
-              "rounds": 1, **extra}
+    recipe = {
+        "name": "t",
+        "out": str(folder / "runs"),
+        "model": "some-org/m",
+        "prompts": {"source": source, "heldout": 1, "per_round": 1},
+        "rounds": 1,
+        **extra,
+    }
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path
@@ -175,9 +248,13 @@ def test_a_failed_run_records_nothing_so_the_corrected_command_runs(tmp_path: Pa
     """Before: validation failures (too few prompts for the held-out split, a missing scorer model) still wrote the
     manifest, and the corrected command was refused as "made with another recipe"."""
     write_jsonl(tmp_path / "p.jsonl", PROMPTS)
-    path = _recipe(tmp_path, "p.jsonl", generate={"backend": "openai", "options": {"base_url": "http://127.0.0.1:9/v1"}},
-                   score={"scorer": "python:reliability_scorers:other"},
-                   evaluate={"backend": "openai", "options": {"base_url": "http://127.0.0.1:9/v1"}})
+    path = _recipe(
+        tmp_path,
+        "p.jsonl",
+        generate={"backend": "openai", "options": {"base_url": "http://127.0.0.1:9/v1"}},
+        score={"scorer": "python:reliability_scorers:other"},
+        evaluate={"backend": "openai", "options": {"base_url": "http://127.0.0.1:9/v1"}},
+    )
     for bad in (["prompts.heldout=10"], ["score.scorer=self-contrast", "score.model=/no/such/model"]):
         result = invoke("run", str(path), *[part for text in bad for part in ("--set", text)])
         assert result.exit_code == 2, result.output

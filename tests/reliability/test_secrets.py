@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-
 from conftest import write_jsonl
 from fakehub import FakeHub
 from harness import read_shards, run_neat, subprocess_env
+
 from neat_data.cli import cli
 from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
 
@@ -47,16 +47,39 @@ def all_command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[
 
 
 def test_no_secret_reaches_a_file_a_log_or_the_console(secret_env, tmp_path: Path, monkeypatch):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"question {i}"} for i in range(6)]
-                          + [{"prompt": "check my key [[fault:401]]"}])  # this server echoes the key in a 401 body
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": f"question {i}"} for i in range(6)] + [{"prompt": "check my key [[fault:401]]"}]
+    )  # this server echoes the key in a 401 body
     run, logs = tmp_path / "run", tmp_path / "logs"
     logs.mkdir()
     server = FakeOpenAIServer(ServerSettings()).start()
     try:
-        steps = [["generate", "--prompts", str(prompts), "--model", "served", "--backend", "openai", "--base-url", server.url,
-                  "--num-pos", "2", "--num-neg", "2", "--max-tokens", "8", "--out", str(run), "--no-progress"],
-                 ["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress"],
-                 ["rank", str(run)], ["export", str(run), "--format", "h4"], ["report", str(run)]]
+        steps = [
+            [
+                "generate",
+                "--prompts",
+                str(prompts),
+                "--model",
+                "served",
+                "--backend",
+                "openai",
+                "--base-url",
+                server.url,
+                "--num-pos",
+                "2",
+                "--num-neg",
+                "2",
+                "--max-tokens",
+                "8",
+                "--out",
+                str(run),
+                "--no-progress",
+            ],
+            ["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress"],
+            ["rank", str(run)],
+            ["export", str(run), "--format", "h4"],
+            ["report", str(run)],
+        ]
         for step in steps:
             result = run_neat(*step, env=secret_env)
             (logs / f"{step[0]}.log").write_text(result.stdout + result.stderr)
@@ -73,8 +96,10 @@ def test_no_secret_reaches_a_file_a_log_or_the_console(secret_env, tmp_path: Pat
     assert len(echoed) == 4 and all(row["error"].endswith("HTTP 401: Error code: 401 - Incorrect API key provided: ***") for row in echoed)
     assert (run / "report" / "scores.png").is_file() and (hub.repo("me/neat") / "README.md").is_file()
     assert files_holding_a_secret(tmp_path) == []
-    print(f"\nFIGURES secrets: {sum(1 for p in tmp_path.rglob('*') if p.is_file())} files written and grepped, "
-          f"{len(files_holding_a_secret(tmp_path))} hits")
+    print(
+        f"\nFIGURES secrets: {sum(1 for p in tmp_path.rglob('*') if p.is_file())} files written and grepped, "
+        f"{len(files_holding_a_secret(tmp_path))} hits"
+    )
 
 
 def test_no_secret_in_help_or_error_lines(secret_env, tmp_path: Path, monkeypatch):
@@ -92,8 +117,10 @@ def test_no_secret_in_help_or_error_lines(secret_env, tmp_path: Path, monkeypatc
     from datasets import Dataset, DatasetDict
 
     DatasetDict({"train": Dataset.from_dict({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})}).save_to_disk(str(export))
-    errors = [runner.invoke(cli, ["push", str(tmp_path / "run"), "--repo-id", "me/neat", "--backoff-base", "0"]),
-              runner.invoke(cli, ["generate", "--prompts", str(tmp_path / f"{API_KEY}.jsonl"), "--model", "m", "--out", str(tmp_path / "r")])]
+    errors = [
+        runner.invoke(cli, ["push", str(tmp_path / "run"), "--repo-id", "me/neat", "--backoff-base", "0"]),
+        runner.invoke(cli, ["generate", "--prompts", str(tmp_path / f"{API_KEY}.jsonl"), "--model", "m", "--out", str(tmp_path / "r")]),
+    ]
     for result in errors:
         assert result.exit_code == 2 and result.output.startswith("error: "), result.output
         outputs.append(result.output)
