@@ -12,18 +12,16 @@ can never accept a value its stage rejects; relative paths are relative to the f
 
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from neat_data.engines import BackendName
 from neat_data.engines.base import Sampling
 from neat_data.errors import NeatError, validation_message
+from neat_data.recipe_file import apply_override, parse_override, read_recipe_file, relative_to_file
 from neat_data.rounds_push import PushSpec
 from neat_data.stages.export import ExportFormat
 from neat_data.stages.score import NegativeScore
@@ -188,68 +186,6 @@ class Recipe(BaseModel):
         return self.out or Path("runs") / self.name
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` → (["a", "b"], the value read as YAML); a NeatError naming the override when it is malformed."""
-    if "=" not in text:
-        raise NeatError(f"--set wants key=value, got {text!r}", option="set")
-    key, value = text.split("=", 1)
-    keys = [part.strip() for part in key.split(".")]
-    if not all(keys) or not all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in keys):
-        raise NeatError(f"--set key {key!r} must be dotted names, e.g. train.lr", option="set")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as error:
-        raise NeatError(
-            f"--set {key}: the value is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})", option="set"
-        ) from None
-    if isinstance(parsed, str):
-        try:
-            parsed = float(parsed)  # YAML 1.1 reads 1e-4 (no dot) as a string
-        except ValueError:
-            pass
-    return keys, parsed
-
-
-def apply_override(raw: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
-    target = raw
-    for depth, key in enumerate(keys[:-1]):
-        child = target.setdefault(key, {})
-        if child is None:
-            child = target[key] = {}
-        if not isinstance(child, dict):
-            raise NeatError(f"--set {text!r}: '{'.'.join(keys[: depth + 1])}' is a {type(child).__name__}, not a section", option="set")
-        target = child
-    target[keys[-1]] = value
-
-
-def read_recipe_file(path: Path) -> dict[str, Any]:
-    """The recipe's YAML mapping; every way a file can be wrong is one line naming it."""
-    if path.is_dir():
-        raise NeatError("is a folder, not a recipe file", file=path)
-    try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise NeatError("recipe not found", file=path) from None
-    except UnicodeDecodeError as error:
-        raise NeatError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path) from None
-    except OSError as error:
-        raise NeatError(f"cannot read the recipe ({error.strerror})", file=path) from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise NeatError(f"YAML syntax error: {getattr(error, 'problem', error)}", file=path, row=mark.line + 1 if mark else None) from None
-    if not isinstance(raw, dict):
-        raise NeatError("a recipe is a mapping of keys", file=path)
-    return raw
-
-
-def _relative_to(base: Path, value: Any) -> Any:
-    """A relative file path is relative to the folder of the file that names it (a recipe's own values: the recipe's
-    folder; a `--set` value: the current folder). hf:// sources and other URLs pass through."""
-    if not isinstance(value, str) or "://" in value or ":" in value.split("/")[0] or Path(value).is_absolute():
-        return value
-    return str((base / value).resolve())
-
-
 def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a recipe, apply `--set` overrides, validate the recipe *and* every stage config it makes (so a value a
     stage rejects is refused now, not rounds later); errors name the file and the field."""
@@ -259,16 +195,16 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
         for key in ("source", "heldout_source"):
             value = raw["prompts"].get(key)
             raw["prompts"][key] = (
-                [_relative_to(path.parent, v) for v in value] if isinstance(value, list) else _relative_to(path.parent, value)
+                [relative_to_file(path.parent, v) for v in value] if isinstance(value, list) else relative_to_file(path.parent, value)
             )
     if isinstance(raw.get("fixed_data"), dict) and raw["fixed_data"].get("source"):
-        raw["fixed_data"]["source"] = _relative_to(path.parent, raw["fixed_data"]["source"])
+        raw["fixed_data"]["source"] = relative_to_file(path.parent, raw["fixed_data"]["source"])
     if isinstance(raw.get("pairs"), list):  # pair libraries given as YAML paths, like the prompts source
-        raw["pairs"] = [_relative_to(path.parent, p) if str(p).endswith((".yaml", ".yml")) else p for p in raw["pairs"]]
+        raw["pairs"] = [relative_to_file(path.parent, p) if str(p).endswith((".yaml", ".yml")) else p for p in raw["pairs"]]
     for text in overrides:
         keys, value = parse_override(text)
         if keys in (["prompts", "source"], ["prompts", "heldout_source"], ["fixed_data", "source"]):
-            value = [_relative_to(Path.cwd(), v) for v in value] if isinstance(value, list) else _relative_to(Path.cwd(), value)
+            value = [relative_to_file(Path.cwd(), v) for v in value] if isinstance(value, list) else relative_to_file(Path.cwd(), value)
         apply_override(raw, keys, value, text)
     try:
         recipe = Recipe.model_validate(raw)
@@ -331,84 +267,6 @@ def check_stage_fields(recipe: Recipe, path: Path, prefix: str = "") -> None:
                 section = {"export": "exports", "fixed": "fixed_data"}.get(stage, stage)
                 inner = field.removeprefix("sampling.") if stage == "generate" else field
                 raise NeatError(message, file=path, field=f"{prefix}{section}.{inner}") from None
-
-
-def split_files(recipe: Recipe, run_dir: Path) -> list[Path]:
-    folder = run_dir / "prompts"
-    return [folder / "heldout.jsonl"] + [folder / f"round_{k:02d}.jsonl" for k in range(1, recipe.rounds + 1)]
-
-
-@dataclass
-class Split:
-    """[held-out prompts, round 1's, round 2's, …] and what decontamination left out."""
-
-    slices: list[list[Any]]
-    decontaminated: int = 0  # training prompts dropped for an 8-gram shared with an evaluation prompt
-
-
-def _pool(sources: list[str], prompt_column: str | None, limit: int | None) -> list[Any]:
-    from neat_data.prompts_in import load_prompts
-
-    seen: set[str] = set()
-    records = []
-    for source in sources:
-        for record in load_prompts(source, prompt_column=prompt_column, limit=limit).records:
-            if record.prompt_id not in seen:  # the same prompt in two sources is one prompt
-                seen.add(record.prompt_id)
-                records.append(record)
-    return records
-
-
-def evaluation_texts(recipe: Recipe, heldout: list[Any]) -> list[str]:
-    """Every prompt the evaluation sees: the held-out prompts and each suite's (training must not have seen them)."""
-    from neat_data.safety.decontaminate import record_text
-    from neat_data.safety.suites import load_suites, suite_texts
-
-    suites = [suite for suite in load_suites(recipe.evaluate.suites) if suite.source != "heldout"]
-    return suite_texts(suites) + [record_text(record) for record in heldout]
-
-
-def plan_split(recipe: Recipe) -> Split:
-    """The held-out prompts and each round's: a seeded hash order of the prompt ids, so the split never changes when
-    the source is re-read and held-out prompts are never trained on; with `decontaminate`, training prompts that share
-    an 8-gram with an evaluation prompt are left out. Pure: validates, writes nothing."""
-    from neat_data.safety.decontaminate import decontaminate
-
-    spec = recipe.prompts
-    order = lambda r: hashlib.sha256(f"{recipe.seed}:{r.prompt_id}".encode()).hexdigest()  # noqa: E731
-    pool = sorted(_pool(spec.sources(), spec.prompt_column, spec.limit), key=order)
-    if spec.heldout_source:
-        candidates = sorted(_pool([spec.heldout_source], spec.prompt_column, None), key=order)
-        if len(candidates) < spec.heldout:
-            raise NeatError(
-                f"{spec.heldout} held-out prompts wanted; the held-out source has {len(candidates)}",
-                file=spec.heldout_source,
-                field="prompts.heldout",
-            )
-        heldout = candidates[: spec.heldout]
-        taken = {r.prompt_id for r in heldout}
-        pool = [r for r in pool if r.prompt_id not in taken]
-    else:
-        heldout, pool = pool[: spec.heldout], pool[spec.heldout :]
-    dropped = 0
-    if spec.decontaminate:
-        result = decontaminate(pool, evaluation_texts(recipe, heldout))
-        pool, dropped = list(result.kept), result.dropped_count
-    training = 0 if recipe.fixed_data else recipe.rounds * spec.per_round
-    if len(pool) < training:
-        sources = ", ".join(spec.sources())
-        raise NeatError(
-            f"{recipe.rounds} rounds × {spec.per_round} + {spec.heldout} held-out needs "
-            f"{training + (0 if spec.heldout_source else spec.heldout)} prompts; the source has "
-            f"{len(pool) + (0 if spec.heldout_source else spec.heldout) + dropped}"
-            + (f" ({dropped} left out: they share an 8-gram with an evaluation prompt)" if dropped else ""),
-            file=sources,
-            field="prompts",
-        )
-    slices = [heldout] + [
-        pool[k * spec.per_round : (k + 1) * spec.per_round] if not recipe.fixed_data else [] for k in range(recipe.rounds)
-    ]
-    return Split(slices=slices, decontaminated=dropped)
 
 
 def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict[str, Any]]]:

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from neat_data.errors import EXIT_PENDING, NeatError
-from neat_data.recipe import Recipe, Split, changed_fields, plan_split, recipe_identity, split_files, stage_configs, variant_recipe
+from neat_data.recipe import Recipe, changed_fields, recipe_identity, stage_configs, variant_recipe
 from neat_data.rounds_push import push_round
 from neat_data.runfolder import RunLock, atomic_write_bytes, atomic_write_json, empty_folder, read_manifest
+from neat_data.split import Split, plan_split, split_files
 from neat_data.variants import StageCache, dependencies, materialize, stage_key
 
 

@@ -22,7 +22,7 @@ LAYERS = [
     ),
     ("engines, scorers, train", ["engines", "scorers", "train", "testing", "costs"]),
     ("stages", ["stages", "view", "round_report"]),
-    ("rounds", ["rounds", "recipe", "variants", "comparison", "rounds_push"]),
+    ("rounds", ["rounds", "recipe", "recipe_file", "split", "variants", "comparison", "rounds_push"]),
     ("cli", ["cli", "cli_options", "cli_rounds", "cli_batch", "cli_audit", "__main__"]),
 ]
 

@@ -227,13 +227,16 @@ def test_bundled_recipes_are_valid():
 
 
 def test_a_failing_stage_stops_the_run_with_its_log(tmp_path: Path, tiny_model: Path):
-    recipe = recipe_file(tmp_path, tmp_path / "no-such-model")
+    broken = tmp_path / "broken-model"  # a folder that passes the up-front model check and fails to load in the stage
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    recipe = recipe_file(tmp_path, broken)
     finished = subprocess.run(
         [sys.executable, "-m", "neat_data.cli", "run", str(recipe)], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     run_dir = tmp_path / "runs" / "tiny"
     assert finished.returncode == 2
     assert f"error: {run_dir}/round_00/configs/evaluate.json: stage evaluate of round 0 failed (exit code 2" in finished.stderr
-    assert "no-such-model" in finished.stderr  # the stage's own one-line error, from the tail of its log
+    assert "broken-model: field 'model': backend 'transformers' could not start" in finished.stderr  # the stage's own line, from its log
     assert (run_dir / "round_00" / "logs" / "evaluate.log").exists()
     assert "0" not in json.loads((run_dir / "manifest.json").read_text()).get("rounds", {})  # nothing recorded as finished
