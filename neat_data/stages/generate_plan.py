@@ -3,21 +3,23 @@ requests; one engine result → rows. No I/O, no engine: every function here is 
 
 In:  PromptRecords (neutral conversations, maybe with their own system message), pair libraries, the stage config.
 Out: `PlannedRequest`s (one per prompt × steering, with the content keys of its samples), `GenerationRequest`s for the
-     backend, and the rows of `neat_data.schemas.GENERATIONS` for one result (one row per sample, ok or error, never
-     dropped).
+     backend, the rows of `neat_data.schemas.GENERATIONS` for one result (one row per sample, ok or error, never
+     dropped), and the stage's summary (counts, requests by reason, tokens and cost).
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from neat_data.costs import PriceOptions
+from neat_data.costs import PriceOptions, cost_line
 from neat_data.engines import BackendName, BackendOptions, loads_model_locally
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.keys import content_key, request_seed, text_hash
@@ -220,3 +222,72 @@ def result_rows(
             }
         )
     return rows
+
+
+@dataclass
+class GenerateSummary:
+    run_dir: Path
+    total_rows: int
+    generated_rows: int
+    counts: dict[str, dict[str, int]]
+    seconds: float
+    stale_rows: int = 0  # rows in the folder that this config no longer plans (smaller --limit, edited pair text)
+    requests: dict[str, Any] = field(default_factory=dict)  # this run's attempts, retries and failures by reason
+    usage: dict[str, Any] = field(default_factory=dict)  # this run's tokens (and cost) by stage and steering: costs.token_costs
+    folder: Path | None = None  # where the rows went: <run>/generations or a shard's sub-folder
+    pending: dict[str, Any] = field(default_factory=dict)  # batch backends: rows submitted and not collected yet
+
+    def lines(self) -> list[str]:
+        status = self.counts.get("status", {})
+        lines = [
+            f"{self.folder or self.run_dir / 'generations'}: {self.total_rows} rows ({status.get('ok', 0)} ok, "
+            f"{status.get('error', 0)} error; {self.generated_rows} new) by steering {self.counts.get('steering', {})} "
+            f"in {self.seconds:.0f} s"
+        ]
+        requests = self.requests
+        if requests.get("attempts"):
+            by_reason = ", ".join(f"{reason} {count}" for reason, count in requests["failed_attempts_by_reason"].items()) or "none"
+            errors = ", ".join(f"{reason} {count}" for reason, count in requests["error_rows_by_reason"].items()) or "none"
+            lines.append(
+                f"requests: {requests['attempts']} attempts, {requests['retries']} retries; failed attempts by reason: "
+                f"{by_reason}; gave up on {requests['given_up']}; error rows by reason: {errors}"
+            )
+        if self.usage.get("total", {}).get("requests"):
+            steerings = self.usage["by_stage"].get("generate", {})
+            by_steering = "; ".join(f"{s} {u['prompt_tokens']:,} + {u['completion_tokens']:,}" for s, u in sorted(steerings.items()))
+            lines.append(f"{cost_line(self.usage)} (by steering, prompt + completion: {by_steering})")
+        if self.pending:
+            lines.append(
+                f"{self.pending['rows']} rows waiting in {len(self.pending['batches'])} batches "
+                f"({', '.join(self.pending['batches'])}); `neat-data batch status {self.run_dir}` shows them, the same "
+                "command run again collects them"
+            )
+        return lines
+
+    def notes(self) -> list[str]:
+        if not self.stale_rows:
+            return []
+        return [
+            f"note: {self.stale_rows} rows in the folder are not planned by this config (smaller --limit or edited pair "
+            "text); they are kept — use --overwrite for a folder with only this config's rows"
+        ]
+
+
+def error_reason(error: str) -> str:
+    """A short class for an error row's text, for counts: 'failed after 7 attempts: HTTP 500: …' → 'HTTP 500'."""
+    text = re.sub(r"^failed after \d+ attempts: ", "", error)
+    if text.startswith("engine returned") and " of " in text:
+        return "fewer samples than n"
+    return re.split(r"[:(]| after ", text, maxsplit=1)[0].strip() or "unknown"
+
+
+def request_summary(stats: dict[str, int], errors: Counter[str]) -> dict[str, Any]:
+    """What this run's requests went through: attempts, retries, failed attempts and error rows by reason."""
+    failed_attempts = {name[len("retry_") :]: count for name, count in sorted(stats.items()) if name.startswith("retry_") and count}
+    return {
+        "attempts": stats.get("requests", 0),
+        "retries": stats.get("retries", 0),
+        "failed_attempts_by_reason": failed_attempts,
+        "given_up": stats.get("failed_requests", 0),
+        "error_rows_by_reason": dict(sorted(errors.items())),
+    }
