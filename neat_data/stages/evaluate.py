@@ -84,12 +84,6 @@ class EvaluateConfig(BaseModel):
         return self
 
 
-def bootstrap_mean(values: list[float], resamples: int, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): 95% percentile bootstrap interval of the mean (`neat_data.safety.stats.bootstrap_mean`)."""
-    interval = prompt_bootstrap(values, resamples, seed)
-    return interval.mean, interval.low, interval.high
-
-
 def neutral_scores(eval_dir: Path, samples: int | None = None) -> dict[str, float]:
     """prompt_id → mean score of its unsteered responses (ok rows; the first `samples` when given)."""
     rows = pq.read_table(eval_dir / "scored", columns=["prompt_id", "steering", "sample_index", "score", "score_status"]).to_pylist()
@@ -296,7 +290,9 @@ def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progr
             shared.close()  # the engine goes before the scorer and the perplexity model load
     run_score(config.score, progress=progress, argv=argv)
     scores = neutral_scores(eval_dir, config.samples)
-    mean, low, high = bootstrap_mean(list(scores.values()), config.bootstrap, seed=config.generate.sampling.seed)
+    # the mapping (ordered by prompt id), as every other interval: the same numbers whatever the order of the rows
+    reward = prompt_bootstrap(scores, config.bootstrap, config.generate.sampling.seed)
+    mean, low, high = reward.mean, reward.low, reward.high
     metrics: dict[str, Any] = {
         "model": config.generate.model,
         "prompts": len(scores),
