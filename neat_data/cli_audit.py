@@ -91,7 +91,7 @@ def audit(
         benign=benign,
         samples=samples,
         sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
         batch_size=batch_size,
         device=device,
     )

@@ -200,8 +200,8 @@ def run_stage_config(name: str, raw: dict[str, Any], argv: list[str], echo: Any 
     elif name == "score":
         from neat_data.stages.score import ScoreConfig, run_score
 
-        summary = run_score(ScoreConfig.model_validate(raw), argv=argv)
-        echo(f"scored: {summary.rows} rows {summary.counts['score_status']} in {summary.seconds:.0f} s")
+        scored = run_score(ScoreConfig.model_validate(raw), argv=argv)
+        echo(f"scored: {scored.rows} rows {scored.counts['score_status']} in {scored.seconds:.0f} s")
     elif name == "rank":
         from neat_data.stages.rank import RankConfig, run_rank
 
@@ -215,10 +215,10 @@ def run_stage_config(name: str, raw: dict[str, Any], argv: list[str], echo: Any 
     elif name == "train":
         from neat_data.train.trainer import TrainConfig, run_train
 
-        summary = run_train(TrainConfig.model_validate(raw), argv=argv)
+        trained = run_train(TrainConfig.model_validate(raw), argv=argv)
         echo(
-            f"train: {summary.steps} steps, {summary.tokens} tokens, {summary.tokens_per_second:.0f} tok/s, "
-            f"loss {summary.first.get('loss', float('nan')):.4f} → {summary.last.get('loss', float('nan')):.4f}"
+            f"train: {trained.steps} steps, {trained.tokens} tokens, {trained.tokens_per_second:.0f} tok/s, "
+            f"loss {trained.first.get('loss', float('nan')):.4f} → {trained.last.get('loss', float('nan')):.4f}"
         )
     elif name == "evaluate":
         from neat_data.stages.evaluate import EvaluateConfig, run_evaluate

@@ -148,7 +148,9 @@ def write_comparison(parent: Path, recipe: Any, results: dict[str, Any]) -> list
     )
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for axis, metric in zip(axes[0], panels):
-        names, means, errors = [], [], [[], []]
+        names: list[str] = []
+        means: list[float] = []
+        errors: list[list[float]] = [[], []]
         for name, entry in table["variants"].items():
             cell = entry["rounds"].get(last, {}).get("metrics", {}).get(metric)
             if not cell or cell.get("mean") is None:

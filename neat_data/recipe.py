@@ -156,7 +156,7 @@ class Recipe(BaseModel):
     score: ScoreSpec = Field(default_factory=ScoreSpec)
     rank: dict[str, Any] = Field(default_factory=dict, description="RankConfig fields (pairs, pos_vs_neg_by, min_margin, …).")
     exports: list[ExportFormat] = Field(
-        default_factory=lambda: ["ranked"],
+        default_factory=lambda: list[ExportFormat](["ranked"]),
         description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.",
     )
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")

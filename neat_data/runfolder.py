@@ -135,7 +135,8 @@ class ShardedTable:
 
     def _next_index(self) -> int:
         paths = self._own_parts()  # numbering is per folder: shard sub-folders never collide with the top level
-        return int(_SHARD.match(paths[-1].name).group(1)) + 1 if paths else 0
+        match = _SHARD.match(paths[-1].name) if paths else None
+        return int(match.group(1)) + 1 if match else 0
 
     def append(self, rows: list[dict[str, Any]]) -> Path | None:
         """Write `rows` as one new shard (atomically). Returns its path."""

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def manifest_entries(name: str) -> list[str]:
     return {"generate": ["generate"], "score": ["score"], "rank": ["rank"], "fixed": ["fixed"]}.get(name, [])
 
 
-def dependencies(name: str, k: int, exports: list[str]) -> list[tuple[str, int]]:
+def dependencies(name: str, k: int, exports: Sequence[str]) -> list[tuple[str, int]]:
     """The stages whose output stage `name` of round k reads (their keys are part of its key)."""
     if name == "generate":
         return [("train", k - 1)] if k > 1 else []

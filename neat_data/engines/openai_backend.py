@@ -190,8 +190,8 @@ class OpenAIBackend:
                     for task in done:
                         task.result()
             if tasks:
-                for task in asyncio.as_completed(tasks):
-                    await task
+                for finished in asyncio.as_completed(tasks):
+                    await finished
         finally:
             await client.close()
 
@@ -203,11 +203,11 @@ class OpenAIBackend:
         try:
             if mode == "system" and not self.system_role_ok:
                 mode = "merged"
-            messages = request.merged_messages if mode == "merged" else request.messages
+            messages = request.merged_messages if mode == "merged" and request.merged_messages is not None else request.messages
             try:
                 completions, fallback = await self._samples(client, limiter, semaphore, messages, request, sampling, usage)
             except _Rejected as error:
-                if mode == "system" and _rejects_system_role(str(error)):
+                if mode == "system" and request.merged_messages is not None and _rejects_system_role(str(error)):
                     self.system_role_ok = False
                     self.stats["system_role_fallback"] += 1
                     mode = "merged"
@@ -321,7 +321,7 @@ def parse_chat_response(data: Any, n: int) -> list[Completion]:
     choices = data["choices"]
     if not choices:
         raise ValueError("response has no choices")
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
     completions = []
     for position, choice in sorted(enumerate(choices), key=lambda item: _choice_index(item[1], item[0])):
         message = choice.get("message") if isinstance(choice, dict) else None

@@ -242,7 +242,8 @@ class SharedBackend:
 
     def __init__(self, config: GenerateConfig, progress: bool):
         self.config, self.progress = config, progress
-        self.name, self.model = config.backend, config.model
+        self.name: str = config.backend
+        self.model: str = config.model
         self.inner: Any = None
 
     @property

@@ -157,7 +157,7 @@ def scan(
 ) -> _Plan:
     """One streaming pass over the prompts: validates every row (the first bad one is a NeatError), counts, and with
     `existing` what is already done."""
-    plan, counts = _Plan(), {}
+    plan, counts = _Plan(), dict[str, int]()
     owned = (record for record in _records(config, counts, plan) if shard is None or shard.owns(record.prompt_id))
     for record in _counted(owned, plan, explicit):
         if existing is None:
@@ -285,7 +285,10 @@ def run_generate(
                 ],
             }
             out.start(entry, lambda: None if overwrite else check_run_identity(config, run_dir))
-            generated, requests, usage, new_keys, pending = 0, {}, [], 0, {}
+            generated, new_keys = 0, 0
+            requests: dict[str, Any] = {}
+            usage: list[UsageRecord] = []
+            pending: dict[str, Any] = {}
             if plan.pending_requests:
                 assert backend is not None
                 generated, new_keys, requests, usage, pending = _generate_pending(

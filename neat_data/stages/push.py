@@ -15,6 +15,7 @@ and the YAML metadata that `datasets` maintains are kept. Rate limits (429) and 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -197,13 +198,13 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
                 option="token_env",
             )
     api = HfApi(token=token)
-    retry = dict(max_retries=config.max_retries, backoff_base=config.backoff_base)
+    retry: dict[str, Any] = {"max_retries": config.max_retries, "backoff_base": config.backoff_base}
     dataset = load_from_disk(str(folder))
     splits = {name: len(split) for name, split in dataset.items()}
     for name, split in dataset.items():
         with_retries(
-            lambda split=split, name=name: split.push_to_hub(
-                config.repo_id, config_name=config.config_name, split=name, private=not config.public, token=token
+            functools.partial(
+                split.push_to_hub, config.repo_id, config_name=config.config_name, split=name, private=not config.public, token=token
             ),
             what=f"push of split '{name}'",
             **retry,
@@ -223,7 +224,8 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
         uploads.append((f"neat-data/{config.config_name}/{png.name}", png.read_bytes()))
     for path_in_repo, data in uploads:
         with_retries(
-            lambda data=data, path_in_repo=path_in_repo: api.upload_file(
+            functools.partial(
+                api.upload_file,
                 path_or_fileobj=data,
                 path_in_repo=path_in_repo,
                 repo_id=config.repo_id,

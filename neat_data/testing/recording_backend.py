@@ -38,7 +38,7 @@ class RecordingBackend:
                 raise RuntimeError("scripted crash")
             mode = "none" if request.merged_messages is None else "system"
             messages = request.messages
-            if mode == "system" and not self.system_role_ok:
+            if mode == "system" and not self.system_role_ok and request.merged_messages is not None:
                 messages, mode = request.merged_messages, "merged"
             self.sent.append((messages, request.n, request.seed))
             reason = self.fail_when(messages) if self.fail_when else None

@@ -243,7 +243,9 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     partial = partial_folder(config.out)
     if dist.rank == 0:
         shutil.rmtree(partial, ignore_errors=True)  # a killed run's leftovers: training restarts from the base
-    step, first, last, trained_tokens = 0, {}, {}, 0
+    step, trained_tokens = 0, 0
+    first: dict[str, Any] = {}
+    last: dict[str, Any] = {}
     for epoch in range(config.epochs):
         mine = rank_share(epoch_batches(examples, config.prompts_per_batch, config.seed, epoch), dist.rank, dist.world)
         for group_start in range(0, len(mine), config.grad_accum):
@@ -302,7 +304,7 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
                 if log is not None:
                     log(record)
     full_state = gather_full_state(model) if fsdp else None  # a collective: every rank takes part
-    checksums = [checksum(full_state.values())] if fsdp else dist.gather_all(checksum(model.parameters()))
+    checksums = [checksum(full_state.values())] if full_state is not None else dist.gather_all(checksum(model.parameters()))
     elapsed = time.time() - started
     summary = TrainSummary(
         out=config.out,
