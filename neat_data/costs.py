@@ -80,30 +80,47 @@ def _price(totals: dict[str, Any], price_in: float, price_out: float, discount: 
     totals["cost"] = round(list_cost * (1.0 - discount), 6)
 
 
+class UsageTally:
+    """Running totals by stage and steering, a request at a time: what `token_costs` reports, in memory that does not
+    grow with the number of requests (a million-prompt generate keeps no per-request record)."""
+
+    def __init__(self) -> None:
+        self.by_stage: dict[str, dict[str, dict[str, Any]]] = {}
+        self.total: dict[str, Any] = _empty()
+
+    def add(self, record: UsageRecord) -> None:
+        _add(self.by_stage.setdefault(record.stage, {}).setdefault(record.steering, _empty()), record)
+        _add(self.total, record)
+
+    def costs(self, *, price_in: float | None = None, price_out: float | None = None, discount: float = 0.0) -> dict[str, Any]:
+        """Totals by stage and steering and overall; with both prices, the list cost and the discounted cost of each.
+        `discount` in [0, 1) (e.g. `batch_discount("openai-batch")`); ValueError outside it or for a negative price."""
+        if not 0.0 <= discount < 1.0:
+            raise ValueError(f"discount must be in [0, 1), got {discount}")
+        if (price_in is None) != (price_out is None):
+            raise ValueError("give both prices (per 1M prompt tokens and per 1M completion tokens) or neither")
+        if price_in is not None and price_out is not None and (price_in < 0 or price_out < 0):
+            raise ValueError("prices must not be negative")
+        by_stage = {stage: {steering: dict(totals) for steering, totals in steerings.items()} for stage, steerings in self.by_stage.items()}
+        total = dict(self.total)
+        prices = None
+        if price_in is not None and price_out is not None:
+            prices = {"price_in_per_1m": price_in, "price_out_per_1m": price_out, "discount": discount}
+            for steerings in by_stage.values():
+                for totals in steerings.values():
+                    _price(totals, price_in, price_out, discount)
+            _price(total, price_in, price_out, discount)
+        return {"by_stage": by_stage, "total": total, "prices": prices}
+
+
 def token_costs(
     records: Iterable[UsageRecord], *, price_in: float | None = None, price_out: float | None = None, discount: float = 0.0
 ) -> dict[str, Any]:
-    """Totals by stage and steering and overall; with both prices, the list cost and the discounted cost of each.
-    `discount` in [0, 1) (e.g. `batch_discount("openai-batch")`); ValueError outside it or for a negative price."""
-    if not 0.0 <= discount < 1.0:
-        raise ValueError(f"discount must be in [0, 1), got {discount}")
-    if (price_in is None) != (price_out is None):
-        raise ValueError("give both prices (per 1M prompt tokens and per 1M completion tokens) or neither")
-    if price_in is not None and (price_in < 0 or price_out < 0):  # type: ignore[operator]
-        raise ValueError("prices must not be negative")
-    by_stage: dict[str, dict[str, dict[str, Any]]] = {}
-    total: dict[str, Any] = _empty()
+    """`UsageTally.costs` over `records`."""
+    tally = UsageTally()
     for record in records:
-        _add(by_stage.setdefault(record.stage, {}).setdefault(record.steering, _empty()), record)
-        _add(total, record)
-    prices = None
-    if price_in is not None and price_out is not None:
-        prices = {"price_in_per_1m": price_in, "price_out_per_1m": price_out, "discount": discount}
-        for steerings in by_stage.values():
-            for totals in steerings.values():
-                _price(totals, price_in, price_out, discount)
-        _price(total, price_in, price_out, discount)
-    return {"by_stage": by_stage, "total": total, "prices": prices}
+        tally.add(record)
+    return tally.costs(price_in=price_in, price_out=price_out, discount=discount)
 
 
 def cost_line(summary: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neat_data import __version__
-from neat_data.costs import UsageRecord, batch_discount, request_usage, token_costs
+from neat_data.costs import UsageRecord, UsageTally, batch_discount, request_usage
 from neat_data.engines.base import Backend, GenerationRequest
 from neat_data.errors import NeatError
 from neat_data.pairs import load_libraries
@@ -287,7 +287,7 @@ def run_generate(
             out.start(entry, lambda: None if overwrite else check_run_identity(config, run_dir))
             generated, new_keys = 0, 0
             requests: dict[str, Any] = {}
-            usage: list[UsageRecord] = []
+            usage = UsageTally()
             pending: dict[str, Any] = {}
             if plan.pending_requests:
                 assert backend is not None
@@ -302,7 +302,7 @@ def run_generate(
         counts = {"status": count_by(mine, "status"), "steering": count_by(mine, "steering")}
         stale = 0 if shard is not None else mine.num_rows - (plan.present_rows + new_keys)
         seconds = time.time() - started
-        costs = token_costs(usage, price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.backend))
+        costs = usage.costs(price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.backend))
         record = {"rows": mine.num_rows, "counts": counts, "requests": requests, "usage": costs, "seconds": round(seconds, 2)}
         if pending:  # submitted, not collected: the stage is not finished; the same command run again collects
             update_manifest(
@@ -344,9 +344,9 @@ def _generate_pending(
     backend: Backend,
     retry_errors: bool,
     progress: bool,
-) -> tuple[int, int, dict[str, Any], list[UsageRecord], dict[str, Any]]:
+) -> tuple[int, int, dict[str, Any], UsageTally, dict[str, Any]]:
     """Stream the pending requests through the backend and the shard writer; returns (rows written, rows with a key
-    new to the folder, request summary, token usage per request, what a batch backend left pending)."""
+    new to the folder, request summary, token usage (a running tally), what a batch backend left pending)."""
     from tqdm.auto import tqdm
 
     inflight: dict[int, PlannedRequest] = {}  # requests handed to the backend and not answered yet
@@ -370,7 +370,7 @@ def _generate_pending(
     buffer: list[dict[str, Any]] = []
     generated = new_keys = 0
     errors: Counter[str] = Counter()
-    usage: list[UsageRecord] = []
+    usage = UsageTally()
     bar = tqdm(total=plan.planned_rows, initial=plan.done_rows, unit="row", desc="generate", disable=not progress)
     try:
         for index, result in backend.generate(pending(), config.sampling):
@@ -380,7 +380,7 @@ def _generate_pending(
                 new_keys += row["key"] not in existing.keys
                 if row["status"] == "error":
                     errors[error_reason(row["error"] or "")] += 1
-            usage.append(UsageRecord("generate", planned.steering, *request_usage(result)))
+            usage.add(UsageRecord("generate", planned.steering, *request_usage(result)))
             buffer.extend(rows)
             bar.update(len(rows))
             if len(buffer) >= config.flush_every:
