@@ -1,4 +1,4 @@
-"""Training losses as pure functions of per-sequence log-prob sums, rewards and masks (../shared/NEAT.md, step 4).
+"""Training losses as pure functions of per-sequence log-prob sums, rewards and masks (docs/METHOD.md, step 4).
 
 Shapes: B prompts, C candidate slots per prompt (prompts with fewer candidates are padded and masked).
 Every function takes tensors and returns tensors; nothing here touches a model. Per sequence the trainer
