@@ -156,3 +156,21 @@ def test_each_list_of_names_is_spelled_out_in_one_module():
             }
         )
         assert spelled == [home], f"{label} spelled out in {spelled}, expected only {home}"
+
+
+def test_no_file_points_outside_the_repository():
+    """A user who clones the repository has nothing beside it: the docs the code cites live in docs/."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    if not tracked:  # not a git checkout (an unpacked sdist): every file below the repo
+        tracked = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file() and ".venv" not in p.parts]
+    outside = "../" + "shared"  # spelled in two parts, so this file does not match itself
+    hits = [
+        name
+        for name in tracked
+        if name.endswith((".py", ".md", ".yaml", ".toml", ".sh", ".txt"))
+        and (REPO / name).is_file()
+        and outside in (REPO / name).read_text(encoding="utf-8", errors="replace")
+    ]
+    assert not hits, hits
