@@ -207,6 +207,6 @@ def test_ray_scoring_gives_the_single_process_scores_and_a_failing_batch_becomes
     assert summary.counts["score_status"] == {"ok": 12, "error": 4}
     for row in raising:
         if "France" in row["prompt"][-1]["content"]:
-            assert row["score_status"] == "error" and row["score_error"].startswith("ray actor: ValueError: boom on France")
+            assert row["score_status"] == "error" and row["score_error"] == "ray actor: the scorer raised ValueError: boom on France"
         else:
             assert row["score"] == float(len(row["response"]))

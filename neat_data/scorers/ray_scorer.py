@@ -30,7 +30,8 @@ class _ScorerActor:
         try:
             results = self.scorer.score(items)
         except Exception as error:  # the scorer failed this batch as a whole: its rows become error rows
-            results = [ScoreResult(None, f"ray actor: {type(error).__name__}: {error}"[:2000])] * len(items)
+            reason = error.message if isinstance(error, NeatError) else f"{type(error).__name__}: {error}"
+            results = [ScoreResult(None, f"ray actor: {reason}"[:2000])] * len(items)
         return json.dumps([result.__dict__ for result in results])
 
 

@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field, model_validator
 from neat_data.costs import PriceOptions, cost_line
 from neat_data.engines import BackendName, BackendOptions, loads_model_locally
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
+from neat_data.errors import redact_secrets
 from neat_data.keys import content_key, request_seed, text_hash
 from neat_data.messages import SystemCombine, build_messages, parse_reply
 from neat_data.pairs import PairLibrary, PromptPair, choose_pair
@@ -178,14 +179,14 @@ def result_rows(
     for sample_index, key in enumerate(planned.keys):
         if key not in wanted:
             continue
-        if result.error is not None:
+        if result.error is not None:  # scrubbed here too: an engine's exception text may quote an environment secret
             columns = {
                 "response": None,
                 "finish_reason": None,
                 "prompt_tokens": None,
                 "completion_tokens": None,
                 "status": "error",
-                "error": result.error,
+                "error": redact_secrets(result.error),
             }
         elif sample_index >= len(result.completions):
             columns = {

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
 from neat_data.costs import PriceOptions, batch_discount, cost_line, token_costs
-from neat_data.errors import NeatError
+from neat_data.errors import NeatError, redact_secrets
 from neat_data.runfolder import ShardedTable, count_by, read_manifest, update_manifest
 from neat_data.schemas import GENERATIONS, SCORED, check_columns
 from neat_data.scorers import ScorerOptions, make_scorer
@@ -318,7 +318,7 @@ def score_rows(rows: list[dict[str, Any]], scorer: Scorer, texts: dict[str, tupl
         if result is None:
             extra = {"raw_score": None, "score_status": "skipped", "score_error": "generation failed"}
         elif result.error is not None:
-            extra = {"raw_score": None, "score_status": "error", "score_error": result.error}
+            extra = {"raw_score": None, "score_status": "error", "score_error": redact_secrets(result.error)}
         else:
             extra = {"raw_score": result.score, "score_status": "ok", "score_error": None}
         out.append({**row, **extra, "score": extra["raw_score"], "scorer": scorer.name, "negative_score": None})

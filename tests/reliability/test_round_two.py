@@ -261,3 +261,16 @@ def test_a_failed_run_records_nothing_so_the_corrected_command_runs(tmp_path: Pa
         assert not (tmp_path / "runs").exists()
     again = invoke("run", str(path), "--set", "prompts.heldout=1")  # the corrected command gets past validation
     assert "made with another recipe" not in again.output and (tmp_path / "runs" / "manifest.json").is_file(), again.output
+
+
+def test_an_engine_error_quoting_an_environment_secret_is_scrubbed_in_the_row(tmp_path: Path, monkeypatch):
+    """Error text from any backend (an engine's exception, a user scorer's under Ray) goes into a file; a secret-looking
+    environment variable's value (or a long piece of it) never does."""
+    secret = "tok-" + "a1b2c3d4" * 6
+    monkeypatch.setenv("SERVICE_TOKEN", secret)
+    run = generated(
+        tmp_path, RecordingBackend(fail_when=lambda messages: f"HTTP 500: rejected {secret[:30]}… for {messages[-1]['content']}")
+    )
+    rows = pq.read_table(run / "generations").to_pylist()
+    assert rows and all(r["status"] == "error" and "***" in r["error"] and secret[:16] not in r["error"] for r in rows)
+    assert not [p for p in run.rglob("*") if p.is_file() and secret[:16].encode() in p.read_bytes()]
