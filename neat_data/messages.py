@@ -50,14 +50,7 @@ def build_messages(
 def parse_reply(text: str | None, finish_reason: str | None, prompt_tokens: int | None, completion_tokens: int | None) -> dict[str, Any]:
     """Response columns of one completion. A missing text is an error row, never a silent drop."""
     if text is None:
-        return {
-            "response": None,
-            "finish_reason": finish_reason,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "status": "error",
-            "error": "engine returned no text",
-        }
+        return error_columns("engine returned no text", finish_reason, prompt_tokens, completion_tokens)
     return {
         "response": text.strip(),
         "finish_reason": finish_reason,
@@ -65,6 +58,20 @@ def parse_reply(text: str | None, finish_reason: str | None, prompt_tokens: int 
         "completion_tokens": completion_tokens,
         "status": "ok",
         "error": None,
+    }
+
+
+def error_columns(
+    message: str, finish_reason: str | None = None, prompt_tokens: int | None = None, completion_tokens: int | None = None
+) -> dict[str, Any]:
+    """Response columns of a request that produced no usable text: the row stays, with status "error" and why."""
+    return {
+        "response": None,
+        "finish_reason": finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "status": "error",
+        "error": message,
     }
 
 

@@ -76,42 +76,20 @@ def rounds_card_section(run_dir: Path) -> str:
 def upload_run_files(spec: PushSpec, run_dir: Path) -> list[str]:
     """rounds.png, view.html and the card's `rounds` section (merged like the per-config sections)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
-    from neat_data.stages.push import merge_card, with_retries
+    from neat_data.stages.push import download_card, merge_card, upload_file
 
-    api = HfApi(token=os.environ.get(spec.token_env) or None)
-
-    def upload(data: bytes, path_in_repo: str) -> None:
-        with_retries(
-            lambda: api.upload_file(
-                path_or_fileobj=data,
-                path_in_repo=path_in_repo,
-                repo_id=spec.repo_id,
-                repo_type="dataset",
-                commit_message=f"neat-data: {path_in_repo}",
-            ),
-            what=f"upload of {path_in_repo}",
-            max_retries=spec.max_retries,
-            backoff_base=spec.backoff_base,
-        )
-
+    token = os.environ.get(spec.token_env) or None
+    api = HfApi(token=token)
+    retry: dict[str, Any] = {"max_retries": spec.max_retries, "backoff_base": spec.backoff_base}
     uploaded = []
     for name in ("rounds.png", "view.html"):
         if (run_dir / name).is_file():
-            upload((run_dir / name).read_bytes(), f"neat-data/{name}")
+            upload_file(api, spec.repo_id, f"neat-data/{name}", (run_dir / name).read_bytes(), token=token, **retry)
             uploaded.append(f"neat-data/{name}")
-    try:
-        path = with_retries(
-            lambda: api.hf_hub_download(spec.repo_id, "README.md", repo_type="dataset"),
-            what="card download",
-            max_retries=spec.max_retries,
-            backoff_base=spec.backoff_base,
-        )
-        existing = Path(path).read_text(encoding="utf-8")
-    except (EntryNotFoundError, RemoteEntryNotFoundError):
-        existing = None
-    upload(merge_card(existing, rounds_card_section(run_dir), "rounds", spec.repo_id).encode("utf-8"), "README.md")
+    existing = download_card(api, spec.repo_id, **retry)
+    card = merge_card(existing, rounds_card_section(run_dir), "rounds", spec.repo_id)
+    upload_file(api, spec.repo_id, "README.md", card.encode("utf-8"), token=token, **retry)
     return uploaded + ["README.md"]
 
 

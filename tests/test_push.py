@@ -71,6 +71,19 @@ def test_push_writes_private_parquet_and_a_card_without_the_token(exported_run: 
     assert TOKEN not in result.output
 
 
+def test_a_card_that_would_carry_the_token_is_refused(exported_run: Path, hub: FakeHub, monkeypatch):
+    # A manifest never holds the token, so only a token that happens to equal text of the card can get there: here
+    # the scorer's name. The card must not reach the Hub, and the failure line must not print the token.
+    token = "python:test_push:response_length"
+    monkeypatch.setenv("HF_TOKEN", token)
+    result = push(exported_run, "--config-name", "round_1")
+    assert result.exit_code != 0
+    assert "refusing to upload README.md: it contains the Hub token" in result.output
+    assert token not in result.output
+    card = hub.repo("me/neat-hh") / "README.md"
+    assert not card.exists() or token not in card.read_text()
+
+
 def test_second_config_keeps_the_first_and_a_repush_replaces_its_section(exported_run: Path, hub: FakeHub):
     assert push(exported_run, "--config-name", "round_1").exit_code == 0
     assert push(exported_run, "--config-name", "round_2").exit_code == 0

@@ -12,12 +12,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neat_data.engines.base import Sampling
-from neat_data.runfolder import atomic_write_table
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.stages.rank import RankConfig, run_rank
 from neat_data.stages.score import ScoreConfig, run_score
@@ -62,8 +60,8 @@ def reply(messages, sample, seed):
 
 
 def make_stage_run(folder: Path, *, dropped_table: bool) -> Path:
-    """generate → score → rank into `folder`; with `dropped_table`, ranked/dropped.parquet lists each dropped
-    pair (what the rank stage writes from this version on; written here from the real lists when it does not)."""
+    """generate → score → rank into `folder`; without `dropped_table`, ranked/dropped.parquet (which the rank stage
+    writes) is removed, as in a run folder made before rank recorded each dropped pair."""
     prompts = folder.parent / f"{folder.name}-prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in QUESTIONS), encoding="utf-8")
     backend = ScriptedBackend(reply=reply, fail_when=lambda m: "HTTP 500 after 6 attempts" if "[[fail]]" in m[-1]["content"] else None)
@@ -74,43 +72,9 @@ def make_stage_run(folder: Path, *, dropped_table: bool) -> Path:
     )
     run_score(ScoreConfig(run=folder, scorer="python:view_runs:score_by_length"), progress=False)
     run_rank(RankConfig(run=folder, pairs="best-vs-worst", min_margin=1.0))
-    dropped_path = folder / "ranked" / "dropped.parquet"
-    if dropped_table and not dropped_path.exists():
-        write_dropped_table(folder)
     if not dropped_table:
-        dropped_path.unlink(missing_ok=True)
+        (folder / "ranked" / "dropped.parquet").unlink()
     return folder
-
-
-def write_dropped_table(folder: Path) -> None:
-    """best-vs-worst pairs of lists with ≥ 2 candidates and no kept pair: dropped for their margin (or a tie)."""
-    lists = pq.read_table(folder / "ranked" / "lists.parquet").to_pylist()
-    kept = set(pq.read_table(folder / "ranked" / "pairs.parquet").column("prompt_id").to_pylist())
-    rows = []
-    for entry in lists:
-        if len(entry["keys"]) >= 2 and entry["prompt_id"] not in kept:
-            best, worst = entry["scores"][0], entry["scores"][-1]
-            rows.append(
-                {
-                    "prompt_id": entry["prompt_id"],
-                    "key_chosen": entry["keys"][0],
-                    "key_rejected": entry["keys"][-1],
-                    "score_chosen": best,
-                    "score_rejected": worst,
-                    "reason": "tie" if best == worst else "margin",
-                }
-            )
-    schema = pa.schema(
-        [
-            ("prompt_id", pa.string()),
-            ("key_chosen", pa.string()),
-            ("key_rejected", pa.string()),
-            ("score_chosen", pa.float64()),
-            ("score_rejected", pa.float64()),
-            ("reason", pa.string()),
-        ]
-    )
-    atomic_write_table(folder / "ranked" / "dropped.parquet", pa.Table.from_pylist(rows, schema=schema))
 
 
 def scored_rows(folder: Path) -> list[dict]:

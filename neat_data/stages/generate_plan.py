@@ -24,7 +24,7 @@ from neat_data.engines import BackendName, BackendOptions, loads_model_locally
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.errors import redact_secrets
 from neat_data.keys import content_key, request_seed, text_hash
-from neat_data.messages import SystemCombine, build_messages, parse_reply
+from neat_data.messages import SystemCombine, build_messages, error_columns, parse_reply
 from neat_data.pairs import PairLibrary, PromptPair, choose_pair
 from neat_data.prompts_in import PromptRecord
 
@@ -180,23 +180,9 @@ def result_rows(
         if key not in wanted:
             continue
         if result.error is not None:  # scrubbed here too: an engine's exception text may quote an environment secret
-            columns = {
-                "response": None,
-                "finish_reason": None,
-                "prompt_tokens": None,
-                "completion_tokens": None,
-                "status": "error",
-                "error": redact_secrets(result.error),
-            }
+            columns = error_columns(redact_secrets(result.error))
         elif sample_index >= len(result.completions):
-            columns = {
-                "response": None,
-                "finish_reason": None,
-                "prompt_tokens": None,
-                "completion_tokens": None,
-                "status": "error",
-                "error": f"engine returned {len(result.completions)} of {len(planned.keys)} samples",
-            }
+            columns = error_columns(f"engine returned {len(result.completions)} of {len(planned.keys)} samples")
         else:
             completion = result.completions[sample_index]
             columns = parse_reply(completion.text, completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)

@@ -103,6 +103,44 @@ def with_retries(
     raise AssertionError("unreachable")
 
 
+def download_card(api: Any, repo_id: str, *, max_retries: int, backoff_base: float) -> str | None:
+    """The dataset repo's README.md, or None when it has none yet."""
+    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
+
+    try:
+        path = with_retries(
+            lambda: api.hf_hub_download(repo_id, "README.md", repo_type="dataset"),
+            what="card download",
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+        )
+    except (EntryNotFoundError, RemoteEntryNotFoundError):
+        return None
+    return Path(path).read_text(encoding="utf-8")
+
+
+def upload_file(
+    api: Any, repo_id: str, path_in_repo: str, data: bytes, *, token: str | None, max_retries: int, backoff_base: float
+) -> None:
+    """One file into the dataset repo, retried like every Hub call. Refuses bytes that contain the Hub token: a
+    card or page is built from manifests that never hold one, so this only fires on a bug — better than publishing it."""
+    if token and token.encode("utf-8") in data:
+        raise NeatError(f"refusing to upload {path_in_repo}: it contains the Hub token", field="token_env")
+    with_retries(
+        functools.partial(
+            api.upload_file,
+            path_or_fileobj=data,
+            path_in_repo=path_in_repo,
+            repo_id=repo_id,
+            repo_type="dataset",
+            commit_message=f"neat-data: {path_in_repo}",
+        ),
+        what=f"upload of {path_in_repo}",
+        max_retries=max_retries,
+        backoff_base=backoff_base,
+    )
+
+
 def score_statistics(run_dir: Path) -> dict[str, dict[str, float]]:
     if not (run_dir / "scored").is_dir():
         return {}
@@ -182,7 +220,6 @@ def merge_card(existing: str | None, section: str, config_name: str, repo_id: st
 def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any]:
     from datasets import load_from_disk
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
     run_dir = Path(config.run)
     folder = run_dir / "export" / config.format / "hf"
@@ -209,32 +246,15 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
             what=f"push of split '{name}'",
             **retry,
         )
-    try:
-        path = with_retries(lambda: api.hf_hub_download(config.repo_id, "README.md", repo_type="dataset"), what="card download", **retry)
-        existing = Path(path).read_text(encoding="utf-8")
-    except (EntryNotFoundError, RemoteEntryNotFoundError):
-        existing = None
+    existing = download_card(api, config.repo_id, **retry)
     manifest = read_manifest(run_dir)
     section = card_section(config, manifest, splits, score_statistics(run_dir), argv)
     card = merge_card(existing, section, config.config_name, config.repo_id)
-    if token and token in card:  # a manifest never holds one; refuse rather than publish it
-        raise NeatError("refusing to upload a card that contains the Hub token", field="token_env")
     uploads = [("README.md", card.encode("utf-8"))]
     for png in sorted((run_dir / "report").glob("*.png")):
         uploads.append((f"neat-data/{config.config_name}/{png.name}", png.read_bytes()))
     for path_in_repo, data in uploads:
-        with_retries(
-            functools.partial(
-                api.upload_file,
-                path_or_fileobj=data,
-                path_in_repo=path_in_repo,
-                repo_id=config.repo_id,
-                repo_type="dataset",
-                commit_message=f"neat-data: {path_in_repo}",
-            ),
-            what=f"upload of {path_in_repo}",
-            **retry,
-        )
+        upload_file(api, config.repo_id, path_in_repo, data, token=token, **retry)
     entry = {"config": config.model_dump(mode="json"), "command": argv, "splits": splits, "finished": True}
     update_manifest(run_dir, f"push:{config.config_name}", entry)
     return entry
