@@ -61,7 +61,7 @@ def _default_text(field: FieldInfo) -> str | None:
     else:
         value = field.default
     if isinstance(value, list):
-        return ",".join(str(v) for v in value)
+        return ",".join(str(v) for v in value) or None  # an empty list: nothing to show
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

@@ -4,7 +4,8 @@
     neat-data evaluate runs/demo/eval --model runs/demo/model --heldout heldout.jsonl
     neat-data run pipelines/quickstart.yaml --set rounds=3
 
-`train` options are made from `TrainConfig`'s fields (names, types, defaults and help in one place).
+`train` options are made from `TrainConfig`'s fields, `evaluate`'s from `EvaluateConfig` and the recipe's
+`EvaluateSpec` (names, types, defaults and help in one place).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import click
 
 def register(cli: click.Group, argv: Any) -> None:
     """Add the commands to the main group (`argv()` rebuilds the command line for manifests)."""
-    from neat_data.cli_options import build_config, config_options
+    from neat_data.cli_options import build_config, config_options, option_names
     from neat_data.train.trainer import TrainConfig
 
     @cli.command()
@@ -51,6 +52,16 @@ def register(cli: click.Group, argv: Any) -> None:
                 f"{summary.tokens} tokens in {summary.seconds:.0f} s ({summary.tokens_per_second:.0f} tok/s) → {summary.out}"
             )
 
+    from neat_data.recipe import EvaluateSpec
+    from neat_data.stages.evaluate import EvaluateConfig
+
+    # evaluate's options: the evaluation's own fields (EvaluateConfig), the held-out generation's fields that a
+    # recipe's `evaluate:` section also sets (EvaluateSpec: backend, sampling — one default for CLI and recipe), and
+    # the few that name the inputs.
+    evaluation_skip = ("generate", "score")
+    generation_skip = ("samples", "suites", "suite_limit", "negative_control", "options")
+    generation_names = set(option_names(EvaluateSpec, skip=generation_skip))
+
     @cli.command()
     @click.argument("eval_dir", type=click.Path(path_type=Path))
     @click.option("--model", required=True, help="The policy to evaluate.")
@@ -64,24 +75,10 @@ def register(cli: click.Group, argv: Any) -> None:
     @click.option(
         "--scorer-model", help="Reward model / self-contrast reference (default: --model; name the base model to compare rounds)."
     )
-    @click.option("--base-eval", type=click.Path(path_type=Path), help="The base model's eval folder: win rate against it.")
-    @click.option("--preferred", type=click.Path(path_type=Path), help="Preferred responses for perplexity (eval folder or Parquet/JSONL).")
-    @click.option("--backend", type=click.Choice(["transformers", "vllm", "openai"]), default="transformers", show_default=True)
     @click.option("--base-url", help="openai: endpoint.")
-    @click.option("--max-tokens", type=int, default=128, show_default=True)
-    @click.option("--temperature", type=float, default=0.7, show_default=True)
-    @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option(
-        "--samples",
-        type=int,
-        default=1,
-        show_default=True,
-        help="Responses per prompt (k), held-out and suites; intervals resample prompts.",
-    )
-    @click.option(
-        "--suites", default="", help="Evaluation suites, comma-separated: bundled (harmbench, strongreject, benign) or YAML paths."
-    )
-    @click.option("--suite-limit", type=int, help="At most N prompts per suite (a seeded subset), e.g. for a CPU run.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+    @config_options(EvaluateSpec, skip=generation_skip)
+    @config_options(EvaluateConfig, skip=evaluation_skip)
     def evaluate(
         eval_dir: Path,
         model: str,
@@ -89,43 +86,39 @@ def register(cli: click.Group, argv: Any) -> None:
         pairs: str,
         scorer: str,
         scorer_model: str | None,
-        base_eval: Path | None,
-        preferred: Path | None,
-        backend: str,
         base_url: str | None,
-        max_tokens: int,
-        temperature: float,
         seed: int,
-        samples: int,
-        suites: str,
-        suite_limit: int | None,
+        **options: Any,
     ) -> None:
         """Held-out evaluation of a policy with the neutral prompt: reward (95% CI), win rate vs base, perplexity; with
         --suites, per suite refusal rate, P(offensive), VADER tone, length and truncation (95% CIs; paired vs --base-eval).
         These measure refusal wording, offensiveness and tone, not helpfulness."""
-        from neat_data.stages.evaluate import EvaluateConfig, run_evaluate
+        from neat_data.stages.evaluate import run_evaluate
 
-        config = EvaluateConfig.model_validate(
-            {
-                "generate": {
-                    "prompts": heldout,
-                    "pairs": pairs.split(","),
-                    "model": model,
-                    "backend": backend,
-                    "out": str(eval_dir),
-                    "num_pos": 0,
-                    "num_neg": 0,
-                    "num_neutral": samples,
-                    "base_url": base_url,
-                    "sampling": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed},
+        generation = build_config(EvaluateSpec, {k: v for k, v in options.items() if k in generation_names})
+        evaluation = {k: v for k, v in options.items() if k not in generation_names}
+        samples = options.get("samples") or EvaluateConfig.model_fields["samples"].default
+        config = build_config(
+            EvaluateConfig,
+            evaluation,
+            generate={
+                "prompts": heldout,
+                "pairs": pairs.split(","),
+                "model": model,
+                "backend": generation.backend,
+                "out": str(eval_dir),
+                "num_pos": 0,
+                "num_neg": 0,
+                "num_neutral": samples,
+                "base_url": base_url,
+                "sampling": {
+                    "max_tokens": generation.max_tokens,
+                    "temperature": generation.temperature,
+                    "top_p": generation.top_p,
+                    "seed": seed,
                 },
-                "score": {"run": str(eval_dir), "scorer": scorer, "model": scorer_model or model},
-                "samples": samples,
-                "suites": [s.strip() for s in suites.split(",") if s.strip()],
-                "suite_limit": suite_limit,
-                "base_eval": base_eval,
-                "preferred": preferred,
-            }
+            },
+            score={"run": str(eval_dir), "scorer": scorer, "model": scorer_model or model},
         )
         click.echo(json.dumps(run_evaluate(config, argv=argv()), indent=2))
 

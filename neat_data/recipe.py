@@ -114,9 +114,9 @@ class EvaluateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: BackendName = Field("transformers", description="transformers: no engine start for a small held-out set.")
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature of the held-out and suite responses.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the held-out and suite responses.")
+    max_tokens: int = Field(128, ge=1, description="Longest held-out / suite response, in tokens.")
     samples: int = Field(1, ge=1, le=256, description="Responses per held-out / suite prompt (k); intervals resample prompts.")
     suites: list[str] = Field(
         default_factory=list, description="Evaluation suites (prompts/eval/ names or YAML paths), e.g. [harmbench, benign]."

@@ -108,6 +108,7 @@ def test_the_cli_offers_exactly_the_names_the_configs_define():
 
     for path, names in (
         (("generate", "backend"), BackendName),
+        (("evaluate", "backend"), BackendName),  # it offered a hand-written three of them
         (("score", "judge_backend"), JudgeBackendName),
         (("score", "judge_mode"), JudgeMode),
         (("export", "format"), ExportFormat),
