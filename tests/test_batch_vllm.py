@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from neat_data.engines.base import GenerationRequest, Sampling
-from neat_data.engines.openai_backend import chat_body
 from neat_data.engines.openai_batch import OpenAIBatchOptions
+from neat_data.engines.openai_wire import chat_body
 from neat_data.engines.vllm_backend import VLLMBackend, VLLMOptions
 from neat_data.engines.vllm_batch import VLLMBatchBackend
 

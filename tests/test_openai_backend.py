@@ -158,7 +158,7 @@ def test_api_key_is_sent_but_never_in_repr(fake_server, monkeypatch):
 
 
 def test_parse_chat_response_orders_choices_and_rejects_malformed_bodies():
-    from neat_data.engines.openai_backend import parse_chat_response
+    from neat_data.engines.openai_wire import parse_chat_response
 
     body = {
         "choices": [

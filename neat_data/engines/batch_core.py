@@ -2,7 +2,7 @@
 
 In:  GenerationRequests (each with an `id`), the sampling, the model name.
 Out: JSONL lines `{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}` — `body` is exactly
-     what the online backend POSTs (`openai_backend.chat_body`) — split into files under a request count and a byte
+     what the online backend POSTs (`openai_wire.chat_body`) — split into files under a request count and a byte
      size; and, from a finished batch's output and error files, one RequestResult per custom_id.
 
 Mapping rules (`read_outcomes`): a 200 line → its completions (a body that is not a chat.completion → error
@@ -24,8 +24,8 @@ from typing import Any
 
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.batch_journal import BatchRecord
-from neat_data.engines.openai_backend import chat_body, parse_chat_response
 from neat_data.engines.openai_http import encode_json
+from neat_data.engines.openai_wire import chat_body, parse_chat_response
 from neat_data.errors import redact_secret
 
 ENDPOINT = "/v1/chat/completions"

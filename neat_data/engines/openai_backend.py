@@ -10,7 +10,8 @@
 - a request that still fails becomes an error result with the reason — never an exception, never a drop.
 The API key is read from the environment variable named by `api_key_env` and is never logged or stored; every
 error text is redacted (the key and any 16+ character piece of it) before it is cut to length.
-`chat_body` is the one definition of a request's JSON body (the batch backends write the same body).
+The request body and the parsing of an answer are pure functions in neat_data.engines.openai_wire (the batch
+backends write and read the same).
 The asyncio loop runs in a worker thread so results stream back to the (synchronous) stage as they finish.
 """
 
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+from neat_data.engines.openai_wire import UsageTotal, chat_body, parse_chat_response, rejects_system_role
 from neat_data.errors import redact_secret
 
 _DONE = object()
@@ -148,7 +150,9 @@ class OpenAIBackend:
             from neat_data.engines.openai_http import ChatHTTPClient
 
             return ChatHTTPClient(self.base_url, self._api_key, max_connections=self.max_concurrency, timeout=self.timeout)
-        return _SDKChatClient(self.base_url, self._api_key, max_connections=self.max_concurrency, timeout=self.timeout)
+        from neat_data.engines.openai_http import SDKChatClient
+
+        return SDKChatClient(self.base_url, self._api_key, max_connections=self.max_concurrency, timeout=self.timeout)
 
     def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
         results: queue.Queue[Any] = queue.Queue()
@@ -199,7 +203,7 @@ class OpenAIBackend:
         self, client: Any, limiter: RateLimiter, semaphore: asyncio.Semaphore, request: GenerationRequest, sampling: Sampling
     ) -> RequestResult:
         mode = "none" if request.merged_messages is None else "system"
-        usage = _Usage()
+        usage = UsageTotal()
         try:
             if mode == "system" and not self.system_role_ok:
                 mode = "merged"
@@ -207,7 +211,7 @@ class OpenAIBackend:
             try:
                 completions, fallback = await self._samples(client, limiter, semaphore, messages, request, sampling, usage)
             except _Rejected as error:
-                if mode == "system" and request.merged_messages is not None and _rejects_system_role(str(error)):
+                if mode == "system" and request.merged_messages is not None and rejects_system_role(str(error)):
                     self.system_role_ok = False
                     self.stats["system_role_fallback"] += 1
                     mode = "merged"
@@ -239,7 +243,7 @@ class OpenAIBackend:
         messages: list[dict[str, str]],
         request: GenerationRequest,
         sampling: Sampling,
-        usage: _Usage,
+        usage: UsageTotal,
     ) -> tuple[list[Completion], bool]:
         completions: list[Completion] = []
         if self.n_supported or request.n == 1:
@@ -268,7 +272,7 @@ class OpenAIBackend:
         n: int,
         seed: int,
         sampling: Sampling,
-        usage: _Usage,
+        usage: UsageTotal,
     ) -> list[Completion]:
         from neat_data.engines.openai_http import HTTPStatusFailure, TransportFailure
 
@@ -312,116 +316,6 @@ class OpenAIBackend:
 
     def close(self) -> None:
         pass
-
-
-def parse_chat_response(data: Any, n: int) -> list[Completion]:
-    """Completions from a chat.completion JSON body, in choice order; ValueError if the body is malformed."""
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        raise ValueError(f"expected a chat.completion object with 'choices', got {type(data).__name__}")
-    choices = data["choices"]
-    if not choices:
-        raise ValueError("response has no choices")
-    usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
-    completions = []
-    for position, choice in sorted(enumerate(choices), key=lambda item: _choice_index(item[1], item[0])):
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
-            raise ValueError(f"choice {position} has no message")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            raise ValueError(f"choice {position} content is {type(content).__name__}, not a string")
-        completions.append(
-            Completion(
-                text=content,
-                finish_reason=choice.get("finish_reason"),
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens") if len(choices) == 1 else None,
-            )
-        )
-    return completions
-
-
-def chat_body(model: str, messages: list[dict[str, str]], n: int, seed: int, sampling: Sampling) -> dict[str, Any]:
-    """The JSON body of one chat-completions request: what the online backend POSTs and what a batch file line
-    carries as `body` (neat_data.engines.openai_batch), so both paths send exactly the same request."""
-    return {
-        "model": model,
-        "messages": messages,
-        "n": n,
-        "seed": seed,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "max_tokens": sampling.max_tokens,
-    }
-
-
-class _SDKChatClient:
-    """The openai SDK over httpx behind ChatHTTPClient's interface (`post_json`, `close`): same exceptions, same
-    reasons. ~10x the CPU per request of the lean client (benchmarks/openai_backend.py); for low concurrency."""
-
-    def __init__(self, base_url: str, api_key: str, *, max_connections: int, timeout: float):
-        import httpx2
-        import openai
-
-        from neat_data.engines.openai_http import CONNECT_TIMEOUT
-
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        httpx_timeout = httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
-        self.timeout = timeout
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key,
-            max_retries=0,
-            timeout=httpx_timeout,
-            http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=httpx_timeout),
-        )
-
-    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
-        import openai
-
-        from neat_data.engines.openai_http import HTTPStatusFailure, TransportFailure, classify_transport_error
-
-        try:
-            # a plain body with cast_to=object: the SDK's request without its typed transform and response models
-            return await self._client.post(path, cast_to=object, body=body)
-        except openai.APIStatusError as error:
-            raise HTTPStatusFailure(error.status_code, error.message, error.response.headers) from None
-        except (openai.APITimeoutError, openai.APIConnectionError) as error:
-            kind, reason = classify_transport_error(error, self.timeout)
-            raise TransportFailure(kind, reason) from None
-        except (openai.APIResponseValidationError, ValueError) as error:
-            raise TransportFailure("malformed", f"malformed response: {error}") from None
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-class _Usage:
-    """Tokens billed for one request's successful calls (the `usage` object of each answer); None when no answer
-    carried usage."""
-
-    def __init__(self) -> None:
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
-
-    def add(self, data: dict[str, Any]) -> None:
-        usage = data.get("usage")
-        if not isinstance(usage, dict):
-            return
-        for name in ("prompt_tokens", "completion_tokens"):
-            value = usage.get(name)
-            if isinstance(value, int):
-                setattr(self, name, (getattr(self, name) or 0) + value)
-
-
-def _choice_index(choice: Any, position: int) -> int:
-    index = choice.get("index") if isinstance(choice, dict) else None
-    return index if isinstance(index, int) else position
-
-
-def _rejects_system_role(message: str) -> bool:
-    lowered = message.lower()
-    return "system" in lowered and ("role" in lowered or "not supported" in lowered)
 
 
 def _short(text: str, limit: int = 300) -> str:
