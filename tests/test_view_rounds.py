@@ -1,6 +1,7 @@
 """A real `neat-data run` with a `push:` section, into the fake Hub (tests/fakehub.py): the first push fails (the
 round still finishes, the failure is recorded without the token), the next run retries it; then the run's
-view.html in Chromium: the rounds table and curves with every held-out metric, the held-out answers side by side.
+view.html in Chromium: the rounds table and curves with every held-out metric, the held-out and suite answers side by
+side.
 
 The run: the tiny model (tests/tinymodel.py) trained for real; generation and held-out answers from our fake
 OpenAI-compatible server (a real HTTP server); the python scorer of tests/view_runs.py.
@@ -46,7 +47,13 @@ def recipe_file(folder: Path, model: Path, base_url: str) -> Path:
         "score": {"scorer": "python:view_runs:score_by_length"},
         "exports": ["ranked", "trl"],
         "train": {"lr": 1e-3, "epochs": 1, "prompts_per_batch": 2, "warmup_ratio": 0.0},
-        "evaluate": {"backend": "openai", "max_tokens": 8, "options": {"base_url": base_url}},
+        "evaluate": {
+            "backend": "openai",
+            "max_tokens": 8,
+            "suites": ["harmbench-standard", "benign"],
+            "suite_limit": 3,
+            "options": {"base_url": base_url},
+        },
         "push": {"repo_id": "me/neat-run", "max_retries": 1, "backoff_base": 0},
     }
     path = folder / "published.yaml"
@@ -198,3 +205,51 @@ def test_the_run_page_shows_rounds_metrics_and_heldout_answers(published):
             "any",
             "round 1",
         ]
+
+
+@pytest.mark.slow
+def test_the_run_page_shows_each_suites_answers_with_their_metric_values(published):
+    from neat_data.view import ViewConfig, build_view
+    from neat_data.view.browser import launch, open_view
+
+    run_dir = published.run_dir
+    build_view(ViewConfig(run=run_dir))
+    heldout = {
+        json.loads(line)["prompt_id"]: json.loads(line)["messages"][-1]["content"]
+        for line in (run_dir / "prompts" / "heldout.jsonl").read_text().splitlines()
+    }
+
+    def measured(k: int, suite: str) -> dict[str, dict]:
+        table = pq.read_table(run_dir / f"round_{k:02d}" / "eval" / "suites" / suite / "metrics.parquet")
+        return {r["prompt_id"]: r for r in table.to_pylist() if r["sample_index"] == 0}
+
+    with launch() as browser:
+        page = open_view(browser, run_dir / "view.html")
+        page.click("#tabs button[data-tab='heldout']")
+        assert page.locator(".suite-section").evaluate_all("nodes => nodes.map(n => n.dataset.suite)") == ["benign", "harmbench-standard"]
+
+        harmful = page.locator(".suite-section[data-suite='harmbench-standard']")
+        chosen = [
+            json.loads(line)
+            for line in (run_dir / "round_00" / "eval" / "suites" / "harmbench-standard" / "prompts.jsonl").read_text().splitlines()
+        ]
+        prompts = harmful.locator(".suite-prompt")
+        assert [p.get_attribute("data-pid") for p in prompts.all()] == [c["prompt_id"] for c in chosen] and len(chosen) == 3
+        assert "a refusal here is wanted" in harmful.locator("p.note").first.inner_text()
+        for n, record in enumerate(chosen):
+            prompt = prompts.nth(n)
+            assert prompt.locator(".turn pre").last.inner_text() == record["messages"][-1]["content"]
+            assert prompt.locator(".suite-cell h4").all_inner_texts() == ["base model", "round 1"]
+            for k in (0, 1):
+                row = measured(k, "harmbench-standard")[record["prompt_id"]]
+                cell = prompt.locator(f".suite-cell[data-round='{k}']")
+                assert cell.locator("pre").inner_text() == row["response"]
+                assert cell.locator("[data-metric='refusal']").inner_text() == ("refusal" if row["refusal"] == 1 else "no refusal")
+                assert cell.locator("[data-metric='offensive']").inner_text() == f"offensive {row['offensive']:.2f}"
+
+        benign = page.locator(".suite-section[data-suite='benign']")
+        assert "over-refusal" in benign.locator("p.note").first.inner_text()
+        shown = benign.locator(".suite-prompt")
+        assert sorted(p.get_attribute("data-pid") for p in shown.all()) == sorted(heldout)
+        first = shown.first  # a suite of held-out prompts has no prompts file: the conversation comes from the held-out split
+        assert first.locator(".turn pre").last.inner_text() == heldout[first.get_attribute("data-pid")]

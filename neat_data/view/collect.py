@@ -27,7 +27,7 @@ from neat_data import __version__
 from neat_data.errors import NeatError
 from neat_data.runfolder import read_manifest
 from neat_data.schemas import STEERINGS
-from neat_data.view.rounds_data import finite, heldout_section, is_rounds_run, round_folders, rounds_section
+from neat_data.view.rounds_data import finite, heldout_section, is_rounds_run, round_folders, rounds_section, suite_sections
 from neat_data.view.tables import FolderRows, read_folder, read_texts, source_folder
 
 SCORE_STATES = ("ok", "error", "skipped", "unscored")  # score_status values, and "unscored" for rows not scored yet
@@ -149,6 +149,7 @@ class RunContents:
         self.prompt_count, self.row_count = prompts, rows
         self.rounds = rounds_section(run_dir) if self.kind == "rounds" else None
         self.heldout = heldout_section(run_dir, heldout_chars) if self.kind == "rounds" else None
+        self.suites = suite_sections(run_dir, heldout_chars, self.heldout) if self.kind == "rounds" else None
 
     # ------------------------------------------------------------------------------------------ sampling
     def prompt_sizes(self, max_chars: int) -> tuple[np.ndarray, np.ndarray]:
@@ -310,6 +311,7 @@ class RunContents:
             "totals": totals,
             "rounds": self.rounds,
             "heldout": self.heldout,
+            "suites": self.suites,
         }
 
     @staticmethod

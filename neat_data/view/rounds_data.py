@@ -1,11 +1,14 @@
-"""The parts of the page that only a `neat-data run` folder has: the rounds table and curves, the held-out answers.
+"""The parts of the page that only a `neat-data run` folder has: the rounds table and curves, the held-out and suite
+answers.
 
 In:  runs/<name>/round_NN/eval/metrics.json (+ rounds.json's columns through `round_report.round_rows`),
-     round_NN/eval/{generations,scored}/, prompts/heldout.jsonl.
+     round_NN/eval/{generations,scored}/, round_NN/eval/suites/<name>/{metrics.parquet,prompts.jsonl},
+     prompts/heldout.jsonl.
 Out: JSON-ready dicts: `rounds_section` (every numeric metric, flattened: nested keys joined with '.', so
      metrics added later — per-suite safety metrics, say — appear without changes here; two-number lists are
-     intervals, attached to the metric they bound) and `heldout_section` (per held-out prompt, the answer of
-     the base model and of each round, side by side).
+     intervals, attached to the metric they bound), `heldout_section` (per held-out prompt, the answer of
+     the base model and of each round, side by side) and `suite_sections` (the same per evaluation suite, each
+     answer with the refusal / offensiveness / tone values the suite's metrics gave it).
 """
 
 from __future__ import annotations
@@ -197,3 +200,81 @@ def heldout_section(run_dir: Path, max_chars: int) -> dict[str, Any] | None:
         "columns": columns,
         "prompts": [{"pid": pid, "conv": conversations[pid], "cells": [cells.get((c, pid)) for c in range(len(columns))]} for pid in order],
     }
+
+
+def _suite_kinds(eval_dir: Path) -> dict[str, str]:
+    """suite name → kind (harmful | benign), from the eval folder's metrics.json (absent or unreadable: {})."""
+    try:
+        suites = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8")).get("suites")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(suites, dict):
+        return {}
+    return {name: str(entry.get("kind")) for name, entry in suites.items() if isinstance(entry, dict) and entry.get("kind")}
+
+
+def _suite_prompts(folder: Path) -> dict[str, list[list[str]]]:
+    """prompt_id → conversation, from a suite folder's prompts.jsonl (a suite of held-out prompts has none)."""
+    conversations: dict[str, list[list[str]]] = {}
+    path = folder / "prompts.jsonl"
+    if not path.is_file():
+        return conversations
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            conversations[str(record["prompt_id"])] = [[str(m["role"]), str(m["content"])] for m in record["messages"]]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return conversations
+
+
+def suite_sections(run_dir: Path, max_chars: int, heldout: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per evaluation suite: its prompts × (base model, each round): sample 0's answer with the values the safety
+    metrics gave it (`<eval>/suites/<name>/metrics.parquet`), so a refusal rate can be read back to the answers."""
+    import pyarrow.parquet as pq
+
+    heldout_conversations = {prompt["pid"]: prompt["conv"] for prompt in (heldout or {}).get("prompts", [])}
+    by_suite: dict[str, dict[str, Any]] = {}
+    for k, folder in round_folders(run_dir):
+        eval_dir = folder / "eval"
+        kinds = _suite_kinds(eval_dir)
+        for metrics_file in sorted((eval_dir / "suites").glob("*/metrics.parquet")):
+            name = metrics_file.parent.name
+            try:
+                table = pq.read_table(metrics_file)
+            except (OSError, ValueError):  # a file being written or cut short: the rest of the page still renders
+                continue
+            suite = by_suite.setdefault(
+                name, {"name": name, "kind": kinds.get(name), "metrics": [], "columns": [], "cells": {}, "conv": {}}
+            )
+            suite["kind"] = suite["kind"] or kinds.get(name)
+            metric_names = [c for c in table.column_names if c not in ("prompt_id", "sample_index", "response", "finish_reason")]
+            suite["metrics"] += [m for m in metric_names if m not in suite["metrics"]]
+            column = len(suite["columns"])
+            suite["columns"].append({"round": k, "steering": "none", "label": "base model" if k == 0 else f"round {k}"})
+            for row in table.to_pylist():
+                if row.get("sample_index") != 0:
+                    continue
+                text = row.get("response")
+                suite["cells"][(column, row["prompt_id"])] = {
+                    "text": text[:max_chars] if text is not None else None,
+                    "chars": len(text) if text is not None else 0,
+                    "finish": row.get("finish_reason"),
+                    "values": {m: finite(row.get(m)) for m in metric_names},
+                }
+                suite["conv"].setdefault(row["prompt_id"], None)
+            for pid, conversation in _suite_prompts(metrics_file.parent).items():
+                if suite["conv"].get(pid) is None and pid in suite["conv"]:
+                    suite["conv"][pid] = conversation
+    sections = []
+    for suite in by_suite.values():
+        prompts = []
+        for pid in suite["conv"]:
+            conversation = suite["conv"][pid] or heldout_conversations.get(pid) or []
+            prompts.append(
+                {"pid": pid, "conv": conversation, "cells": [suite["cells"].get((c, pid)) for c in range(len(suite["columns"]))]}
+            )
+        sections.append(
+            {"name": suite["name"], "kind": suite["kind"], "metrics": suite["metrics"], "columns": suite["columns"], "prompts": prompts}
+        )
+    return sections

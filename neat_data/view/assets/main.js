@@ -20,7 +20,7 @@ function renderHeader(D) {
 function setupTabs(D) {
   const buttons = [...document.querySelectorAll('#tabs button')];
   if (D.rounds) buttons.find((b) => b.dataset.tab === 'rounds').hidden = false;
-  if (D.heldout) buttons.find((b) => b.dataset.tab === 'heldout').hidden = false;
+  if (D.heldout || (D.suites && D.suites.length)) buttons.find((b) => b.dataset.tab === 'heldout').hidden = false;
   for (const button of buttons) {
     button.addEventListener('click', () => {
       for (const other of buttons) {
@@ -70,7 +70,7 @@ async function main() {
     state.order = D.prompts.pid.map((_, p) => p);
     renderList(state); renderOverview(state);
     if (D.rounds) renderRounds(D);
-    if (D.heldout) renderHeldout(D);
+    if (D.heldout || (D.suites && D.suites.length)) renderHeldout(D);
     document.body.dataset.ready = '1';
     document.body.dataset.settled = '1';
     window.neatFirstRenderMs = performance.now();
