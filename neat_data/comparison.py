@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from neat_data.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_manifest
+from neat_data.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object, read_manifest
 from neat_data.safety.stats import bootstrap_mean, paired_difference, per_prompt_means
 from neat_data.stages.evaluate import neutral_scores
 
@@ -59,7 +59,7 @@ def compare(parent: Path, variants: list[str], reference: str, rounds: int, *, s
             eval_dir = run_dir / f"round_{k:02d}" / "eval"
             mine = prompt_values(eval_dir)
             theirs = prompt_values(parent / reference / f"round_{k:02d}" / "eval") if name != reference else {}
-            metrics = _read_json(eval_dir / "metrics.json")
+            metrics = read_json_object(eval_dir / "metrics.json")
             row: dict[str, Any] = {
                 "win_rate_vs_base": metrics.get("win_rate_vs_base"),
                 "perplexity": metrics.get("perplexity"),
@@ -73,12 +73,6 @@ def compare(parent: Path, variants: list[str], reference: str, rounds: int, *, s
             entry["rounds"][str(k)] = row
         table["variants"][name] = entry
     return table
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _fmt(value: Any, spec: str) -> str:

