@@ -279,12 +279,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "manifest.json"
     if not path.exists():
         return {}
-    try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise NeatError(f"manifest is not UTF-8 ({error.reason})", file=path) from None
-    except json.JSONDecodeError as error:
-        raise NeatError(f"manifest is not valid JSON ({error.msg})", file=path, row=error.lineno) from None
+    manifest = _decode_json(path, "manifest is ", "")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict):
         raise NeatError(
             "manifest is not a neat-data manifest (a JSON object with a 'stages' object); restore it or use --overwrite", file=path
@@ -297,15 +292,21 @@ def read_json_object(path: Path) -> dict[str, Any]:
     UTF-8 JSON (hand-edited, cut short) is one line naming it, never a traceback."""
     if not path.is_file():
         return {}
-    try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise NeatError(f"not UTF-8 ({error.reason}); restore it or run that stage again", file=path) from None
-    except json.JSONDecodeError as error:
-        raise NeatError(f"not valid JSON ({error.msg}); restore it or run that stage again", file=path, row=error.lineno) from None
+    hint = "; restore it or run that stage again"
+    value = _decode_json(path, "", hint)
     if not isinstance(value, dict):
-        raise NeatError(f"expected a JSON object, found {type(value).__name__}; restore it or run that stage again", file=path)
+        raise NeatError(f"expected a JSON object, found {type(value).__name__}{hint}", file=path)
     return value
+
+
+def _decode_json(path: Path, subject: str, hint: str) -> Any:
+    """The JSON value of a file; not UTF-8 or not JSON is a NeatError naming the file (and the line)."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise NeatError(f"{subject}not UTF-8 ({error.reason}){hint}", file=path) from None
+    except json.JSONDecodeError as error:
+        raise NeatError(f"{subject}not valid JSON ({error.msg}){hint}", file=path, row=error.lineno) from None
 
 
 def update_manifest(run_dir: Path, stage: str, entry: dict[str, Any]) -> None:
