@@ -1,7 +1,8 @@
-"""A process that asks openai-batch for N requests and appends each answer to a JSONL file, skipping the ids the
+"""A process that asks a batch backend for N requests and appends each answer to a JSONL file, skipping the ids the
 file already holds — as the generate stage writes rows and re-plans only missing keys. The kill tests SIGKILL it.
 
     python tests/batch_worker.py --url http://127.0.0.1:PORT/v1 --state DIR --out rows.jsonl --count 10000
+    python tests/batch_worker.py --vllm-model tiny-model/ --state DIR --out rows.jsonl --count 6    # vllm-batch
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def worker_requests(count: int) -> list[GenerationRequest]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", help="openai-batch against this server")
+    parser.add_argument("--vllm-model", help="vllm-batch with this local model instead")
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--count", type=int, required=True)
@@ -40,13 +42,24 @@ def main() -> None:
     if args.out.exists():
         done = {json.loads(line)["id"] for line in args.out.read_text().splitlines() if line.strip()}
     requests = [r for r in worker_requests(args.count) if r.id not in done]
-    backend = OpenAIBatchBackend(
-        "fake",
-        OpenAIOptions(base_url=args.url, max_retries=2),
-        OpenAIBatchOptions(batch_max_requests=args.max_requests, batch_poll_interval=args.poll, batch_poll_max=args.poll),
-        state_dir=args.state,
-        progress=False,
-    )
+    batch_options = OpenAIBatchOptions(batch_max_requests=args.max_requests, batch_poll_interval=args.poll, batch_poll_max=args.poll)
+    if args.vllm_model:
+        from neat_data.engines.vllm_backend import VLLMOptions
+        from neat_data.engines.vllm_batch import VLLMBatchBackend
+
+        backend: OpenAIBatchBackend | VLLMBatchBackend = VLLMBatchBackend(
+            "tiny",
+            VLLMOptions(max_model_len=1024, kv_cache_gb=1),
+            batch_options,
+            state_dir=args.state,
+            model_path=args.vllm_model,
+            seed=0,
+            progress=False,
+        )
+    else:
+        backend = OpenAIBatchBackend(
+            "fake", OpenAIOptions(base_url=args.url, max_retries=2), batch_options, state_dir=args.state, progress=False
+        )
     with open(args.out, "a", encoding="utf-8") as out:
         for index, result in backend.generate(requests, SAMPLING):
             text = result.completions[0].text if result.completions else None

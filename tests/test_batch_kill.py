@@ -1,6 +1,8 @@
-"""openai-batch survives kills: a process SIGKILLed between submitting its batches and collecting them, or in the
-middle of an upload or of a batch create, is followed by a second process that answers every request exactly once
-while the server counts one batch per input file — nothing is paid for twice."""
+"""The batch backends survive kills. openai-batch: a process SIGKILLed between submitting its batches and collecting
+them, or in the middle of an upload or of a batch create, is followed by a second process that answers every request
+exactly once while the server counts one batch per input file — nothing is paid for twice. vllm-batch: a process
+SIGKILLed while vLLM's run_batch works takes the engine with it, leaves no output, and the next run answers every
+request once."""
 
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSetting
 WORKER = Path(__file__).with_name("batch_worker.py")
 
 
-def start_worker(server: FakeOpenAIServer, state: Path, out: Path, count: int, max_requests: int) -> subprocess.Popen:
+def start_worker(server: FakeOpenAIServer | Path, state: Path, out: Path, count: int, max_requests: int) -> subprocess.Popen:
+    """The worker on openai-batch against `server`, or on vllm-batch with `server` = a local model folder."""
+    target = ["--vllm-model", str(server)] if isinstance(server, Path) else ["--url", server.url]
     command = [
         sys.executable,
         str(WORKER),
-        "--url",
-        server.url,
+        *target,
         "--state",
         str(state),
         "--out",
@@ -52,9 +55,9 @@ def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: flo
     process.wait()
 
 
-def finish(server: FakeOpenAIServer, state: Path, out: Path, count: int, max_requests: int) -> dict:
+def finish(server: FakeOpenAIServer | Path, state: Path, out: Path, count: int, max_requests: int) -> dict:
     process = start_worker(server, state, out, count, max_requests)
-    output, _ = process.communicate(timeout=300)
+    output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output.decode()[-3000:]
     return json.loads(output.decode().strip().splitlines()[-1])
 
@@ -125,3 +128,47 @@ def test_a_kill_inside_an_upload_or_a_create_is_recovered_without_a_second_submi
     assert_every_request_once(out, count)
     assert api.uploads == 2 and len(api.batches) == 2 and set(api.batch_submissions.values()) == {1}
     assert set(api.submitted_custom_ids.values()) == {1} and stats["batches_submitted"] == (2 if moment == "upload" else 1)
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(900)
+def test_vllm_batch_killed_mid_run_takes_its_engine_along_and_the_next_run_answers_each_request_once(tiny_model: Path, tmp_path: Path):
+    pytest.importorskip("vllm")
+    import psutil
+
+    count = 6
+    state, out = tmp_path / "batches", tmp_path / "rows.jsonl"
+    first = start_worker(tiny_model, state, out, count, max_requests=count)
+    engine: list[psutil.Process] = []
+
+    def engine_started() -> bool:
+        engine[:] = [c for c in psutil.Process(first.pid).children(recursive=True) if "run_batch" in " ".join(c.cmdline())]
+        return bool(engine) and any(state.glob("*.log")) and next(state.glob("*.log")).stat().st_size > 0
+
+    deadline = time.monotonic() + 300
+    while not engine_started():
+        assert first.poll() is None, f"worker ended before the kill point:\n{first.stdout.read().decode()[-3000:]}"
+        assert time.monotonic() < deadline, "run_batch never started"
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)  # the worker only, not its process group: the engine must follow on its own
+    first.wait()
+    # at once — an engine start takes longer than this, so an engine that merely ran to its end would still be alive
+    _, alive = psutil.wait_procs(engine, timeout=5)
+    assert not alive, f"run_batch outlived its parent: {[p.pid for p in alive]}"
+    log = next(state.glob("*.log"))
+    size_at_kill = log.stat().st_size
+    time.sleep(10)
+    assert log.stat().st_size == size_at_kill  # nothing of that engine is still working
+
+    [record] = journal_of(state)
+    assert record.status == "running" and not record.collected
+    assert not list(state.glob("*.output.jsonl")) and (not out.exists() or out.read_text() == "")
+
+    stats = finish(tiny_model, state, out, count, count)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(row["id"] for row in rows) == sorted(r.id for r in worker_requests(count))
+    assert all(row["error"] is None and row["text"] for row in rows), rows
+    assert stats["batches_submitted"] == 1 and stats["pending"] == 0
+    [record] = journal_of(state)
+    assert record.status == "completed" and record.collected
+    assert not list(state.glob(".*.part")), list(state.iterdir())  # no half output of the killed run left behind

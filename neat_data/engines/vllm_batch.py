@@ -157,6 +157,8 @@ class VLLMBatchBackend(BatchBackendBase):
         part = self.state_dir / f".{record.name}.output.{os.getpid()}.part"
         log_path = self.state_dir / f"{record.name}.log"
         command, env = self.command(input_path, part)
+        for stale in self.state_dir.glob(f".{record.name}.output.*.part"):  # a killed run's half output
+            stale.unlink(missing_ok=True)
         record.status, record.errors = "running", []
         self._save()
         self.stats["batches_submitted"] += 1
