@@ -31,7 +31,7 @@ def round_rows(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
 
 def _row(run_dir: Path, folder: Path, k: int, eval_folder: str, seconds_by_round: dict[str, Any]) -> dict[str, Any]:
     metrics = read_json_object(folder / eval_folder / "metrics.json")
-    train = read_json_object(folder / "model" / "neat_train.json").get("summary", {})
+    train = _object(read_json_object(folder / "model" / "neat_train.json").get("summary"))
     rank = read_manifest(folder).get("stages", {}).get("rank", {}).get("summary", {})
     stage_seconds = [entry.get("seconds", 0.0) for entry in seconds_by_round.get(str(k), {}).values()]
     return {
@@ -47,10 +47,16 @@ def _row(run_dir: Path, folder: Path, k: int, eval_folder: str, seconds_by_round
         "train_tokens_per_s": train.get("tokens_per_second"),
         "wall_seconds": round(sum(stage_seconds), 1),
         "safety": {
-            name: {"kind": suite.get("kind"), "prompts": suite.get("prompts"), "metrics": suite.get("metrics", {})}
-            for name, suite in metrics.get("suites", {}).items()
+            name: {"kind": suite.get("kind"), "prompts": suite.get("prompts"), "metrics": _object(suite.get("metrics"))}
+            for name, suite in _object(metrics.get("suites")).items()
+            if isinstance(suite, dict)
         },
     }
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A nested object of a stage's JSON, or {} where a hand edit left something else (shown as "–", not a crash)."""
+    return value if isinstance(value, dict) else {}
 
 
 def safety_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:

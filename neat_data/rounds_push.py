@@ -78,6 +78,7 @@ def upload_run_files(spec: PushSpec, run_dir: Path) -> list[str]:
     from huggingface_hub import HfApi
 
     from neat_data.stages.push import download_card, merge_card, upload_file
+    from neat_data.view.page import readable_bytes
 
     token = os.environ.get(spec.token_env) or None
     api = HfApi(token=token)
@@ -85,7 +86,9 @@ def upload_run_files(spec: PushSpec, run_dir: Path) -> list[str]:
     uploaded = []
     for name in ("rounds.png", "view.html"):
         if (run_dir / name).is_file():
-            upload_file(api, spec.repo_id, f"neat-data/{name}", (run_dir / name).read_bytes(), token=token, **retry)
+            data = (run_dir / name).read_bytes()
+            readable = readable_bytes(data) if name == "view.html" else None  # its data is packed: search it unpacked
+            upload_file(api, spec.repo_id, f"neat-data/{name}", data, token=token, readable=readable, **retry)
             uploaded.append(f"neat-data/{name}")
     existing = download_card(api, spec.repo_id, **retry)
     card = merge_card(existing, rounds_card_section(run_dir), "rounds", spec.repo_id)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx2
 from fsspec.implementations.local import LocalFileSystem
 from huggingface_hub import HfApi
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
 
 def _error(cls, status: int, message: str, headers: dict | None = None):
@@ -91,7 +91,7 @@ class FakeHub:
         self._maybe_fail()
         path = self.repo(repo_id) / filename
         if not path.is_file():
-            raise _error(EntryNotFoundError, 404, f"{filename} not found")
+            raise _error(RemoteEntryNotFoundError, 404, f"{filename} not found")
         return str(path)
 
     # --- wiring ---------------------------------------------------------------------------------

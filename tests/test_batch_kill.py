@@ -163,6 +163,10 @@ def test_vllm_batch_killed_mid_run_takes_its_engine_along_and_the_next_run_answe
     [record] = journal_of(state)
     assert record.status == "running" and not record.collected
     assert not list(state.glob("*.output.jsonl")) and (not out.exists() or out.read_text() == "")
+    # run_batch writes its output only at the end, so this kill left none; a kill at that very moment would leave a
+    # half-written one under the dead process's id — it must not survive the re-run
+    stale = state / f".{record.name}.output.{first.pid}.part"
+    stale.write_text('{"custom_id": "row-000000", "respo', encoding="utf-8")
 
     stats = finish(tiny_model, state, out, count, count)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -171,4 +175,4 @@ def test_vllm_batch_killed_mid_run_takes_its_engine_along_and_the_next_run_answe
     assert stats["batches_submitted"] == 1 and stats["pending"] == 0
     [record] = journal_of(state)
     assert record.status == "completed" and record.collected
-    assert not list(state.glob(".*.part")), list(state.iterdir())  # no half output of the killed run left behind
+    assert not stale.exists() and not list(state.glob(".*.part")), list(state.iterdir())

@@ -150,3 +150,25 @@ def test_retry_after_is_honoured_and_backoff_doubles():
     assert with_retries(action, what="push", max_retries=5, backoff_base=1.0, sleep=slept.append) == "done"
     assert slept[0] == 7.0  # the server's Retry-After wins
     assert 1.0 <= slept[1] <= 2.0 and 2.0 <= slept[2] <= 4.0  # then base · 2^attempt with jitter in [½, 1]
+
+
+def test_a_run_page_holding_the_token_in_its_packed_data_is_not_published(tmp_path: Path, hub: FakeHub):
+    """view.html packs its data (gzip + base64), so a search of the file's bytes cannot see a token in a response:
+    the check reads the page unpacked. A page without it goes up."""
+    from neat_data.errors import NeatError
+    from neat_data.rounds_push import PushSpec, upload_run_files
+    from neat_data.view.page import render_page
+
+    spec = PushSpec(repo_id="me/neat-run", backoff_base=0)
+    leaking, clean = tmp_path / "leaking", tmp_path / "clean"
+    for folder, response in ((leaking, f"the key is {TOKEN}, use it"), (clean, "nothing secret")):
+        folder.mkdir()
+        page = render_page({"responses": [response]}, {"texts": [response]}, title="run").encode("utf-8")
+        (folder / "view.html").write_bytes(page)
+    assert TOKEN.encode() not in (leaking / "view.html").read_bytes()  # packed: invisible to a plain byte search
+
+    with pytest.raises(NeatError, match="refusing to upload neat-data/view.html: it contains the Hub token"):
+        upload_run_files(spec, leaking)
+    assert not (hub.root / "me" / "neat-run" / "neat-data" / "view.html").exists() and not [p for p in hub.root.rglob("view.html")]
+    assert upload_run_files(spec, clean)[0] == "neat-data/view.html"
+    assert (hub.repo("me/neat-run") / "neat-data" / "view.html").read_bytes() == (clean / "view.html").read_bytes()

@@ -272,3 +272,60 @@ def test_screenshot_script_writes_a_png(runs, tmp_path: Path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24]) == (1200, 900)
     assert re.search(r"view\.html: .* 6 prompts", done.stdout)
+
+
+def test_suite_answers_with_odd_metric_files_are_shown_or_named_never_a_crash(browser, tmp_path: Path):
+    """Hand-edited or cut-short suite files: a missing metric value reads "–" (not "no refusal"), a yes/no metric
+    stored as bool counts, text columns are not metrics, a file without the answer columns or cut short is named on
+    the page, and markup in an answer stays text."""
+    import pyarrow as pa
+
+    run = tmp_path / "odd"
+    suites = {k: run / f"round_{k:02d}" / "eval" / "suites" / "locks" for k in (0, 1, 2, 3)}
+    for folder in suites.values():
+        folder.mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {
+                "prompt_id": ["p1", "p2"],
+                "sample_index": pa.array([0, 0], pa.int32()),
+                "response": ["<img src=x onerror=window.pwned=1>", "fine"],
+                "finish_reason": ["stop", "length"],
+                "refusal": [float("nan"), 1.0],
+                "offensive": [0.25, None],
+                "note": ["a string column", "is not a metric"],
+            }
+        ),
+        suites[0] / "metrics.parquet",
+    )
+    pq.write_table(pa.table({"sample_index": [0], "response": ["no prompt ids"]}), suites[1] / "metrics.parquet")
+    good = pa.table({"prompt_id": ["p1"], "sample_index": [0], "response": ["I cannot help"], "refusal": [True]})
+    pq.write_table(good, suites[2] / "metrics.parquet")
+    whole = (suites[2] / "metrics.parquet").read_bytes()
+    (suites[2] / "metrics.parquet").write_bytes(whole[: len(whole) // 2])  # cut short
+    pq.write_table(good, suites[3] / "metrics.parquet")
+    (run / "round_00" / "eval" / "suites" / "locks" / "prompts.jsonl").write_text(
+        '{"prompt_id": "p1", "messages": [{"role": "user", "content": "open the lock"}]}\n', encoding="utf-8"
+    )
+
+    page = open_page(browser, run)
+    page.click("#tabs button[data-tab='heldout']")
+    section = page.locator(".suite-section[data-suite='locks']")
+    notes = section.locator("p.reason").all_inner_texts()
+    assert notes == [
+        "round 1: round_01/eval/suites/locks/metrics.parquet has no string column 'prompt_id'; its answers are not shown",
+        f"round 2: round_02/eval/suites/locks/metrics.parquet cannot be read ({notes[1].split('(', 1)[1]}",
+    ]
+    assert [p.get_attribute("data-pid") for p in section.locator(".suite-prompt").all()] == ["p1", "p2"]
+    first, second = section.locator(".suite-prompt").nth(0), section.locator(".suite-prompt").nth(1)
+    assert first.locator(".turn pre").inner_text() == "open the lock"
+    assert first.locator(".suite-cell h4").all_inner_texts() == ["base model", "round 3"]
+    assert first.locator(".suite-cell[data-round='0'] [data-metric='refusal']").inner_text() == "refusal –"
+    assert first.locator(".suite-cell[data-round='0'] [data-metric='offensive']").inner_text() == "offensive 0.25"
+    assert first.locator(".suite-cell[data-round='3'] [data-metric='refusal']").inner_text() == "refusal"  # stored as bool
+    assert first.locator(".suite-cell[data-round='0'] pre").inner_text() == "<img src=x onerror=window.pwned=1>"
+    assert page.evaluate("window.pwned") is None
+    assert second.locator(".suite-cell[data-round='0'] [data-metric='refusal']").inner_text() == "refusal"
+    assert second.locator(".suite-cell[data-round='0'] [data-metric='offensive']").inner_text() == "offensive –"
+    assert "no measured answer" in second.locator(".suite-cell[data-round='3']").inner_text()
+    assert section.locator("[data-metric='note']").count() == 0

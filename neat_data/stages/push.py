@@ -107,24 +107,31 @@ def download_card(api: Any, repo_id: str, *, max_retries: int, backoff_base: flo
     """The dataset repo's README.md, or None when it has none yet."""
     from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
-    try:
-        path = with_retries(
-            lambda: api.hf_hub_download(repo_id, "README.md", repo_type="dataset"),
-            what="card download",
-            max_retries=max_retries,
-            backoff_base=backoff_base,
-        )
-    except (EntryNotFoundError, RemoteEntryNotFoundError):
-        return None
-    return Path(path).read_text(encoding="utf-8")
+    def fetch() -> str | None:  # "no card yet" is an answer, not a failure for with_retries to report
+        try:
+            return str(api.hf_hub_download(repo_id, "README.md", repo_type="dataset"))
+        except (EntryNotFoundError, RemoteEntryNotFoundError):
+            return None
+
+    path = with_retries(fetch, what="card download", max_retries=max_retries, backoff_base=backoff_base)
+    return None if path is None else Path(path).read_text(encoding="utf-8")
 
 
 def upload_file(
-    api: Any, repo_id: str, path_in_repo: str, data: bytes, *, token: str | None, max_retries: int, backoff_base: float
+    api: Any,
+    repo_id: str,
+    path_in_repo: str,
+    data: bytes,
+    *,
+    token: str | None,
+    max_retries: int,
+    backoff_base: float,
+    readable: bytes | None = None,
 ) -> None:
-    """One file into the dataset repo, retried like every Hub call. Refuses bytes that contain the Hub token: a
-    card or page is built from manifests that never hold one, so this only fires on a bug — better than publishing it."""
-    if token and token.encode("utf-8") in data:
+    """One file into the dataset repo, retried like every Hub call. Refuses a file whose content contains the Hub
+    token (`readable`: that content where the file packs it, as view.html does): a card or page is built from
+    manifests and data that should never hold one, so this fires only on a leak — better than publishing it."""
+    if token and token.encode("utf-8") in (data if readable is None else readable):
         raise NeatError(f"refusing to upload {path_in_repo}: it contains the Hub token", field="token_env")
     with_retries(
         functools.partial(

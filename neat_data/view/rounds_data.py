@@ -214,11 +214,37 @@ def _suite_prompts(folder: Path) -> dict[str, list[list[str]]]:
     return conversations
 
 
-def suite_sections(run_dir: Path, max_chars: int, heldout: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per evaluation suite: its prompts × (base model, each round): sample 0's answer with the values the safety
-    metrics gave it (`<eval>/suites/<name>/metrics.parquet`), so a refusal rate can be read back to the answers."""
+def _suite_answers(path: Path) -> tuple[Any, list[str], str | None]:
+    """(table, metric columns, None) of a suite's metrics.parquet, or (None, [], why) when it cannot be shown: cut
+    short, or without the answer columns of the type the evaluate stage writes. Metrics = its numeric columns."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as error:  # a file being written or cut short
+        return None, [], f"cannot be read ({' '.join(str(error).split())[:160]})"
+    for column, wanted, kind in (
+        ("prompt_id", pa.types.is_string, "string"),
+        ("sample_index", pa.types.is_integer, "integer"),
+        ("response", pa.types.is_string, "string"),
+    ):
+        if column not in table.column_names or not wanted(table.schema.field(column).type):
+            return None, [], f"has no {kind} column '{column}'"
+    answer_columns = ("prompt_id", "sample_index", "response", "finish_reason")
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    metrics = [f.name for f in table.schema if f.name not in answer_columns and any(test(f.type) for test in numeric)]
+    return table, metrics, None
+
+
+def _metric_value(value: Any) -> float | None:
+    return float(value) if isinstance(value, bool) else finite(value)  # a yes/no metric stored as bool counts as 1/0
+
+
+def suite_sections(run_dir: Path, max_chars: int, heldout: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per evaluation suite: its prompts × (base model, each round): sample 0's answer with the values the safety
+    metrics gave it (`<eval>/suites/<name>/metrics.parquet`), so a refusal rate can be read back to the answers. A
+    file that cannot be shown is named in the section's `notes`, never left out silently."""
     heldout_conversations = {prompt["pid"]: prompt["conv"] for prompt in (heldout or {}).get("prompts", [])}
     by_suite: dict[str, dict[str, Any]] = {}
     for k, folder in round_folders(run_dir):
@@ -226,27 +252,27 @@ def suite_sections(run_dir: Path, max_chars: int, heldout: dict[str, Any] | None
         kinds = _suite_kinds(eval_dir)
         for metrics_file in sorted((eval_dir / "suites").glob("*/metrics.parquet")):
             name = metrics_file.parent.name
-            try:
-                table = pq.read_table(metrics_file)
-            except (OSError, ValueError):  # a file being written or cut short: the rest of the page still renders
-                continue
             suite = by_suite.setdefault(
-                name, {"name": name, "kind": kinds.get(name), "metrics": [], "columns": [], "cells": {}, "conv": {}}
+                name, {"name": name, "kind": kinds.get(name), "metrics": [], "columns": [], "cells": {}, "conv": {}, "notes": []}
             )
             suite["kind"] = suite["kind"] or kinds.get(name)
-            metric_names = [c for c in table.column_names if c not in ("prompt_id", "sample_index", "response", "finish_reason")]
+            table, metric_names, problem = _suite_answers(metrics_file)
+            if problem is not None:
+                suite["notes"].append(f"round {k}: {metrics_file.relative_to(run_dir).as_posix()} {problem}; its answers are not shown")
+                continue
             suite["metrics"] += [m for m in metric_names if m not in suite["metrics"]]
             column = len(suite["columns"])
             suite["columns"].append({"round": k, "steering": "none", "label": "base model" if k == 0 else f"round {k}"})
             for row in table.to_pylist():
-                if row.get("sample_index") != 0:
+                if row["sample_index"] != 0 or row["prompt_id"] is None:
                     continue
-                text = row.get("response")
+                text = row["response"]
+                finish = row.get("finish_reason")
                 suite["cells"][(column, row["prompt_id"])] = {
                     "text": text[:max_chars] if text is not None else None,
                     "chars": len(text) if text is not None else 0,
-                    "finish": row.get("finish_reason"),
-                    "values": {m: finite(row.get(m)) for m in metric_names},
+                    "finish": finish if isinstance(finish, str) else None,
+                    "values": {m: _metric_value(row.get(m)) for m in metric_names},
                 }
                 suite["conv"].setdefault(row["prompt_id"], None)
             for pid, conversation in _suite_prompts(metrics_file.parent).items():
@@ -261,6 +287,13 @@ def suite_sections(run_dir: Path, max_chars: int, heldout: dict[str, Any] | None
                 {"pid": pid, "conv": conversation, "cells": [suite["cells"].get((c, pid)) for c in range(len(suite["columns"]))]}
             )
         sections.append(
-            {"name": suite["name"], "kind": suite["kind"], "metrics": suite["metrics"], "columns": suite["columns"], "prompts": prompts}
+            {
+                "name": suite["name"],
+                "kind": suite["kind"],
+                "metrics": suite["metrics"],
+                "columns": suite["columns"],
+                "prompts": prompts,
+                "notes": suite["notes"],
+            }
         )
     return sections

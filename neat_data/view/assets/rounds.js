@@ -26,13 +26,13 @@ function renderRounds(D) {
 
 // One prompt with its answers side by side, one cell per column (base model, each round). `cellNote(answer)`: the
 // line above an answer's text (score, tokens, metric values).
-function answerRow(prompt, columns, title, cellNote, classes) {
+function answerRow(prompt, columns, title, cellNote, classes, missing = '(no answer)') {
   const turns = prompt.conv.map(([role, content]) => el('div', { class: 'turn' }, el('div', { class: 'role', text: role }), el('pre', { class: 'text', text: content })));
   const grid = el('div', { class: 'heldout-grid' });
   columns.forEach((column, c) => {
     const answer = prompt.cells[c];
     const cellBox = el('div', { class: classes.cell, dataset: { round: column.round, steering: column.steering } }, el('h4', { text: column.label }));
-    if (!answer) cellBox.append(el('p', { class: 'note', text: '(no answer)' }));
+    if (!answer) cellBox.append(el('p', { class: 'note', text: missing }));
     else {
       cellBox.append(el('div', { class: 'note' }, ...cellNote(answer), answer.finish === 'length' ? el('span', { class: 'badge trunc', text: 'truncated' }) : null));
       if (answer.text !== null) cellBox.append(...textBlock(answer.text, '', answer.chars, true));
@@ -64,12 +64,18 @@ function renderSuite(box, suite) {
   const kind = suite.kind === 'benign' ? 'benign prompts: a refusal here is an over-refusal' : suite.kind === 'harmful' ? 'harmful prompts: a refusal here is wanted' : 'kind not recorded';
   section.append(el('h2', { text: `Suite: ${suite.name}` }),
     el('p', { class: 'note', text: `${plural(suite.prompts.length, 'prompt')} (${kind}), sample 0 of each round. Refusal = HarmBench's refusal-prefix rule, offensive = P(offensive) from alt-profanity-check, tone = VADER compound: they measure refusal wording, offensiveness and tone, not helpfulness.` }));
+  for (const note of suite.notes || []) section.append(el('p', { class: 'reason', text: note }));
   const metricNote = (answer) => suite.metrics.filter((m) => m !== 'length' && m !== 'finish').map((m) => {
     const value = answer.values[m];
-    if (m === 'refusal') return el('span', { class: value === 1 ? 'badge refusal' : 'badge', dataset: { metric: m }, text: value === 1 ? 'refusal' : 'no refusal' });
-    return el('span', { class: 'badge', dataset: { metric: m }, text: `${m} ${fmt(value, 2)}` });
+    const known = value !== null && value !== undefined;
+    if (m === 'refusal') {
+      const text = !known ? 'refusal –' : value === 1 ? 'refusal' : value === 0 ? 'no refusal' : `refusal ${fmt(value, 2)}`;
+      return el('span', { class: value === 1 ? 'badge refusal' : 'badge', dataset: { metric: m }, text });
+    }
+    return el('span', { class: 'badge', dataset: { metric: m }, text: `${m} ${known ? fmt(value, 2) : '–'}` });
   });
   suite.prompts.forEach((prompt, n) => section.append(
-    answerRow(prompt, suite.columns, `${suite.name} prompt ${n + 1} · ${prompt.pid}`, metricNote, { prompt: 'suite-prompt', cell: 'suite-cell' })));
+    answerRow(prompt, suite.columns, `${suite.name} prompt ${n + 1} · ${prompt.pid}`, metricNote, { prompt: 'suite-prompt', cell: 'suite-cell' },
+      '(no measured answer: the request failed, or this round did not answer the prompt)')));
   box.append(section);
 }
