@@ -30,6 +30,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def served_generate_args(prompts: Path, base_url: str, out: Path, *, num_pos: int = 1, num_neg: int = 1, **options: object) -> list[str]:
+    """`neat-data generate` against an OpenAI-compatible server serving "served", without a progress bar; `options`
+    become flags (max_concurrency=2 → --max-concurrency 2)."""
+    args = ["generate", "--prompts", str(prompts), "--model", "served", "--backend", "openai", "--base-url", base_url]
+    args += ["--num-pos", str(num_pos), "--num-neg", str(num_neg), "--out", str(out), "--no-progress"]
+    for name, value in options.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return args
+
+
 @pytest.fixture
 def prompts_file(tmp_path: Path) -> Path:
     return write_jsonl(

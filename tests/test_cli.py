@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, write_jsonl
+from conftest import REPO, served_generate_args, write_jsonl
 
 from neat_data.cli import cli
 
@@ -134,31 +134,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(fake_server, tmp_path: Pa
     server = fake_server(latency=0.1)
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"question number {i}"} for i in range(40)])
     out = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "neat_data.cli",
-        "generate",
-        "--prompts",
-        str(prompts),
-        "--model",
-        "served",
-        "--backend",
-        "openai",
-        "--base-url",
-        server.url,
-        "--num-pos",
-        "1",
-        "--num-neg",
-        "1",
-        "--max-concurrency",
-        "2",
-        "--flush-every",
-        "4",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    command = [sys.executable, "-m", "neat_data.cli", *served_generate_args(prompts, server.url, out, max_concurrency=2, flush_every=4)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline and len(list((out / "generations").glob("part-*.parquet"))) < 3:

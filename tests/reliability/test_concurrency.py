@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from conftest import served_generate_args
 from harness import read_shards, run_neat, shard_names, start_neat, write_prompts
 
 from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
@@ -15,28 +16,7 @@ from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSetting
 def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path: Path):
     server = FakeOpenAIServer(ServerSettings(latency=0.1, record=False)).start()
     out = tmp_path / "run"
-    args = [
-        "generate",
-        "--prompts",
-        str(write_prompts(tmp_path / "prompts.jsonl", 30)),
-        "--model",
-        "served",
-        "--backend",
-        "openai",
-        "--base-url",
-        server.url,
-        "--num-pos",
-        "1",
-        "--num-neg",
-        "1",
-        "--max-concurrency",
-        "2",
-        "--flush-every",
-        "4",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    args = served_generate_args(write_prompts(tmp_path / "prompts.jsonl", 30), server.url, out, max_concurrency=2, flush_every=4)
     try:
         first = start_neat(*args)
         deadline = time.monotonic() + 60

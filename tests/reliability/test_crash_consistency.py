@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import served_generate_args
 from harness import (
     assert_finished_run,
     assert_partial_run_is_sound,
@@ -84,30 +85,7 @@ def test_generate_killed_at_random_moments_resumes_exactly_once(slow_server, tmp
     prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
 
     def args(out: Path) -> list[str]:
-        return [
-            "generate",
-            "--prompts",
-            str(prompts),
-            "--model",
-            "served",
-            "--backend",
-            "openai",
-            "--base-url",
-            slow_server.url,
-            "--num-pos",
-            "1",
-            "--num-neg",
-            "1",
-            "--max-concurrency",
-            "4",
-            "--flush-every",
-            "2",
-            "--max-tokens",
-            "8",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
+        return served_generate_args(prompts, slow_server.url, out, max_concurrency=4, flush_every=2, max_tokens=8)
 
     finished = run_neat(*args(tmp_path / "reference"))
     assert finished.returncode == 0, finished.stderr

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import served_generate_args
 from harness import read_shards, run_neat, write_prompts
 
 from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
@@ -27,37 +28,20 @@ def expected_reply(row: dict) -> str:
 
 def run_against(server: FakeOpenAIServer, tmp_path: Path, prompts: int, samples: int, concurrency: int):
     out = tmp_path / "run"
-    result = run_neat(
-        "generate",
-        "--prompts",
-        str(write_prompts(tmp_path / "prompts.jsonl", prompts)),
-        "--model",
-        "served",
-        "--backend",
-        "openai",
-        "--base-url",
+    args = served_generate_args(
+        write_prompts(tmp_path / "prompts.jsonl", prompts),
         server.url,
-        "--num-pos",
-        str(samples),
-        "--num-neg",
-        str(samples),
-        "--max-concurrency",
-        str(concurrency),
-        "--request-timeout",
-        str(REQUEST_TIMEOUT),
-        "--max-retries",
-        "6",
-        "--backoff-base",
-        "0.05",
-        "--max-tokens",
-        "8",
-        "--flush-every",
-        "64",
-        "--out",
-        str(out),
-        "--no-progress",
-        timeout=300,
+        out,
+        num_pos=samples,
+        num_neg=samples,
+        max_concurrency=concurrency,
+        request_timeout=REQUEST_TIMEOUT,
+        max_retries=6,
+        backoff_base=0.05,
+        max_tokens=8,
+        flush_every=64,
     )
+    result = run_neat(*args, timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr[-3000:]
     rows = read_shards(out / "generations")
     summary = json.loads((out / "manifest.json").read_text())["stages"]["generate"]["requests"]
@@ -127,24 +111,7 @@ def test_a_prompt_longer_than_the_model_context_is_an_error_row_and_the_rest_is_
     prompts.write_text('{"prompt": "short question"}\n' + json.dumps({"prompt": "long " * 500}) + "\n", encoding="utf-8")
     server = FakeOpenAIServer(ServerSettings(context_words=100)).start()
     try:
-        result = run_neat(
-            "generate",
-            "--prompts",
-            str(prompts),
-            "--model",
-            "served",
-            "--backend",
-            "openai",
-            "--base-url",
-            server.url,
-            "--num-pos",
-            "1",
-            "--num-neg",
-            "1",
-            "--out",
-            str(tmp_path / "run"),
-            "--no-progress",
-        )
+        result = run_neat(*served_generate_args(prompts, server.url, tmp_path / "run"))
     finally:
         server.stop()
     assert result.returncode == 0, result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import write_jsonl
+from conftest import served_generate_args, write_jsonl
 from fakehub import FakeHub
 from harness import read_shards, run_neat, subprocess_env
 
@@ -55,26 +55,7 @@ def test_no_secret_reaches_a_file_a_log_or_the_console(secret_env, tmp_path: Pat
     server = FakeOpenAIServer(ServerSettings()).start()
     try:
         steps = [
-            [
-                "generate",
-                "--prompts",
-                str(prompts),
-                "--model",
-                "served",
-                "--backend",
-                "openai",
-                "--base-url",
-                server.url,
-                "--num-pos",
-                "2",
-                "--num-neg",
-                "2",
-                "--max-tokens",
-                "8",
-                "--out",
-                str(run),
-                "--no-progress",
-            ],
+            served_generate_args(prompts, server.url, run, num_pos=2, num_neg=2, max_tokens=8),
             ["score", str(run), "--scorer", "python:reliability_scorers:slow_length", "--no-progress"],
             ["rank", str(run)],
             ["export", str(run), "--format", "h4"],
