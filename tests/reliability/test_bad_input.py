@@ -96,22 +96,16 @@ def non_utf8(folder: Path) -> list[str]:
     return generate_args(path, folder / "new-run")
 
 
+def overwrite_with_model(folder: Path, model: str, backend: str) -> list[str]:
+    """`generate --overwrite` on a finished run with a model that cannot be loaded: nothing may be deleted."""
+    run = finished_run(folder)
+    args = ["generate", "--prompts", str(folder / "good.jsonl"), "--model", model, "--backend", backend]
+    return [*args, "--out", str(run), "--overwrite", "--no-progress"]
+
+
 def missing_model_with_overwrite(folder: Path) -> list[str]:
     """vLLM backend, a model folder that does not exist, and --overwrite on a finished run: nothing is deleted."""
-    run = finished_run(folder)
-    return [
-        "generate",
-        "--prompts",
-        str(folder / "good.jsonl"),
-        "--model",
-        str(folder / "no-such-model"),
-        "--backend",
-        "vllm",
-        "--out",
-        str(run),
-        "--overwrite",
-        "--no-progress",
-    ]
+    return overwrite_with_model(folder, str(folder / "no-such-model"), "vllm")
 
 
 def corrupted_shard(folder: Path) -> list[str]:
@@ -230,38 +224,12 @@ def manifest_not_an_object(folder: Path) -> list[str]:
 
 def model_missing_transformers(folder: Path) -> list[str]:
     """Before: --overwrite on the transformers backend emptied generations/ and then failed on the model."""
-    run = finished_run(folder)
-    return [
-        "generate",
-        "--prompts",
-        str(folder / "good.jsonl"),
-        "--model",
-        "smollm2-135m-instrct",
-        "--backend",
-        "transformers",
-        "--out",
-        str(run),
-        "--overwrite",
-        "--no-progress",
-    ]
+    return overwrite_with_model(folder, "smollm2-135m-instrct", "transformers")
 
 
 def hub_id_not_on_disk(folder: Path) -> list[str]:
     """A well-formed Hub id that cannot load offline: the backend starts before --overwrite deletes anything."""
-    run = finished_run(folder)
-    return [
-        "generate",
-        "--prompts",
-        str(folder / "good.jsonl"),
-        "--model",
-        "no-such-org/no-such-model",
-        "--backend",
-        "transformers",
-        "--out",
-        str(run),
-        "--overwrite",
-        "--no-progress",
-    ]
+    return overwrite_with_model(folder, "no-such-org/no-such-model", "transformers")
 
 
 def prompt_id_with_new_text(folder: Path) -> list[str]:
