@@ -252,7 +252,8 @@ def run_generate(
     if shard is not None and overwrite:
         raise NeatError(_NO_OVERWRITE, field="overwrite")
     libraries = load_libraries(config.pairs)
-    scan(config, libraries, shard, None, retry_errors)  # every row valid before the run folder is touched
+    explicit: dict[str, str] = {}
+    plan = scan(config, libraries, shard, None, retry_errors, explicit)  # every row valid before the run folder is touched
     if backend is None and config.local_model():
         from neat_data.models import resolve_model
 
@@ -263,8 +264,8 @@ def run_generate(
             if not overwrite:
                 check_run_identity(config, run_dir)
             existing = _Existing() if overwrite else read_existing(out)
-            explicit: dict[str, str] = {}
-            plan = scan(config, libraries, shard, existing, retry_errors, explicit)
+            if existing.keys:  # what is already done needs every key; a fresh folder has nothing done (keys cost ~50 µs/prompt)
+                plan = scan(config, libraries, shard, existing, retry_errors)
             if not overwrite:
                 check_prompt_texts(out, explicit)
             if overwrite:
