@@ -126,11 +126,14 @@ def rounds_section(run_dir: Path) -> dict[str, Any]:
     return {"rounds": [k for k, _, _ in per_round], "series": series}
 
 
+def _shown_text(text: str | None, max_chars: int) -> dict[str, Any]:
+    """An answer's text as the page holds it: cut to `max_chars`, with its full length (the page says it was cut)."""
+    return {"text": text[:max_chars] if text is not None else None, "chars": len(text) if text is not None else 0}
+
+
 def _answer(row: dict[str, Any], max_chars: int) -> dict[str, Any]:
-    text = row.get("response")
     return {
-        "text": text[:max_chars] if text is not None else None,
-        "chars": len(text) if text is not None else 0,
+        **_shown_text(row.get("response"), max_chars),
         "score": finite(row.get("score")),
         "status": row.get("status"),
         "score_status": row.get("score_status"),
@@ -266,11 +269,9 @@ def suite_sections(run_dir: Path, max_chars: int, heldout: dict[str, Any] | None
             for row in table.to_pylist():
                 if row["sample_index"] != 0 or row["prompt_id"] is None:
                     continue
-                text = row["response"]
                 finish = row.get("finish_reason")
                 suite["cells"][(column, row["prompt_id"])] = {
-                    "text": text[:max_chars] if text is not None else None,
-                    "chars": len(text) if text is not None else 0,
+                    **_shown_text(row["response"], max_chars),
                     "finish": finish if isinstance(finish, str) else None,
                     "values": {m: _metric_value(row.get(m)) for m in metric_names},
                 }
