@@ -28,12 +28,12 @@ def main() -> None:
 
     from vllm import SamplingParams
 
+    from neat_data.core.models import resolve_model
+    from neat_data.core.pairs import load_libraries
+    from neat_data.core.prompts_in import load_prompts
+    from neat_data.core.resources import bundled_dir
     from neat_data.engines.base import Sampling
     from neat_data.engines.vllm_backend import VLLMBackend, VLLMOptions
-    from neat_data.models import resolve_model
-    from neat_data.pairs import load_libraries
-    from neat_data.prompts_in import load_prompts
-    from neat_data.resources import bundled_dir
     from neat_data.stages.generate import GenerateConfig, plan_requests, run_generate, to_engine_request
 
     prompts = str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl")

@@ -57,7 +57,7 @@ def build_scored(rows: int, seed: int = 0):
     import numpy as np
     import pyarrow as pa
 
-    from neat_data.schemas import MESSAGE, SCORED
+    from neat_data.core.schemas import MESSAGE, SCORED
 
     rng = np.random.default_rng(seed)
     vocab = np.array(
@@ -202,7 +202,7 @@ def side_b(src: Path, work: Path) -> dict:
 
     import neat_data.stages.export as export
     import neat_data.stages.rank as rank
-    from neat_data.runfolder import atomic_write_table
+    from neat_data.core.runfolder import atomic_write_table
 
     steps: dict[str, float] = {}
     rss_after: dict[str, float] = {}

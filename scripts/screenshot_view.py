@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="rebuild RUN/view.html first")
     args = parser.parse_args()
 
-    from neat_data.errors import NeatError
+    from neat_data.core.errors import NeatError
     from neat_data.view import ViewConfig, build_view
     from neat_data.view.browser import missing, screenshot
 

@@ -16,15 +16,16 @@ from neat_data.cli import cli
 PACKAGE = REPO / "neat_data"
 # Layers, lowest first. A module may import its own layer and the ones below, never one above (docs/ARCHITECTURE.md).
 LAYERS = [
-    (
-        "foundation",
-        ["errors", "keys", "schemas", "messages", "resources", "models", "runfolder", "shards", "pairs", "prompts_in", "lm", "safety"],
-    ),
-    ("engines, scorers, train", ["engines", "scorers", "train", "testing", "costs"]),
-    ("stages", ["stages", "view", "round_report"]),
-    ("rounds", ["rounds", "recipe", "recipe_file", "split", "variants", "comparison", "rounds_push"]),
-    ("cli", ["cli", "cli_options", "cli_rounds", "cli_batch", "cli_audit", "__main__"]),
+    ("foundation", ["core", "lm", "safety"]),
+    ("engines, scorers, train", ["engines", "scorers", "train", "testing"]),
+    ("stages", ["stages", "view"]),
+    ("rounds", ["rounds"]),
+    ("cli", ["cli"]),
 ]
+# The package root holds only these packages (and __init__.py): a module loose at the root has no layer.
+assert sorted(p.name for p in (REPO / "neat_data").iterdir() if p.name not in ("__init__.py", "__pycache__", "_bundled")) == sorted(
+    name for _, members in LAYERS for name in members
+)
 
 
 def module_name(path: Path) -> str:

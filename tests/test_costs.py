@@ -1,11 +1,11 @@
-"""Token and cost accounting (neat_data.costs) on hand-computed numbers."""
+"""Token and cost accounting (neat_data.engines.costs) on hand-computed numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from neat_data.costs import UsageRecord, batch_discount, cost_line, request_usage, token_costs
 from neat_data.engines.base import Completion, RequestResult
+from neat_data.engines.costs import UsageRecord, batch_discount, cost_line, request_usage, token_costs
 
 
 def test_totals_by_stage_and_steering_and_the_discounted_cost():

@@ -175,7 +175,7 @@ def png_width(path: Path) -> int:
 
 
 def test_round_table_and_panel_gain_the_safety_columns(tmp_path: Path, fake_server):
-    from neat_data.round_report import round_rows, table_lines, write_round_report
+    from neat_data.stages.round_report import round_rows, table_lines, write_round_report
 
     heldout, suite = inputs(tmp_path)
     run_dir = tmp_path / "run"
@@ -198,8 +198,8 @@ def test_round_table_and_panel_gain_the_safety_columns(tmp_path: Path, fake_serv
 
 
 def test_recipe_evaluate_section_reaches_the_stage_config(tmp_path: Path):
-    from neat_data.errors import NeatError
-    from neat_data.recipe import load_recipe, stage_configs
+    from neat_data.core.errors import NeatError
+    from neat_data.rounds.recipe import load_recipe, plan_round
     from neat_data.stages.evaluate import EvaluateConfig
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(8)])
@@ -211,9 +211,10 @@ def test_recipe_evaluate_section_reaches_the_stage_config(tmp_path: Path):
     }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     recipe = load_recipe(tmp_path / "r.yaml")
-    name, config = stage_configs(recipe, tmp_path / "run", 1)[-1]
-    evaluate_config = EvaluateConfig.model_validate(config)
-    assert name == "evaluate" and evaluate_config.samples == 3 and evaluate_config.generate.num_neutral == 3
+    stage = plan_round(recipe, tmp_path / "run", 1)[-1]
+    evaluate_config = stage.config
+    assert isinstance(evaluate_config, EvaluateConfig)
+    assert stage.label == "evaluate" and evaluate_config.samples == 3 and evaluate_config.generate.num_neutral == 3
     assert evaluate_config.suites == ["harmbench", "benign"] and evaluate_config.suite_limit == 24
     assert evaluate_config.base_eval == tmp_path / "run" / "round_00" / "eval"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**raw, "evaluate": {"suites": ["harmbench", "toxicity-suite"]}}), encoding="utf-8")

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from neat_data.core.errors import NeatError
+from neat_data.core.keys import request_seed
+from neat_data.core.pairs import choose_pair, load_libraries
+from neat_data.core.runfolder import RunLock, ShardedTable
+from neat_data.core.schemas import GENERATIONS
 from neat_data.engines.base import Sampling
-from neat_data.errors import NeatError
-from neat_data.keys import request_seed
-from neat_data.pairs import choose_pair, load_libraries
-from neat_data.runfolder import RunLock, ShardedTable
-from neat_data.schemas import GENERATIONS
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from neat_data.core.errors import NeatError
 from neat_data.engines.base import Sampling
-from neat_data.errors import NeatError
 from neat_data.scorers.base import ScoreItem
 from neat_data.scorers.judge import JudgeScorer, load_template, parse_rating, parse_winner
 from neat_data.stages.generate import GenerateConfig, run_generate

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from neat_data.errors import NeatError
-from neat_data.models import resolve_dtype, resolve_model
+from neat_data.core.errors import NeatError
+from neat_data.core.models import resolve_dtype, resolve_model
 
 
 def test_local_folder_and_hub_id_pass_through(tiny_model: Path):
@@ -42,7 +42,7 @@ def test_smollm2_is_built_once_under_a_lock_and_answers_sensibly(neat_cache: Pat
     """Two processes ask for the bundled model at once: one builds (~45 s), the other waits; it then loads and answers."""
     already_built = (neat_cache / "models").is_dir() and any((neat_cache / "models").iterdir())
     env = {**os.environ, "NEAT_DATA_CACHE": str(neat_cache)}
-    code = "from neat_data.models import resolve_model; print(resolve_model('smollm2-135m-instruct'))"
+    code = "from neat_data.core.models import resolve_model; print(resolve_model('smollm2-135m-instruct'))"
     processes = [
         subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)

@@ -231,7 +231,7 @@ def test_a_key_echoed_where_the_reason_is_cut_is_redacted_first(fake_server):
 
 
 def test_redact_secret_replaces_the_key_and_long_pieces_of_it():
-    from neat_data.errors import redact_secret
+    from neat_data.core.errors import redact_secret
 
     key = "sk-proj-" + "AbCdEfGh" * 5
     assert redact_secret(f"bad key {key}!", key) == "bad key ***!"

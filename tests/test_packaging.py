@@ -26,7 +26,7 @@ def test_wheel_bundles_prompts_and_pipelines(tmp_path: Path):
     zipfile.ZipFile(wheel).extractall(site)
     # -I: no cwd, no PYTHONPATH; the unpacked wheel goes first so it wins over the editable checkout
     code = (
-        f"import sys; sys.path.insert(0, {str(site)!r}); import neat_data.pairs as p, neat_data.resources as r; "
+        f"import sys; sys.path.insert(0, {str(site)!r}); import neat_data.core.pairs as p, neat_data.core.resources as r; "
         "print(r.bundled_dir('prompts')); print(len(p.load_library('harmless').pairs))"
     )
     run = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True)

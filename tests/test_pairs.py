@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from neat_data.errors import NeatError
-from neat_data.pairs import bundled_library_paths, choose_pair, load_libraries, load_library
+from neat_data.core.errors import NeatError
+from neat_data.core.pairs import bundled_library_paths, choose_pair, load_libraries, load_library
 
 
 def test_bundled_libraries_have_at_least_eight_distinct_pairs():

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_jsonl
 
-from neat_data.errors import NeatError
-from neat_data.keys import prompt_id
-from neat_data.prompts_in import load_prompts
+from neat_data.core.errors import NeatError
+from neat_data.core.keys import prompt_id
+from neat_data.core.prompts_in import load_prompts
 
 EXPECTED = [
     [{"role": "user", "content": "How do I boil an egg?"}],

@@ -155,8 +155,8 @@ def test_retry_after_is_honoured_and_backoff_doubles():
 def test_a_run_page_holding_the_token_in_its_packed_data_is_not_published(tmp_path: Path, hub: FakeHub):
     """view.html packs its data (gzip + base64), so a search of the file's bytes cannot see a token in a response:
     the check reads the page unpacked. A page without it goes up."""
-    from neat_data.errors import NeatError
-    from neat_data.rounds_push import PushSpec, upload_run_files
+    from neat_data.core.errors import NeatError
+    from neat_data.rounds.publish import PushSpec, upload_run_files
     from neat_data.view.page import render_page
 
     spec = PushSpec(repo_id="me/neat-run", backoff_base=0)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from neat_data.schemas import SCORED
+from neat_data.core.schemas import SCORED
 from neat_data.stages.rank import RankConfig, rank_tables
 
 PROMPT = [{"role": "user", "content": "q"}]
@@ -162,8 +162,8 @@ def test_rank_cli_writes_dropped_parquet_and_drops_truncated(tmp_path):
     from click.testing import CliRunner
 
     from neat_data.cli import cli
-    from neat_data.runfolder import atomic_write_table
-    from neat_data.schemas import DROPPED_PAIRS
+    from neat_data.core.runfolder import atomic_write_table
+    from neat_data.core.schemas import DROPPED_PAIRS
 
     run = tmp_path / "run"
     atomic_write_table(run / "scored" / "part-000000.parquet", TRUNCATED_ROWS)

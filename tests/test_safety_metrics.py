@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 from neat_data.safety.metrics import (
     METRICS,
     advbench_file,

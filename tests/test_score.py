@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from neat_data.core.errors import NeatError
 from neat_data.engines.base import Sampling
-from neat_data.errors import NeatError
 from neat_data.scorers.base import ScoreItem
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.stages.score import ScoreConfig, run_score

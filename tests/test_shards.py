@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from conftest import REPO, write_jsonl
 
 from neat_data.cli import cli
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import RunLock, ShardedTable
+from neat_data.core.schemas import GENERATIONS, SCORED
+from neat_data.core.shards import ShardRun, ShardSpec, shard_of
 from neat_data.engines.base import Sampling
-from neat_data.errors import NeatError
-from neat_data.runfolder import RunLock, ShardedTable
-from neat_data.schemas import GENERATIONS, SCORED
 from neat_data.scorers.python_fn import PythonScorer
-from neat_data.shards import ShardRun, ShardSpec, shard_of
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.stages.merge import run_merge
 from neat_data.stages.score import ScoreConfig, run_score
@@ -237,7 +237,7 @@ def test_a_shard_summary_counts_its_own_rows_and_requests(many_prompts: Path, tm
         summary = run_generate(config, shard=spec, progress=False)
     finally:
         server.stop()
-    from neat_data.prompts_in import load_prompts
+    from neat_data.core.prompts_in import load_prompts
 
     owned = [r for r in load_prompts(many_prompts).records if spec.owns(r.prompt_id)]
     mine = pq.read_table(tmp_path / "run" / "generations" / spec.name)

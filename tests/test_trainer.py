@@ -427,7 +427,7 @@ def test_bad_ranked_rows_are_one_line_errors(tiny_model: Path, tmp_path: Path, c
 
 
 def test_unreadable_ranked_file_and_unwritable_or_broken_reference_cache(tiny_model: Path, tmp_path: Path):
-    from neat_data.errors import NeatError
+    from neat_data.core.errors import NeatError
     from neat_data.train.trainer import TrainConfig, run_train
 
     broken = tmp_path / "broken" / "train.parquet"

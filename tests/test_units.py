@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from neat_data.keys import choose_index, content_key, prompt_id, request_seed
-from neat_data.messages import build_messages, parse_reply
-from neat_data.prompts_in import parse_hh_transcript
+from neat_data.core.keys import choose_index, content_key, prompt_id, request_seed
+from neat_data.core.messages import build_messages, parse_reply
+from neat_data.core.prompts_in import parse_hh_transcript
 
 NEUTRAL = [{"role": "user", "content": "How do I pick a lock?"}]
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from view_runs import MARKUP, QUESTIONS, kept_pairs, make_stage_run, prompt_title, ranks, scored_rows
 
 from neat_data.cli import cli
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 from neat_data.view import ViewConfig, build_view
 from neat_data.view.collect import RunContents
 from neat_data.view.rounds_data import flatten_metrics, interval_owner

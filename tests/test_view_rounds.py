@@ -20,7 +20,7 @@ import yaml
 from conftest import write_jsonl
 from fakehub import FakeHub
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 from neat_data.view.browser import missing
 
 TOKEN = "hf_VIEWtestTOKENneverWRITTEN42"
@@ -63,8 +63,8 @@ def recipe_file(folder: Path, model: Path, base_url: str) -> Path:
 
 @pytest.fixture(scope="module")
 def published(tiny_model: Path, tmp_path_factory) -> SimpleNamespace:
-    from neat_data.recipe import load_recipe
-    from neat_data.rounds import run_rounds
+    from neat_data.rounds.recipe import load_recipe
+    from neat_data.rounds.runner import run_rounds
     from neat_data.testing.fake_openai_server import FakeOpenAIServer
 
     root = tmp_path_factory.mktemp("published")
@@ -146,7 +146,7 @@ def test_the_hub_holds_each_export_as_a_config_with_the_card_plot_and_page(publi
 
 
 def test_push_section_is_checked_and_is_not_part_of_the_run_identity(tmp_path: Path, tiny_model: Path):
-    from neat_data.recipe import load_recipe, recipe_identity
+    from neat_data.rounds.recipe import load_recipe, recipe_identity
 
     path = recipe_file(tmp_path, tiny_model, "http://127.0.0.1:9/v1")
     with_push = load_recipe(path)

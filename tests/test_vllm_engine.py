@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_jsonl
 
+from neat_data.core.messages import template_accepts_system
 from neat_data.engines.base import Sampling
 from neat_data.engines.vllm_backend import VLLMBackend
-from neat_data.messages import template_accepts_system
 from neat_data.stages.generate import GenerateConfig, run_generate
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]

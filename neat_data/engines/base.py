@@ -57,7 +57,7 @@ class RequestResult:
     system_mode: str = "system"  # system | merged | none
     n_fallback: bool = False  # the server returned fewer choices than n; samples came from separate requests
     # Tokens billed for this request (all its calls, prompt counted once per call); None where the backend does
-    # not report usage — neat_data.costs.request_usage then falls back to the completions' own counts.
+    # not report usage — neat_data.engines.costs.request_usage then falls back to the completions' own counts.
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 

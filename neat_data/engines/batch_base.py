@@ -21,10 +21,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from neat_data.core.errors import NeatError
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.batch_core import BatchLines, build_lines, line_digest, read_input_ids, read_outcomes, split_lines
 from neat_data.engines.batch_journal import BatchJournal, BatchRecord, FileBatchJournal, load_records, save_records
-from neat_data.errors import NeatError
 
 POLL_FAILURES_BEFORE_GIVING_UP = 3  # consecutive failed status polls / downloads of one batch (each after the SDK's retries)
 
@@ -116,7 +116,7 @@ class BatchBackendBase:
         return self._outcome_cache[record.name]
 
     def _new_record(self, lines: list[bytes]) -> BatchRecord:
-        from neat_data.runfolder import atomic_write_bytes  # runfolder imports pyarrow: not at import time
+        from neat_data.core.runfolder import atomic_write_bytes  # runfolder imports pyarrow: not at import time
 
         data = b"\n".join(lines) + b"\n"
         digest = hashlib.sha256(data).hexdigest()

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neat_data.core.errors import redact_secret
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.batch_journal import BatchRecord
 from neat_data.engines.openai_http import encode_json
 from neat_data.engines.openai_wire import chat_body, parse_chat_response
-from neat_data.errors import redact_secret
 
 ENDPOINT = "/v1/chat/completions"
 MAX_REQUESTS_PER_FILE = 50_000  # the OpenAI Batch API's limits per input file

@@ -22,12 +22,10 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 
 # Batch statuses after which nothing more happens on the server.
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-# Terminal statuses whose unfinished requests may be submitted again (a completed batch's are not: it ran them).
-RESUBMITTABLE = ("failed", "expired", "cancelled")
 
 
 class BatchRecord(BaseModel):
@@ -93,7 +91,7 @@ class FileBatchJournal:
         return records
 
     def save(self, records: list[dict[str, Any]]) -> None:
-        from neat_data.runfolder import atomic_write_json  # runfolder imports pyarrow: not at import time
+        from neat_data.core.runfolder import atomic_write_json  # runfolder imports pyarrow: not at import time
 
         atomic_write_json(self.path, {"batches": records})
 
@@ -107,7 +105,7 @@ class ManifestBatchJournal:
         self.stage = stage
 
     def load(self) -> list[dict[str, Any]]:
-        from neat_data.runfolder import read_manifest
+        from neat_data.core.runfolder import read_manifest
 
         records = (read_manifest(self.run_dir).get("batches") or {}).get(self.stage) or []
         if not isinstance(records, list):
@@ -115,7 +113,7 @@ class ManifestBatchJournal:
         return records
 
     def save(self, records: list[dict[str, Any]]) -> None:
-        from neat_data.runfolder import atomic_write_json, read_manifest
+        from neat_data.core.runfolder import atomic_write_json, read_manifest
 
         manifest = read_manifest(self.run_dir)
         manifest.setdefault("batches", {})[self.stage] = records
@@ -144,7 +142,7 @@ def state_dir_for(run_dir: Path, stage: str) -> Path:
 def run_journals(run_dir: Path) -> dict[str, BatchJournal]:
     """Every batch journal of a run folder by stage: `batches.<stage>` in the manifest, and any
     `<run>/batches/<stage>/journal.json` of a stage whose records are not in the manifest."""
-    from neat_data.runfolder import read_manifest
+    from neat_data.core.runfolder import read_manifest
 
     journals: dict[str, BatchJournal] = {
         stage: ManifestBatchJournal(run_dir, stage) for stage in sorted(read_manifest(Path(run_dir)).get("batches") or {})

@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from neat_data.core.errors import redact_secret
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 from neat_data.engines.openai_wire import UsageTotal, chat_body, parse_chat_response, rejects_system_role
-from neat_data.errors import redact_secret
 
 _DONE = object()
 RETRY_AFTER_CAP = 120.0  # seconds

@@ -36,11 +36,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from neat_data.core.errors import redact_secret
 from neat_data.engines.batch_base import BatchBackendBase, ControlError
 from neat_data.engines.batch_core import ENDPOINT, MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from neat_data.engines.batch_journal import BatchJournal, BatchRecord
 from neat_data.engines.openai_backend import OpenAIOptions
-from neat_data.errors import redact_secret
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 UPLOAD_TIMEOUT = 600.0  # seconds: a 200 MB file takes a while
@@ -152,7 +152,7 @@ class OpenAIBatchBackend(BatchBackendBase):
         apply_batch(record, self._call("status", lambda: self._client.batches.retrieve(record.batch_id)))
 
     def _download(self, record: BatchRecord) -> None:
-        from neat_data.runfolder import atomic_write_bytes
+        from neat_data.core.runfolder import atomic_write_bytes
 
         for file_id, suffix in ((record.output_file_id, "output"), (record.error_file_id, "errors")):
             if file_id:

@@ -28,9 +28,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from neat_data.core.errors import NeatError
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 from neat_data.engines.vllm_backend import VLLMOptions
-from neat_data.errors import NeatError
 
 
 class RayOptions(BaseModel):
@@ -144,7 +144,7 @@ class RayBackend:
 
     @classmethod
     def from_options(cls, model: str, ray_options: RayOptions, vllm_options: VLLMOptions, *, seed: int = 0) -> RayBackend:
-        from neat_data.models import resolve_model
+        from neat_data.core.models import resolve_model
 
         # Resolve the model on the driver: actors then load a path (or Hub id) and need no model-building extras.
         vllm_only = VLLMOptions.model_validate(vllm_options.model_dump(include=set(VLLMOptions.model_fields)))

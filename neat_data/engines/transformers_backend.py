@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from neat_data.core.messages import template_accepts_system
+from neat_data.core.models import resolve_model
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
-from neat_data.messages import template_accepts_system
-from neat_data.models import resolve_model
 
 
 class TransformersOptions(BaseModel):

@@ -66,7 +66,7 @@ class VLLMBatchBackend(BatchBackendBase):
             progress=progress,
         )
         if model_path is None:
-            from neat_data.models import resolve_model
+            from neat_data.core.models import resolve_model
 
             model_path = resolve_model(model)
         self.model_path = model_path
@@ -85,7 +85,7 @@ class VLLMBatchBackend(BatchBackendBase):
     def _merge_system(self) -> bool:
         """True when the model's chat template rejects the system role (checked once, as the vllm backend does)."""
         if self._system_ok is None:
-            from neat_data.messages import template_accepts_system
+            from neat_data.core.messages import template_accepts_system
 
             try:
                 from transformers import AutoTokenizer
@@ -97,8 +97,8 @@ class VLLMBatchBackend(BatchBackendBase):
 
     def command(self, input_path: Path, output_path: Path) -> tuple[list[str], dict[str, str]]:
         """The run_batch command line and environment for one file."""
-        from neat_data.errors import NeatError
-        from neat_data.models import resolve_dtype
+        from neat_data.core.errors import NeatError
+        from neat_data.core.models import resolve_dtype
 
         try:
             from vllm.platforms import current_platform
@@ -150,7 +150,7 @@ class VLLMBatchBackend(BatchBackendBase):
         """Run the file to the end (a local run has nothing to attach to: a killed one is simply run again)."""
         from tqdm.auto import tqdm
 
-        from neat_data.runfolder import atomic_write_bytes
+        from neat_data.core.runfolder import atomic_write_bytes
 
         input_path = self.state_dir / record.input_file
         output_path = self.state_dir / f"{record.name}.output.jsonl"

@@ -35,7 +35,7 @@ def load_scoring_model(model: str, auto_class: str, device: str) -> tuple[Any, A
     """
     import transformers
 
-    from neat_data.models import resolve_model
+    from neat_data.core.models import resolve_model
 
     path = resolve_model(model)
     device = pick_device(device)

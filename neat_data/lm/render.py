@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from neat_data.messages import build_messages, template_accepts_system
+from neat_data.core.messages import build_messages, template_accepts_system
 
 FINISHED = "stop"  # the one finish reason that means the model ended its turn itself
 TRUNCATED = "length"  # cut by max_tokens (or the context window)

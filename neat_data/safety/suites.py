@@ -24,9 +24,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from neat_data.errors import NeatError
-from neat_data.prompts_in import PromptRecord, load_prompts
-from neat_data.resources import bundled_dir
+from neat_data.core.errors import NeatError
+from neat_data.core.prompts_in import PromptRecord, load_prompts
+from neat_data.core.resources import bundled_dir
 from neat_data.safety.metrics import MetricName, check_metric_names
 
 SuiteKind = Literal["harmful", "benign"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import Field, field_validator
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from neat_data.engines.batch_journal import BatchJournal
 
 ScorerName = Literal["self-contrast", "reward-model", "judge"]  # and python:<module>:<function>, a user's callable
-SCORER_HELP = "self-contrast | reward-model | judge | python:<module>:<function>"
+SCORER_HELP = " | ".join([*get_args(ScorerName), "python:<module>:<function>"])
 _PYTHON_SCORER = re.compile(r"^python:[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -57,7 +57,7 @@ class ScorerOptions(VLLMOptions, OpenAIOptions, OpenAIBatchOptions):
     @field_validator("scorer")
     @classmethod
     def _known_scorer(cls, value: str) -> str:
-        if value in ScorerName.__args__ or _PYTHON_SCORER.match(value):  # type: ignore[attr-defined]
+        if value in get_args(ScorerName) or _PYTHON_SCORER.match(value):
             return value
         raise ValueError(f"unknown scorer {value!r} ({SCORER_HELP})")
 
@@ -86,7 +86,7 @@ def make_scorer(
         from neat_data.scorers.python_fn import PythonScorer
 
         return PythonScorer(kind)
-    from neat_data.errors import NeatError
+    from neat_data.core.errors import NeatError
 
     model = options.model or generation_model
     if not model:

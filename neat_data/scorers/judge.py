@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from neat_data.core.errors import NeatError
+from neat_data.core.keys import request_seed, text_hash
+from neat_data.core.resources import bundled_dir
 from neat_data.engines.base import Backend, GenerationRequest, Sampling
-from neat_data.errors import NeatError
-from neat_data.keys import request_seed, text_hash
-from neat_data.resources import bundled_dir
 from neat_data.scorers.base import ScoreItem, ScoreResult
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class JudgeScorer:
 
     def _replies(self, requests: list[GenerationRequest]) -> list[tuple[str | None, str | None]]:
         """(text, error) per request, in order."""
-        from neat_data.costs import UsageRecord, request_usage
+        from neat_data.engines.costs import UsageRecord, request_usage
 
         replies: list[tuple[str | None, str | None]] = [(None, "no reply")] * len(requests)
         for index, result in self.backend.generate(requests, JUDGE_SAMPLING):

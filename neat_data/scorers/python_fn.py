@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import Callable
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 from neat_data.scorers.base import ScoreItem, ScoreResult
 
 

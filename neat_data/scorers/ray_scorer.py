@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 from neat_data.scorers.base import ScoreItem, Scorer, ScoreResult
 
 

@@ -8,9 +8,9 @@ bf16 on CUDA, float32 on CPU. The score is logit 0.
 
 from __future__ import annotations
 
+from neat_data.core.models import resolve_model
 from neat_data.lm.batching import length_sorted_batches, pad_batch
 from neat_data.lm.loading import load_scoring_model
-from neat_data.models import resolve_model
 from neat_data.scorers.base import ScoreItem, ScoreResult
 
 
@@ -58,7 +58,7 @@ class VLLMRewardScorer(RewardModelScorer):
         from transformers import AutoTokenizer
         from vllm.platforms import current_platform
 
-        from neat_data.models import resolve_dtype
+        from neat_data.core.models import resolve_dtype
 
         self.name = f"reward-model:{model}"
         path = resolve_model(model)

@@ -23,11 +23,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from neat_data.core.keys import request_seed
+from neat_data.core.messages import build_messages
+from neat_data.core.pairs import PromptPair, load_library
+from neat_data.core.prompts_in import PromptRecord, load_prompts
 from neat_data.engines.base import GenerationRequest, Sampling
-from neat_data.keys import request_seed
-from neat_data.messages import build_messages
-from neat_data.pairs import PromptPair, load_library
-from neat_data.prompts_in import PromptRecord, load_prompts
 from neat_data.safety.metrics import METRICS, check_metric_dependencies, response_metrics
 from neat_data.safety.stats import bootstrap_mean, paired_difference, per_prompt_means
 from neat_data.safety.suites import load_suite, seeded_subset, suite_prompts
@@ -90,7 +90,7 @@ def engine_request(item: Planned, samples: int, seed: int) -> GenerationRequest:
 
 
 def make_audit_backend(config: AuditConfig) -> Any:
-    from neat_data.models import resolve_model
+    from neat_data.core.models import resolve_model
 
     path = resolve_model(config.model)
     if config.backend == "vllm":
@@ -104,7 +104,7 @@ def make_audit_backend(config: AuditConfig) -> Any:
 
 def self_contrast_scores(config: AuditConfig, rows: list[dict[str, Any]], pairs: dict[str, PromptPair]) -> None:
     """Set row["self_contrast"] for every steered row: its score under its own pair, as the training scorer gives it."""
-    from neat_data.models import resolve_model
+    from neat_data.core.models import resolve_model
     from neat_data.scorers.base import ScoreItem
     from neat_data.scorers.self_contrast import SelfContrastScorer
 
@@ -183,7 +183,7 @@ def run_audit(
     unsteered, steered = plan(harmful, benign, library.pairs)
     planned = unsteered + steered
     if not planned:
-        from neat_data.errors import NeatError
+        from neat_data.core.errors import NeatError
 
         raise NeatError("nothing to audit: --harmful and --benign are both 0", field="harmful")
     echo(

@@ -36,15 +36,15 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from neat_data.errors import NeatError
-from neat_data.prompts_in import PromptRecord
-from neat_data.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json, atomic_write_table, read_parquet
+from neat_data.core.errors import NeatError
+from neat_data.core.prompts_in import PromptRecord
+from neat_data.core.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json, atomic_write_table, read_parquet
+from neat_data.core.schemas import GENERATIONS
 from neat_data.safety.metrics import check_metric_dependencies
 from neat_data.safety.stats import bootstrap_mean as prompt_bootstrap
 from neat_data.safety.stats import per_prompt_means
 from neat_data.safety.suites import HELDOUT, Suite, load_suites, suite_prompts
 from neat_data.safety.summary import measure, measured_table, summarise
-from neat_data.schemas import GENERATIONS
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.stages.score import ScoreConfig, run_score
 
@@ -103,7 +103,7 @@ def load_preferred(source: Path) -> list[dict[str, Any]]:
     """Rows {prompt, responses: [text], scores: [0], finish_reason: [reason]} for the perplexity pass (rendered like
     the trainer's candidates: the end-of-turn token only after a finished response)."""
     if source.is_dir():
-        from neat_data.schemas import SCORED
+        from neat_data.core.schemas import SCORED
 
         scored = (source / "scored").is_dir()
         table_dir = source / "scored" if scored else source / "generations"
@@ -262,8 +262,28 @@ class SharedBackend:
             self.inner.close()
 
 
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """What `neat-data run` prints for an evaluation: the held-out reward, win rate and perplexity, then each suite's
+    refusal rate with its paired difference against the base model."""
+    low, high = metrics["reward_ci95"]
+    extra = "".join(
+        f" {label} {metrics[key]:.2f}"
+        for key, label in (("win_rate_vs_base", "win-vs-base"), ("perplexity", "perplexity"))
+        if metrics.get(key) is not None
+    )
+    lines = [f"eval: {metrics['prompts']} held-out prompts, reward {metrics['reward_mean']:+.4f} [{low:+.4f}, {high:+.4f}]{extra}"]
+    for suite, entry in (metrics.get("suites") or {}).items():
+        refusal = (entry.get("metrics") or {}).get("refusal")
+        if refusal and refusal.get("mean") is not None:
+            low, high = refusal["ci95"]
+            vs = refusal.get("vs_base") or {}
+            paired = f", vs base {vs['mean']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}]" if vs.get("mean") is not None else ""
+            lines.append(f"      {suite}: refusal {refusal['mean']:.3f} [{low:.3f}, {high:.3f}] over {refusal['prompts']} prompts{paired}")
+    return lines
+
+
 def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    from neat_data.models import resolve_model
+    from neat_data.core.models import resolve_model
 
     started = time.time()
     eval_dir = Path(config.generate.out)
@@ -276,7 +296,7 @@ def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progr
     from neat_data.engines import BATCH_BACKENDS, loads_model_locally
 
     if loads_model_locally(config.generate.backend):
-        from neat_data.models import resolve_model as check_model
+        from neat_data.core.models import resolve_model as check_model
 
         check_model(config.generate.model)  # the shared engine starts lazily: check its model first, as generate would
     # batch backends keep files per run folder (each suite is one): they are not shared

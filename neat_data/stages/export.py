@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import RunLock, ShardedTable, atomic_write_table, update_manifest
-from neat_data.schemas import SCORED
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, update_manifest
+from neat_data.core.schemas import SCORED
 from neat_data.stages.rank import read_ranked
 
 # The one list of export formats (the CLI's --format choices, recipes' `exports`, push's --format derive from it).

@@ -1,7 +1,7 @@
 """Generate stage: prompts × prompt pairs → one row per response under positive / negative / no steering.
 
 In:  a prompts source (JSONL, Parquet, CSV, hf://…), prompt-pair libraries, a model and a backend.
-Out: `<out>/generations/part-*.parquet` (schema `neat_data.schemas.GENERATIONS`) and `<out>/manifest.json`.
+Out: `<out>/generations/part-*.parquet` (schema `neat_data.core.schemas.GENERATIONS`) and `<out>/manifest.json`.
 Run: `neat-data generate --prompts P --pairs harmless --model M --backend vllm --out runs/demo`, or
      `run_generate(GenerateConfig(...))` from Python; `--num-shards N --shard-index i` runs one shard of it.
 
@@ -33,14 +33,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neat_data import __version__
-from neat_data.costs import UsageRecord, UsageTally, batch_discount, request_usage
+from neat_data.core.errors import NeatError
+from neat_data.core.pairs import load_libraries
+from neat_data.core.prompts_in import PromptRecord, iter_prompts
+from neat_data.core.runfolder import count_by, read_manifest, update_manifest
+from neat_data.core.schemas import GENERATIONS
+from neat_data.core.shards import ShardSpec, StageOutput
 from neat_data.engines.base import Backend, GenerationRequest
-from neat_data.errors import NeatError
-from neat_data.pairs import load_libraries
-from neat_data.prompts_in import PromptRecord, iter_prompts
-from neat_data.runfolder import count_by, read_manifest, update_manifest
-from neat_data.schemas import GENERATIONS
-from neat_data.shards import ShardSpec, StageOutput
+from neat_data.engines.costs import UsageRecord, UsageTally, batch_discount, request_usage
 from neat_data.stages.generate_plan import (
     IDENTITY_FIELDS,
     GenerateConfig,
@@ -226,8 +226,8 @@ def forget_batches(run_dir: Path) -> None:
     """--overwrite starts over: earlier batch files and their journal would otherwise answer the new run's requests."""
     import shutil
 
+    from neat_data.core.runfolder import atomic_write_json
     from neat_data.engines.batch_journal import state_dir_for
-    from neat_data.runfolder import atomic_write_json
 
     shutil.rmtree(state_dir_for(run_dir, "generate"), ignore_errors=True)
     manifest = read_manifest(run_dir)
@@ -255,7 +255,7 @@ def run_generate(
     explicit: dict[str, str] = {}
     plan = scan(config, libraries, shard, None, retry_errors, explicit)  # every row valid before the run folder is touched
     if backend is None and config.local_model():
-        from neat_data.models import resolve_model
+        from neat_data.core.models import resolve_model
 
         resolve_model(config.model)  # a mistyped model stops here, for every backend that loads one
     owns_backend = backend is None

@@ -3,7 +3,7 @@ requests; one engine result → rows. No I/O, no engine: every function here is 
 
 In:  PromptRecords (neutral conversations, maybe with their own system message), pair libraries, the stage config.
 Out: `PlannedRequest`s (one per prompt × steering, with the content keys of its samples), `GenerationRequest`s for the
-     backend, the rows of `neat_data.schemas.GENERATIONS` for one result (one row per sample, ok or error, never
+     backend, the rows of `neat_data.core.schemas.GENERATIONS` for one result (one row per sample, ok or error, never
      dropped), and the stage's summary (counts, requests by reason, tokens and cost).
 """
 
@@ -19,14 +19,14 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from neat_data.costs import PriceOptions, cost_line
+from neat_data.core.errors import redact_secrets
+from neat_data.core.keys import content_key, request_seed, text_hash
+from neat_data.core.messages import SystemCombine, build_messages, error_columns, parse_reply
+from neat_data.core.pairs import PairLibrary, PromptPair, choose_pair
+from neat_data.core.prompts_in import PromptRecord
 from neat_data.engines import BackendName, BackendOptions, loads_model_locally
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
-from neat_data.errors import redact_secrets
-from neat_data.keys import content_key, request_seed, text_hash
-from neat_data.messages import SystemCombine, build_messages, error_columns, parse_reply
-from neat_data.pairs import PairLibrary, PromptPair, choose_pair
-from neat_data.prompts_in import PromptRecord
+from neat_data.engines.costs import PriceOptions, cost_line
 
 # Fields that define what a run folder contains: a re-run with other values would mix incompatible rows.
 IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine")

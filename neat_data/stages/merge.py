@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import SHARD_DIR, RunLock, ShardedTable, count_by, read_manifest, update_manifest
-from neat_data.schemas import GENERATIONS, SCORED
-from neat_data.shards import ShardSpec, shard_of
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import SHARD_DIR, RunLock, ShardedTable, count_by, read_manifest, update_manifest
+from neat_data.core.schemas import GENERATIONS, SCORED
+from neat_data.core.shards import ShardSpec, shard_of
 
 STAGES = {"generate": ("generations", GENERATIONS), "score": ("scored", SCORED)}
 

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import ShardedTable, read_manifest, update_manifest
-from neat_data.schemas import SCORED
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import ShardedTable, read_manifest, update_manifest
+from neat_data.core.schemas import SCORED
 from neat_data.stages.export import ExportFormat
 
 T = TypeVar("T")

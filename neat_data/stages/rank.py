@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet, update_manifest
-from neat_data.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet, update_manifest
+from neat_data.core.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns
 
 DropReason = Literal["degenerate", "tie", "margin", "truncated"]
 TRUNCATED = "length"  # the finish reason of a response cut by max_tokens

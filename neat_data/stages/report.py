@@ -10,9 +10,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import ShardedTable, atomic_write_bytes, atomic_write_figure
-from neat_data.schemas import SCORED
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import ShardedTable, atomic_write_bytes, atomic_write_figure
+from neat_data.core.schemas import SCORED
 
 COLOURS = {"pos": "tab:green", "neg": "tab:red", "none": "tab:gray"}
 

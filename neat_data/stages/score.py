@@ -23,13 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
-from neat_data.costs import PriceOptions, batch_discount, cost_line, token_costs
-from neat_data.errors import NeatError, redact_secrets
-from neat_data.runfolder import ShardedTable, count_by, read_manifest, update_manifest
-from neat_data.schemas import GENERATIONS, SCORED, check_columns
+from neat_data.core.errors import NeatError, redact_secrets
+from neat_data.core.runfolder import ShardedTable, count_by, read_manifest, update_manifest
+from neat_data.core.schemas import GENERATIONS, SCORED, check_columns
+from neat_data.core.shards import ShardSpec, StageOutput, refuse_while_writing
+from neat_data.engines.costs import PriceOptions, batch_discount, cost_line, token_costs
 from neat_data.scorers import ScorerOptions, make_scorer
 from neat_data.scorers.base import ScoreItem, Scorer
-from neat_data.shards import ShardSpec, StageOutput, refuse_while_writing
 
 IDENTITY_FIELDS = ("scorer", "model", "negative_score", "judge_mode", "judge_template")
 NegativeScore = Literal["scored", "floor"]
@@ -90,7 +90,7 @@ def pair_texts(rows: list[dict[str, Any]], generate_entry: dict[str, Any]) -> di
     missing = {pid for pid, found in texts.items() if len(found) < 2}
     generate_config = generate_entry.get("config", {})
     if missing and generate_config.get("pairs"):
-        from neat_data.pairs import choose_pair, load_libraries
+        from neat_data.core.pairs import choose_pair, load_libraries
 
         libraries = load_libraries(generate_config["pairs"])
         by_id = {pair.id: pair for library in libraries for pair in library.pairs}
@@ -272,8 +272,8 @@ def batch_state(run_dir: Path, shard: ShardSpec | None) -> dict[str, Any]:
 def forget_score_batches(run_dir: Path, shard: ShardSpec | None) -> None:
     import shutil
 
+    from neat_data.core.runfolder import atomic_write_json
     from neat_data.engines.batch_journal import state_dir_for
-    from neat_data.runfolder import atomic_write_json
 
     shutil.rmtree(state_dir_for(run_dir, "score"), ignore_errors=True)
     manifest = read_manifest(run_dir)

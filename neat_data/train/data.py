@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 from neat_data.lm.render import CandidateRenderer
 from neat_data.train.loss import STEERING_CODES
 

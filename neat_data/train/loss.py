@@ -19,8 +19,9 @@ Per-prompt sums are averaged over the prompts of the batch, so the loss scale do
 size (DPO: each prompt's mean over its pairs, then the mean over prompts with a pair). Ties in reward give
 no ranking pair (RRHF, DPO best-vs-worst) and zero temperature (PRO).
 
-`LOSSES` maps each name of `LossName` to its objective `(LossInputs, LossSettings) → (loss, parts)`; the
-trainer looks the configured name up there and nowhere else. Importing this module does not import torch
+`LOSSES` maps each name of `LossName` to its `Loss`: the objective `(LossInputs, LossSettings) → (loss, parts)`, its
+default w_sft and whether it needs reference log-probs; the trainer looks the configured name up there and nowhere
+else, and prints whatever parts the objective returns. Importing this module does not import torch
 (TrainConfig, and so the CLI, import `LossName`).
 """
 
@@ -278,18 +279,27 @@ def sft_objective(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Ten
     return total, parts
 
 
-LOSSES: dict[str, Objective] = {
-    "rrhf": _ranking_objective("rrhf"),
-    "pro": _ranking_objective("pro"),
-    "dpo": dpo_objective,
-    "sft": sft_objective,
+@dataclass(frozen=True)
+class Loss:
+    """A training loss by name: its objective, w_sft when the user gives none (from the most candidates C of any
+    prompt), and whether it needs the starting policy's log-probs. One entry per `LossName`: a new loss cannot
+    forget a part."""
+
+    objective: Objective
+    default_sft_weight: Callable[[int], float]
+    needs_reference: bool = False
+
+    def __call__(self, inputs: LossInputs, settings: LossSettings) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective(inputs, settings)
+
+
+# w_sft defaults: 1 (RRHF, SFT), 0.05·(C−1)² (PRO, after the PRO paper), 0 (DPO: the plain baseline).
+LOSSES: dict[str, Loss] = {
+    "rrhf": Loss(_ranking_objective("rrhf"), lambda most_candidates: 1.0),
+    "pro": Loss(_ranking_objective("pro"), lambda most_candidates: 0.05 * (most_candidates - 1) ** 2),
+    "dpo": Loss(dpo_objective, lambda most_candidates: 0.0, needs_reference=True),
+    "sft": Loss(sft_objective, lambda most_candidates: 1.0),
 }
-NEEDS_REFERENCE: frozenset[str] = frozenset({"dpo"})
-
-
-def default_sft_weight(loss: LossName, most_candidates: int) -> float:
-    """w_sft when not given: 1 (RRHF, SFT), 0.05·(C−1)² (PRO, after the PRO paper), 0 (DPO: the plain baseline)."""
-    return {"rrhf": 1.0, "pro": 0.05 * (most_candidates - 1) ** 2, "dpo": 0.0, "sft": 1.0}[loss]
 
 
 assert set(LOSSES) == set(typing.get_args(LossName)) and set(RANK_LOSSES) == set(typing.get_args(RankLoss)), "loss names drifted"

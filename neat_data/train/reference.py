@@ -108,8 +108,8 @@ def reference_pass(
     `total(values) → values summed over ranks` (a collective; identity when `world` is 1)."""
     import torch
 
+    from neat_data.core.runfolder import atomic_write_table
     from neat_data.lm.logprobs import ResponseLogprobs, candidate_logprobs
-    from neat_data.runfolder import atomic_write_table
 
     total = total or (lambda values: values)
     key = cache_key(examples, weights_checksum(model), "bf16" if bf16 else str(next(model.parameters()).dtype))

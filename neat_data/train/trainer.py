@@ -110,6 +110,12 @@ class TrainSummary:
     first: dict[str, float]
     last: dict[str, float]
 
+    def line(self) -> str:
+        return (
+            f"train: {self.steps} steps, {self.tokens} tokens, {self.tokens_per_second:.0f} tok/s, "
+            f"loss {self.first.get('loss', float('nan')):.4f} → {self.last.get('loss', float('nan')):.4f}"
+        )
+
 
 class DistributedContext:
     """rank/world from torchrun or accelerate's environment; gloo on CPU, NCCL on CUDA."""
@@ -164,6 +170,16 @@ class DistributedContext:
             torch.distributed.barrier()
 
 
+STEP_FIELDS = ("step", "epoch", "grad_norm", "lr", "tokens", "tokens_per_s", "seconds")  # every other key: the loss's parts
+
+
+def progress_line(record: dict[str, Any]) -> str:
+    """One step as `neat-data train` prints it: the loss, then every part the loss's objective returned, by its own
+    name (a new loss shows its parts without an edit here)."""
+    parts = " ".join(f"{name} {record[name]:.4f}" for name in record if name not in STEP_FIELDS and name != "loss")
+    return f"step {record['step']}: loss {record['loss']:.4f} ({parts}) grad {record['grad_norm']:.2f} {record['tokens_per_s']:.0f} tok/s"
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warmup over `warmup` steps, then cosine from 1 to 0 at `total`."""
     if step < warmup:
@@ -176,11 +192,11 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     """Train and save; `log(record)` also receives every step record (the JSONL log is always written)."""
     import torch
 
+    from neat_data.core.models import resolve_model
     from neat_data.lm.loading import load_policy, pad_id_of
     from neat_data.lm.logprobs import ResponseLogprobs
-    from neat_data.models import resolve_model
     from neat_data.train.data import epoch_batches, load_examples, make_batch, rank_share
-    from neat_data.train.loss import LOSSES, NEEDS_REFERENCE, LossInputs, LossSettings, default_sft_weight
+    from neat_data.train.loss import LOSSES, LossInputs, LossSettings
     from neat_data.train.policy import choose_trainable, partial_folder, save_policy
     from neat_data.train.reference import reference_pass
 
@@ -202,11 +218,11 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
         dpo_pairs=config.dpo_pairs,
     )
     most_candidates = max(len(e.sequences) for e in examples)
-    sft_weight = config.sft_weight if config.sft_weight is not None else default_sft_weight(config.loss, most_candidates)
+    sft_weight = config.sft_weight if config.sft_weight is not None else LOSSES[config.loss].default_sft_weight(most_candidates)
     settings = LossSettings(rank_weight=config.rank_weight, sft_weight=sft_weight, beta=config.beta, dpo_pairs=config.dpo_pairs)
     pad_id = pad_id_of(tokenizer)
     reference = None
-    if config.loss in NEEDS_REFERENCE:  # the starting policy, before LoRA/sharding wrap it and before any step
+    if LOSSES[config.loss].needs_reference:  # the starting policy, before LoRA/sharding wrap it and before any step
         examples, reference = reference_pass(
             examples,
             model,

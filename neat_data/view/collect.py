@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neat_data import __version__
-from neat_data.errors import NeatError
-from neat_data.runfolder import read_manifest
-from neat_data.schemas import STEERINGS
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import read_manifest
+from neat_data.core.schemas import STEERINGS
 from neat_data.view.rounds_data import finite, heldout_section, is_rounds_run, round_folders, rounds_section, suite_sections
 from neat_data.view.tables import FolderRows, read_folder, read_texts, source_folder
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import atomic_write_bytes
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import atomic_write_bytes
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PLACEHOLDER = re.compile(r"\{\{(CSP|TITLE|STYLE|SCRIPT|INDEX|TEXTS)\}\}")

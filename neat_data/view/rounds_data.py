@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from neat_data.runfolder import ShardedTable, read_json_object, read_manifest
-from neat_data.schemas import GENERATIONS, SCORED
+from neat_data.core.runfolder import ShardedTable, read_json_object, read_manifest
+from neat_data.core.schemas import GENERATIONS, SCORED
 
 ROUND_DIR = re.compile(r"^round_(\d{2,})$")
 SKIPPED_METRIC_KEYS = ("config", "command")  # the evaluation's inputs, not its results
@@ -84,7 +84,7 @@ def interval_owner(name: str, scalars: set[str]) -> str | None:
 
 def rounds_section(run_dir: Path) -> dict[str, Any]:
     """Per round: the rounds.json columns (pairs, train tokens, seconds) and every held-out metric, as series."""
-    from neat_data.round_report import round_rows
+    from neat_data.stages.round_report import round_rows
 
     folders = round_folders(run_dir)
     last = max([k for k, _ in folders] + [int(read_manifest(run_dir).get("rounds_planned") or 0)])

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 from neat_data.view.page import ViewConfig, render_page
 
 HOST = "127.0.0.1"

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import ShardedTable, keep_last_per_key, read_manifest
-from neat_data.schemas import GENERATIONS, SCORED, STEERINGS
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import ShardedTable, keep_last_per_key, read_manifest
+from neat_data.core.schemas import GENERATIONS, SCORED, STEERINGS
 
 TITLE_CHARS = 200  # the list shows the start of the last user turn
 # Generation columns the index keeps (texts are read separately, for the prompts a page holds).

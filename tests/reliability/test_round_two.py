@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from conftest import write_jsonl
 
 from neat_data.cli import cli
+from neat_data.core.runfolder import ShardedTable
+from neat_data.core.schemas import SCORED
 from neat_data.engines.base import Sampling
-from neat_data.recipe import load_recipe
-from neat_data.runfolder import ShardedTable
-from neat_data.schemas import SCORED
+from neat_data.rounds.recipe import load_recipe
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neat_data.errors import NeatError, redact_secrets
-from neat_data.runfolder import atomic_write_json, read_manifest
+from neat_data.core.errors import NeatError, redact_secrets
+from neat_data.core.runfolder import atomic_write_json, read_manifest
 
 MAIN_EXPORT = "ranked"  # config round_NN; the other exports get round_NN-<format>
 
@@ -107,8 +107,8 @@ def push_round(
     if done.get("finished"):
         echo(f"round {k} · push: done ({', '.join(done.get('configs', {}).values())}), skipped")
         return done
-    from neat_data.round_report import round_rows, write_round_report
     from neat_data.stages.push import PushConfig, run_push
+    from neat_data.stages.round_report import round_rows, write_round_report
     from neat_data.view import ViewConfig, build_view
 
     started = time.time()

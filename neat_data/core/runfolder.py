@@ -5,7 +5,7 @@ Layout of a stage's output inside a run folder:
     <run>/manifest.json                                        (resolved configs, versions, counts)
     <run>/.lock                                                (one writer at a time; taking it removes
                                                                 a killed writer's leftover shard temp files)
-    <run>/<table>/shard-00002-of-00004/part-*.parquet          (a sharded run's rows: neat_data.shards)
+    <run>/<table>/shard-00002-of-00004/part-*.parquet          (a sharded run's rows: neat_data.core.shards)
 A shard is either complete or absent: it is written under a dot-prefixed temporary name, fsynced, then
 renamed. Readers take every shard in order and keep the *last* row for each `key`, so a re-run that
 retries an error row supersedes it without rewriting older shards. `compact` folds the shards into one.
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 
 _SHARD = re.compile(r"^part-(\d{6})\.parquet$")
 SHARD_DIR = re.compile(r"^shard-(\d{5})-of-(\d{5})$")
@@ -80,7 +80,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path, *, timeout: float = 0, check_shards: bool = True):
         """`timeout`: seconds to wait (shard processes wait for each other's short manifest updates);
-        `check_shards`: also refuse while a `--num-shards` process holds its `.lock-*` (neat_data.shards)."""
+        `check_shards`: also refuse while a `--num-shards` process holds its `.lock-*` (neat_data.core.shards)."""
         if run_dir.exists() and not run_dir.is_dir():
             raise NeatError("is an existing file, not a run folder", file=run_dir, field="out")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ class ShardedTable:
         return path
 
     def _read_part(self, path: Path, columns: list[str] | None = None) -> pa.Table:
-        from neat_data.schemas import ADDED_COLUMNS
+        from neat_data.core.schemas import ADDED_COLUMNS
 
         names = self.schema.names if columns is None else columns
         present_names = set(_column_names(path))

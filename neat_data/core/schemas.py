@@ -13,11 +13,10 @@ MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
 
 STEERINGS = ("pos", "neg", "none")
-STATUSES = ("ok", "error")
 
 GENERATIONS = pa.schema(
     [
-        ("key", pa.string()),  # content key: what makes this row unique (see neat_data.keys)
+        ("key", pa.string()),  # content key: what makes this row unique (see neat_data.core.keys)
         ("round", pa.int32()),
         ("prompt_id", pa.string()),
         ("prompt", MESSAGES),  # neutral conversation, ends with a user turn
@@ -50,7 +49,7 @@ ADDED_COLUMNS = frozenset({"system_combine", "finish_reason_chosen", "finish_rea
 
 def check_columns(table: pa.Table, schema: pa.Schema, source: str) -> None:
     """Raise NeatError naming the file and field if `table` lacks a column of `schema` or types differ."""
-    from neat_data.errors import NeatError
+    from neat_data.core.errors import NeatError
 
     for field in schema:
         if field.name not in table.column_names:

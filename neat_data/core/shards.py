@@ -11,7 +11,7 @@ Run: start N processes (one per GPU, node or endpoint) with the same command plu
 Locks: shard i holds `<run>/.lock-<table>-shard-0000i-of-0000N` for its whole life (a second copy of the
 same shard is refused), and takes the run's `.lock` only for the milliseconds of a manifest update (shards
 wait up to `MANIFEST_WAIT` s for each other). A single-process stage, `merge`, rank or export hold `.lock`
-and refuse while any shard lock is held (`neat_data.runfolder.RunLock`).
+and refuse while any shard lock is held (`neat_data.core.runfolder.RunLock`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import RunLock, read_manifest, update_manifest
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import RunLock, read_manifest, update_manifest
 
 MANIFEST_WAIT = 60.0  # s; a manifest update takes milliseconds, so waiting longer means a long-running writer
 MAX_SHARDS = 99_999  # the folder name has five digits
@@ -133,7 +133,7 @@ class StageOutput:
     """
 
     def __init__(self, run_dir: Path, stage: str, table: str, schema: Any, shard: ShardSpec | None):
-        from neat_data.runfolder import ShardedTable
+        from neat_data.core.runfolder import ShardedTable
 
         self.run_dir, self.stage, self.shard = run_dir, stage, shard
         self.whole = ShardedTable(run_dir / table, schema)  # every row of the run: merged, and every shard's

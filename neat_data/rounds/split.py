@@ -2,7 +2,7 @@
 
 In:  a Recipe (its prompts section, seed, rounds, evaluation suites, fixed data).
 Out: `plan_split(recipe)` → `Split` (held-out prompts, then one slice per round, and how many training prompts were
-     left out for sharing an 8-gram with an evaluation prompt); `split_files` names the files neat_data.rounds writes.
+     left out for sharing an 8-gram with an evaluation prompt); `split_files` names the files neat_data.rounds.runner writes.
 
 A seeded hash order of the prompt ids, so the split never changes when the sources are re-read, and held-out prompts
 are never trained on. Pure: validates and plans, writes nothing.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neat_data.errors import NeatError
-from neat_data.recipe import Recipe
+from neat_data.core.errors import NeatError
+from neat_data.rounds.recipe import Recipe
 
 
 def split_files(recipe: Recipe, run_dir: Path) -> list[Path]:
@@ -33,7 +33,7 @@ class Split:
 
 
 def _pool(sources: list[str], prompt_column: str | None, limit: int | None) -> list[Any]:
-    from neat_data.prompts_in import load_prompts
+    from neat_data.core.prompts_in import load_prompts
 
     seen: set[str] = set()
     records = []

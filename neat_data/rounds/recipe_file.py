@@ -1,5 +1,5 @@
 """Reading a recipe file and its `--set` overrides: YAML in, a plain mapping out; every way either can be wrong is
-one NeatError line naming the file or the override. The schema that validates the mapping is neat_data.recipe."""
+one NeatError line naming the file or the override. The schema that validates the mapping is neat_data.rounds.recipe."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neat_data.errors import EXIT_PENDING, NeatError
-from neat_data.recipe import Recipe, changed_fields, recipe_identity, stage_configs, variant_recipe
-from neat_data.rounds_push import push_round
-from neat_data.runfolder import RunLock, atomic_write_bytes, atomic_write_json, empty_folder, read_manifest
-from neat_data.split import Split, plan_split, split_files
-from neat_data.variants import StageCache, dependencies, materialize, stage_key
+from neat_data.core.errors import EXIT_PENDING, NeatError
+from neat_data.core.runfolder import RunLock, atomic_write_bytes, atomic_write_json, empty_folder, read_manifest
+from neat_data.rounds.publish import push_round
+from neat_data.rounds.recipe import Recipe, changed_fields, plan_round, recipe_identity, variant_recipe
+from neat_data.rounds.split import Split, plan_split, split_files
+from neat_data.rounds.stages import PlannedStage
+from neat_data.rounds.variants import StageCache, materialize, stage_key
 
 
 def write_split(recipe: Recipe, run_dir: Path, split: Split) -> None:
@@ -42,7 +43,7 @@ def write_split(recipe: Recipe, run_dir: Path, split: Split) -> None:
 
 def check_models(recipe: Recipe) -> None:
     """The policy and a named scorer model must exist before the run folder records the recipe."""
-    from neat_data.models import resolve_model
+    from neat_data.core.models import resolve_model
 
     resolve_model(recipe.model)
     judge_on_server = recipe.score.scorer == "judge" and recipe.score.options.get("judge_backend", "openai") == "openai"
@@ -57,8 +58,7 @@ def record_stage(run_dir: Path, k: int, name: str, record: dict[str, Any]) -> No
 
 
 def run_stage(
-    name: str,
-    config: dict[str, Any],
+    stage: PlannedStage,
     folder: Path,
     run_dir: Path,
     k: int,
@@ -69,6 +69,7 @@ def run_stage(
 ) -> float:
     """Run one stage in its own process unless the manifest says it finished — or, with a `cache` of a variants run,
     another variant finished the stage with the same `key` (then its result is linked in); returns its seconds."""
+    name, config = stage.label, stage.config_json()
     manifest = read_manifest(run_dir)
     done = manifest.get("rounds", {}).get(str(k), {}).get(name, {})
     if done.get("finished"):
@@ -77,7 +78,7 @@ def run_stage(
     config_path = folder / "configs" / f"{name}.json"
     shared = cache.find(key, run_dir) if cache is not None and key is not None else None
     if shared is not None:
-        materialize(name, shared, folder)
+        materialize(stage, shared, folder)
         atomic_write_json(config_path, config)
         source = f"{shared['run']}/round_{shared['round']:02d}"
         echo(f"round {k} · {name}: the same as in {source} (identical inputs), shared")
@@ -92,7 +93,7 @@ def run_stage(
     # The stage's own output (engine logs, progress bars) goes to its log; the terminal gets its summary.
     with open(log_path, "ab") as log:
         finished = subprocess.run(
-            [sys.executable, "-m", "neat_data.cli", "stage", name.split("-")[0], str(config_path), "--summary", str(summary_path)],
+            [sys.executable, "-m", "neat_data.cli", "stage", stage.kind.name, str(config_path), "--summary", str(summary_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -117,13 +118,13 @@ def run_stage(
             echo(f"    {line}")
     record_stage(run_dir, k, name, {"seconds": round(seconds, 2), "config": str(config_path), "key": key})
     if cache is not None and key is not None:
-        cache.record(key, run_dir, k, name)
+        cache.record(key, run_dir, k, stage)
     return seconds
 
 
 def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, cache: StageCache | None = None) -> list[dict[str, Any]]:
     """Execute every unfinished stage of every round; returns the per-round table rows."""
-    from neat_data.round_report import round_rows, write_round_report
+    from neat_data.stages.round_report import round_rows, write_round_report
 
     run_dir = recipe.run_dir()
     # Everything that can be wrong with the recipe is found before the run folder is touched (or, with --overwrite,
@@ -159,10 +160,10 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
         keys: dict[tuple[str, int], str] = {}  # each stage's key: its config and the keys of the stages it reads
         for k in range(0, recipe.rounds + 1):
             folder = run_dir / f"round_{k:02d}"
-            for name, config in stage_configs(recipe, run_dir, k):
-                inputs = [keys[dep] for dep in dependencies(name, k, recipe.exports) if dep in keys]
-                keys[(name, k)] = stage_key(name, config, run_dir, inputs)
-                run_stage(name, config, folder, run_dir, k, echo, cache=cache, key=keys[(name, k)])
+            for stage in plan_round(recipe, run_dir, k):
+                inputs = [keys[read] for read in stage.reads if read in keys]
+                keys[(stage.label, k)] = stage_key(stage.label, stage.config_json(), run_dir, inputs)
+                run_stage(stage, folder, run_dir, k, echo, cache=cache, key=keys[(stage.label, k)])
             push_round(recipe.push, run_dir, k, rounds=recipe.rounds, exports=list(recipe.exports), echo=echo)
         rows = round_rows(run_dir, recipe.rounds)
         write_round_report(run_dir, rows)
@@ -171,7 +172,7 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
 
 def run_variants(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) -> dict[str, list[dict[str, Any]]]:
     """Every variant of the recipe in turn (each resumable), sharing identical stages; then the comparison."""
-    from neat_data.comparison import write_comparison
+    from neat_data.rounds.comparison import write_comparison
 
     parent = recipe.run_dir()
     recipes = {name: variant_recipe(recipe, name) for name in recipe.variants}

@@ -1,12 +1,12 @@
-"""`neat-data prompts audit LIBRARY --model M [--prompts P]`: which steering pairs separate responses on *your* model.
+"""`neat-data prompts list | show | audit`: the prompt-pair libraries, what the engine sees for one prompt, and which
+steering pairs separate responses on *your* model.
 
     neat-data prompts audit harmless --model smollm2-135m-instruct
     neat-data prompts audit my_pairs.yaml --model Qwen/Qwen2.5-0.5B-Instruct --prompts my_prompts.jsonl --suite harmbench --harmful 16
 
-Prints one row per pair (refusal on harmful and benign prompts under its positive / negative system prompt, the
+`audit` prints one row per pair (refusal on harmful and benign prompts under its positive / negative system prompt, the
 paired difference, P(offensive), VADER tone, words, self-contrast gap) and writes every number (with 95% intervals)
-to a JSON file and every response to a JSONL beside it. Logic: `neat_data.stages.audit`; attached to the `prompts`
-group in `cli.py`.
+to a JSON file and every response to a JSONL beside it. Logic: `neat_data.stages.audit`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,79 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 
+from neat_data.cli.main import cli
 
-@click.command("audit")
+
+@cli.group()
+def prompts() -> None:
+    """Prompt-pair libraries: positive / negative steering system prompts."""
+
+
+@prompts.command("list")
+def prompts_list() -> None:
+    """List the bundled prompt-pair libraries."""
+    from neat_data.core.pairs import bundled_library_paths, load_library
+
+    for name in bundled_library_paths():
+        library = load_library(name)
+        click.echo(f"{library.name:<12} {len(library.pairs):>3} pairs  sha256:{library.content_hash}  {library.description}")
+
+
+@prompts.command("show")
+@click.argument("library")
+@click.option("--prompt", "prompt_text", help="A user request: print the exact messages sent for it (pos, neg, none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Run seed (decides which pair a prompt gets).")
+@click.option(
+    "--system-mode",
+    type=click.Choice(["system", "merged"]),
+    default="system",
+    show_default=True,
+    help="How the steering text is sent: as a system message, or merged into the first user turn.",
+)
+@click.option("--model", help="Also render the prompt through this model's chat template (bundled alias or local folder).")
+def prompts_show(library: str, prompt_text: str | None, seed: int, system_mode: str, model: str | None) -> None:
+    """Show a library's pairs, or exactly what the engine sees for one prompt."""
+    from neat_data.core.keys import prompt_id as make_prompt_id
+    from neat_data.core.keys import text_hash
+    from neat_data.core.messages import build_messages
+    from neat_data.core.pairs import choose_pair, load_libraries
+
+    libraries = load_libraries(library)
+    if prompt_text is None:
+        for lib in libraries:
+            click.echo(f"# {lib.name} ({lib.path}) sha256:{lib.content_hash}\n# {lib.description}")
+            for pair in lib.pairs:
+                click.echo(f"\n[{pair.id}]\n  + {pair.positive}\n  - {pair.negative}")
+        return
+    neutral = [{"role": "user", "content": prompt_text}]
+    pid = make_prompt_id(neutral)
+    pair = choose_pair(libraries, seed, pid)
+    click.echo(f"prompt_id {pid}  pair {pair.id} (library {pair.library})")
+    tokenizer = _load_tokenizer(model) if model else None
+    for steering in ("pos", "neg", "none"):
+        system = pair.system_prompt(steering)
+        messages = build_messages(neutral, system, system_mode if system else "system")
+        digest = f" sha256:{text_hash(system)}" if system else ""
+        click.echo(f"\n== {steering}{digest}")
+        click.echo(json.dumps(messages, indent=2, ensure_ascii=False))
+        if tokenizer is not None:
+            click.echo("-- rendered by the chat template:")
+            click.echo(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def _load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from neat_data.core.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(model))
+
+
+@prompts.command("audit")
 @click.argument("library")
 @click.option("--model", required=True, help="Model to audit: bundled alias, local HF folder or Hub id.")
 @click.option("--prompts", "prompts_source", help="Benign prompts (.jsonl/.parquet/.csv/hf://); default: the bundled quickstart prompts.")
@@ -76,9 +144,9 @@ def audit(
 
     Refusal (HarmBench's AdvBench refusal prefixes), P(offensive) and VADER tone measure refusal wording,
     offensiveness and tone — not helpfulness."""
+    from neat_data.core.resources import bundled_dir
+    from neat_data.core.runfolder import atomic_write_bytes, atomic_write_json
     from neat_data.engines.base import Sampling
-    from neat_data.resources import bundled_dir
-    from neat_data.runfolder import atomic_write_bytes, atomic_write_json
     from neat_data.stages.audit import AuditConfig, audit_table, run_audit
 
     config = AuditConfig(

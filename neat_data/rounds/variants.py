@@ -2,7 +2,7 @@
 
 In:  a recipe with `variants:` (name → overrides, dotted keys as in `--set`), e.g. pipelines/ablation.yaml.
 Out: runs/<name>/<variant>/ (an ordinary `neat-data run` folder per variant), runs/<name>/shared.json (which finished
-     stage result answers which stage key) and, from neat_data.comparison, runs/<name>/comparison.{json,md,png}.
+     stage result answers which stage key) and, from neat_data.rounds.comparison, runs/<name>/comparison.{json,md,png}.
 
 A stage's **key** is a hash of its name, its config with the variant's own folder written as `<run>` (so two variants'
 configs compare equal when they ask for the same thing), and the keys of the stages whose output it reads. Two
@@ -19,58 +19,15 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neat_data.errors import NeatError
-from neat_data.runfolder import atomic_write_json, read_manifest, update_manifest
+from neat_data.core.errors import NeatError
+from neat_data.core.runfolder import atomic_write_json, read_manifest, update_manifest
+from neat_data.rounds.stages import PlannedStage
 
 # Recipe keys a variant may not change: the variants are compared on one held-out split, one evaluation and round 0.
 SHARED_KEYS = ("name", "out", "variants", "prompts", "seed", "model", "rounds", "evaluate", "pairs")
-
-
-def output_folders(name: str) -> list[str]:
-    """The folders of a round folder that hold a stage's result."""
-    if name.startswith("export-"):
-        return [f"export/{name.removeprefix('export-')}"]
-    return {
-        "generate": ["generations"],
-        "score": ["scored"],
-        "rank": ["ranked"],
-        "train": ["model"],
-        "evaluate": ["eval"],
-        "evaluate-reseeded": ["eval-reseeded"],
-        "fixed": ["export/ranked"],
-    }[name]
-
-
-def manifest_entries(name: str) -> list[str]:
-    """The entries a stage writes in its round folder's own manifest (the run-folder stages keep their records there)."""
-    if name.startswith("export-"):
-        return [f"export:{name.removeprefix('export-')}"]
-    return {"generate": ["generate"], "score": ["score"], "rank": ["rank"], "fixed": ["fixed"]}.get(name, [])
-
-
-def dependencies(name: str, k: int, exports: Sequence[str]) -> list[tuple[str, int]]:
-    """The stages whose output stage `name` of round k reads (their keys are part of its key)."""
-    if name == "generate":
-        return [("train", k - 1)] if k > 1 else []
-    if name == "score":
-        return [("generate", k)]
-    if name == "rank":
-        return [("score", k)]
-    if name.startswith("export-"):
-        return [("rank", k), ("score", k)]
-    if name == "fixed":
-        return []
-    if name == "train":
-        return [("export-ranked", k), ("fixed", k)] + ([("train", k - 1)] if k > 1 else [])
-    if name == "evaluate":
-        return [("train", k), ("evaluate", 0)] if k > 0 else []
-    if name == "evaluate-reseeded":
-        return [("evaluate", 0)]
-    raise ValueError(f"unknown stage {name!r}")
 
 
 def _abstract(value: Any, run_dir: str) -> Any:
@@ -109,11 +66,11 @@ class StageCache:
         if not entry or Path(entry["run"]) == run_dir:
             return None
         source = Path(entry["run"]) / f"round_{entry['round']:02d}"
-        return entry if all((source / folder).exists() for folder in output_folders(entry["stage"])) else None
+        return entry if all((source / folder).exists() for folder in entry.get("outputs") or ["?"]) else None
 
-    def record(self, key: str, run_dir: Path, k: int, name: str) -> None:
+    def record(self, key: str, run_dir: Path, k: int, stage: PlannedStage) -> None:
         index = self._index()
-        index.setdefault(key, {"run": str(run_dir), "round": k, "stage": name})
+        index.setdefault(key, {"run": str(run_dir), "round": k, "stage": stage.label, "outputs": stage.outputs()})
         atomic_write_json(self.path, index)
 
 
@@ -138,13 +95,13 @@ def link_tree(source: Path, target: Path) -> None:
     os.replace(staging, target)
 
 
-def materialize(name: str, entry: dict[str, Any], folder: Path) -> None:
-    """Put another variant's finished result of stage `name` into this round `folder`, with its manifest records."""
+def materialize(stage: PlannedStage, entry: dict[str, Any], folder: Path) -> None:
+    """Put another variant's finished result of `stage` into this round `folder`, with its manifest records."""
     source = Path(entry["run"]) / f"round_{entry['round']:02d}"
-    for relative in output_folders(name):
+    for relative in stage.outputs():
         link_tree(source / relative, folder / relative)
     records = read_manifest(source).get("stages", {})
-    for entry_name in manifest_entries(name):
+    for entry_name in stage.manifest_entries():
         if entry_name in records:
             update_manifest(folder, entry_name, records[entry_name])
 

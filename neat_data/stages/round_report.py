@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from neat_data.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object, read_manifest
+from neat_data.core.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object, read_manifest
+from neat_data.safety.metrics import METRIC_TABLE
 
 
 def round_rows(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
@@ -60,18 +61,18 @@ def _object(value: Any) -> dict[str, Any]:
 
 
 def safety_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(suite, metric, header) of the table: refusal for every suite (over-refusal on benign ones), P(offensive) on
-    harmful ones — harmful suites first, each group in the order the suites first appear."""
+    """(suite, metric, header) of the table: each measured metric whose `Metric.headers` names the suite's kind
+    (refusal for every suite — over-refusal on benign ones —, P(offensive) on harmful ones), harmful suites first,
+    each group in the order the suites first appear."""
     suites: dict[str, tuple[str, set[str]]] = {}
     for row in rows:
         for name, suite in (row.get("safety") or {}).items():
             suites.setdefault(name, (suite.get("kind") or "harmful", set()))[1].update(suite.get("metrics") or {})
-    columns = []
+    columns: list[tuple[str, str, str]] = []
     for name, (kind, metrics) in sorted(suites.items(), key=lambda item: item[1][0] != "harmful"):  # harmful suites first
-        if "refusal" in metrics:
-            columns.append((name, "refusal", f"{'over-refusal' if kind == 'benign' else 'refusal'} {name} (95% CI)"))
-        if kind == "harmful" and "offensive" in metrics:
-            columns.append((name, "offensive", f"P(offensive) {name}"))
+        for metric, spec in METRIC_TABLE.items():
+            if metric in metrics and kind in spec.headers:
+                columns.append((name, metric, spec.headers[kind].format(suite=name)))
     return columns
 
 
@@ -79,7 +80,7 @@ def _safety_cell(row: dict[str, Any], suite: str, metric: str) -> str:
     entry = ((row.get("safety") or {}).get(suite) or {}).get("metrics", {}).get(metric)
     if not entry:
         return "–"
-    if metric == "offensive":
+    if not METRIC_TABLE[metric].interval:  # type: ignore[index]
         return _fmt(entry.get("mean"), ".3f")
     low, high = entry.get("ci95") or [None, None]
     cell = f"{_fmt(entry.get('mean'), '.2f')} [{_fmt(low, '.2f')}, {_fmt(high, '.2f')}]"

@@ -2,8 +2,8 @@
 stage configs each round of it makes.
 
 In:  a recipe YAML (`pipelines/*.yaml`, schema `Recipe`; `--set key=value` overrides, dotted for nesting).
-Out: a validated `Recipe`; `stage_configs(recipe, run_dir, k)` → the (stage, config) list of round k; `plan_split`
-     → the held-out and per-round prompts. Nothing here runs a stage or writes a file (neat_data.rounds does).
+Out: a validated `Recipe`; `plan_round(recipe, run_dir, k)` → the stages of round k (typed configs, what each reads); `plan_split`
+     → the held-out and per-round prompts. Nothing here runs a stage or writes a file (neat_data.rounds.runner does).
 
 Every open choice of the method is a field, with its default recorded in the run's manifest. A recipe is checked by
 building round 1's (and round 0's) stage configs and validating each with its stage's own config class, so a recipe
@@ -18,14 +18,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from neat_data.core.errors import NeatError, validation_message
 from neat_data.engines import BackendName
 from neat_data.engines.base import Sampling
-from neat_data.errors import NeatError, validation_message
-from neat_data.recipe_file import apply_override, parse_override, read_recipe_file, relative_to_file
-from neat_data.rounds_push import PushSpec
+from neat_data.rounds.publish import PushSpec
+from neat_data.rounds.recipe_file import apply_override, parse_override, read_recipe_file, relative_to_file
+from neat_data.rounds.stages import STAGES, PlannedStage
+from neat_data.rounds.variants import variant_overrides
 from neat_data.stages.export import ExportFormat
 from neat_data.stages.score import NegativeScore
-from neat_data.variants import variant_overrides
 
 
 class PromptsSpec(BaseModel):
@@ -140,6 +141,40 @@ class EvaluateSpec(BaseModel):
         return self
 
 
+def evaluation_generate(
+    spec: EvaluateSpec,
+    *,
+    prompts: str,
+    pairs: list[str],
+    model: str,
+    out: str,
+    seed: int,
+    samples: int,
+    num_pos: int = 0,
+    round: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The held-out generation's GenerateConfig values, from the evaluation's settings (a recipe's `evaluate:` or the
+    `evaluate` command's options): neutral prompt only, `samples` per prompt (num_pos 1 on round 0: the preferred
+    set perplexity is measured on)."""
+    values: dict[str, Any] = {
+        "prompts": prompts,
+        "pairs": pairs,
+        "model": model,
+        "backend": spec.backend,
+        "out": out,
+        "num_pos": num_pos,
+        "num_neg": 0,
+        "num_neutral": samples,
+        "sampling": {"seed": seed, "temperature": spec.temperature, "top_p": spec.top_p, "max_tokens": spec.max_tokens},
+        **spec.options,
+        **(extra or {}),
+    }
+    if round is not None:
+        values["round"] = round
+    return values
+
+
 class Recipe(BaseModel):
     """A NEAT run. Every open choice of the method is a field here, with its default recorded in the manifest."""
 
@@ -161,7 +196,7 @@ class Recipe(BaseModel):
     )
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
-    push: PushSpec | None = Field(None, description="Publish each finished round to a Hub dataset repo (neat_data.rounds_push).")
+    push: PushSpec | None = Field(None, description="Publish each finished round to a Hub dataset repo (neat_data.rounds.publish).")
     fixed_data: FixedDataSpec | None = Field(None, description="Train on fixed pairs instead of generated ones (the positive control).")
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -232,116 +267,91 @@ def variant_recipe(recipe: Recipe, name: str, path: Path | None = None) -> Recip
         raise NeatError(message, file=path, field=f"variants.{name}.{field}") from None
 
 
-def stage_config_classes() -> dict[str, Any]:
-    """Stage name → the config class that validates it (imported here: the recipe layer sits above the stages)."""
-    from neat_data.stages.evaluate import EvaluateConfig
-    from neat_data.stages.export import ExportConfig
-    from neat_data.stages.fixed import FixedConfig
-    from neat_data.stages.generate import GenerateConfig
-    from neat_data.stages.rank import RankConfig
-    from neat_data.stages.score import ScoreConfig
-    from neat_data.train.trainer import TrainConfig
-
-    return {
-        "generate": GenerateConfig,
-        "score": ScoreConfig,
-        "rank": RankConfig,
-        "export": ExportConfig,
-        "train": TrainConfig,
-        "evaluate": EvaluateConfig,
-        "fixed": FixedConfig,
-    }
-
-
 def check_stage_fields(recipe: Recipe, path: Path, prefix: str = "") -> None:
-    """Build the configs of round 1 (and round 0's evaluation) exactly as `run` will, and validate each with its stage's
-    own config class: the recipe can never accept a value its stage rejects."""
-    classes = stage_config_classes()
+    """Plan round 1 (and round 0's evaluation) exactly as `run` will: every config is validated by its stage's own
+    config class, so the recipe can never accept a value its stage rejects."""
     for k in (0, 1):
-        for name, values in stage_configs(recipe, Path("runs") / recipe.name, k):
-            stage = name.split("-")[0]
-            try:
-                classes[stage].model_validate(values)
-            except ValidationError as error:
-                field, message = validation_message(error)
-                section = {"export": "exports", "fixed": "fixed_data"}.get(stage, stage)
-                inner = field.removeprefix("sampling.") if stage == "generate" else field
-                raise NeatError(message, file=path, field=f"{prefix}{section}.{inner}") from None
+        plan_round(recipe, Path("runs") / recipe.name, k, path=path, prefix=prefix)
 
 
-def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict[str, Any]]]:
-    """The (stage, config) list of round k (k = 0: only the base model's evaluation)."""
+def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = None, prefix: str = "") -> list[PlannedStage]:
+    """The stages of round k (k = 0: only the base model's evaluation), each with its typed config and what it reads.
+    A config its stage rejects is one line naming the recipe key (`path`: the recipe file, for that line)."""
     base, folder = recipe.model, run_dir / f"round_{k:02d}"
     policy_in = base if k <= 1 else str(run_dir / f"round_{k - 1:02d}" / "model")
     policy_out = base if k == 0 else str(folder / "model")
+    previous_policy = [("train", k - 1)] if k > 1 else []
     score = {
         "scorer": recipe.score.scorer,
         "model": recipe.score.model or base,
         "negative_score": recipe.score.negative_score,
         **recipe.score.options,
     }
-    sampling = {"seed": recipe.seed}
-    stages: list[tuple[str, dict[str, Any]]] = []
+    planned: list[PlannedStage] = []
+
+    def plan(label: str, kind: str, values: dict[str, Any], reads: list[tuple[str, int]]) -> None:
+        stage = STAGES[kind]
+        try:
+            config = stage.config_class.model_validate(values)
+        except ValidationError as error:
+            field, message = validation_message(error)
+            inner = field.removeprefix("sampling.") if kind == "generate" else field
+            raise NeatError(message, file=path, field=f"{prefix}{stage.recipe_section}.{inner}") from None
+        planned.append(PlannedStage(label, stage, config, reads))
+
+    train = {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train}
     if k > 0 and recipe.fixed_data is not None:
         f = recipe.fixed_data
-        stages += [
-            (
-                "fixed",
-                {
-                    "out": str(folder),
-                    "source": f.source,
-                    "response": f.response,
-                    "prompt_column": f.prompt_column,
-                    "limit": f.limit,
-                    "exclude": str(run_dir / "prompts" / "heldout.jsonl"),
-                    "suites": recipe.evaluate.suites,
-                    "seed": recipe.seed,
-                },
-            ),
-            ("train", {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train}),
-        ]
+        fixed = {
+            "out": str(folder),
+            "source": f.source,
+            "response": f.response,
+            "prompt_column": f.prompt_column,
+            "limit": f.limit,
+            "exclude": str(run_dir / "prompts" / "heldout.jsonl"),
+            "suites": recipe.evaluate.suites,
+            "seed": recipe.seed,
+        }
+        plan("fixed", "fixed", fixed, [])
+        plan("train", "train", train, [("fixed", k), *previous_policy])
     elif k > 0:
         g = recipe.generate
-        stages += [
-            (
-                "generate",
-                {
-                    "prompts": str(run_dir / "prompts" / f"round_{k:02d}.jsonl"),
-                    "pairs": recipe.pairs,
-                    "model": policy_in,
-                    "backend": g.backend,
-                    "out": str(folder),
-                    "round": k,
-                    "num_pos": g.num_pos,
-                    "num_neg": g.num_neg,
-                    "num_neutral": g.num_neutral,
-                    "sampling": {**sampling, "temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens},
-                    **g.options,
-                },
-            ),
-            ("score", {"run": str(folder), **score}),
-            ("rank", {"run": str(folder), **recipe.rank}),
-            *[(f"export-{fmt}", {"run": str(folder), "format": fmt}) for fmt in recipe.exports],
-            ("train", {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train}),
-        ]
+        generate = {
+            "prompts": str(run_dir / "prompts" / f"round_{k:02d}.jsonl"),
+            "pairs": recipe.pairs,
+            "model": policy_in,
+            "backend": g.backend,
+            "out": str(folder),
+            "round": k,
+            "num_pos": g.num_pos,
+            "num_neg": g.num_neg,
+            "num_neutral": g.num_neutral,
+            "sampling": {"seed": recipe.seed, "temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens},
+            **g.options,
+        }
+        plan("generate", "generate", generate, previous_policy)
+        plan("score", "score", {"run": str(folder), **score}, [("generate", k)])
+        plan("rank", "rank", {"run": str(folder), **recipe.rank}, [("score", k)])
+        for fmt in recipe.exports:
+            plan(f"export-{fmt}", "export", {"run": str(folder), "format": fmt}, [("rank", k), ("score", k)])
+        plan("train", "train", train, [("export-ranked", k), *previous_policy])
     e = recipe.evaluate
     base_eval = run_dir / "round_00" / "eval"
 
     def evaluation(eval_dir: str, seed: int, base: Path | None) -> dict[str, Any]:
+        heldout = str(run_dir / "prompts" / "heldout.jsonl")
         return {
-            "generate": {
-                "prompts": str(run_dir / "prompts" / "heldout.jsonl"),
-                "pairs": recipe.pairs,
-                "model": policy_out,
-                "backend": e.backend,
-                "out": eval_dir,
-                "round": k,
-                "num_pos": 1 if k == 0 else 0,
-                "num_neg": 0,
-                "num_neutral": e.samples,
-                "sampling": {"seed": seed, "temperature": e.temperature, "top_p": e.top_p, "max_tokens": e.max_tokens},
-                **e.options,
-            },
+            "generate": evaluation_generate(
+                e,
+                prompts=heldout,
+                pairs=recipe.pairs,
+                model=policy_out,
+                out=eval_dir,
+                seed=seed,
+                samples=e.samples,
+                num_pos=int(k == 0),
+                round=k,
+            ),
             "score": {"run": eval_dir, **score},
             "samples": e.samples,
             "suites": e.suites,
@@ -350,10 +360,15 @@ def stage_configs(recipe: Recipe, run_dir: Path, k: int) -> list[tuple[str, dict
             "preferred": str(base_eval),
         }
 
-    stages.append(("evaluate", evaluation(str(folder / "eval"), recipe.seed, None if k == 0 else base_eval)))
+    plan(
+        "evaluate",
+        "evaluate",
+        evaluation(str(folder / "eval"), recipe.seed, None if k == 0 else base_eval),
+        [("train", k), ("evaluate", 0)] if k > 0 else [],
+    )
     if k == 0 and e.negative_control:  # the base model against itself, another seed: what "no effect" looks like
-        stages.append(("evaluate-reseeded", evaluation(str(folder / "eval-reseeded"), recipe.seed + 1, base_eval)))
-    return stages
+        plan("evaluate-reseeded", "evaluate", evaluation(str(folder / "eval-reseeded"), recipe.seed + 1, base_eval), [("evaluate", 0)])
+    return planned
 
 
 def changed_fields(recorded: dict[str, Any], recipe: Recipe) -> list[str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from neat_data.errors import NeatError
-from neat_data.keys import choose_index, text_hash
-from neat_data.resources import bundled_dir
+from neat_data.core.errors import NeatError
+from neat_data.core.keys import choose_index, text_hash
+from neat_data.core.resources import bundled_dir
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from neat_data.errors import NeatError, validation_message
+from neat_data.core.errors import NeatError, validation_message
 
 
 def _plain(annotation: Any) -> Any:

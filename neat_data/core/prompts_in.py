@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neat_data.errors import NeatError
-from neat_data.keys import prompt_id as content_prompt_id
+from neat_data.core.errors import NeatError
+from neat_data.core.keys import prompt_id as content_prompt_id
 
 PROMPT_COLUMNS = ("messages", "prompt", "chosen")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")

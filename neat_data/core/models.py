@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from neat_data.errors import NeatError
+from neat_data.core.errors import NeatError
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

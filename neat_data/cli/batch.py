@@ -18,15 +18,17 @@ from pathlib import Path
 
 import click
 
+from neat_data.cli.main import cli
 
-@click.group("batch")
+
+@cli.group("batch")
 def batch() -> None:
     """Offline batches of a run (openai-batch, vllm-batch): status, cancel."""
 
 
 def _records(run: Path, stage: str | None):  # -> list[tuple[str, BatchRecord]]
+    from neat_data.core.errors import NeatError
     from neat_data.engines.batch_journal import load_records, run_journals
-    from neat_data.errors import NeatError
 
     if not run.is_dir():
         raise NeatError("run folder not found", file=run)

@@ -1,0 +1,169 @@
+"""Commands of the single stages: generate, score, merge, rank, export, report, view, push.
+
+Stage options are derived from the stage configs (neat_data.cli.options): names, types, choices, defaults and help
+are the config fields', defined once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from neat_data.cli.main import cli, command_argv
+from neat_data.cli.options import build_config, config_options
+from neat_data.core.errors import EXIT_NOTHING_OK, NeatError
+from neat_data.stages.export import ExportConfig
+from neat_data.stages.generate import GenerateConfig
+from neat_data.stages.push import PushConfig
+from neat_data.stages.rank import RankConfig
+from neat_data.stages.score import ScoreConfig
+from neat_data.view.page import ViewConfig
+
+SAMPLING = ("sampling",)  # GenerateConfig.sampling's fields are top-level options: --temperature, --top-p, --max-tokens, --seed
+
+
+def shard_options(function: Any) -> Any:
+    """--num-shards / --shard-index (generate and score): this process does one hash-slice of the prompts."""
+    function = click.option("--shard-index", type=int, help="Which shard this process writes, 0..N-1 (with --num-shards).")(function)
+    return click.option(
+        "--num-shards",
+        type=int,
+        help="Split the prompts into N shards by a hash of prompt_id; run one process "
+        "per shard (same command, --shard-index 0..N-1), then `neat-data merge`. See docs/SCALING.md.",
+    )(function)
+
+
+@cli.command()
+@config_options(GenerateConfig, flatten=SAMPLING)
+@click.option("--retry-errors", is_flag=True, help="Also redo rows that ended as errors.")
+@click.option("--overwrite", is_flag=True, help="Delete this run's generations and start over.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@shard_options
+def generate(
+    retry_errors: bool, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None, **options: Any
+) -> None:
+    """Sample responses under positive / negative (/ no) steering system prompts into <out>/generations/."""
+    from neat_data.core.shards import ShardSpec
+    from neat_data.stages.generate import run_generate
+
+    config = build_config(GenerateConfig, options, flatten=SAMPLING)
+    shard = ShardSpec.from_options(num_shards, shard_index)
+    summary = run_generate(
+        config, shard=shard, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=command_argv()
+    )
+    for line in summary.lines():
+        click.echo(line)
+    for note in summary.notes():
+        click.echo(note, err=True)
+    if summary.total_rows and not summary.counts.get("status", {}).get("ok") and not summary.pending:
+        raise NeatError(
+            "no row succeeded: every row is an error row (reasons above); nothing to score", file=summary.folder, exit_code=EXIT_NOTHING_OK
+        )
+
+
+# ------------------------------------------------------------------------------------ score, rank, export
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@config_options(ScoreConfig, skip=("run",))
+@click.option("--overwrite", is_flag=True, help="Rescore everything.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@shard_options
+def score(run: Path, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None, **options: Any) -> None:
+    """Score every response of RUN as an answer to the neutral prompt → RUN/scored/."""
+    from neat_data.core.shards import ShardSpec
+    from neat_data.stages.score import run_score
+
+    config = build_config(ScoreConfig, options, run=run)
+    shard = ShardSpec.from_options(num_shards, shard_index)
+    summary = run_score(config, shard=shard, overwrite=overwrite, progress=not no_progress, argv=command_argv())
+    click.echo(summary.line())
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option(
+    "--stage",
+    "stages",
+    type=click.Choice(["generate", "score"]),
+    multiple=True,
+    help="Merge only this stage (repeatable; default: every stage run with --num-shards).",
+)
+def merge(run: Path, stages: tuple[str, ...]) -> None:
+    """Check that every shard of RUN finished and keys are unique, then fold the shards into one table."""
+    from neat_data.stages.merge import run_merge
+
+    for result in run_merge(run, list(stages) or None):
+        click.echo(result.line(run))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@config_options(RankConfig, skip=("run",))
+def rank(run: Path, **options: Any) -> None:
+    """Ranked lists per prompt and preference pairs → RUN/ranked/{lists,pairs}.parquet."""
+    from neat_data.stages.rank import run_rank
+
+    summary = run_rank(build_config(RankConfig, options, run=run), argv=command_argv())
+    for line in summary.lines():
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@config_options(ExportConfig, skip=("run",))
+def export(run: Path, **options: Any) -> None:
+    """Write a trainer-ready dataset (Parquet + datasets folder)."""
+    from neat_data.stages.export import run_export
+
+    config = build_config(ExportConfig, options, run=run)
+    out, rows = run_export(config, argv=command_argv())
+    click.echo(f"{rows} rows → {out}/{config.split}.parquet and {out}/hf (datasets.load_from_disk)")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+def report(run: Path) -> None:
+    """PNG plots (scores by steering, pair score gaps) and a text table → RUN/report/."""
+    from neat_data.stages.report import run_report
+
+    lines, written = run_report(run)
+    for line in lines:
+        click.echo(line)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@config_options(ViewConfig, skip=("run",))
+@click.option("--serve", is_flag=True, help="Serve every prompt on 127.0.0.1 instead (texts and search from a local server); Ctrl-C stops.")
+@click.option("--port", type=int, default=8765, show_default=True, help="--serve: port (0 = any free one).")
+def view(run: Path, serve: bool, port: int, **options: Any) -> None:
+    """One self-contained page to look at RUN (prompts, responses, scores, pairs, rounds) → RUN/view.html."""
+    from neat_data.view import build_view
+
+    config = build_config(ViewConfig, options, run=run)
+    if not serve:
+        click.echo(build_view(config).line())
+        return
+    from neat_data.view.serve import ViewServer
+
+    server = ViewServer(config, port=port)
+    click.echo(f"serving {server.data.prompts} prompts ({server.data.rows} responses) of {run} on {server.url} (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@config_options(PushConfig, skip=("run",))
+def push(run: Path, **options: Any) -> None:
+    """Push an export of RUN to a Hub dataset repo, with a merged dataset card."""
+    from neat_data.stages.push import run_push
+
+    config = build_config(PushConfig, options, run=run)
+    entry = run_push(config, argv=command_argv())
+    click.echo(f"pushed {entry['splits']} to {config.repo_id} (config {config.config_name}, {'public' if config.public else 'private'})")
