@@ -5,10 +5,12 @@ docs/ARCHITECTURE.md describes the layers these tests hold the code to."""
 from __future__ import annotations
 
 import ast
+import os
 import typing
 from pathlib import Path
 
 import click
+import pytest
 from conftest import REPO
 
 from neat_data.cli import cli
@@ -176,3 +178,143 @@ def test_no_file_points_outside_the_repository():
         and outside in (REPO / name).read_text(encoding="utf-8", errors="replace")
     ]
     assert not hits, hits
+
+
+# ------------------------------------------------------------------- the "to add …" recipes of docs/ARCHITECTURE.md
+# Each trial applies one recipe, as the document writes it, to a copy of the package (edits in at most two files),
+# then shows in a fresh process that the new name reaches every place the document promises. A recipe that needs a
+# further edit somewhere fails here.
+
+TRIALS: dict[str, dict[str, list[tuple[str, str]]]] = {
+    "loss": {
+        "train/loss.py": [
+            (r"(LossName = Literal\[[^\]]*)\]", r'\1, "trial"]'),
+            (
+                r"\n(# w_sft defaults)",
+                "\ndef trial_objective(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Tensor, dict[str, float]]:\n"
+                '    """L = −Σ p (a throwaway loss)."""\n'
+                "    total = -sequence_scores(inputs.sums, inputs.counts).sum()\n"
+                '    return total, {"loss": float(total), "trial_part": 0.25}\n\n\n\\1',
+            ),
+            (
+                r'("sft": Loss\(sft_objective, lambda most_candidates: 1.0\),)',
+                r'\1\n    "trial": Loss(trial_objective, lambda most_candidates: 0.5),',
+            ),
+        ],
+    },
+    "metric": {
+        "safety/metrics.py": [
+            (r"(MetricName = Literal\[[^\]]*)\]", r'\1, "trial"]'),
+            (
+                r'("finish": Metric\(lambda texts, reasons: \[[^\n]*\),)',
+                r'\1\n    "trial": Metric(lambda texts, reasons: [float(len(text)) for text in texts], {"harmful": "trial chars {suite}"}),',
+            ),
+        ],
+    },
+    "scorer": {
+        "scorers/__init__.py": [
+            (r"(ScorerName = Literal\[[^\]]*)\]", r'\1, "trial"]'),
+            (
+                r'(\n    raise ValueError\(f"unknown scorer \{kind!r\}"\))',
+                '\n    if kind == "trial":\n        from neat_data.scorers.trial import TrialScorer\n\n        return TrialScorer()\\1',
+            ),
+        ],
+        "scorers/trial.py": [
+            (
+                r"\A\Z",
+                "from neat_data.scorers.base import ScoreItem, ScoreResult\n\n\nclass TrialScorer:\n"
+                '    name = "trial"\n\n    def score(self, items: list[ScoreItem]) -> list[ScoreResult]:\n'
+                "        return [ScoreResult(score=float(len(item.response))) for item in items]\n",
+            )
+        ],
+    },
+}
+
+TRIAL_CHECKS = {
+    "loss": """
+import torch
+from click.testing import CliRunner
+from neat_data.cli import cli
+from neat_data.train.loss import LOSSES, LossInputs, LossSettings
+from neat_data.train.trainer import TrainConfig, progress_line
+train = cli.commands["train"]
+assert "trial" in next(p for p in train.params if p.name == "loss").type.choices
+recipe = load(train={"loss": "trial"})
+assert [s.config.loss for s in plan_round(recipe, Path("runs/t"), 1) if s.kind.name == "train"] == ["trial"]
+assert LOSSES["trial"].default_sft_weight(4) == 0.5 and not LOSSES["trial"].needs_reference
+ones = torch.ones(1, 2)
+loss, parts = LOSSES["trial"](LossInputs(ones, ones, ones, ones, torch.zeros(1, 2)), LossSettings())
+line = progress_line({"step": 1, "epoch": 0, **parts, "grad_norm": 0.0, "lr": 1e-5, "tokens": 4, "tokens_per_s": 1.0, "seconds": 0.1})
+assert "trial_part 0.2500" in line, line
+""",
+    "metric": """
+import yaml
+from neat_data.safety.metrics import response_metrics
+from neat_data.safety.suites import load_suites
+from neat_data.stages.round_report import table_lines
+assert response_metrics(["trial", "length"], ["abc", "de f"]) == {"trial": [3.0, 4.0], "length": [1.0, 2.0]}
+suite = Path("trial-suite.yaml")
+suite.write_text(yaml.safe_dump({"name": "trial-suite", "kind": "harmful", "source": str(prompts), "metrics": ["refusal", "trial"]}))
+assert load_suites([str(suite)])[0].metrics == ["refusal", "trial"]
+load(evaluate={"suites": [str(suite)]})
+row = {"round": 0, "reward_mean": 0.1, "reward_ci95": [0.0, 0.2], "win_rate_vs_base": None, "perplexity": None, "pairs": None,
+       "train_tokens": None, "wall_seconds": 1.0,
+       "safety": {"trial-suite": {"kind": "harmful", "metrics": {"trial": {"mean": 12.0, "ci95": [10.0, 14.0]}}}}}
+header, _, cells = table_lines([row])
+assert "trial chars trial-suite" in header and "12.00 [10.00, 14.00]" in cells, (header, cells)
+""",
+    "scorer": """
+from click.testing import CliRunner
+from neat_data.cli import cli
+from neat_data.scorers import ScorerOptions, make_scorer
+from neat_data.scorers.base import ScoreItem
+from neat_data.stages.score import ScoreConfig
+assert "trial" in CliRunner().invoke(cli, ["score", "--help"]).output
+assert ScoreConfig(run=Path("r"), scorer="trial").scorer == "trial"
+recipe = load(score={"scorer": "trial"})
+assert [s.config.scorer for s in plan_round(recipe, Path("runs/t"), 1) if s.kind.name == "score"] == ["trial"]
+scorer = make_scorer(ScorerOptions(scorer="trial"), "m")
+assert [r.score for r in scorer.score([ScoreItem([{"role": "user", "content": "q"}], "four", "pos", "a", "b")])] == [4.0]
+""",
+}
+
+TRIAL_PRELUDE = """
+import json, sys
+from pathlib import Path
+import yaml
+from neat_data.rounds.recipe import load_recipe, plan_round
+prompts = Path("prompts.jsonl")
+prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\\n" for i in range(8)))
+def load(**sections):
+    raw = {"name": "t", "model": "m", "prompts": {"source": str(prompts), "heldout": 2, "per_round": 2}, **sections}
+    Path("r.yaml").write_text(yaml.safe_dump(raw))
+    return load_recipe(Path("r.yaml"))
+"""
+
+
+@pytest.mark.parametrize("trial", sorted(TRIALS))
+def test_each_to_add_recipe_is_true(trial: str, tmp_path: Path):
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    edits = TRIALS[trial]
+    assert len(edits) <= 2, f"adding a {trial} touches {len(edits)} files (docs/ARCHITECTURE.md promises at most 2)"
+    copy = tmp_path / "repo"
+    shutil.copytree(PACKAGE, copy / "neat_data", ignore=shutil.ignore_patterns("__pycache__", "_bundled"))
+    for folder in ("prompts", "pipelines"):
+        shutil.copytree(REPO / folder, copy / folder)
+    for relative, replacements in edits.items():
+        path = copy / "neat_data" / relative
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        for pattern, replacement in replacements:
+            text, count = re.subn(pattern, replacement, text, count=1)
+            assert count == 1, f"{trial}: {relative} no longer has {pattern!r}: update the trial and docs/ARCHITECTURE.md"
+        path.write_text(text, encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    check = TRIAL_PRELUDE + TRIAL_CHECKS[trial]
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    finished = subprocess.run([sys.executable, "-c", check], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]

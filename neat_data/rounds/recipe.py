@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -67,16 +67,41 @@ class FixedDataSpec(BaseModel):
     limit: int | None = Field(None, ge=1, description="The first N unique prompts of the source (after decontamination).")
 
 
-def refuse_shadowed_options(options: dict[str, Any], named: set[str]) -> None:
-    """`options:` passes other stage fields; a key that a named field of the section (or the round runner) sets
-    would silently win or lose against it, so it is refused."""
-    shadowed = sorted(set(options) & named)
-    if shadowed:
-        raise ValueError(f"options.{shadowed[0]} duplicates a field this section (or the round runner) sets; set it there")
+class StageSection(BaseModel):
+    """A recipe section of one stage, written flat: the fields named below, and any other field of the stage's config
+    (`max_model_len`, `batch_size`, `base_url`, …) beside them — validated by the stage's own config class when the
+    recipe loads, so an unknown or invalid key is one line naming `<section>.<key>`. Fields the round runner sets
+    itself (`RUNNER_SETS`) are refused here. The older form `options: {…}` still loads (its keys are moved up; a key
+    given both ways is refused)."""
+
+    model_config = ConfigDict(extra="allow")
+    section: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        options = values.pop("options", None) or {}
+        if not isinstance(options, dict):
+            raise ValueError("options: write the stage's fields directly in the section (options: is the older form)")
+        for key, value in options.items():
+            if key in values:
+                raise ValueError(f"options.{key} duplicates {key}: set it once, directly in the section")
+            values[key] = value
+        for key in values:
+            if key in RUNNER_SETS[cls.section]:
+                raise ValueError(f"{key} is set by the round runner (from the recipe's top level or the round); leave it out here")
+        return values
+
+    def stage_fields(self) -> dict[str, Any]:
+        """The section's other stage-config fields, as written."""
+        return dict(self.model_extra or {})
 
 
-class GenerateSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GenerateSpec(StageSection):
+    section: ClassVar[str] = "generate"
 
     backend: BackendName = "vllm"
     num_pos: int = Field(2, ge=0)
@@ -85,34 +110,28 @@ class GenerateSpec(BaseModel):
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
-    options: dict[str, Any] = Field(default_factory=dict, description="Any other GenerateConfig field (dtype, max_model_len, base_url, …).")
-
-    @model_validator(mode="after")
-    def _options(self) -> GenerateSpec:
-        refuse_shadowed_options(self.options, set(type(self).model_fields) | set(Sampling.model_fields) | RUNNER_SETS["generate"])
-        return self
 
 
-class ScoreSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ScoreSpec(StageSection):
+    section: ClassVar[str] = "score"
 
     scorer: str = "self-contrast"
     model: str | None = Field(None, description="Reward model / self-contrast reference (default: the base model, fixed across rounds).")
     negative_score: NegativeScore = "scored"
-    options: dict[str, Any] = Field(default_factory=dict, description="Any other ScoreConfig field (batch_size, device, judge_*…).")
-
-    @model_validator(mode="after")
-    def _options(self) -> ScoreSpec:
-        refuse_shadowed_options(self.options, set(type(self).model_fields) | RUNNER_SETS["score"])
-        return self
 
 
 # Fields the round runner sets itself in each stage's config (a recipe names them once, at the top, or not at all).
-RUNNER_SETS = {"generate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed"}, "score": {"run"}}
+RUNNER_SETS = {
+    "generate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed"},
+    "score": {"run"},
+    "evaluate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed", "num_pos", "num_neg", "num_neutral", "generate", "score"},
+}
 
 
-class EvaluateSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EvaluateSpec(StageSection):
+    """The evaluation: its own fields, and any field of the held-out generation's GenerateConfig beside them."""
+
+    section: ClassVar[str] = "evaluate"
 
     backend: BackendName = Field("transformers", description="transformers: no engine start for a small held-out set.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of the held-out and suite responses.")
@@ -128,7 +147,6 @@ class EvaluateSpec(BaseModel):
         description="Round 0 also evaluates the base model with another seed against itself: the "
         "paired intervals of that difference show the evaluation's noise (they should hold 0).",
     )
-    options: dict[str, Any] = Field(default_factory=dict, description="Other GenerateConfig fields for the held-out generation.")
 
     @model_validator(mode="after")
     def _suites_exist(self) -> EvaluateSpec:
@@ -167,7 +185,7 @@ def evaluation_generate(
         "num_neg": 0,
         "num_neutral": samples,
         "sampling": {"seed": seed, "temperature": spec.temperature, "top_p": spec.top_p, "max_tokens": spec.max_tokens},
-        **spec.options,
+        **spec.stage_fields(),
         **(extra or {}),
     }
     if round is not None:
@@ -270,7 +288,7 @@ def variant_recipe(recipe: Recipe, name: str, path: Path | None = None) -> Recip
 def check_stage_fields(recipe: Recipe, path: Path, prefix: str = "") -> None:
     """Plan round 1 (and round 0's evaluation) exactly as `run` will: every config is validated by its stage's own
     config class, so the recipe can never accept a value its stage rejects."""
-    for k in (0, 1):
+    for k in (1, 0):  # round 1 first: a bad score key is named as the user wrote it, not as evaluate.score.<key>
         plan_round(recipe, Path("runs") / recipe.name, k, path=path, prefix=prefix)
 
 
@@ -285,7 +303,7 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
         "scorer": recipe.score.scorer,
         "model": recipe.score.model or base,
         "negative_score": recipe.score.negative_score,
-        **recipe.score.options,
+        **recipe.score.stage_fields(),
     }
     planned: list[PlannedStage] = []
 
@@ -327,7 +345,7 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
             "num_neg": g.num_neg,
             "num_neutral": g.num_neutral,
             "sampling": {"seed": recipe.seed, "temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens},
-            **g.options,
+            **g.stage_fields(),
         }
         plan("generate", "generate", generate, previous_policy)
         plan("score", "score", {"run": str(folder), **score}, [("generate", k)])

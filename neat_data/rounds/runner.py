@@ -46,7 +46,7 @@ def check_models(recipe: Recipe) -> None:
     from neat_data.core.models import resolve_model
 
     resolve_model(recipe.model)
-    judge_on_server = recipe.score.scorer == "judge" and recipe.score.options.get("judge_backend", "openai") == "openai"
+    judge_on_server = recipe.score.scorer == "judge" and recipe.score.stage_fields().get("judge_backend", "openai") == "openai"
     if recipe.score.model and not recipe.score.scorer.startswith("python:") and not judge_on_server:
         resolve_model(recipe.score.model)
 

@@ -1,0 +1,68 @@
+"""Recipe sections are flat: a section takes any field of its stage's config beside the named ones; the fields the
+round runner sets are refused; the older `options: {…}` form loads to the same stage configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_jsonl
+
+from neat_data.core.errors import NeatError
+from neat_data.rounds.recipe import load_recipe, plan_round
+
+
+def recipe_file(tmp_path: Path, name: str, **sections: object) -> Path:
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(8)])
+    raw = {"name": "t", "model": "m", "prompts": {"source": str(prompts), "heldout": 2, "per_round": 2}, **sections}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def configs(path: Path) -> dict[str, dict]:
+    recipe = load_recipe(path)
+    return {stage.label: stage.config.model_dump(mode="json") for k in (0, 1) for stage in plan_round(recipe, Path("runs/t"), k)}
+
+
+def test_flat_fields_reach_the_stage_configs_and_the_older_options_form_loads_the_same(tmp_path: Path):
+    flat = recipe_file(
+        tmp_path,
+        "flat",
+        generate={"max_tokens": 32, "max_model_len": 512, "system_mode": "merged"},
+        score={"batch_size": 3},
+        evaluate={"max_tokens": 16, "max_model_len": 256},
+    )
+    older = recipe_file(
+        tmp_path,
+        "older",
+        generate={"max_tokens": 32, "options": {"max_model_len": 512, "system_mode": "merged"}},
+        score={"options": {"batch_size": 3}},
+        evaluate={"max_tokens": 16, "options": {"max_model_len": 256}},
+    )
+    planned = configs(flat)
+    assert planned["generate"]["max_model_len"] == 512 and planned["generate"]["system_mode"] == "merged"
+    assert planned["generate"]["sampling"]["max_tokens"] == 32 and planned["score"]["batch_size"] == 3
+    assert planned["evaluate"]["generate"]["max_model_len"] == 256 and planned["evaluate"]["generate"]["sampling"]["max_tokens"] == 16
+    assert planned["evaluate"]["score"]["batch_size"] == 3  # the evaluation scores with the run's scorer settings
+    assert configs(older) == planned
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        ({"generate": {"max_modle_len": 512}}, "field 'generate.max_modle_len': Extra inputs are not permitted"),
+        ({"generate": {"model": "other"}}, "model is set by the round runner"),
+        ({"evaluate": {"num_neutral": 3}}, "num_neutral is set by the round runner"),
+        ({"score": {"run": "x"}}, "run is set by the round runner"),
+        ({"generate": {"max_model_len": 512, "options": {"max_model_len": 256}}}, "options.max_model_len duplicates max_model_len"),
+        ({"score": {"batch_size": 0}}, "field 'score.batch_size'"),
+    ],
+)
+def test_a_bad_section_key_is_one_line_naming_it(tmp_path: Path, sections: dict, expected: str):
+    path = recipe_file(tmp_path, "bad", **sections)
+    with pytest.raises(NeatError) as error:
+        load_recipe(path)
+    line = error.value.one_line()
+    assert str(path) in line and expected in line, line
