@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from neat_data.core.errors import NeatError, validation_message
 from neat_data.engines import BackendName
-from neat_data.engines.base import Sampling
 from neat_data.rounds.publish import PushSpec
 from neat_data.rounds.recipe_file import apply_override, parse_override, read_recipe_file, relative_to_file
 from neat_data.rounds.stages import STAGES, PlannedStage
