@@ -47,3 +47,38 @@ def test_corrupted_shard_is_named(tmp_path: Path):
     with pytest.raises(NeatError) as caught:
         table.read()
     assert caught.value.file.endswith("part-000001.parquet") and "corrupted shard" in caught.value.message
+
+
+def test_the_typed_manifest_keeps_unknown_keys_names_a_wrong_one_and_writes_only_whole_edits(tmp_path: Path):
+    import json
+
+    import pytest
+
+    from neat_data.core.errors import NeatError
+    from neat_data.core.manifest import edit_manifest, read_manifest, update_manifest
+
+    assert read_manifest(tmp_path).is_empty() and not (tmp_path / "manifest.json").exists()
+    update_manifest(tmp_path, "generate", {"config": {"model": "m"}})
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({**json.loads((tmp_path / "manifest.json").read_text()), "written_by_a_newer_version": [1, 2]}), encoding="utf-8"
+    )
+    with edit_manifest(tmp_path) as manifest:
+        manifest.batches["score"] = [{"id": "b1"}]
+        manifest.rounds.setdefault("1", {})["rank"] = {"finished": True, "seconds": 1.5}
+    written = json.loads((tmp_path / "manifest.json").read_text())
+    assert written == {
+        "stages": {"generate": {"config": {"model": "m"}}},
+        "batches": {"score": [{"id": "b1"}]},
+        "rounds": {"1": {"rank": {"finished": True, "seconds": 1.5}}},
+        "written_by_a_newer_version": [1, 2],
+    }
+    assert read_manifest(tmp_path).finished_in_round(1, "rank")["seconds"] == 1.5 and read_manifest(tmp_path).stage("score") == {}
+    before = (tmp_path / "manifest.json").read_bytes()
+    with pytest.raises(RuntimeError), edit_manifest(tmp_path) as manifest:  # an edit that fails half-way writes nothing
+        manifest.stages.clear()
+        raise RuntimeError("killed")
+    assert (tmp_path / "manifest.json").read_bytes() == before
+    (tmp_path / "manifest.json").write_text(json.dumps({"batches": {"generate": "not a list"}}), encoding="utf-8")
+    with pytest.raises(NeatError) as error:
+        read_manifest(tmp_path)
+    assert "manifest.json: field 'batches.generate': not a neat-data manifest" in error.value.one_line()

@@ -275,31 +275,19 @@ def keep_last_per_key(table: pa.Table) -> pa.Table:
     return table.take(pa.array(keep, type=pa.int64()))
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "manifest.json"
-    if not path.exists():
-        return {}
-    manifest = _decode_json(path, "manifest is ", "")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict):
-        raise NeatError(
-            "manifest is not a neat-data manifest (a JSON object with a 'stages' object); restore it or use --overwrite", file=path
-        )
-    return manifest
-
-
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object a stage wrote (metrics.json, neat_train.json): {} when the file is absent; a file that is not
     UTF-8 JSON (hand-edited, cut short) is one line naming it, never a traceback."""
     if not path.is_file():
         return {}
     hint = "; restore it or run that stage again"
-    value = _decode_json(path, "", hint)
+    value = decode_json(path, "", hint)
     if not isinstance(value, dict):
         raise NeatError(f"expected a JSON object, found {type(value).__name__}{hint}", file=path)
     return value
 
 
-def _decode_json(path: Path, subject: str, hint: str) -> Any:
+def decode_json(path: Path, subject: str, hint: str) -> Any:
     """The JSON value of a file; not UTF-8 or not JSON is a NeatError naming the file (and the line)."""
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
@@ -307,12 +295,6 @@ def _decode_json(path: Path, subject: str, hint: str) -> Any:
         raise NeatError(f"{subject}not UTF-8 ({error.reason}){hint}", file=path) from None
     except json.JSONDecodeError as error:
         raise NeatError(f"{subject}not valid JSON ({error.msg}){hint}", file=path, row=error.lineno) from None
-
-
-def update_manifest(run_dir: Path, stage: str, entry: dict[str, Any]) -> None:
-    manifest = read_manifest(run_dir)
-    manifest.setdefault("stages", {})[stage] = entry
-    atomic_write_json(run_dir / "manifest.json", manifest)
 
 
 def count_by(table: pa.Table, column: str) -> dict[str, int]:

@@ -24,7 +24,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import RunLock, read_manifest, update_manifest
+from neat_data.core.manifest import read_manifest, update_manifest
+from neat_data.core.runfolder import RunLock
 
 MANIFEST_WAIT = 60.0  # s; a manifest update takes milliseconds, so waiting longer means a long-running writer
 MAX_SHARDS = 99_999  # the folder name has five digits
@@ -87,7 +88,7 @@ class ShardRun:
         """Record this shard as started. The first shard writes the stage entry (`entry`); later ones check
         theirs against it with `check_identity()` and keep it. Returns the stage entry as written."""
         with RunLock(self.run_dir, timeout=MANIFEST_WAIT, check_shards=False):
-            previous = read_manifest(self.run_dir).get("stages", {}).get(self.stage) or {}
+            previous = read_manifest(self.run_dir).stage(self.stage)
             if previous.get("config"):
                 check_identity()
             shards = previous.get("shards") if not previous.get("merged") else None
@@ -109,7 +110,7 @@ class ShardRun:
     def finish(self, record: dict[str, Any]) -> None:
         """Record this shard as finished (re-reading the manifest: other shards wrote to it meanwhile)."""
         with RunLock(self.run_dir, timeout=MANIFEST_WAIT, check_shards=False):
-            entry = read_manifest(self.run_dir).get("stages", {}).get(self.stage) or {}
+            entry = read_manifest(self.run_dir).stage(self.stage)
             shards = entry.setdefault("shards", {"num_shards": self.spec.num_shards, "table": self.table, "done": {}})
             shards["done"][str(self.spec.index)] = {"finished": True, **record}
             update_manifest(self.run_dir, self.stage, entry)

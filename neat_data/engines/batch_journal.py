@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
+from neat_data.core.manifest import edit_manifest, read_manifest
 
 # Batch statuses after which nothing more happens on the server.
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -105,19 +106,11 @@ class ManifestBatchJournal:
         self.stage = stage
 
     def load(self) -> list[dict[str, Any]]:
-        from neat_data.core.runfolder import read_manifest
-
-        records = (read_manifest(self.run_dir).get("batches") or {}).get(self.stage) or []
-        if not isinstance(records, list):
-            raise NeatError(f"'batches.{self.stage}' is not a list", file=self.run_dir / "manifest.json", field=f"batches.{self.stage}")
-        return records
+        return read_manifest(self.run_dir).batches.get(self.stage) or []  # the typed manifest refuses a non-list
 
     def save(self, records: list[dict[str, Any]]) -> None:
-        from neat_data.core.runfolder import atomic_write_json, read_manifest
-
-        manifest = read_manifest(self.run_dir)
-        manifest.setdefault("batches", {})[self.stage] = records
-        atomic_write_json(self.run_dir / "manifest.json", manifest)
+        with edit_manifest(self.run_dir) as manifest:
+            manifest.batches[self.stage] = records
 
 
 def load_records(journal: BatchJournal) -> list[BatchRecord]:
@@ -142,10 +135,8 @@ def state_dir_for(run_dir: Path, stage: str) -> Path:
 def run_journals(run_dir: Path) -> dict[str, BatchJournal]:
     """Every batch journal of a run folder by stage: `batches.<stage>` in the manifest, and any
     `<run>/batches/<stage>/journal.json` of a stage whose records are not in the manifest."""
-    from neat_data.core.runfolder import read_manifest
-
     journals: dict[str, BatchJournal] = {
-        stage: ManifestBatchJournal(run_dir, stage) for stage in sorted(read_manifest(Path(run_dir)).get("batches") or {})
+        stage: ManifestBatchJournal(run_dir, stage) for stage in sorted(read_manifest(Path(run_dir)).batches)
     }
     for path in sorted((Path(run_dir) / "batches").glob("*/journal.json")):
         journals.setdefault(path.parent.name, FileBatchJournal(path))

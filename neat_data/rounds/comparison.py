@@ -20,7 +20,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from neat_data.core.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object, read_manifest
+from neat_data.core.manifest import read_manifest
+from neat_data.core.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object
 from neat_data.safety.stats import bootstrap_mean, paired_difference, per_prompt_means
 from neat_data.stages.evaluate import neutral_scores
 
@@ -43,7 +44,7 @@ def prompt_values(eval_dir: Path) -> dict[str, dict[str, float]]:
 def stage_seconds(run_dir: Path) -> dict[str, float]:
     """Seconds spent per stage name over all rounds (a stage shared from another variant counts 0)."""
     totals: dict[str, float] = {}
-    for stages in read_manifest(run_dir).get("rounds", {}).values():
+    for stages in read_manifest(run_dir).rounds.values():
         for name, entry in stages.items():
             totals[name.split("-")[0]] = totals.get(name.split("-")[0], 0.0) + float(entry.get("seconds") or 0.0)
     return totals

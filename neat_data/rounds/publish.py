@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError, redact_secrets
-from neat_data.core.runfolder import atomic_write_json, read_manifest
+from neat_data.core.manifest import edit_manifest, read_manifest
 
 MAIN_EXPORT = "ranked"  # config round_NN; the other exports get round_NN-<format>
 
@@ -103,7 +103,7 @@ def push_round(
     Hub or data problem (only KeyboardInterrupt and the like pass through)."""
     if spec is None or k < 1:
         return None
-    done = read_manifest(run_dir).get("push", {}).get(str(k), {})
+    done = read_manifest(run_dir).push.get(str(k), {})
     if done.get("finished"):
         echo(f"round {k} · push: done ({', '.join(done.get('configs', {}).values())}), skipped")
         return done
@@ -173,7 +173,6 @@ def push_round(
             "at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         echo(f"    push failed (attempt {attempts}; the round is finished, the next `neat-data run` retries the push): {reason}")
-    manifest = read_manifest(run_dir)
-    manifest.setdefault("push", {})[str(k)] = entry
-    atomic_write_json(run_dir / "manifest.json", manifest)
+    with edit_manifest(run_dir) as manifest:
+        manifest.push[str(k)] = entry
     return entry

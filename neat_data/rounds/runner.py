@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from neat_data.core.errors import EXIT_PENDING, NeatError
-from neat_data.core.runfolder import RunLock, atomic_write_bytes, atomic_write_json, empty_folder, read_manifest
+from neat_data.core.manifest import Manifest, edit_manifest, read_manifest, write_manifest
+from neat_data.core.runfolder import RunLock, atomic_write_bytes, atomic_write_json, empty_folder
 from neat_data.rounds.publish import push_round
 from neat_data.rounds.recipe import Recipe, changed_fields, plan_round, recipe_identity, variant_recipe
 from neat_data.rounds.split import Split, plan_split, split_files
@@ -52,9 +53,8 @@ def check_models(recipe: Recipe) -> None:
 
 
 def record_stage(run_dir: Path, k: int, name: str, record: dict[str, Any]) -> None:
-    manifest = read_manifest(run_dir)
-    manifest.setdefault("rounds", {}).setdefault(str(k), {})[name] = {"finished": True, **record}
-    atomic_write_json(run_dir / "manifest.json", manifest)
+    with edit_manifest(run_dir) as manifest:
+        manifest.rounds.setdefault(str(k), {})[name] = {"finished": True, **record}
 
 
 def run_stage(
@@ -70,8 +70,7 @@ def run_stage(
     """Run one stage in its own process unless the manifest says it finished — or, with a `cache` of a variants run,
     another variant finished the stage with the same `key` (then its result is linked in); returns its seconds."""
     name, config = stage.label, stage.config_json()
-    manifest = read_manifest(run_dir)
-    done = manifest.get("rounds", {}).get(str(k), {}).get(name, {})
+    done = read_manifest(run_dir).finished_in_round(k, name)
     if done.get("finished"):
         echo(f"round {k} · {name}: done ({done['seconds']:.0f} s), skipped")
         return 0.0
@@ -133,15 +132,15 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
     check_models(recipe)
     with RunLock(run_dir):
         manifest = read_manifest(run_dir)
-        if overwrite and manifest:
+        if overwrite and not manifest.is_empty():
             empty_folder(run_dir)
-            manifest = {}
-        if manifest and "recipe" not in manifest:
+            manifest = Manifest()
+        if not manifest.is_empty() and manifest.recipe is None:
             raise NeatError(
                 "this folder holds a single-stage run, not a `neat-data run`; use another name/out or --overwrite",
                 file=run_dir / "manifest.json",
             )
-        changed = changed_fields(manifest["recipe"], recipe) if manifest.get("recipe") else []
+        changed = changed_fields(manifest.recipe, recipe) if manifest.recipe else []
         if changed:
             raise NeatError(
                 f"run folder was made with another recipe (changed: {', '.join(changed)}); use --overwrite or another name",
@@ -150,13 +149,13 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
             )
         if slices is not None:
             write_split(recipe, run_dir, slices)
-            manifest["split"] = {
+            manifest.split = {
                 "heldout": len(slices.slices[0]),
                 "per_round": [len(s) for s in slices.slices[1:]],
                 "decontaminated": slices.decontaminated,
             }
-        manifest.update(recipe=recipe_identity(recipe), rounds_planned=recipe.rounds, command=" ".join(sys.argv))
-        atomic_write_json(run_dir / "manifest.json", manifest)
+        manifest.recipe, manifest.rounds_planned, manifest.command = recipe_identity(recipe), recipe.rounds, " ".join(sys.argv)
+        write_manifest(run_dir, manifest)
         keys: dict[tuple[str, int], str] = {}  # each stage's key: its config and the keys of the stages it reads
         for k in range(0, recipe.rounds + 1):
             folder = run_dir / f"round_{k:02d}"
@@ -182,12 +181,13 @@ def run_variants(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) 
         check_models(variant)
     with RunLock(parent, check_shards=False):
         manifest = read_manifest(parent)
-        if overwrite and manifest:
+        if overwrite and not manifest.is_empty():
             empty_folder(parent)
-            manifest = {}
-        if manifest and changed_fields(manifest.get("variants_recipe") or {}, recipe):
+            manifest = Manifest()
+        if not manifest.is_empty() and changed_fields(manifest.variants_recipe or {}, recipe):
             raise NeatError("run folder was made with another recipe; use --overwrite or another name", file=parent / "manifest.json")
-        atomic_write_json(parent / "manifest.json", {**manifest, "variants_recipe": recipe_identity(recipe), "variants": list(recipes)})
+        manifest.variants_recipe, manifest.variants = recipe_identity(recipe), list(recipes)
+        write_manifest(parent, manifest)
     cache = StageCache(parent)
     results = {}
     for name, variant in recipes.items():

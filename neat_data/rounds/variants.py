@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import atomic_write_json, read_manifest, update_manifest
+from neat_data.core.manifest import read_manifest, update_manifest
+from neat_data.core.runfolder import atomic_write_json
 from neat_data.rounds.stages import PlannedStage
 
 # Recipe keys a variant may not change: the variants are compared on one held-out split, one evaluation and round 0.
@@ -100,7 +101,7 @@ def materialize(stage: PlannedStage, entry: dict[str, Any], folder: Path) -> Non
     source = Path(entry["run"]) / f"round_{entry['round']:02d}"
     for relative in stage.outputs():
         link_tree(source / relative, folder / relative)
-    records = read_manifest(source).get("stages", {})
+    records = read_manifest(source).stages
     for entry_name in stage.manifest_entries():
         if entry_name in records:
             update_manifest(folder, entry_name, records[entry_name])

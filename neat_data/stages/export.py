@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, update_manifest
+from neat_data.core.manifest import update_manifest
+from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table
 from neat_data.core.schemas import SCORED
 from neat_data.stages.rank import read_ranked
 

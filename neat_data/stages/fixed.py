@@ -20,8 +20,9 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
+from neat_data.core.manifest import update_manifest
 from neat_data.core.prompts_in import load_prompts
-from neat_data.core.runfolder import RunLock, atomic_write_table, update_manifest
+from neat_data.core.runfolder import RunLock, atomic_write_table
 from neat_data.stages.export import features
 
 

@@ -34,9 +34,10 @@ import pyarrow.compute as pc
 
 from neat_data import __version__
 from neat_data.core.errors import NeatError
+from neat_data.core.manifest import edit_manifest, read_manifest, update_manifest
 from neat_data.core.pairs import load_libraries
 from neat_data.core.prompts_in import PromptRecord, iter_prompts
-from neat_data.core.runfolder import count_by, read_manifest, update_manifest
+from neat_data.core.runfolder import count_by
 from neat_data.core.schemas import GENERATIONS
 from neat_data.core.shards import ShardSpec, StageOutput
 from neat_data.engines.base import Backend, GenerationRequest
@@ -71,7 +72,7 @@ def package_versions() -> dict[str, str]:
 
 
 def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
-    previous = read_manifest(run_dir).get("stages", {}).get("generate")
+    previous = read_manifest(run_dir).stage("generate")
     if not previous or not previous.get("config"):
         return
     new = config.identity()
@@ -226,13 +227,12 @@ def forget_batches(run_dir: Path) -> None:
     """--overwrite starts over: earlier batch files and their journal would otherwise answer the new run's requests."""
     import shutil
 
-    from neat_data.core.runfolder import atomic_write_json
     from neat_data.engines.batch_journal import state_dir_for
 
     shutil.rmtree(state_dir_for(run_dir, "generate"), ignore_errors=True)
-    manifest = read_manifest(run_dir)
-    if (manifest.get("batches") or {}).pop("generate", None) is not None:
-        atomic_write_json(run_dir / "manifest.json", manifest)
+    if "generate" in read_manifest(run_dir).batches:
+        with edit_manifest(run_dir) as manifest:
+            manifest.batches.pop("generate", None)
 
 
 def run_generate(
@@ -310,7 +310,7 @@ def run_generate(
                 run_dir,
                 "generate",
                 {
-                    **read_manifest(run_dir).get("stages", {}).get("generate", entry),
+                    **read_manifest(run_dir).stages.get("generate", entry),
                     **record,
                     "stale_rows": stale,
                     "pending": pending,

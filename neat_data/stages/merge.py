@@ -22,7 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import SHARD_DIR, RunLock, ShardedTable, count_by, read_manifest, update_manifest
+from neat_data.core.manifest import read_manifest, update_manifest
+from neat_data.core.runfolder import SHARD_DIR, RunLock, ShardedTable, count_by
 from neat_data.core.schemas import GENERATIONS, SCORED
 from neat_data.core.shards import ShardSpec, shard_of
 
@@ -50,7 +51,7 @@ def run_merge(run_dir: Path, stages: list[str] | None = None) -> list[MergeResul
     if not manifest_path.is_file():
         raise NeatError("no manifest.json: not a run folder", file=run_dir)
     with RunLock(run_dir):  # refuses while any shard process still holds its lock
-        entries = read_manifest(run_dir).get("stages", {})
+        entries = read_manifest(run_dir).stages
         wanted = [stage for stage in STAGES if (stage in stages if stages else (entries.get(stage) or {}).get("shards"))]
         if not wanted:
             raise NeatError("nothing to merge: no stage of this run was run with --num-shards", file=manifest_path)

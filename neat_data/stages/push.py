@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import ShardedTable, read_manifest, update_manifest
+from neat_data.core.manifest import Manifest, read_manifest, update_manifest
+from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import SCORED
 from neat_data.stages.export import ExportFormat
 
@@ -161,10 +162,10 @@ def score_statistics(run_dir: Path) -> dict[str, dict[str, float]]:
 
 
 def card_section(
-    config: PushConfig, manifest: dict[str, Any], splits: dict[str, int], stats: dict[str, Any], push_command: list[str] | None = None
+    config: PushConfig, manifest: Manifest, splits: dict[str, int], stats: dict[str, Any], push_command: list[str] | None = None
 ) -> str:
     """The markdown section describing one config, built from the manifest (no secret is in a manifest)."""
-    stages = manifest.get("stages", {})
+    stages = manifest.stages
     generate = stages.get("generate", {}).get("config", {})
     score = stages.get("score", {}).get("config", {})
     lines = [

@@ -36,7 +36,8 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet, update_manifest
+from neat_data.core.manifest import update_manifest
+from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet
 from neat_data.core.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns
 
 DropReason = Literal["degenerate", "tie", "margin", "truncated"]

@@ -13,14 +13,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from neat_data.core.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object, read_manifest
+from neat_data.core.manifest import read_manifest
+from neat_data.core.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object
 from neat_data.safety.metrics import METRIC_TABLE
 
 
 def round_rows(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
     """One row per round (round 0: the base model), and after round 0 the negative control when the run has one
     (`evaluate.negative_control`: the base model again, another seed, compared with itself)."""
-    seconds_by_round = read_manifest(run_dir).get("rounds", {})
+    seconds_by_round = read_manifest(run_dir).rounds
     rows = []
     for k in range(rounds + 1):
         folder = run_dir / f"round_{k:02d}"
@@ -33,7 +34,7 @@ def round_rows(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
 def _row(run_dir: Path, folder: Path, k: int, eval_folder: str, seconds_by_round: dict[str, Any]) -> dict[str, Any]:
     metrics = read_json_object(folder / eval_folder / "metrics.json")
     train = _object(read_json_object(folder / "model" / "neat_train.json").get("summary"))
-    rank = read_manifest(folder).get("stages", {}).get("rank", {}).get("summary", {})
+    rank = read_manifest(folder).stage("rank").get("summary", {})
     stage_seconds = [entry.get("seconds", 0.0) for entry in seconds_by_round.get(str(k), {}).values()]
     return {
         "round": k,

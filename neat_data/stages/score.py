@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
 from neat_data.core.errors import NeatError, redact_secrets
-from neat_data.core.runfolder import ShardedTable, count_by, read_manifest, update_manifest
+from neat_data.core.manifest import edit_manifest, read_manifest, update_manifest
+from neat_data.core.runfolder import ShardedTable, count_by
 from neat_data.core.schemas import GENERATIONS, SCORED, check_columns
 from neat_data.core.shards import ShardSpec, StageOutput, refuse_while_writing
 from neat_data.engines.costs import PriceOptions, batch_discount, cost_line, token_costs
@@ -107,7 +108,7 @@ def pair_texts(rows: list[dict[str, Any]], generate_entry: dict[str, Any]) -> di
 
 
 def check_identity(config: ScoreConfig, run_dir: Path) -> None:
-    previous = read_manifest(run_dir).get("stages", {}).get("score", {}).get("config")
+    previous = read_manifest(run_dir).stage("score").get("config")
     if not previous:
         return
     for name, value in config.identity().items():
@@ -186,7 +187,7 @@ def run_score(
                     pa.array([shard.owns(pid) for pid in generations.column("prompt_id").to_pylist()], pa.bool_())
                 )
             manifest = read_manifest(run_dir)
-            generation_model = manifest.get("stages", {}).get("generate", {}).get("config", {}).get("model")
+            generation_model = manifest.stage("generate").get("config", {}).get("model")
             if not overwrite:
                 check_identity(config, run_dir)
             done = set() if overwrite else current_scores(out, generations)
@@ -205,7 +206,7 @@ def run_score(
             scored_now = 0
             if pending:
                 assert scorer is not None
-                texts = pair_texts(rows, manifest.get("stages", {}).get("generate", {}))
+                texts = pair_texts(rows, manifest.stage("generate"))
                 bar = tqdm(total=len(rows), initial=len(rows) - len(pending), unit="row", desc="score", disable=not progress)
                 # a batch judge gets every pending row at once: one batch of them, not one day-long wait per chunk
                 for chunk in prompt_aligned_chunks(pending, len(pending) if batch_judge else config.flush_every):
@@ -237,7 +238,7 @@ def run_score(
                     run_dir,
                     "score",
                     {
-                        **read_manifest(run_dir).get("stages", {}).get("score", entry),
+                        **read_manifest(run_dir).stages.get("score", entry),
                         **record,
                         "scorer": scorer_name,
                         "pending_rows": waiting,
@@ -272,13 +273,12 @@ def batch_state(run_dir: Path, shard: ShardSpec | None) -> dict[str, Any]:
 def forget_score_batches(run_dir: Path, shard: ShardSpec | None) -> None:
     import shutil
 
-    from neat_data.core.runfolder import atomic_write_json
     from neat_data.engines.batch_journal import state_dir_for
 
     shutil.rmtree(state_dir_for(run_dir, "score"), ignore_errors=True)
-    manifest = read_manifest(run_dir)
-    if (manifest.get("batches") or {}).pop("score", None) is not None:
-        atomic_write_json(run_dir / "manifest.json", manifest)
+    if "score" in read_manifest(run_dir).batches:
+        with edit_manifest(run_dir) as manifest:
+            manifest.batches.pop("score", None)
 
 
 def prompt_aligned_chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from neat_data import __version__
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import read_manifest
+from neat_data.core.manifest import Manifest, read_manifest
 from neat_data.core.schemas import STEERINGS
 from neat_data.view.rounds_data import finite, heldout_section, is_rounds_run, round_folders, rounds_section, suite_sections
 from neat_data.view.tables import FolderRows, read_folder, read_texts, source_folder
@@ -83,21 +83,21 @@ def page_row(local: np.ndarray, row_mask: np.ndarray, new_row: np.ndarray) -> np
     return out
 
 
-def run_info(run_dir: Path, manifest: dict[str, Any]) -> list[list[str]]:
+def run_info(run_dir: Path, manifest: Manifest) -> list[list[str]]:
     """A few (label, value) facts for the header, from the manifest (which never holds a secret)."""
     facts: list[list[str]] = []
-    recipe = manifest.get("recipe")
+    recipe = manifest.recipe
     if isinstance(recipe, dict):
         facts += [
             ["recipe", str(recipe.get("name"))],
             ["model", str(recipe.get("model"))],
             ["pairs", ", ".join(map(str, recipe.get("pairs") or []))],
-            ["rounds", str(manifest.get("rounds_planned"))],
+            ["rounds", str(manifest.rounds_planned)],
             ["scorer", str((recipe.get("score") or {}).get("scorer"))],
             ["rank", str((recipe.get("rank") or {}).get("pairs"))],
         ]
         return facts
-    stages = manifest.get("stages", {})
+    stages = manifest.stages
     generate = stages.get("generate", {}).get("config", {})
     if generate:
         sampling = generate.get("sampling") or {}

@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from neat_data.core.runfolder import ShardedTable, read_json_object, read_manifest
+from neat_data.core.manifest import read_manifest
+from neat_data.core.runfolder import ShardedTable, read_json_object
 from neat_data.core.schemas import GENERATIONS, SCORED
 
 ROUND_DIR = re.compile(r"^round_(\d{2,})$")
@@ -38,7 +39,7 @@ def round_folders(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def is_rounds_run(run_dir: Path) -> bool:
-    return "recipe" in read_manifest(run_dir) or bool(round_folders(run_dir))
+    return read_manifest(run_dir).recipe is not None or bool(round_folders(run_dir))
 
 
 def finite(value: Any) -> float | None:
@@ -87,7 +88,7 @@ def rounds_section(run_dir: Path) -> dict[str, Any]:
     from neat_data.stages.round_report import round_rows
 
     folders = round_folders(run_dir)
-    last = max([k for k, _ in folders] + [int(read_manifest(run_dir).get("rounds_planned") or 0)])
+    last = max([k for k, _ in folders] + [int(read_manifest(run_dir).rounds_planned or 0)])
     rows = round_rows(run_dir, last) if folders else []  # a bad metrics/train JSON: one line naming the file
     per_round = []
     for row in rows:

@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import ShardedTable, keep_last_per_key, read_manifest
+from neat_data.core.manifest import read_manifest
+from neat_data.core.runfolder import ShardedTable, keep_last_per_key
 from neat_data.core.schemas import GENERATIONS, SCORED, STEERINGS
 
 TITLE_CHARS = 200  # the list shows the start of the last user turn
@@ -148,7 +149,7 @@ def read_folder(folder: Path) -> FolderRows | None:
     )
     kept = _kept_pairs(folder, keys, prompt_of_row, prompt_index)
     dropped, counts = _dropped_pairs(folder, keys, prompt_index)
-    rank_entry = read_manifest(folder).get("stages", {}).get("rank", {})
+    rank_entry = read_manifest(folder).stage("rank")
     return FolderRows(folder, rows, prompt_of_row, first_row, rank, kept, dropped, counts, rank_entry.get("config", {}).get("pairs"))
 
 
@@ -249,7 +250,7 @@ def _dropped_pairs(folder: Path, keys, prompt_index: dict[str, int]) -> tuple[di
     """Per dropped pair (newer runs: ranked/dropped.parquet), else only the counts of the manifest's rank summary."""
     path = folder / "ranked" / "dropped.parquet"
     if not path.is_file():
-        summary = read_manifest(folder).get("stages", {}).get("rank", {}).get("summary", {})
+        summary = read_manifest(folder).stage("rank").get("summary", {})
         return None, {str(k): int(v) for k, v in (summary.get("dropped") or {}).items()}
     table = _read_parquet(path)
     for name in ("prompt_id", "reason"):
