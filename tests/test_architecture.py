@@ -104,6 +104,7 @@ def choices(*path: str) -> list[str]:
 
 def test_the_cli_offers_exactly_the_names_the_configs_define():
     from neat_data.engines import BackendName
+    from neat_data.rounds.stages import StageKindName
     from neat_data.scorers.judge import JudgeBackendName, JudgeMode
     from neat_data.stages.export import ExportFormat
     from neat_data.stages.rank import PairStrategy
@@ -118,6 +119,7 @@ def test_the_cli_offers_exactly_the_names_the_configs_define():
         (("push", "format"), ExportFormat),
         (("rank", "pairs"), PairStrategy),
         (("train", "loss"), LossName),
+        (("stage", "kind"), StageKindName),
     ):
         assert choices(*path) == list(typing.get_args(names)), path
 
@@ -139,12 +141,18 @@ def test_each_list_of_names_is_spelled_out_in_one_module():
     """A second module that spells out (most of) a list of names, and nothing else, is a copy that will drift (it did: the recipe
     accepted a temperature the stage rejected; PRO ran for any unknown loss name)."""
     from neat_data.engines import BackendName
+    from neat_data.rounds.stages import StageKindName
+    from neat_data.safety.metrics import MetricName
+    from neat_data.scorers import ScorerName
     from neat_data.stages.export import ExportFormat
     from neat_data.stages.rank import PairStrategy
     from neat_data.train.loss import LossName
 
     lists = {
         "backends": (BackendName, "engines/__init__.py"),
+        "scorers": (ScorerName, "scorers/__init__.py"),
+        "safety metrics": (MetricName, "safety/metrics.py"),
+        "stage kinds": (StageKindName, "rounds/stages.py"),
         "export formats": (ExportFormat, "stages/export.py"),
         "pair strategies": (PairStrategy, "stages/rank.py"),
         "losses": (LossName, "train/loss.py"),

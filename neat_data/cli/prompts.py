@@ -12,13 +12,13 @@ to a JSON file and every response to a JSONL beside it. Logic: `neat_data.stages
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 from typing import Any
 
 import click
 
 from neat_data.cli.main import cli
+from neat_data.cli.options import build_config, config_options
+from neat_data.stages.audit import AuditConfig
 
 
 @cli.group()
@@ -88,87 +88,18 @@ def _load_tokenizer(model: str) -> Any:
 
 @prompts.command("audit")
 @click.argument("library")
-@click.option("--model", required=True, help="Model to audit: bundled alias, local HF folder or Hub id.")
-@click.option("--prompts", "prompts_source", help="Benign prompts (.jsonl/.parquet/.csv/hf://); default: the bundled quickstart prompts.")
-@click.option("--prompt-column", help="Column holding the benign prompt.")
-@click.option(
-    "--suite",
-    default="strongreject",
-    show_default=True,
-    help="Harmful prompts from this evaluation suite (name or YAML; harmbench's contextual prompts are long, so slower).",
-)
-@click.option("--harmful", type=int, default=6, show_default=True, help="Harmful prompts (a seeded subset of the suite).")
-@click.option("--benign", type=int, default=6, show_default=True, help="Benign prompts (a seeded subset of --prompts).")
-@click.option("--samples", type=int, default=1, show_default=True, help="Responses per prompt and condition.")
-@click.option("--max-tokens", type=int, default=48, show_default=True)
-@click.option("--temperature", type=float, default=0.7, show_default=True)
-@click.option("--top-p", type=float, default=0.95, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--backend",
-    type=click.Choice(["transformers", "vllm"]),
-    default="transformers",
-    show_default=True,
-    help="transformers: no engine start (the default sizes take a few minutes on a CPU); vllm for large audits.",
-)
-@click.option(
-    "--batch-size", type=int, default=16, show_default=True, help="transformers: sequences per generate call; self-contrast batch."
-)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
-@click.option("--no-progress", is_flag=True)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    help="JSON of the numbers (default runs/audit/<library>-<model>.json); the responses go to the same name with .responses.jsonl.",
-)
-def audit(
-    library: str,
-    model: str,
-    prompts_source: str | None,
-    prompt_column: str | None,
-    suite: str,
-    harmful: int,
-    benign: int,
-    samples: int,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    seed: int,
-    backend: str,
-    batch_size: int,
-    device: str,
-    no_progress: bool,
-    out: Path | None,
-) -> None:
+@config_options(AuditConfig, skip=("library",))
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def audit(library: str, no_progress: bool, **options: Any) -> None:
     """Sample each pair of LIBRARY on harmful and benign prompts and print the contrast it produces.
 
     Refusal (HarmBench's AdvBench refusal prefixes), P(offensive) and VADER tone measure refusal wording,
     offensiveness and tone — not helpfulness."""
-    from neat_data.core.resources import bundled_dir
-    from neat_data.core.runfolder import atomic_write_bytes, atomic_write_json
-    from neat_data.engines.base import Sampling
-    from neat_data.stages.audit import AuditConfig, audit_table, run_audit
+    from neat_data.stages.audit import audit_table, run_audit, write_audit
 
-    config = AuditConfig(
-        library=library,
-        model=model,
-        prompts=prompts_source or str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl"),
-        prompt_column=prompt_column,
-        suite=suite,
-        harmful=harmful,
-        benign=benign,
-        samples=samples,
-        sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
-        backend=backend,
-        batch_size=batch_size,
-        device=device,
-    )
-    if out is None:
-        out = Path("runs") / "audit" / f"{_slug(library)}-{_slug(model)}.json"
+    config = build_config(AuditConfig, options, library=library)
     summary, rows = run_audit(config, echo=lambda line: click.echo(line, err=True), progress=not no_progress)
-    responses = out.with_name(out.stem + ".responses.jsonl")
-    atomic_write_json(out, summary)
-    atomic_write_bytes(responses, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
+    out, responses = write_audit(config, summary, rows)
     click.echo("\n".join(audit_table(summary)))
     click.echo(
         f"\n{summary['responses']} responses ({summary['error_responses']} failed) in {summary['seconds']['total']:.0f} s; "
@@ -178,9 +109,3 @@ def audit(
         "pair's own responses under the model (the training scorer).\n"
         f"numbers: {out}   responses: {responses}"
     )
-
-
-def _slug(text: str) -> str:
-    """A file-name piece for a library or model: its name without folders or .yaml."""
-    name = Path(text).stem if text.endswith((".yaml", ".yml")) else Path(text.rstrip("/")).name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"

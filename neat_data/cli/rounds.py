@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
@@ -123,7 +123,7 @@ def quickstart(out: Path | None, overrides: tuple[str, ...], overwrite: bool) ->
 
 
 @cli.command("stage", hidden=True)
-@click.argument("kind", type=click.Choice(list(STAGES)))
+@click.argument("kind", type=click.Choice(list(get_args(StageKindName))))
 @click.argument("config_path", type=click.Path(path_type=Path, exists=True))
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path), help="Also write the summary lines here.")
 def stage(kind: StageKindName, config_path: Path, summary_path: Path | None) -> None:

@@ -23,6 +23,7 @@ class TransformersOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     transformers_batch_size: int = Field(16, ge=1, description="transformers: sequences per generate call.")
+    transformers_device: str = Field("auto", description="transformers: auto | cpu | cuda | cuda:N.")
 
 
 class TransformersBackend:
@@ -45,7 +46,7 @@ class TransformersBackend:
 
     @classmethod
     def from_options(cls, model: str, options: TransformersOptions) -> TransformersBackend:
-        return cls(resolve_model(model), model_label=model, batch_size=options.transformers_batch_size)
+        return cls(resolve_model(model), model_label=model, device=options.transformers_device, batch_size=options.transformers_batch_size)
 
     def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
         batch: list[tuple[int, GenerationRequest, list[int], str]] = []

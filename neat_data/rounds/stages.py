@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -133,3 +133,4 @@ STAGES: dict[str, StageKind] = {
         StageKind("evaluate", EvaluateConfig, _run_evaluate, lambda c: [c.generate.out.name], "evaluate"),
     )
 }
+assert set(STAGES) == set(get_args(StageKindName)), "stage kinds drifted"

@@ -96,12 +96,17 @@ def make_scorer(
 
         return SelfContrastScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
     if kind == "judge":
+        from neat_data.engines import BackendOptions
         from neat_data.scorers.judge import make_judge
 
+        # the judge's backend options are the scorer's own fields of the same names (one factory builds every backend)
+        backend_options = BackendOptions.model_validate(
+            options.model_dump(include=set(BackendOptions.model_fields) & set(type(options).model_fields))
+        )
         return make_judge(
             model,
             options.judge_backend,
-            options,
+            backend_options,
             mode=options.judge_mode,
             template=options.judge_template,
             state_dir=state_dir,

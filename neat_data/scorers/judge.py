@@ -27,9 +27,8 @@ from neat_data.engines.base import Backend, GenerationRequest, Sampling
 from neat_data.scorers.base import ScoreItem, ScoreResult
 
 if TYPE_CHECKING:
+    from neat_data.engines import BackendOptions
     from neat_data.engines.batch_journal import BatchJournal
-    from neat_data.engines.openai_backend import OpenAIOptions
-    from neat_data.engines.vllm_backend import VLLMOptions
 
 PENDING = "batch pending: submitted, not answered yet"
 JudgeMode = Literal["pointwise", "pairwise"]
@@ -183,31 +182,18 @@ class JudgeScorer:
 def make_judge(
     model: str,
     backend_name: JudgeBackendName,
-    options: VLLMOptions | OpenAIOptions,
+    options: BackendOptions,
     *,
     mode: JudgeMode = "pointwise",
     template: str | None = None,
     state_dir: Path | None = None,
     journal: BatchJournal | None = None,
 ) -> JudgeScorer:
-    """A JudgeScorer for `model` on a generation backend built from the same options models as `generate`.
-    openai-batch needs `state_dir` (e.g. <run>/batches/score) and takes the `journal` of its batches."""
-    from neat_data.engines.openai_backend import OpenAIBackend, OpenAIOptions
-    from neat_data.engines.vllm_backend import VLLMBackend, VLLMOptions
+    """A JudgeScorer for `model` on a generation backend, built by the one backend factory (`engines.make_backend`)
+    from the same options as `generate`. openai-batch needs `state_dir` (e.g. <run>/batches/score) and takes the
+    `journal` of its batches."""
+    from neat_data.engines import make_backend
 
-    backend: Backend
-    if backend_name == "openai-batch":
-        from neat_data.engines.openai_batch import OpenAIBatchBackend
-
-        if state_dir is None:
-            raise ValueError("the openai-batch judge needs a state folder (state_dir) for its batch files")
-        backend = OpenAIBatchBackend.from_options(model, options, state_dir=state_dir, journal=journal)
-    elif backend_name == "openai":
-        assert isinstance(options, OpenAIOptions)
-        if not options.base_url:
-            raise NeatError("the openai judge needs --base-url", field="base_url")
-        backend = OpenAIBackend.from_options(model, options)
-    else:
-        assert isinstance(options, VLLMOptions)
-        backend = VLLMBackend.from_options(model, options)
-    return JudgeScorer(backend, mode=mode, template=template)
+    if backend_name == "openai" and not options.base_url:
+        raise NeatError("the openai judge needs --base-url", field="base_url")
+    return JudgeScorer(make_backend(backend_name, model, options, state_dir=state_dir, journal=journal), mode=mode, template=template)

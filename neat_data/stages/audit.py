@@ -16,9 +16,12 @@ the self-contrast model loads. Each request's seed derives from (seed, prompt_id
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +30,7 @@ from neat_data.core.keys import request_seed
 from neat_data.core.messages import build_messages
 from neat_data.core.pairs import PromptPair, load_library
 from neat_data.core.prompts_in import PromptRecord, load_prompts
+from neat_data.engines import BackendOptions, make_backend
 from neat_data.engines.base import GenerationRequest, Sampling
 from neat_data.safety.metrics import METRICS, check_metric_dependencies, response_metrics
 from neat_data.safety.stats import bootstrap_mean, paired_difference, per_prompt_means
@@ -41,17 +45,47 @@ class AuditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     library: str = Field(description="Prompt-pair library: bundled name or YAML path.")
-    model: str = Field(description="Model: bundled alias, local HF folder or Hub id.")
-    prompts: str = Field(description="Benign prompts (.jsonl/.parquet/.csv/hf://).")
-    prompt_column: str | None = None
-    suite: str = Field("strongreject", description="Where the harmful prompts come from: a suite name or YAML path.")
+    model: str = Field(description="Model to audit: bundled alias, local HF folder or Hub id.")
+    prompts: str | None = Field(None, description="Benign prompts (.jsonl/.parquet/.csv/hf://); default: the bundled quickstart prompts.")
+    prompt_column: str | None = Field(None, description="Column holding the benign prompt.")
+    suite: str = Field(
+        "strongreject",
+        description="Harmful prompts from this evaluation suite (name or YAML; harmbench's contextual prompts are long, so slower).",
+    )
     harmful: int = Field(6, ge=0, description="Harmful prompts (a seeded subset of the suite).")
     benign: int = Field(6, ge=0, description="Benign prompts (a seeded subset of --prompts).")
     samples: int = Field(1, ge=1, le=64, description="Responses per prompt and condition.")
-    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, max_tokens=48, seed=0))
-    backend: Literal["transformers", "vllm"] = "transformers"
+    max_tokens: int = Field(48, ge=1, le=1_000_000, description="New tokens per response.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int = Field(0, ge=0, description="Seed of the prompt subsets and of every request.")
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers: no engine start (the default sizes take a few minutes on a CPU); vllm for large audits."
+    )
     batch_size: int = Field(16, ge=1, description="transformers: sequences per generate call; self-contrast batch size.")
     device: str = Field("auto", description="auto | cpu | cuda (transformers generation and self-contrast).")
+    out: Path | None = Field(
+        None,
+        description="JSON of the numbers (default runs/audit/<library>-<model>.json); the responses go to the same name with .responses.jsonl.",
+    )
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed)
+
+    def benign_source(self) -> str:
+        from neat_data.core.resources import bundled_dir
+
+        return self.prompts or str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl")
+
+    def out_path(self) -> Path:
+        return self.out or Path("runs") / "audit" / f"{_slug(self.library)}-{_slug(self.model)}.json"
+
+
+def _slug(text: str) -> str:
+    """A file-name piece for a library or model: its name without folders or .yaml."""
+    name = Path(text).stem if text.endswith((".yaml", ".yml")) else Path(text.rstrip("/")).name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"
 
 
 @dataclass(frozen=True)
@@ -87,19 +121,6 @@ def engine_request(item: Planned, samples: int, seed: int) -> GenerationRequest:
         n=samples,
         seed=request_seed(seed, item.record.prompt_id, item.steering, item.pair.id if item.pair else None),
     )
-
-
-def make_audit_backend(config: AuditConfig) -> Any:
-    from neat_data.core.models import resolve_model
-
-    path = resolve_model(config.model)
-    if config.backend == "vllm":
-        from neat_data.engines.vllm_backend import VLLMBackend
-
-        return VLLMBackend(path, model_label=config.model, seed=config.sampling.seed)
-    from neat_data.engines.transformers_backend import TransformersBackend
-
-    return TransformersBackend(path, model_label=config.model, device=config.device, batch_size=config.batch_size)
 
 
 def self_contrast_scores(config: AuditConfig, rows: list[dict[str, Any]], pairs: dict[str, PromptPair]) -> None:
@@ -178,7 +199,7 @@ def run_audit(
     suite = load_suite(config.suite)
     check_metric_dependencies(METRICS)
     harmful = suite_prompts(suite, limit=config.harmful) if config.harmful else []
-    benign_records = load_prompts(config.prompts, prompt_column=config.prompt_column).records if config.benign else []
+    benign_records = load_prompts(config.benign_source(), prompt_column=config.prompt_column).records if config.benign else []
     benign = seeded_subset(benign_records, config.benign, config.sampling.seed)
     unsteered, steered = plan(harmful, benign, library.pairs)
     planned = unsteered + steered
@@ -190,7 +211,8 @@ def run_audit(
         f"audit: {len(library.pairs)} pairs of {library.name} × ({len(harmful)} harmful + {len(benign)} benign prompts) × "
         f"{config.samples} sample(s) → {len(planned) * config.samples} responses on {config.model} ({config.backend})"
     )
-    backend = make_audit_backend(config)
+    options = BackendOptions(transformers_batch_size=config.batch_size, transformers_device=config.device)
+    backend = make_backend(config.backend, config.model, options, seed=config.seed)
     rows: list[dict[str, Any]] = []
     errors = 0
     bar = tqdm(total=len(planned) * config.samples, unit="response", desc="audit", disable=not progress)
@@ -237,7 +259,7 @@ def run_audit(
         model=config.model,
         suite=suite.name,
         harmful_source=suite.source,
-        prompts=config.prompts,
+        prompts=config.benign_source(),
         harmful_prompts=len(harmful),
         benign_prompts=len(benign),
         responses=len(rows),
@@ -248,6 +270,17 @@ def run_audit(
         "tone = VADER compound; these measure refusal wording, offensiveness and tone, not helpfulness",
     )
     return summary, rows
+
+
+def write_audit(config: AuditConfig, summary: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """The numbers as JSON (`config.out_path()`) and every response as JSONL beside it; each file whole or absent."""
+    from neat_data.core.runfolder import atomic_write_bytes, atomic_write_json
+
+    out = config.out_path()
+    responses = out.with_name(out.stem + ".responses.jsonl")
+    atomic_write_json(out, summary)
+    atomic_write_bytes(responses, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
+    return out, responses
 
 
 def _cell(entry: dict[str, Any] | None, spec: str) -> str:

@@ -24,12 +24,13 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neat_data.train.distributed import DistributedContext, checksum, gather_full_state, scatter_to_slots, shard_policy
 from neat_data.train.loss import DpoPairs, LossName
 
 
@@ -117,59 +118,6 @@ class TrainSummary:
         )
 
 
-class DistributedContext:
-    """rank/world from torchrun or accelerate's environment; gloo on CPU, NCCL on CUDA."""
-
-    def __init__(self, device_choice: str):
-        import torch
-
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice.startswith("cuda")
-        self.device = torch.device(f"cuda:{local}" if use_cuda and self.world > 1 else ("cuda" if use_cuda else "cpu"))
-        if self.world > 1 and not torch.distributed.is_initialized():
-            if use_cuda:
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-
-    def mean(self, values: list[float]) -> list[float]:
-        import torch
-
-        if self.world == 1:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return (tensor / self.world).tolist()
-
-    def total(self, values: list[float]) -> list[float]:
-        """`values` summed over the ranks, in float64 (a collective: every rank calls it)."""
-        import torch
-
-        if self.world == 1:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return tensor.tolist()
-
-    def gather_all(self, values: list[float]) -> list[list[float]]:
-        """Every rank's `values`, in rank order (one entry when not distributed)."""
-        import torch
-
-        if self.world == 1:
-            return [values]
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        gathered = [torch.zeros_like(tensor) for _ in range(self.world)]
-        torch.distributed.all_gather(gathered, tensor)
-        return [t.tolist() for t in gathered]
-
-    def barrier(self) -> None:
-        import torch
-
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
 STEP_FIELDS = ("step", "epoch", "grad_norm", "lr", "tokens", "tokens_per_s", "seconds")  # every other key: the loss's parts
 
 
@@ -192,21 +140,70 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     """Train and save; `log(record)` also receives every step record (the JSONL log is always written)."""
     import torch
 
-    from neat_data.core.models import resolve_model
-    from neat_data.lm.loading import load_policy, pad_id_of
-    from neat_data.lm.logprobs import ResponseLogprobs
-    from neat_data.train.data import epoch_batches, load_examples, make_batch, rank_share
-    from neat_data.train.loss import LOSSES, LossInputs, LossSettings
-    from neat_data.train.policy import choose_trainable, partial_folder, save_policy
-    from neat_data.train.reference import reference_pass
-
     started = time.time()
     if config.threads:
         torch.set_num_threads(config.threads)
     dist = DistributedContext(config.device)
+    torch.manual_seed(config.seed)
+    policy = _load(config, dist)
+    first, last, step, trained_tokens = _train_steps(config, dist, policy, log)
+    full_state = gather_full_state(policy.model) if policy.fsdp else None  # a collective: every rank takes part
+    checksums = [checksum(full_state.values())] if full_state is not None else dist.gather_all(checksum(policy.model.parameters()))
+    elapsed = time.time() - started
+    summary = TrainSummary(
+        out=config.out,
+        steps=step,
+        prompts=policy.stats.prompts,
+        candidates=policy.stats.candidates,
+        tokens=trained_tokens,
+        seconds=elapsed,
+        tokens_per_second=trained_tokens / max(elapsed, 1e-9),
+        first=first,
+        last=last,
+    )
+    if dist.rank == 0:
+        _save(config, dist, policy, summary, checksums, full_state, argv)
+    dist.barrier()
+    return summary
+
+
+@dataclass
+class _Policy:
+    """What the loop trains: the model and its wrapped forward, the examples and the loss settings."""
+
+    model: Any
+    tokenizer: Any
+    own_dtype: Any
+    model_path: str
+    data_path: Path
+    examples: list[Any]
+    stats: Any
+    settings: Any
+    sft_weight: float
+    reference: Any
+    pad_id: int
+    cuda: bool
+    bf16: bool
+    fsdp: bool
+    wrapped: Any = None
+    trainable: list[Any] = field(default_factory=list)
+
+
+def _load(config: TrainConfig, dist: DistributedContext) -> _Policy:
+    """The policy and the data: examples rendered by `neat_data.lm`, w_sft, DPO's reference pass (on the starting
+    policy, before LoRA or sharding wraps it), the trainable parameters, and the forward wrapped for DDP / FSDP2."""
+    import torch
+
+    from neat_data.core.models import resolve_model
+    from neat_data.lm.loading import load_policy, pad_id_of
+    from neat_data.lm.logprobs import ResponseLogprobs
+    from neat_data.train.data import load_examples
+    from neat_data.train.loss import LOSSES, LossSettings
+    from neat_data.train.policy import choose_trainable
+    from neat_data.train.reference import reference_pass
+
     cuda = dist.device.type == "cuda"
     bf16 = cuda if config.bf16 is None else config.bf16
-    torch.manual_seed(config.seed)
     model_path = resolve_model(config.model)
     tokenizer, model, own_dtype = load_policy(model_path, str(dist.device))
     data_path, examples, stats = load_examples(
@@ -218,11 +215,12 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
         dpo_pairs=config.dpo_pairs,
     )
     most_candidates = max(len(e.sequences) for e in examples)
-    sft_weight = config.sft_weight if config.sft_weight is not None else LOSSES[config.loss].default_sft_weight(most_candidates)
+    loss = LOSSES[config.loss]
+    sft_weight = config.sft_weight if config.sft_weight is not None else loss.default_sft_weight(most_candidates)
     settings = LossSettings(rank_weight=config.rank_weight, sft_weight=sft_weight, beta=config.beta, dpo_pairs=config.dpo_pairs)
     pad_id = pad_id_of(tokenizer)
     reference = None
-    if LOSSES[config.loss].needs_reference:  # the starting policy, before LoRA/sharding wrap it and before any step
+    if loss.needs_reference:
         examples, reference = reference_pass(
             examples,
             model,
@@ -251,9 +249,40 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
         wrapped = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[dist.device.index] if cuda else None)
     else:
         wrapped = forward
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, **({"fused": True} if cuda else {}))
-    batches_per_epoch = len(rank_share(epoch_batches(examples, config.prompts_per_batch, config.seed, 0), dist.rank, dist.world))
+    return _Policy(
+        model=model,
+        tokenizer=tokenizer,
+        own_dtype=own_dtype,
+        model_path=model_path,
+        data_path=data_path,
+        examples=examples,
+        stats=stats,
+        settings=settings,
+        sft_weight=sft_weight,
+        reference=reference,
+        pad_id=pad_id,
+        cuda=cuda,
+        bf16=bf16,
+        fsdp=fsdp,
+        wrapped=wrapped,
+        trainable=[p for p in model.parameters() if p.requires_grad],
+    )
+
+
+def _train_steps(
+    config: TrainConfig, dist: DistributedContext, policy: _Policy, log: Any
+) -> tuple[dict[str, Any], dict[str, Any], int, int]:
+    """AdamW with linear warmup + cosine decay over the epochs; gradient accumulation, clipping; every step's record
+    to the partial folder's log (and `log`). Returns (first record, last record, steps, tokens)."""
+    import torch
+
+    from neat_data.train.data import epoch_batches, rank_share
+    from neat_data.train.policy import partial_folder
+
+    optimizer = torch.optim.AdamW(
+        policy.trainable, lr=config.lr, weight_decay=config.weight_decay, **({"fused": True} if policy.cuda else {})
+    )
+    batches_per_epoch = len(rank_share(epoch_batches(policy.examples, config.prompts_per_batch, config.seed, 0), dist.rank, dist.world))
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.grad_accum)
     warmup = math.ceil(config.warmup_ratio * total_steps)
     partial = partial_folder(config.out)
@@ -263,38 +292,14 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     first: dict[str, Any] = {}
     last: dict[str, Any] = {}
     for epoch in range(config.epochs):
-        mine = rank_share(epoch_batches(examples, config.prompts_per_batch, config.seed, epoch), dist.rank, dist.world)
+        mine = rank_share(epoch_batches(policy.examples, config.prompts_per_batch, config.seed, epoch), dist.rank, dist.world)
         for group_start in range(0, len(mine), config.grad_accum):
             group = mine[group_start : group_start + config.grad_accum]
             step_started = time.time()
             for group_param in optimizer.param_groups:
                 group_param["lr"] = config.lr * lr_factor(step, total_steps, warmup)
-            parts_sum: dict[str, float] = {}
-            tokens = 0
-            for index, examples_in_batch in enumerate(group):
-                batch = make_batch(examples_in_batch, pad_id)
-                skip_sync = dist.world > 1 and not fsdp and index < len(group) - 1  # DDP: all-reduce on the last micro-batch only
-                with (
-                    wrapped.no_sync() if skip_sync else nullcontext(),
-                    torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and cuda else nullcontext(),
-                ):
-                    sums, counts = wrapped(
-                        batch.input_ids.to(dist.device), batch.attention_mask.to(dist.device), batch.response_mask.to(dist.device)
-                    )
-                    inputs = LossInputs(
-                        sums=scatter_to_slots(sums, batch, dist.device),
-                        counts=scatter_to_slots(counts, batch, dist.device),
-                        rewards=batch.rewards.to(dist.device),
-                        candidate_mask=batch.candidate_mask.to(dist.device),
-                        steering=batch.steering.to(dist.device),
-                        reference_sums=None if batch.reference_sums is None else batch.reference_sums.to(dist.device),
-                    )
-                    loss, parts = LOSSES[config.loss](inputs, settings)
-                    (loss / len(group)).backward()
-                for name, value in parts.items():
-                    parts_sum[name] = parts_sum.get(name, 0.0) + value / len(group)
-                tokens += batch.tokens
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
+            parts_sum, tokens = _accumulate(config, dist, policy, group)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable, config.max_grad_norm))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             names = sorted(parts_sum)
@@ -319,91 +324,82 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
                 _append_log(partial, json.dumps(record))
                 if log is not None:
                     log(record)
-    full_state = gather_full_state(model) if fsdp else None  # a collective: every rank takes part
-    checksums = [checksum(full_state.values())] if full_state is not None else dist.gather_all(checksum(model.parameters()))
-    elapsed = time.time() - started
-    summary = TrainSummary(
-        out=config.out,
-        steps=step,
-        prompts=stats.prompts,
-        candidates=stats.candidates,
-        tokens=trained_tokens,
-        seconds=elapsed,
-        tokens_per_second=trained_tokens / max(elapsed, 1e-9),
-        first=first,
-        last=last,
+    return first, last, step, trained_tokens
+
+
+def _accumulate(config: TrainConfig, dist: DistributedContext, policy: _Policy, group: list[Any]) -> tuple[dict[str, float], int]:
+    """Forward and backward over one optimizer step's micro-batches; returns the loss parts (averaged over them) and
+    the tokens seen."""
+    import torch
+
+    from neat_data.train.data import make_batch
+    from neat_data.train.loss import LOSSES, LossInputs
+
+    parts_sum: dict[str, float] = {}
+    tokens = 0
+    for index, examples_in_batch in enumerate(group):
+        batch = make_batch(examples_in_batch, policy.pad_id)
+        skip_sync = dist.world > 1 and not policy.fsdp and index < len(group) - 1  # DDP: all-reduce on the last micro-batch only
+        with (
+            policy.wrapped.no_sync() if skip_sync else nullcontext(),
+            torch.autocast("cuda", dtype=torch.bfloat16) if policy.bf16 and policy.cuda else nullcontext(),
+        ):
+            sums, counts = policy.wrapped(
+                batch.input_ids.to(dist.device), batch.attention_mask.to(dist.device), batch.response_mask.to(dist.device)
+            )
+            inputs = LossInputs(
+                sums=scatter_to_slots(sums, batch, dist.device),
+                counts=scatter_to_slots(counts, batch, dist.device),
+                rewards=batch.rewards.to(dist.device),
+                candidate_mask=batch.candidate_mask.to(dist.device),
+                steering=batch.steering.to(dist.device),
+                reference_sums=None if batch.reference_sums is None else batch.reference_sums.to(dist.device),
+            )
+            loss, parts = LOSSES[config.loss](inputs, policy.settings)
+            (loss / len(group)).backward()
+        for name, value in parts.items():
+            parts_sum[name] = parts_sum.get(name, 0.0) + value / len(group)
+        tokens += batch.tokens
+    return parts_sum, tokens
+
+
+def _save(
+    config: TrainConfig,
+    dist: DistributedContext,
+    policy: _Policy,
+    summary: TrainSummary,
+    checksums: list[list[float]],
+    full_state: dict[str, Any] | None,
+    argv: list[str] | None,
+) -> None:
+    """The HF folder (weights in the save dtype, tokenizer, chat template) with `neat_train.json`: the config, the
+    command, the data and its statistics, w_sft, the reference record, the world and each rank's weight checksum."""
+    from neat_data.train.policy import save_policy
+
+    save_dtype = _save_dtype(config.save_dtype, policy.own_dtype, policy.cuda)
+    details = {
+        "config": config.model_dump(mode="json"),
+        "command": argv,
+        "base_model": policy.model_path,
+        "data": str(policy.data_path),
+        "data_stats": asdict(policy.stats),
+        "sft_weight": policy.sft_weight,
+        "reference": policy.reference,
+        "world_size": dist.world,
+        "fsdp": policy.fsdp,
+        "rank_checksums": checksums,
+        "bf16": policy.bf16,
+        "save_dtype": str(save_dtype).removeprefix("torch."),
+        "summary": {k: v for k, v in asdict(summary).items() if k != "out"},
+    }
+    save_policy(
+        policy.model,
+        policy.tokenizer,
+        config.out,
+        save_dtype,
+        {"neat_train.json": json.dumps(details, indent=2, default=str) + "\n"},
+        state_dict=full_state,
     )
-    if dist.rank == 0:
-        save_dtype = _save_dtype(config.save_dtype, own_dtype, cuda)
-        details = {
-            "config": config.model_dump(mode="json"),
-            "command": argv,
-            "base_model": model_path,
-            "data": str(data_path),
-            "data_stats": asdict(stats),
-            "sft_weight": sft_weight,
-            "reference": reference,
-            "world_size": dist.world,
-            "fsdp": fsdp,
-            "rank_checksums": checksums,
-            "bf16": bf16,
-            "save_dtype": str(save_dtype).removeprefix("torch."),
-            "summary": {k: v for k, v in asdict(summary).items() if k != "out"},
-        }
-        save_policy(
-            model,
-            tokenizer,
-            config.out,
-            save_dtype,
-            {"neat_train.json": json.dumps(details, indent=2, default=str) + "\n"},
-            state_dict=full_state,
-        )
-    dist.barrier()
-    return summary
-
-
-def checksum(tensors: Any) -> list[float]:
-    """(Σ w, Σ w²) over the tensors in float64: equal on all DDP ranks when they stayed in sync."""
-    import torch
-
-    tensors = list(tensors)
-    with torch.no_grad():
-        return [sum(float(t.detach().double().sum()) for t in tensors), sum(float(t.detach().double().pow(2).sum()) for t in tensors)]
-
-
-def shard_policy(model: Any, forward: Any, device_type: str, world: int) -> None:
-    """FSDP2: one unit per decoder layer, the rest (embeddings, norm, head) in the root unit = our forward
-    module, whose forward is the one the loop calls (so the root gathers its parameters)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh(device_type, (world,))
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for layer in base.get_decoder().layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(forward, mesh=mesh)
-
-
-def gather_full_state(model: Any) -> dict[str, Any]:
-    """The whole (unsharded) state dict on rank 0, on CPU; empty on the other ranks."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    seen: set[int] = set()
-    for name, parameter in model.named_parameters(remove_duplicate=False):  # tied weights (a head tied to the
-        if id(parameter) in seen:  # embeddings) are saved once, as
-            state.pop(name, None)  # save_pretrained does
-        seen.add(id(parameter))
-    return state
-
-
-def scatter_to_slots(per_sequence: Any, batch: Any, device: Any) -> Any:
-    """[N] per-sequence values → [B, C] slots (padded slots 0; they are masked in every loss)."""
-    import torch
-
-    flat = torch.zeros(batch.candidate_mask.numel(), dtype=per_sequence.dtype, device=device)
-    flat = flat.index_put((batch.slots.to(device),), per_sequence)
-    return flat.view(batch.candidate_mask.shape)
 
 
 def _append_log(partial: Path, line: str) -> None:
