@@ -9,5 +9,5 @@
     decontaminate.py  drop training prompts that share a normalised 8-gram with an evaluation suite
     audit.py        `neat-data prompts audit`: how far each steering pair separates responses on a given model
 
-A lower layer: nothing here imports a stage module (`neat_data/stages/*`, `rounds.py`, `cli*.py`).
+A lower layer: nothing here imports a stage module (`neat_data/stages/*`, `neat_data/rounds/`, `neat_data/cli/`).
 """
