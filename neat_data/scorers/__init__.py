@@ -99,10 +99,10 @@ def make_scorer(
         from neat_data.engines import BackendOptions
         from neat_data.scorers.judge import make_judge
 
-        # the judge's backend options are the scorer's own fields of the same names (one factory builds every backend)
-        backend_options = BackendOptions.model_validate(
-            options.model_dump(include=set(BackendOptions.model_fields) & set(type(options).model_fields))
-        )
+        # the judge's backend options are the ones ScorerOptions inherits from the generation backends (vLLM, openai,
+        # openai-batch), under the same names; one factory builds every backend
+        judge_fields = set(VLLMOptions.model_fields) | set(OpenAIOptions.model_fields) | set(OpenAIBatchOptions.model_fields)
+        backend_options = BackendOptions.model_validate(options.model_dump(include=judge_fields))
         return make_judge(
             model,
             options.judge_backend,

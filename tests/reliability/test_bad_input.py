@@ -369,8 +369,9 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["recipe.yaml: field 'generate.temperature': Input should be less than or equal to 5"],
     ),
     "recipe_option_shadows_a_field": (
-        recipe_case(**{"generate.options": {"base_url": DEAD_URL, "num_pos": 3}}),
-        ["recipe.yaml: field 'generate'", "options.num_pos duplicates a field"],
+        # a key given both flat and in the older options: form (options: alone is moved up, tests/test_recipe_sections.py)
+        recipe_case(**{"generate.num_pos": 2, "generate.options": {"base_url": DEAD_URL, "num_pos": 3}}),
+        ["recipe.yaml: field 'generate'", "options.num_pos duplicates num_pos: set it once"],
     ),
     "recipe_heldout_larger_than_source": (
         recipe_case(**{"prompts.heldout": 50}),
