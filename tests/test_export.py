@@ -187,3 +187,29 @@ def test_ranked_export_of_lists_ranked_before_finish_reasons_travelled(ranked_ru
     assert result.exit_code == 0, result.output
     rows = datasets.load_from_disk(str(ranked_run / "export" / "ranked" / "hf"))["train"].to_list()
     assert len(rows) == 4 and all(r["finish_reason"] == [None] * len(r["responses"]) for r in rows)
+
+
+def test_llamafactory_dataset_info_names_every_split_written(ranked_run: Path):
+    for split in ("train", "test"):
+        assert CliRunner().invoke(cli, ["export", str(ranked_run), "--format", "llamafactory", "--split", split]).exit_code == 0
+    out = ranked_run / "export" / "llamafactory"
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert sorted(info) == ["neat_test", "neat_train"] and info["neat_test"]["file_name"] == "test.parquet"
+    assert all((out / entry["file_name"]).is_file() for entry in info.values())
+
+
+def test_kto_with_no_steered_rows_is_exit_2(tmp_path: Path, prompts_file: Path, monkeypatch):
+    run = tmp_path / "run"
+    run_generate(
+        GenerateConfig(
+            prompts=str(prompts_file), model="fake", out=run, num_pos=0, num_neg=0, num_neutral=2, sampling=Sampling(max_tokens=8)
+        ),
+        backend=RecordingBackend(),
+        progress=False,
+    )
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    assert CliRunner().invoke(cli, ["score", str(run), "--scorer", "python:test_export:response_length", "--no-progress"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["export", str(run), "--format", "kto"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: {run / 'scored'}: format 'kto' has nothing to export: no steered ok rows (pos/neg)"
+    ]
