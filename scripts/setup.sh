@@ -40,15 +40,19 @@ pip_install --no-deps -r requirements/nodeps.txt
 pip_install -r requirements/torch-cpu.txt -r requirements/dev.txt -r requirements/eval.txt
 # 4. optional engines that the test suite covers (--backend ray).
 pip_install -r requirements/torch-cpu.txt -r requirements/ray.txt
-# 5. Playwright (Python) drives the system chromium in the view tests (no browser download: see requirements/view.txt).
+# 5. the external trainers whose own code the tests run on our exports: TRL with its dependencies, then the ones
+#    that would move torch/transformers/datasets installed without theirs (requirements/trainers*.txt say why).
+pip_install -r requirements/torch-cpu.txt -r requirements/trainers.txt
+pip_install --no-deps -r requirements/trainers-nodeps.txt
+# 6. Playwright (Python) drives the system chromium in the view tests (no browser download: see requirements/view.txt).
 pip_install -r requirements/view.txt
 pip_install -e ".[dev]"
-# The dependency check, minus what requirements/nodeps.txt skips on purpose: one calm line for those, and a line
+# The dependency check, minus what requirements/*nodeps.txt skip on purpose: one calm line for those, and a line
 # for anything else pip finds broken.
 "$venv/bin/python" - <<'PY'
-import re, subprocess, sys
-skipped_by = {re.split(r"[=<>~ ]", line.strip())[0].lower() for line in open("requirements/nodeps.txt")
-              if line.strip() and not line.lstrip().startswith("#")}
+import glob, re, subprocess, sys
+skipped_by = {re.split(r"[=<>~ ]", line.strip())[0].lower() for path in sorted(glob.glob("requirements/*nodeps.txt"))
+              for line in open(path) if line.strip() and not line.lstrip().startswith("#")}
 lines = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout.splitlines()
 expected, other = [], []
 for line in (line for line in lines if line.strip() and not line.startswith("No broken")):
@@ -57,11 +61,11 @@ for line in other:
     print(f"setup: dependency problem: {line}", file=sys.stderr)
 if expected:
     print(f"setup: {len(expected)} dependencies of {', '.join(sorted({l.split()[0] for l in expected}))} skipped on purpose "
-          "(requirements/nodeps.txt says why)", file=sys.stderr)
+          "(requirements/*nodeps.txt say why)", file=sys.stderr)
 PY
 "$venv/bin/python" - <<'PY'
 import importlib, sys
-for name in ("torch", "vllm", "openai", "neat_data", "gguf", "pytest", "ray.data"):
+for name in ("torch", "vllm", "openai", "neat_data", "gguf", "pytest", "ray.data", "trl", "openrlhf.datasets"):
     importlib.import_module(name)
 import torch
 assert torch.__version__.startswith("2.13.0") and torch.__version__.endswith("+cpu"), torch.__version__

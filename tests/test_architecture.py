@@ -194,6 +194,20 @@ def test_no_file_points_outside_the_repository():
 # further edit somewhere fails here.
 
 TRIALS: dict[str, dict[str, list[tuple[str, str]]]] = {
+    "export format": {
+        "stages/export.py": [
+            (r"(ExportFormat = Literal\[[^\]]*)\]", r'\1, "trial"]'),
+            (
+                r"\n(LAYOUTS: dict\[ExportFormat, Layout\] = \{)",
+                "\ndef _trial(pairs: pa.Table, config: ExportConfig) -> dict[str, Any]:\n"
+                '    return {"prompt_id": pairs.column("prompt_id"), "margin": pc.subtract(pairs.column("score_chosen"), pairs.column("score_rejected"))}\n\n\n\\1',
+            ),
+            (
+                r"(LAYOUTS: dict\[ExportFormat, Layout\] = \{)",
+                r'\1\n    "trial": Layout("pairs", {"prompt_id": "string", "margin": "float"}, _trial),',
+            ),
+        ],
+    },
     "loss": {
         "train/loss.py": [
             (r"(LossName = Literal\[[^\]]*)\]", r'\1, "trial"]'),
@@ -239,6 +253,24 @@ TRIALS: dict[str, dict[str, list[tuple[str, str]]]] = {
 }
 
 TRIAL_CHECKS = {
+    "export format": """
+import pyarrow as pa
+from neat_data.cli import cli
+from neat_data.stages.export import ExportConfig, export_table, features
+for command in ("export", "push"):
+    assert "trial" in next(p for p in cli.commands[command].params if p.name == "format").type.choices
+recipe = load(exports=["ranked", "trial"])
+assert [s.label for s in plan_round(recipe, Path("runs/t"), 1) if s.kind.name == "export"] == ["export-ranked", "export-trial"]
+assert list(features("trial")) == ["prompt_id", "margin"]
+from neat_data.core.schemas import PAIRS
+run = Path("run")
+(run / "ranked").mkdir(parents=True)
+row = {f.name: None for f in PAIRS}
+row.update(prompt_id="p1", prompt=[{"role": "user", "content": "q"}], chosen="a", rejected="b", score_chosen=0.75, score_rejected=0.25)
+import pyarrow.parquet as pq
+pq.write_table(pa.Table.from_pylist([row], schema=PAIRS), run / "ranked" / "pairs.parquet")
+assert export_table(ExportConfig(run=run, format="trial")).to_pylist() == [{"prompt_id": "p1", "margin": 0.5}]
+""",
     "loss": """
 import torch
 from click.testing import CliRunner

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import typing
 from pathlib import Path
 
 import datasets
@@ -10,6 +12,7 @@ from click.testing import CliRunner
 
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
+from neat_data.stages.export import ExportFormat
 from neat_data.stages.generate import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
@@ -20,7 +23,9 @@ EXPECTED_COLUMNS = {  # docs/FORMATS.md
     "kto": ["prompt", "completion", "label"],
     "ranked": ["prompt", "prompt_id", "responses", "finish_reason", "scores", "steering"],
     "h4": ["prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected"],
+    "llamafactory": ["messages", "chosen", "rejected"],
 }
+PAIRWISE = ("trl", "trl-implicit", "h4", "llamafactory")
 
 
 def response_length(prompts, responses):
@@ -47,7 +52,7 @@ def ranked_run(prompts_file: Path, tmp_path: Path, monkeypatch) -> Path:
     return run
 
 
-@pytest.mark.parametrize("fmt", list(EXPECTED_COLUMNS))
+@pytest.mark.parametrize("fmt", typing.get_args(ExportFormat))  # the format list itself: a new name must get a row here
 def test_every_format_round_trips_through_datasets(ranked_run: Path, fmt: str):
     result = CliRunner().invoke(cli, ["export", str(ranked_run), "--format", fmt])
     assert result.exit_code == 0, result.output
@@ -72,6 +77,35 @@ def test_every_format_round_trips_through_datasets(ranked_run: Path, fmt: str):
         assert all(r["messages"] == r["chosen"] and r["prompt"] == r["chosen"][-2]["content"] for r in rows)
         assert all(r["score_chosen"] > r["score_rejected"] for r in rows)
         assert from_disk.features["score_chosen"] == datasets.Value("float64")
+    if fmt == "llamafactory":
+        assert all(r["messages"][-1]["role"] == "user" and r["chosen"]["role"] == r["rejected"]["role"] == "assistant" for r in rows)
+        info = json.loads((out / "dataset_info.json").read_text())
+        assert info == {
+            "neat_train": {
+                "file_name": "train.parquet",
+                "formatting": "sharegpt",
+                "ranking": True,
+                "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"},
+                "tags": {
+                    "role_tag": "role",
+                    "content_tag": "content",
+                    "user_tag": "user",
+                    "assistant_tag": "assistant",
+                    "system_tag": "system",
+                },
+            }
+        }
+    else:
+        assert not (out / "dataset_info.json").exists()
+
+
+def test_formats_are_one_mapping_without_fallback():
+    """Every name of ExportFormat has its own layout and test row; nothing falls through to another format's columns."""
+    from neat_data.stages.export import LAYOUTS, features
+
+    assert list(LAYOUTS) == list(typing.get_args(ExportFormat)) == list(EXPECTED_COLUMNS)
+    for fmt in typing.get_args(ExportFormat):
+        assert list(features(fmt)) == EXPECTED_COLUMNS[fmt]
 
 
 def test_kto_by_score_threshold(ranked_run: Path):
@@ -105,13 +139,41 @@ def test_report_writes_pngs_and_a_table(ranked_run: Path):
     assert lines[-1].startswith("pairs kept: ") and lines[-1] in result.output
 
 
-def test_export_with_no_pairs_left_is_empty_but_loads(ranked_run: Path):
+def test_pairwise_export_of_a_run_with_no_pairs_is_exit_2_naming_the_format(ranked_run: Path):
+    """An empty dataset would reach a trainer as 'no data' far from its cause: it is refused, the line says why."""
+    assert CliRunner().invoke(cli, ["export", str(ranked_run), "--format", "trl"]).exit_code == 0  # an earlier export
     assert CliRunner().invoke(cli, ["rank", str(ranked_run), "--min-margin", "1000"]).exit_code == 0
-    for fmt in ("trl", "trl-implicit", "h4"):
+    for fmt in PAIRWISE:
         result = CliRunner().invoke(cli, ["export", str(ranked_run), "--format", fmt])
-        assert result.exit_code == 0 and "0 rows →" in result.output, result.output
-        loaded = datasets.load_from_disk(str(ranked_run / "export" / fmt / "hf"))["train"]
-        assert len(loaded) == 0 and loaded.column_names == EXPECTED_COLUMNS[fmt]
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert lines[0].startswith("error: ") and "ranked/pairs.parquet" in lines[0]
+        assert f"format '{fmt}' is pairwise and rank kept no pairs" in lines[0]
+    old = datasets.load_from_disk(str(ranked_run / "export" / "trl" / "hf"))["train"]
+    assert len(old) > 0  # the earlier export is left whole, not replaced by an empty one
+    result = CliRunner().invoke(cli, ["export", str(ranked_run), "--format", "kto", "--kto-label", "score", "--kto-threshold", "0"])
+    assert result.exit_code == 0, result.output  # kto reads scored rows, not pairs
+
+
+def test_llamafactory_refuses_a_prompt_its_converter_would_skip(ranked_run: Path):
+    """LLaMA-Factory's sharegpt converter drops a row whose turns do not alternate, with a log line: refused here."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pairs_path = ranked_run / "ranked" / "pairs.parquet"
+    pairs = pq.read_table(pairs_path)
+    prompts = pairs.column("prompt").to_pylist()
+    prompts[3] = [{"role": "user", "content": "Hi."}, {"role": "user", "content": "Hello?"}]  # two user turns in a row
+    pq.write_table(
+        pairs.set_column(pairs.schema.get_field_index("prompt"), "prompt", pa.array(prompts, pairs.schema.field("prompt").type)), pairs_path
+    )
+    result = CliRunner().invoke(cli, ["export", str(ranked_run), "--format", "llamafactory"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "pairs.parquet: row 3: field 'prompt': format 'llamafactory' needs turns alternating" in result.output
+    assert "got user, user" in result.output
+    assert not (ranked_run / "export" / "llamafactory").exists()
+    for fmt in ("trl", "trl-implicit", "h4"):  # layouts that keep any list of turns as it is
+        assert CliRunner().invoke(cli, ["export", str(ranked_run), "--format", fmt]).exit_code == 0
 
 
 def test_ranked_export_of_lists_ranked_before_finish_reasons_travelled(ranked_run: Path):
@@ -125,3 +187,29 @@ def test_ranked_export_of_lists_ranked_before_finish_reasons_travelled(ranked_ru
     assert result.exit_code == 0, result.output
     rows = datasets.load_from_disk(str(ranked_run / "export" / "ranked" / "hf"))["train"].to_list()
     assert len(rows) == 4 and all(r["finish_reason"] == [None] * len(r["responses"]) for r in rows)
+
+
+def test_llamafactory_dataset_info_names_every_split_written(ranked_run: Path):
+    for split in ("train", "test"):
+        assert CliRunner().invoke(cli, ["export", str(ranked_run), "--format", "llamafactory", "--split", split]).exit_code == 0
+    out = ranked_run / "export" / "llamafactory"
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert sorted(info) == ["neat_test", "neat_train"] and info["neat_test"]["file_name"] == "test.parquet"
+    assert all((out / entry["file_name"]).is_file() for entry in info.values())
+
+
+def test_kto_with_no_steered_rows_is_exit_2(tmp_path: Path, prompts_file: Path, monkeypatch):
+    run = tmp_path / "run"
+    run_generate(
+        GenerateConfig(
+            prompts=str(prompts_file), model="fake", out=run, num_pos=0, num_neg=0, num_neutral=2, sampling=Sampling(max_tokens=8)
+        ),
+        backend=RecordingBackend(),
+        progress=False,
+    )
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    assert CliRunner().invoke(cli, ["score", str(run), "--scorer", "python:test_export:response_length", "--no-progress"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["export", str(run), "--format", "kto"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: {run / 'scored'}: format 'kto' has nothing to export: no steered ok rows (pos/neg)"
+    ]

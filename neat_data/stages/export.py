@@ -10,17 +10,25 @@ Formats:
                   end-of-turn token; lists ranked before it travelled export it as nulls = finished)
 - `h4`            prompt (text of the last user turn), prompt_id, chosen, rejected (full conversations),
                   messages (= chosen), score_chosen, score_rejected (HuggingFaceH4/ultrafeedback_binarized)
+- `llamafactory`  messages (the prompt conversation, its system message first), chosen, rejected (one assistant
+                  message each): LLaMA-Factory's sharegpt "ranking" layout in OpenAI-message style, with the
+                  `dataset_info.json` entry its loader needs written beside it (`neat_<split>`)
 Each is written as `<out>/<split>.parquet` and as a `datasets` folder `<out>/hf/` (save_to_disk), both with
 explicit Features, so `load_dataset("parquet", …)` and `load_from_disk` read them back unchanged.
 Run: `neat-data export runs/demo --format trl` (default out: `<run>/export/<format>`).
+An export with no rows is an error (exit 2), never an empty dataset that a trainer would take for data; so is a
+prompt the chosen layout cannot hold as it is. Each format is one `Layout` in `LAYOUTS` (no fallback: every name
+of `ExportFormat` has one, checked at import). docs/FORMATS.md says which trainer reads which, tested how.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -29,20 +37,23 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.core.errors import NeatError
 from neat_data.core.manifest import update_manifest
-from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table
+from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_json, atomic_write_table
 from neat_data.core.schemas import SCORED
 from neat_data.stages.rank import read_ranked
 
 # The one list of export formats (the CLI's --format choices, recipes' `exports`, push's --format derive from it).
-# A new format: a name here, its Features in `features`, its columns in `export_table`, a test.
-ExportFormat = Literal["trl", "trl-implicit", "kto", "ranked", "h4"]
+# A new format: a name here, its `Layout` in `LAYOUTS` below, its row in tests/test_export.py, a trainer test.
+ExportFormat = Literal["trl", "trl-implicit", "kto", "ranked", "h4", "llamafactory"]
 
 
 class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run: Path = Field(description="Run folder (ranked/ for pair and list formats, scored/ for kto).")
-    format: ExportFormat = Field("trl", description="trl | trl-implicit (RewardTrainer) | kto | ranked (the NEAT trainer's input) | h4.")
+    format: ExportFormat = Field(
+        "trl",
+        description="trl | trl-implicit (RewardTrainer) | kto | ranked (the NEAT trainer's input) | h4 | llamafactory (+ dataset_info.json).",
+    )
     out: Path | None = Field(None, description="Output folder (default <run>/export/<format>).")
     split: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+$", description="Split name (e.g. train, train_prefs).")
     kto_label: Literal["steering", "score"] = Field("steering", description="kto: label by steering (pos → True, neg → False) or by score.")
@@ -59,34 +70,20 @@ class ExportConfig(BaseModel):
 
 
 def features(fmt: ExportFormat) -> Any:
+    """The `datasets.Features` of a format, from its layout's column types."""
     from datasets import Features, List, Value
 
     message = {"role": Value("string"), "content": Value("string")}
-    messages = List(message)
-    return Features(
-        {
-            "trl": {"prompt": messages, "chosen": messages, "rejected": messages},
-            "trl-implicit": {"chosen": messages, "rejected": messages},
-            "kto": {"prompt": messages, "completion": messages, "label": Value("bool")},
-            "ranked": {
-                "prompt": messages,
-                "prompt_id": Value("string"),
-                "responses": List(Value("string")),
-                "finish_reason": List(Value("string")),
-                "scores": List(Value("float64")),
-                "steering": List(Value("string")),
-            },
-            "h4": {
-                "prompt": Value("string"),
-                "prompt_id": Value("string"),
-                "chosen": messages,
-                "rejected": messages,
-                "messages": messages,
-                "score_chosen": Value("float64"),
-                "score_rejected": Value("float64"),
-            },
-        }[fmt]
-    )
+    types = {
+        "message": message,
+        "conversation": List(message),
+        "string": Value("string"),
+        "strings": List(Value("string")),
+        "float": Value("float64"),
+        "floats": List(Value("float64")),
+        "bool": Value("bool"),
+    }
+    return Features({name: types[kind] for name, kind in LAYOUTS[fmt].columns.items()})
 
 
 def assistant_turns(texts: pa.ChunkedArray | pa.Array) -> pa.ListArray:
@@ -113,52 +110,188 @@ def append_turn(prompts: pa.ChunkedArray, texts: pa.ChunkedArray) -> pa.ListArra
     return pa.ListArray.from_arrays(pa.array(new_offsets.astype(np.int32)), values)
 
 
+def last_user_text(prompts: pa.ChunkedArray) -> pa.Array:
+    """The content of each conversation's last message (a user turn: prompts end on one)."""
+    prompts = prompts.combine_chunks()
+    ends = np.cumsum(pc.list_value_length(prompts).to_numpy(zero_copy_only=False)) - 1
+    return pc.struct_field(pc.list_flatten(prompts).take(pa.array(ends.astype(np.int64))), "content")
+
+
+def check_alternating(fmt: str, prompts: pa.ChunkedArray, file: Path) -> None:
+    """Refuse a prompt that is not [system?] user (assistant user)*: layouts that index turns by position (LLaMA-
+    Factory's sharegpt converter) skip such a row with a log line instead of failing, so it is caught here."""
+    prompts = prompts.combine_chunks()
+    lengths = pc.list_value_length(prompts).to_numpy(zero_copy_only=False).astype(np.int64)
+    roles = pc.struct_field(pc.list_flatten(prompts), "role").to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    has_system = np.zeros(len(lengths), dtype=bool)
+    has_system[lengths > 0] = roles[starts[lengths > 0]] == "system"
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(roles)) - starts[row_of] - has_system[row_of]  # turn index after the system message
+    expected = np.where(position < 0, "system", np.where(position % 2 == 0, "user", "assistant"))
+    bad_rows = set(row_of[roles != expected].tolist()) | set(np.flatnonzero((lengths - has_system) % 2 == 0).tolist())
+    if bad_rows:
+        row = min(bad_rows)
+        got = ", ".join(str(r) for r in roles[starts[row] : starts[row] + lengths[row]]) or "no messages"
+        raise NeatError(
+            f"format '{fmt}' needs turns alternating user/assistant after one leading system message and ending on a "
+            f"user turn (LLaMA-Factory would skip this row silently); got {got}",
+            file=file,
+            row=row,
+            field="prompt",
+        )
+
+
+def _trl(pairs: pa.Table, config: ExportConfig) -> dict[str, Any]:
+    return {
+        "prompt": pairs.column("prompt"),
+        "chosen": assistant_turns(pairs.column("chosen")),
+        "rejected": assistant_turns(pairs.column("rejected")),
+    }
+
+
+def _trl_implicit(pairs: pa.Table, config: ExportConfig) -> dict[str, Any]:
+    return {
+        "chosen": append_turn(pairs.column("prompt"), pairs.column("chosen")),
+        "rejected": append_turn(pairs.column("prompt"), pairs.column("rejected")),
+    }
+
+
+def _h4(pairs: pa.Table, config: ExportConfig) -> dict[str, Any]:
+    chosen = append_turn(pairs.column("prompt"), pairs.column("chosen"))
+    return {
+        "prompt": last_user_text(pairs.column("prompt")),
+        "prompt_id": pairs.column("prompt_id"),
+        "chosen": chosen,
+        "rejected": append_turn(pairs.column("prompt"), pairs.column("rejected")),
+        "messages": chosen,
+        "score_chosen": pairs.column("score_chosen"),
+        "score_rejected": pairs.column("score_rejected"),
+    }
+
+
+def _llamafactory(pairs: pa.Table, config: ExportConfig) -> dict[str, Any]:
+    check_alternating("llamafactory", pairs.column("prompt"), Path(config.run) / "ranked" / "pairs.parquet")
+    return {
+        "messages": pairs.column("prompt"),
+        "chosen": pc.list_flatten(assistant_turns(pairs.column("chosen"))),
+        "rejected": pc.list_flatten(assistant_turns(pairs.column("rejected"))),
+    }
+
+
+def _kto(scored: pa.Table, config: ExportConfig) -> dict[str, Any]:
+    return {"prompt": scored.column("prompt"), "completion": assistant_turns(scored.column("response")), "label": scored.column("label")}
+
+
+def _ranked(lists: pa.Table, config: ExportConfig) -> dict[str, Any]:
+    if "finish_reason" not in lists.column_names:  # ranked before finish reasons travelled: unknown = finished
+        lengths = pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False).astype(np.int64)
+        nulls = pa.nulls(int(lengths.sum()), pa.string())
+        lists = lists.append_column(
+            "finish_reason", pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), nulls)
+        )
+    return {name: lists.column(name) for name in LAYOUTS["ranked"].columns}
+
+
+def llamafactory_dataset_info(splits: list[str]) -> dict[str, Any]:
+    """The `dataset_info.json` LLaMA-Factory reads from `dataset_dir`: one entry `neat_<split>` per split."""
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"}
+    entry = {
+        "formatting": "sharegpt",
+        "ranking": True,
+        "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"},
+        "tags": tags,
+    }
+    return {f"neat_{split}": {"file_name": f"{split}.parquet", **entry} for split in splits}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One export format: the run table it reads, its columns (name → type, in order; `features` turns the types
+    into `datasets` ones), how they are built, and any file a trainer needs beside the data."""
+
+    reads: Literal["pairs", "lists", "scored"]
+    columns: dict[str, str]
+    build: Callable[[pa.Table, ExportConfig], dict[str, Any]]
+    sidecar: Callable[[list[str]], dict[str, Any]] | None = None  # splits → <out>/dataset_info.json
+
+
+LAYOUTS: dict[ExportFormat, Layout] = {
+    "trl": Layout("pairs", {"prompt": "conversation", "chosen": "conversation", "rejected": "conversation"}, _trl),
+    "trl-implicit": Layout("pairs", {"chosen": "conversation", "rejected": "conversation"}, _trl_implicit),
+    "kto": Layout("scored", {"prompt": "conversation", "completion": "conversation", "label": "bool"}, _kto),
+    "ranked": Layout(
+        "lists",
+        {
+            "prompt": "conversation",
+            "prompt_id": "string",
+            "responses": "strings",
+            "finish_reason": "strings",
+            "scores": "floats",
+            "steering": "strings",
+        },
+        _ranked,
+    ),
+    "h4": Layout(
+        "pairs",
+        {
+            "prompt": "string",
+            "prompt_id": "string",
+            "chosen": "conversation",
+            "rejected": "conversation",
+            "messages": "conversation",
+            "score_chosen": "float",
+            "score_rejected": "float",
+        },
+        _h4,
+    ),
+    "llamafactory": Layout(
+        "pairs", {"messages": "conversation", "chosen": "message", "rejected": "message"}, _llamafactory, llamafactory_dataset_info
+    ),
+}
+if set(LAYOUTS) != set(get_args(ExportFormat)):  # a name without a layout (or the reverse) fails at import, loudly
+    raise RuntimeError(f"export formats without a layout: {set(get_args(ExportFormat)) ^ set(LAYOUTS)}")
+
+
+def kto_rows(config: ExportConfig) -> pa.Table:
+    """The scored rows KTO learns from, with their `label`: by steering (unsteered and error rows left out) or by score."""
+    scored = ShardedTable(Path(config.run) / "scored", SCORED).read()
+    if config.kto_label == "steering":
+        rows = scored.filter(pc.and_(pc.equal(scored.column("status"), "ok"), pc.not_equal(scored.column("steering"), "none")))
+        return rows.append_column("label", pc.equal(rows.column("steering"), "pos"))
+    rows = scored.filter(pc.equal(scored.column("score_status"), "ok"))
+    return rows.append_column("label", pc.greater_equal(rows.column("score"), config.kto_threshold))
+
+
+def source_rows(config: ExportConfig) -> pa.Table:
+    """The run table the format reads; none of its rows left is an error naming the format and why."""
+    fmt, run = config.format, Path(config.run)
+    reads = LAYOUTS[fmt].reads
+    if reads == "scored":
+        rows = kto_rows(config)
+        if rows.num_rows == 0:
+            how = "no steered ok rows (pos/neg)" if config.kto_label == "steering" else "no rows with a score"
+            raise NeatError(f"format '{fmt}' has nothing to export: {how}", file=run / "scored")
+        return rows
+    rows = read_ranked(run, reads)
+    if rows.num_rows == 0:
+        if reads == "pairs":
+            raise NeatError(
+                f"format '{fmt}' is pairwise and rank kept no pairs (ranked/dropped.parquet says why; lower --min-margin "
+                "or choose other --pairs)",
+                file=run / "ranked" / "pairs.parquet",
+            )
+        raise NeatError(f"format '{fmt}' has nothing to export: no ranked lists", file=run / "ranked" / "lists.parquet")
+    return rows
+
+
 def export_table(config: ExportConfig) -> pa.Table:
     """The chosen format as an Arrow table with the exact export schema (pure given the run's tables)."""
-    fmt = config.format
-    schema = features(fmt).arrow_schema
-    if fmt == "kto":
-        scored = ShardedTable(Path(config.run) / "scored", SCORED).read()
-        if config.kto_label == "steering":
-            keep = pc.and_(pc.equal(scored.column("status"), "ok"), pc.not_equal(scored.column("steering"), "none"))
-            rows = scored.filter(keep)
-            label = pc.equal(rows.column("steering"), "pos")
-        else:
-            rows = scored.filter(pc.equal(scored.column("score_status"), "ok"))
-            label = pc.greater_equal(rows.column("score"), config.kto_threshold)
-        return pa.Table.from_arrays([rows.column("prompt"), assistant_turns(rows.column("response")), label], schema=schema)
-    if fmt == "ranked":
-        lists = read_ranked(config.run, "lists")
-        if "finish_reason" not in lists.column_names:  # ranked before finish reasons travelled: unknown = finished
-            lengths = pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False).astype(np.int64)
-            nulls = pa.nulls(int(lengths.sum()), pa.string())
-            lists = lists.append_column(
-                "finish_reason", pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), nulls)
-            )
-        return lists.select(list(schema.names)).cast(schema)
-    pairs = read_ranked(config.run, "pairs")
-    if fmt == "trl":
-        columns = [pairs.column("prompt"), assistant_turns(pairs.column("chosen")), assistant_turns(pairs.column("rejected"))]
-    elif fmt == "trl-implicit":
-        columns = [
-            append_turn(pairs.column("prompt"), pairs.column("chosen")),
-            append_turn(pairs.column("prompt"), pairs.column("rejected")),
-        ]
-    else:  # h4
-        prompts = pairs.column("prompt").combine_chunks()
-        ends = np.cumsum(pc.list_value_length(prompts).to_numpy(zero_copy_only=False)) - 1  # each prompt's last turn
-        last = pc.list_flatten(prompts).take(pa.array(ends.astype(np.int64)))
-        chosen = append_turn(pairs.column("prompt"), pairs.column("chosen"))
-        columns = [
-            pc.struct_field(last, "content"),
-            pairs.column("prompt_id"),
-            chosen,
-            append_turn(pairs.column("prompt"), pairs.column("rejected")),
-            chosen,
-            pairs.column("score_chosen"),
-            pairs.column("score_rejected"),
-        ]
-    return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema)], schema=schema)
+    layout = LAYOUTS[config.format]
+    schema = features(config.format).arrow_schema
+    columns = layout.build(source_rows(config), config)
+    assert list(columns) == schema.names, (config.format, list(columns))  # a layout builds exactly its columns
+    return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
 
 
 def other_splits(folder: Path, split: str, wanted: Any) -> dict[str, Any]:
@@ -195,6 +328,9 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
         dataset = Dataset(table, info=DatasetInfo(features=wanted))
         splits = {**other_splits(out / "hf", config.split, wanted), config.split: dataset}
         atomic_write_table(out / f"{config.split}.parquet", table)
+        sidecar = LAYOUTS[config.format].sidecar
+        if sidecar is not None:
+            atomic_write_json(out / "dataset_info.json", sidecar(sorted(splits)))
         # save_to_disk writes several files: build the folder aside, then swap it in whole
         staging = Path(tempfile.mkdtemp(prefix=".hf-", dir=out))
         try:
