@@ -66,3 +66,36 @@ def test_a_bad_section_key_is_one_line_naming_it(tmp_path: Path, sections: dict,
         load_recipe(path)
     line = error.value.one_line()
     assert str(path) in line and expected in line, line
+
+
+def test_the_fields_refused_in_a_section_are_the_ones_the_runner_sets(tmp_path: Path):
+    from neat_data.rounds.sections import RUNNER_SETS, GenerateSpec, RankSpec, ScoreSpec, TrainSpec
+
+    recipe = load_recipe(recipe_file(tmp_path, "r", rank={"min_margin": 0.1}, train={"lr": 1e-5}))
+    planned = {stage.label: stage.values for stage in plan_round(recipe, Path("runs/t"), 2)}
+    for section, spec in (("generate", GenerateSpec), ("score", ScoreSpec), ("rank", RankSpec), ("train", TrainSpec)):
+        own = set(spec.model_fields) | set(getattr(recipe, section).stage_fields())
+        runner = set(planned[section]) - own
+        assert runner <= RUNNER_SETS[section], (section, runner - RUNNER_SETS[section])
+    assert set(planned["generate"]["sampling"]) - set(GenerateSpec.model_fields) == {"seed"} <= RUNNER_SETS["generate"]
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"generate": {"options": None}}, "options must be a mapping of generate fields, not NoneType"),
+        ({"generate": {"options": [1]}}, "options must be a mapping of generate fields, not list"),
+        ({"score": {"options": ""}}, "options must be a mapping of score fields, not str"),
+        ({"generate": {"options": {"seed": 3}}}, "options.seed is set by the round runner"),
+        ({"rank": {"run": "/elsewhere"}}, "run is set by the round runner"),
+        ({"train": {"model": "gpt2"}}, "model is set by the round runner"),
+        ({"train": {"out": "/tmp/out"}}, "out is set by the round runner"),
+        ({"evaluate": {"max_modle_len": 5}}, "field 'evaluate.max_modle_len': Extra inputs are not permitted"),
+        ({"evaluate": {"max_tokens": 0}}, "field 'evaluate.max_tokens'"),
+    ],
+)
+def test_odd_section_values_are_one_line(tmp_path: Path, section: dict, expected: str):
+    path = recipe_file(tmp_path, "odd", **section)
+    with pytest.raises(NeatError) as error:
+        load_recipe(path)
+    assert expected in error.value.one_line(), error.value.one_line()

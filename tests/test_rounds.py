@@ -156,7 +156,7 @@ def test_recipe_errors_name_file_and_field(tmp_path: Path, tiny_model: Path):
     from neat_data.rounds.recipe import load_recipe
 
     recipe = recipe_file(tmp_path, tiny_model)
-    assert load_recipe(recipe, ["rounds=3", "train.lr=1e-4", "generate.num_neg=0"]).train["lr"] == 1e-4
+    assert load_recipe(recipe, ["rounds=3", "train.lr=1e-4", "generate.num_neg=0"]).train.stage_fields()["lr"] == 1e-4
     with pytest.raises(NeatError, match="field 'generate.num_neg'"):
         load_recipe(recipe, ["generate.num_neg=-1"])
     with pytest.raises(NeatError, match="field 'trainer'"):
@@ -214,7 +214,7 @@ def test_bundled_recipes_are_valid():
     from neat_data.rounds.recipe import load_recipe, plan_round
 
     quickstart = load_recipe(bundled_dir("pipelines") / "quickstart.yaml")
-    assert quickstart.rounds == 2 and quickstart.train["loss"] == "rrhf"
+    assert quickstart.rounds == 2 and quickstart.train.stage_fields()["loss"] == "rrhf"
     assert (
         all(Path(s).is_file() or s.startswith("data://") for s in quickstart.prompts.sources())
         and Path(quickstart.prompts.heldout_source).is_file()

@@ -49,6 +49,14 @@ def _fields(model: type[BaseModel], skip: tuple[str, ...], flatten: tuple[str, .
             yield name, field
 
 
+def _check_skip(model: type[BaseModel], skip: tuple[str, ...], flatten: tuple[str, ...]) -> None:
+    """A skip list naming a field the config does not have would hide nothing, silently: refused."""
+    nested = {name for outer in flatten for name in _plain(model.model_fields[outer].annotation).model_fields}
+    unknown = sorted(set(skip) - set(model.model_fields) - nested)
+    if unknown:
+        raise ValueError(f"{model.__name__} has no field {unknown[0]!r} to skip")
+
+
 def _inherited(model: type[BaseModel]) -> set[str]:
     return {name for base in model.__mro__[1:] if isinstance(base, type) and issubclass(base, BaseModel) for name in base.model_fields}
 
@@ -91,6 +99,8 @@ def option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
 def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatten: tuple[str, ...] = ()) -> Callable[[Any], Any]:
     """Decorator: every field of `model` (less `skip`) as a click option."""
 
+    _check_skip(model, skip, flatten)
+
     def decorate(function: Any) -> Any:
         for name, field in reversed(list(_fields(model, skip, flatten))):
             function = option_for(name, field)(function)
@@ -100,6 +110,7 @@ def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatte
 
 
 def option_names(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatten: tuple[str, ...] = ()) -> list[str]:
+    _check_skip(model, skip, flatten)
     return [name for name, _ in _fields(model, skip, flatten)]
 
 

@@ -19,8 +19,9 @@ import click
 
 from neat_data.cli.main import cli, command_argv
 from neat_data.cli.options import build_config, config_options, option_names
-from neat_data.rounds.recipe import EvaluateSpec, evaluation_generate
+from neat_data.rounds.sections import EvaluateSpec, evaluation_generate
 from neat_data.rounds.stages import STAGES, StageKindName
+from neat_data.scorers import SCORER_HELP
 from neat_data.stages.evaluate import EvaluateConfig
 from neat_data.train.trainer import TrainConfig
 
@@ -51,7 +52,7 @@ def train(data: Path, model: str, out: Path | None, **options: Any) -> None:
 # `evaluate:` section also sets (EvaluateSpec: backend, sampling — one default for CLI and recipe), and the few that
 # name the inputs.
 EVALUATION_SKIP = ("generate", "score")
-GENERATION_SKIP = ("samples", "suites", "suite_limit", "negative_control", "options")
+GENERATION_SKIP = ("samples", "suites", "suite_limit", "negative_control")
 GENERATION_NAMES = set(option_names(EvaluateSpec, skip=GENERATION_SKIP))
 
 
@@ -60,9 +61,7 @@ GENERATION_NAMES = set(option_names(EvaluateSpec, skip=GENERATION_SKIP))
 @click.option("--model", required=True, help="The policy to evaluate.")
 @click.option("--heldout", required=True, help="Held-out prompts (.jsonl/.parquet/.csv/hf://).")
 @click.option("--pairs", default="harmless", show_default=True, help="Pair libraries (self-contrast takes its steering texts from them).")
-@click.option(
-    "--scorer", default="self-contrast", show_default=True, help="self-contrast | reward-model | judge | python:<module>:<function>."
-)
+@click.option("--scorer", default="self-contrast", show_default=True, help=f"{SCORER_HELP}.")
 @click.option("--scorer-model", help="Reward model / self-contrast reference (default: --model; name the base model to compare rounds).")
 @click.option("--base-url", help="openai: endpoint.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")

@@ -14,182 +14,26 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from neat_data.core.errors import NeatError, validation_message
-from neat_data.engines import BackendName
 from neat_data.rounds.publish import PushSpec
 from neat_data.rounds.recipe_file import apply_override, parse_override, read_recipe_file, relative_to_file
+from neat_data.rounds.sections import (
+    EvaluateSpec,
+    FixedDataSpec,
+    GenerateSpec,
+    PromptsSpec,
+    RankSpec,
+    ScoreSpec,
+    TrainSpec,
+    evaluation_generate,
+)
 from neat_data.rounds.stages import STAGES, PlannedStage
 from neat_data.rounds.variants import variant_overrides
 from neat_data.stages.export import ExportFormat
-from neat_data.stages.score import NegativeScore
-
-
-class PromptsSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    source: str | list[str] = Field(
-        description="Prompts: .jsonl/.parquet/.csv, hf://… or data://… (relative paths: from the recipe's "
-        "folder); a list is one pool of all of them, e.g. benign prompts and data://strongreject."
-    )
-    prompt_column: str | None = None
-    limit: int | None = Field(None, ge=1, description="Read only the first N unique prompts of each source.")
-    heldout_source: str | None = Field(
-        None,
-        description="Take the held-out prompts from here instead of the pool (e.g. benign prompts "
-        "only, so the over-refusal suite is over benign requests); they are left out of the pool.",
-    )
-    heldout: int = Field(16, ge=1, description="Held-out prompts for evaluation (never trained on).")
-    per_round: int = Field(32, ge=1, description="Fresh training prompts per round.")
-    decontaminate: bool = Field(
-        True,
-        description="Leave out training prompts that share an 8-gram (after normalisation) with an "
-        "evaluation suite's prompts or a held-out prompt; counted in the manifest.",
-    )
-
-    def sources(self) -> list[str]:
-        return [self.source] if isinstance(self.source, str) else list(self.source)
-
-
-class FixedDataSpec(BaseModel):
-    """Train every round on fixed (prompt, response) pairs instead of generate → score → rank: the positive control
-    (harmful prompts answered with a refusal) that shows the evaluation can see an effect."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = Field(description="Prompts (any prompts source, e.g. data://strongreject).")
-    response: str = Field(min_length=1, description="The one response every prompt is paired with (e.g. a refusal).")
-    prompt_column: str | None = None
-    limit: int | None = Field(None, ge=1, description="The first N unique prompts of the source (after decontamination).")
-
-
-class StageSection(BaseModel):
-    """A recipe section of one stage, written flat: the fields named below, and any other field of the stage's config
-    (`max_model_len`, `batch_size`, `base_url`, …) beside them — validated by the stage's own config class when the
-    recipe loads, so an unknown or invalid key is one line naming `<section>.<key>`. Fields the round runner sets
-    itself (`RUNNER_SETS`) are refused here. The older form `options: {…}` still loads (its keys are moved up; a key
-    given both ways is refused)."""
-
-    model_config = ConfigDict(extra="allow")
-    section: ClassVar[str]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flat(cls, values: Any) -> Any:
-        if not isinstance(values, dict):
-            return values
-        values = dict(values)
-        options = values.pop("options", None) or {}
-        if not isinstance(options, dict):
-            raise ValueError("options: write the stage's fields directly in the section (options: is the older form)")
-        for key, value in options.items():
-            if key in values:
-                raise ValueError(f"options.{key} duplicates {key}: set it once, directly in the section")
-            values[key] = value
-        for key in values:
-            if key in RUNNER_SETS[cls.section]:
-                raise ValueError(f"{key} is set by the round runner (from the recipe's top level or the round); leave it out here")
-        return values
-
-    def stage_fields(self) -> dict[str, Any]:
-        """The section's other stage-config fields, as written."""
-        return dict(self.model_extra or {})
-
-
-class GenerateSpec(StageSection):
-    section: ClassVar[str] = "generate"
-
-    backend: BackendName = "vllm"
-    num_pos: int = Field(2, ge=0)
-    num_neg: int = Field(2, ge=0, description="0 = the positive-only baseline.")
-    num_neutral: int = Field(0, ge=0)
-    temperature: float = Field(0.8, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1)
-
-
-class ScoreSpec(StageSection):
-    section: ClassVar[str] = "score"
-
-    scorer: str = "self-contrast"
-    model: str | None = Field(None, description="Reward model / self-contrast reference (default: the base model, fixed across rounds).")
-    negative_score: NegativeScore = "scored"
-
-
-# Fields the round runner sets itself in each stage's config (a recipe names them once, at the top, or not at all).
-RUNNER_SETS = {
-    "generate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed"},
-    "score": {"run"},
-    "evaluate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed", "num_pos", "num_neg", "num_neutral", "generate", "score"},
-}
-
-
-class EvaluateSpec(StageSection):
-    """The evaluation: its own fields, and any field of the held-out generation's GenerateConfig beside them."""
-
-    section: ClassVar[str] = "evaluate"
-
-    backend: BackendName = Field("transformers", description="transformers: no engine start for a small held-out set.")
-    temperature: float = Field(0.7, ge=0, description="Sampling temperature of the held-out and suite responses.")
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the held-out and suite responses.")
-    max_tokens: int = Field(128, ge=1, description="Longest held-out / suite response, in tokens.")
-    samples: int = Field(1, ge=1, le=256, description="Responses per held-out / suite prompt (k); intervals resample prompts.")
-    suites: list[str] = Field(
-        default_factory=list, description="Evaluation suites (prompts/eval/ names or YAML paths), e.g. [harmbench, benign]."
-    )
-    suite_limit: int | None = Field(None, ge=1, description="At most N prompts per suite (a seeded subset): keeps a CPU run small.")
-    negative_control: bool = Field(
-        False,
-        description="Round 0 also evaluates the base model with another seed against itself: the "
-        "paired intervals of that difference show the evaluation's noise (they should hold 0).",
-    )
-
-    @model_validator(mode="after")
-    def _suites_exist(self) -> EvaluateSpec:
-        from neat_data.safety.suites import check_suites
-
-        try:
-            check_suites(self.suites)  # a bad suite file or a missing data package stops the recipe, not round 0's evaluate
-        except NeatError as error:
-            raise ValueError(f"suites: {error.one_line()}") from None
-        return self
-
-
-def evaluation_generate(
-    spec: EvaluateSpec,
-    *,
-    prompts: str,
-    pairs: list[str],
-    model: str,
-    out: str,
-    seed: int,
-    samples: int,
-    num_pos: int = 0,
-    round: int | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The held-out generation's GenerateConfig values, from the evaluation's settings (a recipe's `evaluate:` or the
-    `evaluate` command's options): neutral prompt only, `samples` per prompt (num_pos 1 on round 0: the preferred
-    set perplexity is measured on)."""
-    values: dict[str, Any] = {
-        "prompts": prompts,
-        "pairs": pairs,
-        "model": model,
-        "backend": spec.backend,
-        "out": out,
-        "num_pos": num_pos,
-        "num_neg": 0,
-        "num_neutral": samples,
-        "sampling": {"seed": seed, "temperature": spec.temperature, "top_p": spec.top_p, "max_tokens": spec.max_tokens},
-        **spec.stage_fields(),
-        **(extra or {}),
-    }
-    if round is not None:
-        values["round"] = round
-    return values
 
 
 class Recipe(BaseModel):
@@ -206,12 +50,12 @@ class Recipe(BaseModel):
     seed: int = Field(0, ge=0)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     score: ScoreSpec = Field(default_factory=ScoreSpec)
-    rank: dict[str, Any] = Field(default_factory=dict, description="RankConfig fields (pairs, pos_vs_neg_by, min_margin, …).")
+    rank: RankSpec = Field(default_factory=RankSpec, description="RankConfig fields (pairs, pos_vs_neg_by, min_margin, …).")
     exports: list[ExportFormat] = Field(
         default_factory=lambda: list[ExportFormat](["ranked"]),
         description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.",
     )
-    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     push: PushSpec | None = Field(None, description="Publish each finished round to a Hub dataset repo (neat_data.rounds.publish).")
     fixed_data: FixedDataSpec | None = Field(None, description="Train on fixed pairs instead of generated ones (the positive control).")
@@ -312,11 +156,13 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
             config = stage.config_class.model_validate(values)
         except ValidationError as error:
             field, message = validation_message(error)
-            inner = field.removeprefix("sampling.") if kind == "generate" else field
+            # named as the recipe writes it: sections are flat (generate.max_tokens, evaluate.max_model_len)
+            inner = field.removeprefix("generate.") if kind == "evaluate" else field
+            inner = inner.removeprefix("sampling.") if kind in ("generate", "evaluate") else inner
             raise NeatError(message, file=path, field=f"{prefix}{stage.recipe_section}.{inner}") from None
-        planned.append(PlannedStage(label, stage, config, reads))
+        planned.append(PlannedStage(label, stage, config, values, reads))
 
-    train = {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train}
+    train = {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train.stage_fields()}
     if k > 0 and recipe.fixed_data is not None:
         f = recipe.fixed_data
         fixed = {
@@ -348,7 +194,7 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
         }
         plan("generate", "generate", generate, previous_policy)
         plan("score", "score", {"run": str(folder), **score}, [("generate", k)])
-        plan("rank", "rank", {"run": str(folder), **recipe.rank}, [("score", k)])
+        plan("rank", "rank", {"run": str(folder), **recipe.rank.stage_fields()}, [("score", k)])
         for fmt in recipe.exports:
             plan(f"export-{fmt}", "export", {"run": str(folder), "format": fmt}, [("rank", k), ("score", k)])
         plan("train", "train", train, [("export-ranked", k), *previous_policy])

@@ -2,7 +2,7 @@
 lies in a round folder and what it records in that folder's manifest.
 
     STAGES["rank"].run(RankConfig(...), argv)    # → the summary lines `neat-data run` shows for the stage
-    PlannedStage("export-trl", "export", ExportConfig(...), reads=[("rank", 1), ("score", 1)])
+    PlannedStage("export-trl", STAGES["export"], ExportConfig(...), {...}, reads=[("rank", 1), ("score", 1)])
 
 A round is a list of `PlannedStage`s (`neat_data.rounds.recipe.plan_round`): a label (the folder name of its config
 and log, and its key in the run manifest: "export-trl", "evaluate-reseeded"), the kind it is an instance of, its
@@ -47,13 +47,14 @@ class StageKind:
 class PlannedStage:
     label: str
     kind: StageKind
-    config: Any  # an instance of kind.config_class
+    config: Any  # an instance of kind.config_class, validated from `values`
+    values: dict[str, Any]  # what the plan set, as the recipe wrote it: round_NN/configs/<label>.json and the stage key
     reads: list[tuple[str, int]] = field(default_factory=list)  # (label, round) of the stages whose output it reads
 
     def config_json(self) -> dict[str, Any]:
-        """The config as written to round_NN/configs/<label>.json (the fields the plan set; defaults stay implicit,
-        so a stage's key does not change when a default it never used is added)."""
-        return self.config.model_dump(mode="json", exclude_unset=True)
+        """The config as written to round_NN/configs/<label>.json: the values the plan set (defaults stay implicit, so
+        a stage's key changes neither when a default it never used is added nor with how pydantic coerces a value)."""
+        return self.values
 
     def outputs(self) -> list[str]:
         return self.kind.outputs(self.config)
