@@ -35,8 +35,9 @@ def synthetic_run(folder: Path, rows: int, mean_chars: int, seed: int = 0) -> No
     import numpy as np
     import pyarrow as pa
 
+    from neat_data.core.files import atomic_write_json
     from neat_data.core.keys import text_hash
-    from neat_data.core.runfolder import atomic_write_json, atomic_write_table
+    from neat_data.core.runfolder import atomic_write_table
     from neat_data.core.schemas import GENERATIONS, SCORED
     from neat_data.stages.rank import RankConfig, rank_tables
 

@@ -219,7 +219,7 @@ TRIALS: dict[str, dict[str, list[tuple[str, str]]]] = {
                 '    return total, {"loss": float(total), "trial_part": 0.25}\n\n\n\\1',
             ),
             (
-                r'("sft": Loss\(sft_objective, lambda most_candidates: 1.0\),)',
+                r"(LOSSES: dict\[str, Loss\] = \{)",
                 r'\1\n    "trial": Loss(trial_objective, lambda most_candidates: 0.5),',
             ),
         ],
@@ -272,20 +272,29 @@ pq.write_table(pa.Table.from_pylist([row], schema=PAIRS), run / "ranked" / "pair
 assert export_table(ExportConfig(run=run, format="trial")).to_pylist() == [{"prompt_id": "p1", "margin": 0.5}]
 """,
     "loss": """
-import torch
+import os
+import pyarrow as pa
+import pyarrow.parquet as pq
 from click.testing import CliRunner
 from neat_data.cli import cli
-from neat_data.train.loss import LOSSES, LossInputs, LossSettings
-from neat_data.train.trainer import TrainConfig, progress_line
+from neat_data.core.schemas import RANKED_LISTS
+from neat_data.train.loss import LOSSES
 train = cli.commands["train"]
 assert "trial" in next(p for p in train.params if p.name == "loss").type.choices
 recipe = load(train={"loss": "trial"})
 assert [s.config.loss for s in plan_round(recipe, Path("runs/t"), 1) if s.kind.name == "train"] == ["trial"]
 assert LOSSES["trial"].default_sft_weight(4) == 0.5 and not LOSSES["trial"].needs_reference
-ones = torch.ones(1, 2)
-loss, parts = LOSSES["trial"](LossInputs(ones, ones, ones, ones, torch.zeros(1, 2)), LossSettings())
-line = progress_line({"step": 1, "epoch": 0, **parts, "grad_norm": 0.0, "lr": 1e-5, "tokens": 4, "tokens_per_s": 1.0, "seconds": 0.1})
-assert "trial_part 0.2500" in line, line
+rows = [
+    {"prompt_id": f"p{i}", "prompt": [{"role": "user", "content": f"question {i}?"}], "responses": ["a good answer", "an answer", "no"],
+     "finish_reason": ["stop"] * 3, "scores": [2.0, 1.0, 0.0], "steering": ["pos", "pos", "neg"], "keys": ["a", "b", "c"]}
+    for i in range(4)
+]
+pq.write_table(pa.Table.from_pylist(rows, schema=RANKED_LISTS), "ranked.parquet")
+args = ["train", "ranked.parquet", "--model", os.environ["TRIAL_MODEL"], "--loss", "trial", "--prompts-per-batch", "4", "--out", "model"]
+result = CliRunner().invoke(cli, args)
+assert result.exit_code == 0, result.output
+assert "trial_part 0.2500" in result.output, result.output  # the trainer's own progress line shows the new loss's part
+assert "1 steps on 4 prompts" in result.output
 """,
     "metric": """
 import yaml
@@ -333,7 +342,7 @@ def load(**sections):
 
 
 @pytest.mark.parametrize("trial", sorted(TRIALS))
-def test_each_to_add_recipe_is_true(trial: str, tmp_path: Path):
+def test_each_to_add_recipe_is_true(trial: str, tmp_path: Path, tiny_model: Path):
     import re
     import shutil
     import subprocess
@@ -355,6 +364,6 @@ def test_each_to_add_recipe_is_true(trial: str, tmp_path: Path):
     work = tmp_path / "work"
     work.mkdir()
     check = TRIAL_PRELUDE + TRIAL_CHECKS[trial]
-    env = {**os.environ, "PYTHONPATH": str(copy)}
+    env = {**os.environ, "PYTHONPATH": str(copy), "TRIAL_MODEL": str(tiny_model)}
     finished = subprocess.run([sys.executable, "-c", check], cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json
+from neat_data.core.files import atomic_write_bytes, atomic_write_json
+from neat_data.core.runfolder import ShardedTable
 
 SCHEMA = pa.schema([("key", pa.string()), ("value", pa.int64())])
 

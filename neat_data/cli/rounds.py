@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import click
+from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.cli.main import cli, command_argv
 from neat_data.cli.options import build_config, config_options, option_names
@@ -48,55 +49,59 @@ def train(data: Path, model: str, out: Path | None, **options: Any) -> None:
         )
 
 
-# evaluate's options: the evaluation's own fields (EvaluateConfig), the held-out generation's fields that a recipe's
-# `evaluate:` section also sets (EvaluateSpec: backend, sampling — one default for CLI and recipe), and the few that
-# name the inputs.
+class EvaluateInputs(BaseModel):
+    """What the `evaluate` command names itself (a recipe's round runner sets these from the recipe and the round)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The policy to evaluate.")
+    heldout: str = Field(description="Held-out prompts (.jsonl/.parquet/.csv/hf://).")
+    pairs: list[str] = Field(
+        default_factory=lambda: ["harmless"], description="Pair libraries (self-contrast takes its steering texts from them)."
+    )
+    scorer: str = Field("self-contrast", description=f"{SCORER_HELP}.")
+    scorer_model: str | None = Field(
+        None, description="Reward model / self-contrast reference (default: --model; name the base model to compare rounds)."
+    )
+    base_url: str | None = Field(None, description="openai: endpoint.")
+    seed: int = Field(0, ge=0, description="Sampling seed.")
+
+
+# evaluate's options, each from one config: what the command names (EvaluateInputs), the held-out generation's fields
+# that a recipe's `evaluate:` section also sets (EvaluateSpec: backend, sampling — one default for CLI and recipe), and
+# the evaluation's own fields (EvaluateConfig).
 EVALUATION_SKIP = ("generate", "score")
 GENERATION_SKIP = ("samples", "suites", "suite_limit", "negative_control")
+INPUT_NAMES = set(option_names(EvaluateInputs))
 GENERATION_NAMES = set(option_names(EvaluateSpec, skip=GENERATION_SKIP))
 
 
 @cli.command()
 @click.argument("eval_dir", type=click.Path(path_type=Path))
-@click.option("--model", required=True, help="The policy to evaluate.")
-@click.option("--heldout", required=True, help="Held-out prompts (.jsonl/.parquet/.csv/hf://).")
-@click.option("--pairs", default="harmless", show_default=True, help="Pair libraries (self-contrast takes its steering texts from them).")
-@click.option("--scorer", default="self-contrast", show_default=True, help=f"{SCORER_HELP}.")
-@click.option("--scorer-model", help="Reward model / self-contrast reference (default: --model; name the base model to compare rounds).")
-@click.option("--base-url", help="openai: endpoint.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@config_options(EvaluateInputs)
 @config_options(EvaluateSpec, skip=GENERATION_SKIP)
 @config_options(EvaluateConfig, skip=EVALUATION_SKIP)
-def evaluate(
-    eval_dir: Path,
-    model: str,
-    heldout: str,
-    pairs: str,
-    scorer: str,
-    scorer_model: str | None,
-    base_url: str | None,
-    seed: int,
-    **options: Any,
-) -> None:
+def evaluate(eval_dir: Path, **options: Any) -> None:
     """Held-out evaluation of a policy with the neutral prompt: reward (95% CI), win rate vs base, perplexity; with
     --suites, per suite refusal rate, P(offensive), VADER tone, length and truncation (95% CIs; paired vs --base-eval).
     These measure refusal wording, offensiveness and tone, not helpfulness."""
     from neat_data.stages.evaluate import run_evaluate
 
+    inputs = build_config(EvaluateInputs, {k: v for k, v in options.items() if k in INPUT_NAMES})
     generation = build_config(EvaluateSpec, {k: v for k, v in options.items() if k in GENERATION_NAMES})
-    evaluation = {k: v for k, v in options.items() if k not in GENERATION_NAMES}
+    evaluation = {k: v for k, v in options.items() if k not in GENERATION_NAMES | INPUT_NAMES}
     samples = options.get("samples") or EvaluateConfig.model_fields["samples"].default
     generate = evaluation_generate(
         generation,
-        prompts=heldout,
-        pairs=pairs.split(","),
-        model=model,
+        prompts=inputs.heldout,
+        pairs=inputs.pairs,
+        model=inputs.model,
         out=str(eval_dir),
-        seed=seed,
+        seed=inputs.seed,
         samples=samples,
-        extra={"base_url": base_url},
+        extra={"base_url": inputs.base_url},
     )
-    score = {"run": str(eval_dir), "scorer": scorer, "model": scorer_model or model}
+    score = {"run": str(eval_dir), "scorer": inputs.scorer, "model": inputs.scorer_model or inputs.model}
     config = build_config(EvaluateConfig, evaluation, generate=generate, score=score)
     click.echo(json.dumps(run_evaluate(config, argv=command_argv()), indent=2))
 
@@ -133,7 +138,7 @@ def stage(kind: StageKindName, config_path: Path, summary_path: Path | None) -> 
     for line in lines:
         click.echo(line)
     if summary_path is not None:
-        from neat_data.core.runfolder import atomic_write_bytes
+        from neat_data.core.files import atomic_write_bytes
 
         atomic_write_bytes(summary_path, ("\n".join(lines) + "\n").encode("utf-8"))
 

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from neat_data.core.errors import NeatError, validation_message
-from neat_data.core.runfolder import atomic_write_json, decode_json
+from neat_data.core.files import atomic_write_json, decode_json
 
 MANIFEST = "manifest.json"
 

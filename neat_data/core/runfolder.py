@@ -15,7 +15,6 @@ Rows written by `--num-shards` processes live in per-shard sub-folders; readers 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -29,28 +28,10 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from neat_data.core.errors import NeatError
+from neat_data.core.files import atomic_write_bytes, decode_json
 
 _SHARD = re.compile(r"^part-(\d{6})\.parquet$")
 SHARD_DIR = re.compile(r"^shard-(\d{5})-of-(\d{5})$")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
@@ -285,16 +266,6 @@ def read_json_object(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise NeatError(f"expected a JSON object, found {type(value).__name__}{hint}", file=path)
     return value
-
-
-def decode_json(path: Path, subject: str, hint: str) -> Any:
-    """The JSON value of a file; not UTF-8 or not JSON is a NeatError naming the file (and the line)."""
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise NeatError(f"{subject}not UTF-8 ({error.reason}){hint}", file=path) from None
-    except json.JSONDecodeError as error:
-        raise NeatError(f"{subject}not valid JSON ({error.msg}){hint}", file=path, row=error.lineno) from None
 
 
 def count_by(table: pa.Table, column: str) -> dict[str, int]:

@@ -9,8 +9,9 @@ this package stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from neat_data.engines.base import Backend
 from neat_data.engines.openai_backend import OpenAIOptions
@@ -42,6 +43,68 @@ class BackendOptions(VLLMOptions, OpenAIOptions, TransformersOptions, RayOptions
     """Every backend's options in one flat model (a generate config inherits it)."""
 
 
+def _vllm(
+    model: str, options: BackendOptions, *, seed: int, state_dir: Path | None, journal: BatchJournal | None, progress: bool
+) -> Backend:
+    from neat_data.engines.vllm_backend import VLLMBackend
+
+    return VLLMBackend.from_options(model, options, seed=seed)
+
+
+def _openai(
+    model: str, options: BackendOptions, *, seed: int, state_dir: Path | None, journal: BatchJournal | None, progress: bool
+) -> Backend:
+    from neat_data.engines.openai_backend import OpenAIBackend
+
+    return OpenAIBackend.from_options(model, options)
+
+
+def _transformers(
+    model: str, options: BackendOptions, *, seed: int, state_dir: Path | None, journal: BatchJournal | None, progress: bool
+) -> Backend:
+    from neat_data.engines.transformers_backend import TransformersBackend
+
+    return TransformersBackend.from_options(model, options)
+
+
+def _ray(
+    model: str, options: BackendOptions, *, seed: int, state_dir: Path | None, journal: BatchJournal | None, progress: bool
+) -> Backend:
+    from neat_data.engines.ray_backend import RayBackend
+
+    return RayBackend.from_options(model, options, options, seed=seed)
+
+
+def _openai_batch(
+    model: str, options: BackendOptions, *, seed: int, state_dir: Path | None, journal: BatchJournal | None, progress: bool
+) -> Backend:
+    from neat_data.engines.openai_batch import OpenAIBatchBackend
+
+    assert state_dir is not None
+    return OpenAIBatchBackend.from_options(model, options, state_dir=state_dir, journal=journal, progress=progress)
+
+
+def _vllm_batch(
+    model: str, options: BackendOptions, *, seed: int, state_dir: Path | None, journal: BatchJournal | None, progress: bool
+) -> Backend:
+    from neat_data.engines.vllm_batch import VLLMBatchBackend
+
+    assert state_dir is not None
+    return VLLMBatchBackend.from_options(model, options, seed=seed, state_dir=state_dir, journal=journal, progress=progress)
+
+
+# One factory per name of BackendName (checked below at import: a name without one cannot be offered).
+FACTORIES: dict[str, Callable[..., Backend]] = {
+    "vllm": _vllm,
+    "openai": _openai,
+    "transformers": _transformers,
+    "ray": _ray,
+    "openai-batch": _openai_batch,
+    "vllm-batch": _vllm_batch,
+}
+assert set(FACTORIES) == set(get_args(BackendName)), "backend names drifted"
+
+
 def make_backend(
     name: BackendName,
     model: str,
@@ -58,28 +121,4 @@ def make_backend(
     and take a `journal` of their batches (default: <state_dir>/journal.json); `progress`: their polling bar."""
     if name in BATCH_BACKENDS and state_dir is None:
         raise ValueError(f"backend {name!r} needs a state folder (state_dir) for its batch files")
-    if name == "openai-batch" and state_dir is not None:
-        from neat_data.engines.openai_batch import OpenAIBatchBackend
-
-        return OpenAIBatchBackend.from_options(model, options, state_dir=state_dir, journal=journal, progress=progress)
-    if name == "vllm-batch" and state_dir is not None:
-        from neat_data.engines.vllm_batch import VLLMBatchBackend
-
-        return VLLMBatchBackend.from_options(model, options, seed=seed, state_dir=state_dir, journal=journal, progress=progress)
-    if name == "vllm":
-        from neat_data.engines.vllm_backend import VLLMBackend
-
-        return VLLMBackend.from_options(model, options, seed=seed)
-    if name == "openai":
-        from neat_data.engines.openai_backend import OpenAIBackend
-
-        return OpenAIBackend.from_options(model, options)
-    if name == "transformers":
-        from neat_data.engines.transformers_backend import TransformersBackend
-
-        return TransformersBackend.from_options(model, options)
-    if name == "ray":
-        from neat_data.engines.ray_backend import RayBackend
-
-        return RayBackend.from_options(model, options, options, seed=seed)
-    raise ValueError(f"unknown backend {name!r}")
+    return FACTORIES[name](model, options, seed=seed, state_dir=state_dir, journal=journal, progress=progress)

@@ -116,7 +116,7 @@ class BatchBackendBase:
         return self._outcome_cache[record.name]
 
     def _new_record(self, lines: list[bytes]) -> BatchRecord:
-        from neat_data.core.runfolder import atomic_write_bytes  # runfolder imports pyarrow: not at import time
+        from neat_data.core.files import atomic_write_bytes
 
         data = b"\n".join(lines) + b"\n"
         digest = hashlib.sha256(data).hexdigest()

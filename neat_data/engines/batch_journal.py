@@ -92,7 +92,7 @@ class FileBatchJournal:
         return records
 
     def save(self, records: list[dict[str, Any]]) -> None:
-        from neat_data.core.runfolder import atomic_write_json  # runfolder imports pyarrow: not at import time
+        from neat_data.core.files import atomic_write_json
 
         atomic_write_json(self.path, {"batches": records})
 

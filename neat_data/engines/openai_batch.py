@@ -152,7 +152,7 @@ class OpenAIBatchBackend(BatchBackendBase):
         apply_batch(record, self._call("status", lambda: self._client.batches.retrieve(record.batch_id)))
 
     def _download(self, record: BatchRecord) -> None:
-        from neat_data.core.runfolder import atomic_write_bytes
+        from neat_data.core.files import atomic_write_bytes
 
         for file_id, suffix in ((record.output_file_id, "output"), (record.error_file_id, "errors")):
             if file_id:

@@ -150,7 +150,7 @@ class VLLMBatchBackend(BatchBackendBase):
         """Run the file to the end (a local run has nothing to attach to: a killed one is simply run again)."""
         from tqdm.auto import tqdm
 
-        from neat_data.core.runfolder import atomic_write_bytes
+        from neat_data.core.files import atomic_write_bytes
 
         input_path = self.state_dir / record.input_file
         output_path = self.state_dir / f"{record.name}.output.jsonl"

@@ -20,8 +20,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.manifest import read_manifest
-from neat_data.core.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object
+from neat_data.core.runfolder import atomic_write_figure, read_json_object
 from neat_data.safety.stats import bootstrap_mean, paired_difference, per_prompt_means
 from neat_data.stages.evaluate import neutral_scores
 

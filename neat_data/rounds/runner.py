@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from neat_data.core.errors import EXIT_PENDING, NeatError
+from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.manifest import Manifest, edit_manifest, read_manifest, write_manifest
-from neat_data.core.runfolder import RunLock, atomic_write_bytes, atomic_write_json, empty_folder
+from neat_data.core.runfolder import RunLock, empty_folder
 from neat_data.rounds.publish import push_round
 from neat_data.rounds.recipe import Recipe, changed_fields, plan_round, recipe_identity, variant_recipe
 from neat_data.rounds.split import Split, plan_split, split_files

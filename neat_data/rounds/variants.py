@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from neat_data.core.errors import NeatError
+from neat_data.core.files import atomic_write_json
 from neat_data.core.manifest import read_manifest, update_manifest
-from neat_data.core.runfolder import atomic_write_json
 from neat_data.rounds.stages import PlannedStage
 
 # Recipe keys a variant may not change: the variants are compared on one held-out split, one evaluation and round 0.

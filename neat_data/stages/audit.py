@@ -10,8 +10,8 @@ Out: a dict (written as JSON by the CLI) and a markdown table: per pair, on harm
      `(1/|y|)[log π(y|pos,x) − log π(y|neg,x)]`. These measure refusal wording, offensiveness and tone, not helpfulness.
 Run: `neat-data prompts audit harmless --model smollm2-135m-instruct [--prompts P] [--suite harmbench] [--harmful 6 --benign 6]`.
 
-Backends are constructed directly (transformers by default, vLLM optionally); the generation engine is closed before
-the self-contrast model loads. Each request's seed derives from (seed, prompt_id, steering, pair) as in `generate`.
+The backend comes from the one factory (`engines.make_backend`: transformers by default, vLLM optionally); the
+generation engine is closed before the self-contrast model loads. Each request's seed derives from (seed, prompt_id, steering, pair) as in `generate`.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def run_audit(
 
 def write_audit(config: AuditConfig, summary: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[Path, Path]:
     """The numbers as JSON (`config.out_path()`) and every response as JSONL beside it; each file whole or absent."""
-    from neat_data.core.runfolder import atomic_write_bytes, atomic_write_json
+    from neat_data.core.files import atomic_write_bytes, atomic_write_json
 
     out = config.out_path()
     responses = out.with_name(out.stem + ".responses.jsonl")

@@ -37,8 +37,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.core.errors import NeatError
+from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.prompts_in import PromptRecord
-from neat_data.core.runfolder import ShardedTable, atomic_write_bytes, atomic_write_json, atomic_write_table, read_parquet
+from neat_data.core.runfolder import ShardedTable, atomic_write_table, read_parquet
 from neat_data.core.schemas import GENERATIONS
 from neat_data.safety.metrics import check_metric_dependencies
 from neat_data.safety.stats import bootstrap_mean as prompt_bootstrap

@@ -36,8 +36,9 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.core.errors import NeatError
+from neat_data.core.files import atomic_write_json
 from neat_data.core.manifest import update_manifest
-from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_json, atomic_write_table
+from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table
 from neat_data.core.schemas import SCORED
 from neat_data.stages.rank import read_ranked
 

@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import ShardedTable, atomic_write_bytes, atomic_write_figure
+from neat_data.core.files import atomic_write_bytes
+from neat_data.core.runfolder import ShardedTable, atomic_write_figure
 from neat_data.core.schemas import SCORED
 
 COLOURS = {"pos": "tab:green", "neg": "tab:red", "none": "tab:gray"}

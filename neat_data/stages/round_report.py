@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.manifest import read_manifest
-from neat_data.core.runfolder import atomic_write_bytes, atomic_write_figure, atomic_write_json, read_json_object
+from neat_data.core.runfolder import atomic_write_figure, read_json_object
 from neat_data.safety.metrics import METRIC_TABLE
 
 

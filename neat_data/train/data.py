@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from neat_data.core.errors import NeatError
 from neat_data.lm.render import CandidateRenderer
-from neat_data.train.loss import STEERING_CODES
+from neat_data.train.loss import LOSSES, STEERING_CODES
 
 RANKED_COLUMNS = ("prompt", "prompt_id", "responses", "scores")
 OPTIONAL_COLUMNS = ("steering", "finish_reason")
@@ -111,12 +111,13 @@ def candidate_indices(row: dict[str, Any], *, loss: str, dpo_pairs: str, max_can
     if not scores:
         return []
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # first of the highest
-    if loss == "sft":
+    choice = LOSSES[loss].candidates
+    if choice == "best":
         return [best]
-    if loss == "dpo" and dpo_pairs == "best-vs-worst":
+    if choice == "pair" and dpo_pairs == "best-vs-worst":
         worst = min(range(len(scores)), key=lambda i: (scores[i], -i))  # last of the lowest
         return [best, worst] if scores[best] > scores[worst] else []
-    if loss == "dpo":  # pos-vs-neg
+    if choice == "pair":  # pos-vs-neg
         steering = row.get("steering") or [None] * len(scores)
         positive = [i for i, s in enumerate(steering) if s == "pos"]
         negative = [i for i, s in enumerate(steering) if s == "neg"]
@@ -249,7 +250,7 @@ def load_examples(
 ) -> tuple[Path, list[RankedExample], DataStats]:
     path = find_ranked_export(Path(source))
     rows = read_ranked_rows(path)
-    if loss == "dpo" and dpo_pairs == "pos-vs-neg" and rows and "steering" not in rows[0]:
+    if LOSSES[loss].candidates == "pair" and dpo_pairs == "pos-vs-neg" and rows and "steering" not in rows[0]:
         raise NeatError("dpo_pairs pos-vs-neg needs a steering column", file=path, field="steering")
     examples, stats = tokenize_ranked(rows, tokenizer, max_length=max_length, max_candidates=max_candidates, loss=loss, dpo_pairs=dpo_pairs)
     if not examples:

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 LossName = Literal["rrhf", "pro", "dpo", "sft"]
 RankLoss = Literal["rrhf", "pro"]
 DpoPairs = Literal["best-vs-worst", "pos-vs-neg"]
+# Which candidates of a ranked list a loss reads: all of them (spread down to --max-candidates), the best one alone, or
+# one DPO pair per prompt (--dpo-pairs: best vs worst, or every positive- and negative-prompt candidate).
+CandidateChoice = Literal["ranked", "best", "pair"]
 STEERING_CODES = {"pos": 1, "neg": -1}  # steering → code in LossInputs.steering; anything else is 0
 
 
@@ -283,11 +286,13 @@ def sft_objective(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Ten
 class Loss:
     """A training loss by name: its objective, w_sft when the user gives none (from the most candidates C of any
     prompt), and whether it needs the starting policy's log-probs. One entry per `LossName`: a new loss cannot
-    forget a part."""
+    forget a part (the candidates it reads, whether it needs reference log-probs, whether it ranks at all)."""
 
     objective: Objective
     default_sft_weight: Callable[[int], float]
+    candidates: CandidateChoice = "ranked"
     needs_reference: bool = False
+    ranks: bool = True  # it has a ranking / pair term (weighted by rank_weight), beside the LM term
 
     def __call__(self, inputs: LossInputs, settings: LossSettings) -> tuple[torch.Tensor, dict[str, float]]:
         return self.objective(inputs, settings)
@@ -297,8 +302,8 @@ class Loss:
 LOSSES: dict[str, Loss] = {
     "rrhf": Loss(_ranking_objective("rrhf"), lambda most_candidates: 1.0),
     "pro": Loss(_ranking_objective("pro"), lambda most_candidates: 0.05 * (most_candidates - 1) ** 2),
-    "dpo": Loss(dpo_objective, lambda most_candidates: 0.0, needs_reference=True),
-    "sft": Loss(sft_objective, lambda most_candidates: 1.0),
+    "dpo": Loss(dpo_objective, lambda most_candidates: 0.0, candidates="pair", needs_reference=True),
+    "sft": Loss(sft_objective, lambda most_candidates: 1.0, candidates="best", ranks=False),
 }
 
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.train.distributed import DistributedContext, checksum, gather_full_state, scatter_to_slots, shard_policy
-from neat_data.train.loss import DpoPairs, LossName
+from neat_data.train.loss import LOSSES, DpoPairs, LossName
 
 
 class TrainConfig(BaseModel):
@@ -92,9 +92,10 @@ class TrainConfig(BaseModel):
             raise ValueError("choose lora_rank or top_layers, not both")
         if self.fsdp and self.lora_rank:
             raise ValueError("LoRA keeps optimizer state small already: train it with DDP, not fsdp")
-        if self.loss == "sft" and self.sft_weight == 0:
-            raise ValueError("loss sft with sft_weight 0 trains nothing")
-        if self.loss != "sft" and self.rank_weight == 0 and self.sft_weight == 0:  # every other loss has a ranking/pair term
+        loss = LOSSES[self.loss]
+        if not loss.ranks and self.sft_weight == 0:
+            raise ValueError(f"loss {self.loss} with sft_weight 0 trains nothing")
+        if loss.ranks and self.rank_weight == 0 and self.sft_weight == 0:
             raise ValueError("rank_weight and sft_weight are both 0: nothing to train")
         return self
 
@@ -303,6 +304,9 @@ def _train_steps(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             names = sorted(parts_sum)
+            clash = set(names) & set(STEP_FIELDS)
+            if clash:  # a part named like a step field would overwrite it in the record (or be hidden by progress_line)
+                raise ValueError(f"loss {config.loss} returns parts named like step fields: {sorted(clash)}")
             averaged = dict(zip(names, dist.mean([parts_sum[n] for n in names])))
             step_tokens = int(dist.mean([float(tokens)])[0] * dist.world)
             trained_tokens += step_tokens

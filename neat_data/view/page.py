@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
-from neat_data.core.runfolder import atomic_write_bytes
+from neat_data.core.files import atomic_write_bytes
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PLACEHOLDER = re.compile(r"\{\{(CSP|TITLE|STYLE|SCRIPT|INDEX|TEXTS)\}\}")
