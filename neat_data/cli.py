@@ -130,6 +130,7 @@ def _load_tokenizer(model: str) -> Any:
 # Stage options are derived from the stage configs (neat_data.cli_options): names, types, choices, defaults and help
 # are the config fields', defined once.
 from neat_data.cli_options import build_config, config_options  # noqa: E402
+from neat_data.stages.data_audit import DataAuditConfig  # noqa: E402
 from neat_data.stages.export import ExportConfig  # noqa: E402
 from neat_data.stages.generate import GenerateConfig  # noqa: E402
 from neat_data.stages.push import PushConfig  # noqa: E402
@@ -265,6 +266,19 @@ def report(run: Path) -> None:
     for line in lines:
         click.echo(line)
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@cli.command("audit")
+@click.argument("run", type=click.Path(path_type=Path))
+@config_options(DataAuditConfig, skip=("run",))
+def audit_run(run: Path, **options: Any) -> None:
+    """Pair-quality audit of RUN's ranked data → RUN/audit/{audit.json,audit.md,audit.png}; exit 5 when a --fail-on check fails."""
+    from neat_data.stages.data_audit import run_data_audit
+
+    report = run_data_audit(build_config(DataAuditConfig, options, run=run), argv=_argv())
+    for line in report.lines():
+        click.echo(line)
+    report.raise_for_failures()
 
 
 @cli.command()
