@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -170,3 +171,27 @@ def test_an_unranked_run_is_one_line_exit_2(tmp_path):
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "lists.parquet" in result.output and "not ranked yet" in result.output
     assert not (tmp_path / "run" / "audit").exists()
+
+
+def test_balance_length_brings_the_length_auc_down(tmp_path):
+    """80 prompts where the chosen (pos) is 1.2–3.5× longer, 20 where it is 1.5× shorter: length AUC 0.8 before;
+    rank --balance-length 3 drops the pairs beyond 3× and the surplus of chosen-longer pairs → AUC 0.5."""
+    rows = []
+    for p in range(100):
+        pos_tokens, neg_tokens = (int(20 * (1.2 + (p % 10) * 0.25)), 20) if p < 80 else (20, 30)
+        rows.append(scored_row(p, "pos", text(p, pos_tokens), 1.0 + p / 1000, tokens=pos_tokens))
+        rows.append(scored_row(p, "neg", text(p + 999, neg_tokens), 0.0, tokens=neg_tokens))
+    before = make_run(tmp_path / "before", rows)
+    _, _, report = audit(before)
+    assert report["length"]["length_auc"]["value"] == pytest.approx(0.8) and verdict(report, "length")["verdict"] == "fail"
+    result = CliRunner().invoke(cli, ["rank", str(before), "--balance-length", "3"])
+    assert result.exit_code == 0, result.output
+    assert "length AUC 0.500" in result.output
+    _, _, balanced = audit(before)
+    assert balanced["length"]["length_auc"]["value"] == 0.5 and verdict(balanced, "length")["verdict"] == "pass"
+    assert balanced["length"]["pairs"]["value"] == 40  # 20 chosen-shorter + the 20 chosen-longer with the widest score gap
+    dropped = balanced["ties_and_truncation"]["dropped_by_reason"]["value"]
+    assert dropped == {"length-band": 8 * 2, "length-balance": 80 - 16 - 20}  # ratios 3.2×, 3.5× (p % 10 ∈ {8, 9}) are outside
+    pairs = pq.read_table(before / "ranked" / "pairs.parquet").to_pylist()
+    kept_longer = sorted(int(p["prompt_id"][1:]) for p in pairs if int(p["prompt_id"][1:]) < 80)
+    assert len(kept_longer) == 20 and min(kept_longer) >= 50  # the highest scores (1 + p/1000) have the widest gaps

@@ -55,25 +55,31 @@ class Candidates:
         return int(self.prompt.size)
 
 
+def response_lengths(
+    keys: pa.Array, responses: pa.Array, token_keys: pa.Array | None, token_counts: pa.Array | None
+) -> tuple[np.ndarray, str]:
+    """(length of each response, unit): the engine's completion_tokens (`token_counts` by `token_keys`, from the scored
+    rows) when every response has one, else whitespace-separated words for every response (one unit for all: a ratio
+    of tokens to words would mean nothing)."""
+    if token_keys is not None and token_counts is not None and len(keys) and len(token_keys):
+        at = pc.index_in(keys, value_set=token_keys)
+        if at.null_count == 0:
+            counts = pc.take(token_counts, at)
+            if counts.null_count == 0:
+                return counts.to_numpy(zero_copy_only=False).astype(np.float64), "tokens"
+    words = pc.fill_null(pc.count_substring_regex(responses, r"\S+"), 0)
+    return words.to_numpy(zero_copy_only=False).astype(np.float64), "words"
+
+
 def flatten_lists(lists: pa.Table, token_keys: pa.Array | None = None, token_counts: pa.Array | None = None) -> Candidates:
-    """The lists' candidates, with their lengths: the engine's completion_tokens (`token_counts` by `token_keys`, from
-    the scored rows) when every candidate has one, else whitespace-separated words for every candidate (one unit for
-    all: a ratio of tokens to words would mean nothing)."""
+    """The lists' candidates, with their lengths (`response_lengths`)."""
     lists = lists.combine_chunks()
     responses = pc.list_flatten(lists.column("responses"))
     keys = pc.list_flatten(lists.column("keys"))
     parents = pc.list_parent_indices(lists.column("responses")).to_numpy()
     offsets = np.concatenate([[0], np.cumsum(pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False))])
     finish = pc.list_flatten(lists.column("finish_reason")) if "finish_reason" in lists.column_names else pa.nulls(len(responses))
-    length, unit = None, "words"
-    if token_keys is not None and token_counts is not None and len(keys):
-        at = pc.index_in(keys, value_set=token_keys)
-        counts = pc.take(token_counts, pc.fill_null(at, 0)) if len(token_keys) else pa.nulls(len(keys), pa.int32())
-        counts = pc.if_else(pc.is_null(at), pa.scalar(None, counts.type), counts)
-        if counts.null_count == 0:
-            length, unit = counts.to_numpy(zero_copy_only=False).astype(np.float64), "tokens"
-    if length is None:
-        length = pc.fill_null(pc.count_substring_regex(responses, r"\S+"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
+    length, unit = response_lengths(keys, responses, token_keys, token_counts)
     return Candidates(
         prompt=parents.astype(np.int64),
         prompt_ids=lists.column("prompt_id").to_pylist(),
