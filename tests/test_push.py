@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -172,3 +173,27 @@ def test_a_run_page_holding_the_token_in_its_packed_data_is_not_published(tmp_pa
     assert not (hub.root / "me" / "neat-run" / "neat-data" / "view.html").exists() and not [p for p in hub.root.rglob("view.html")]
     assert upload_run_files(spec, clean)[0] == "neat-data/view.html"
     assert (hub.repo("me/neat-run") / "neat-data" / "view.html").read_bytes() == (clean / "view.html").read_bytes()
+
+
+def test_the_card_carries_the_data_audit_verdicts(exported_run: Path, hub: FakeHub):
+    audited = CliRunner().invoke(cli, ["audit", str(exported_run), "--resamples", "50"])
+    assert audited.exit_code == 0, audited.output
+    assert push(exported_run, "--config-name", "round_1").exit_code == 0
+    card = (hub.repo("me/neat-hh") / "README.md").read_text()
+    section = card[card.index("Data audit (`neat-data audit`)") :]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| check")]
+    assert [row.split(" | ")[0][2:] for row in rows[:8]] == [
+        "length",
+        "bag-of-words",
+        "best-negative",
+        "refusal-flip",
+        "duplicates",
+        "near-duplicates",
+        "truncated",
+        "ties",
+    ]
+    summary = json.loads((exported_run / "audit" / "audit.json").read_text())
+    length = next(c for c in summary["checks"] if c["check"] == "length")
+    assert f"| length | {length['verdict']} | {length['value']:.3f} | {length['rule']} |" in card
+    assert "neat-data audit" in card.split("Commands:")[1]
+    assert (hub.repo("me/neat-hh") / "neat-data" / "round_1" / "audit.png").read_bytes()[:4] == b"\x89PNG"

@@ -319,7 +319,8 @@ def card_lines(entry: dict[str, Any]) -> list[str]:
     if not summary:
         return []
     lines = ["", "Data audit (`neat-data audit`):", "", "| check | verdict | value | rule |", "|---|---|---|---|"]
-    for check, item in summary.items():
+    for check in [c for c in AUDIT_CHECKS if c in summary]:  # the manifest's JSON keeps keys sorted: the checks' own order
+        item = summary[check]
         value = item.get("value")
         lines.append(f"| {check} | {item.get('verdict')} | {'–' if value is None else format(value, '.3f')} | {item.get('rule')} |")
     return lines

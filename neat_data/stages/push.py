@@ -8,7 +8,8 @@ variable named by --token-env; it is passed to the Hub client only, never writte
 
 The card (README.md) gets one section per config, between `<!-- neat-data:begin NAME -->` and
 `<!-- neat-data:end NAME -->`: model, prompt libraries with content hashes, sampling, scorer, counts,
-score statistics and the exact commands. It is *merged* into the existing card: other configs' sections
+score statistics, the data audit's verdicts (when `neat-data audit` ran; its audit.png is uploaded too) and the
+exact commands. It is *merged* into the existing card: other configs' sections
 and the YAML metadata that `datasets` maintains are kept. Rate limits (429) and concurrent commits
 (412/409) are retried with exponential backoff that honours Retry-After; then a clear error.
 """
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from neat_data.errors import NeatError
 from neat_data.runfolder import ShardedTable, read_manifest, update_manifest
 from neat_data.schemas import SCORED
+from neat_data.stages.data_audit import card_lines
 from neat_data.stages.export import ExportFormat
 
 T = TypeVar("T")
@@ -204,7 +206,9 @@ def card_section(
             f"Pairs: strategy `{stages['rank']['config'].get('pairs')}`, kept {summary.get('pairs_kept')}, "
             f"dropped {json.dumps(summary.get('dropped', {}))}.",
         ]
-    order = ["generate", "score", "rank", f"export:{config.format}"]
+    if "audit" in stages:
+        lines += card_lines(stages["audit"])
+    order = ["generate", "score", "rank", "audit", f"export:{config.format}"]
     commands = [" ".join(stages[name]["command"]) for name in order if stages.get(name, {}).get("command")]
     if push_command:
         commands.append(" ".join(push_command))
@@ -258,7 +262,7 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
     section = card_section(config, manifest, splits, score_statistics(run_dir), argv)
     card = merge_card(existing, section, config.config_name, config.repo_id)
     uploads = [("README.md", card.encode("utf-8"))]
-    for png in sorted((run_dir / "report").glob("*.png")):
+    for png in sorted((run_dir / "report").glob("*.png")) + sorted((run_dir / "audit").glob("*.png")):
         uploads.append((f"neat-data/{config.config_name}/{png.name}", png.read_bytes()))
     for path_in_repo, data in uploads:
         upload_file(api, config.repo_id, path_in_repo, data, token=token, **retry)
