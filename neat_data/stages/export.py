@@ -11,7 +11,8 @@ Formats:
 - `h4`            prompt (text of the last user turn), prompt_id, chosen, rejected (full conversations),
                   messages (= chosen), score_chosen, score_rejected (HuggingFaceH4/ultrafeedback_binarized)
 Each is written as `<out>/<split>.parquet` and as a `datasets` folder `<out>/hf/` (save_to_disk), both with
-explicit Features, so `load_dataset("parquet", …)` and `load_from_disk` read them back unchanged.
+explicit Features, so `load_dataset("parquet", …)` and `load_from_disk` read them back unchanged; `<out>/croissant.json`
+(Croissant 1.0 + RAI + PROV, stages/provenance.py) describes the split files, their sha256 and how they were made.
 Run: `neat-data export runs/demo --format trl` (default out: `<run>/export/<format>`).
 """
 
@@ -216,4 +217,21 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
                 "finished": True,
             },
         )
+        write_croissant(run_dir, out, config.format)
     return out, table.num_rows
+
+
+def write_croissant(run_dir: Path, out: Path, fmt: str) -> Path:
+    """`<out>/croissant.json` describing every split file in `out` (stages/provenance.py), from the manifest as it now is."""
+    from neat_data.runfolder import atomic_write_json, read_manifest
+    from neat_data.stages.provenance import croissant
+
+    splits = {path.stem: (path, path.name) for path in sorted(out.glob("*.parquet"))}
+    document = croissant(
+        read_manifest(run_dir),
+        name=f"{run_dir.name}-{fmt}",
+        description=f"Preference data in neat-data's `{fmt}` layout (docs/FORMATS.md), built with neat-data from the run {run_dir.name}.",
+        splits=splits,
+    )
+    atomic_write_json(out / "croissant.json", document)
+    return out / "croissant.json"
