@@ -157,9 +157,18 @@ def shard_options(function: Any) -> Any:
 @click.option("--retry-errors", is_flag=True, help="Also redo rows that ended as errors.")
 @click.option("--overwrite", is_flag=True, help="Delete this run's generations and start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the planned requests, prompt tokens and (with prices) the cost; write and send nothing."
+)
 @shard_options
 def generate(
-    retry_errors: bool, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None, **options: Any
+    retry_errors: bool,
+    overwrite: bool,
+    no_progress: bool,
+    dry_run: bool,
+    num_shards: int | None,
+    shard_index: int | None,
+    **options: Any,
 ) -> None:
     """Sample responses under positive / negative (/ no) steering system prompts into <out>/generations/."""
     from neat_data.shards import ShardSpec
@@ -167,6 +176,12 @@ def generate(
 
     config = build_config(GenerateConfig, options, flatten=SAMPLING)
     shard = ShardSpec.from_options(num_shards, shard_index)
+    if dry_run:
+        from neat_data.stages.generate_budget import dry_run_generate
+
+        for line in dry_run_generate(config, shard=shard, retry_errors=retry_errors, overwrite=overwrite).lines():
+            click.echo(line)
+        return
     summary = run_generate(config, shard=shard, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=_argv())
     for line in summary.lines():
         click.echo(line)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neat_data import __version__
-from neat_data.costs import UsageRecord, UsageTally, batch_discount, request_usage
+from neat_data.costs import Budget, UsageRecord, UsageTally, batch_discount, request_usage
 from neat_data.engines.base import Backend, GenerationRequest
 from neat_data.errors import NeatError
 from neat_data.pairs import load_libraries
@@ -251,6 +251,10 @@ def run_generate(
     run_dir = Path(config.out)
     if shard is not None and overwrite:
         raise NeatError(_NO_OVERWRITE, field="overwrite")
+    if shard is not None and (config.max_cost is not None or config.max_total_tokens is not None):
+        raise NeatError(
+            "--max-cost / --max-total-tokens count the whole run: not with --num-shards (each shard would spend its own)", option="max_cost"
+        )
     libraries = load_libraries(config.pairs)
     explicit: dict[str, str] = {}
     plan = scan(config, libraries, shard, None, retry_errors, explicit)  # every row valid before the run folder is touched
@@ -263,6 +267,9 @@ def run_generate(
         try:
             if not overwrite:
                 check_run_identity(config, run_dir)
+            # what earlier passes spent (read before this pass's manifest entry replaces theirs): the caps count the run
+            earlier = None if overwrite else read_manifest(run_dir).get("stages", {}).get("generate", {}).get("budget")
+            budget = Budget.for_run(config, config, batch_discount(config.backend), earlier)
             existing = _Existing() if overwrite else read_existing(out)
             if existing.keys:  # what is already done needs every key; a fresh folder has nothing done (keys cost ~50 µs/prompt)
                 plan = scan(config, libraries, shard, existing, retry_errors)
@@ -293,7 +300,7 @@ def run_generate(
             if plan.pending_requests:
                 assert backend is not None
                 generated, new_keys, requests, usage, pending = _generate_pending(
-                    config, libraries, out, existing, plan, backend, retry_errors, progress
+                    config, libraries, out, existing, plan, backend, retry_errors, progress, budget
                 )
         finally:
             if owns_backend and backend is not None:
@@ -304,7 +311,14 @@ def run_generate(
         stale = 0 if shard is not None else mine.num_rows - (plan.present_rows + new_keys)
         seconds = time.time() - started
         costs = usage.costs(price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.backend))
-        record = {"rows": mine.num_rows, "counts": counts, "requests": requests, "usage": costs, "seconds": round(seconds, 2)}
+        record = {
+            "rows": mine.num_rows,
+            "counts": counts,
+            "requests": requests,
+            "usage": costs,
+            "budget": budget.record(),
+            "seconds": round(seconds, 2),
+        }
         if pending:  # submitted, not collected: the stage is not finished; the same command run again collects
             update_manifest(
                 run_dir,
@@ -333,6 +347,7 @@ def run_generate(
         usage=costs,
         folder=out.folder,
         pending=pending,
+        budget_line=budget.line(),
     )
 
 
@@ -345,9 +360,11 @@ def _generate_pending(
     backend: Backend,
     retry_errors: bool,
     progress: bool,
+    budget: Budget,
 ) -> tuple[int, int, dict[str, Any], UsageTally, dict[str, Any]]:
     """Stream the pending requests through the backend and the shard writer; returns (rows written, rows with a key
-    new to the folder, request summary, token usage (a running tally), what a batch backend left pending)."""
+    new to the folder, request summary, token usage (a running tally), what a batch backend left pending). Once
+    `budget` is reached no further request is handed over (counted as unsent; those in flight finish and are kept)."""
     from tqdm.auto import tqdm
 
     inflight: dict[int, PlannedRequest] = {}  # requests handed to the backend and not answered yet
@@ -363,6 +380,9 @@ def _generate_pending(
         )
         for planned in plan_requests(config, records, libraries):
             if all(existing.done(key, retry_errors) for key in planned.keys):
+                continue
+            if budget.reached():  # nothing more is sent: these rows stay missing, so a later run generates them
+                budget.unsent += 1
                 continue
             inflight[index] = planned
             index += 1
@@ -381,7 +401,9 @@ def _generate_pending(
                 new_keys += row["key"] not in existing.keys
                 if row["status"] == "error":
                     errors[error_reason(row["error"] or "")] += 1
-            usage.add(UsageRecord("generate", planned.steering, *request_usage(result)))
+            billed = request_usage(result)
+            usage.add(UsageRecord("generate", planned.steering, *billed))
+            budget.add(*billed)
             buffer.extend(rows)
             bar.update(len(rows))
             if len(buffer) >= config.flush_every:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from neat_data.costs import PriceOptions, cost_line
+from neat_data.costs import BudgetOptions, PriceOptions, cost_line
 from neat_data.engines import BackendName, BackendOptions, loads_model_locally
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.errors import redact_secrets
@@ -32,7 +32,7 @@ from neat_data.prompts_in import PromptRecord
 IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine")
 
 
-class GenerateConfig(BackendOptions, PriceOptions):
+class GenerateConfig(BackendOptions, PriceOptions, BudgetOptions):
     """Everything the generate stage needs; saved (resolved) in the run's manifest. Holds no secret.
 
     The backends' own options (vLLM, OpenAI-compatible, transformers, Ray) are inherited from
@@ -85,6 +85,8 @@ class GenerateConfig(BackendOptions, PriceOptions):
             raise ValueError("backend 'openai' needs base_url")
         if (self.price_in is None) != (self.price_out is None):
             raise ValueError("give both --price-in and --price-out (per 1M prompt and completion tokens), or neither")
+        if self.max_cost is not None and self.price_in is None:
+            raise ValueError("--max-cost needs --price-in and --price-out (the prices it counts with)")
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -223,6 +225,7 @@ class GenerateSummary:
     usage: dict[str, Any] = field(default_factory=dict)  # this run's tokens (and cost) by stage and steering: costs.token_costs
     folder: Path | None = None  # where the rows went: <run>/generations or a shard's sub-folder
     pending: dict[str, Any] = field(default_factory=dict)  # batch backends: rows submitted and not collected yet
+    budget_line: str | None = None  # costs.Budget.line(): set when a --max-cost / --max-total-tokens cap stopped the run
 
     def lines(self) -> list[str]:
         status = self.counts.get("status", {})
@@ -249,6 +252,8 @@ class GenerateSummary:
                 f"({', '.join(self.pending['batches'])}); `neat-data batch status {self.run_dir}` shows them, the same "
                 "command run again collects them"
             )
+        if self.budget_line:
+            lines.append(self.budget_line)
         return lines
 
     def notes(self) -> list[str]:
