@@ -25,7 +25,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from neat_data import __version__
 from neat_data.costs import Budget, UsageRecord, UsageTally, batch_discount, request_usage
 from neat_data.engines.base import Backend, GenerationRequest
 from neat_data.errors import NeatError
+from neat_data.keys import request_seed
 from neat_data.pairs import load_libraries
 from neat_data.prompts_in import PromptRecord, iter_prompts
 from neat_data.runfolder import count_by, read_manifest, update_manifest
@@ -46,12 +47,14 @@ from neat_data.stages.generate_plan import (
     GenerateConfig,
     GenerateSummary,
     PlannedRequest,
+    RedoClass,
     error_reason,
     plan_requests,
     request_summary,
     result_rows,
     to_engine_request,
 )
+from neat_data.stages.generate_redo import REDO_COLUMNS, keys_config, pass_record, redo_keys
 
 _NO_OVERWRITE = (
     "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete the run folder or use another --out"
@@ -97,18 +100,19 @@ class _Existing:
 
     keys: set[str] = field(default_factory=set)
     errors: set[str] = field(default_factory=set)
+    redo: set[str] = field(default_factory=set)  # rows `--redo` generates again
 
     def done(self, key: str, retry_errors: bool) -> bool:
-        return key in self.keys and not (retry_errors and key in self.errors)
+        return key in self.keys and not (retry_errors and key in self.errors) and key not in self.redo
 
 
-def read_existing(out: StageOutput) -> _Existing:
-    table = out.whole.read(["status"])
+def read_existing(out: StageOutput, redo: list[RedoClass] | None = None) -> _Existing:
+    table = out.whole.read(REDO_COLUMNS if redo else ["status"])
     if not table.num_rows:
         return _Existing()
     keys = table.column("key")
     failed = keys.filter(pc.equal(table.column("status"), "error"))
-    return _Existing(keys=set(keys.to_pylist()), errors=set(failed.to_pylist()))
+    return _Existing(keys=set(keys.to_pylist()), errors=set(failed.to_pylist()), redo=redo_keys(table, redo or []))
 
 
 def check_prompt_texts(out: StageOutput, explicit: dict[str, str]) -> None:
@@ -249,6 +253,11 @@ def run_generate(
     configured one, started only when there is something to generate."""
     started = time.time()
     run_dir = Path(config.out)
+    send = config  # what requests are sent with; `config` below derives keys, pairs and identity (the folder's, on --redo)
+    if config.redo:
+        if overwrite:
+            raise NeatError("--redo regenerates some rows of an existing run; it cannot be combined with --overwrite", option="redo")
+        config = keys_config(config, run_dir)
     if shard is not None and overwrite:
         raise NeatError(_NO_OVERWRITE, field="overwrite")
     if shard is not None and (config.max_cost is not None or config.max_total_tokens is not None):
@@ -270,7 +279,8 @@ def run_generate(
             # what earlier passes spent (read before this pass's manifest entry replaces theirs): the caps count the run
             earlier = None if overwrite else read_manifest(run_dir).get("stages", {}).get("generate", {}).get("budget")
             budget = Budget.for_run(config, config, batch_discount(config.backend), earlier)
-            existing = _Existing() if overwrite else read_existing(out)
+            passes = [] if overwrite else list(read_manifest(run_dir).get("stages", {}).get("generate", {}).get("passes") or [])
+            existing = _Existing() if overwrite else read_existing(out, send.redo)
             if existing.keys:  # what is already done needs every key; a fresh folder has nothing done (keys cost ~50 µs/prompt)
                 plan = scan(config, libraries, shard, existing, retry_errors)
             if not overwrite:
@@ -300,8 +310,9 @@ def run_generate(
             if plan.pending_requests:
                 assert backend is not None
                 generated, new_keys, requests, usage, pending = _generate_pending(
-                    config, libraries, out, existing, plan, backend, retry_errors, progress, budget
+                    config, libraries, out, existing, plan, backend, retry_errors, progress, budget, send
                 )
+            passes.append(pass_record(send, backend.name if backend else None, generated, len(existing.redo), argv))
         finally:
             if owns_backend and backend is not None:
                 backend.close()
@@ -317,6 +328,7 @@ def run_generate(
             "requests": requests,
             "usage": costs,
             "budget": budget.record(),
+            "passes": passes,
             "seconds": round(seconds, 2),
         }
         if pending:  # submitted, not collected: the stage is not finished; the same command run again collects
@@ -361,10 +373,13 @@ def _generate_pending(
     retry_errors: bool,
     progress: bool,
     budget: Budget,
+    send: GenerateConfig,
 ) -> tuple[int, int, dict[str, Any], UsageTally, dict[str, Any]]:
     """Stream the pending requests through the backend and the shard writer; returns (rows written, rows with a key
     new to the folder, request summary, token usage (a running tally), what a batch backend left pending). Once
-    `budget` is reached no further request is handed over (counted as unsent; those in flight finish and are kept)."""
+    `budget` is reached no further request is handed over (counted as unsent; those in flight finish and are kept).
+    Keys come from `config`; requests go out with `send`'s sampling and seed, and rows record `send`'s sampling
+    (the same config, except on --redo)."""
     from tqdm.auto import tqdm
 
     inflight: dict[int, PlannedRequest] = {}  # requests handed to the backend and not answered yet
@@ -384,9 +399,12 @@ def _generate_pending(
             if budget.reached():  # nothing more is sent: these rows stay missing, so a later run generates them
                 budget.unsent += 1
                 continue
+            if send.sampling.seed != config.sampling.seed:  # --redo with another --seed: new samples, same keys
+                pair_id = planned.pair.id if planned.pair else None
+                planned = replace(planned, seed=request_seed(send.sampling.seed, planned.record.prompt_id, planned.steering, pair_id))
             inflight[index] = planned
             index += 1
-            yield to_engine_request(planned, config)
+            yield to_engine_request(planned, send)
 
     buffer: list[dict[str, Any]] = []
     generated = new_keys = 0
@@ -394,9 +412,9 @@ def _generate_pending(
     usage = UsageTally()
     bar = tqdm(total=plan.planned_rows, initial=plan.done_rows, unit="row", desc="generate", disable=not progress)
     try:
-        for index, result in backend.generate(pending(), config.sampling):
+        for index, result in backend.generate(pending(), send.sampling):
             planned = inflight.pop(index)
-            rows = result_rows(config, planned, result, backend.name, {k for k in planned.keys if not existing.done(k, retry_errors)})
+            rows = result_rows(send, planned, result, backend.name, {k for k in planned.keys if not existing.done(k, retry_errors)})
             for row in rows:
                 new_keys += row["key"] not in existing.keys
                 if row["status"] == "error":
