@@ -195,3 +195,13 @@ def test_balance_length_brings_the_length_auc_down(tmp_path):
     pairs = pq.read_table(before / "ranked" / "pairs.parquet").to_pylist()
     kept_longer = sorted(int(p["prompt_id"][1:]) for p in pairs if int(p["prompt_id"][1:]) < 80)
     assert len(kept_longer) == 20 and min(kept_longer) >= 50  # the highest scores (1 + p/1000) have the widest gaps
+
+
+def test_lists_without_pairs_give_not_measured_verdicts_not_passes(tmp_path):
+    rows = [scored_row(p, "pos", text(p, 10), 1.0, tokens=10) for p in range(5)]  # one candidate per prompt: no pair
+    code, output, report = audit(make_run(tmp_path / "run", rows))
+    assert code == 0 and report["counts"]["pairs"]["value"] == 0
+    for check in ("length", "bag-of-words", "best-negative", "refusal-flip", "truncated", "ties"):
+        assert verdict(report, check)["verdict"] == "n/a", check
+    assert verdict(report, "duplicates")["verdict"] == "pass"
+    assert "length: N/A — length separability max(AUC, 1−AUC) not measured" in output
