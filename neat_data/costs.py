@@ -220,12 +220,14 @@ CHARS_PER_TOKEN = 4.0  # the estimate when no tokenizer is at hand (English text
 
 def estimate_prompt_tokens(conversations: Iterable[list[dict[str, str]]], tokenizer: Any | None = None) -> tuple[int, str]:
     """(prompt tokens of the conversations as the chat template renders them, how they were counted): with the model's
-    tokenizer, exactly what `apply_chat_template(..., add_generation_prompt=True)` gives; without, an estimate of
-    (characters + 16 per message for the template's role markers) / 4."""
+    tokenizer, the tokens of the rendered template text (`apply_chat_template(..., tokenize=False,
+    add_generation_prompt=True)`, then the tokenizer without special tokens added — what vLLM and the transformers
+    backend send); without, an estimate of (characters + 16 per message for the template's role markers) / 4."""
     total = 0
     if tokenizer is not None:
         for messages in conversations:
-            total += len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            total += len(tokenizer(text, add_special_tokens=False)["input_ids"])
         return total, "the model's tokenizer and chat template"
     for messages in conversations:
         total += sum(len(m.get("content") or "") + 16 for m in messages)

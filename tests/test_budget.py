@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from conftest import served_generate_args, write_jsonl
 
 from neat_data.cli import cli
-from neat_data.messages import build_messages
 from neat_data.runfolder import read_manifest
 
 
@@ -25,39 +24,29 @@ def rows_of(run: Path) -> list[dict]:
     return [row for path in sorted((run / "generations").glob("part-*.parquet")) for row in pq.read_table(path).to_pylist()]
 
 
-def test_dry_run_with_the_models_tokenizer_counts_exactly_and_writes_nothing(tmp_path: Path, tiny_model: Path):
-    from transformers import AutoTokenizer
-
+def test_dry_run_with_the_models_tokenizer_counts_what_the_engine_then_counts_and_writes_nothing(tmp_path: Path, tiny_model: Path):
     source = prompts(tmp_path, 3)
     run = tmp_path / "run"
     args = ["generate", "--prompts", str(source), "--model", str(tiny_model), "--backend", "transformers", "--out", str(run)]
-    args += ["--num-pos", "2", "--num-neg", "1", "--max-tokens", "50", "--price-in", "1", "--price-out", "4", "--dry-run"]
+    args += ["--num-pos", "2", "--num-neg", "1", "--max-tokens", "4", "--price-in", "1000", "--price-out", "4000", "--no-progress"]
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(cli, [*args, "--dry-run"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before and not run.exists()  # nothing written
-    # 3 prompts × (pos, neg) = 6 requests, 3 × (2 + 1) = 9 rows; every request's messages through the chat template
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
-    from neat_data.pairs import choose_pair, load_libraries
-    from neat_data.prompts_in import load_prompts
-
-    expected = 0
-    for record in load_prompts(str(source)).records:
-        pair = choose_pair(load_libraries(["harmless"]), 0, record.prompt_id)
-        for steering in ("pos", "neg"):
-            messages = build_messages(record.messages, pair.system_prompt(steering), "system", "prepend")
-            expected += len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
     lines = result.output.strip().splitlines()
+    # 3 prompts × (pos, neg) = 6 requests, 3 × (2 + 1) = 9 rows
     assert lines[0].startswith("dry run (nothing written, nothing sent): 6 requests → 9 rows for 3 prompts")
-    assert (
-        lines[1]
-        == f"prompt tokens: {expected:,} (counted with the model's tokenizer and chat template); completion tokens: at most 450 (rows × max_tokens)"
-    )
-    prompt_cost, completion_cost = expected * 1 / 1e6, 450 * 4 / 1e6
+    counted = int(lines[1].split("prompt tokens: ")[1].split(" ")[0].replace(",", ""))
+    assert lines[1].endswith("(counted with the model's tokenizer and chat template); completion tokens: at most 36 (rows × max_tokens)")
+    prompt_cost, completion_cost = counted * 1000 / 1e6, 36 * 4000 / 1e6
     assert (
         lines[2]
         == f"cost: {prompt_cost:.4f} for the prompts + at most {completion_cost:.4f} for the completions = at most {prompt_cost + completion_cost:.4f}"
     )
+    # the real run: the engine's own prompt-token count of each request is what the dry run counted
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    per_request = {(r["prompt_id"], r["steering"]): r["prompt_tokens"] for r in rows_of(run)}
+    assert len(per_request) == 6 and sum(per_request.values()) == counted
 
 
 def test_dry_run_without_a_tokenizer_says_it_estimates_and_skips_done_rows(tmp_path: Path, fake_server):
