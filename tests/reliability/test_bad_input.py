@@ -458,6 +458,16 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["option 'fail_on.1': Input should be 'length', 'bag-of-words'"],
     ),
     "audit_negative_threshold": (audit_of(None, "--duplicate-max", "-0.1", rank=False), ["option 'duplicate_max'"]),
+    "generate_unknown_redo_class": (options("--redo", "truncated,sideways"), ["option 'redo.1': Input should be 'truncated'"]),
+    "generate_redo_without_generations": (
+        options("--redo", "truncated"),
+        ["new-run: nothing to --redo: this run folder has no generations yet"],
+    ),
+    "generate_negative_max_cost": (
+        options("--max-cost", "-1", "--price-in", "1", "--price-out", "1"),
+        ["option 'max_cost': Input should be greater than 0"],
+    ),
+    "generate_max_cost_without_prices": (options("--max-cost", "1"), ["--max-cost needs --price-in and --price-out"]),
     "rank_balance_length_not_above_one": (
         lambda folder: ["rank", str(finished_run(folder)), "--balance-length", "0.5"],
         ["option 'balance_length': Input should be greater than 1"],
