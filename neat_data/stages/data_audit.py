@@ -48,6 +48,7 @@ from neat_data.runfolder import (
 )
 from neat_data.safety.metrics import MetricName
 from neat_data.schemas import DROPPED_PAIRS, SCORED, check_columns
+from neat_data.stages import data_audit_duplicates as duplicates_of
 from neat_data.stages import data_audit_measures as measures
 from neat_data.stages.rank import read_ranked
 
@@ -256,13 +257,15 @@ def audit_tables(
     seconds["steering"] = time.perf_counter() - step
 
     step = time.perf_counter()
-    normalised = measures.normalised_texts(candidates.responses.take(sample_at)).to_pylist()
+    normalised = duplicates_of.normalised_texts(candidates.responses.take(sample_at)).to_pylist()
     try:
-        near = measures.near_duplicates(candidates.prompt[in_sample], normalised, threshold=config.near_duplicate_jaccard, sampled=sampled)
+        near = duplicates_of.near_duplicates(
+            candidates.prompt[in_sample], normalised, threshold=config.near_duplicate_jaccard, sampled=sampled
+        )
     except ImportError as error:
         notes.append(f"near-duplicates not measured: {error} (pip install -r requirements/eval.txt)")
         near = {"any": measures.figure(None, "near-duplicates: not measured (datasketch missing)")}
-    duplicates = {"exact": measures.exact_duplicates(candidates), "near": near}
+    duplicates = {"exact": duplicates_of.exact_duplicates(candidates), "near": near}
     seconds["duplicates"] = time.perf_counter() - step
 
     reasons = count_by(dropped, "reason")
