@@ -94,9 +94,23 @@ class FakeHub:
             raise _error(RemoteEntryNotFoundError, 404, f"{filename} not found")
         return str(path)
 
+    def list_repo_files(self, api: HfApi, repo_id: str, *args, **kwargs) -> list[str]:
+        self._maybe_fail()
+        root = self.repo(repo_id)
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
     # --- wiring ---------------------------------------------------------------------------------
     def install(self, monkeypatch) -> FakeHub:
-        for name in ("repo_info", "create_repo", "create_branch", "preupload_lfs_files", "create_commit", "upload_file", "hf_hub_download"):
+        for name in (
+            "repo_info",
+            "create_repo",
+            "create_branch",
+            "preupload_lfs_files",
+            "create_commit",
+            "upload_file",
+            "hf_hub_download",
+            "list_repo_files",
+        ):
             method = getattr(self, name)
             monkeypatch.setattr(HfApi, name, lambda api, *a, _m=method, **k: _m(api, *a, **k))
         hub = self

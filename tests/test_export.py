@@ -213,3 +213,44 @@ def test_kto_with_no_steered_rows_is_exit_2(tmp_path: Path, prompts_file: Path, 
     assert result.exit_code == 2 and result.output.strip().splitlines() == [
         f"error: {run / 'scored'}: format 'kto' has nothing to export: no steered ok rows (pos/neg)"
     ]
+
+
+def _decoded(value):
+    """mlcroissant hands text back as bytes and nested fields under '<record set>/<field>/<sub>' names."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    if isinstance(value, dict):
+        return {k.rsplit("/", 1)[-1]: _decoded(v) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("fmt", ["h4", "ranked"])
+def test_croissant_json_validates_with_mlcroissant_and_reads_back_the_rows(ranked_run: Path, fmt: str):
+    import json
+
+    import mlcroissant
+    import pyarrow.parquet as pq
+
+    assert CliRunner().invoke(cli, ["audit", str(ranked_run), "--resamples", "20"]).exit_code == 0
+    # a second split first: croissant.json describes every split file of the export folder
+    for split in ("test", "train"):
+        assert CliRunner().invoke(cli, ["export", str(ranked_run), "--format", fmt, "--split", split]).exit_code == 0
+    out = ranked_run / "export" / fmt
+    document = json.loads((out / "croissant.json").read_text())
+    dataset = mlcroissant.Dataset(jsonld=str(out / "croissant.json"))  # raises on any validation error
+    assert dataset.metadata.ctx.issues.errors == set()
+    rows = [{k.split("/", 1)[1]: _decoded(v) for k, v in record.items()} for record in dataset.records("train")]
+    expected = pq.read_table(out / "train.parquet").to_pylist()
+    assert rows == expected and len(rows) > 0
+    assert [d["@id"] for d in document["distribution"]] == ["test.parquet", "train.parquet"]
+    import hashlib
+
+    assert document["distribution"][1]["sha256"] == hashlib.sha256((out / "train.parquet").read_bytes()).hexdigest()
+    assert document["conformsTo"] == "http://mlcommons.org/croissant/1.0"
+    assert document["rai:hasSyntheticData"] is True and document["rai:dataCollectionType"].startswith("Synthetic")
+    assert document["rai:machineAnnotationTools"] == ["generator: fake (backend vllm)", "scorer: python:test_export:response_length"]
+    labels = [a["prov:label"] for a in document["prov:wasGeneratedBy"]]
+    assert labels[:4] == ["generate", "score", "rank", "audit"] and f"export:{fmt}" in labels
+    assert document["prov:wasGeneratedBy"][2]["description"].startswith(f"neat-data rank {ranked_run} --pairs all-pairs")

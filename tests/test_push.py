@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -172,3 +173,62 @@ def test_a_run_page_holding_the_token_in_its_packed_data_is_not_published(tmp_pa
     assert not (hub.root / "me" / "neat-run" / "neat-data" / "view.html").exists() and not [p for p in hub.root.rglob("view.html")]
     assert upload_run_files(spec, clean)[0] == "neat-data/view.html"
     assert (hub.repo("me/neat-run") / "neat-data" / "view.html").read_bytes() == (clean / "view.html").read_bytes()
+
+
+def test_the_card_carries_the_data_audit_verdicts(exported_run: Path, hub: FakeHub):
+    audited = CliRunner().invoke(cli, ["audit", str(exported_run), "--resamples", "50"])
+    assert audited.exit_code == 0, audited.output
+    assert push(exported_run, "--config-name", "round_1").exit_code == 0
+    card = (hub.repo("me/neat-hh") / "README.md").read_text()
+    section = card[card.index("Data audit (`neat-data audit`)") :]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| check")]
+    assert [row.split(" | ")[0][2:] for row in rows[:8]] == [
+        "length",
+        "bag-of-words",
+        "best-negative",
+        "refusal-flip",
+        "duplicates",
+        "near-duplicates",
+        "truncated",
+        "ties",
+    ]
+    summary = json.loads((exported_run / "audit" / "audit.json").read_text())
+    length = next(c for c in summary["checks"] if c["check"] == "length")
+    assert f"| length | {length['verdict']} | {length['value']:.3f} | {length['rule']} |" in card
+    assert "neat-data audit" in card.split("Commands:")[1]
+    assert (hub.repo("me/neat-hh") / "neat-data" / "round_1" / "audit.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_push_writes_a_valid_croissant_and_the_card_states_licences_and_determinism(exported_run: Path, hub: FakeHub):
+    import hashlib
+
+    import mlcroissant
+
+    assert push(exported_run, "--config-name", "round_1").exit_code == 0
+    repo = hub.repo("me/neat-hh")
+    path = repo / "neat-data" / "round_1" / "croissant.json"
+    mlcroissant.Dataset(jsonld=str(path))  # raises on a validation error
+    document = json.loads(path.read_text())
+    (shard,) = (repo / "round_1").glob("train-*.parquet")
+    (file_object,) = document["distribution"]
+    assert file_object["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert file_object["contentUrl"] == f"https://huggingface.co/datasets/me/neat-hh/resolve/main/round_1/{shard.name}"
+    assert document["prov:wasGeneratedBy"][-1]["prov:label"] == "push"
+    assert document["prov:wasGeneratedBy"][-1]["description"].startswith("neat-data push")
+    card = (repo / "README.md").read_text()
+    assert "generator `fake`: unknown (no local model folder to read)" in card  # not a folder here: never guessed
+    determinism = next(line for line in card.splitlines() if line.startswith("- **Determinism**"))
+    assert "backend `vllm`" in determinism and "seed 0" in determinism and "not across devices, tensor-parallel sizes" in determinism
+
+
+def test_model_licences_are_read_from_the_folder_or_unknown(tmp_path: Path):
+    from neat_data.stages.provenance import model_licence
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert model_licence(str(folder)) == {"model": str(folder), "licence": "unknown", "source": "not stated in config.json"}
+    (folder / "LICENSE").write_text("\n  MIT License\n\nCopyright …")
+    assert model_licence(str(folder))["licence"] == "MIT License" and model_licence(str(folder))["source"] == "LICENSE"
+    (folder / "README.md").write_text("---\nlanguage: en\nlicense: apache-2.0\n---\n# A model\n")
+    assert model_licence(str(folder)) == {"model": str(folder), "licence": "apache-2.0", "source": "README.md (front matter)"}

@@ -14,6 +14,7 @@ import click
 from neat_data.cli.main import cli, command_argv
 from neat_data.cli.options import build_config, config_options
 from neat_data.core.errors import EXIT_NOTHING_OK, NeatError
+from neat_data.stages.data_audit import DataAuditConfig
 from neat_data.stages.export import ExportConfig
 from neat_data.stages.generate import GenerateConfig
 from neat_data.stages.push import PushConfig
@@ -40,9 +41,18 @@ def shard_options(function: Any) -> Any:
 @click.option("--retry-errors", is_flag=True, help="Also redo rows that ended as errors.")
 @click.option("--overwrite", is_flag=True, help="Delete this run's generations and start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the planned requests, prompt tokens and (with prices) the cost; write and send nothing."
+)
 @shard_options
 def generate(
-    retry_errors: bool, overwrite: bool, no_progress: bool, num_shards: int | None, shard_index: int | None, **options: Any
+    retry_errors: bool,
+    overwrite: bool,
+    no_progress: bool,
+    dry_run: bool,
+    num_shards: int | None,
+    shard_index: int | None,
+    **options: Any,
 ) -> None:
     """Sample responses under positive / negative (/ no) steering system prompts into <out>/generations/."""
     from neat_data.core.shards import ShardSpec
@@ -50,6 +60,12 @@ def generate(
 
     config = build_config(GenerateConfig, options, flatten=SAMPLING)
     shard = ShardSpec.from_options(num_shards, shard_index)
+    if dry_run:
+        from neat_data.stages.generate_budget import dry_run_generate
+
+        for line in dry_run_generate(config, shard=shard, retry_errors=retry_errors, overwrite=overwrite).lines():
+            click.echo(line)
+        return
     summary = run_generate(
         config, shard=shard, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=command_argv()
     )
@@ -132,6 +148,19 @@ def report(run: Path) -> None:
     for line in lines:
         click.echo(line)
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@cli.command("audit")
+@click.argument("run", type=click.Path(path_type=Path))
+@config_options(DataAuditConfig, skip=("run",))
+def audit_run(run: Path, **options: Any) -> None:
+    """Pair-quality audit of RUN's ranked data → RUN/audit/{audit.json,audit.md,audit.png}; exit 5 when a --fail-on check fails."""
+    from neat_data.stages.data_audit import run_data_audit
+
+    report = run_data_audit(build_config(DataAuditConfig, options, run=run), argv=command_argv())
+    for line in report.lines():
+        click.echo(line)
+    report.raise_for_failures()
 
 
 @cli.command()

@@ -16,6 +16,7 @@ _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.I)
 EXIT_BAD_INPUT = 2  # the user's input or environment is wrong: one line says which file, row, field
 EXIT_NOTHING_OK = 3  # the input was fine but nothing succeeded (every row an error row)
 EXIT_PENDING = 4  # batch requests were submitted and are not answered yet: the same command run later collects them
+EXIT_CHECK_FAILED = 5  # `neat-data audit --fail-on CHECK`: the report is written and a named check failed
 
 
 class NeatError(Exception):

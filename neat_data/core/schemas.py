@@ -32,7 +32,8 @@ GENERATIONS = pa.schema(
         ("finish_reason", pa.string()),
         ("model", pa.string()),
         ("backend", pa.string()),
-        ("sampling", pa.string()),  # JSON of the sampling config (temperature, top_p, max_tokens, seed)
+        ("sampling", pa.string()),  # JSON of the sampling config (temperature, top_p, max_tokens, seed) that produced this row
+        ("settings_hash", pa.string()),  # sha256 (16 hex) of model, backend, sampling, system mode/combine: which pass made it
         ("seed", pa.int64()),  # per-request seed derived from (seed, prompt_id, steering, pair)
         ("n_fallback", pa.bool_()),  # server ignored n: samples came from separate requests
         ("prompt_tokens", pa.int32()),
@@ -44,7 +45,7 @@ GENERATIONS = pa.schema(
 
 
 # Columns added after the first release: a shard written before lacks them and reads as nulls (not "corrupted").
-ADDED_COLUMNS = frozenset({"system_combine", "finish_reason_chosen", "finish_reason_rejected"})
+ADDED_COLUMNS = frozenset({"system_combine", "finish_reason_chosen", "finish_reason_rejected", "settings_hash"})
 
 
 def check_columns(table: pa.Table, schema: pa.Schema, source: str) -> None:

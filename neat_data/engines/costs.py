@@ -135,3 +135,100 @@ def cost_line(summary: dict[str, Any]) -> str:
         discount = f", batch discount {prices['discount']:.0%}" if prices["discount"] else ""
         line += f"; cost {total['cost']:.4f} (list {total['list_cost']:.4f}{discount})"
     return line
+
+
+class BudgetOptions(BaseModel):
+    """Caps on what a generate run may spend (a generate config inherits them: --max-cost / --max-total-tokens). They
+    count the whole run folder: what earlier invocations spent (the manifest's `budget.spent_*`) plus this one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_cost: float | None = Field(
+        None,
+        gt=0,
+        description="Stop sending requests once the run's cost (needs --price-in/--price-out) reaches this; in-flight ones "
+        "finish and are kept; the same command with a higher cap continues where it stopped.",
+    )
+    max_total_tokens: int | None = Field(None, ge=1, description="The same cap in billed prompt + completion tokens.")
+
+
+@dataclass
+class Budget:
+    """A run's spending against its caps, updated one answered request at a time. `reached()` is asked before each new
+    request is handed to the backend: requests already in flight are answered and recorded, so the spend can pass the
+    cap by what was in flight (at most the backend's concurrency × one request), never by a request sent after."""
+
+    max_cost: float | None
+    max_tokens: int | None
+    price_in: float | None = None
+    price_out: float | None = None
+    discount: float = 0.0
+    tokens: int = 0  # billed prompt + completion tokens, earlier invocations included
+    cost: float = 0.0
+    unsent: int = 0  # requests left unsent because a cap was reached
+
+    @classmethod
+    def for_run(cls, caps: BudgetOptions, prices: PriceOptions, discount: float, previous: dict[str, Any] | None) -> Budget:
+        spent = previous or {}
+        return cls(
+            max_cost=caps.max_cost,
+            max_tokens=caps.max_total_tokens,
+            price_in=prices.price_in,
+            price_out=prices.price_out,
+            discount=discount,
+            tokens=int(spent.get("spent_tokens") or 0),
+            cost=float(spent.get("spent_cost") or 0.0),
+        )
+
+    def add(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        prompt, completion = prompt_tokens or 0, completion_tokens or 0
+        self.tokens += prompt + completion
+        if self.price_in is not None and self.price_out is not None:
+            self.cost += (prompt * self.price_in + completion * self.price_out) / 1_000_000 * (1.0 - self.discount)
+
+    def reached(self) -> bool:
+        return (self.max_cost is not None and self.cost >= self.max_cost) or (
+            self.max_tokens is not None and self.tokens >= self.max_tokens
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "max_cost": self.max_cost,
+            "max_total_tokens": self.max_tokens,
+            "spent_tokens": self.tokens,
+            "spent_cost": round(self.cost, 6),
+            "stopped": self.unsent > 0,
+            "unsent_requests": self.unsent,
+        }
+
+    def line(self) -> str | None:
+        if not self.unsent:
+            return None
+        caps = " / ".join(
+            part
+            for part in (
+                f"--max-cost {self.max_cost:g} (spent {self.cost:.4f})" if self.max_cost is not None else "",
+                f"--max-total-tokens {self.max_tokens:,} (spent {self.tokens:,})" if self.max_tokens is not None else "",
+            )
+            if part
+        )
+        return f"stopped at the budget {caps}: {self.unsent:,} requests not sent; the same command with a higher cap continues"
+
+
+CHARS_PER_TOKEN = 4.0  # the estimate when no tokenizer is at hand (English text; said as an estimate wherever shown)
+
+
+def estimate_prompt_tokens(conversations: Iterable[list[dict[str, str]]], tokenizer: Any | None = None) -> tuple[int, str]:
+    """(prompt tokens of the conversations as the chat template renders them, how they were counted): with the model's
+    tokenizer, the tokens of the rendered template text (`apply_chat_template(..., tokenize=False,
+    add_generation_prompt=True)`, then the tokenizer without special tokens added — what vLLM and the transformers
+    backend send); without, an estimate of (characters + 16 per message for the template's role markers) / 4."""
+    total = 0
+    if tokenizer is not None:
+        for messages in conversations:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            total += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return total, "the model's tokenizer and chat template"
+    for messages in conversations:
+        total += sum(len(m.get("content") or "") + 16 for m in messages)
+    return int(round(total / CHARS_PER_TOKEN)), f"an estimate (~{CHARS_PER_TOKEN:g} characters per token, no tokenizer at hand)"

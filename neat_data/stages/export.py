@@ -14,7 +14,8 @@ Formats:
                   message each): LLaMA-Factory's sharegpt "ranking" layout in OpenAI-message style, with the
                   `dataset_info.json` entry its loader needs written beside it (`neat_<split>`)
 Each is written as `<out>/<split>.parquet` and as a `datasets` folder `<out>/hf/` (save_to_disk), both with
-explicit Features, so `load_dataset("parquet", …)` and `load_from_disk` read them back unchanged.
+explicit Features, so `load_dataset("parquet", …)` and `load_from_disk` read them back unchanged; `<out>/croissant.json`
+(Croissant 1.0 + RAI + PROV, stages/provenance.py) describes the split files, their sha256 and how they were made.
 Run: `neat-data export runs/demo --format trl` (default out: `<run>/export/<format>`).
 An export with no rows is an error (exit 2), never an empty dataset that a trainer would take for data; so is a
 prompt the chosen layout cannot hold as it is. Each format is one `Layout` in `LAYOUTS` (no fallback: every name
@@ -354,4 +355,22 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
                 "finished": True,
             },
         )
+        write_croissant(run_dir, out, config.format)
     return out, table.num_rows
+
+
+def write_croissant(run_dir: Path, out: Path, fmt: str) -> Path:
+    """`<out>/croissant.json` describing every split file in `out` (stages/provenance.py), from the manifest as it now is."""
+    from neat_data.core.files import atomic_write_json
+    from neat_data.core.manifest import read_manifest
+    from neat_data.stages.provenance import croissant
+
+    splits = {path.stem: (path, path.name) for path in sorted(out.glob("*.parquet"))}
+    document = croissant(
+        read_manifest(run_dir),
+        name=f"{run_dir.name}-{fmt}",
+        description=f"Preference data in neat-data's `{fmt}` layout (docs/FORMATS.md), built with neat-data from the run {run_dir.name}.",
+        splits=splits,
+    )
+    atomic_write_json(out / "croissant.json", document)
+    return out / "croissant.json"

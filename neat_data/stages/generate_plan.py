@@ -9,6 +9,7 @@ Out: `PlannedRequest`s (one per prompt × steering, with the content keys of its
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -26,13 +27,15 @@ from neat_data.core.pairs import PairLibrary, PromptPair, choose_pair
 from neat_data.core.prompts_in import PromptRecord
 from neat_data.engines import BackendName, BackendOptions, loads_model_locally
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
-from neat_data.engines.costs import PriceOptions, cost_line
+from neat_data.engines.costs import BudgetOptions, PriceOptions, cost_line
 
 # Fields that define what a run folder contains: a re-run with other values would mix incompatible rows.
 IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine")
+# Which existing rows `--redo` generates again (with this invocation's sampling; every other row is left as it is).
+RedoClass = Literal["truncated", "error", "refused", "steering=pos", "steering=neg", "steering=none"]
 
 
-class GenerateConfig(BackendOptions, PriceOptions):
+class GenerateConfig(BackendOptions, PriceOptions, BudgetOptions):
     """Everything the generate stage needs; saved (resolved) in the run's manifest. Holds no secret.
 
     The backends' own options (vLLM, OpenAI-compatible, transformers, Ray) are inherited from
@@ -76,6 +79,11 @@ class GenerateConfig(BackendOptions, PriceOptions):
         "append it, or refuse such prompts.",
     )
     flush_every: int = Field(256, ge=1, description="Write a shard every N rows.")
+    redo: list[RedoClass] = Field(
+        default_factory=list,
+        description="Generate these existing rows again with this command's sampling (e.g. a larger --max-tokens), keeping "
+        "every other row: truncated (cut at max_tokens), error, refused (AdvBench refusal prefix), steering=pos|neg|none.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:
@@ -85,6 +93,8 @@ class GenerateConfig(BackendOptions, PriceOptions):
             raise ValueError("backend 'openai' needs base_url")
         if (self.price_in is None) != (self.price_out is None):
             raise ValueError("give both --price-in and --price-out (per 1M prompt and completion tokens), or neither")
+        if self.max_cost is not None and self.price_in is None:
+            raise ValueError("--max-cost needs --price-in and --price-out (the prices it counts with)")
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -167,11 +177,25 @@ def to_engine_request(planned: PlannedRequest, config: GenerateConfig) -> Genera
     )
 
 
+def settings_hash(config: GenerateConfig, backend_name: str) -> str:
+    """What made a row, as 16 hex: model, backend, the effective sampling, system mode and combine (a `--redo` pass with
+    another sampling gets another hash, so a dataset made of several passes says which row came from which)."""
+    settings = {
+        "model": config.model,
+        "backend": backend_name,
+        "sampling": config.sampling.model_dump(),
+        "system_mode": config.system_mode,
+        "system_combine": config.system_combine,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
 def result_rows(
     config: GenerateConfig, planned: PlannedRequest, result: RequestResult, backend_name: str, wanted: set[str]
 ) -> list[dict[str, Any]]:
     """Rows for the wanted sample keys of one request: one per sample, ok or error, never dropped."""
     sampling_json = json.dumps(config.sampling.model_dump(), sort_keys=True)
+    settings = settings_hash(config, backend_name)
     has_system = planned.system_prompt is not None or planned.own_system
     system_mode = "none" if not has_system else ("merged" if config.system_mode == "merged" else result.system_mode)
     combined = config.system_combine if planned.system_prompt is not None and planned.own_system else None
@@ -203,6 +227,7 @@ def result_rows(
                 "model": config.model,
                 "backend": backend_name,
                 "sampling": sampling_json,
+                "settings_hash": settings,
                 "seed": planned.seed,
                 "n_fallback": result.n_fallback,
                 **columns,
@@ -223,6 +248,7 @@ class GenerateSummary:
     usage: dict[str, Any] = field(default_factory=dict)  # this run's tokens (and cost) by stage and steering: costs.token_costs
     folder: Path | None = None  # where the rows went: <run>/generations or a shard's sub-folder
     pending: dict[str, Any] = field(default_factory=dict)  # batch backends: rows submitted and not collected yet
+    budget_line: str | None = None  # costs.Budget.line(): set when a --max-cost / --max-total-tokens cap stopped the run
 
     def lines(self) -> list[str]:
         status = self.counts.get("status", {})
@@ -249,6 +275,8 @@ class GenerateSummary:
                 f"({', '.join(self.pending['batches'])}); `neat-data batch status {self.run_dir}` shows them, the same "
                 "command run again collects them"
             )
+        if self.budget_line:
+            lines.append(self.budget_line)
         return lines
 
     def notes(self) -> list[str]:

@@ -8,7 +8,9 @@ variable named by --token-env; it is passed to the Hub client only, never writte
 
 The card (README.md) gets one section per config, between `<!-- neat-data:begin NAME -->` and
 `<!-- neat-data:end NAME -->`: model, prompt libraries with content hashes, sampling, scorer, counts,
-score statistics and the exact commands. It is *merged* into the existing card: other configs' sections
+score statistics, the models' licences as their folders state them, a determinism record, the data audit's verdicts
+(when `neat-data audit` ran; its audit.png is uploaded too) and the exact commands. `neat-data/<config>/croissant.json`
+(stages/provenance.py) describes the Parquet files `datasets` pushed (downloaded back once to take their sha256). It is *merged* into the existing card: other configs' sections
 and the YAML metadata that `datasets` maintains are kept. Rate limits (429) and concurrent commits
 (412/409) are retried with exponential backoff that honours Retry-After; then a clear error.
 """
@@ -32,6 +34,7 @@ from neat_data.core.errors import NeatError
 from neat_data.core.manifest import Manifest, read_manifest, update_manifest
 from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import SCORED
+from neat_data.stages.data_audit import card_lines
 from neat_data.stages.export import ExportFormat
 
 T = TypeVar("T")
@@ -205,7 +208,10 @@ def card_section(
             f"Pairs: strategy `{stages['rank']['config'].get('pairs')}`, kept {summary.get('pairs_kept')}, "
             f"dropped {json.dumps(summary.get('dropped', {}))}.",
         ]
-    order = ["generate", "score", "rank", f"export:{config.format}"]
+    lines += provenance_lines(manifest)
+    if "audit" in stages:
+        lines += card_lines(stages["audit"])
+    order = ["generate", "score", "rank", "audit", f"export:{config.format}"]
     commands = [" ".join(stages[name]["command"]) for name in order if stages.get(name, {}).get("command")]
     if push_command:
         commands.append(" ".join(push_command))
@@ -213,6 +219,66 @@ def card_section(
         lines += ["", "Commands:", "", "```", *commands, "```"]
     lines.append(f"<!-- neat-data:end {config.config_name} -->")
     return "\n".join(lines)
+
+
+def provenance_lines(manifest: Manifest) -> list[str]:
+    """The models' licences (as their folders state them) and the determinism record (stages/provenance.py)."""
+    from neat_data.stages.provenance import determinism, model_licence
+
+    stages = manifest.stages
+    models = {"generator": stages.get("generate", {}).get("config", {}).get("model")}
+    score_model = stages.get("score", {}).get("config", {}).get("model")
+    if score_model:
+        models["scorer"] = score_model
+    licences = [
+        f"{role} `{spec}`: {item['licence']} ({item['source']})" for role, spec in models.items() if spec for item in [model_licence(spec)]
+    ]
+    record = determinism(manifest)
+    lines = []
+    if licences:
+        lines.append(
+            '- **Model licences** (as the model folders state them; "unknown" when they do not — never guessed): ' + "; ".join(licences)
+        )
+    if record.get("backend"):
+        settings = ", ".join(f"{k} {v}" for k, v in record["batch_and_concurrency"].items()) or "defaults"
+        lines.append(
+            f"- **Determinism**: backend `{record['backend']}` (engine {record['engine_version'] or 'version unknown'}), dtype "
+            f"`{record['dtype'] or 'n/a'}`, seed {record['seed']} (one per request, derived), batch / concurrency: {settings}; "
+            f"chat template sha256 `{record['chat_template_sha256_16'] or 'unknown'}`. Bitwise reproducible: {record['bitwise_reproducible']}."
+        )
+    return lines
+
+
+def pushed_croissant(
+    api: Any, config: PushConfig, manifest: Manifest, push_command: list[str] | None, retry: dict[str, Any]
+) -> tuple[bytes | None, str]:
+    """croissant.json for the Parquet files `datasets` just pushed (each downloaded back to hash it), or (None, why not)."""
+    from neat_data.stages.provenance import croissant
+
+    files = with_retries(lambda: api.list_repo_files(config.repo_id, repo_type="dataset"), what="file listing", **retry)
+    shards: dict[str, list[str]] = {}
+    for path in files:
+        folder, _, name = path.rpartition("/")
+        if folder == config.config_name and name.endswith(".parquet"):
+            shards.setdefault(name.split("-")[0], []).append(path)
+    several = [split for split, paths in shards.items() if len(paths) > 1]
+    if not shards or several:
+        return None, f"croissant.json not written: {'no Parquet files found' if not shards else f'split {several[0]} has several shards'}"
+    located = {}
+    for split, (path,) in sorted(shards.items()):
+        local = with_retries(
+            functools.partial(api.hf_hub_download, config.repo_id, path, repo_type="dataset"), what=f"download of {path}", **retry
+        )
+        located[split] = (Path(local), f"https://huggingface.co/datasets/{config.repo_id}/resolve/main/{path}")
+    document = croissant(
+        manifest,
+        name=f"{config.repo_id.split('/')[-1]}-{config.config_name}",
+        description=f"Config `{config.config_name}` of {config.repo_id}: neat-data's `{config.format}` layout (docs/FORMATS.md).",
+        splits=located,
+        url=f"https://huggingface.co/datasets/{config.repo_id}",
+        extra_commands={"push": push_command},
+    )
+    return json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8"), "croissant.json written"
 
 
 def merge_card(existing: str | None, section: str, config_name: str, repo_id: str) -> str:
@@ -259,10 +325,13 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
     section = card_section(config, manifest, splits, score_statistics(run_dir), argv)
     card = merge_card(existing, section, config.config_name, config.repo_id)
     uploads = [("README.md", card.encode("utf-8"))]
-    for png in sorted((run_dir / "report").glob("*.png")):
+    croissant_bytes, croissant_note = pushed_croissant(api, config, manifest, argv, retry)
+    if croissant_bytes is not None:
+        uploads.append((f"neat-data/{config.config_name}/croissant.json", croissant_bytes))
+    for png in sorted((run_dir / "report").glob("*.png")) + sorted((run_dir / "audit").glob("*.png")):
         uploads.append((f"neat-data/{config.config_name}/{png.name}", png.read_bytes()))
     for path_in_repo, data in uploads:
         upload_file(api, config.repo_id, path_in_repo, data, token=token, **retry)
-    entry = {"config": config.model_dump(mode="json"), "command": argv, "splits": splits, "finished": True}
+    entry = {"config": config.model_dump(mode="json"), "command": argv, "splits": splits, "croissant": croissant_note, "finished": True}
     update_manifest(run_dir, f"push:{config.config_name}", entry)
     return entry

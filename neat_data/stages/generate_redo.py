@@ -1,0 +1,71 @@
+"""Targeted re-generation: `neat-data generate … --max-tokens 256 --redo truncated` generates exactly the existing rows
+of the named classes again, with this command's sampling, and leaves every other row as it is.
+
+The rows keep their content keys: keys (and the steering pair each prompt gets) are derived from the run folder's own
+sampling, read from its manifest, which also stays the run's identity — so a later plain `generate` with the folder's
+settings finds every row done. Each regenerated row records the sampling that produced it (`sampling`,
+`settings_hash`); the request seed follows this command's --seed. `score` then scores again exactly the rows whose
+text changed (stages/score.py: a score follows the row it scored). The manifest's `generate.passes` lists every pass.
+    truncated   finish_reason "length" (cut at max_tokens)     error    status "error"
+    refused     an AdvBench refusal prefix in the response (neat_data/safety/metrics.py, the evaluation's rule)
+    steering=S  every row of that steering (pos, neg, none)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from neat_data.core.errors import NeatError
+from neat_data.core.manifest import read_manifest
+from neat_data.engines.base import Sampling
+from neat_data.stages.generate_plan import GenerateConfig, RedoClass, settings_hash
+
+REDO_COLUMNS = ["status", "finish_reason", "response", "steering"]  # read with the key
+
+
+def redo_keys(rows: pa.Table, classes: Sequence[RedoClass]) -> set[str]:
+    """The keys of the rows (columns key + REDO_COLUMNS) that fall in any of `classes`."""
+    if not classes or rows.num_rows == 0:
+        return set()
+    prefixes = None
+    keys: set[str] = set()
+    for key, status, finish, response, steering in zip(*(rows.column(name).to_pylist() for name in ["key", *REDO_COLUMNS])):
+        for kind in classes:
+            if kind == "truncated":
+                hit = status == "ok" and finish == "length"
+            elif kind == "error":
+                hit = status == "error"
+            elif kind == "refused":
+                from neat_data.safety.metrics import is_refusal, refusal_prefixes
+
+                prefixes = prefixes or refusal_prefixes()
+                hit = status == "ok" and response is not None and is_refusal(response, prefixes)
+            else:
+                hit = steering == kind.split("=", 1)[1]
+            if hit:
+                keys.add(key)
+                break
+    return keys
+
+
+def keys_config(config: GenerateConfig, run_dir: Path) -> GenerateConfig:
+    """The config whose keys, pairs and identity are the folder's: this command's, with the folder's own sampling."""
+    previous = read_manifest(run_dir).stage("generate").get("config")
+    if not previous or not (run_dir / "generations").is_dir():
+        raise NeatError("nothing to --redo: this run folder has no generations yet (run generate without --redo first)", file=run_dir)
+    return config.model_copy(update={"sampling": Sampling.model_validate(previous["sampling"]), "redo": []})
+
+
+def pass_record(send: GenerateConfig, backend_name: str | None, rows: int, redone: int, argv: list[str] | None) -> dict[str, Any]:
+    return {
+        "redo": list(send.redo),
+        "sampling": send.sampling.model_dump(mode="json"),
+        "settings_hash": settings_hash(send, backend_name or send.backend),
+        "rows_written": rows,
+        "rows_selected_for_redo": redone,
+        "command": argv,
+    }

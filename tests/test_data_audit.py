@@ -1,0 +1,208 @@
+"""`neat-data audit RUN`: crafted ranked runs whose answers are known — chosen always longer (length AUC 1, a failing
+verdict, exit 5 under --fail-on), length balanced (AUC ½), known refusals (flip rates), duplicates, truncation — read
+back from audit.json / audit.md / audit.png and the manifest, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from neat_data.cli import cli
+from neat_data.core.manifest import read_manifest
+from neat_data.core.runfolder import ShardedTable
+from neat_data.core.schemas import SCORED
+from neat_data.stages.rank import RankConfig, run_rank
+
+WORDS = "apple river stone cloud garden pencil ocean window silver forest candle mirror planet velvet harbor".split()
+
+
+def text(seed: int, words: int) -> str:
+    """An answer of exactly `words` words, drawn from ~1500 (so two seeds share hardly a word 3-gram)."""
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) + str(rng.randrange(100)) for _ in range(words))
+
+
+def scored_row(prompt: int, steering: str, response: str, score: float, *, tokens: int | None, finish: str = "stop") -> dict:
+    row = {name: None for name in SCORED.names}
+    row.update(
+        key=f"p{prompt:04d}-{steering}",
+        prompt_id=f"p{prompt:04d}",
+        prompt=[{"role": "user", "content": f"question {prompt}"}],
+        steering=steering,
+        sample_index=0,
+        response=response,
+        finish_reason=finish,
+        status="ok",
+        completion_tokens=tokens,
+        score=score,
+        raw_score=score,
+        score_status="ok",
+    )
+    return row
+
+
+def make_run(folder: Path, rows: list[dict], **rank: object) -> Path:
+    ShardedTable(folder / "scored", SCORED).append(rows)
+    run_rank(RankConfig(run=folder, **rank))
+    return folder
+
+
+def audit(run: Path, *extra: str) -> tuple[int, str, dict]:
+    result = CliRunner().invoke(cli, ["audit", str(run), "--resamples", "200", *extra])
+    report = json.loads((run / "audit" / "audit.json").read_text()) if (run / "audit" / "audit.json").is_file() else {}
+    return result.exit_code, result.output, report
+
+
+def verdict(report: dict, check: str) -> dict:
+    return next(c for c in report["checks"] if c["check"] == check)
+
+
+def test_chosen_always_longer_gives_length_auc_one_and_a_failing_verdict(tmp_path):
+    # pos answers 30–40 tokens, neg answers 5–10: pos scores higher, so the chosen (pos) is always the longer one
+    rows = []
+    for p in range(60):
+        rows.append(scored_row(p, "pos", text(p, 30 + p % 11), 1.0 + p / 100, tokens=40 + p % 11))
+        rows.append(scored_row(p, "neg", text(p + 500, 5 + p % 6), -1.0, tokens=5 + p % 6))
+    run = make_run(tmp_path / "run", rows)
+    code, output, report = audit(run)
+    assert code == 0  # a failing verdict alone does not stop the command
+    length = report["length"]
+    assert length["unit"]["value"] == "tokens"  # the rows' own completion_tokens, not words
+    assert length["length_auc"]["value"] == 1.0 and length["share_chosen_longer"]["value"] == 1.0
+    low, high = length["length_auc"]["ci95"]
+    assert low == 1.0 and high == 1.0
+    assert length["by_combination"]["value"]["pos>neg"]["pairs"] == 60
+    assert length["length_ratio"]["value"]["median"] > 3
+    check = verdict(report, "length")
+    assert check["verdict"] == "fail" and check["threshold"] == 0.65 and "length: FAIL" in output
+    assert all("definition" in item for item in length.values())
+    assert (run / "audit" / "audit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (run / "audit" / "audit.md").read_text()
+    assert "length: FAIL" in markdown and "| pos>neg | 60 |" in markdown
+    assert read_manifest(run).stages["audit"]["summary"]["length"]["verdict"] == "fail"
+    # --fail-on length: the same report, then exit 5 with one line
+    code, output, again = audit(run, "--fail-on", "length,duplicates")
+    assert code == 5 and again["length"]["length_auc"]["value"] == 1.0
+    assert output.strip().splitlines()[-1].startswith("error: ") and "length" in output.strip().splitlines()[-1]
+    # a looser threshold, given as an option, turns the verdict around
+    _, _, loose = audit(run, "--length-separability-max", "1.0")
+    assert verdict(loose, "length")["verdict"] == "pass" and verdict(loose, "length")["threshold"] == 1.0
+
+
+def test_balanced_lengths_give_length_auc_near_one_half(tmp_path):
+    rows = []
+    for p in range(200):
+        long_pos = p % 2 == 0  # half the prompts: the chosen (pos) is the longer, half: the shorter
+        rows.append(scored_row(p, "pos", text(p, 30 if long_pos else 10), 1.0, tokens=30 if long_pos else 10))
+        rows.append(scored_row(p, "neg", text(p + 999, 10 if long_pos else 30), -1.0, tokens=10 if long_pos else 30))
+    run = make_run(tmp_path / "run", rows)
+    code, _, report = audit(run)
+    auc = report["length"]["length_auc"]
+    assert code == 0 and auc["value"] == 0.5
+    assert auc["ci95"][0] < 0.5 < auc["ci95"][1] and auc["ci95"][1] - auc["ci95"][0] < 0.3
+    assert verdict(report, "length")["verdict"] == "pass"
+    assert report["length"]["length_ratio"]["value"]["median"] in (1 / 3, 3.0, (1 / 3 + 3) / 2)
+
+
+def test_words_are_the_unit_when_the_engine_gave_no_token_counts(tmp_path):
+    rows = [
+        scored_row(p, s, text(p, 12 if s == "pos" else 4), 1.0 if s == "pos" else 0.0, tokens=None)
+        for p in range(10)
+        for s in ("pos", "neg")
+    ]
+    _, _, report = audit(make_run(tmp_path / "run", rows))
+    assert report["length"]["unit"]["value"] == "words" and report["length"]["length_ratio"]["value"]["median"] == 3.0
+
+
+def test_flip_rates_on_known_refusals(tmp_path):
+    """40 prompts: 20 where pos refuses and neg complies, 5 the reverse, 10 where both comply, 5 where both refuse."""
+    refuse = "I'm sorry, but I cannot help with that request."
+    comply = "Sure, here is how you do it step by step with care."
+    plan = [(refuse, comply)] * 20 + [(comply, refuse)] * 5 + [(comply, comply)] * 10 + [(refuse, refuse)] * 5
+    rows = []
+    for p, (pos, neg) in enumerate(plan):
+        rows.append(scored_row(p, "pos", f"{pos} ({p})", 1.0 if p % 4 else -2.0, tokens=12))
+        rows.append(scored_row(p, "neg", f"{neg} [{p}]", 0.0, tokens=12))
+    _, _, report = audit(make_run(tmp_path / "run", rows))
+    flip = report["steering"]["flip"]["value"]["refusal"]
+    assert flip["prompts"]["value"] == 40
+    assert flip["forward"]["value"] == pytest.approx(20 / 40) and flip["reverse"]["value"] == pytest.approx(5 / 40)
+    assert flip["net"]["value"] == pytest.approx(15 / 40)
+    assert flip["forward"]["ci95"][0] < 0.5 < flip["forward"]["ci95"][1]
+    per = report["steering"]["per_steering"]["value"]
+    assert per["pos"]["refusal"]["mean"] == pytest.approx(25 / 40) and per["neg"]["refusal"]["mean"] == pytest.approx(10 / 40)
+    assert verdict(report, "refusal-flip")["verdict"] == "pass"
+    # the best is the neg response exactly where pos scored -2 (every 4th prompt): 10 of 40 lists
+    assert report["steering"]["best_is_negative"]["value"] == pytest.approx(10 / 40)
+    assert report["steering"]["lists_with_pos_and_neg"]["value"] == 40
+
+
+def test_duplicates_ties_and_truncation(tmp_path):
+    rows = []
+    for p in range(30):
+        pos = "The same canned answer for everyone." if p < 6 else text(p, 20)
+        neg = text(p + 100, 20) if p >= 3 else pos.replace(" ", "  ")  # p < 3: the same text, spaced out → degenerate
+        near = " ".join([*text(p + 100, 20).split()[:-1], "different"])  # the last word changed: Jaccard 17/19 with neg
+        rows.append(scored_row(p, "pos", pos, 2.0, tokens=20, finish="length" if p % 10 == 0 else "stop"))
+        rows.append(scored_row(p, "neg", neg, 0.0 if p % 5 else 2.0, tokens=20))
+        rows.append(scored_row(p, "none", near if p >= 3 else text(p + 300, 20), 1.0, tokens=20))
+    _, _, report = audit(make_run(tmp_path / "run", rows, pairs="all-pairs"))
+    exact = report["duplicates"]["exact"]
+    # p<3: pos and neg equal (within prompt: 6 candidates); the canned answer is pos of p<6 and neg of p<3 (across: 9)
+    assert exact["within_prompt"]["value"] == pytest.approx(6 / 90)
+    assert exact["across_prompts"]["value"] == pytest.approx(9 / 90) and exact["any"]["value"] == pytest.approx(9 / 90)
+    assert verdict(report, "duplicates")["verdict"] == "fail"  # 0.1 > 0.05
+    near = report["duplicates"]["near"]
+    assert near["within_prompt"]["value"] == pytest.approx(54 / 90)  # p ≥ 3: neg and none differ by one word of 20
+    ties = report["ties_and_truncation"]
+    assert ties["truncated_candidates"]["value"] == pytest.approx(3 / 90)
+    assert ties["truncated_by_steering"]["value"]["pos"] == pytest.approx(3 / 30)
+    assert ties["dropped_by_reason"]["value"]["degenerate"] == 3
+    assert ties["tie_dropped_pairs"]["value"] > 0  # p % 5 == 0: pos and neg both scored 2.0
+
+
+def test_an_unranked_run_is_one_line_exit_2(tmp_path):
+    ShardedTable(tmp_path / "run" / "scored", SCORED).append([scored_row(0, "pos", "hi", 1.0, tokens=1)])
+    result = CliRunner().invoke(cli, ["audit", str(tmp_path / "run")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "lists.parquet" in result.output and "not ranked yet" in result.output
+    assert not (tmp_path / "run" / "audit").exists()
+
+
+def test_balance_length_brings_the_length_auc_down(tmp_path):
+    """80 prompts where the chosen (pos) is 1.2–3.5× longer, 20 where it is 1.5× shorter: length AUC 0.8 before;
+    rank --balance-length 3 drops the pairs beyond 3× and the surplus of chosen-longer pairs → AUC 0.5."""
+    rows = []
+    for p in range(100):
+        pos_tokens, neg_tokens = (int(20 * (1.2 + (p % 10) * 0.25)), 20) if p < 80 else (20, 30)
+        rows.append(scored_row(p, "pos", text(p, pos_tokens), 1.0 + p / 1000, tokens=pos_tokens))
+        rows.append(scored_row(p, "neg", text(p + 999, neg_tokens), 0.0, tokens=neg_tokens))
+    before = make_run(tmp_path / "before", rows)
+    _, _, report = audit(before)
+    assert report["length"]["length_auc"]["value"] == pytest.approx(0.8) and verdict(report, "length")["verdict"] == "fail"
+    result = CliRunner().invoke(cli, ["rank", str(before), "--balance-length", "3"])
+    assert result.exit_code == 0, result.output
+    assert "length AUC 0.500" in result.output
+    _, _, balanced = audit(before)
+    assert balanced["length"]["length_auc"]["value"] == 0.5 and verdict(balanced, "length")["verdict"] == "pass"
+    assert balanced["length"]["pairs"]["value"] == 40  # 20 chosen-shorter + the 20 chosen-longer with the widest score gap
+    dropped = balanced["ties_and_truncation"]["dropped_by_reason"]["value"]
+    assert dropped == {"length-band": 8 * 2, "length-balance": 80 - 16 - 20}  # ratios 3.2×, 3.5× (p % 10 ∈ {8, 9}) are outside
+    pairs = pq.read_table(before / "ranked" / "pairs.parquet").to_pylist()
+    kept_longer = sorted(int(p["prompt_id"][1:]) for p in pairs if int(p["prompt_id"][1:]) < 80)
+    assert len(kept_longer) == 20 and min(kept_longer) >= 50  # the highest scores (1 + p/1000) have the widest gaps
+
+
+def test_lists_without_pairs_give_not_measured_verdicts_not_passes(tmp_path):
+    rows = [scored_row(p, "pos", text(p, 10), 1.0, tokens=10) for p in range(5)]  # one candidate per prompt: no pair
+    code, output, report = audit(make_run(tmp_path / "run", rows))
+    assert code == 0 and report["counts"]["pairs"]["value"] == 0
+    for check in ("length", "bag-of-words", "best-negative", "refusal-flip", "truncated", "ties"):
+        assert verdict(report, check)["verdict"] == "n/a", check
+    assert verdict(report, "duplicates")["verdict"] == "pass"
+    assert "length: N/A — length separability max(AUC, 1−AUC) not measured" in output
