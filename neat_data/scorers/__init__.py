@@ -35,7 +35,8 @@ class ScorerOptions(VLLMOptions, OpenAIOptions, OpenAIBatchOptions):
         None, description="Reward model, judge, or self-contrast reference (default: the model that generated the run)."
     )
     backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="reward-model: vllm = the pooling fast path (LLM.classify)."
+        "transformers",
+        description="reward-model: vllm = the pooling fast path (LLM.classify); self-contrast: vllm = prompt log-probs at engine speed.",
     )
     batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
@@ -92,8 +93,11 @@ def make_scorer(
     if not model:
         raise NeatError("this scorer needs --model (the run's manifest names no generating model)", field="model")
     if kind == "self-contrast":
-        from neat_data.scorers.self_contrast import SelfContrastScorer
+        from neat_data.scorers.self_contrast import SelfContrastScorer, VLLMSelfContrastScorer
 
+        if options.backend == "vllm":  # the engine takes this config's own VLLMOptions fields (dtype, max_model_len, …)
+            engine = VLLMOptions.model_validate(options.model_dump(include=set(VLLMOptions.model_fields)))
+            return VLLMSelfContrastScorer(model, options=engine, max_length=options.max_length)
         return SelfContrastScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
     if kind == "judge":
         from neat_data.scorers.judge import make_judge
