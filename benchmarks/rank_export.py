@@ -144,6 +144,7 @@ def build_scored(rows: int, seed: int = 0):
             for st, s in zip(steering, steered)
         ],
         "system_mode": ["system" if s else "none" for s in steered],
+        "system_combine": pa.nulls(rows, pa.string()),  # no prompt brings its own system message
         "sample_index": pa.array(np.array([x % 2 for x in slot], dtype=np.int32)),
         "response": texts(rows, 40, 200),
         "finish_reason": ["stop"] * rows,
