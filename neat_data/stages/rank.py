@@ -224,7 +224,8 @@ def make_pairs(config: RankConfig, lists: pa.Table) -> tuple[pa.Table, pa.Table,
     scores = pc.list_flatten(lists.column("scores")).to_numpy(zero_copy_only=False)
     gaps = scores[chosen] - scores[rejected]
     responses = pc.list_flatten(lists.column("responses"))
-    same_text = same_when_normalised(responses.take(chosen), responses.take(rejected))
+    texts = responses.take(pa.array(chosen)), responses.take(pa.array(rejected))
+    same_text = same_when_normalised(*texts)
     reason = np.full(len(pairs), "", dtype=object)
     reason[by_score & (gaps < config.min_margin)] = "margin"  # the checks in reverse order: the first that holds wins
     reason[by_score & (gaps == 0)] = "tie"
@@ -235,7 +236,7 @@ def make_pairs(config: RankConfig, lists: pa.Table) -> tuple[pa.Table, pa.Table,
     order = np.argsort(np.concatenate([2 * lost[:, 0], 2 * pairs[~keep, 0] + 1]), kind="stable")  # by list; lost ones first
     dropped, kept = dropped[order], pairs[keep]
     return (
-        _gather_pairs(lists, kept[:, 0], kept[:, 1], kept[:, 2]),
+        _gather_pairs(lists, kept[:, 0], kept[:, 1], kept[:, 2], [text.filter(pa.array(keep)) for text in texts]),
         _gather_dropped(lists, dropped[:, 0], dropped[:, 1], dropped[:, 2], reasons[order].tolist()),
         gaps[keep].tolist(),
     )
@@ -245,12 +246,13 @@ def _flat(lists: pa.Table, name: str) -> pa.Array:
     return pc.list_flatten(lists.column(name))
 
 
-def _gather_pairs(lists: pa.Table, rows: np.ndarray, chosen: np.ndarray, rejected: np.ndarray) -> pa.Table:
+def _gather_pairs(lists: pa.Table, rows: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, texts: list[pa.Array]) -> pa.Table:
+    """The PAIRS table; `texts`: the chosen and rejected responses, already gathered (by the degenerate check)."""
     if not len(rows):
         return PAIRS.empty_table()
     rows_index, chosen_index, rejected_index = pa.array(rows), pa.array(chosen), pa.array(rejected)
-    columns = [lists.column("prompt_id").take(rows_index), lists.column("prompt").take(rows_index)]
-    for name in ("responses", "scores", "steering", "keys", "finish_reason"):
+    columns = [lists.column("prompt_id").take(rows_index), lists.column("prompt").take(rows_index), *texts]
+    for name in ("scores", "steering", "keys", "finish_reason"):
         values = _flat(lists, name)
         columns += [values.take(chosen_index), values.take(rejected_index)]
     return pa.Table.from_arrays(columns, schema=PAIRS)
