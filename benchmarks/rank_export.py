@@ -268,7 +268,6 @@ def side_b(src: Path, work: Path) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
-    work = Path(args.work)
     if args.child == "build":  # in a child: a peak RSS survives exec, so the driver must never hold the table
         import pyarrow.parquet as pq
 
@@ -276,6 +275,7 @@ def child(args: argparse.Namespace) -> None:
         pq.write_table(table, args.src, compression="zstd")
         print(f"RESULT {json.dumps({'rows': table.num_rows, 'mib': table.nbytes / 2**20})}")
         return
+    work = Path(args.work)
     if args.child == "profile":
         import cProfile
         import pstats
