@@ -338,3 +338,13 @@ def test_self_contrast_stage_on_vllm_equals_transformers_and_resumes(vllm_llm, t
     assert switched.scored_rows == 0 and switched.rows == 12
     manifest = json.loads((runs["vllm"] / "manifest.json").read_text())
     assert manifest["stages"]["score"]["config"]["backend"] == "vllm" and manifest["stages"]["score"]["finished"]
+
+
+def test_ray_actors_get_a_tensor_parallel_self_contrast_engines_gpus():
+    from neat_data.scorers import ScorerOptions, ray_gpus_per_actor
+
+    assert ray_gpus_per_actor(ScorerOptions(backend="vllm", tensor_parallel_size=4)) == 4.0
+    assert ray_gpus_per_actor(ScorerOptions(backend="vllm", tensor_parallel_size=4, ray_gpus_per_actor=2)) == 2
+    assert ray_gpus_per_actor(ScorerOptions(backend="transformers", tensor_parallel_size=4)) is None
+    assert ray_gpus_per_actor(ScorerOptions(scorer="reward-model", backend="vllm", tensor_parallel_size=4)) is None
+    assert ray_gpus_per_actor(ScorerOptions(backend="vllm")) is None

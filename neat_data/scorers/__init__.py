@@ -63,6 +63,16 @@ class ScorerOptions(VLLMOptions, OpenAIOptions, OpenAIBatchOptions):
         raise ValueError(f"unknown scorer {value!r} ({SCORER_HELP})")
 
 
+def ray_gpus_per_actor(options: ScorerOptions) -> float | None:
+    """--ray-gpus-per-actor, else for self-contrast on a tensor-parallel vLLM engine its GPUs (it runs inside the actor),
+    else None (RayScorer: 1 on a GPU cluster, 0 on CPUs)."""
+    if options.ray_gpus_per_actor is not None:
+        return options.ray_gpus_per_actor
+    if options.scorer == "self-contrast" and options.backend == "vllm" and options.tensor_parallel_size > 1:
+        return float(options.tensor_parallel_size)
+    return None
+
+
 def make_scorer(
     options: ScorerOptions, generation_model: str | None, *, state_dir: Path | None = None, journal: BatchJournal | None = None
 ) -> Scorer:
@@ -78,7 +88,7 @@ def make_scorer(
         return RayScorer(
             functools.partial(make_scorer, single, generation_model),
             actors=options.ray_actors,
-            gpus_per_actor=options.ray_gpus_per_actor,
+            gpus_per_actor=ray_gpus_per_actor(options),
             cpus_per_actor=options.ray_cpus_per_actor,
             batch_size=options.ray_batch_size,
         )
