@@ -14,7 +14,7 @@ Timings are taken inside the child after its imports (pyarrow for A; neat_data +
 tiny warm-up read + write, so interpreter start-up and import time (including pq.read_table's lazy import of
 pyarrow.dataset) are not counted. Peak RSS is ru_maxrss of the child; "growth" is that
 peak minus the RSS right after the imports. Prints the median seconds of A and B, the ratio B/A
-(goal <= 3x), peak RSS, and a per-step breakdown of B for its median run.
+(goal <= 1.5x), peak RSS, and a per-step breakdown of B for its median run.
 
     .venv/bin/python benchmarks/rank_export.py                    # 1,000,000 rows, 3 repeats
     .venv/bin/python benchmarks/rank_export.py --rows 300000
@@ -144,7 +144,7 @@ def build_scored(rows: int, seed: int = 0):
             for st, s in zip(steering, steered)
         ],
         "system_mode": ["system" if s else "none" for s in steered],
-        "system_combine": pa.nulls(rows, pa.string()),
+        "system_combine": pa.nulls(rows, pa.string()),  # no prompt brings its own system message
         "settings_hash": pa.nulls(rows, pa.string()),
         "sample_index": pa.array(np.array([x % 2 for x in slot], dtype=np.int32)),
         "response": texts(rows, 40, 200),
@@ -269,6 +269,13 @@ def side_b(src: Path, work: Path) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
+    if args.child == "build":  # in a child: a peak RSS survives exec, so the driver must never hold the table
+        import pyarrow.parquet as pq
+
+        table = build_scored(args.rows)
+        pq.write_table(table, args.src, compression="zstd")
+        print(f"RESULT {json.dumps({'rows': table.num_rows, 'mib': table.nbytes / 2**20})}")
+        return
     work = Path(args.work)
     if args.child == "profile":
         import cProfile
@@ -310,7 +317,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="100,000 rows, 1 repeat")
     parser.add_argument("--profile", action="store_true", help="also run B once under cProfile and print the hotspots")
-    parser.add_argument("--child", choices=["A", "B", "profile"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["A", "B", "profile", "build"], help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -321,19 +328,24 @@ def main() -> None:
         args.rows, args.repeats = 100_000, 1
 
     sys.path.insert(0, str(ROOT))
-    import pyarrow.parquet as pq
 
     tmp = Path(tempfile.mkdtemp(prefix="neat-bench-rank-"))
     try:
         started = time.perf_counter()
-        table = build_scored(args.rows)
         src = tmp / "scored.parquet"
-        pq.write_table(table, src, compression="zstd")
-        print(
-            f"synthetic scored table: {table.num_rows:,} rows, {table.nbytes / 2**20:.0f} MiB in memory, "
-            f"{src.stat().st_size / 2**20:.0f} MiB on disk (zstd); built in {time.perf_counter() - started:.1f} s"
+        proc = subprocess.run(
+            [sys.executable, str(HERE), "--child", "build", "--rows", str(args.rows), "--src", str(src)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         )
-        del table
+        if proc.returncode != 0:
+            sys.exit(f"building the table failed:\n{proc.stdout}\n{proc.stderr}")
+        built = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
+        print(
+            f"synthetic scored table: {built['rows']:,} rows, {built['mib']:.0f} MiB in memory, "
+            f"{src.stat().st_size / 2**20:.0f} MiB on disk (zstd); built in {time.perf_counter() - started:.1f} s (in a child process)"
+        )
 
         results: dict[str, list[dict]] = {"A": [], "B": []}
         for index in range(args.repeats):
@@ -370,7 +382,7 @@ def main() -> None:
         )
         print(f"A bare read+write  : {a_med:7.2f} s median (runs: {', '.join(f'{s:.2f}' for s in a_secs)})")
         print(f"B rank+export      : {b_med:7.2f} s median (runs: {', '.join(f'{s:.2f}' for s in b_secs)})")
-        print(f"ratio B/A          : {b_med / a_med:7.2f}x  (per-repeat: {', '.join(f'{r:.2f}' for r in ratios)}; goal <= 3x)")
+        print(f"ratio B/A          : {b_med / a_med:7.2f}x  (per-repeat: {', '.join(f'{r:.2f}' for r in ratios)}; goal <= 1.5x)")
         print(f"RSS A              : {rss('A')}")
         print(f"RSS B              : {rss('B')}")
         print()

@@ -112,3 +112,22 @@ def test_vllm_batch_sends_merged_messages_when_the_template_rejects_the_system_r
         lines = build_lines(REQUESTS[:1], "tiny", GREEDY, merge_system=backend._merge_system())
         body = json.loads(lines.lines["k-egg"])["body"]
         assert body["messages"] == (REQUESTS[0].merged_messages if merged else REQUESTS[0].messages)
+
+
+def test_run_batch_flags_are_the_engine_arguments_of_the_vllm_backend(tmp_path: Path):
+    """vllm-batch runs the same engine as --backend vllm: its run_batch flags are VLLMOptions.engine_args, one by one."""
+    from neat_data.engines.openai_batch import OpenAIBatchOptions
+    from neat_data.engines.vllm_backend import VLLMOptions
+    from neat_data.engines.vllm_batch import VLLMBatchBackend
+
+    options = VLLMOptions(max_model_len=512, kv_cache_gb=3, enforce_eager=False, max_num_seqs=8)
+    backend = VLLMBatchBackend("served", options, OpenAIBatchOptions(), state_dir=tmp_path, seed=3, model_path="/m")
+    command, env = backend.command(tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+    args = options.engine_args("/m", seed=3, on_cpu=True)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and args.pop("kv_cache_memory_bytes") == 3 * 2**30
+    assert args.pop("enforce_eager") is False and "--enforce-eager" not in command
+    assert args.pop("enable_prefix_caching") is True and "--enable-prefix-caching" in command
+    for name, value in args.items():
+        flag = "--" + name.replace("_", "-")
+        assert command[command.index(flag) + 1] == str(value), flag
+    assert command[command.index("--served-model-name") + 1] == "served"

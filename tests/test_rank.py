@@ -173,3 +173,20 @@ def test_rank_cli_writes_dropped_parquet_and_drops_truncated(tmp_path):
     dropped = pq.read_table(run / "ranked" / "dropped.parquet")
     assert dropped.schema == DROPPED_PAIRS and dropped.column("reason").to_pylist() == ["truncated", "truncated"]
     assert pq.read_table(run / "ranked" / "lists.parquet").column("keys").to_pylist() == [["b", "c", "d"]]
+
+
+def test_degenerate_check_in_arrow_is_pythons_whitespace_normalisation_for_every_code_point():
+    """`same_when_normalised` settles most pairs in Arrow; it must agree with ' '.join(text.split()) for every code
+    point, whitespace or not, wherever it stands (inside, around, alone, in runs)."""
+    from neat_data.stages.rank import normalise, same_when_normalised
+
+    code_points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    first: list[str] = []
+    second: list[str] = []
+    for c in code_points:
+        first += [f"a{c}b", f"{c}{c}a b{c}", c, f"{c}x", f"x\t{c}"]
+        second += ["a b", "a b", "", "x", "x"]
+    got = same_when_normalised(pa.array(first), pa.array(second))
+    assert got.tolist() == [normalise(a) == normalise(b) for a, b in zip(first, second)]
+    assert sum(got) > 4 * 29  # Python's 29 whitespace characters (and only they) make most of these pairs equal
+    assert same_when_normalised(pa.array(["", " ", "a"]), pa.array(["\u3000", "", "a\u2028"])).tolist() == [True, True, True]

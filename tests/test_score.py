@@ -231,3 +231,120 @@ def test_reward_model_through_vllm_pooling_equals_transformers(tiny_reward_model
         fast.llm.llm_engine.engine_core.shutdown()
     via_transformers = RewardModelScorer(str(tiny_reward_model), batch_size=2, device="cpu").score(items)
     assert [r.score for r in via_vllm] == pytest.approx([r.score for r in via_transformers], abs=1e-4)
+
+
+# float32 on both sides; different kernels (vLLM-CPU's attention, a whole-sequence head): measured max |Δ| of the
+# length-normalised score 1.0e-6 on the tiny model (below), 1.0e-5 over 256 SmolLM2 rows (benchmarks/self_contrast_backends.py)
+VLLM_SCORE_TOLERANCE = 1e-4
+
+
+def contrast_items() -> list[ScoreItem]:
+    """Finished and truncated responses, a multi-turn prompt, two prompts' candidates interleaved, and the three
+    items no backend can score (no pair texts, an empty response, one longer than max_length=96)."""
+    multi_turn = [
+        {"role": "user", "content": "Tell me a joke."},
+        {"role": "assistant", "content": "Why?"},
+        {"role": "user", "content": "About cats."},
+    ]
+    return [
+        ScoreItem(PROMPT, "Boil it for seven minutes.", "pos", "Be helpful.", "Be harmful.", "stop"),
+        ScoreItem(multi_turn, "Cats sleep a lot, and then they sleep some more.", "neg", "Be kind.", "Be rude.", "stop"),
+        ScoreItem(PROMPT, "No idea, go away and stop asking me things.", "neg", "Be helpful.", "Be harmful.", "length"),
+        ScoreItem(multi_turn, "Meow.", "pos", "Be kind.", "Be rude.", None),
+        ScoreItem(PROMPT, "x", "pos", "Be helpful.", None),
+        ScoreItem(PROMPT, "", "pos", "Be helpful.", "Be harmful.", "stop"),
+        ScoreItem(PROMPT, "Boil it " * 60, "pos", "Be helpful.", "Be harmful.", "length"),
+    ]
+
+
+class GenerateCalls:
+    """The real vllm.LLM, with the token ids of every `generate` call recorded (what the engine really scored)."""
+
+    def __init__(self, llm):
+        self._llm = llm
+        self.calls: list[list[list[int]]] = []
+
+    def generate(self, prompts, sampling_params, **kwargs):
+        self.calls.append([list(prompt["prompt_token_ids"]) for prompt in prompts])
+        return self._llm.generate(prompts, sampling_params, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+
+@pytest.mark.vllm
+def test_self_contrast_through_vllm_prompt_logprobs_equals_transformers(vllm_llm, tiny_model: Path):
+    """The vLLM path scores the same token ids as the reference (the end-of-turn token only for finished
+    responses: a truncated or finished response scored the other way round would differ by far more than the
+    tolerance), and refuses the same items with the same reasons."""
+    from neat_data.scorers.self_contrast import SelfContrastScorer, VLLMSelfContrastScorer
+
+    items = contrast_items()
+    engine = GenerateCalls(vllm_llm)
+    fast = VLLMSelfContrastScorer(str(tiny_model), llm=engine, max_length=96)
+    reference = SelfContrastScorer(str(tiny_model), batch_size=3, device="cpu", max_length=96)
+    via_vllm, via_transformers = fast.score(items), reference.score(items)
+    assert len(via_vllm) == len(items) and fast.name == reference.name
+    # one engine call for the chunk, both contexts in it, and exactly the reference's rendered token ids
+    expected = [
+        list(reference.renderer.render(item.prompt, item.response, item.finish_reason, system=system).ids)
+        for item in items[:4]
+        for system in (item.positive_system, item.negative_system)
+    ]
+    assert engine.calls == [expected]
+    refused = ["self-contrast needs the pair's positive and negative system prompts", "empty response", "sequence longer than 96 tokens"]
+    assert [r.error for r in via_vllm] == [r.error for r in via_transformers] == [None] * 4 + refused
+    scores = [r.score for r in via_vllm[:4]]
+    gap = max(abs(a - r.score) for a, r in zip(scores, via_transformers[:4]))
+    print(f"vllm vs transformers, tiny model, float32: max |score difference| {gap:.2e}")
+    assert gap <= VLLM_SCORE_TOLERANCE
+    assert len({round(s, 5) for s in scores}) == 4  # four different numbers, not one constant
+    # the end of turn matters: the same response scored as finished instead of truncated moves the score by far more
+    finished = fast.score([ScoreItem(PROMPT, items[2].response, "neg", "Be helpful.", "Be harmful.", "stop")])[0].score
+    assert abs(finished - scores[2]) > 10 * max(gap, 1e-6)
+    # a scorer handed an engine leaves it running
+    fast.close()
+    assert vllm_llm.llm_engine is not None and VLLMSelfContrastScorer(str(tiny_model), llm=vllm_llm).score(items[:1])[0].error is None
+
+
+@pytest.mark.vllm
+def test_self_contrast_stage_on_vllm_equals_transformers_and_resumes(vllm_llm, tiny_model: Path, prompts_file: Path, tmp_path: Path):
+    """The score stage on the vLLM path: every row as the transformers stage scores it; run again, nothing is rescored;
+    a run scored on transformers goes on with vllm (the backend is not part of the score's identity: the same quantity)."""
+    from neat_data.scorers.self_contrast import VLLMSelfContrastScorer
+
+    runs = {}
+    for name in ("transformers", "vllm"):
+        runs[name] = tmp_path / name
+        run_generate(
+            GenerateConfig(
+                prompts=str(prompts_file), model=str(tiny_model), out=runs[name], num_pos=2, num_neg=1, sampling=Sampling(max_tokens=8)
+            ),
+            backend=RecordingBackend(model=str(tiny_model)),
+            progress=False,
+        )
+    run_score(ScoreConfig(run=runs["transformers"], batch_size=4, device="cpu"), progress=False)
+    fast = VLLMSelfContrastScorer(str(tiny_model), llm=vllm_llm)
+    summary = run_score(ScoreConfig(run=runs["vllm"], backend="vllm", flush_every=5), scorer=fast, progress=False)
+    reference = {r["key"]: r for r in pq.read_table(runs["transformers"] / "scored").to_pylist()}
+    rows = pq.read_table(runs["vllm"] / "scored").to_pylist()
+    assert summary.counts["score_status"] == {"ok": 12} and {r["key"] for r in rows} == set(reference)
+    for row in rows:
+        assert row["score"] == pytest.approx(reference[row["key"]]["score"], abs=VLLM_SCORE_TOLERANCE)
+        assert row["scorer"] == reference[row["key"]]["scorer"] == f"self-contrast:{tiny_model}"
+    again = run_score(ScoreConfig(run=runs["vllm"], backend="vllm"), scorer=fast, progress=False)
+    assert again.scored_rows == 0 and again.rows == 12
+    switched = run_score(ScoreConfig(run=runs["transformers"], backend="vllm"), scorer=fast, progress=False)
+    assert switched.scored_rows == 0 and switched.rows == 12
+    manifest = json.loads((runs["vllm"] / "manifest.json").read_text())
+    assert manifest["stages"]["score"]["config"]["backend"] == "vllm" and manifest["stages"]["score"]["finished"]
+
+
+def test_ray_actors_get_a_tensor_parallel_self_contrast_engines_gpus():
+    from neat_data.scorers import ScorerOptions, ray_gpus_per_actor
+
+    assert ray_gpus_per_actor(ScorerOptions(backend="vllm", tensor_parallel_size=4)) == 4.0
+    assert ray_gpus_per_actor(ScorerOptions(backend="vllm", tensor_parallel_size=4, ray_gpus_per_actor=2)) == 2
+    assert ray_gpus_per_actor(ScorerOptions(backend="transformers", tensor_parallel_size=4)) is None
+    assert ray_gpus_per_actor(ScorerOptions(scorer="reward-model", backend="vllm", tensor_parallel_size=4)) is None
+    assert ray_gpus_per_actor(ScorerOptions(backend="vllm")) is None

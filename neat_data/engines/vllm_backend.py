@@ -44,6 +44,52 @@ class VLLMOptions(BaseModel):
     )
     kv_cache_gb: float | None = Field(None, gt=0, description="vllm (CPU): KV cache size in GiB (default 2).")
 
+    def engine_args(self, model: str, *, seed: int, on_cpu: bool) -> dict[str, Any]:
+        """The engine's arguments (`vllm.LLM(**args)`; `neat-data … --backend vllm-batch` turns the same ones into
+        run_batch flags): the one place engine settings are chosen from these options."""
+        args: dict[str, Any] = dict(
+            model=model,
+            dtype=resolve_dtype(self.dtype, "cpu" if on_cpu else "cuda"),
+            tensor_parallel_size=self.tensor_parallel_size,
+            enable_prefix_caching=True,
+            seed=seed,
+            # On CPU, torch.compile warm-up costs ~150 s per engine start (measured with
+            # SmolLM2-135M, 2 cores) for ~8% more tokens/s: eager wins for runs of minutes.
+            enforce_eager=on_cpu if self.enforce_eager is None else self.enforce_eager,
+        )
+        if self.max_model_len is not None:
+            args["max_model_len"] = self.max_model_len
+        if on_cpu:
+            args["max_num_batched_tokens"] = max(self.max_num_batched_tokens or CPU_TOKEN_BUDGET, self.max_model_len or 0)
+            args["max_num_seqs"] = self.max_num_seqs or 256
+            if self.kv_cache_gb is not None or "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+                args["kv_cache_memory_bytes"] = int((self.kv_cache_gb or 2) * 2**30)
+        else:
+            args["gpu_memory_utilization"] = self.gpu_memory_utilization
+            if self.max_num_batched_tokens is not None:
+                args["max_num_batched_tokens"] = self.max_num_batched_tokens
+            if self.max_num_seqs is not None:
+                args["max_num_seqs"] = self.max_num_seqs
+        return args
+
+
+def start_engine(model: str, options: VLLMOptions, *, seed: int) -> Any:
+    """A `vllm.LLM` for `model` (a folder or Hub id) built from `options`: the one place engine kwargs are chosen
+    (the vLLM backend, the Ray backend's actors and the self-contrast scorer on vllm all start engines here)."""
+    try:
+        import vllm
+    except ImportError:
+        raise NeatError(
+            "backend 'vllm' needs vLLM: pip install 'neat-data[vllm]' (GPU) or run scripts/setup.sh (CPU)", field="backend"
+        ) from None
+    from vllm.platforms import current_platform
+
+    kwargs = options.engine_args(model, seed=seed, on_cpu=current_platform.is_cpu())
+    try:
+        return vllm.LLM(**kwargs)
+    except Exception as error:
+        raise NeatError(f"vLLM could not load the model: {type(error).__name__}: {error}", file=model, field="model") from None
+
 
 class VLLMBackend:
     name = "vllm"
@@ -57,7 +103,7 @@ class VLLMBackend:
         self.model = model_label or model
         self.batch_requests = options.vllm_batch_requests
         if llm is None:
-            llm = self._start_engine(model, options, seed=seed)
+            llm = start_engine(model, options, seed=seed)
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = llm.llm_engine.model_config.max_model_len
@@ -68,47 +114,6 @@ class VLLMBackend:
     def from_options(cls, model: str, options: VLLMOptions, *, seed: int = 0) -> VLLMBackend:
         """`model`: the user's spec (alias, folder or Hub id), resolved here and recorded as given."""
         return cls(resolve_model(model), model_label=model, options=options, seed=seed)
-
-    @staticmethod
-    def _start_engine(model: str, options: VLLMOptions, *, seed: int) -> Any:
-        try:
-            import vllm
-        except ImportError:
-            raise NeatError(
-                "backend 'vllm' needs vLLM: pip install 'neat-data[vllm]' (GPU) or run scripts/setup.sh (CPU)", field="backend"
-            ) from None
-        from vllm.platforms import current_platform
-
-        on_cpu = current_platform.is_cpu()
-        max_model_len, max_num_batched_tokens, max_num_seqs = options.max_model_len, options.max_num_batched_tokens, options.max_num_seqs
-        enforce_eager, kv_cache_gb = options.enforce_eager, options.kv_cache_gb
-        kwargs: dict[str, Any] = dict(
-            model=model,
-            dtype=resolve_dtype(options.dtype, "cpu" if on_cpu else "cuda"),
-            tensor_parallel_size=options.tensor_parallel_size,
-            enable_prefix_caching=True,
-            seed=seed,
-            # On CPU, torch.compile warm-up costs ~150 s per engine start (measured with
-            # SmolLM2-135M, 2 cores) for ~8% more tokens/s: eager wins for runs of minutes.
-            enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
-        )
-        if max_model_len is not None:
-            kwargs["max_model_len"] = max_model_len
-        if on_cpu:
-            kwargs["max_num_batched_tokens"] = max(max_num_batched_tokens or CPU_TOKEN_BUDGET, max_model_len or 0)
-            kwargs["max_num_seqs"] = max_num_seqs or 256
-            if kv_cache_gb is not None or "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-                kwargs["kv_cache_memory_bytes"] = int((kv_cache_gb or 2) * 2**30)
-        else:
-            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
-            if max_num_batched_tokens is not None:
-                kwargs["max_num_batched_tokens"] = max_num_batched_tokens
-            if max_num_seqs is not None:
-                kwargs["max_num_seqs"] = max_num_seqs
-        try:
-            return vllm.LLM(**kwargs)
-        except Exception as error:
-            raise NeatError(f"vLLM could not load the model: {type(error).__name__}: {error}", file=model, field="model") from None
 
     def prompt_length(self, messages: list[dict[str, str]]) -> int:
         ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)

@@ -31,7 +31,7 @@ from typing import Any
 from neat_data.engines.batch_base import BatchBackendBase, ControlError
 from neat_data.engines.batch_journal import BatchJournal, BatchRecord
 from neat_data.engines.openai_batch import OpenAIBatchOptions
-from neat_data.engines.vllm_backend import CPU_TOKEN_BUDGET, VLLMOptions
+from neat_data.engines.vllm_backend import VLLMOptions
 
 _PROGRESS = re.compile(r"Running batch:.*?\|\s*(\d+)/(\d+)")
 
@@ -98,7 +98,6 @@ class VLLMBatchBackend(BatchBackendBase):
     def command(self, input_path: Path, output_path: Path) -> tuple[list[str], dict[str, str]]:
         """The run_batch command line and environment for one file."""
         from neat_data.core.errors import NeatError
-        from neat_data.core.models import resolve_dtype
 
         try:
             from vllm.platforms import current_platform
@@ -107,43 +106,17 @@ class VLLMBatchBackend(BatchBackendBase):
                 "backend 'vllm-batch' needs vLLM: pip install 'neat-data[vllm]' (GPU) or run scripts/setup.sh (CPU)", field="backend"
             ) from None
 
-        options, on_cpu = self.options, current_platform.is_cpu()
-        command = [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.run_batch",
-            "-i",
-            str(input_path),
-            "-o",
-            str(output_path),
-            "--model",
-            self.model_path,
-            "--served-model-name",
-            self.model,
-            "--seed",
-            str(self.seed),
-            "--dtype",
-            resolve_dtype(options.dtype, "cpu" if on_cpu else "cuda"),
-            "--tensor-parallel-size",
-            str(options.tensor_parallel_size),
-            "--enable-prefix-caching",
-        ]
-        if options.max_model_len is not None:
-            command += ["--max-model-len", str(options.max_model_len)]
-        if options.enforce_eager if options.enforce_eager is not None else on_cpu:
-            command.append("--enforce-eager")
+        args = self.options.engine_args(self.model_path, seed=self.seed, on_cpu=current_platform.is_cpu())
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(input_path), "-o", str(output_path)]
+        command += ["--served-model-name", self.model]
         env = {**os.environ}
-        if on_cpu:
-            budget = max(options.max_num_batched_tokens or CPU_TOKEN_BUDGET, options.max_model_len or 0)
-            command += ["--max-num-batched-tokens", str(budget), "--max-num-seqs", str(options.max_num_seqs or 256)]
-            if options.kv_cache_gb is not None or "VLLM_CPU_KVCACHE_SPACE" not in env:
-                env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(options.kv_cache_gb or 2)))
-        else:
-            command += ["--gpu-memory-utilization", str(options.gpu_memory_utilization)]
-            if options.max_num_batched_tokens is not None:
-                command += ["--max-num-batched-tokens", str(options.max_num_batched_tokens)]
-            if options.max_num_seqs is not None:
-                command += ["--max-num-seqs", str(options.max_num_seqs)]
+        for name, value in args.items():  # the vllm backend's engine arguments, as run_batch's flags
+            if name == "kv_cache_memory_bytes":  # the CPU KV cache: run_batch reads it from the environment, in GiB
+                env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(value / 2**30)))
+            elif value is True:
+                command.append("--" + name.replace("_", "-"))
+            elif value is not False:
+                command += ["--" + name.replace("_", "-"), str(value)]
         return command, env
 
     def _submit(self, record: BatchRecord, fresh: bool) -> None:

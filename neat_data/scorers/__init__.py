@@ -35,7 +35,8 @@ class ScorerOptions(VLLMOptions, OpenAIOptions, OpenAIBatchOptions):
         None, description="Reward model, judge, or self-contrast reference (default: the model that generated the run)."
     )
     backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="reward-model: vllm = the pooling fast path (LLM.classify)."
+        "transformers",
+        description="reward-model: vllm = the pooling fast path (LLM.classify); self-contrast: vllm = prompt log-probs at engine speed.",
     )
     batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
@@ -62,6 +63,16 @@ class ScorerOptions(VLLMOptions, OpenAIOptions, OpenAIBatchOptions):
         raise ValueError(f"unknown scorer {value!r} ({SCORER_HELP})")
 
 
+def ray_gpus_per_actor(options: ScorerOptions) -> float | None:
+    """--ray-gpus-per-actor, else for self-contrast on a tensor-parallel vLLM engine its GPUs (it runs inside the actor),
+    else None (RayScorer: 1 on a GPU cluster, 0 on CPUs)."""
+    if options.ray_gpus_per_actor is not None:
+        return options.ray_gpus_per_actor
+    if options.scorer == "self-contrast" and options.backend == "vllm" and options.tensor_parallel_size > 1:
+        return float(options.tensor_parallel_size)
+    return None
+
+
 def make_scorer(
     options: ScorerOptions, generation_model: str | None, *, state_dir: Path | None = None, journal: BatchJournal | None = None
 ) -> Scorer:
@@ -77,7 +88,7 @@ def make_scorer(
         return RayScorer(
             functools.partial(make_scorer, single, generation_model),
             actors=options.ray_actors,
-            gpus_per_actor=options.ray_gpus_per_actor,
+            gpus_per_actor=ray_gpus_per_actor(options),
             cpus_per_actor=options.ray_cpus_per_actor,
             batch_size=options.ray_batch_size,
         )
@@ -92,8 +103,11 @@ def make_scorer(
     if not model:
         raise NeatError("this scorer needs --model (the run's manifest names no generating model)", field="model")
     if kind == "self-contrast":
-        from neat_data.scorers.self_contrast import SelfContrastScorer
+        from neat_data.scorers.self_contrast import SelfContrastScorer, VLLMSelfContrastScorer
 
+        if options.backend == "vllm":  # the engine takes this config's own VLLMOptions fields (dtype, max_model_len, …)
+            engine = VLLMOptions.model_validate(options.model_dump(include=set(VLLMOptions.model_fields)))
+            return VLLMSelfContrastScorer(model, options=engine, max_length=options.max_length)
         return SelfContrastScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
     if kind == "judge":
         from neat_data.engines import BackendOptions
@@ -115,7 +129,8 @@ def make_scorer(
     if kind == "reward-model":
         from neat_data.scorers.reward_model import RewardModelScorer, VLLMRewardScorer
 
-        if options.backend == "vllm":
-            return VLLMRewardScorer(model, max_length=options.max_length)
+        if options.backend == "vllm":  # the engine takes this config's own VLLMOptions fields, as self-contrast's does
+            engine = VLLMOptions.model_validate(options.model_dump(include=set(VLLMOptions.model_fields)))
+            return VLLMRewardScorer(model, max_length=options.max_length, options=engine)
         return RewardModelScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
     raise ValueError(f"unknown scorer {kind!r}")

@@ -8,7 +8,9 @@ bf16 on CUDA, float32 on CPU. The score is logit 0.
 
 from __future__ import annotations
 
+from neat_data.core.errors import NeatError
 from neat_data.core.models import resolve_model
+from neat_data.engines.vllm_backend import VLLMOptions
 from neat_data.lm.batching import length_sorted_batches, pad_batch
 from neat_data.lm.loading import load_scoring_model
 from neat_data.scorers.base import ScoreItem, ScoreResult
@@ -53,23 +55,27 @@ class VLLMRewardScorer(RewardModelScorer):
     """The same scores through vLLM's pooling API (`LLM.classify`, activation off = raw logit 0): the fast
     path for large runs on GPUs. Conversations are rendered and tokenized exactly as in RewardModelScorer."""
 
-    def __init__(self, model: str, *, max_length: int | None = None, kv_cache_gb: float = 0.25):
+    def __init__(self, model: str, *, max_length: int | None = None, options: VLLMOptions | None = None):
+        """`options`: the engine's settings, as for every vLLM engine (`VLLMOptions.engine_args`); a scorer's
+        --max-length is the engine's context."""
         import vllm
         from transformers import AutoTokenizer
         from vllm.platforms import current_platform
 
-        from neat_data.core.models import resolve_dtype
-
         self.name = f"reward-model:{model}"
         path = resolve_model(model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        on_cpu = current_platform.is_cpu()
-        kwargs = dict(model=path, runner="pooling", dtype=resolve_dtype("auto", "cpu" if on_cpu else "cuda"), enforce_eager=on_cpu)
+        options = options or VLLMOptions()
+        if options.kv_cache_gb is None:  # a pooling pass keeps no sequences: a small KV cache unless one is asked for
+            options = options.model_copy(update={"kv_cache_gb": 0.25})
         if max_length:
-            kwargs["max_model_len"] = max_length
-        if on_cpu:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
-        self.llm = vllm.LLM(**kwargs)
+            options = options.model_copy(update={"max_model_len": max_length})
+        args = options.engine_args(path, seed=0, on_cpu=current_platform.is_cpu())
+        args.pop("enable_prefix_caching")  # a pooling pass reuses no prefix: vLLM's default for pooling models
+        try:
+            self.llm = vllm.LLM(**args, runner="pooling")
+        except Exception as error:
+            raise NeatError(f"vLLM could not load the reward model: {type(error).__name__}: {error}", file=path, field="model") from None
         self.max_length = self.llm.llm_engine.model_config.max_model_len
 
     def score(self, items: list[ScoreItem]) -> list[ScoreResult]:

@@ -41,6 +41,7 @@ from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.prompts_in import PromptRecord
 from neat_data.core.runfolder import ShardedTable, atomic_write_table, read_parquet
 from neat_data.core.schemas import GENERATIONS
+from neat_data.lm.perplexity import perplexity
 from neat_data.safety.metrics import check_metric_dependencies
 from neat_data.safety.stats import bootstrap_mean as prompt_bootstrap
 from neat_data.safety.stats import per_prompt_means
@@ -140,33 +141,6 @@ def load_preferred(source: Path) -> list[dict[str, Any]]:
         for i, (prompt, response, reason) in enumerate(triples)
         if response
     ]
-
-
-def perplexity(model_path: str, rows: list[dict[str, Any]], *, max_length: int, device: str, batch_prompts: int = 8) -> tuple[float, int]:
-    """exp(mean NLL per response token) of the policy on `rows`, and the number of tokens.
-
-    Each response is rendered as the trainer renders a candidate (`neat_data.lm.render`: neutral prompt,
-    chat template, response, end-of-turn token when it finished — a row's optional `finish_reason` list, as in ranked lists;
-    none means finished) and scored by the same `ResponseLogprobs`; responses are cut to `max_length`."""
-    from neat_data.lm.loading import load_policy, pad_id_of, pick_device
-    from neat_data.lm.logprobs import ResponseLogprobs, candidate_logprobs
-    from neat_data.lm.render import CandidateRenderer
-
-    tokenizer, model, _ = load_policy(model_path, pick_device(device))
-    renderer = CandidateRenderer(tokenizer)
-    sequences, starts = [], []
-    for row in rows:
-        finish = row.get("finish_reason") or [None] * len(row["responses"])
-        for response, reason in zip(row["responses"], finish):
-            candidate = renderer.render(row["prompt"], response, reason)
-            if candidate.prompt_length < max_length:
-                sequences.append(candidate.ids[:max_length])
-                starts.append(candidate.prompt_length)
-    values = candidate_logprobs(
-        ResponseLogprobs(model.eval()), sequences, starts, pad_id_of(tokenizer), batch_size=batch_prompts, device=model.device
-    )
-    total, count = sum(v for v, _ in values), sum(n for _, n in values)
-    return (math.exp(-total / count) if count else math.nan), count
 
 
 def suite_folder(eval_dir: Path, suite: Suite) -> Path:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
 from neat_data.core.errors import NeatError, redact_secrets
-from neat_data.core.manifest import edit_manifest, read_manifest, update_manifest
+from neat_data.core.manifest import Manifest, edit_manifest, read_manifest, update_manifest
 from neat_data.core.runfolder import ShardedTable, count_by
 from neat_data.core.schemas import GENERATIONS, SCORED, check_columns
 from neat_data.core.shards import ShardSpec, StageOutput, refuse_while_writing
@@ -162,12 +162,45 @@ def run_score(
 ) -> ScoreSummary:
     """Score every generation row not scored yet (or of one shard's prompts); returns counts. The scorer is built —
     and its model checked — before anything is recorded or, with `overwrite`, deleted."""
-    from tqdm.auto import tqdm
-
     started = time.time()
     run_dir = Path(config.run)
-    generations_dir = run_dir / "generations"
-    if not generations_dir.is_dir():
+    check_can_score(run_dir, shard, overwrite)
+    owns_scorer = scorer is None
+    try:
+        with StageOutput(run_dir, "score", "scored", SCORED, shard) as out:
+            generations = read_generations(run_dir, shard)
+            manifest = read_manifest(run_dir)
+            rows, pending, scorer = plan_scoring(config, out, generations, manifest, shard, overwrite, scorer)
+            entry = {"config": config.model_dump(mode="json"), "command": argv}
+            out.start(entry, lambda: None if overwrite else check_identity(config, run_dir))
+            scored_now = 0
+            if pending:
+                assert scorer is not None
+                texts = pair_texts(rows, manifest.stage("generate"))
+                scored_now = score_pending(config, out, scorer, texts, pending, total=len(rows), progress=progress)
+            final = final_table(config, out, generations, shard)
+            seconds = time.time() - started
+            record = score_record(config, final, scorer, seconds=seconds)
+            waiting = len(pending) - scored_now
+            record_outcome(run_dir, out, entry, record, waiting=waiting, scored_now=scored_now, argv=argv)
+    finally:
+        if owns_scorer and scorer is not None and hasattr(scorer, "close"):
+            scorer.close()  # e.g. Ray actors, a vLLM engine
+    return ScoreSummary(
+        run_dir=run_dir,
+        rows=final.num_rows,
+        scored_rows=scored_now,
+        counts=record["counts"],
+        seconds=seconds,
+        folder=out.folder,
+        pending_rows=waiting,
+        usage=record.get("usage") or {},
+    )
+
+
+def check_can_score(run_dir: Path, shard: ShardSpec | None, overwrite: bool) -> None:
+    """The run has generations; a shard is not combined with --overwrite and waits for no generate writer."""
+    if not (run_dir / "generations").is_dir():
         raise NeatError("no generations/ in this run folder (run `neat-data generate` first)", file=run_dir)
     if shard is not None:
         if overwrite:
@@ -177,89 +210,120 @@ def run_score(
                 field="overwrite",
             )
         refuse_while_writing(run_dir, "generations")
-    owns_scorer = scorer is None
-    try:
-        with StageOutput(run_dir, "score", "scored", SCORED, shard) as out:
-            generations = ShardedTable(generations_dir, GENERATIONS).read()
-            check_columns(generations, GENERATIONS, str(generations_dir))
-            if shard is not None:
-                generations = generations.filter(
-                    pa.array([shard.owns(pid) for pid in generations.column("prompt_id").to_pylist()], pa.bool_())
-                )
-            manifest = read_manifest(run_dir)
-            generation_model = manifest.stage("generate").get("config", {}).get("model")
-            if not overwrite:
-                check_identity(config, run_dir)
-            done = set() if overwrite else current_scores(out, generations)
-            rows = generations.to_pylist()
-            pending = [row for row in rows if row["key"] not in done]
-            batch_judge = config.scorer == "judge" and config.judge_backend == "openai-batch"
-            if overwrite and batch_judge:
-                forget_score_batches(run_dir, shard)
-            if scorer is None and pending:  # a bad scorer or model fails here, before anything changes
-                scorer = make_scorer(config, generation_model, **batch_state(run_dir, shard) if batch_judge else {})
-            if overwrite:
-                out.table.clear()
-                update_manifest(run_dir, "score", {})
-            entry = {"config": config.model_dump(mode="json"), "command": argv}
-            out.start(entry, lambda: None if overwrite else check_identity(config, run_dir))
-            scored_now = 0
-            if pending:
-                assert scorer is not None
-                texts = pair_texts(rows, manifest.stage("generate"))
-                bar = tqdm(total=len(rows), initial=len(rows) - len(pending), unit="row", desc="score", disable=not progress)
-                # a batch judge gets every pending row at once: one batch of them, not one day-long wait per chunk
-                for chunk in prompt_aligned_chunks(pending, len(pending) if batch_judge else config.flush_every):
-                    written = score_rows(chunk, scorer, texts)
-                    out.table.append(written)
-                    scored_now += len(written)
-                    bar.update(len(written))
-                bar.close()
-            waiting = len(pending) - scored_now
-            if shard is None:  # the floor is a constant below every response of the run: one shard cannot know it (merge does)
-                final = out.table.read()
-                final = final.filter(pc.is_in(final.column("key"), generations.column("key")))  # rows no generation holds any more
-                final = apply_negative_score(final, config.negative_score)
-                out.table.rewrite(final)
-            else:
-                out.table.compact()
-                final = out.table.read(["score_status", "steering", "scorer"])
-            counts = {"score_status": count_by(final, "score_status"), "steering": count_by(final, "steering")}
-            seconds = time.time() - started
-            scorer_name = final.column("scorer")[0].as_py() if final.num_rows else None
-            record = {"rows": final.num_rows, "counts": counts, "seconds": round(seconds, 2)}
-            usage = getattr(scorer, "usage", None)  # an LLM judge's tokens (and cost, with --price-in/--price-out)
-            if usage:
-                record["usage"] = token_costs(
-                    usage, price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.judge_backend)
-                )
-            if waiting:  # a batch judge's rows: not finished; the same command run again collects them
-                update_manifest(
-                    run_dir,
-                    "score",
-                    {
-                        **read_manifest(run_dir).stages.get("score", entry),
-                        **record,
-                        "scorer": scorer_name,
-                        "pending_rows": waiting,
-                        "finished": False,
-                    },
-                )
-            else:
-                out.finish({**entry, **record, "scorer": scorer_name}, {**record, "scored_rows": scored_now, "command": argv})
-    finally:
-        if owns_scorer and scorer is not None and hasattr(scorer, "close"):
-            scorer.close()  # e.g. Ray actors
-    return ScoreSummary(
-        run_dir=run_dir,
-        rows=final.num_rows,
-        scored_rows=scored_now,
-        counts=counts,
-        seconds=seconds,
-        folder=out.folder,
-        pending_rows=waiting,
-        usage=record.get("usage") or {},
-    )
+
+
+def read_generations(run_dir: Path, shard: ShardSpec | None) -> pa.Table:
+    """The run's generation rows (checked against GENERATIONS), or the rows of the prompts `shard` owns."""
+    generations_dir = run_dir / "generations"
+    generations = ShardedTable(generations_dir, GENERATIONS).read()
+    check_columns(generations, GENERATIONS, str(generations_dir))
+    if shard is not None:
+        generations = generations.filter(pa.array([shard.owns(pid) for pid in generations.column("prompt_id").to_pylist()], pa.bool_()))
+    return generations
+
+
+def plan_scoring(
+    config: ScoreConfig,
+    out: StageOutput,
+    generations: pa.Table,
+    manifest: Manifest,
+    shard: ShardSpec | None,
+    overwrite: bool,
+    scorer: Scorer | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Scorer | None]:
+    """(every row, the rows still to score, the scorer). In this order: the identity is checked, the pending rows
+    found, a bad scorer or model fails, and only then, with `overwrite`, the old scores are deleted."""
+    run_dir = Path(config.run)
+    generation_model = manifest.stage("generate").get("config", {}).get("model")
+    if not overwrite:
+        check_identity(config, run_dir)
+    done = set() if overwrite else current_scores(out, generations)
+    rows = generations.to_pylist()
+    pending = [row for row in rows if row["key"] not in done]
+    batch_judge = is_batch_judge(config)
+    if overwrite and batch_judge:
+        forget_score_batches(run_dir, shard)
+    if scorer is None and pending:  # a bad scorer or model fails here, before anything changes
+        scorer = make_scorer(config, generation_model, **batch_state(run_dir, shard) if batch_judge else {})
+    if overwrite:
+        out.table.clear()
+        update_manifest(run_dir, "score", {})
+    return rows, pending, scorer
+
+
+def is_batch_judge(config: ScoreConfig) -> bool:
+    return config.scorer == "judge" and config.judge_backend == "openai-batch"
+
+
+def score_pending(
+    config: ScoreConfig,
+    out: StageOutput,
+    scorer: Scorer,
+    texts: dict[str, tuple[str | None, str | None]],
+    pending: list[dict[str, Any]],
+    *,
+    total: int,
+    progress: bool,
+) -> int:
+    """Score `pending` chunk by chunk, a shard written per chunk (a kill loses at most one); returns the rows written."""
+    from tqdm.auto import tqdm
+
+    scored_now = 0
+    bar = tqdm(total=total, initial=total - len(pending), unit="row", desc="score", disable=not progress)
+    # a batch judge gets every pending row at once: one batch of them, not one day-long wait per chunk
+    for chunk in prompt_aligned_chunks(pending, len(pending) if is_batch_judge(config) else config.flush_every):
+        written = score_rows(chunk, scorer, texts)
+        out.table.append(written)
+        scored_now += len(written)
+        bar.update(len(written))
+    bar.close()
+    return scored_now
+
+
+def final_table(config: ScoreConfig, out: StageOutput, generations: pa.Table, shard: ShardSpec | None) -> pa.Table:
+    """The whole run's scored table, with the negative-score rule applied (a shard: its compacted table's counting columns;
+    the floor is a constant below every response of the run, which one shard cannot know: merge applies it)."""
+    if shard is not None:
+        out.table.compact()
+        return out.table.read(["score_status", "steering", "scorer"])
+    final = out.table.read()
+    final = final.filter(pc.is_in(final.column("key"), generations.column("key")))  # rows no generation holds any more
+    final = apply_negative_score(final, config.negative_score)
+    out.table.rewrite(final)
+    return final
+
+
+def score_record(config: ScoreConfig, final: pa.Table, scorer: Scorer | None, *, seconds: float) -> dict[str, Any]:
+    """What the manifest records: rows, counts, seconds, the scorer's name and an LLM judge's usage (and cost)."""
+    counts = {"score_status": count_by(final, "score_status"), "steering": count_by(final, "steering")}
+    record: dict[str, Any] = {"rows": final.num_rows, "counts": counts, "seconds": round(seconds, 2)}
+    record["scorer"] = final.column("scorer")[0].as_py() if final.num_rows else None
+    usage = getattr(scorer, "usage", None)  # an LLM judge's tokens (and cost, with --price-in/--price-out)
+    if usage:
+        record["usage"] = token_costs(
+            usage, price_in=config.price_in, price_out=config.price_out, discount=batch_discount(config.judge_backend)
+        )
+    return record
+
+
+def record_outcome(
+    run_dir: Path,
+    out: StageOutput,
+    entry: dict[str, Any],
+    record: dict[str, Any],
+    *,
+    waiting: int,
+    scored_now: int,
+    argv: list[str] | None,
+) -> None:
+    """Finish the stage, or — rows a batch judge has not answered yet — record it as not finished: the same command
+    run again collects them."""
+    if waiting:
+        previous = read_manifest(run_dir).stages.get("score", entry)
+        update_manifest(run_dir, "score", {**previous, **record, "pending_rows": waiting, "finished": False})
+    else:
+        counting = {name: value for name, value in record.items() if name != "scorer"}
+        out.finish({**entry, **record}, {**counting, "scored_rows": scored_now, "command": argv})
 
 
 def batch_state(run_dir: Path, shard: ShardSpec | None) -> dict[str, Any]:
