@@ -27,6 +27,7 @@ from neat_data.rounds.sections import (
     GenerateSpec,
     PromptsSpec,
     RankSpec,
+    RedoSampling,
     ScoreSpec,
     TrainSpec,
     evaluation_generate,
@@ -34,6 +35,7 @@ from neat_data.rounds.sections import (
 from neat_data.rounds.stages import STAGES, PlannedStage
 from neat_data.rounds.variants import variant_overrides
 from neat_data.stages.export import ExportFormat
+from neat_data.stages.generate_plan import RedoClass
 
 
 class Recipe(BaseModel):
@@ -49,6 +51,11 @@ class Recipe(BaseModel):
     rounds: int = Field(2, ge=1, le=100)
     seed: int = Field(0, ge=0)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
+    redo: dict[RedoClass, RedoSampling] = Field(
+        default_factory=dict,
+        description="Each round, after generate: the rows of each class generated again with this sampling, in order "
+        "(e.g. {truncated: {max_tokens: 256}}); the rows keep their keys, score rescores exactly those (generate --redo).",
+    )
     score: ScoreSpec = Field(default_factory=ScoreSpec)
     rank: RankSpec = Field(default_factory=RankSpec, description="RankConfig fields (pairs, pos_vs_neg_by, min_margin, …).")
     exports: list[ExportFormat] = Field(
@@ -150,7 +157,7 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
     }
     planned: list[PlannedStage] = []
 
-    def plan(label: str, kind: str, values: dict[str, Any], reads: list[tuple[str, int]]) -> None:
+    def plan(label: str, kind: str, values: dict[str, Any], reads: list[tuple[str, int]], section: str | None = None) -> None:
         stage = STAGES[kind]
         try:
             config = stage.config_class.model_validate(values)
@@ -159,7 +166,7 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
             # named as the recipe writes it: sections are flat (generate.max_tokens, evaluate.max_model_len)
             inner = field.removeprefix("generate.") if kind == "evaluate" else field
             inner = inner.removeprefix("sampling.") if kind in ("generate", "evaluate") else inner
-            raise NeatError(message, file=path, field=f"{prefix}{stage.recipe_section}.{inner}") from None
+            raise NeatError(message, file=path, field=f"{prefix}{section or stage.recipe_section}.{inner}") from None
         planned.append(PlannedStage(label, stage, config, values, reads))
 
     train = {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train.stage_fields()}
@@ -193,7 +200,14 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
             **g.stage_fields(),
         }
         plan("generate", "generate", generate, previous_policy)
-        plan("score", "score", {"run": str(folder), **score}, [("generate", k)])
+        passes = [("generate", k)]
+        for redo_class, sampling in recipe.redo.items():  # generate --redo CLASS, each pass after the one before
+            changed = sampling.model_dump(exclude_none=True)
+            label = "redo-" + redo_class.replace("=", "-")
+            redo = {**generate, "redo": [redo_class], "sampling": {**generate["sampling"], **changed}}
+            plan(label, "generate", redo, [passes[-1]], section=f"redo.{redo_class}")
+            passes.append((label, k))
+        plan("score", "score", {"run": str(folder), **score}, passes)
         plan("rank", "rank", {"run": str(folder), **recipe.rank.stage_fields()}, [("score", k)])
         for fmt in recipe.exports:
             plan(f"export-{fmt}", "export", {"run": str(folder), "format": fmt}, [("rank", k), ("score", k)])

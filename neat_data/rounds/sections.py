@@ -107,6 +107,16 @@ class ScoreSpec(StageSection):
     negative_score: NegativeScore = "scored"
 
 
+class RedoSampling(BaseModel):
+    """A re-generation pass's sampling: what changes for the rows it generates again (the rows keep their keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+
+
 class RankSpec(StageSection):
     """Any RankConfig field (pairs, pos_vs_neg_by, min_margin, drop_truncated, …)."""
 

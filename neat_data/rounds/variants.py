@@ -28,7 +28,8 @@ from neat_data.core.manifest import read_manifest, update_manifest
 from neat_data.rounds.stages import PlannedStage
 
 # Recipe keys a variant may not change: the variants are compared on one held-out split, one evaluation and round 0.
-SHARED_KEYS = ("name", "out", "variants", "prompts", "seed", "model", "rounds", "evaluate", "pairs")
+# `redo` too: its passes rewrite the generations folder that a variant sharing the generate stage links in.
+SHARED_KEYS = ("name", "out", "variants", "prompts", "seed", "model", "rounds", "evaluate", "pairs", "redo")
 
 
 def _abstract(value: Any, run_dir: str) -> Any:

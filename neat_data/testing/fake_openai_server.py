@@ -54,6 +54,7 @@ class ServerSettings:
     record: bool = True
     fixed_reply: str | None = None  # answer every request with this text (e.g. a judge's "Rating: 7")
     context_words: int | None = None  # longer prompts (in words) get vLLM's 400 "maximum context length" answer
+    cut_at_max_tokens: bool = False  # a reply longer than max_tokens words is cut there, finish_reason "length" (as vLLM)
     error_padding: int = 0  # characters before the echoed key in a 401 message (puts the key where a cut falls)
     require_key: str | None = None  # every endpoint answers 401 echoing the key it got unless it is this one
     # Files + Batch APIs (neat_data.testing.fake_batch_api)
@@ -185,7 +186,11 @@ class FakeOpenAIServer:
         choices = []
         for i in range(n):
             text = None if fault == "empty" else (self.settings.fixed_reply or f"reply {seed + i}: {last_user}")
-            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+            finish = "stop"
+            limit = body.get("max_tokens") or body.get("max_completion_tokens")
+            if self.settings.cut_at_max_tokens and text is not None and limit and len(text.split()) > int(limit):
+                text, finish = " ".join(text.split()[: int(limit)]), "length"
+            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
         payload = {
             "id": f"chatcmpl-{seed}",
             "object": "chat.completion",
