@@ -237,9 +237,11 @@ TRIALS: dict[str, dict[str, list[tuple[str, str]]]] = {
         "scorers/__init__.py": [
             (r"(ScorerName = Literal\[[^\]]*)\]", r'\1, "trial"]'),
             (
-                r'(\n    raise ValueError\(f"unknown scorer \{kind!r\}"\))',
-                '\n    if kind == "trial":\n        from neat_data.scorers.trial import TrialScorer\n\n        return TrialScorer()\\1',
+                r"\n(# One builder per name of ScorerName)",
+                "\ndef _trial(options: ScorerOptions, model: str, state_dir: Path | None, journal: BatchJournal | None) -> Scorer:\n"
+                "    from neat_data.scorers.trial import TrialScorer\n\n    return TrialScorer()\n\n\n\\1",
             ),
+            (r"(BUILDERS: dict\[[^\n]*\] = \{)", r'\1\n    "trial": _trial,'),
         ],
         "scorers/trial.py": [
             (
@@ -318,7 +320,8 @@ from neat_data.cli import cli
 from neat_data.scorers import ScorerOptions, make_scorer
 from neat_data.scorers.base import ScoreItem
 from neat_data.stages.score import ScoreConfig
-assert "trial" in CliRunner().invoke(cli, ["score", "--help"]).output
+for command in ("score", "evaluate"):
+    assert "trial" in CliRunner().invoke(cli, [command, "--help"]).output, command
 assert ScoreConfig(run=Path("r"), scorer="trial").scorer == "trial"
 recipe = load(score={"scorer": "trial"})
 assert [s.config.scorer for s in plan_round(recipe, Path("runs/t"), 1) if s.kind.name == "score"] == ["trial"]

@@ -8,6 +8,7 @@ one place an implementation is chosen. The LLM judge's backends take the same op
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -102,35 +103,53 @@ def make_scorer(
     model = options.model or generation_model
     if not model:
         raise NeatError("this scorer needs --model (the run's manifest names no generating model)", field="model")
-    if kind == "self-contrast":
-        from neat_data.scorers.self_contrast import SelfContrastScorer, VLLMSelfContrastScorer
+    return BUILDERS[kind](options, model, state_dir, journal)
 
-        if options.backend == "vllm":  # the engine takes this config's own VLLMOptions fields (dtype, max_model_len, …)
-            engine = VLLMOptions.model_validate(options.model_dump(include=set(VLLMOptions.model_fields)))
-            return VLLMSelfContrastScorer(model, options=engine, max_length=options.max_length)
-        return SelfContrastScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
-    if kind == "judge":
-        from neat_data.engines import BackendOptions
-        from neat_data.scorers.judge import make_judge
 
-        # the judge's backend options are the ones ScorerOptions inherits from the generation backends (vLLM, openai,
-        # openai-batch), under the same names; one factory builds every backend
-        judge_fields = set(VLLMOptions.model_fields) | set(OpenAIOptions.model_fields) | set(OpenAIBatchOptions.model_fields)
-        backend_options = BackendOptions.model_validate(options.model_dump(include=judge_fields))
-        return make_judge(
-            model,
-            options.judge_backend,
-            backend_options,
-            mode=options.judge_mode,
-            template=options.judge_template,
-            state_dir=state_dir,
-            journal=journal,
-        )
-    if kind == "reward-model":
-        from neat_data.scorers.reward_model import RewardModelScorer, VLLMRewardScorer
+def _engine_options(options: ScorerOptions) -> VLLMOptions:
+    """A scorer's own vLLM engine takes the config's VLLMOptions fields (dtype, max_model_len, kv_cache_gb, …)."""
+    return VLLMOptions.model_validate(options.model_dump(include=set(VLLMOptions.model_fields)))
 
-        if options.backend == "vllm":  # the engine takes this config's own VLLMOptions fields, as self-contrast's does
-            engine = VLLMOptions.model_validate(options.model_dump(include=set(VLLMOptions.model_fields)))
-            return VLLMRewardScorer(model, max_length=options.max_length, options=engine)
-        return RewardModelScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
-    raise ValueError(f"unknown scorer {kind!r}")
+
+def _self_contrast(options: ScorerOptions, model: str, state_dir: Path | None, journal: BatchJournal | None) -> Scorer:
+    from neat_data.scorers.self_contrast import SelfContrastScorer, VLLMSelfContrastScorer
+
+    if options.backend == "vllm":
+        return VLLMSelfContrastScorer(model, options=_engine_options(options), max_length=options.max_length)
+    return SelfContrastScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
+
+
+def _judge(options: ScorerOptions, model: str, state_dir: Path | None, journal: BatchJournal | None) -> Scorer:
+    from neat_data.engines import BackendOptions
+    from neat_data.scorers.judge import make_judge
+
+    # the judge's backend options are the ones ScorerOptions inherits from the generation backends (vLLM, openai,
+    # openai-batch), under the same names; one factory builds every backend
+    judge_fields = set(VLLMOptions.model_fields) | set(OpenAIOptions.model_fields) | set(OpenAIBatchOptions.model_fields)
+    backend_options = BackendOptions.model_validate(options.model_dump(include=judge_fields))
+    return make_judge(
+        model,
+        options.judge_backend,
+        backend_options,
+        mode=options.judge_mode,
+        template=options.judge_template,
+        state_dir=state_dir,
+        journal=journal,
+    )
+
+
+def _reward_model(options: ScorerOptions, model: str, state_dir: Path | None, journal: BatchJournal | None) -> Scorer:
+    from neat_data.scorers.reward_model import RewardModelScorer, VLLMRewardScorer
+
+    if options.backend == "vllm":
+        return VLLMRewardScorer(model, max_length=options.max_length, options=_engine_options(options))
+    return RewardModelScorer(model, batch_size=options.batch_size, device=options.device, max_length=options.max_length)
+
+
+# One builder per name of ScorerName (checked at import: a name without one cannot be offered).
+BUILDERS: dict[str, Callable[[ScorerOptions, str, Path | None, BatchJournal | None], Scorer]] = {
+    "self-contrast": _self_contrast,
+    "judge": _judge,
+    "reward-model": _reward_model,
+}
+assert set(BUILDERS) == set(get_args(ScorerName)), "scorer names drifted"
