@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from neat_data.lm.logprobs import ResponseLogprobs
-    from neat_data.train.loss import LOSSES, NEEDS_REFERENCE, LossInputs, LossSettings, default_sft_weight
+    from neat_data.train.loss import LOSSES, LossInputs, LossSettings
 
     losses = [name.strip() for name in args.losses.split(",") if name.strip()]
     unknown = [name for name in losses if name not in LOSSES or name == "sft"]
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.gpu else torch.autocast("cpu", enabled=False)
     steering = torch.tensor([[1, 1, -1, -1][c % 4] for c in range(args.candidates)], device=device).expand(prompts, -1)
     reference_sums = None
-    if any(name in NEEDS_REFERENCE for name in losses):  # DPO's reference pass, once (the trainer caches it)
+    if any(LOSSES[name].needs_reference for name in losses):  # DPO's reference pass, once (the trainer caches it)
         with torch.no_grad(), autocast:
             reference_sums = neat_forward(input_ids, attention_mask, response_mask)[0].view(prompts, args.candidates).float()
     last_parts: dict[str, dict[str, float]] = {}
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     def neat_step(name: str):
-        settings = LossSettings(sft_weight=default_sft_weight(name, args.candidates))  # type: ignore[arg-type]
+        settings = LossSettings(sft_weight=LOSSES[name].default_sft_weight(args.candidates))
 
         def step() -> None:
             with autocast:

@@ -72,7 +72,13 @@ def test_ray_actors_write_the_single_process_rows_and_a_failing_row_is_an_error_
     assert summary.counts["status"] == {"ok": 12, "error": 4}
     assert distributed.keys() == single.keys() and len(distributed) == 16
     assert {r["backend"] for r in distributed.values()} == {"ray"}
-    assert all({**row, "backend": "fake"} == single[key] for key, row in distributed.items())  # everything else identical
+    # everything else identical (the settings hash names the backend that made the row, so it differs with it)
+    assert all({**row, "backend": "fake", "settings_hash": single[key]["settings_hash"]} == single[key] for key, row in distributed.items())
+    assert (
+        len({r["settings_hash"] for r in distributed.values()})
+        == 1
+        != len({r["settings_hash"] for r in [*distributed.values(), *single.values()]})
+    )
     errors = [r for r in distributed.values() if r["status"] == "error"]
     assert len(errors) == 4 and all(r["error"] == "boom: server said no" and "France" in r["prompt"][-1]["content"] for r in errors)
 

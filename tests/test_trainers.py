@@ -115,9 +115,10 @@ def by_prompt(rows: list[dict[str, Any]], prompt_of: Any) -> dict[str, dict[str,
     return {prompt_of(row)[0]["content"]: row for row in rows}
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def environ_restored():
-    """axolotl and LLaMA-Factory set process-wide variables at import (VLLM_LOGGING_LEVEL, …): none outlives the test."""
+    """The trainers set process-wide variables at import (TRL's `_compat` and axolotl: VLLM_LOGGING_LEVEL=ERROR, which
+    silenced every vLLM server a later test starts; LLaMA-Factory's own): none outlives a test of this module."""
     saved = dict(os.environ)
     yield
     os.environ.clear()
