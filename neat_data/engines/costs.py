@@ -74,10 +74,15 @@ def _add(totals: dict[str, int], record: UsageRecord) -> None:
     totals["completion_tokens"] += record.completion_tokens or 0
 
 
+def list_cost(prompt_tokens: int, completion_tokens: int, price_in: float, price_out: float) -> float:
+    """Cost at list prices (USD per 1M tokens), before any batch discount: the one price formula."""
+    return (prompt_tokens * price_in + completion_tokens * price_out) / 1_000_000
+
+
 def _price(totals: dict[str, Any], price_in: float, price_out: float, discount: float) -> None:
-    list_cost = (totals["prompt_tokens"] * price_in + totals["completion_tokens"] * price_out) / 1_000_000
-    totals["list_cost"] = round(list_cost, 6)
-    totals["cost"] = round(list_cost * (1.0 - discount), 6)
+    list_cost_ = list_cost(totals["prompt_tokens"], totals["completion_tokens"], price_in, price_out)
+    totals["list_cost"] = round(list_cost_, 6)
+    totals["cost"] = round(list_cost_ * (1.0 - discount), 6)
 
 
 class UsageTally:
@@ -184,7 +189,7 @@ class Budget:
         prompt, completion = prompt_tokens or 0, completion_tokens or 0
         self.tokens += prompt + completion
         if self.price_in is not None and self.price_out is not None:
-            self.cost += (prompt * self.price_in + completion * self.price_out) / 1_000_000 * (1.0 - self.discount)
+            self.cost += list_cost(prompt, completion, self.price_in, self.price_out) * (1.0 - self.discount)
 
     def reached(self) -> bool:
         return (self.max_cost is not None and self.cost >= self.max_cost) or (

@@ -36,6 +36,7 @@ from neat_data.core.keys import request_seed
 from neat_data.core.manifest import edit_manifest, read_manifest, update_manifest
 from neat_data.core.pairs import load_libraries
 from neat_data.core.prompts_in import PromptRecord, iter_prompts
+from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import GENERATIONS
 from neat_data.core.shards import ShardSpec, StageOutput
 from neat_data.engines.base import Backend, GenerationRequest
@@ -93,8 +94,10 @@ class _Existing:
         return key in self.keys and not (retry_errors and key in self.errors) and key not in self.redo
 
 
-def read_existing(out: StageOutput, redo: list[RedoClass] | None = None) -> _Existing:
-    table = out.whole.read(REDO_COLUMNS if redo else ["status"])
+def read_existing(whole: ShardedTable, redo: list[RedoClass] | None = None) -> _Existing:
+    """The keys already written (`whole`: the stage's table, every shard), the error rows among them, and with `redo`
+    the rows of those classes."""
+    table = whole.read(REDO_COLUMNS if redo else ["status"])
     if not table.num_rows:
         return _Existing()
     keys = table.column("key")
@@ -307,7 +310,7 @@ def prepare_folder(
 ) -> tuple[_Existing, _Plan, Backend | None]:
     """What is done already (and the plan of what is not), the prompt texts checked against it, and the backend started
     — before --overwrite deletes anything, and before the manifest names a config."""
-    existing = _Existing() if overwrite else read_existing(out, send.redo)
+    existing = _Existing() if overwrite else read_existing(out.whole, send.redo)
     if existing.keys:  # what is already done needs every key; a fresh folder has nothing done (keys cost ~50 µs/prompt)
         plan = scan(config, libraries, out.shard, existing, retry_errors)
     if not overwrite:

@@ -19,8 +19,8 @@ from neat_data.core.prompts_in import iter_prompts
 from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import GENERATIONS
 from neat_data.core.shards import ShardSpec
-from neat_data.engines.costs import batch_discount, estimate_prompt_tokens
-from neat_data.stages.generate import _Existing, scan
+from neat_data.engines.costs import batch_discount, estimate_prompt_tokens, list_cost
+from neat_data.stages.generate import _Existing, read_existing, scan
 from neat_data.stages.generate_plan import GenerateConfig, plan_requests, to_engine_request
 
 TOKENIZED_AT_MOST = 20_000  # requests tokenised exactly; beyond, the tokens per character of these scale the rest
@@ -72,15 +72,10 @@ def _tokenizer(config: GenerateConfig) -> Any | None:
         return None
 
 
-def _existing(config: GenerateConfig, retry_errors: bool) -> _Existing:
+def _existing(config: GenerateConfig) -> _Existing:
+    """What the folder holds already, read as a real run reads it (without opening the stage: nothing is written)."""
     folder = Path(config.out) / "generations"
-    if not folder.is_dir():
-        return _Existing()
-    import pyarrow.compute as pc
-
-    table = ShardedTable(folder, GENERATIONS).read(["status"])
-    keys = table.column("key")
-    return _Existing(keys=set(keys.to_pylist()), errors=set(keys.filter(pc.equal(table.column("status"), "error")).to_pylist()))
+    return read_existing(ShardedTable(folder, GENERATIONS)) if folder.is_dir() else _Existing()
 
 
 def dry_run_generate(
@@ -88,7 +83,7 @@ def dry_run_generate(
 ) -> DryRun:
     libraries = load_libraries(config.pairs)
     plan = scan(config, libraries, shard, None, retry_errors)  # every row valid, as a real run would check first
-    existing = _Existing() if overwrite else _existing(config, retry_errors)  # --overwrite would start over
+    existing = _Existing() if overwrite else _existing(config)  # --overwrite would start over
     records = (
         r
         for r in iter_prompts(
@@ -119,8 +114,8 @@ def dry_run_generate(
     cost = None
     if config.price_in is not None and config.price_out is not None:
         discount = batch_discount(config.backend)
-        prompt_cost = prompt_tokens * config.price_in / 1_000_000 * (1 - discount)
-        completion_cost = ceiling * config.price_out / 1_000_000 * (1 - discount)
+        prompt_cost = list_cost(prompt_tokens, 0, config.price_in, config.price_out) * (1 - discount)
+        completion_cost = list_cost(0, ceiling, config.price_in, config.price_out) * (1 - discount)
         cost = {"prompt": prompt_cost, "completion_max": completion_cost, "total_max": prompt_cost + completion_cost, "discount": discount}
     return DryRun(
         model=config.model,
