@@ -6,17 +6,22 @@ once to a Parquet file. Then, `--repeats` times and side by side (the order alte
 each side runs in a fresh subprocess, so its peak RSS is its own:
 
   A  bare:  pq.read_table(file) -> pq.write_table(same table, other file, zstd)
-  B  ours:  pq.read_table(file) -> rank_tables(RankConfig(pairs="best-vs-worst")) -> atomic_write_table of
-            ranked/lists.parquet and ranked/pairs.parquet -> run_export(ExportConfig(format="trl")) on that
-            run folder (export_table, in Arrow -> train.parquet + datasets.Dataset + hf/ save_to_disk)
+  B  ours:  the two stages as the CLI runs them, on a run folder whose scored/ holds that file:
+            run_rank(RankConfig(pairs="best-vs-worst")) (lock, read scored/, rank_tables, write ranked/lists,
+            pairs and dropped.parquet, manifest) -> run_export(ExportConfig(format="trl")) (read ranked/pairs,
+            export_table -> train.parquet + datasets.Dataset + hf/ save_to_disk, manifest, croissant.json)
 
 Timings are taken inside the child after its imports (pyarrow for A; neat_data + datasets for B) and a
 tiny warm-up read + write, so interpreter start-up and import time (including pq.read_table's lazy import of
 pyarrow.dataset) are not counted. Peak RSS is ru_maxrss of the child; "growth" is that
 peak minus the RSS right after the imports. Prints the median seconds of A and B, the ratio B/A
-(goal <= 1.5x), peak RSS, and a per-step breakdown of B for its median run.
+(goal <= 1.5x), their CPU seconds (user, system), peak RSS, and a per-step breakdown of B for its median run
+(B writes in background threads, so "waiting for staged writes" is what is left of them once B's compute is done).
 
-    .venv/bin/python benchmarks/rank_export.py                    # 1,000,000 rows, 3 repeats
+On a VM, memory a process touches for the first time can cost from 0.1 s to 2 s per GiB of system time, run to
+run (the host backs it lazily): that, not the code, is most of the spread between repeats. Hence 5 repeats, medians.
+
+    .venv/bin/python benchmarks/rank_export.py                    # 1,000,000 rows, 5 repeats
     .venv/bin/python benchmarks/rank_export.py --rows 300000
     .venv/bin/python benchmarks/rank_export.py --quick            # 100,000 rows, 1 repeat
     .venv/bin/python benchmarks/rank_export.py --quick --profile  # + cProfile of B (top 15 in neat_data)
@@ -42,6 +47,17 @@ ROOT = HERE.parent.parent
 
 def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def cpu_since(start: tuple[float, float]) -> dict[str, float]:
+    user, system = cpu_seconds()
+    return {"user": user - start[0], "system": system - start[1]}
 
 
 def current_rss_mib() -> float:
@@ -190,24 +206,29 @@ def side_a(src: Path, work: Path) -> dict:
 
     warm_up(work)
     base = current_rss_mib()
+    cpu = cpu_seconds()
     started = time.perf_counter()
     table = pq.read_table(src)
     read = time.perf_counter()
     pq.write_table(table, work / "copy.parquet", compression="zstd")
     done = time.perf_counter()
-    return {"seconds": done - started, "steps": {"read": read - started, "write": done - read}, "base_rss": base, "peak_rss": max_rss_mib()}
+    return {
+        "seconds": done - started,
+        "cpu": cpu_since(cpu),
+        "steps": {"read": read - started, "write": done - read},
+        "base_rss": base,
+        "peak_rss": max_rss_mib(),
+    }
 
 
 def side_b(src: Path, work: Path) -> dict:
     import datasets  # noqa: F401  (imported here so its import time is not counted; run_export imports it lazily)
-    import pyarrow.parquet as pq
 
+    import neat_data.core.runfolder as runfolder
     import neat_data.stages.export as export
     import neat_data.stages.rank as rank
-    from neat_data.core.runfolder import atomic_write_table
 
     steps: dict[str, float] = {}
-    rss_after: dict[str, float] = {}
 
     def timed(name: str, fn):
         def wrapper(*args, **kwargs):
@@ -219,44 +240,43 @@ def side_b(src: Path, work: Path) -> dict:
 
         return wrapper
 
-    # sub-step timers: wrap the module-level names that rank_tables / run_export look up at call time
-    rank.ranked_lists = timed("  rank: ranked_lists", rank.ranked_lists)
-    rank.make_pairs = timed("  rank: make_pairs", rank.make_pairs)
-    export.export_table = timed("  export: export_table", export.export_table)
-    export.atomic_write_table = timed("  export: write train.parquet", export.atomic_write_table)
+    # sub-step timers: wrap the module-level names that run_rank / run_export look up at call time
+    runfolder.ShardedTable.read = timed("  rank: read scored/", runfolder.ShardedTable.read)
+    rank.rank_lists = timed("  rank: rank_lists", rank.rank_lists)
+    rank.rank_pairs = timed("  rank: rank_pairs (lists.parquet written meanwhile)", rank.rank_pairs)
+    runfolder.StagedWrites.__exit__ = timed("  waiting for staged writes", runfolder.StagedWrites.__exit__)
+    export.export_table = timed("  export: read pairs + export_table", export.export_table)
     datasets.DatasetDict.save_to_disk = timed("  export: save_to_disk (hf/)", datasets.DatasetDict.save_to_disk)
+    export.write_croissant = timed("  export: croissant.json", export.write_croissant)
 
     warm_up(work)
     run = work / "run"
+    (run / "scored").mkdir(parents=True)
+    shutil.copyfile(src, run / "scored" / "part-000000.parquet")  # the run folder score would have left
     base = current_rss_mib()
+    cpu = cpu_seconds()
     started = time.perf_counter()
-    table = pq.read_table(src)
-    t_read = time.perf_counter()
-    rss_after["read"] = max_rss_mib()
-    lists, pairs, _, summary = rank.rank_tables(rank.RankConfig(run=run, pairs="best-vs-worst"), table)
+    summary = rank.run_rank(rank.RankConfig(run=run, pairs="best-vs-worst"))
     t_rank = time.perf_counter()
-    rss_after["rank_tables"] = max_rss_mib()
-    atomic_write_table(run / "ranked" / "lists.parquet", lists)
-    atomic_write_table(run / "ranked" / "pairs.parquet", pairs)
-    t_write = time.perf_counter()
-    rss_after["write ranked"] = max_rss_mib()
-    del table, lists, pairs  # run_export reads ranked/ back from disk, as the CLI's separate stage would
+    rank_wait = steps.get("  waiting for staged writes", 0.0)
+    rss_after = {"run_rank": max_rss_mib()}
     _, exported = export.run_export(export.ExportConfig(run=run, format="trl"))
     done = time.perf_counter()
-    rss_after["export"] = max_rss_mib()
+    rss_after["run_export"] = max_rss_mib()
 
-    ordered = {"read": t_read - started, "rank_tables": t_rank - t_read}
-    ordered["  rank: ranked_lists"] = steps["  rank: ranked_lists"]
-    ordered["  rank: make_pairs"] = steps["  rank: make_pairs"]
-    ordered["  rank: summary/other"] = ordered["rank_tables"] - ordered["  rank: ranked_lists"] - ordered["  rank: make_pairs"]
-    ordered["write ranked"] = t_write - t_rank
-    ordered["export (run_export)"] = done - t_write
-    sub = ["  export: export_table", "  export: write train.parquet", "  export: save_to_disk (hf/)"]
-    for name in sub:
-        ordered[name] = steps.get(name, 0.0)
-    ordered["  export: other"] = ordered["export (run_export)"] - sum(steps.get(n, 0.0) for n in sub)
+    ordered = {"run_rank": t_rank - started}
+    rank_steps = ["  rank: read scored/", "  rank: rank_lists", "  rank: rank_pairs (lists.parquet written meanwhile)"]
+    ordered.update({name: steps.get(name, 0.0) for name in rank_steps})
+    ordered["  rank: waiting for staged writes"] = rank_wait
+    ordered["  rank: lock, manifest"] = ordered["run_rank"] - sum(steps.get(n, 0.0) for n in rank_steps) - rank_wait
+    ordered["run_export"] = done - t_rank
+    sub = ["  export: read pairs + export_table", "  export: save_to_disk (hf/)", "  export: croissant.json"]
+    ordered.update({name: steps.get(name, 0.0) for name in sub})
+    ordered["  export: waiting for train.parquet"] = steps.get("  waiting for staged writes", 0.0) - rank_wait
+    ordered["  export: other"] = ordered["run_export"] - sum(ordered[n] for n in [*sub, "  export: waiting for train.parquet"])
     return {
         "seconds": done - started,
+        "cpu": cpu_since(cpu),
         "steps": ordered,
         "base_rss": base,
         "peak_rss": max_rss_mib(),
@@ -314,7 +334,7 @@ def run_child(side: str, src: Path, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="100,000 rows, 1 repeat")
     parser.add_argument("--profile", action="store_true", help="also run B once under cProfile and print the hotspots")
     parser.add_argument("--child", choices=["A", "B", "profile", "build"], help=argparse.SUPPRESS)
@@ -383,6 +403,14 @@ def main() -> None:
         print(f"A bare read+write  : {a_med:7.2f} s median (runs: {', '.join(f'{s:.2f}' for s in a_secs)})")
         print(f"B rank+export      : {b_med:7.2f} s median (runs: {', '.join(f'{s:.2f}' for s in b_secs)})")
         print(f"ratio B/A          : {b_med / a_med:7.2f}x  (per-repeat: {', '.join(f'{r:.2f}' for r in ratios)}; goal <= 1.5x)")
+
+        def cpu(side: str) -> str:
+            user = statistics.median(r["cpu"]["user"] for r in results[side])
+            system = statistics.median(r["cpu"]["system"] for r in results[side])
+            return f"user {user:5.2f} s, system {system:5.2f} s (medians; the wall time is less where threads overlap)"
+
+        print(f"CPU A              : {cpu('A')}")
+        print(f"CPU B              : {cpu('B')}")
         print(f"RSS A              : {rss('A')}")
         print(f"RSS B              : {rss('B')}")
         print()

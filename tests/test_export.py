@@ -254,3 +254,25 @@ def test_croissant_json_validates_with_mlcroissant_and_reads_back_the_rows(ranke
     labels = [a["prov:label"] for a in document["prov:wasGeneratedBy"]]
     assert labels[:4] == ["generate", "score", "rank", "audit"] and f"export:{fmt}" in labels
     assert document["prov:wasGeneratedBy"][2]["description"].startswith(f"neat-data rank {ranked_run} --pairs all-pairs")
+
+
+def test_the_saved_dataset_fingerprint_follows_the_content(ranked_run: Path):
+    """export gives datasets its own content fingerprint (datasets would pickle the table to find one): the same
+    pairs give the same one, a changed text another; the saved hf/ reads back equal to the Parquet split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def export_fingerprint() -> str:
+        result = CliRunner().invoke(cli, ["export", str(ranked_run), "--format", "trl"])
+        assert result.exit_code == 0, result.output
+        return json.loads((ranked_run / "export" / "trl" / "hf" / "train" / "state.json").read_text())["_fingerprint"]
+
+    first = export_fingerprint()
+    assert export_fingerprint() == first
+    saved = datasets.load_from_disk(str(ranked_run / "export" / "trl" / "hf"))["train"]
+    assert saved.to_list() == pq.read_table(ranked_run / "export" / "trl" / "train.parquet").to_pylist()
+    pairs_path = ranked_run / "ranked" / "pairs.parquet"
+    pairs = pq.read_table(pairs_path)
+    chosen = pairs.column("chosen").to_pylist()
+    pq.write_table(pairs.set_column(pairs.schema.get_field_index("chosen"), "chosen", pa.array([chosen[0] + "!"] + chosen[1:])), pairs_path)
+    assert export_fingerprint() != first

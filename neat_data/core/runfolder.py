@@ -19,9 +19,11 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -29,6 +31,7 @@ from filelock import FileLock, Timeout
 
 from neat_data.core.errors import NeatError
 from neat_data.core.files import atomic_write_bytes, decode_json
+from neat_data.core.schemas import one_array
 
 _SHARD = re.compile(r"^part-(\d{6})\.parquet$")
 SHARD_DIR = re.compile(r"^shard-(\d{5})-of-(\d{5})$")
@@ -40,6 +43,11 @@ def atomic_write_table(path: Path, table: pa.Table) -> None:
 
 def atomic_write_batches(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]) -> None:
     """One Parquet file from a stream of record batches (or tables), whole or absent: peak memory is one batch."""
+    os.replace(_write_aside(path, schema, batches), path)
+
+
+def _write_aside(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]) -> str:
+    """Write the file under a temporary name beside `path`, fsynced; returns that name (removed if the write fails)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
@@ -50,10 +58,47 @@ def atomic_write_batches(path: Path, schema: pa.Schema, batches: Iterable[pa.Rec
                     writer.write(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch], schema=schema))
         with open(temp, "rb+") as out:
             os.fsync(out.fileno())
-        os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    return temp
+
+
+class StagedWrites:
+    """Parquet files written in background threads while the caller goes on computing, and put in place together
+    when the block ends without an error; otherwise none of them is (a stage's outputs stay a matching set).
+
+    A Parquet writer encodes and compresses on one core and releases the GIL: rank writes lists.parquet while it forms
+    the pairs, and export writes train.parquet while datasets saves hf/ (benchmarks/rank_export.py).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="neat-write")
+        self._staged: list[tuple[Path, Future[str]]] = []
+
+    def write(self, path: Path, table: pa.Table) -> None:
+        self._staged.append((path, self._pool.submit(_write_aside, path, table.schema, table.to_batches())))
+
+    def __enter__(self) -> StagedWrites:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+        temps: list[tuple[str, Path]] = []
+        error: BaseException | None = None
+        for path, future in self._staged:
+            try:
+                temps.append((future.result(), path))
+            except BaseException as failure:  # a write cancelled by the block's own error raises CancelledError here
+                error = error or failure
+        if exc_type is None and error is None:
+            for temp, path in temps:
+                os.replace(temp, path)
+            return
+        for temp, _ in temps:
+            Path(temp).unlink(missing_ok=True)
+        if exc_type is None and error is not None:
+            raise error
 
 
 class RunLock:
@@ -87,13 +132,20 @@ class RunLock:
                 ) from None
         if self.check_shards:
             # No shard process is writing (checked above) and single-process tables are only written under
-            # this lock, so a temp file now is a killed writer's leftover.
-            for temp in self.path.parent.glob("*/.part-*.tmp"):
+            # this lock, so a temp file now is a killed writer's leftover (a shard's, or ranked/'s staged files).
+            for temp in self.path.parent.glob("*/.*.parquet.*.tmp"):
                 temp.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+
+
+class PartRemoved(NeatError):
+    """A part listed by a reader was gone when it came to read it: another process compacted that folder."""
+
+
+_READ_ATTEMPTS = 20  # listings a read tries while parts keep being compacted under it
 
 
 class ShardedTable:
@@ -139,6 +191,8 @@ class ShardedTable:
             for name in late:  # a shard written before the column existed
                 table = table.append_column(self.schema.field(name), pa.nulls(table.num_rows, self.schema.field(name).type))
         except Exception as error:  # pyarrow raises several types for truncated/corrupt files and missing columns
+            if not path.exists():
+                raise PartRemoved("removed while being read (another process compacted this table)", file=path) from None
             present = _column_names(path)
             missing = [name for name in names if name not in present]
             if present and missing:
@@ -158,7 +212,15 @@ class ShardedTable:
         """All rows (or only `columns`, plus `key`), the last one written for each key, in write order. Unreadable
         shards and shards with a missing or mistyped column are a NeatError naming the file and the column."""
         names = None if columns is None else ["key", *[c for c in columns if c != "key"]]
-        tables = [self._read_part(path, names) for path in self.shard_paths()]
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                tables = [self._read_part(path, names) for path in self.shard_paths()]
+                break
+            except PartRemoved:
+                # A `--num-shards` process compacts its own sub-folder: it writes the new part before it removes the
+                # old ones, so listing again finds every row (in the new part, or in both: the last one wins).
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
         if not tables:
             schema = self.schema if names is None else pa.schema([self.schema.field(n) for n in names])
             return schema.empty_table()
@@ -226,20 +288,52 @@ def _short(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def last_occurrence(keys: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """A mask of the rows that are the last written for their key; None when every key is distinct (every run that
+    retried nothing). In Arrow and numpy: one hash pass, no Python object per row (1M keys: 0.5 s → 0.1 s).
+    A null key counts as one key, as it did when this was a dict."""
+    keys = one_array(keys)
+    if _surely_distinct(keys):
+        return None
+    codes = pc.dictionary_encode(keys, null_encoding="encode")
+    distinct = len(codes.dictionary)
+    if distinct == len(codes):
+        return None
+    last = np.full(distinct, -1, dtype=np.int64)
+    np.maximum.at(last, codes.indices.to_numpy(zero_copy_only=False), np.arange(len(codes), dtype=np.int64))
+    mask = np.zeros(len(codes), dtype=bool)
+    mask[last] = True
+    return mask
+
+
+def _surely_distinct(keys: pa.Array) -> bool:
+    """True only if no two keys are equal, checked fast for the keys neat-data writes (32 hex digits, so every key has
+    the same width): a 64-bit hash of each key's bytes, sorted; distinct hashes prove distinct keys. False means "not
+    proven" (keys of mixed widths, nulls, or a hash shared) and the exact check runs. 1M keys: 0.02 s, against 0.14 s
+    for Arrow's hash table."""
+    n = len(keys)
+    if n < 2 or keys.type != pa.string() or keys.null_count:
+        return n < 2 and not keys.null_count
+    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int32, count=n + 1, offset=keys.offset * 4)
+    width = int(offsets[1] - offsets[0])
+    if width == 0 or width % 8 or not (np.diff(offsets) == width).all():
+        return False
+    words = np.frombuffer(keys.buffers()[2], dtype=np.uint64, count=n * width // 8, offset=int(offsets[0])).reshape(n, width // 8)
+    hashes = np.zeros(n, dtype=np.uint64)
+    for column in range(width // 8):
+        hashes = (hashes ^ words[:, column]) * np.uint64(0x9E3779B97F4A7C15)  # wraps mod 2**64, as meant
+    hashes.sort()
+    return not (hashes[1:] == hashes[:-1]).any()
+
+
 def _last_occurrence_masks(keys: list[pa.ChunkedArray]) -> list[pa.Array | None]:
-    """Per part, a mask of the rows that are the last written for their key (None: keep every row). Without
-    duplicate keys — every run that retried nothing — no per-key map is built."""
-    everything = pa.chunked_array([chunk for column in keys for chunk in column.chunks], type=pa.string())
-    if pc.count_distinct(everything).as_py() == len(everything):
+    """Per part, a mask of the rows that are the last written for their key (None: keep every row)."""
+    mask = last_occurrence(pa.chunked_array([chunk for column in keys for chunk in column.chunks], type=pa.string()))
+    if mask is None:
         return [None] * len(keys)
-    last: dict[str, int] = {key: index for index, key in enumerate(everything.to_pylist())}
-    keep = sorted(last.values())
-    flags = [False] * len(everything)
-    for index in keep:
-        flags[index] = True
     masks, start = [], 0
     for column in keys:
-        masks.append(pa.array(flags[start : start + len(column)]))
+        masks.append(pa.array(mask[start : start + len(column)]))
         start += len(column)
     return masks
 
@@ -248,12 +342,8 @@ def keep_last_per_key(table: pa.Table) -> pa.Table:
     """Drop earlier rows whose `key` appears again later (a retried row supersedes its error row)."""
     if table.num_rows == 0:
         return table
-    keys = table.column("key").to_pylist()
-    last = {key: index for index, key in enumerate(keys)}
-    if len(last) == len(keys):
-        return table
-    keep = sorted(last.values())
-    return table.take(pa.array(keep, type=pa.int64()))
+    mask = last_occurrence(table.column("key"))
+    return table if mask is None else table.filter(pa.array(mask))
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

@@ -48,6 +48,14 @@ GENERATIONS = pa.schema(
 ADDED_COLUMNS = frozenset({"system_combine", "finish_reason_chosen", "finish_reason_rejected", "settings_hash"})
 
 
+def one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """`column` as one Array: its only chunk as it is, else the chunks joined. (`ChunkedArray.combine_chunks` copies
+    even a single chunk: at 1M rows that was a second copy of every response rank gathered.)"""
+    if isinstance(column, pa.Array):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def check_columns(table: pa.Table, schema: pa.Schema, source: str) -> None:
     """Raise NeatError naming the file and field if `table` lacks a column of `schema` or types differ."""
     from neat_data.core.errors import NeatError

@@ -18,8 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neat_data.safety.stats import Interval, bootstrap_mean, bootstrap_pooled_mean, per_prompt_means
-
-TRUNCATED = "length"  # finish_reason of a response cut at max_tokens (as in stages/rank.py)
+from neat_data.stages.rank_lists import TRUNCATED
 
 
 def figure(value: Any, definition: str, **extra: Any) -> dict[str, Any]:
@@ -54,18 +53,20 @@ class Candidates:
         return int(self.prompt.size)
 
 
-def response_lengths(
-    keys: pa.Array, responses: pa.Array, token_keys: pa.Array | None, token_counts: pa.Array | None
-) -> tuple[np.ndarray, str]:
-    """(length of each response, unit): the engine's completion_tokens (`token_counts` by `token_keys`, from the scored
-    rows) when every response has one, else whitespace-separated words for every response (one unit for all: a ratio
-    of tokens to words would mean nothing)."""
-    if token_keys is not None and token_counts is not None and len(keys) and len(token_keys):
-        at = pc.index_in(keys, value_set=token_keys)
-        if at.null_count == 0:
-            counts = pc.take(token_counts, at)
-            if counts.null_count == 0:
-                return counts.to_numpy(zero_copy_only=False).astype(np.float64), "tokens"
+def tokens_by_key(keys: pa.Array, token_keys: pa.Array, token_counts: pa.Array) -> pa.Array | None:
+    """The count of each of `keys`, looked up among `token_keys` (the scored rows'); None when a key is not there."""
+    if not len(keys):
+        return None
+    at = pc.index_in(keys, value_set=token_keys)
+    return None if at.null_count else pc.take(token_counts, at)
+
+
+def response_lengths(responses: pa.Array | pa.ChunkedArray, token_counts: pa.Array | None) -> tuple[np.ndarray, str]:
+    """(length of each response, unit): the engine's completion_tokens (`token_counts`, aligned with `responses`) when
+    every response has one, else whitespace-separated words for every response (one unit for all: a ratio of tokens
+    to words would mean nothing)."""
+    if token_counts is not None and len(responses) and token_counts.null_count == 0:
+        return token_counts.to_numpy(zero_copy_only=False).astype(np.float64), "tokens"
     words = pc.fill_null(pc.count_substring_regex(responses, r"\S+"), 0)
     return words.to_numpy(zero_copy_only=False).astype(np.float64), "words"
 
@@ -78,7 +79,8 @@ def flatten_lists(lists: pa.Table, token_keys: pa.Array | None = None, token_cou
     parents = pc.list_parent_indices(lists.column("responses")).to_numpy()
     offsets = np.concatenate([[0], np.cumsum(pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False))])
     finish = pc.list_flatten(lists.column("finish_reason")) if "finish_reason" in lists.column_names else pa.nulls(len(responses))
-    length, unit = response_lengths(keys, responses, token_keys, token_counts)
+    counts = tokens_by_key(keys, token_keys, token_counts) if token_keys is not None and token_counts is not None else None
+    length, unit = response_lengths(responses, counts)
     return Candidates(
         prompt=parents.astype(np.int64),
         prompt_ids=lists.column("prompt_id").to_pylist(),

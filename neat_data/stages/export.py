@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from neat_data.core.errors import NeatError
 from neat_data.core.files import atomic_write_json
 from neat_data.core.manifest import update_manifest
-from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table
-from neat_data.core.schemas import SCORED
+from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites
+from neat_data.core.schemas import SCORED, one_array
 from neat_data.stages.rank import read_ranked
 
 # The one list of export formats (the CLI's --format choices, recipes' `exports`, push's --format derive from it).
@@ -90,8 +90,8 @@ def features(fmt: ExportFormat) -> Any:
 
 def assistant_turns(texts: pa.ChunkedArray | pa.Array) -> pa.ListArray:
     """Each text as a one-message list [{"role": "assistant", "content": text}] (Arrow, no Python rows)."""
-    texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
-    messages = pa.StructArray.from_arrays([pa.array(["assistant"] * len(texts), pa.string()), texts], names=["role", "content"])
+    texts = one_array(texts)
+    messages = pa.StructArray.from_arrays([pa.repeat(pa.scalar("assistant", pa.string()), len(texts)), texts], names=["role", "content"])
     return pa.ListArray.from_arrays(pa.array(np.arange(len(texts) + 1, dtype=np.int32)), messages)
 
 
@@ -296,6 +296,23 @@ def export_table(config: ExportConfig) -> pa.Table:
     return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
 
 
+def content_fingerprint(table: pa.Table) -> str:
+    """The datasets fingerprint of an exported table: xxh3-128 of its schema and of each chunk's length, offset and
+    buffers — the same content, the same fingerprint, as datasets' own. datasets would find it by pickling the whole
+    table (0.15 s of exporting 200k pairs, benchmarks/rank_export.py); hashing the buffers takes 0.01 s."""
+    import xxhash
+
+    digest = xxhash.xxh3_128(table.schema.serialize())
+    for column in table.columns:
+        for chunk in column.chunks:
+            digest.update(f"{len(chunk)}:{chunk.offset}:{chunk.null_count};".encode())
+            for buffer in chunk.buffers():  # each prefixed by its size (-1: absent), so no two layouts read alike
+                digest.update(f"{-1 if buffer is None else buffer.size}|".encode())
+                if buffer is not None:
+                    digest.update(buffer)
+    return digest.hexdigest()
+
+
 def other_splits(folder: Path, split: str, wanted: Any) -> dict[str, Any]:
     """The splits already saved in `folder` (a datasets folder) other than `split`: kept when another split is written,
     so `--split test` after `--split train` adds a split instead of replacing the DatasetDict."""
@@ -327,22 +344,24 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
     with RunLock(run_dir):
         table = export_table(config)
         wanted = features(config.format)
-        dataset = Dataset(table, info=DatasetInfo(features=wanted))
+        dataset = Dataset(table, info=DatasetInfo(features=wanted), fingerprint=content_fingerprint(table))
         splits = {**other_splits(out / "hf", config.split, wanted), config.split: dataset}
-        atomic_write_table(out / f"{config.split}.parquet", table)
-        sidecar = LAYOUTS[config.format].sidecar
-        if sidecar is not None:
-            atomic_write_json(out / "dataset_info.json", sidecar(sorted(splits)))
-        # save_to_disk writes several files: build the folder aside, then swap it in whole
-        staging = Path(tempfile.mkdtemp(prefix=".hf-", dir=out))
-        try:
-            # num_shards=1: datasets would write 0 shards for an empty split, which load_from_disk cannot read back
-            DatasetDict(splits).save_to_disk(str(staging / "hf"), num_shards={name: 1 for name in splits})
-            if (out / "hf").exists():
-                shutil.rmtree(out / "hf")
-            (staging / "hf").rename(out / "hf")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        with StagedWrites() as writes:  # the Parquet split is written while datasets saves hf/
+            writes.write(out / f"{config.split}.parquet", table)
+            sidecar = LAYOUTS[config.format].sidecar
+            if sidecar is not None:
+                atomic_write_json(out / "dataset_info.json", sidecar(sorted(splits)))
+            # save_to_disk writes several files: build the folder aside, then swap it in whole
+            staging = Path(tempfile.mkdtemp(prefix=".hf-", dir=out))
+            try:
+                # num_shards=1: datasets would write 0 shards for an empty split, which load_from_disk cannot read back
+                DatasetDict(splits).save_to_disk(str(staging / "hf"), num_shards={name: 1 for name in splits})
+                if (out / "hf").exists():
+                    shutil.rmtree(out / "hf")
+                (staging / "hf").rename(out / "hf")
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         update_manifest(
             run_dir,
             f"export:{config.format}",

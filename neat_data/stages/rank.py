@@ -28,7 +28,6 @@ trained on them cannot learn "longer wins". The summary's length line (and `neat
 from __future__ import annotations
 
 import statistics
-from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -41,11 +40,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
 from neat_data.core.manifest import update_manifest
-from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet
-from neat_data.core.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns
+from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites, read_parquet
+from neat_data.core.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns, one_array
+from neat_data.stages.rank_lengths import balance_lengths, length_summary, pair_lengths
+from neat_data.stages.rank_lists import is_truncated, ranked_lists
 
 DropReason = Literal["degenerate", "tie", "margin", "truncated", "length-band", "length-balance"]
-TRUNCATED = "length"  # the finish reason of a response cut by max_tokens
+# The scored columns rank_tables reads: run_rank reads only these (the scored table's other columns are most of its
+# bytes on disk, and reading them was a third of rank's time at 1M rows).
+RANK_READS = ("key", "prompt_id", "prompt", "steering", "response", "finish_reason", "completion_tokens", "score", "score_status")
 
 
 PairStrategy = Literal["best-vs-worst", "pos-vs-neg", "all-pairs"]
@@ -116,68 +119,6 @@ def same_when_normalised(first: pa.Array, second: pa.Array) -> np.ndarray:
     return same
 
 
-def is_truncated(finish_reasons: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """finish_reason == "length", with null (unknown) as not truncated."""
-    return pc.fill_null(pc.equal(finish_reasons, TRUNCATED), False)
-
-
-def list_order(keys: pa.Table) -> pa.Array:
-    """Indices sorting `keys` (prompt_id, score, key) by prompt_id, then score descending, then key: stable, as
-    `Table.sort_by`. The prompt ids are replaced by the rank of each among the distinct ids first (a hash pass and
-    a sort of the distinct ids): comparing strings row against row is most of the cost (1M rows: 1.2 → 0.45 s)."""
-    ids = keys.column("prompt_id")
-    by = [("prompt_id", "ascending"), ("score", "descending"), ("key", "ascending")]
-    if ids.null_count:
-        return pc.sort_indices(keys, sort_keys=by)
-    encoded = pc.dictionary_encode(ids).combine_chunks()
-    distinct_order = pc.sort_indices(encoded.dictionary).to_numpy()
-    rank_of_code = np.empty(len(distinct_order), dtype=np.int64)
-    rank_of_code[distinct_order] = np.arange(len(distinct_order))
-    ranks = rank_of_code[encoded.indices.to_numpy(zero_copy_only=False)]
-    return pc.sort_indices(keys.set_column(0, "prompt_id", pa.array(ranks)), sort_keys=by)
-
-
-def ranked_lists(scored: pa.Table, *, drop_truncated: bool = False) -> pa.Table:
-    """One row per prompt: ok candidates sorted by score (best first; ties by key, for a stable order),
-    without the truncated ones when `drop_truncated`.
-
-    Built in Arrow: the order is found on the three sort keys alone, then each column is gathered once (the
-    prompt once per list, at its first row), never the whole table filtered and then sorted: at 1M rows that
-    moves every column twice (5.2 → 1.6 s, benchmarks/rank_export.py).
-    """
-    keep = pc.equal(scored.column("score_status"), "ok")
-    if drop_truncated:
-        keep = pc.and_(keep, pc.invert(is_truncated(scored.column("finish_reason"))))
-    rows = pc.indices_nonzero(pc.fill_null(keep, False))
-    n = len(rows)
-    if n == 0:
-        return RANKED_LISTS.empty_table()
-    sort_keys = scored.select(["prompt_id", "score", "key"]).take(rows).combine_chunks()
-    order = list_order(sort_keys)
-    rows = rows.take(order)  # rows of `scored`, in list order (a stable sort of the kept rows, as before)
-    ids = sort_keys.column("prompt_id").take(order)
-    changes = pc.indices_nonzero(pc.not_equal(ids.slice(1), ids.slice(0, n - 1))).to_numpy() + 1
-    starts = np.concatenate([[0], changes]).astype(np.int32)
-    offsets = pa.array(np.concatenate([starts, [n]]).astype(np.int32))
-    first_rows = rows.take(pa.array(starts))
-
-    def as_lists(name: str) -> pa.ListArray:
-        return pa.ListArray.from_arrays(offsets, scored.column(name).take(rows).combine_chunks())
-
-    return pa.Table.from_arrays(
-        [
-            ids.take(pa.array(starts)),
-            scored.column("prompt").take(first_rows).combine_chunks(),
-            as_lists("response"),
-            as_lists("finish_reason"),
-            as_lists("score"),
-            as_lists("steering"),
-            as_lists("key"),
-        ],
-        schema=RANKED_LISTS,
-    )
-
-
 def candidate_pairs(config: RankConfig, n: int, steering: list[str]) -> list[tuple[int, int, bool]]:
     """(chosen index, rejected index, labelled by score?) over a list sorted best first."""
     if n < 2:
@@ -193,52 +134,104 @@ def candidate_pairs(config: RankConfig, n: int, steering: list[str]) -> list[tup
     return [(min(p, q), max(p, q), True) for p in positives for q in negatives]  # lower index = higher score
 
 
-def strategy_pairs(config: RankConfig, lists: np.ndarray, positions: np.ndarray, steering: np.ndarray) -> np.ndarray:
-    """The strategy's candidate pairs over the candidates `positions` (flat indices, grouped by list, best first
-    within each list; `lists` holds each one's list row): rows (list row, chosen, rejected, labelled by score?),
-    list by list, each list's pairs in `candidate_pairs` order. best-vs-worst, the default, in numpy; the others
-    list by list through `candidate_pairs`."""
-    if not len(positions):
+@dataclass
+class Groups:
+    """Candidates grouped by list, best first within each: group k is the list in row `rows[k]`, its candidates the
+    flat positions `positions[starts[k]:ends[k]]` (`positions` None: every candidate of every list, so that a
+    candidate's position is its own index and no array the size of all candidates is built)."""
+
+    rows: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    positions: np.ndarray | None = None
+
+    @classmethod
+    def every_candidate(cls, lengths: np.ndarray) -> Groups:
+        """Every list whole, from the number of candidates of each."""
+        ends = np.cumsum(lengths)
+        return cls(np.arange(len(lengths), dtype=np.int64), ends - lengths, ends)
+
+    @classmethod
+    def some_candidates(cls, owner: np.ndarray, positions: np.ndarray) -> Groups:
+        """The candidates at `positions` (grouped by list), `owner` holding the list row of each."""
+        starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]])) if len(positions) else np.empty(0, np.int64)
+        return cls(owner[starts], starts, np.append(starts[1:], len(positions)).astype(np.int64), positions)
+
+    def at(self, index: np.ndarray) -> np.ndarray:
+        return index if self.positions is None else self.positions[index]
+
+
+def strategy_pairs(config: RankConfig, groups: Groups, steering: np.ndarray | None) -> np.ndarray:
+    """The strategy's candidate pairs over `groups`: rows (list row, chosen, rejected, labelled by score?) with the
+    sides as flat positions, list by list, each list's pairs in `candidate_pairs` order. best-vs-worst, the
+    default, in numpy; the others list by list through `candidate_pairs`."""
+    if not len(groups.rows):
         return np.empty((0, 4), dtype=np.int64)
-    starts = np.flatnonzero(np.concatenate([[True], lists[1:] != lists[:-1]]))
-    ends = np.append(starts[1:], len(positions))
+    starts, ends = groups.starts, groups.ends
     if config.pairs == "best-vs-worst":
         two = ends - starts >= 2
-        return np.stack([lists[starts[two]], positions[starts[two]], positions[ends[two] - 1], np.ones(int(two.sum()), np.int64)], 1)
+        return np.stack([groups.rows[two], groups.at(starts[two]), groups.at(ends[two] - 1), np.ones(int(two.sum()), np.int64)], 1)
     found = []
-    for start, end in zip(starts.tolist(), ends.tolist()):
-        at = positions[start:end].tolist()
+    for row, start, end in zip(groups.rows.tolist(), starts.tolist(), ends.tolist()):
+        at = groups.at(np.arange(start, end)).tolist()
         found += [
-            (int(lists[start]), at[c], at[r], int(by_score))
-            for c, r, by_score in candidate_pairs(config, end - start, steering[at].tolist())
+            (row, at[c], at[r], int(by_score))
+            for c, r, by_score in candidate_pairs(config, end - start, [] if steering is None else steering[at].tolist())
         ]
     return np.array(found, dtype=np.int64).reshape(-1, 4)
 
 
-def make_pairs(config: RankConfig, lists: pa.Table) -> tuple[pa.Table, pa.Table, list[float]]:
-    """(pairs, dropped pairs with their reason, score gaps of the kept pairs) from the lists of *all* ok
+@dataclass
+class Pairing:
+    """What `make_pairs` found: the PAIRS and DROPPED_PAIRS tables, and for each kept pair its score gap and the
+    positions of its two sides among the lists' flattened candidates."""
+
+    pairs: pa.Table
+    dropped: pa.Table
+    gaps: np.ndarray
+    chosen: np.ndarray
+    rejected: np.ndarray
+
+    def keep(self, mask: np.ndarray, more_dropped: pa.Table) -> Pairing:
+        """The kept pairs where `mask` holds; `more_dropped` (the others, with their reason) goes after the dropped."""
+        return Pairing(
+            self.pairs.filter(pa.array(mask)),
+            pa.concat_tables([self.dropped, more_dropped]),
+            self.gaps[mask],
+            self.chosen[mask],
+            self.rejected[mask],
+        )
+
+
+def make_pairs(config: RankConfig, lists: pa.Table) -> Pairing:
+    """The pairs, the dropped pairs with their reason, and the kept pairs' gaps and sides, from the lists of *all* ok
     candidates. Pairs are positions into the flattened candidate arrays, found and judged with numpy over the
     whole table (only the texts of the paired candidates are compared in Python); the columns are gathered in
     Arrow. The dropped pairs come list by list: those lost to truncation first, then the strategy's own."""
+    none = np.empty(0, dtype=np.int64)
     if not lists.num_rows:
-        return PAIRS.empty_table(), DROPPED_PAIRS.empty_table(), []
+        return Pairing(PAIRS.empty_table(), DROPPED_PAIRS.empty_table(), np.empty(0), none, none)
     lists = lists.combine_chunks()
     lengths = pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False).astype(np.int64)
-    owner = np.repeat(np.arange(lists.num_rows, dtype=np.int64), lengths)  # list row of each flat candidate
-    flat_steering = pc.list_flatten(lists.column("steering"))
-    steering = np.asarray(flat_steering.to_pylist() if config.pairs == "pos-vs-neg" else [None] * len(flat_steering), dtype=object)
-    truncated = is_truncated(pc.list_flatten(lists.column("finish_reason"))).to_numpy(zero_copy_only=False)
-    everyone = np.arange(len(owner), dtype=np.int64)
+    steering = None  # only pos-vs-neg reads it
+    if config.pairs == "pos-vs-neg":
+        steering = np.asarray(pc.list_flatten(lists.column("steering")).to_pylist(), dtype=object)
     lost = np.empty((0, 4), dtype=np.int64)
-    kept_positions = everyone
-    if config.drop_truncated and truncated.any():
+    groups = Groups.every_candidate(lengths)
+    truncated = (
+        is_truncated(pc.list_flatten(lists.column("finish_reason"))).to_numpy(zero_copy_only=False) if config.drop_truncated else None
+    )
+    if truncated is not None and truncated.any():
+        owner = np.repeat(np.arange(lists.num_rows, dtype=np.int64), lengths)  # list row of each flat candidate
+        everyone = np.arange(len(owner), dtype=np.int64)
         kept_positions = everyone[~truncated]
         touched = np.zeros(lists.num_rows, dtype=bool)
         touched[owner[truncated]] = True  # lists with a truncated candidate: what the strategy would have paired there
         whole = everyone[touched[owner]]
-        lost = strategy_pairs(config, owner[whole], whole, steering)
+        lost = strategy_pairs(config, Groups.some_candidates(owner[whole], whole), steering)
         lost = lost[truncated[lost[:, 1]] | truncated[lost[:, 2]]]
-    pairs = strategy_pairs(config, owner[kept_positions], kept_positions, steering)
+        groups = Groups.some_candidates(owner[kept_positions], kept_positions)
+    pairs = strategy_pairs(config, groups, steering)
     chosen, rejected, by_score = pairs[:, 1], pairs[:, 2], pairs[:, 3].astype(bool)
     scores = pc.list_flatten(lists.column("scores")).to_numpy(zero_copy_only=False)
     gaps = scores[chosen] - scores[rejected]
@@ -254,10 +247,12 @@ def make_pairs(config: RankConfig, lists: pa.Table) -> tuple[pa.Table, pa.Table,
     reasons = np.concatenate([np.full(len(lost), "truncated", dtype=object), reason[~keep]])
     order = np.argsort(np.concatenate([2 * lost[:, 0], 2 * pairs[~keep, 0] + 1]), kind="stable")  # by list; lost ones first
     dropped, kept = dropped[order], pairs[keep]
-    return (
+    return Pairing(
         _gather_pairs(lists, kept[:, 0], kept[:, 1], kept[:, 2], [text.filter(pa.array(keep)) for text in texts]),
         _gather_dropped(lists, dropped[:, 0], dropped[:, 1], dropped[:, 2], reasons[order].tolist()),
-        gaps[keep].tolist(),
+        gaps[keep],
+        kept[:, 1],
+        kept[:, 2],
     )
 
 
@@ -295,104 +290,70 @@ def _gather_dropped(lists: pa.Table, rows: np.ndarray, chosen: np.ndarray, rejec
     )
 
 
-def pair_lengths(pairs: pa.Table, scored: pa.Table) -> tuple[np.ndarray, np.ndarray, str]:
-    """(chosen lengths, rejected lengths, unit) of the pairs: completion_tokens of their scored rows, else words."""
-    from neat_data.stages.data_audit_measures import response_lengths
+@dataclass
+class Ranked:
+    """The lists rank writes (`lists`), and those of every ok candidate the pairs are formed from (`everything`: the
+    same table unless drop_truncated), with the completion_tokens of each of its flattened candidates (`tokens`; None
+    when the scored rows have no such column). Nothing in it refers to the scored table: the caller may let it go."""
 
-    keys = pa.concat_arrays([pairs.column("key_chosen").combine_chunks(), pairs.column("key_rejected").combine_chunks()])
-    texts = pa.concat_arrays([pairs.column("chosen").combine_chunks(), pairs.column("rejected").combine_chunks()])
-    tokens = scored.column("completion_tokens").combine_chunks() if "completion_tokens" in scored.column_names else None
-    lengths, unit = response_lengths(keys, texts, scored.column("key").combine_chunks(), tokens)
-    return lengths[: pairs.num_rows], lengths[pairs.num_rows :], unit
+    lists: pa.Table
+    everything: pa.Table
+    tokens: pa.Array | None
 
 
-def balance_lengths(pairs: pa.Table, scored: pa.Table, band: float) -> tuple[pa.Table, pa.Table]:
-    """(kept pairs, dropped ones with reason length-band / length-balance): pairs whose length ratio exceeds `band` go,
-    then the surplus of the commoner direction (chosen longer vs chosen shorter), smallest score gap first (ties by
-    key), so that as many kept pairs have the longer side chosen as rejected."""
-    from neat_data.stages.data_audit_measures import length_ratio
+def rank_lists(config: RankConfig, scored: pa.Table) -> Ranked:
+    everything, source = ranked_lists(scored)
+    tokens = one_array(scored.column("completion_tokens").take(source)) if "completion_tokens" in scored.column_names else None
+    return Ranked(ranked_lists(scored, drop_truncated=True)[0] if config.drop_truncated else everything, everything, tokens)
 
-    chosen, rejected, _ = pair_lengths(pairs, scored)
-    ratio = length_ratio(chosen, rejected)
-    outside = np.maximum(ratio, 1 / ratio) > band
-    longer, shorter = (chosen > rejected) & ~outside, (chosen < rejected) & ~outside
-    surplus_side = longer if longer.sum() > shorter.sum() else shorter
-    surplus = abs(int(longer.sum()) - int(shorter.sum()))
-    gap = pc.subtract(pairs.column("score_chosen"), pairs.column("score_rejected")).to_numpy(zero_copy_only=False)
-    keys = np.asarray(pairs.column("key_chosen").to_pylist(), dtype=object)
-    candidates = np.flatnonzero(surplus_side)
-    order = sorted(candidates.tolist(), key=lambda i: (gap[i], keys[i]))[:surplus]
-    balanced = np.zeros(pairs.num_rows, dtype=bool)
-    balanced[order] = True
-    reasons = np.where(outside, "length-band", np.where(balanced, "length-balance", ""))
-    drop = reasons != ""
-    gone = pairs.filter(pa.array(drop))
-    dropped = pa.Table.from_arrays(
-        [
-            gone.column("prompt_id"),
-            gone.column("key_chosen"),
-            gone.column("key_rejected"),
-            gone.column("score_chosen"),
-            gone.column("score_rejected"),
-            pa.array(reasons[drop].tolist(), pa.string()),
-        ],
-        schema=DROPPED_PAIRS,
+
+def rank_pairs(config: RankConfig, ranked: Ranked) -> tuple[pa.Table, pa.Table, RankSummary]:
+    """(pairs, dropped pairs, summary) from the lists of `rank_lists`."""
+    pairing = make_pairs(config, ranked.everything)
+    lengths = pair_lengths(pairing.pairs, pairing.chosen, pairing.rejected, ranked.tokens) if pairing.pairs.num_rows else None
+    if config.balance_length is not None and lengths is not None:
+        kept, unbalanced = balance_lengths(pairing.pairs, lengths, config.balance_length)
+        pairing, lengths = pairing.keep(kept, unbalanced), lengths.keep(kept)
+    margins = pairing.gaps.tolist()
+    stats = {}
+    if margins:
+        stats = {"mean": statistics.fmean(margins), "median": statistics.median(margins), "min": min(margins), "max": max(margins)}
+    candidates = int(pc.sum(pc.list_value_length(ranked.lists.column("responses"))).as_py() or 0)
+    all_candidates = int(pc.sum(pc.list_value_length(ranked.everything.column("responses"))).as_py() or 0)
+    reasons = pc.value_counts(pairing.dropped.column("reason")).to_pylist() if pairing.dropped.num_rows else []
+    summary = RankSummary(
+        prompts=ranked.lists.num_rows,
+        candidates=candidates,
+        pairs_kept=pairing.pairs.num_rows,
+        dropped={reason["values"]: reason["counts"] for reason in reasons},
+        margins=stats,
+        truncated_left_out=all_candidates - candidates,
+        length=length_summary(lengths) if lengths is not None else {},
     )
-    return pairs.filter(pa.array(~drop)), dropped
-
-
-def length_summary(pairs: pa.Table, scored: pa.Table) -> dict[str, Any]:
-    from neat_data.stages.data_audit_measures import length_ratio, length_wins
-
-    if pairs.num_rows == 0:
-        return {}
-    chosen, rejected, unit = pair_lengths(pairs, scored)
-    return {
-        "pairs": pairs.num_rows,
-        "unit": unit,
-        "share_chosen_longer": float((chosen > rejected).mean()),
-        "length_auc": float(length_wins(chosen, rejected).mean()),
-        "median_ratio": float(np.median(length_ratio(chosen, rejected))),
-    }
+    return pairing.pairs, pairing.dropped, summary
 
 
 def rank_tables(config: RankConfig, scored: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table, RankSummary]:
     """The pure core: scored rows → (ranked lists, pairs, dropped pairs, summary)."""
-    everything = ranked_lists(scored)
-    pairs, dropped, margins = make_pairs(config, everything)
-    if config.balance_length is not None and pairs.num_rows:
-        pairs, unbalanced = balance_lengths(pairs, scored, config.balance_length)
-        dropped = pa.concat_tables([dropped, unbalanced])
-        margins = pc.subtract(pairs.column("score_chosen"), pairs.column("score_rejected")).to_pylist()
-    lists = ranked_lists(scored, drop_truncated=True) if config.drop_truncated else everything
-    stats = {}
-    if margins:
-        stats = {"mean": statistics.fmean(margins), "median": statistics.median(margins), "min": min(margins), "max": max(margins)}
-    candidates = int(pc.sum(pc.list_value_length(lists.column("responses"))).as_py() or 0)
-    all_candidates = int(pc.sum(pc.list_value_length(everything.column("responses"))).as_py() or 0)
-    summary = RankSummary(
-        prompts=lists.num_rows,
-        candidates=candidates,
-        pairs_kept=pairs.num_rows,
-        dropped=dict(Counter(dropped.column("reason").to_pylist())),
-        margins=stats,
-        truncated_left_out=all_candidates - candidates,
-        length=length_summary(pairs, scored),
-    )
-    return lists, pairs, dropped, summary
+    ranked = rank_lists(config, scored)
+    return ranked.lists, *rank_pairs(config, ranked)
 
 
 def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
     run_dir = Path(config.run)
     if not (run_dir / "scored").is_dir():
         raise NeatError("no scored/ in this run folder (run `neat-data score` first)", file=run_dir)
+    out = run_dir / "ranked"
     with RunLock(run_dir):
-        scored = ShardedTable(run_dir / "scored", SCORED).read()
-        check_columns(scored, SCORED, str(run_dir / "scored"))
-        lists, pairs, dropped, summary = rank_tables(config, scored)
-        atomic_write_table(run_dir / "ranked" / "lists.parquet", lists)
-        atomic_write_table(run_dir / "ranked" / "pairs.parquet", pairs)
-        atomic_write_table(run_dir / "ranked" / "dropped.parquet", dropped)
+        scored = ShardedTable(run_dir / "scored", SCORED).read(list(RANK_READS))
+        check_columns(scored, pa.schema([SCORED.field(name) for name in RANK_READS]), str(run_dir / "scored"))
+        with StagedWrites() as writes:  # lists.parquet is written while the pairs are formed; all three land together
+            ranked = rank_lists(config, scored)
+            del scored  # the lists hold their own copies: the pairs and the writers reuse its memory
+            writes.write(out / "lists.parquet", ranked.lists)
+            pairs, dropped, summary = rank_pairs(config, ranked)
+            writes.write(out / "pairs.parquet", pairs)
+            writes.write(out / "dropped.parquet", dropped)
         update_manifest(
             run_dir, "rank", {"config": config.model_dump(mode="json"), "command": argv, "finished": True, "summary": summary.__dict__}
         )
