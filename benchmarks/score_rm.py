@@ -58,6 +58,23 @@ def make_items(count: int, seed: int = 0) -> list:
     return items
 
 
+def alternate(scorers: dict, items: list, repeats: int, progress) -> tuple[dict[str, list[float]], dict[str, list]]:
+    """Each scorer (two: side name → scorer) scores every item once per repeat, the order alternating between
+    repeats; returns (items/s per side per repeat, each side's last scores). `progress(rates)` is a repeat's line."""
+    sides = list(scorers)
+    rates: dict[str, list[float]] = {side: [] for side in sides}
+    scores: dict[str, list] = {}
+    for index in range(repeats):
+        order = tuple(sides) if index % 2 == 0 else tuple(reversed(sides))
+        for side in order:
+            started = time.perf_counter()
+            results = scorers[side].score(items)
+            rates[side].append(len(items) / (time.perf_counter() - started))
+            scores[side] = [r.score for r in results]
+        print(f"  repeat {index + 1}/{repeats} ({'-'.join(order)}): {progress(rates)}", flush=True)
+    return rates, scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=512)
@@ -93,21 +110,12 @@ def main() -> None:
         batched.score(items[:32])  # warm-up: first-call allocations, kernels
         single.score(items[:32])
 
-        rates: dict[str, list[float]] = {"A": [], "B": []}
-        scores: dict[str, list] = {}
-        for index in range(args.repeats):
-            order = ("A", "B") if index % 2 == 0 else ("B", "A")
-            for side in order:
-                scorer = batched if side == "A" else single
-                started = time.perf_counter()
-                results = scorer.score(items)
-                seconds = time.perf_counter() - started
-                rates[side].append(len(items) / seconds)
-                scores[side] = [r.score for r in results]
-            print(
-                f"  repeat {index + 1}/{args.repeats} ({'-'.join(order)}): A {rates['A'][-1]:.1f} items/s, B {rates['B'][-1]:.1f} items/s",
-                flush=True,
-            )
+        rates, scores = alternate(
+            {"A": batched, "B": single},
+            items,
+            args.repeats,
+            lambda rates: f"A {rates['A'][-1]:.1f} items/s, B {rates['B'][-1]:.1f} items/s",
+        )
 
         errors = [r for r in scores["A"] + scores["B"] if r is None]
         diff = max(abs(a - b) for a, b in zip(scores["A"], scores["B"]))

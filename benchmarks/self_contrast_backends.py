@@ -76,6 +76,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     import torch
+    from score_rm import alternate  # the same alternating loop as the reward-model benchmark (this folder is on sys.path)
 
     from neat_data.core.models import resolve_model
     from neat_data.scorers.self_contrast import SelfContrastScorer, VLLMSelfContrastScorer
@@ -101,22 +102,12 @@ def main() -> int:
         reference.score(items[:8])  # warm-up: first-call allocations on both sides
         fast.score(items[:8])
 
-        rates: dict[str, list[float]] = {"T": [], "V": []}
-        scores: dict[str, list] = {}
-        for index in range(args.repeats):
-            order = ("T", "V") if index % 2 == 0 else ("V", "T")
-            for side in order:
-                scorer = reference if side == "T" else fast
-                started = time.perf_counter()
-                results = scorer.score(items)
-                seconds = time.perf_counter() - started
-                rates[side].append(len(items) / seconds)
-                scores[side] = [r.score for r in results]
-            print(
-                f"  repeat {index + 1}/{args.repeats} ({'-'.join(order)}): transformers {rates['T'][-1]:.1f} responses/s, "
-                f"vllm {rates['V'][-1]:.1f} responses/s",
-                flush=True,
-            )
+        rates, scores = alternate(
+            {"T": reference, "V": fast},
+            items,
+            args.repeats,
+            lambda rates: f"transformers {rates['T'][-1]:.1f} responses/s, vllm {rates['V'][-1]:.1f} responses/s",
+        )
         unscored = sum(s is None for s in scores["T"] + scores["V"])
         gap = max(abs(v - t) for v, t in zip(scores["V"], scores["T"]))
         t_med, v_med = statistics.median(rates["T"]), statistics.median(rates["V"])

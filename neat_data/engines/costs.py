@@ -80,9 +80,9 @@ def list_cost(prompt_tokens: int, completion_tokens: int, price_in: float, price
 
 
 def _price(totals: dict[str, Any], price_in: float, price_out: float, discount: float) -> None:
-    list_cost_ = list_cost(totals["prompt_tokens"], totals["completion_tokens"], price_in, price_out)
-    totals["list_cost"] = round(list_cost_, 6)
-    totals["cost"] = round(list_cost_ * (1.0 - discount), 6)
+    at_list_prices = list_cost(totals["prompt_tokens"], totals["completion_tokens"], price_in, price_out)
+    totals["list_cost"] = round(at_list_prices, 6)
+    totals["cost"] = round(at_list_prices * (1.0 - discount), 6)
 
 
 class UsageTally:

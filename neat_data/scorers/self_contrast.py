@@ -131,7 +131,7 @@ class VLLMSelfContrastScorer(ContrastScorer):
         for candidate, output in zip(candidates, outputs):
             # prompt_logprobs[t] = {ids[t]: Logprob} = log π(ids[t] | ids[:t]); [0] is None (nothing predicts it)
             positions = output.prompt_logprobs
-            sums.append(sum(positions[t][token].logprob for t, token in enumerate(candidate.ids) if t >= candidate.prompt_length))
+            sums.append(sum(positions[t][candidate.ids[t]].logprob for t in range(candidate.prompt_length, len(candidate.ids))))
         return sums
 
     def response_logprobs(self, candidates: list[Candidate]) -> list[float | str]:

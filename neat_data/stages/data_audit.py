@@ -39,7 +39,7 @@ from neat_data.core.errors import EXIT_CHECK_FAILED, NeatError
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.manifest import update_manifest
 from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_figure, count_by, read_parquet
-from neat_data.core.schemas import DROPPED_PAIRS, SCORED, check_columns
+from neat_data.core.schemas import DROPPED_PAIRS, SCORED, check_columns, one_array
 from neat_data.safety.metrics import MetricName
 from neat_data.stages import data_audit_duplicates as duplicates_of
 from neat_data.stages import data_audit_measures as measures
@@ -200,8 +200,8 @@ def audit_tables(
     combination for the plot)."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    keys = scored.column("key").combine_chunks() if scored is not None else None
-    tokens = scored.column("completion_tokens").combine_chunks() if scored is not None else None
+    keys = one_array(scored.column("key")) if scored is not None else None
+    tokens = one_array(scored.column("completion_tokens")) if scored is not None else None
     candidates = measures.flatten_lists(lists, keys, tokens)
     try:
         sides = measures.pair_sides(pairs, candidates)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from neat_data.core.schemas import one_array
 from neat_data.safety.stats import Interval, bootstrap_mean, bootstrap_pooled_mean, per_prompt_means
 from neat_data.stages.rank_lists import TRUNCATED
 
@@ -129,8 +130,8 @@ def pair_sides(pairs: pa.Table, candidates: Candidates) -> PairSides:
         length_rejected=candidates.length[rejected_at],
         truncated_chosen=candidates.truncated[chosen_at],
         truncated_rejected=candidates.truncated[rejected_at],
-        chosen=pairs.column("chosen").combine_chunks(),
-        rejected=pairs.column("rejected").combine_chunks(),
+        chosen=one_array(pairs.column("chosen")),
+        rejected=one_array(pairs.column("rejected")),
     )
 
 

@@ -97,7 +97,7 @@ def assistant_turns(texts: pa.ChunkedArray | pa.Array) -> pa.ListArray:
 
 def append_turn(prompts: pa.ChunkedArray, texts: pa.ChunkedArray) -> pa.ListArray:
     """prompt messages + [assistant text], per row, by index arithmetic on the flattened messages."""
-    prompts = prompts.combine_chunks()
+    prompts = one_array(prompts)
     lengths = pc.list_value_length(prompts).to_numpy(zero_copy_only=False).astype(np.int64)
     old_values = pc.list_flatten(prompts)
     new_offsets = np.concatenate([[0], np.cumsum(lengths + 1)])
@@ -114,7 +114,7 @@ def append_turn(prompts: pa.ChunkedArray, texts: pa.ChunkedArray) -> pa.ListArra
 
 def last_user_text(prompts: pa.ChunkedArray) -> pa.Array:
     """The content of each conversation's last message (a user turn: prompts end on one)."""
-    prompts = prompts.combine_chunks()
+    prompts = one_array(prompts)
     ends = np.cumsum(pc.list_value_length(prompts).to_numpy(zero_copy_only=False)) - 1
     return pc.struct_field(pc.list_flatten(prompts).take(pa.array(ends.astype(np.int64))), "content")
 
@@ -122,7 +122,7 @@ def last_user_text(prompts: pa.ChunkedArray) -> pa.Array:
 def check_alternating(fmt: str, prompts: pa.ChunkedArray, file: Path) -> None:
     """Refuse a prompt that is not [system?] user (assistant user)*: layouts that index turns by position (LLaMA-
     Factory's sharegpt converter) skip such a row with a log line instead of failing, so it is caught here."""
-    prompts = prompts.combine_chunks()
+    prompts = one_array(prompts)
     lengths = pc.list_value_length(prompts).to_numpy(zero_copy_only=False).astype(np.int64)
     roles = pc.struct_field(pc.list_flatten(prompts), "role").to_numpy(zero_copy_only=False)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])

@@ -29,7 +29,7 @@ def list_order(keys: pa.Table) -> pa.Array:
     by = [("prompt_id", "ascending"), ("score", "descending"), ("key", "ascending")]
     if ids.null_count:
         return pc.sort_indices(keys, sort_keys=by)
-    encoded = pc.dictionary_encode(ids).combine_chunks()
+    encoded = one_array(pc.dictionary_encode(ids))
     distinct_order = pc.sort_indices(encoded.dictionary).to_numpy()
     rank_of_code = np.empty(len(distinct_order), dtype=np.int64)
     rank_of_code[distinct_order] = np.arange(len(distinct_order))

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from neat_data import __version__
 from neat_data.core.errors import NeatError
 from neat_data.core.manifest import Manifest, read_manifest
-from neat_data.core.schemas import STEERINGS
+from neat_data.core.schemas import STEERINGS, one_array
 from neat_data.view.rounds_data import finite, heldout_section, is_rounds_run, round_folders, rounds_section, suite_sections
 from neat_data.view.tables import FolderRows, read_folder, read_texts, source_folder
 
@@ -60,7 +60,7 @@ class Interner:
     def codes(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """Per row the code of its string, -1 for null."""
         encoded = pc.dictionary_encode(column)
-        encoded = encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+        encoded = one_array(encoded)
         lookup = np.array([self.code(v) for v in encoded.dictionary.to_pylist()] + [-1], np.int64)
         indices = encoded.indices.fill_null(len(lookup) - 1).to_numpy()
         return lookup[indices]
@@ -363,7 +363,7 @@ class RunContents:
                 continue
             picked = rows.rows.filter(pa.array(chosen[rows.prompt_of_row]))
             pids = rows.rows.take(pa.array(rows.prompt_first_row[chosen])).column("prompt_id").to_pylist()
-            texts, by_prompt = read_texts(rows.folder, set(pids), picked.column("key").combine_chunks())
+            texts, by_prompt = read_texts(rows.folder, set(pids), one_array(picked.column("key")))
             if max_chars is not None:
                 texts = pc.utf8_slice_codeunits(texts, 0, max_chars)
                 by_prompt = {pid: [[role, (content or "")[:max_chars]] for role, content in turns] for pid, turns in by_prompt.items()}

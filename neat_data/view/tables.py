@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from neat_data.core.errors import NeatError
 from neat_data.core.manifest import read_manifest
 from neat_data.core.runfolder import ShardedTable, keep_last_per_key
-from neat_data.core.schemas import GENERATIONS, SCORED, STEERINGS
+from neat_data.core.schemas import GENERATIONS, SCORED, STEERINGS, one_array
 
 TITLE_CHARS = 200  # the list shows the start of the last user turn
 # Generation columns the index keeps (texts are read separately, for the prompts a page holds).
@@ -70,7 +70,7 @@ def read_columns(folder: Path, schema: pa.Schema, columns: list[str], reduce: Ca
 
 def _conversation_facts(table: pa.Table) -> pa.Table:
     """Replace `prompt` and `response` by what the index needs: title, turns, text lengths."""
-    prompt = table.column("prompt").combine_chunks()
+    prompt = table.column("prompt").combine_chunks()  # a fresh array: its offsets start at 0 (used raw below)
     flat = pc.list_flatten(prompt)
     offsets = prompt.offsets.to_numpy()
     turns = np.diff(offsets)
@@ -175,7 +175,7 @@ def _display_order(rows: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     n = rows.num_rows
     if n == 0:
         return rows, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    encoded = pc.dictionary_encode(rows.column("prompt_id")).combine_chunks()
+    encoded = one_array(pc.dictionary_encode(rows.column("prompt_id")))
     prompt_codes = encoded.indices.to_numpy()
     rounds = pc.fill_null(rows.column("round"), 0).to_numpy()
     # a prompt id can recur in two rounds of one folder (generate --round 2 into the same folder): key on both
@@ -288,4 +288,4 @@ def read_texts(folder: Path, prompt_ids: set[str] | None, keys: pa.Array) -> tup
         pid: [[m["role"], m["content"]] for m in prompt or []]
         for pid, prompt in zip(firsts.column("prompt_id").to_pylist(), firsts.column("prompt").to_pylist())
     }
-    return responses.combine_chunks() if isinstance(responses, pa.ChunkedArray) else responses, conversations
+    return one_array(responses), conversations
