@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 from conftest import served_generate_args, write_jsonl
 
@@ -71,9 +72,9 @@ def test_max_total_tokens_stops_resumes_and_answers_every_row_once(tmp_path: Pat
     budget = read_manifest(run).stages["generate"]["budget"]
     rows = rows_of(run)
     assert 0 < sent < 60 and len(rows) == sent and budget["unsent_requests"] == 60 - sent and budget["stopped"]
-    # the cap was reached; what was in flight then (the backend reads ≤ 2 × concurrency ahead, at least 16) was kept
+    # the cap was reached by the last request: at concurrency 1 nothing else was in flight, and nothing was read ahead
     billed = [sum(len(str(m["content"]).split()) for m in body["messages"]) + 5 for body in server.requests]
-    assert budget["spent_tokens"] == sum(billed) >= 400 and sum(billed[:-16]) < 400
+    assert budget["spent_tokens"] == sum(billed) >= 400 and sum(billed[:-1]) < 400
     # the same cap again: already reached, nothing is sent
     again = CliRunner().invoke(cli, served_generate_args(source, server.url, run, max_concurrency=1, max_total_tokens=400))
     assert again.exit_code == 0 and len(server.requests) == sent
@@ -117,3 +118,23 @@ def test_max_cost_stops_on_the_priced_spend(tmp_path: Path, fake_server):
     billed = [sum(len(str(m["content"]).split()) for m in body["messages"]) + 5 for body in server.requests]
     assert budget["spent_cost"] == round(sum(billed) * 1000 / 1e6, 6) and budget["spent_cost"] >= 0.5
     assert len(rows_of(run)) == len(server.requests) < 60
+
+
+def billed_tokens(server) -> list[int]:
+    """What the fake server billed each request it answered (prompt words + 5 per completion), in arrival order."""
+    return [sum(len(str(m["content"]).split()) for m in body["messages"]) + 5 * int(body.get("n") or 1) for body in server.requests]
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_cap_is_passed_by_at_most_what_was_in_flight(tmp_path: Path, fake_server, concurrency: int):
+    """The backend used to read 2 × concurrency (at least 16) requests ahead of the answers the budget had counted: a
+    300-token cap at concurrency 1 spent ~900. Now a request is handed over only once every answer is counted."""
+    server = fake_server()
+    source, run = prompts(tmp_path, 40), tmp_path / "run"
+    args = served_generate_args(source, server.url, run, max_concurrency=concurrency, max_total_tokens=300)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and "stopped at the budget --max-total-tokens 300" in result.output, result.output
+    billed = billed_tokens(server)
+    # the answers counted before the cap was reached: all but those in flight then (at most `concurrency`, any of them)
+    assert sum(billed) >= 300 and sum(billed) - sum(sorted(billed)[-concurrency:]) < 300
+    assert read_manifest(run).stages["generate"]["budget"]["spent_tokens"] == sum(billed) and len(rows_of(run)) == len(billed)

@@ -78,6 +78,53 @@ def retry_after_seconds(headers: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+class _Handoff:
+    """Answers put for the caller vs answers it has taken (and counted): the loop pulls the next request only once
+    the two are equal. `put` and `_taken` change in the loop's thread only; the caller's thread signals through it."""
+
+    def __init__(self) -> None:
+        self.put = 0
+        self._taken = 0
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop, self._changed = loop, asyncio.Event()
+
+    def taken(self) -> None:  # the caller's thread
+        self._signal(self._take)
+
+    def close(self) -> None:  # the caller's thread
+        self._signal(self._close)
+
+    def _signal(self, change: Any) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(change)
+        except RuntimeError:  # the loop has finished
+            pass
+
+    def _take(self) -> None:
+        self._taken += 1
+        assert self._changed is not None
+        self._changed.set()
+
+    def _close(self) -> None:
+        self._closed = True
+        assert self._changed is not None
+        self._changed.set()
+
+    async def caught_up(self) -> bool:
+        """Wait until the caller has taken every answer; False once it has stopped taking any."""
+        assert self._changed is not None
+        while self._taken < self.put and not self._closed:
+            self._changed.clear()
+            await self._changed.wait()
+        return not self._closed
+
+
 class _Rejected(Exception):
     """A final, non-retryable failure of one request."""
 
@@ -157,10 +204,11 @@ class OpenAIBackend:
     def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
         results: queue.Queue[Any] = queue.Queue()
         failure: list[BaseException] = []
+        handoff = _Handoff()
 
         def run_loop() -> None:
             try:
-                asyncio.run(self._generate_all(requests, sampling, results))
+                asyncio.run(self._generate_all(requests, sampling, results, handoff))
             except BaseException as error:  # surfaced in the caller's thread below
                 failure.append(error)
             finally:
@@ -168,28 +216,38 @@ class OpenAIBackend:
 
         worker = threading.Thread(target=run_loop, name="neat-openai", daemon=True)
         worker.start()
-        while (item := results.get()) is not _DONE:
-            yield item
+        try:
+            while (item := results.get()) is not _DONE:
+                yield item
+                handoff.taken()  # the caller asked for the next answer: it has counted this one
+        finally:
+            handoff.close()  # a caller that stops early: no further request is pulled
         worker.join()
         if failure:
             raise failure[0]
 
-    async def _generate_all(self, requests: Iterable[GenerationRequest], sampling: Sampling, results: queue.Queue[Any]) -> None:
+    async def _generate_all(
+        self, requests: Iterable[GenerationRequest], sampling: Sampling, results: queue.Queue[Any], handoff: _Handoff
+    ) -> None:
         client = self._client()
         limiter = RateLimiter(self.rpm)
         semaphore = asyncio.Semaphore(self.max_concurrency)
+        handoff.attach(asyncio.get_running_loop())
         try:
 
             async def one(index: int, request: GenerationRequest) -> None:
-                results.put((index, await self._generate_one(client, limiter, semaphore, request, sampling)))
+                result = await self._generate_one(client, limiter, semaphore, request, sampling)
+                handoff.put += 1
+                results.put((index, result))
 
+            # A request is pulled from `requests` only when a slot is free and the caller has taken every answer so
+            # far: the caller's budget, checked as it hands out the next request, has counted every answered one, so
+            # a cap is passed by at most what is in flight (max_concurrency requests), never by a read-ahead window.
             pending = iter(enumerate(requests))
-            # keep a bounded window of tasks so millions of requests do not become millions of coroutines
-            window = max(2 * self.max_concurrency, 16)
             tasks: set[asyncio.Task[None]] = set()
-            for index, request in pending:
-                tasks.add(asyncio.create_task(one(index, request)))
-                if len(tasks) >= window:
+            while await handoff.caught_up() and (item := next(pending, None)) is not None:
+                tasks.add(asyncio.create_task(one(*item)))
+                if len(tasks) >= self.max_concurrency:
                     done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
                         task.result()
