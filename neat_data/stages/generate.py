@@ -53,7 +53,7 @@ from neat_data.stages.generate_plan import (
     result_rows,
     to_engine_request,
 )
-from neat_data.stages.generate_record import _Pass, record_pass, stage_entry
+from neat_data.stages.generate_record import _Pass, record_pass, record_spend, stage_entry
 from neat_data.stages.generate_redo import REDO_COLUMNS, keys_config, pass_record, redo_keys
 
 _NO_OVERWRITE = (
@@ -258,13 +258,14 @@ def run_generate(
             existing, plan, backend = prepare_folder(
                 config, send, out, libraries, plan, explicit, backend, retry_errors, overwrite, progress
             )
-            entry = stage_entry(config, argv, plan, libraries)
+            # the earlier passes' spend and records go in at the start: a pass killed before its end must not forget them
+            entry = {**stage_entry(config, argv, plan, libraries), "budget": budget.record(), "passes": passes}
             out.start(entry, lambda: None if overwrite else check_run_identity(config, run_dir))
             done = _Pass()
             if plan.pending_requests:
                 assert backend is not None
                 done = _Pass(*_generate_pending(config, libraries, out, existing, plan, backend, retry_errors, progress, budget, send))
-            passes.append(pass_record(send, backend.name if backend else None, done.generated, len(existing.redo), argv))
+            passes = [*passes, pass_record(send, backend.name if backend else None, done.generated, len(existing.redo), argv)]
         finally:
             if owns_backend and backend is not None:
                 backend.close()
@@ -387,11 +388,16 @@ def _generate_pending(
             buffer.extend(rows)
             bar.update(len(rows))
             if len(buffer) >= config.flush_every:
+                record_spend(out, budget)  # before the rows: a kill in between counts answers that were billed, then lost
                 out.table.append(buffer)
                 generated += len(buffer)
                 buffer = []
+        record_spend(out, budget)
         out.table.append(buffer)
         generated += len(buffer)
+    except BaseException:  # Ctrl-C, or an error: what was answered was billed, whether or not its rows were written
+        record_spend(out, budget)
+        raise
     finally:
         bar.close()
     waiting = getattr(backend, "pending", {}) or {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neat_data import __version__
-from neat_data.core.manifest import read_manifest, update_manifest
+from neat_data.core.manifest import edit_manifest, read_manifest, update_manifest
 from neat_data.core.runfolder import count_by
 from neat_data.core.shards import StageOutput
 from neat_data.engines.costs import Budget, UsageTally, batch_discount
@@ -41,6 +41,16 @@ class _Pass:
     requests: dict[str, Any] = field(default_factory=dict)
     usage: UsageTally = field(default_factory=UsageTally)
     pending: dict[str, Any] = field(default_factory=dict)
+
+
+def record_spend(out: StageOutput, budget: Budget) -> None:
+    """The run's spend so far into the manifest (`generate.budget`), as it happens: called before each shard is
+    written, so a killed pass forgets at most the answers not yet flushed; a resumed pass starts from it. A shard
+    process records nothing here (caps are refused with --num-shards, and shards would race on the manifest)."""
+    if out.shard is not None:
+        return
+    with edit_manifest(out.run_dir) as manifest:
+        manifest.stages.setdefault("generate", {})["budget"] = budget.record()
 
 
 def stage_entry(config: GenerateConfig, argv: list[str] | None, plan: Any, libraries: list) -> dict[str, Any]:
