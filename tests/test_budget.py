@@ -138,3 +138,32 @@ def test_a_cap_is_passed_by_at_most_what_was_in_flight(tmp_path: Path, fake_serv
     # the answers counted before the cap was reached: all but those in flight then (at most `concurrency`, any of them)
     assert sum(billed) >= 300 and sum(billed) - sum(sorted(billed)[-concurrency:]) < 300
     assert read_manifest(run).stages["generate"]["budget"]["spent_tokens"] == sum(billed) and len(rows_of(run)) == len(billed)
+
+
+def test_a_cap_the_server_gives_no_usage_for_stops_at_the_first_answer_with_one_line(tmp_path: Path, fake_server):
+    """A server that answers without `usage` made every cap silently count 0 tokens: all 40 requests were sent."""
+    server = fake_server(omit_usage=True)
+    source, run = prompts(tmp_path, 20), tmp_path / "run"
+    result = CliRunner().invoke(cli, served_generate_args(source, server.url, run, max_concurrency=1, max_total_tokens=100_000))
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0] == (
+        "error: option 'max_total_tokens': --max-total-tokens cannot be counted: the server answered 1 requests without token "
+        "usage; stopped there (39 requests not sent, the answered rows are kept); run without the cap"
+    )
+    assert len(server.requests) == 1 and len(rows_of(run)) == 1  # what was answered is kept
+    budget = read_manifest(run).stages["generate"]["budget"]
+    assert budget["unsent_requests"] == 39
+    # without the cap the same command generates the rest
+    assert CliRunner().invoke(cli, served_generate_args(source, server.url, run)).exit_code == 0 and len(rows_of(run)) == 40
+
+
+def test_a_batch_backend_refuses_a_cap_up_front(tmp_path: Path, fake_server):
+    server = fake_server()
+    source, run = prompts(tmp_path, 2), tmp_path / "run"
+    for backend in ("openai-batch", "vllm-batch"):
+        args = [*served_generate_args(source, server.url, run, max_total_tokens=1000), "--backend", backend]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"--max-cost / --max-total-tokens cannot be counted with backend '{backend}'" in result.output
+    assert not server.requests and not server.batch_api.batches and not run.exists()

@@ -93,7 +93,20 @@ def option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
         return click.option(flag, name, type=str, metavar="A,B,…", **common)
     if kind is Path:
         return click.option(flag, name, type=click.Path(path_type=Path), **common)
-    return click.option(flag, name, type=kind if kind in (int, float, str) else str, **common)
+    if kind in (int, float):
+        return click.option(flag, name, type=_Number(kind), **common)
+    return click.option(flag, name, type=str, **common)
+
+
+class _Number(click.ParamType):
+    """An int or float option handed to the config as typed: the config checks it, so `--max-total-tokens nan` is one
+    line naming the option (click's own INT/FLOAT would print a usage block of four lines)."""
+
+    def __init__(self, kind: type) -> None:
+        self.name = "integer" if kind is int else "float"  # the metavar in --help: INTEGER / FLOAT, as before
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value
 
 
 def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatten: tuple[str, ...] = ()) -> Callable[[Any], Any]:

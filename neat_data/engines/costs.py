@@ -37,8 +37,8 @@ class PriceOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    price_in: float | None = Field(None, ge=0, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported).")
-    price_out: float | None = Field(None, ge=0, description="Price per 1M completion tokens.")
+    price_in: float | None = Field(None, ge=0, allow_inf_nan=False, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported).")
+    price_out: float | None = Field(None, ge=0, allow_inf_nan=False, description="Price per 1M completion tokens.")
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ class BudgetOptions(BaseModel):
     max_cost: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="Stop sending requests once the run's cost (needs --price-in/--price-out) reaches this; in-flight ones "
         "finish and are kept; the same command with a higher cap continues where it stopped.",
     )
@@ -171,6 +172,7 @@ class Budget:
     tokens: int = 0  # billed prompt + completion tokens, earlier invocations included
     cost: float = 0.0
     unsent: int = 0  # requests left unsent because a cap was reached
+    uncounted: int = 0  # answered requests that reported no usage: a cap cannot be counted, nothing more is sent
 
     @classmethod
     def for_run(cls, caps: BudgetOptions, prices: PriceOptions, discount: float, previous: dict[str, Any] | None) -> Budget:
@@ -185,13 +187,22 @@ class Budget:
             cost=float(spent.get("spent_cost") or 0.0),
         )
 
-    def add(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+    @property
+    def capped(self) -> bool:
+        return self.max_cost is not None or self.max_tokens is not None
+
+    def add(self, prompt_tokens: int | None, completion_tokens: int | None, *, answered: bool = True) -> None:
+        """Count one request's billed tokens; `answered`: it returned completions (a failed request may bill nothing)."""
+        if answered and (prompt_tokens is None or completion_tokens is None):
+            self.uncounted += 1
         prompt, completion = prompt_tokens or 0, completion_tokens or 0
         self.tokens += prompt + completion
         if self.price_in is not None and self.price_out is not None:
             self.cost += list_cost(prompt, completion, self.price_in, self.price_out) * (1.0 - self.discount)
 
     def reached(self) -> bool:
+        if self.capped and self.uncounted:
+            return True
         return (self.max_cost is not None and self.cost >= self.max_cost) or (
             self.max_tokens is not None and self.tokens >= self.max_tokens
         )
@@ -205,6 +216,16 @@ class Budget:
             "stopped": self.unsent > 0,
             "unsent_requests": self.unsent,
         }
+
+    def uncountable(self) -> str | None:
+        """Why the caps could not be counted (the server answered without usage), or None."""
+        if not (self.capped and self.uncounted):
+            return None
+        caps = " / ".join(name for name, cap in (("--max-cost", self.max_cost), ("--max-total-tokens", self.max_tokens)) if cap is not None)
+        return (
+            f"{caps} cannot be counted: the server answered {self.uncounted:,} requests without token usage; stopped there "
+            f"({self.unsent:,} requests not sent, the answered rows are kept); run without the cap"
+        )
 
     def line(self) -> str | None:
         if not self.unsent:

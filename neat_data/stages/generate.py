@@ -270,6 +270,9 @@ def run_generate(
             if owns_backend and backend is not None:
                 backend.close()
         summary = record_pass(config, out, plan, done, entry, budget, passes, started, argv)
+    uncountable = budget.uncountable()
+    if uncountable:  # never a cap silently ignored: the pass is recorded, then one line and exit 2
+        raise NeatError(uncountable, option="max_total_tokens" if config.max_total_tokens is not None else "max_cost")
     return summary
 
 
@@ -384,7 +387,7 @@ def _generate_pending(
                     errors[error_reason(row["error"] or "")] += 1
             billed = request_usage(result)
             usage.add(UsageRecord("generate", planned.steering, *billed))
-            budget.add(*billed)
+            budget.add(*billed, answered=bool(result.completions))
             buffer.extend(rows)
             bar.update(len(rows))
             if len(buffer) >= config.flush_every:

@@ -25,7 +25,7 @@ from neat_data.core.keys import content_key, request_seed, text_hash
 from neat_data.core.messages import SystemCombine, build_messages, error_columns, parse_reply
 from neat_data.core.pairs import PairLibrary, PromptPair, choose_pair
 from neat_data.core.prompts_in import PromptRecord
-from neat_data.engines import BackendName, BackendOptions, loads_model_locally
+from neat_data.engines import BATCH_BACKENDS, BackendName, BackendOptions, loads_model_locally
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.costs import BudgetOptions, PriceOptions, cost_line
 
@@ -95,6 +95,11 @@ class GenerateConfig(BackendOptions, PriceOptions, BudgetOptions):
             raise ValueError("give both --price-in and --price-out (per 1M prompt and completion tokens), or neither")
         if self.max_cost is not None and self.price_in is None:
             raise ValueError("--max-cost needs --price-in and --price-out (the prices it counts with)")
+        if (self.max_cost is not None or self.max_total_tokens is not None) and self.backend in BATCH_BACKENDS:
+            raise ValueError(
+                f"--max-cost / --max-total-tokens cannot be counted with backend '{self.backend}': a batch is submitted whole, "
+                "before any answer; see its ceiling with --dry-run and cap it with --limit"
+            )
         return self
 
     def identity(self) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class ServerSettings:
     cut_at_max_tokens: bool = False  # a reply longer than max_tokens words is cut there, finish_reason "length" (as vLLM)
     error_padding: int = 0  # characters before the echoed key in a 401 message (puts the key where a cut falls)
     require_key: str | None = None  # every endpoint answers 401 echoing the key it got unless it is this one
+    omit_usage: bool = False  # answer without the `usage` object (some servers do): nothing to count a budget with
     # Files + Batch APIs (neat_data.testing.fake_batch_api)
     batch_polls_per_state: int = 1  # retrievals before a batch moves on to its next state …
     batch_seconds_per_state: float = 0.0  # … and seconds it stays in each state at least
@@ -199,6 +200,8 @@ class FakeOpenAIServer:
             "choices": choices,
             "usage": {"prompt_tokens": prompt_words, "completion_tokens": 5 * n, "total_tokens": prompt_words + 5 * n},
         }
+        if self.settings.omit_usage:
+            del payload["usage"]
         return 200, payload, {}
 
     def start(self) -> FakeOpenAIServer:

