@@ -37,7 +37,9 @@ class PriceOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    price_in: float | None = Field(None, ge=0, allow_inf_nan=False, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported).")
+    price_in: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported)."
+    )
     price_out: float | None = Field(None, ge=0, allow_inf_nan=False, description="Price per 1M completion tokens.")
 
 

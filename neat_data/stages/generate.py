@@ -54,7 +54,7 @@ from neat_data.stages.generate_plan import (
     to_engine_request,
 )
 from neat_data.stages.generate_record import _Pass, record_pass, record_spend, stage_entry
-from neat_data.stages.generate_redo import REDO_COLUMNS, keys_config, pass_record, redo_keys
+from neat_data.stages.generate_redo import REDO_COLUMNS, keys_config, pass_record, redo_keys, redone_sampling
 
 _NO_OVERWRITE = (
     "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete the run folder or use another --out"
@@ -94,15 +94,39 @@ class _Existing:
         return key in self.keys and not (retry_errors and key in self.errors) and key not in self.redo
 
 
-def read_existing(whole: ShardedTable, redo: list[RedoClass] | None = None) -> _Existing:
+def read_existing(whole: ShardedTable, redo: list[RedoClass] | None = None, redone_with: str | None = None) -> _Existing:
     """The keys already written (`whole`: the stage's table, every shard), the error rows among them, and with `redo`
-    the rows of those classes."""
+    the rows of those classes (less those made with the sampling `redone_with`: see generate_redo.redo_keys)."""
     table = whole.read(REDO_COLUMNS if redo else ["status"])
     if not table.num_rows:
         return _Existing()
     keys = table.column("key")
     failed = keys.filter(pc.equal(table.column("status"), "error"))
-    return _Existing(keys=set(keys.to_pylist()), errors=set(failed.to_pylist()), redo=redo_keys(table, redo or []))
+    return _Existing(keys=set(keys.to_pylist()), errors=set(failed.to_pylist()), redo=redo_keys(table, redo or [], redone_with))
+
+
+def existing_rows(whole: ShardedTable, config: GenerateConfig, send: GenerateConfig, overwrite: bool) -> _Existing:
+    """What a pass finds done (the run and its --dry-run alike): nothing on --overwrite; on --redo, the rows it selects
+    are not done, except those this pass made already (a resumed --redo pass goes on where it stopped)."""
+    if overwrite:
+        return _Existing()
+    return read_existing(whole, send.redo, redone_sampling(send, config))
+
+
+def pending_requests(
+    config: GenerateConfig, libraries: list, existing: _Existing, retry_errors: bool, shard: ShardSpec | None
+) -> Iterator[PlannedRequest]:
+    """The requests a pass sends (the run and its --dry-run alike): every planned request with a row not done, in order."""
+    records = (
+        r
+        for r in iter_prompts(
+            config.prompts, prompt_column=config.prompt_column, limit=config.limit, allow_system=config.system_combine != "refuse"
+        )
+        if shard is None or shard.owns(r.prompt_id)
+    )
+    for planned in plan_requests(config, records, libraries):
+        if not all(existing.done(key, retry_errors) for key in planned.keys):
+            yield planned
 
 
 def check_prompt_texts(out: StageOutput, explicit: dict[str, str]) -> None:
@@ -243,10 +267,8 @@ def run_generate(
     started = time.time()
     run_dir = Path(config.out)
     send = config  # what requests are sent with; `config` derives keys, pairs and identity (the folder's own, on --redo)
-    config = check_options(config, run_dir, shard, overwrite)
-    libraries = load_libraries(config.pairs)
     explicit: dict[str, str] = {}
-    plan = scan(config, libraries, shard, None, retry_errors, explicit)  # every row valid before the run folder is touched
+    config, libraries, plan = plan_pass(send, shard, retry_errors, overwrite, explicit)
     if backend is None and config.local_model():
         from neat_data.core.models import resolve_model
 
@@ -274,6 +296,21 @@ def run_generate(
     if uncountable:  # never a cap silently ignored: the pass is recorded, then one line and exit 2
         raise NeatError(uncountable, option="max_total_tokens" if config.max_total_tokens is not None else "max_cost")
     return summary
+
+
+def plan_pass(
+    send: GenerateConfig, shard: ShardSpec | None, retry_errors: bool, overwrite: bool, explicit: dict[str, str] | None = None
+) -> tuple[GenerateConfig, list, _Plan]:
+    """The checks and the first plan of a pass, the run and its --dry-run alike: options that cannot go together, the
+    config keys derive from (on --redo: the folder's), the pair libraries, every prompt row valid; then the folder's
+    identity (unless --overwrite). Nothing is written."""
+    run_dir = Path(send.out)
+    config = check_options(send, run_dir, shard, overwrite)
+    libraries = load_libraries(config.pairs)
+    plan = scan(config, libraries, shard, None, retry_errors, explicit)  # every row valid before the run folder is touched
+    if not overwrite:
+        check_run_identity(config, run_dir)
+    return config, libraries, plan
 
 
 def check_options(config: GenerateConfig, run_dir: Path, shard: ShardSpec | None, overwrite: bool) -> GenerateConfig:
@@ -314,7 +351,7 @@ def prepare_folder(
 ) -> tuple[_Existing, _Plan, Backend | None]:
     """What is done already (and the plan of what is not), the prompt texts checked against it, and the backend started
     — before --overwrite deletes anything, and before the manifest names a config."""
-    existing = _Existing() if overwrite else read_existing(out.whole, send.redo)
+    existing = existing_rows(out.whole, config, send, overwrite)
     if existing.keys:  # what is already done needs every key; a fresh folder has nothing done (keys cost ~50 µs/prompt)
         plan = scan(config, libraries, out.shard, existing, retry_errors)
     if not overwrite:
@@ -352,16 +389,7 @@ def _generate_pending(
 
     def pending() -> Iterator[GenerationRequest]:
         index = 0
-        records = (
-            r
-            for r in iter_prompts(
-                config.prompts, prompt_column=config.prompt_column, limit=config.limit, allow_system=config.system_combine != "refuse"
-            )
-            if out.owns(r.prompt_id)
-        )
-        for planned in plan_requests(config, records, libraries):
-            if all(existing.done(key, retry_errors) for key in planned.keys):
-                continue
+        for planned in pending_requests(config, libraries, existing, retry_errors, out.shard):
             if budget.reached():  # nothing more is sent: these rows stay missing, so a later run generates them
                 budget.unsent += 1
                 continue

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neat_data.core.pairs import load_libraries
-from neat_data.core.prompts_in import iter_prompts
 from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import GENERATIONS
 from neat_data.core.shards import ShardSpec
 from neat_data.engines.costs import batch_discount, estimate_prompt_tokens, list_cost
-from neat_data.stages.generate import _Existing, read_existing, scan
-from neat_data.stages.generate_plan import GenerateConfig, plan_requests, to_engine_request
+from neat_data.stages.generate import _Existing, existing_rows, pending_requests, plan_pass
+from neat_data.stages.generate_plan import GenerateConfig, to_engine_request
 
 TOKENIZED_AT_MOST = 20_000  # requests tokenised exactly; beyond, the tokens per character of these scale the rest
 
@@ -72,45 +70,32 @@ def _tokenizer(config: GenerateConfig) -> Any | None:
         return None
 
 
-def _existing(config: GenerateConfig) -> _Existing:
-    """What the folder holds already, read as a real run reads it (without opening the stage: nothing is written)."""
-    folder = Path(config.out) / "generations"
-    return read_existing(ShardedTable(folder, GENERATIONS)) if folder.is_dir() else _Existing()
-
-
 def dry_run_generate(
     config: GenerateConfig, *, shard: ShardSpec | None = None, retry_errors: bool = False, overwrite: bool = False
 ) -> DryRun:
-    libraries = load_libraries(config.pairs)
-    plan = scan(config, libraries, shard, None, retry_errors)  # every row valid, as a real run would check first
-    existing = _Existing() if overwrite else _existing(config)  # --overwrite would start over
-    records = (
-        r
-        for r in iter_prompts(
-            config.prompts, prompt_column=config.prompt_column, limit=config.limit, allow_system=config.system_combine != "refuse"
-        )
-        if shard is None or shard.owns(r.prompt_id)
-    )
-    requests = rows = done = characters = sampled_characters = 0
+    """What the same command would send: planned by the run's own code (`plan_pass`: its checks, the folder's identity,
+    the --redo keys; `existing_rows` and `pending_requests`: what is done and what is sent), without writing or sending."""
+    send = config
+    config, libraries, plan = plan_pass(send, shard, retry_errors, overwrite)
+    folder = Path(config.out) / "generations"
+    existing = existing_rows(ShardedTable(folder, GENERATIONS), config, send, overwrite) if folder.is_dir() else _Existing()
+    requests = rows = characters = sampled_characters = 0
     sampled: list[list[dict[str, str]]] = []
-    for planned in plan_requests(config, records, libraries):
-        wanted = [key for key in planned.keys if not existing.done(key, retry_errors)]
-        done += len(planned.keys) - len(wanted)
-        if not wanted:
-            continue
-        messages = to_engine_request(planned, config).messages
+    for planned in pending_requests(config, libraries, existing, retry_errors, shard):
+        messages = to_engine_request(planned, send).messages
         requests += 1
-        rows += len(wanted)
+        rows += sum(not existing.done(key, retry_errors) for key in planned.keys)
         size = sum(len(m.get("content") or "") + 16 for m in messages)
         characters += size
         if len(sampled) < TOKENIZED_AT_MOST:
             sampled.append(messages)
             sampled_characters += size
+    done = plan.owned * sum((config.num_pos, config.num_neg, config.num_neutral)) - rows
     counted, method = estimate_prompt_tokens(sampled, _tokenizer(config))
     prompt_tokens = counted if requests <= TOKENIZED_AT_MOST or not sampled_characters else round(counted * characters / sampled_characters)
     if requests > TOKENIZED_AT_MOST:
         method += f", on the first {TOKENIZED_AT_MOST:,} requests, scaled by characters to all"
-    ceiling = rows * config.sampling.max_tokens
+    ceiling = rows * send.sampling.max_tokens  # a --redo pass sends with this command's sampling
     cost = None
     if config.price_in is not None and config.price_out is not None:
         discount = batch_discount(config.backend)

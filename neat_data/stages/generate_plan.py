@@ -182,6 +182,11 @@ def to_engine_request(planned: PlannedRequest, config: GenerateConfig) -> Genera
     )
 
 
+def sampling_json(config: GenerateConfig) -> str:
+    """The `sampling` column of the rows a config makes."""
+    return json.dumps(config.sampling.model_dump(), sort_keys=True)
+
+
 def settings_hash(config: GenerateConfig, backend_name: str) -> str:
     """What made a row, as 16 hex: model, backend, the effective sampling, system mode and combine (a `--redo` pass with
     another sampling gets another hash, so a dataset made of several passes says which row came from which)."""
@@ -199,7 +204,7 @@ def result_rows(
     config: GenerateConfig, planned: PlannedRequest, result: RequestResult, backend_name: str, wanted: set[str]
 ) -> list[dict[str, Any]]:
     """Rows for the wanted sample keys of one request: one per sample, ok or error, never dropped."""
-    sampling_json = json.dumps(config.sampling.model_dump(), sort_keys=True)
+    sampling = sampling_json(config)
     settings = settings_hash(config, backend_name)
     has_system = planned.system_prompt is not None or planned.own_system
     system_mode = "none" if not has_system else ("merged" if config.system_mode == "merged" else result.system_mode)
@@ -231,7 +236,7 @@ def result_rows(
                 "sample_index": sample_index,
                 "model": config.model,
                 "backend": backend_name,
-                "sampling": sampling_json,
+                "sampling": sampling,
                 "settings_hash": settings,
                 "seed": planned.seed,
                 "n_fallback": result.n_fallback,

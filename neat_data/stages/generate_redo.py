@@ -22,18 +22,21 @@ import pyarrow as pa
 from neat_data.core.errors import NeatError
 from neat_data.core.manifest import read_manifest
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate_plan import GenerateConfig, RedoClass, settings_hash
+from neat_data.stages.generate_plan import GenerateConfig, RedoClass, sampling_json, settings_hash
 
-REDO_COLUMNS = ["status", "finish_reason", "response", "steering"]  # read with the key
+REDO_COLUMNS = ["status", "finish_reason", "response", "steering", "sampling"]  # read with the key
 
 
-def redo_keys(rows: pa.Table, classes: Sequence[RedoClass]) -> set[str]:
-    """The keys of the rows (columns key + REDO_COLUMNS) that fall in any of `classes`."""
+def redo_keys(rows: pa.Table, classes: Sequence[RedoClass], redone_with: str | None = None) -> set[str]:
+    """The keys of the rows (columns key + REDO_COLUMNS) that fall in any of `classes`, less those whose `sampling`
+    is `redone_with` (`redone_sampling`: the rows this --redo pass already made, before it was killed or stopped)."""
     if not classes or rows.num_rows == 0:
         return set()
     prefixes = None
     keys: set[str] = set()
-    for key, status, finish, response, steering in zip(*(rows.column(name).to_pylist() for name in ["key", *REDO_COLUMNS])):
+    for key, status, finish, response, steering, sampling in zip(*(rows.column(name).to_pylist() for name in ["key", *REDO_COLUMNS])):
+        if redone_with is not None and sampling == redone_with:
+            continue
         for kind in classes:
             if kind == "truncated":
                 hit = status == "ok" and finish == "length"
@@ -50,6 +53,15 @@ def redo_keys(rows: pa.Table, classes: Sequence[RedoClass]) -> set[str]:
                 keys.add(key)
                 break
     return keys
+
+
+def redone_sampling(send: GenerateConfig, config: GenerateConfig) -> str | None:
+    """The `sampling` column of the rows this --redo pass makes (`send`: this command; `config`: the folder's keys
+    config), so that a resumed pass does not redo them again; None when it is the folder's own sampling (its rows
+    cannot be told from the first pass's then — and the same sampling draws the same samples again)."""
+    if not send.redo or send.sampling == config.sampling:
+        return None
+    return sampling_json(send)
 
 
 def keys_config(config: GenerateConfig, run_dir: Path) -> GenerateConfig:

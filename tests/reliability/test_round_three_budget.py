@@ -4,8 +4,10 @@ evidence of what was paid for."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from click.testing import CliRunner
 from conftest import served_generate_args, write_jsonl
 from harness import kill_when, shard_names, start_neat
@@ -36,3 +38,56 @@ def test_a_cap_holds_across_a_sigkill_and_a_resume(tmp_path: Path, fake_server):
     # past the cap by at most what was in flight: one request at the kill (answered, not yet recorded), one at the end
     assert 1000 <= sum(billed) < 1000 + 2 * max(billed)
     assert read_manifest(run).stages["generate"]["budget"]["spent_tokens"] >= sum(billed) - max(billed)
+
+
+def plain_run(tmp_path: Path, server, count: int = 10) -> tuple[Path, Path]:
+    source = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Question number {i}: how do I do thing {i}?"} for i in range(count)])
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, served_generate_args(source, server.url, run, max_concurrency=1))
+    assert result.exit_code == 0, result.output
+    return source, run
+
+
+def test_a_resumed_redo_pass_does_not_redo_what_it_already_redid(tmp_path: Path, fake_server):
+    """A --redo pass stopped part-way (a cap here; a kill is the same) and run again selected the rows it had already
+    regenerated a second time: they are still of the class (steering=neg), and were sent and paid for twice."""
+    server = fake_server()
+    source, run = plain_run(tmp_path, server)
+    spent = read_manifest(run).stages["generate"]["budget"]["spent_tokens"]
+    redo = [*served_generate_args(source, server.url, run, max_concurrency=1), "--redo", "steering=neg", "--seed", "7"]
+    stopped = CliRunner().invoke(cli, [*redo, "--max-total-tokens", str(spent + 100)])
+    assert stopped.exit_code == 0 and "stopped at the budget" in stopped.output, stopped.output
+    first_pass = len(server.requests) - 20
+    assert 0 < first_pass < 10
+    # the dry run of the same command plans what the run then sends: the neg rows not redone yet
+    dry = CliRunner().invoke(cli, [*redo, "--dry-run"])
+    assert dry.exit_code == 0 and f"{10 - first_pass} requests → {10 - first_pass} rows for 10 prompts" in dry.output, dry.output
+    rest = CliRunner().invoke(cli, redo)
+    assert rest.exit_code == 0, rest.output
+    redone = server.requests[20:]
+    assert len(redone) == 10 and all(body["seed"] != 0 for body in redone)  # each neg request once, with the new seed
+    assert len({json.dumps(body["messages"], sort_keys=True) for body in redone}) == 10
+    rows = [row for path in sorted((run / "generations").glob("part-*.parquet")) for row in pq.read_table(path).to_pylist()]
+    latest = {row["key"]: row for row in rows}
+    assert len(latest) == 20 and all(json.loads(r["sampling"])["seed"] == (7 if r["steering"] == "neg" else 0) for r in latest.values())
+
+
+def test_the_dry_run_plans_what_the_run_does(tmp_path: Path, fake_server):
+    """The dry run had its own copy of the planning: it ignored --redo classes (planned 0 where the run sent 10) and
+    skipped the folder's identity check (planned requests for a run that is refused)."""
+    server = fake_server()
+    source, run = plain_run(tmp_path, server)
+    args = served_generate_args(source, server.url, run, max_concurrency=1)
+    dry = CliRunner().invoke(cli, [*args, "--redo", "steering=pos", "--max-tokens", "64", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.startswith("dry run (nothing written, nothing sent): 10 requests → 10 rows for 10 prompts"), dry.output
+    assert "completion tokens: at most 640 (rows × max_tokens)" in dry.output
+    assert len(server.requests) == 20
+    assert CliRunner().invoke(cli, [*args, "--redo", "steering=pos", "--max-tokens", "64"]).exit_code == 0
+    assert len(server.requests) == 30
+    for run_it in (False, True):  # another model: the run is refused, and so is its dry run, with the same line
+        result = CliRunner().invoke(cli, [*args, "--model", "other", *(["--dry-run"] if not run_it else [])])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert 'run folder was made with a different config (model: "served" here, "other" now)' in lines[0]
+    assert len(server.requests) == 30
