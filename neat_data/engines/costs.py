@@ -146,7 +146,9 @@ def cost_line(summary: dict[str, Any]) -> str:
 
 class BudgetOptions(BaseModel):
     """Caps on what a generate run may spend (a generate config inherits them: --max-cost / --max-total-tokens). They
-    count the whole run folder: what earlier invocations spent (the manifest's `budget.spent_*`) plus this one."""
+    count the whole run folder: what earlier invocations spent (the manifest's `budget.spent_*`, written before each
+    shard, so a killed run keeps it) plus this one. A cap that cannot be counted is refused: with a batch backend up
+    front, and at the first answer that carries no usage."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from neat_data.core.errors import NeatError, validation_message
+from neat_data.engines.costs import BudgetOptions
 from neat_data.rounds.publish import PushSpec
 from neat_data.rounds.recipe_file import apply_override, parse_override, read_recipe_file, relative_to_file
 from neat_data.rounds.sections import (
@@ -260,6 +261,12 @@ def changed_fields(recorded: dict[str, Any], recipe: Recipe) -> list[str]:
 
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
-    """What a run folder is bound to: the whole recipe except the number of rounds (a run can be extended) and
-    where it is published (push: does not change the data; added to a finished run, it pushes its rounds)."""
-    return {k: v for k, v in recipe.model_dump(mode="json").items() if k not in ("rounds", "push")}
+    """What a run folder is bound to: the whole recipe except the number of rounds (a run can be extended), where it
+    is published (push: does not change the data; added to a finished run, it pushes its rounds) and a section's
+    spending caps (max_cost, max_total_tokens: a higher cap continues a round its cap stopped)."""
+    identity = {k: v for k, v in recipe.model_dump(mode="json").items() if k not in ("rounds", "push")}
+    for section in identity.values():
+        for fields in (section, section.get("options")) if isinstance(section, dict) else ():
+            for cap in BudgetOptions.model_fields if isinstance(fields, dict) else ():
+                fields.pop(cap, None)
+    return identity

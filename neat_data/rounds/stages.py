@@ -80,6 +80,11 @@ def _run_generate(config: GenerateConfig, argv: list[str]) -> list[str]:
             file=summary.folder,
             exit_code=EXIT_NOTHING_OK,
         )
+    if summary.budget_line:  # not finished: the round must not go on with part of its rows; a higher cap continues it
+        raise NeatError(
+            f"{summary.budget_line} (in the recipe: generate.max_cost / generate.max_total_tokens; raising it keeps the run folder)",
+            file=summary.folder,
+        )
     return [f"generations: {summary.total_rows} rows {summary.counts.get('status')} in {summary.seconds:.0f} s"]
 
 

@@ -6,6 +6,8 @@ sampling, read from its manifest, which also stays the run's identity — so a l
 settings finds every row done. Each regenerated row records the sampling that produced it (`sampling`,
 `settings_hash`); the request seed follows this command's --seed. `score` then scores again exactly the rows whose
 text changed (stages/score.py: a score follows the row it scored). The manifest's `generate.passes` lists every pass.
+A pass that was killed or stopped at a cap, run again, goes on where it stopped: a row whose `sampling` is already this
+command's is not selected again (with the folder's own sampling the passes' rows look alike; it draws the same samples).
     truncated   finish_reason "length" (cut at max_tokens)     error    status "error"
     refused     an AdvBench refusal prefix in the response (neat_data/safety/metrics.py, the evaluation's rule)
     steering=S  every row of that steering (pos, neg, none)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 from conftest import served_generate_args, write_jsonl
 from harness import kill_when, shard_names, start_neat
@@ -91,3 +92,44 @@ def test_the_dry_run_plans_what_the_run_does(tmp_path: Path, fake_server):
         assert result.exit_code == 2 and len(lines) == 1, result.output
         assert 'run folder was made with a different config (model: "served" here, "other" now)' in lines[0]
     assert len(server.requests) == 30
+
+
+@pytest.mark.slow
+def test_a_recipe_cap_stops_its_round_and_a_higher_cap_continues_it(tmp_path: Path, tiny_model: Path, fake_server, monkeypatch):
+    """A round's generate stopped at its cap was recorded finished (the round went on with part of its rows), and a
+    higher cap was refused as another recipe (changed: generate)."""
+    import yaml
+
+    from neat_data.core.errors import NeatError
+    from neat_data.rounds.recipe import load_recipe
+    from neat_data.rounds.runner import run_rounds
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[1]))  # the stages' processes import the scorer from tests/
+    server = fake_server(cut_at_max_tokens=True)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i} of the set"} for i in range(8)])
+    recipe = {
+        "name": "t",
+        "model": str(tiny_model),
+        "out": str(tmp_path / "runs" / "t"),
+        "prompts": {"source": str(prompts), "heldout": 2, "per_round": 3},
+        "rounds": 1,
+        "generate": {"backend": "openai", "base_url": server.url, "num_pos": 1, "num_neg": 1, "max_tokens": 4},
+        "score": {"scorer": "python:view_runs:score_by_length"},
+        "train": {"epochs": 1, "prompts_per_batch": 2},
+        "evaluate": {"backend": "openai", "base_url": server.url, "max_tokens": 8},
+    }
+    recipe["generate"].update(max_concurrency=1, max_total_tokens=1)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    lines: list[str] = []
+    with pytest.raises(NeatError, match="stage generate of round 1 failed"):
+        run_rounds(load_recipe(path), echo=lines.append)
+    assert any("stopped at the budget --max-total-tokens 1" in line for line in lines), lines
+    generate_requests = [body for body in server.requests if body.get("max_tokens") == 4]
+    assert len(generate_requests) == 1  # the first answer passed the cap: nothing more was sent
+    manifest = read_manifest(tmp_path / "runs" / "t")
+    assert not manifest.finished_in_round(1, "generate") and not manifest.finished_in_round(1, "score")
+    rows = run_rounds(load_recipe(path, ["generate.max_total_tokens=100000"]), echo=lines.append)
+    assert len(rows) == 2
+    generate_requests = [body for body in server.requests if body.get("max_tokens") == 4]
+    assert len(generate_requests) == 6 and len({json.dumps(b["messages"]) for b in generate_requests}) == 6  # each once
