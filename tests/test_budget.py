@@ -148,7 +148,7 @@ def test_a_cap_the_server_gives_no_usage_for_stops_at_the_first_answer_with_one_
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0] == (
-        "error: option 'max_total_tokens': --max-total-tokens cannot be counted: the server answered 1 requests without token "
+        "error: option 'max_total_tokens': --max-total-tokens cannot be counted: the server answered 1 request without token "
         "usage; stopped there (39 requests not sent, the answered rows are kept); run without the cap"
     )
     assert len(server.requests) == 1 and len(rows_of(run)) == 1  # what was answered is kept

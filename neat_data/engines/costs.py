@@ -227,7 +227,7 @@ class Budget:
             return None
         caps = " / ".join(name for name, cap in (("--max-cost", self.max_cost), ("--max-total-tokens", self.max_tokens)) if cap is not None)
         return (
-            f"{caps} cannot be counted: the server answered {self.uncounted:,} requests without token usage; stopped there "
+            f"{caps} cannot be counted: the server answered {self.uncounted:,} request{'s' * (self.uncounted != 1)} without token usage; stopped there "
             f"({self.unsent:,} requests not sent, the answered rows are kept); run without the cap"
         )
 

@@ -5,6 +5,9 @@ evidence of what was paid for."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -39,6 +42,24 @@ def test_a_cap_holds_across_a_sigkill_and_a_resume(tmp_path: Path, fake_server):
     # past the cap by at most what was in flight: one request at the kill (answered, not yet recorded), one at the end
     assert 1000 <= sum(billed) < 1000 + 2 * max(billed)
     assert read_manifest(run).stages["generate"]["budget"]["spent_tokens"] >= sum(billed) - max(billed)
+
+
+def test_ctrl_c_keeps_the_spend_of_every_answer(tmp_path: Path, fake_server):
+    """Ctrl-C lost the spend of the whole pass (it was written only at the end): now every answer taken is counted,
+    its rows written or not; only the request in flight (at concurrency 1) may be missing."""
+    server = fake_server(latency=0.03)
+    source = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Question number {i}: how do I do thing {i}?"} for i in range(40)])
+    run = tmp_path / "run"
+    process = start_neat(*served_generate_args(source, server.url, run, max_concurrency=1, flush_every=5))
+    deadline = time.monotonic() + 60
+    while len(shard_names(run / "generations")) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert process.poll() is None, "the run finished before Ctrl-C"
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)
+    billed = billed_tokens(server)
+    spent = read_manifest(run).stages["generate"]["budget"]["spent_tokens"]
+    assert sum(billed) - max(billed) <= spent <= sum(billed) and len(billed) > 10
 
 
 def plain_run(tmp_path: Path, server, count: int = 10) -> tuple[Path, Path]:
