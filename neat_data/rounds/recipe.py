@@ -265,8 +265,8 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     is published (push: does not change the data; added to a finished run, it pushes its rounds) and a section's
     spending caps (max_cost, max_total_tokens: a higher cap continues a round its cap stopped)."""
     identity = {k: v for k, v in recipe.model_dump(mode="json").items() if k not in ("rounds", "push")}
-    for section in identity.values():
-        for fields in (section, section.get("options")) if isinstance(section, dict) else ():
-            for cap in BudgetOptions.model_fields if isinstance(fields, dict) else ():
-                fields.pop(cap, None)
+    sections = [section for section in identity.values() if isinstance(section, dict)]
+    for fields in [*sections, *(section["options"] for section in sections if isinstance(section.get("options"), dict))]:
+        for cap in BudgetOptions.model_fields:
+            fields.pop(cap, None)
     return identity
