@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neat_data.core.errors import EXIT_PENDING, NeatError
+from neat_data.core.errors import EXIT_PENDING, NeatError, child_environment
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.manifest import Manifest, edit_manifest, read_manifest, write_manifest
 from neat_data.core.runfolder import RunLock, empty_folder
@@ -96,6 +96,7 @@ def run_stage(
             [sys.executable, "-m", "neat_data.cli", "stage", stage.kind.name, str(config_path), "--summary", str(summary_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=child_environment(),  # the names of the secrets: the stage scrubs its own log lines of their values
         )
     if finished.returncode == EXIT_PENDING:
         raise NeatError(
