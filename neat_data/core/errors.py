@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -153,6 +154,56 @@ def redact_secret(text: str, secret: str | None, *, min_fragment: int = 16) -> s
         position = end
     pieces.append(text[position:])
     return "".join(pieces)
+
+
+# The machine's failures, not ours: a full disk or quota, a read-only or forbidden folder, a file-size limit, no file
+# handles left, a failing device, a path that loops or is too long.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.EIO,
+    errno.ELOOP,
+    errno.ENAMETOOLONG,
+}
+# These may be our bug, unless the path runs through a symbolic link to nothing (`--out` a dangling link).
+_PATH_ERRNOS = {errno.EEXIST, errno.ENOENT, errno.ENOTDIR}
+
+
+def environment_error(error: OSError) -> NeatError | None:
+    """The one line for an OSError the environment caused (`<path>: No space left on device`), or None when it
+    may be a bug of ours. The path is the error's own filename (core.files names the file a failed write was for)."""
+    code = error.errno
+    path = error.filename if isinstance(error.filename, str) else None
+    if path is not None and code in _PATH_ERRNOS:
+        link = _dangling_link(Path(path))
+        if link is not None:
+            return NeatError(f"a symbolic link to '{os.readlink(link)}', which does not exist", file=link)
+        return None
+    if code not in _ENVIRONMENT_ERRNOS:
+        return None
+    return NeatError(os.strerror(code), file=path)
+
+
+def _dangling_link(path: Path) -> Path | None:
+    """`path` or the first of its parents that is a symbolic link whose target does not exist."""
+    for candidate in [path, *path.parents]:
+        if candidate.is_symlink() and not candidate.exists():
+            return candidate
+    return None
+
+
+def with_path(error: OSError, path: str | Path) -> OSError:
+    """`error` naming `path` when it names no file (a write() or a Parquet writer failing on a full disk does not):
+    the line the user sees says which file could not be written."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return OSError(error.errno, os.strerror(error.errno), str(path))
 
 
 def validation_message(error: ValidationError) -> tuple[str, str]:
