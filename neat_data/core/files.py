@@ -50,8 +50,8 @@ MAX_ALIAS_EXPANSION = 100_000  # values YAML aliases may add to a document: a re
 def load_yaml(text: str, *, file: str | Path | None = None) -> Any:
     """`yaml.safe_load(text)` that refuses what safe_load accepts silently: a key given twice in one mapping (the last
     would win) and aliases that expand past MAX_ALIAS_EXPANSION values (a "billion laughs" bomb hangs whatever walks
-    the result) or refer to themselves. Both are a NeatError naming the key (dotted) and its line; a syntax error is
-    yaml.YAMLError, as from safe_load."""
+    the result) or refer to themselves. Both are a NeatError naming the key (dotted) and its line, as is nesting too
+    deep for the parser; a syntax error is yaml.YAMLError, as from safe_load."""
     import yaml
 
     loader = yaml.SafeLoader(text)
@@ -61,6 +61,8 @@ def load_yaml(text: str, *, file: str | Path | None = None) -> Any:
             return None
         _check_yaml_node(node, file)
         return loader.construct_document(node)
+    except RecursionError:  # PyYAML composes and constructs recursively: [[[[…]]]] thousands deep
+        raise NeatError("nested too deeply (YAML lists or mappings inside each other by the thousand)", file=file) from None
     finally:
         loader.dispose()
 

@@ -492,6 +492,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         lambda folder: recipe_case("variants.big={" + ", ".join(alias_bomb()) + "}")(folder),
         ["option 'set': --set variants.big.e: YAML aliases expand this value past 100000 values"],
     ),
+    "recipe_nested_too_deeply": (
+        lambda folder: recipe_with_text(folder, "variants: " + "[" * 5000 + "]" * 5000 + "\n"),
+        ["recipe.yaml: nested too deeply"],
+    ),
     "pairs_key_given_twice": (
         lambda folder: generate_args(good_prompts(folder), folder / "new-run", pairs=str(pairs_key_twice(folder))),
         ["lib.yaml: row 6: field 'pairs.0.positive': key given twice (first on line 4)"],
