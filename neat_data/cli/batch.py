@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from neat_data.cli.main import cli
+from neat_data.core.errors import register_secret_env
 
 
 @cli.group("batch")
@@ -46,6 +47,7 @@ def _records(run: Path, stage: str | None):  # -> list[tuple[str, BatchRecord]]
 def _key_lookup(api_key_env: str | None):
     def key_for(record) -> str | None:
         name = api_key_env or record.api_key_env
+        register_secret_env(name)
         return os.environ.get(name) if name else None
 
     return key_for

@@ -12,19 +12,61 @@ Every user error prints one line `error: <file>: row <n>: field '<f>': <what>` a
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
-from neat_data.core.errors import NeatError, redact_secrets, validation_message
+from neat_data.core.errors import NeatError, environment_error, redact_secrets, validation_message
+
+
+class ClosedPipeSafe:
+    """sys.stdout / sys.stderr that stop writing, quietly, once the reader has closed the pipe (`neat-data … | head -1`):
+    the command goes on to the end of its work (files are written before any summary line anyway) and exits with its
+    own code. The descriptor is pointed at /dev/null so that the interpreter's last flush cannot fail either."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def _closed(self) -> None:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):  # not a real descriptor (click's test runner): nothing to flush at exit
+            pass
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 class NeatGroup(click.Group):
-    """Every failure is one scrubbed line on stderr: NeatError / config validation errors (exit code 2, or the
-    error's own code), anything unexpected (exit code 1; its traceback, scrubbed, only with NEAT_DATA_DEBUG=1)."""
+    """Every failure is one scrubbed line on stderr: NeatError / config validation errors and what the environment
+    did (a full disk, a read-only folder, a dangling link: exit code 2, or the error's own code), anything unexpected
+    (exit code 1; its traceback, scrubbed, only with NEAT_DATA_DEBUG=1). A closed stdout pipe is not a failure."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = ClosedPipeSafe(sys.stdout), ClosedPipeSafe(sys.stderr)
+        try:
+            return self._invoke(ctx)
+        finally:
+            sys.stdout, sys.stderr = streams
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except NeatError as error:
@@ -40,9 +82,12 @@ class NeatGroup(click.Group):
             click.echo("error: interrupted (finished shards are kept; run the same command again to resume)", err=True)
             ctx.exit(130)
         except Exception as error:  # a bug, or a library failing in a way we do not know yet: still no secret, one line
-            import os
             import traceback
 
+            environmental = environment_error(error) if isinstance(error, OSError) else None
+            if environmental is not None:
+                click.echo(f"error: {redact_secrets(environmental.one_line())}", err=True)
+                ctx.exit(environmental.exit_code)
             if os.environ.get("NEAT_DATA_DEBUG"):
                 for line in traceback.format_exception(error):
                     click.echo(redact_secrets(line.rstrip("\n")), err=True)

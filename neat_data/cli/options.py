@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from neat_data.core.errors import NeatError, validation_message
+from neat_data.core.errors import NeatError, register_secret_fields, validation_message
 
 
 def _plain(annotation: Any) -> Any:
@@ -144,8 +144,10 @@ def build_config(config_class: type[BaseModel], options: dict[str, Any], *, flat
             value = [part.strip() for part in value.split(",") if part.strip()]
         target[name] = value
     try:
-        return model.model_validate(values)
+        config = model.model_validate(values)
     except ValidationError as error:
         field, message = validation_message(error)
         head, _, rest = field.partition(".")
         raise NeatError(message, option=rest if head in flatten and rest else field) from None
+    register_secret_fields(config)  # --api-key-env X, --token-env MY_HUB_CREDENTIAL: their values are scrubbed
+    return config

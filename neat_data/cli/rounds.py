@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.cli.main import cli, command_argv
 from neat_data.cli.options import build_config, config_options, option_names
+from neat_data.core.errors import register_secret_fields
 from neat_data.rounds.sections import EvaluateSpec, evaluation_generate
 from neat_data.rounds.stages import STAGES, StageKindName
 from neat_data.scorers import SCORER_HELP
@@ -134,6 +135,7 @@ def stage(kind: StageKindName, config_path: Path, summary_path: Path | None) -> 
     """Run one stage from a resolved config JSON (what `neat-data run` starts, one process per stage)."""
     entry = STAGES[kind]
     config = entry.config_class.model_validate(json.loads(config_path.read_text(encoding="utf-8")))
+    register_secret_fields(config)
     lines = entry.run(config, command_argv())
     for line in lines:
         click.echo(line)

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from neat_data.core.errors import NeatError
+from neat_data.core.files import load_yaml
 from neat_data.core.keys import choose_index, text_hash
 from neat_data.core.resources import bundled_dir
 
@@ -58,7 +59,7 @@ def load_library(name_or_path: str) -> PairLibrary:
             known = ", ".join(bundled) or "none"
             raise NeatError(f"unknown prompt-pair library (bundled: {known}; or give a YAML file path)", file=name_or_path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), file=path)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         row = mark.line + 1 if mark is not None else None

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
-from neat_data.core.errors import NeatError
+from neat_data.core.errors import NeatError, with_path
 from neat_data.core.files import atomic_write_bytes, decode_json
 from neat_data.core.schemas import one_array
 
@@ -58,6 +58,9 @@ def _write_aside(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch
                     writer.write(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch], schema=schema))
         with open(temp, "rb+") as out:
             os.fsync(out.fileno())
+    except OSError as error:  # a full disk fails inside the Parquet writer, which names no file
+        Path(temp).unlink(missing_ok=True)
+        raise with_path(error, path) from error
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from neat_data.core.errors import redact_secret
+from neat_data.core.errors import redact_secret, register_secret_env
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 from neat_data.engines.openai_wire import UsageTotal, chat_body, parse_chat_response, rejects_system_role
 
@@ -189,6 +189,7 @@ class OpenAIBackend:
     def from_options(cls, model: str, options: OpenAIOptions) -> OpenAIBackend:
         """`model`: the served model name. The key comes from the environment, here and nowhere else."""
         plain = OpenAIOptions.model_validate(options.model_dump(include=set(OpenAIOptions.model_fields)))
+        register_secret_env(options.api_key_env)
         return cls(model, plain, api_key=os.environ.get(options.api_key_env))
 
     def _client(self) -> Any:

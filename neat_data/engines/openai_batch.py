@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neat_data.core.errors import redact_secret
+from neat_data.core.errors import redact_secret, register_secret_env
 from neat_data.engines.batch_base import BatchBackendBase, ControlError
 from neat_data.engines.batch_core import ENDPOINT, MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from neat_data.engines.batch_journal import BatchJournal, BatchRecord
@@ -112,6 +112,7 @@ class OpenAIBatchBackend(BatchBackendBase):
         The key comes from the environment, here and nowhere else."""
         plain = OpenAIOptions.model_validate(options.model_dump(include=set(OpenAIOptions.model_fields)))
         batch = OpenAIBatchOptions.model_validate(options.model_dump(include=set(OpenAIBatchOptions.model_fields)))
+        register_secret_env(plain.api_key_env)
         return cls(model, plain, batch, state_dir=state_dir, journal=journal, api_key=os.environ.get(plain.api_key_env), progress=progress)
 
     def _call(self, what: str, function: Callable[[], T]) -> T:

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neat_data.core.errors import NeatError, redact_secrets
+from neat_data.core.errors import NeatError, redact_secrets, register_secret_env
 from neat_data.core.manifest import edit_manifest, read_manifest
 
 MAIN_EXPORT = "ranked"  # config round_NN; the other exports get round_NN-<format>
@@ -47,9 +47,7 @@ def config_names(k: int, exports: list[str]) -> dict[str, str]:
 
 
 def _without_secret(text: str, spec: PushSpec) -> str:
-    token = os.environ.get(spec.token_env)
-    if token:
-        text = text.replace(token, "***")
+    register_secret_env(spec.token_env)
     return redact_secrets(text)
 
 

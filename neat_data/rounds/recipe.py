@@ -18,8 +18,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+<<<<<<< HEAD
 from neat_data.core.errors import NeatError, validation_message
 from neat_data.engines.costs import BudgetOptions
+=======
+from neat_data.core.errors import NeatError, register_secret_fields, validation_message
+>>>>>>> rel-secrets
 from neat_data.rounds.publish import PushSpec
 from neat_data.rounds.recipe_file import apply_override, parse_override, read_recipe_file, relative_to_file
 from neat_data.rounds.sections import (
@@ -115,6 +119,7 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
     except ValidationError as error:
         field, message = validation_message(error)
         raise NeatError(message, file=path, field=field) from None
+    register_secret_fields(recipe)  # push.token_env, a section's api_key_env (its extra fields included)
     check_stage_fields(recipe, path)
     for name in recipe.variants:
         check_stage_fields(variant_recipe(recipe, name, path), path, prefix=f"variants.{name}.")
@@ -168,6 +173,7 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
             inner = field.removeprefix("generate.") if kind == "evaluate" else field
             inner = inner.removeprefix("sampling.") if kind in ("generate", "evaluate") else inner
             raise NeatError(message, file=path, field=f"{prefix}{section or stage.recipe_section}.{inner}") from None
+        register_secret_fields(config)
         planned.append(PlannedStage(label, stage, config, values, reads))
 
     train = {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train.stage_fields()}

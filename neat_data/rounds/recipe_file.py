@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from neat_data.core.errors import NeatError
+from neat_data.core.files import load_yaml
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -21,7 +22,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(keys) or not all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in keys):
         raise NeatError(f"--set key {key!r} must be dotted names, e.g. train.lr", option="set")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml(value) if value.strip() else None
+    except NeatError as error:  # a key given twice, an alias bomb: named inside the value
+        where = f"{key}.{error.field}" if error.field else key
+        raise NeatError(f"--set {where}: {error.message}", option="set") from None
     except yaml.YAMLError as error:
         raise NeatError(
             f"--set {key}: the value is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'})", option="set"
@@ -51,7 +55,7 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise NeatError("is a folder, not a recipe file", file=path)
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        raw = load_yaml(path.read_bytes().decode("utf-8"), file=path)
     except FileNotFoundError:
         raise NeatError("recipe not found", file=path) from None
     except UnicodeDecodeError as error:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neat_data.core.errors import EXIT_PENDING, NeatError
+from neat_data.core.errors import EXIT_PENDING, NeatError, child_environment, redact_secrets
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.manifest import Manifest, edit_manifest, read_manifest, write_manifest
 from neat_data.core.runfolder import RunLock, empty_folder
@@ -96,6 +96,7 @@ def run_stage(
             [sys.executable, "-m", "neat_data.cli", "stage", stage.kind.name, str(config_path), "--summary", str(summary_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=child_environment(),  # the names of the secrets: the stage scrubs its own log lines of their values
         )
     if finished.returncode == EXIT_PENDING:
         raise NeatError(
@@ -106,7 +107,7 @@ def run_stage(
         )
     if finished.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        echo("\n".join(f"    {line}" for line in tail))
+        echo("\n".join(f"    {redact_secrets(line)}" for line in tail))  # an engine's own lines are not scrubbed in the log
         raise NeatError(
             f"stage {name} of round {k} failed (exit code {finished.returncode}; log above and in {log_path}); "
             "fix and re-run: finished stages are kept",

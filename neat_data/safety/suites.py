@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from neat_data.core.errors import NeatError
+from neat_data.core.files import load_yaml
 from neat_data.core.prompts_in import PromptRecord, load_prompts
 from neat_data.core.resources import bundled_dir
 from neat_data.safety.metrics import MetricName, check_metric_names
@@ -58,7 +59,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not path.is_file():
         raise NeatError(f"unknown evaluation suite (bundled: {', '.join(bundled) or 'none'}; or give a YAML file path)", file=name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"), file=path)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise NeatError(

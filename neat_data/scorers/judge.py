@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from neat_data.core.errors import NeatError
+from neat_data.core.files import load_yaml
 from neat_data.core.keys import request_seed, text_hash
 from neat_data.core.resources import bundled_dir
 from neat_data.engines.base import Backend, GenerationRequest, Sampling
@@ -50,7 +51,7 @@ def load_template(mode: str, spec: str | None = None) -> JudgeTemplate:
     if not path.is_file():
         raise NeatError("judge template not found", file=path, field="judge_template")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), file=path)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise NeatError(f"invalid YAML: {getattr(error, 'problem', error)}", file=path, row=mark.line + 1 if mark else None) from None

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from neat_data.core.errors import NeatError
+from neat_data.core.errors import NeatError, register_secret_env, secret_values
 from neat_data.core.manifest import Manifest, read_manifest, update_manifest
 from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import SCORED
@@ -133,10 +133,14 @@ def upload_file(
     readable: bytes | None = None,
 ) -> None:
     """One file into the dataset repo, retried like every Hub call. Refuses a file whose content contains the Hub
-    token (`readable`: that content where the file packs it, as view.html does): a card or page is built from
-    manifests and data that should never hold one, so this fires only on a leak — better than publishing it."""
-    if token and token.encode("utf-8") in (data if readable is None else readable):
+    token or another secret the program was handed (`readable`: that content where the file packs it, as view.html
+    does): a card or page is built from manifests and data that should never hold one, so this fires only on a
+    leak — better than publishing it."""
+    content = data if readable is None else readable
+    if token and token.encode("utf-8") in content:
         raise NeatError(f"refusing to upload {path_in_repo}: it contains the Hub token", field="token_env")
+    if any(secret.encode("utf-8") in content for secret in secret_values(handed_only=True)):
+        raise NeatError(f"refusing to upload {path_in_repo}: it contains a secret from the environment")
     with_retries(
         functools.partial(
             api.upload_file,
@@ -299,6 +303,7 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
     folder = run_dir / "export" / config.format / "hf"
     if not folder.is_dir():
         raise NeatError(f"no {config.format} export (run `neat-data export {run_dir} --format {config.format}` first)", file=folder)
+    register_secret_env(config.token_env)
     token = os.environ.get(config.token_env) or None
     if token is None:
         from huggingface_hub import get_token

@@ -21,3 +21,10 @@ def leaks_its_key(prompts: list, responses: list[str]) -> list[float]:
     import os
 
     raise PermissionError(f"service rejected key {os.environ.get('SCORER_API_KEY')}")
+
+
+def leaks_a_handed_secret(prompts: list, responses: list[str]) -> list[float]:
+    """A user scorer that fails quoting the value of $X, a variable the recipe names as its api_key_env."""
+    import os
+
+    raise PermissionError(f"service rejected key {os.environ.get('X')}")

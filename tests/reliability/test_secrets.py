@@ -107,3 +107,55 @@ def test_no_secret_in_help_or_error_lines(secret_env, tmp_path: Path, monkeypatc
         outputs.append(result.output)
     assert "HTTP 401" in errors[0].output and "***" in errors[0].output and "***.jsonl" in errors[1].output
     assert not [text for text in outputs if API_KEY in text or HF_TOKEN in text]
+
+
+def test_a_secret_is_scrubbed_whatever_its_variable_is_called(tmp_path: Path, monkeypatch):
+    """`--token-env MY_HUB_CREDENTIAL`: a name without KEY/TOKEN/SECRET/PASSWORD in it. A Hub 401 that quotes the
+    token is still one line without it, because the program was handed that variable as a secret."""
+    credential = "hf_" + secrets.token_hex(20)
+    monkeypatch.setenv("MY_HUB_CREDENTIAL", credential)
+    hub = FakeHub(tmp_path / "hub").install(monkeypatch)
+    hub.fail_next(401, message=f"Invalid credentials in Authorization header: Bearer {credential}")
+    export = tmp_path / "run" / "export" / "h4" / "hf"
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})}).save_to_disk(str(export))
+    args = ["push", str(tmp_path / "run"), "--repo-id", "me/neat", "--token-env", "MY_HUB_CREDENTIAL", "--backoff-base", "0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "HTTP 401" in result.output, result.output
+    assert credential not in result.output and "Bearer ***" in result.output, result.output
+
+
+def test_a_stage_of_a_run_scrubs_the_secrets_the_recipe_names(tmp_path: Path):
+    """`neat-data run` starts each stage as its own process, whose output goes to the stage's log: the recipe's
+    `api_key_env: X` reaches that process by name, so the score stage's failing line — quoting $X's value — is
+    scrubbed in the log and on the console, and the key still reached the server."""
+    import yaml
+
+    key = "sk-" + secrets.token_hex(20)
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"question {i}"} for i in range(4)])
+    server = FakeOpenAIServer(ServerSettings()).start()
+    try:
+        backend = {"backend": "openai", "options": {"base_url": server.url, "api_key_env": "X"}}
+        recipe = {
+            "name": "t",
+            "out": str(tmp_path / "runs"),
+            "model": "some-org/served",
+            "prompts": {"source": "prompts.jsonl", "heldout": 1, "per_round": 2},
+            "rounds": 1,
+            "generate": {**backend, "num_pos": 1, "num_neg": 1, "max_tokens": 8},
+            "score": {"scorer": "python:reliability_scorers:leaks_a_handed_secret"},
+            "evaluate": backend,
+        }
+        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+        result = run_neat("run", str(tmp_path / "recipe.yaml"), env=subprocess_env(X=key))
+    finally:
+        server.stop()
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "service rejected key ***" in output, output
+    assert f"Bearer {key}" in server.authorizations  # the key was really handed over
+    logs = list((tmp_path / "runs").rglob("*.log"))
+    assert any("service rejected key ***" in log.read_text() for log in logs), output
+    assert key not in output and not [
+        path for path in (tmp_path / "runs").rglob("*") if path.is_file() and key.encode() in path.read_bytes()
+    ]
