@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
-from neat_data.core.messages import template_accepts_system
+from neat_data.core.messages import require_chat_template, template_accepts_system
 from neat_data.core.models import resolve_dtype, resolve_model
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 
@@ -128,10 +128,14 @@ class VLLMBackend:
         options = options or VLLMOptions()
         self.model = model_label or model
         self.batch_requests = options.vllm_batch_requests
+        started = llm is None
         if llm is None:
             llm = start_engine(model, options, seed=seed)
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
+        if not getattr(self.tokenizer, "chat_template", None) and started:
+            self.close()
+        require_chat_template(self.tokenizer, self.model)
         self.max_model_len = llm.llm_engine.model_config.max_model_len
         self.token_budget = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
         self.system_role_ok = template_accepts_system(self.tokenizer)
