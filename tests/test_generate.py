@@ -188,3 +188,14 @@ def test_editing_a_pair_text_regenerates_its_rows(prompts_file: Path, tmp_path: 
     rows = read_rows(out)
     current = [r for r in rows if r["system_prompt"] in ("Be very good.", "Be bad.")]
     assert len(current) == 12
+
+
+def test_engine_calls_count_each_sample_of_a_request_against_the_step_budget():
+    from neat_data.engines.vllm_backend import pack_calls, step_tokens
+
+    # a request's n samples are n sequences, and a prompt shorter than a KV block shares none of its prefill between
+    # them: 100 requests of 120 tokens × 2 samples are 24000 tokens to prefill, two calls (counted once, one call held all)
+    calls = list(pack_calls([(i, step_tokens(120, 2)) for i in range(100)], budget=16384, max_requests=512))
+    assert [len(call) for call in calls] == [68, 32] and [i for call in calls for i in call] == list(range(100))
+    assert list(pack_calls([(i, step_tokens(10, 3)) for i in range(5)], budget=16384, max_requests=2)) == [[0, 1], [2, 3], [4]]
+    assert list(pack_calls([("alone", step_tokens(9000, 2)), ("next", 1)], budget=16384, max_requests=512)) == [["alone"], ["next"]]

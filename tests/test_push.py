@@ -232,3 +232,11 @@ def test_model_licences_are_read_from_the_folder_or_unknown(tmp_path: Path):
     assert model_licence(str(folder))["licence"] == "MIT License" and model_licence(str(folder))["source"] == "LICENSE"
     (folder / "README.md").write_text("---\nlanguage: en\nlicense: apache-2.0\n---\n# A model\n")
     assert model_licence(str(folder)) == {"model": str(folder), "licence": "apache-2.0", "source": "README.md (front matter)"}
+
+
+def test_embedded_models_licence_is_their_upstream_one_built_or_not(tmp_path: Path, monkeypatch):
+    from neat_data.stages.provenance import model_licence
+
+    monkeypatch.setenv("NEAT_DATA_CACHE", str(tmp_path / "empty-cache"))  # nothing built: the GGUF carries no licence anyway
+    for alias in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"):
+        assert model_licence(alias) == {"model": alias, "licence": "apache-2.0", "source": "upstream licence of the embedded model"}

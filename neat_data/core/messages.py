@@ -75,6 +75,14 @@ def error_columns(
     }
 
 
+def require_chat_template(tokenizer: Any, model: str) -> None:
+    """A model whose tokenizer has no chat template is not a chat model: every request would fail to render."""
+    if not getattr(tokenizer, "chat_template", None):
+        from neat_data.core.errors import NeatError
+
+        raise NeatError("the model's tokenizer has no chat template (not a chat/instruct model)", file=model, field="model")
+
+
 def template_accepts_system(tokenizer: Any) -> bool:
     """Whether the chat template renders a system message (Gemma-style templates raise instead)."""
     try:

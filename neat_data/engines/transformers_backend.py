@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neat_data.core.messages import template_accepts_system
+from neat_data.core.messages import require_chat_template, template_accepts_system
 from neat_data.core.models import resolve_model
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 
@@ -37,6 +37,7 @@ class TransformersBackend:
         self.model = model_label or model
         self.device = pick_device(device)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model, padding_side="left")
+        require_chat_template(self.tokenizer, self.model)
         self.network = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=compute_dtype(self.device)).to(self.device).eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = {self.tokenizer.eos_token_id} | set(_as_list(getattr(self.network.generation_config, "eos_token_id", None)))

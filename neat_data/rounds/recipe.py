@@ -18,12 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-<<<<<<< HEAD
-from neat_data.core.errors import NeatError, validation_message
-from neat_data.engines.costs import BudgetOptions
-=======
 from neat_data.core.errors import NeatError, register_secret_fields, validation_message
->>>>>>> rel-secrets
+from neat_data.engines.costs import BudgetOptions
 from neat_data.rounds.publish import PushSpec
 from neat_data.rounds.recipe_file import apply_override, parse_override, read_recipe_file, relative_to_file
 from neat_data.rounds.sections import (

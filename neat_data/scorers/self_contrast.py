@@ -123,10 +123,17 @@ class VLLMSelfContrastScorer(ContrastScorer):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        from neat_data.engines.vllm_backend import pack_calls, step_tokens
+
         # greedy, one token, no detokenising: only the prompt log-probs are wanted; prompt_logprobs=0 returns, per
         # position, exactly the log-prob of the prompt's own token (prefix caching is skipped for such requests)
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(c.ids)) for c in candidates], params, use_tqdm=False)
+        # calls packed as the generation backend packs them: each call's tokens within the step budget, so no
+        # sequence is prefilled in chunks
+        budget = self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        outputs = []
+        for call in pack_calls(((c, step_tokens(len(c.ids), 1)) for c in candidates), budget=budget, max_requests=len(candidates)):
+            outputs += self.llm.generate([TokensPrompt(prompt_token_ids=list(c.ids)) for c in call], params, use_tqdm=False)
         sums = []
         for candidate, output in zip(candidates, outputs):
             # prompt_logprobs[t] = {ids[t]: Logprob} = log π(ids[t] | ids[:t]); [0] is None (nothing predicts it)

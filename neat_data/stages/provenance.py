@@ -219,21 +219,24 @@ def _front_matter_licence(readme: Path) -> str | None:
 
 def local_model_folder(spec: str | None) -> Path | None:
     """The model's folder when it is on this machine (never downloads or builds one)."""
-    from neat_data.core.models import SMOLLM2_ALIAS, cache_dir
+    from neat_data.core.models import EMBEDDED_MODELS, embedded_folder
 
     if not spec:
         return None
-    if spec == SMOLLM2_ALIAS:
-        from neat_data.core import models
-
-        folder = cache_dir() / "models" / models._SMOLLM2_FOLDER
+    if spec in EMBEDDED_MODELS:
+        folder = embedded_folder(spec)
         return folder if folder.is_dir() else None
     path = Path(spec).expanduser()
     return path if path.is_dir() else None
 
 
 def model_licence(spec: str | None) -> dict[str, Any]:
-    """{model, licence, source}: what the model folder itself states, or "unknown" (with the files looked at)."""
+    """{model, licence, source}: what the model folder itself states, or "unknown" (with the files looked at); for an
+    embedded model, its upstream licence as our table pins it (the GGUF carries none)."""
+    from neat_data.core.models import EMBEDDED_MODELS
+
+    if spec in EMBEDDED_MODELS:
+        return {"model": spec, "licence": EMBEDDED_MODELS[spec].licence, "source": "upstream licence of the embedded model"}
     folder = local_model_folder(spec)
     if folder is None:
         return {"model": spec, "licence": "unknown", "source": "no local model folder to read"}

