@@ -131,3 +131,17 @@ def test_run_batch_flags_are_the_engine_arguments_of_the_vllm_backend(tmp_path: 
         flag = "--" + name.replace("_", "-")
         assert command[command.index(flag) + 1] == str(value), flag
     assert command[command.index("--served-model-name") + 1] == "served"
+
+
+def test_a_cpu_engine_gets_an_hour_per_step_unless_the_user_set_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """vLLM's 300 s step timeout killed a CPU engine mid-prefill (a 0.5B model, 16,384 tokens, 2 busy cores): every
+    engine neat-data starts on CPU — in process or run_batch's subprocess — gets 3600 s; a value the user set wins."""
+    from neat_data.engines.openai_batch import OpenAIBatchOptions
+    from neat_data.engines.vllm_backend import VLLMOptions
+    from neat_data.engines.vllm_batch import VLLMBatchBackend
+
+    backend = VLLMBatchBackend("served", VLLMOptions(), OpenAIBatchOptions(), state_dir=tmp_path, seed=3, model_path="/m")
+    monkeypatch.delenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", raising=False)
+    assert backend.command(tmp_path / "in.jsonl", tmp_path / "out.jsonl")[1]["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "3600"
+    monkeypatch.setenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "5")
+    assert backend.command(tmp_path / "in.jsonl", tmp_path / "out.jsonl")[1]["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "5"

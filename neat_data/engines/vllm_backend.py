@@ -29,6 +29,18 @@ from neat_data.core.models import resolve_dtype, resolve_model
 from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
 
 CPU_TOKEN_BUDGET = 16384
+# vLLM kills its engine when one step takes longer than VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (300 s by default), a
+# hang detector made for GPUs. On a CPU a full step is slow, not hung: prefilling 16,384 tokens of a 0.5B model in
+# float32 on 2 busy cores took over 300 s, and every request of the call became an error row (Qwen2.5-0.5B, prompts
+# audit). Engines on CPU get an hour unless the user set the variable.
+CPU_STEP_TIMEOUT = {"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "3600"}
+
+
+def cpu_engine_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The variables a CPU engine needs that `environ` does not set already (the user's own value wins)."""
+    return {name: value for name, value in CPU_STEP_TIMEOUT.items() if name not in environ}
+
+
 Item = TypeVar("Item")
 
 
@@ -111,6 +123,8 @@ def start_engine(model: str, options: VLLMOptions, *, seed: int) -> Any:
     from vllm.platforms import current_platform
 
     kwargs = options.engine_args(model, seed=seed, on_cpu=current_platform.is_cpu())
+    if current_platform.is_cpu():
+        os.environ.update(cpu_engine_environment(os.environ))  # read by the engine's worker processes, which inherit it
     try:
         return vllm.LLM(**kwargs)
     except Exception as error:

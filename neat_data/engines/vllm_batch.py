@@ -110,6 +110,10 @@ class VLLMBatchBackend(BatchBackendBase):
         command = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(input_path), "-o", str(output_path)]
         command += ["--served-model-name", self.model]
         env = {**os.environ}
+        if current_platform.is_cpu():
+            from neat_data.engines.vllm_backend import cpu_engine_environment
+
+            env.update(cpu_engine_environment(env))
         for name, value in args.items():  # the vllm backend's engine arguments, as run_batch's flags
             if name == "kv_cache_memory_bytes":  # the CPU KV cache: run_batch reads it from the environment, in GiB
                 env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(value / 2**30)))
