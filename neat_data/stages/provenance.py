@@ -85,8 +85,13 @@ def _field(split: str, file_id: str, column: pa.Field) -> dict[str, Any]:
     source = {"fileObject": {"@id": file_id}, "extract": {"column": column.name}}
     field: dict[str, Any] = {"@type": "cr:Field", "@id": f"{split}/{column.name}", "name": column.name}
     kind = column.type
-    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type):
-        field["repeated"] = True  # a conversation: a list of {role, content}
+    repeated = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    struct = kind.value_type if repeated else kind
+    if pa.types.is_struct(struct):
+        # a conversation (a list of {role, content}) is a repeated Field, one message (llamafactory's chosen) a plain
+        # one: both with a sub-field per member, which mlcroissant reads back as the Parquet's dicts
+        if repeated:
+            field["repeated"] = True
         field["subField"] = [
             {
                 "@type": "cr:Field",
@@ -95,7 +100,7 @@ def _field(split: str, file_id: str, column: pa.Field) -> dict[str, Any]:
                 "dataType": _data_type(member.type),
                 "source": {**source, "transform": {"jsonPath": member.name}},
             }
-            for member in kind.value_type
+            for member in struct
         ]
         return field
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
