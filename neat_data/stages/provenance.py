@@ -4,7 +4,8 @@ the models' licences and a determinism record — built from the run's manifest 
 Used by `export` (writes `<out>/croissant.json` beside the Parquet splits) and `push` (uploads it as
 `neat-data/<config>/croissant.json` and puts the licences, determinism record and audit verdicts in the card).
     croissant(...)         the JSON-LD: distribution = each split's Parquet file (sha256), one RecordSet per split with a
-                           Field per column (a conversation column is a repeated Field with role / content sub-fields),
+                           Field per column (a conversation column is a repeated Field with role / content sub-fields,
+                           one message a Field with them),
                            `rai:dataCollectionType`, `rai:hasSyntheticData`, `rai:machineAnnotationTools` (generator,
                            scorer, judge models), `rai:dataLimitations` (the audit's failed checks), `prov:wasGeneratedBy`
                            (one prov:Activity per stage with its exact command). Validated by `mlcroissant` in the tests.
