@@ -319,6 +319,12 @@ def cut_in_half(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def damaged(run: Path, name: str) -> Path:
+    """`run` with its file `name` cut in half."""
+    cut_in_half(run / name)
+    return run
+
+
 # kind → (build the input in a folder and return the CLI args, fragments the error line must contain)
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "invalid_json_line": (prompts_with(['{"prompt": "ok"}', '{"prompt": "unclosed']), ["prompts.jsonl: row 2: invalid JSON"]),
@@ -472,6 +478,20 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "rank_balance_length_not_above_one": (
         lambda folder: ["rank", str(finished_run(folder)), "--balance-length", "0.5"],
         ["option 'balance_length': Input should be greater than 1"],
+    ),
+    # round three: files whole or absent (a corrupt manifest is found before audit, export or rank writes anything)
+    "audit_with_a_manifest_cut_short": (audit_of(lambda run: cut_in_half(run / "manifest.json")), ["manifest.json", "not valid JSON"]),
+    "export_with_a_manifest_cut_short": (
+        lambda folder: ["export", str(damaged(ranked_run(folder), "manifest.json")), "--format", "llamafactory"],
+        ["manifest.json", "not valid JSON"],
+    ),
+    "export_to_its_own_out_with_a_manifest_cut_short": (
+        lambda folder: ["export", str(damaged(ranked_run(folder), "manifest.json")), "--format", "trl", "--out", str(folder / "out")],
+        ["manifest.json", "not valid JSON"],
+    ),
+    "rank_with_a_manifest_cut_short": (
+        lambda folder: ["rank", str(damaged(finished_run(folder), "manifest.json"))],
+        ["manifest.json", "not valid JSON"],
     ),
 }
 
