@@ -172,25 +172,38 @@ def _replace_folder(new: Path, target: Path) -> None:
 
 
 class RunLock:
-    """An exclusive lock on a run folder; a second writer is refused at once with a clear message."""
+    """An exclusive lock on a run folder (or any folder a command writes: a trained model, an eval folder); a second
+    writer is refused at once with a clear message."""
 
-    def __init__(self, run_dir: Path, *, timeout: float = 0, check_shards: bool = True):
+    _covering: set[Path] = set()  # folders this process holds with covers_nested=True
+
+    def __init__(self, run_dir: Path, *, timeout: float = 0, check_shards: bool = True, beside: bool = False, covers_nested: bool = False):
         """`timeout`: seconds to wait (shard processes wait for each other's short manifest updates);
-        `check_shards`: also refuse while a `--num-shards` process holds its `.lock-*` (neat_data.core.shards)."""
+        `check_shards`: also refuse while a `--num-shards` process holds its `.lock-*` (neat_data.core.shards);
+        `beside`: the lock is the file `.<name>.lock` next to the folder, which is not created — for a folder replaced
+        whole when it is written (a trained model), which would carry a lock inside it away;
+        `covers_nested`: a command that runs other stages on its folder in turn (evaluate: generate, then score) holds
+        it across them — a RunLock this process then takes on the same folder passes through."""
         if run_dir.exists() and not run_dir.is_dir():
             raise NeatError("is an existing file, not a run folder", file=run_dir, field="out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / ".lock"
+        self.folder = run_dir
+        (run_dir.parent if beside else run_dir).mkdir(parents=True, exist_ok=True)
+        self.path = run_dir.parent / f".{run_dir.name}.lock" if beside else run_dir / ".lock"
         self._lock = FileLock(str(self.path))
         self.timeout = timeout
-        self.check_shards = check_shards
+        self.check_shards = check_shards and not beside
+        self.covers_nested = covers_nested
+        self._passes = False
 
     def __enter__(self) -> RunLock:
+        if self.path.resolve() in RunLock._covering:
+            self._passes = True
+            return self
         try:
             self._lock.acquire(timeout=self.timeout)
         except Timeout:
             raise NeatError(
-                "run folder is in use by another neat-data process (wait for it, or use another --out)", file=self.path.parent
+                "run folder is in use by another neat-data process (wait for it, or use another --out)", file=self.folder
             ) from None
         for shard_lock in sorted(self.path.parent.glob(".lock-*")) if self.check_shards else []:
             try:
@@ -205,9 +218,14 @@ class RunLock:
             # this lock, so a temp file now is a killed writer's leftover (a shard's, or ranked/'s staged files).
             for temp in self.path.parent.glob("*/.*.parquet.*.tmp"):
                 temp.unlink(missing_ok=True)
+        if self.covers_nested:
+            RunLock._covering.add(self.path.resolve())
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._passes:
+            return
+        RunLock._covering.discard(self.path.resolve())
         self._lock.release()
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neat_data.core.runfolder import RunLock
 from neat_data.train.distributed import DistributedContext, checksum, gather_full_state, scatter_to_slots, shard_policy
 from neat_data.train.loss import LOSSES, DpoPairs, LossName
 
@@ -147,24 +148,27 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
     dist = DistributedContext(config.device)
     torch.manual_seed(config.seed)
     policy = _load(config, dist)
-    first, last, step, trained_tokens = _train_steps(config, dist, policy, log)
-    full_state = gather_full_state(policy.model) if policy.fsdp else None  # a collective: every rank takes part
-    checksums = [checksum(full_state.values())] if full_state is not None else dist.gather_all(checksum(policy.model.parameters()))
-    elapsed = time.time() - started
-    summary = TrainSummary(
-        out=config.out,
-        steps=step,
-        prompts=policy.stats.prompts,
-        candidates=policy.stats.candidates,
-        tokens=trained_tokens,
-        seconds=elapsed,
-        tokens_per_second=trained_tokens / max(elapsed, 1e-9),
-        first=first,
-        last=last,
-    )
-    if dist.rank == 0:
-        _save(config, dist, policy, summary, checksums, full_state, argv)
-    dist.barrier()
+    # The output's lock, once the model and the data are known good (nothing is written before): a second trainer on
+    # the same --out is refused at once instead of clearing this one's <out>.partial and saving over its checkpoint.
+    with RunLock(Path(config.out), beside=True) if dist.rank == 0 else nullcontext():
+        first, last, step, trained_tokens = _train_steps(config, dist, policy, log)
+        full_state = gather_full_state(policy.model) if policy.fsdp else None  # a collective: every rank takes part
+        checksums = [checksum(full_state.values())] if full_state is not None else dist.gather_all(checksum(policy.model.parameters()))
+        elapsed = time.time() - started
+        summary = TrainSummary(
+            out=config.out,
+            steps=step,
+            prompts=policy.stats.prompts,
+            candidates=policy.stats.candidates,
+            tokens=trained_tokens,
+            seconds=elapsed,
+            tokens_per_second=trained_tokens / max(elapsed, 1e-9),
+            first=first,
+            last=last,
+        )
+        if dist.rank == 0:
+            _save(config, dist, policy, summary, checksums, full_state, argv)
+        dist.barrier()
     return summary
 
 
