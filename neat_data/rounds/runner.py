@@ -12,7 +12,9 @@ Run: `neat-data run pipelines/quickstart.yaml [--set rounds=3]`.
 Round k generates with round k−1's policy (the base model for k = 1) on a fresh prompt slice. Scores use a
 fixed reference (the base model unless the recipe names another), so rounds are comparable. Each stage runs
 in its own process (`neat-data stage NAME CONFIG.json`), so vLLM and the trainer never hold memory at the
-same time; a killed run resumes at the first unfinished stage (the stage itself resumes where it can).
+same time; a killed run resumes at the first unfinished stage (the stage itself resumes where it can). A stage
+runs in a process group of its own: SIGTERM / SIGINT / SIGHUP to the run is passed on to it and waited for, and the
+run exits 128 + the signal's number without recording the stage, so no stage outlives its run.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ Formats:
 Each is written as `<out>/<split>.parquet` and as a `datasets` folder `<out>/hf/` (save_to_disk), both with
 explicit Features, so `load_dataset("parquet", …)` and `load_from_disk` read them back unchanged; `<out>/croissant.json`
 (Croissant 1.0 + RAI + PROV, stages/provenance.py) describes the split files, their sha256 and how they were made.
+All of them and the manifest's record are written aside and put in place together (StagedWrites), or none is.
 Run: `neat-data export runs/demo --format trl` (default out: `<run>/export/<format>`).
 An export with no rows is an error (exit 2), never an empty dataset that a trainer would take for data; so is a
 prompt the chosen layout cannot hold as it is. Each format is one `Layout` in `LAYOUTS` (no fallback: every name

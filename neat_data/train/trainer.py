@@ -3,7 +3,8 @@
 In:  a run folder's `export/ranked/train.parquet` (or any ranked Parquet) and a policy (alias, folder, Hub id).
 Out: an HF folder at `out` (weights, tokenizer, chat template, `neat_train.json`) and `train_log.jsonl`
      (one line per optimizer step: loss parts, ranking accuracy, grad norm, lr, tokens/s), written next to it
-     while training runs (`<out>.partial/`) and moved into place at the end.
+     while training runs (`<out>.partial/`) and moved into place at the end. One trainer per `out`: it holds the lock
+     `.<out name>.lock` beside it (a second is refused with one line).
 Run: `neat-data train RUN --model M --loss rrhf --out RUN/model`; several processes with
      `torchrun --nproc-per-node N -m neat_data.cli train …` or `accelerate launch -m neat_data.cli train …` (DDP).
 
