@@ -45,33 +45,55 @@ def group_members(group: int) -> list[psutil.Process]:
     return members
 
 
+def one_round_recipe(tmp_path: Path, tiny_model: Path, url: str) -> Path:
+    """The smallest recipe: one round of 4 prompts on the fake server, a `python:` scorer, the tiny model trained."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Question {i}?"} for i in range(8)])
+    recipe = {
+        "name": "t",
+        "out": str(tmp_path / "runs" / "t"),
+        "model": str(tiny_model),
+        "prompts": {"source": str(prompts), "heldout": 4, "per_round": 4},
+        "rounds": 1,
+        "generate": {"backend": "openai", "num_pos": 2, "num_neg": 2, "max_tokens": 8, "options": {"base_url": url}},
+        "score": {"scorer": "python:reliability_scorers:slow_length"},
+        "exports": ["ranked"],
+        "train": {"lr": 1e-3, "epochs": 1, "prompts_per_batch": 2, "warmup_ratio": 0.0},
+        "evaluate": {"backend": "openai", "max_tokens": 8, "options": {"base_url": url, "max_concurrency": 1}},
+    }
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def run_until_its_first_stage_writes(recipe: Path, run_dir: Path, *, rows: bool = True) -> tuple[subprocess.Popen, psutil.Process]:
+    """`neat-data run` in a process group of its own (so that only it gets a signal, as from `kill PID`), once round
+    0's evaluation has written rows (or, without `rows`, has started its folder); returns it and its stage's process."""
+    run = subprocess.Popen(
+        neat_command("run", str(recipe)), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    eval_dir = run_dir / "round_00" / "eval"
+    if rows:
+        wait_for(lambda: any((eval_dir / "generations").glob("part-*.parquet")), run, "round 0's evaluation wrote rows")
+    else:
+        wait_for((eval_dir / "manifest.json").is_file, run, "round 0's evaluation started")
+    (stage,) = psutil.Process(run.pid).children()
+    return run, stage
+
+
+def assert_gone(stage: psutil.Process) -> None:
+    try:
+        stage.wait(timeout=60)  # a deadline for a process to end, not a measure of speed
+    except psutil.TimeoutExpired:
+        raise AssertionError("the stage outlived the run") from None
+    assert group_members(stage.pid) == [], "a process the stage started is still running"
+
+
 @pytest.mark.slow  # two runs of a one-round recipe: about a minute on two cores
 def test_sigterm_to_run_ends_its_stage_and_the_rerun_finishes_whole(tmp_path: Path, tiny_model: Path):
     server = FakeOpenAIServer(ServerSettings(latency=0.3, record=False)).start()
     try:
-        prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Question {i}?"} for i in range(8)])
-        run_dir = tmp_path / "runs" / "t"
-        recipe = {
-            "name": "t",
-            "out": str(run_dir),
-            "model": str(tiny_model),
-            "prompts": {"source": str(prompts), "heldout": 4, "per_round": 4},
-            "rounds": 1,
-            "generate": {"backend": "openai", "num_pos": 2, "num_neg": 2, "max_tokens": 8, "options": {"base_url": server.url}},
-            "score": {"scorer": "python:reliability_scorers:slow_length"},
-            "exports": ["ranked"],
-            "train": {"lr": 1e-3, "epochs": 1, "prompts_per_batch": 2, "warmup_ratio": 0.0},
-            "evaluate": {"backend": "openai", "max_tokens": 8, "options": {"base_url": server.url, "max_concurrency": 1}},
-        }
-        path = tmp_path / "t.yaml"
-        path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-        # `neat-data run` in a process group of its own, so that only it gets the signal (as from `kill PID`)
-        run = subprocess.Popen(
-            neat_command("run", str(path)), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        eval_rows = run_dir / "round_00" / "eval" / "generations"
-        wait_for(lambda: eval_rows.is_dir() and any(eval_rows.glob("part-*.parquet")), run, "round 0's evaluation wrote rows")
-        (stage,) = psutil.Process(run.pid).children()
+        recipe, run_dir = one_round_recipe(tmp_path, tiny_model, server.url), tmp_path / "runs" / "t"
+        run, stage = run_until_its_first_stage_writes(recipe, run_dir)
         run.send_signal(signal.SIGTERM)
         output = run.communicate(timeout=120)[0].decode()
         lines = [line for line in output.splitlines() if line.startswith("error:")]
@@ -80,20 +102,33 @@ def test_sigterm_to_run_ends_its_stage_and_the_rerun_finishes_whole(tmp_path: Pa
             f"error: {run_dir / 'round_00' / 'configs' / 'evaluate.json'}: round 0 · evaluate: stopped by SIGTERM, and the "
             "stage with it; run the same command again to resume (finished stages are kept)"
         ], output
-        assert not psutil.pid_exists(stage.pid) or stage.status() == psutil.STATUS_ZOMBIE, "the stage outlived the run"
-        assert group_members(stage.pid) == [], "a process the stage started is still running"
+        assert_gone(stage)
         assert json.loads((run_dir / "manifest.json").read_text()).get("rounds", {}) == {}  # nothing recorded as finished
 
-        again = run_neat("run", str(path), timeout=600)
+        again = run_neat("run", str(recipe), timeout=600)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         manifest = json.loads((run_dir / "manifest.json").read_text())
         stages = {"evaluate"}, {"generate", "score", "rank", "export-ranked", "train", "evaluate"}
         assert [set(manifest["rounds"][str(k)]) for k in (0, 1)] == list(stages)
         assert all(entry["finished"] for round_ in manifest["rounds"].values() for entry in round_.values())
-        evaluated = pq.read_table(eval_rows).to_pylist()
+        evaluated = pq.read_table(run_dir / "round_00" / "eval" / "generations").to_pylist()
         assert len({row["key"] for row in evaluated}) == len(evaluated)  # each row once, across the stop
         assert len({row["prompt_id"] for row in evaluated}) == 4 and all(row["status"] == "ok" for row in evaluated)
         assert (run_dir / "round_01" / "model" / "neat_train.json").is_file()
+    finally:
+        server.stop()
+
+
+def test_a_stage_dies_with_its_run_even_by_sigkill(tmp_path: Path, tiny_model: Path):
+    """SIGKILL cannot be passed on: the stage learns of its run's death from the kernel (and ends its own group). Each
+    answer takes 100 s, so a stage left alone would outlive the deadline (before: it went on)."""
+    server = FakeOpenAIServer(ServerSettings(latency=100, record=False)).start()
+    try:
+        recipe, run_dir = one_round_recipe(tmp_path, tiny_model, server.url), tmp_path / "runs" / "t"
+        run, stage = run_until_its_first_stage_writes(recipe, run_dir, rows=False)
+        run.kill()
+        run.wait()
+        assert_gone(stage)
     finally:
         server.stop()
 
