@@ -187,7 +187,6 @@ class RunLock:
         if run_dir.exists() and not run_dir.is_dir():
             raise NeatError("is an existing file, not a run folder", file=run_dir, field="out")
         self.folder = run_dir
-        (run_dir.parent if beside else run_dir).mkdir(parents=True, exist_ok=True)
         self.path = run_dir.parent / f".{run_dir.name}.lock" if beside else run_dir / ".lock"
         self._lock = FileLock(str(self.path))
         self.timeout = timeout
@@ -199,6 +198,7 @@ class RunLock:
         if self.path.resolve() in RunLock._covering:
             self._passes = True
             return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # made when taken: a lock only built checks the folder
         try:
             self._lock.acquire(timeout=self.timeout)
         except Timeout:

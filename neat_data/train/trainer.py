@@ -148,10 +148,12 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
         torch.set_num_threads(config.threads)
     dist = DistributedContext(config.device)
     torch.manual_seed(config.seed)
+    # The output's lock (an --out that is a file is refused here), taken once the model and the data are known good:
+    # a second trainer on the same --out is refused at once instead of clearing this one's <out>.partial and saving
+    # over its checkpoint.
+    lock = RunLock(Path(config.out), beside=True) if dist.rank == 0 else nullcontext()
     policy = _load(config, dist)
-    # The output's lock, once the model and the data are known good (nothing is written before): a second trainer on
-    # the same --out is refused at once instead of clearing this one's <out>.partial and saving over its checkpoint.
-    with RunLock(Path(config.out), beside=True) if dist.rank == 0 else nullcontext():
+    with lock:
         first, last, step, trained_tokens = _train_steps(config, dist, policy, log)
         full_state = gather_full_state(policy.model) if policy.fsdp else None  # a collective: every rank takes part
         checksums = [checksum(full_state.values())] if full_state is not None else dist.gather_all(checksum(policy.model.parameters()))

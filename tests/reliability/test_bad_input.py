@@ -319,6 +319,18 @@ def cut_in_half(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def train_into_a_file(folder: Path) -> list[str]:
+    """Before: the trainer trained, wrote <out>.partial/ and failed at the end, on the save."""
+    import pyarrow as pa
+    from tinymodel import build_tiny_model
+
+    rows = [{"prompt": [{"role": "user", "content": "Hi?"}], "prompt_id": "p", "responses": ["Hello.", "Go away."], "scores": [1.0, 0.0]}]
+    pq.write_table(pa.Table.from_pylist([{**row, "steering": ["pos", "neg"]} for row in rows]), folder / "ranked.parquet")
+    (folder / "taken").write_text("not a folder", encoding="utf-8")
+    model = build_tiny_model(folder / "tiny")
+    return ["train", str(folder / "ranked.parquet"), "--model", str(model), "--out", str(folder / "taken"), "--threads", "1"]
+
+
 def damaged(run: Path, name: str) -> Path:
     """`run` with its file `name` cut in half."""
     cut_in_half(run / name)
@@ -489,6 +501,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         lambda folder: ["export", str(damaged(ranked_run(folder), "manifest.json")), "--format", "trl", "--out", str(folder / "out")],
         ["manifest.json", "not valid JSON"],
     ),
+    # round three: process lifecycle (train takes its output's lock, which refuses an --out that is a file, before a step)
+    "train_out_is_an_existing_file": (train_into_a_file, ["taken: field 'out': is an existing file, not a run folder"]),
     "rank_with_a_manifest_cut_short": (
         lambda folder: ["rank", str(damaged(finished_run(folder), "manifest.json"))],
         ["manifest.json", "not valid JSON"],
