@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.core.errors import NeatError
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
-from neat_data.core.prompts_in import PromptRecord
+from neat_data.core.prompts_in import PromptRecord, scan_prompts
 from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet
 from neat_data.core.schemas import GENERATIONS
 from neat_data.lm.perplexity import perplexity
@@ -272,6 +272,11 @@ def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progr
         from neat_data.core.models import resolve_model as check_model
 
         check_model(config.generate.model)  # the shared engine starts lazily: check its model first, as generate would
+    generate = config.generate
+    # the held-out prompts too (generate checks them again, under the lock this takes: the lock makes the folder)
+    scan_prompts(
+        generate.prompts, prompt_column=generate.prompt_column, limit=generate.limit, allow_system=generate.system_combine != "refuse"
+    )
     with RunLock(eval_dir, covers_nested=True):  # one evaluate per folder, for its whole run (generate, score, metrics)
         return _evaluate(config, eval_dir, suites, suite_records, started, argv=argv, progress=progress)
 

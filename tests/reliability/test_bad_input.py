@@ -319,6 +319,23 @@ def cut_in_half(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def evaluate_with_bad_heldout(folder: Path) -> list[str]:
+    """evaluate locks its folder for its whole run: the held-out prompts are checked before the lock makes the folder."""
+    (folder / "heldout.jsonl").write_text('{"prompt": "ok"}\n{"prompt": "unclosed\n', encoding="utf-8")
+    return [
+        "evaluate",
+        str(folder / "eval"),
+        "--model",
+        "fake",
+        "--heldout",
+        str(folder / "heldout.jsonl"),
+        "--backend",
+        "openai",
+        "--base-url",
+        DEAD_URL,
+    ]
+
+
 def train_into_a_file(folder: Path) -> list[str]:
     """Before: the trainer trained, wrote <out>.partial/ and failed at the end, on the save."""
     import pyarrow as pa
@@ -503,6 +520,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     ),
     # round three: process lifecycle (train takes its output's lock, which refuses an --out that is a file, before a step)
     "train_out_is_an_existing_file": (train_into_a_file, ["taken: field 'out': is an existing file, not a run folder"]),
+    "evaluate_heldout_invalid_json": (evaluate_with_bad_heldout, ["heldout.jsonl: row 2: invalid JSON"]),
     "rank_with_a_manifest_cut_short": (
         lambda folder: ["rank", str(damaged(finished_run(folder), "manifest.json"))],
         ["manifest.json", "not valid JSON"],
