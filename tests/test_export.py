@@ -226,7 +226,7 @@ def _decoded(value):
     return value
 
 
-@pytest.mark.parametrize("fmt", ["h4", "ranked"])
+@pytest.mark.parametrize("fmt", typing.get_args(ExportFormat))  # every format: its croissant.json reads back as its Parquet
 def test_croissant_json_validates_with_mlcroissant_and_reads_back_the_rows(ranked_run: Path, fmt: str):
     import json
 

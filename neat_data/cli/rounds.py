@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any, get_args
 
@@ -133,6 +134,10 @@ def quickstart(out: Path | None, overrides: tuple[str, ...], overwrite: bool) ->
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path), help="Also write the summary lines here.")
 def stage(kind: StageKindName, config_path: Path, summary_path: Path | None) -> None:
     """Run one stage from a resolved config JSON (what `neat-data run` starts, one process per stage)."""
+    if os.getpgid(0) == os.getpid():
+        # `neat-data run` starts each stage as the leader of its own process group: a SIGTERM (passed on by the run, or
+        # sent because the run died) ends the stage and every process it started (an engine's workers) together.
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.killpg(0, signal.SIGKILL))
     entry = STAGES[kind]
     config = entry.config_class.model_validate(json.loads(config_path.read_text(encoding="utf-8")))
     register_secret_fields(config)

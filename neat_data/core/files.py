@@ -31,7 +31,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, json_bytes(value))
+
+
+def json_bytes(value: Any) -> bytes:
+    """How neat-data writes a JSON file: indented, keys sorted, UTF-8, one final newline."""
+    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def decode_json(path: Path, subject: str, hint: str) -> Any:

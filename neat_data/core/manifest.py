@@ -70,8 +70,13 @@ def read_manifest(run_dir: Path) -> Manifest:
 
 
 def write_manifest(run_dir: Path, manifest: Manifest) -> None:
+    atomic_write_json(Path(run_dir) / MANIFEST, manifest_record(manifest))
+
+
+def manifest_record(manifest: Manifest) -> dict[str, Any]:
+    """The manifest as its file holds it (a stage that stages its outputs writes it with them: StagedWrites)."""
     # defaults left out: a single-stage run's manifest holds its stages, a recipe run's its rounds, nothing empty
-    atomic_write_json(Path(run_dir) / MANIFEST, manifest.model_dump(mode="json", exclude_defaults=True))
+    return manifest.model_dump(mode="json", exclude_defaults=True)
 
 
 @contextmanager

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from neat_data.core.errors import NeatError, with_path
-from neat_data.core.files import atomic_write_bytes, decode_json
+from neat_data.core.files import atomic_write_bytes, decode_json, json_bytes
 from neat_data.core.schemas import one_array
 
 _SHARD = re.compile(r"^part-(\d{6})\.parquet$")
@@ -68,62 +69,144 @@ def _write_aside(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch
 
 
 class StagedWrites:
-    """Parquet files written in background threads while the caller goes on computing, and put in place together
-    when the block ends without an error; otherwise none of them is (a stage's outputs stay a matching set).
+    """Every file of one output — Parquet tables (written in background threads while the caller goes on computing),
+    JSON / markdown / PNG bytes, whole folders (datasets' save_to_disk), the manifest that records them — written aside
+    and put in place together when the block ends without an error; otherwise none of them is (a stage's outputs stay
+    a matching set, and a disk that fills up midway leaves no lone file), and a folder made for them is removed again.
 
     A Parquet writer encodes and compresses on one core and releases the GIL: rank writes lists.parquet while it forms
-    the pairs, and export writes train.parquet while datasets saves hf/ (benchmarks/rank_export.py).
+    the pairs, and export writes train.parquet while datasets saves hf/ (benchmarks/rank_export.py). Files are put in
+    place in the order they were staged: stage the record that says "finished" (the manifest) last.
     """
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="neat-write")
-        self._staged: list[tuple[Path, Future[str]]] = []
+        self._staged: list[tuple[Path, Future[str], bool]] = []  # (final path, its temporary name, a folder?)
+        self._made: list[Path] = []  # folders made for the outputs, outermost first
 
     def write(self, path: Path, table: pa.Table) -> None:
-        self._staged.append((path, self._pool.submit(_write_aside, path, table.schema, table.to_batches())))
+        """A Parquet file, written in a background thread."""
+        self._make_folder(path.parent)
+        self._staged.append((path, self._pool.submit(_write_aside, path, table.schema, table.to_batches()), False))
+
+    def write_bytes(self, path: Path, data: bytes) -> None:
+        self._make_folder(path.parent)
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self._staged.append((path, _done(temp), False))  # listed first: removed on failure even if the write fails
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def write_json(self, path: Path, value: Any) -> None:
+        self.write_bytes(path, json_bytes(value))
+
+    def write_folder(self, path: Path, fill: Callable[[Path], None]) -> None:
+        """A folder `fill(folder)` builds under a temporary name; it replaces `path` (and all it held) whole."""
+        self._make_folder(path.parent)
+        temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        self._staged.append((path, _done(str(temp)), True))
+        fill(temp / path.name)  # a name of its own inside: fill may expect to create the folder itself
+        for child in temp.iterdir():
+            if child.name != path.name:
+                raise RuntimeError(f"{fill} wrote {child.name} beside {path.name}")
+
+    def staged_path(self, path: Path) -> Path:
+        """Where a staged file is until the block ends (waits for its write): to hash or read it before it is in place."""
+        for final, future, folder in reversed(self._staged):
+            if final == path:
+                return Path(future.result()) / path.name if folder else Path(future.result())
+        raise KeyError(path)
+
+    def _make_folder(self, folder: Path) -> None:
+        missing = [parent for parent in [folder, *folder.parents] if not parent.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        self._made.extend(reversed(missing))
 
     def __enter__(self) -> StagedWrites:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
-        temps: list[tuple[str, Path]] = []
+        temps: list[tuple[str, Path, bool]] = []
         error: BaseException | None = None
-        for path, future in self._staged:
+        for path, future, folder in self._staged:
             try:
-                temps.append((future.result(), path))
+                temps.append((future.result(), path, folder))
             except BaseException as failure:  # a write cancelled by the block's own error raises CancelledError here
                 error = error or failure
         if exc_type is None and error is None:
-            for temp, path in temps:
-                os.replace(temp, path)
+            for temp, path, folder in temps:
+                if folder:
+                    _replace_folder(Path(temp) / path.name, path)
+                    os.rmdir(temp)
+                else:
+                    os.replace(temp, path)
             return
-        for temp, _ in temps:
-            Path(temp).unlink(missing_ok=True)
+        for temp, _, folder in temps:
+            if folder:
+                shutil.rmtree(temp, ignore_errors=True)
+            else:
+                Path(temp).unlink(missing_ok=True)
+        for made in reversed(self._made):  # innermost first; a folder something else wrote into stays
+            try:
+                made.rmdir()
+            except OSError:
+                pass
         if exc_type is None and error is not None:
             raise error
 
 
-class RunLock:
-    """An exclusive lock on a run folder; a second writer is refused at once with a clear message."""
+def _done(value: str) -> Future[str]:
+    future: Future[str] = Future()
+    future.set_result(value)
+    return future
 
-    def __init__(self, run_dir: Path, *, timeout: float = 0, check_shards: bool = True):
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`: the old folder is moved aside first, then removed."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=".tmp", dir=target.parent))
+        os.replace(target, old / target.name)
+        os.replace(new, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, target)
+
+
+class RunLock:
+    """An exclusive lock on a run folder (or any folder a command writes: a trained model, an eval folder); a second
+    writer is refused at once with a clear message."""
+
+    _covering: set[Path] = set()  # folders this process holds with covers_nested=True
+
+    def __init__(self, run_dir: Path, *, timeout: float = 0, check_shards: bool = True, beside: bool = False, covers_nested: bool = False):
         """`timeout`: seconds to wait (shard processes wait for each other's short manifest updates);
-        `check_shards`: also refuse while a `--num-shards` process holds its `.lock-*` (neat_data.core.shards)."""
+        `check_shards`: also refuse while a `--num-shards` process holds its `.lock-*` (neat_data.core.shards);
+        `beside`: the lock is the file `.<name>.lock` next to the folder, which is not created — for a folder replaced
+        whole when it is written (a trained model), which would carry a lock inside it away;
+        `covers_nested`: a command that runs other stages on its folder in turn (evaluate: generate, then score) holds
+        it across them — a RunLock this process then takes on the same folder passes through."""
         if run_dir.exists() and not run_dir.is_dir():
             raise NeatError("is an existing file, not a run folder", file=run_dir, field="out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / ".lock"
+        self.folder = run_dir
+        self.path = run_dir.parent / f".{run_dir.name}.lock" if beside else run_dir / ".lock"
         self._lock = FileLock(str(self.path))
         self.timeout = timeout
-        self.check_shards = check_shards
+        self.check_shards = check_shards and not beside
+        self.covers_nested = covers_nested
+        self._passes = False
 
     def __enter__(self) -> RunLock:
+        if self.path.resolve() in RunLock._covering:
+            self._passes = True
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # made when taken: a lock only built checks the folder
         try:
             self._lock.acquire(timeout=self.timeout)
         except Timeout:
             raise NeatError(
-                "run folder is in use by another neat-data process (wait for it, or use another --out)", file=self.path.parent
+                "run folder is in use by another neat-data process (wait for it, or use another --out)", file=self.folder
             ) from None
         for shard_lock in sorted(self.path.parent.glob(".lock-*")) if self.check_shards else []:
             try:
@@ -138,9 +221,14 @@ class RunLock:
             # this lock, so a temp file now is a killed writer's leftover (a shard's, or ranked/'s staged files).
             for temp in self.path.parent.glob("*/.*.parquet.*.tmp"):
                 temp.unlink(missing_ok=True)
+        if self.covers_nested:
+            RunLock._covering.add(self.path.resolve())
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._passes:
+            return
+        RunLock._covering.discard(self.path.resolve())
         self._lock.release()
 
 
@@ -384,6 +472,11 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 def atomic_write_figure(path: Path, figure: Any) -> None:
     """A matplotlib figure as a PNG (110 dpi), whole or absent; the figure is closed."""
+    atomic_write_bytes(path, figure_png(figure))
+
+
+def figure_png(figure: Any) -> bytes:
+    """A matplotlib figure's PNG (110 dpi); the figure is closed."""
     import io
 
     import matplotlib.pyplot as plt
@@ -391,13 +484,11 @@ def atomic_write_figure(path: Path, figure: Any) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, metadata={"Software": "neat-data"})
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def empty_folder(folder: Path) -> None:
     """Remove everything in `folder` but its lock file (--overwrite of a run folder this process holds)."""
-    import shutil
-
     for child in folder.iterdir():
         if child.name != ".lock":
             shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -12,17 +12,23 @@ Run: `neat-data run pipelines/quickstart.yaml [--set rounds=3]`.
 Round k generates with round k−1's policy (the base model for k = 1) on a fresh prompt slice. Scores use a
 fixed reference (the base model unless the recipe names another), so rounds are comparable. Each stage runs
 in its own process (`neat-data stage NAME CONFIG.json`), so vLLM and the trainer never hold memory at the
-same time; a killed run resumes at the first unfinished stage (the stage itself resumes where it can).
+same time; a killed run resumes at the first unfinished stage (the stage itself resumes where it can). A stage
+runs in a process group of its own: SIGTERM / SIGINT / SIGHUP to the run is passed on to it and waited for, and the
+run exits 128 + the signal's number without recording the stage, so no stage outlives its run.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from neat_data.core.errors import EXIT_PENDING, NeatError, child_environment, redact_secrets
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
@@ -92,24 +98,31 @@ def run_stage(
     started = time.time()
     # The stage's own output (engine logs, progress bars) goes to its log; the terminal gets its summary.
     with open(log_path, "ab") as log:
-        finished = subprocess.run(
+        returncode, stopped_by = run_stage_process(
             [sys.executable, "-m", "neat_data.cli", "stage", stage.kind.name, str(config_path), "--summary", str(summary_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log,
             env=child_environment(),  # the names of the secrets: the stage scrubs its own log lines of their values
         )
-    if finished.returncode == EXIT_PENDING:
+    if stopped_by is not None:
+        name_of = signal.Signals(stopped_by).name
+        raise NeatError(
+            f"round {k} · {name}: stopped by {name_of}, and the stage with it; run the same command again to resume "
+            "(finished stages are kept)",
+            file=config_path,
+            exit_code=128 + stopped_by,  # the shell's convention for a process ended by a signal
+        )
+    if returncode == EXIT_PENDING:
         raise NeatError(
             f"round {k} · {name}: its batch requests are submitted and not answered yet (`neat-data batch status "
             f"{folder}`); run the same command again later to collect them and go on",
             file=config_path,
             exit_code=EXIT_PENDING,
         )
-    if finished.returncode != 0:
+    if returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         echo("\n".join(f"    {redact_secrets(line)}" for line in tail))  # an engine's own lines are not scrubbed in the log
         raise NeatError(
-            f"stage {name} of round {k} failed (exit code {finished.returncode}; log above and in {log_path}); "
+            f"stage {name} of round {k} failed (exit code {returncode}; log above and in {log_path}); "
             "fix and re-run: finished stages are kept",
             file=config_path,
         )
@@ -121,6 +134,71 @@ def run_stage(
     if cache is not None and key is not None:
         cache.record(key, run_dir, k, stage)
     return seconds
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what `timeout`, systemd, a scheduler or Ctrl-C send
+STOP_GRACE_SECONDS = 30.0  # how long a stage has to end after the signal is passed on, before it is killed
+
+
+def run_stage_process(argv: list[str], log: IO[bytes], *, env: dict[str, str] | None = None) -> tuple[int, int | None]:
+    """Run a stage's process in a process group of its own; returns (its exit code, the stop signal received or None).
+
+    SIGTERM, SIGINT or SIGHUP to `neat-data run` is passed on to that group and the stage is waited for —
+    STOP_GRACE_SECONDS, then SIGKILL — and whatever is left in the group (an engine's workers) is killed: no stage
+    outlives the run that started it, so a re-run never finds a second trainer writing beside its own. Without
+    this, the stage would be orphaned and go on writing."""
+    child: subprocess.Popen[bytes] | None = None
+    received: list[int] = []
+    deadline: list[threading.Timer] = []
+
+    def pass_on(signum: int, frame: object) -> None:
+        received.append(signum)
+        if child is None:  # it is being started: it gets the signal as soon as it exists
+            return
+        _signal_group(child.pid, signum)
+        if not deadline:
+            deadline.append(threading.Timer(STOP_GRACE_SECONDS, _signal_group, (child.pid, signal.SIGKILL)))
+            deadline[0].start()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can Python handle signals
+    previous = {sig: signal.signal(sig, pass_on) for sig in STOP_SIGNALS} if in_main_thread else {}
+    try:
+        child = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_ended_with(os.getpid())
+        )
+        if received:
+            pass_on(received.pop(), None)
+        returncode = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for timer in deadline:
+            timer.cancel()
+    if received:
+        _signal_group(child.pid, signal.SIGKILL)  # what the stage started and left behind goes too
+    return returncode, received[0] if received else None
+
+
+def _ended_with(parent: int) -> Callable[[], None]:
+    """For the stage's process, before it starts: SIGTERM when `parent` dies, however it dies (SIGKILL included, which
+    cannot be passed on); the stage then ends its whole group (cli.rounds.stage). Linux only; elsewhere nothing."""
+
+    def set_parent_death_signal() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died while this process was being started
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_parent_death_signal
+
+
+def _signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:  # the group is already gone
+        pass
 
 
 def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, cache: StageCache | None = None) -> list[dict[str, Any]]:

@@ -36,9 +36,8 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import EXIT_CHECK_FAILED, NeatError
-from neat_data.core.files import atomic_write_bytes, atomic_write_json
-from neat_data.core.manifest import update_manifest
-from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_figure, count_by, read_parquet
+from neat_data.core.manifest import MANIFEST, manifest_record, read_manifest
+from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites, count_by, figure_png, read_parquet
 from neat_data.core.schemas import DROPPED_PAIRS, SCORED, check_columns, one_array
 from neat_data.safety.metrics import MetricName
 from neat_data.stages import data_audit_duplicates as duplicates_of
@@ -296,16 +295,19 @@ def run_data_audit(config: DataAuditConfig, argv: list[str] | None = None) -> Au
     if not run_dir.is_dir():
         raise NeatError("no such run folder", file=run_dir)
     with RunLock(run_dir):
+        manifest = read_manifest(run_dir)  # every input is read and checked before anything is written
         lists, pairs, dropped, scored = read_inputs(run_dir)
         report, ratios = audit_tables(config, lists, pairs, dropped, scored)
         checks = verdicts(report, config)
         report = {"run": str(run_dir), "config": config.model_dump(mode="json"), "command": argv, "checks": checks, **report}
         folder = run_dir / "audit"
-        atomic_write_json(folder / "audit.json", report)
-        atomic_write_bytes(folder / "audit.md", audit_markdown(report).encode("utf-8"))
-        atomic_write_figure(folder / "audit.png", audit_plot(report, ratios))
         summary = {c["check"]: {"verdict": c["verdict"], "value": c["value"], "rule": c["rule"]} for c in checks}
-        update_manifest(run_dir, "audit", {"config": config.model_dump(mode="json"), "command": argv, "finished": True, "summary": summary})
+        manifest.stages["audit"] = {"config": config.model_dump(mode="json"), "command": argv, "finished": True, "summary": summary}
+        with StagedWrites() as writes:  # the report's three files and the manifest's record land together, or none
+            writes.write_json(folder / "audit.json", report)
+            writes.write_bytes(folder / "audit.md", audit_markdown(report).encode("utf-8"))
+            writes.write_bytes(folder / "audit.png", figure_png(audit_plot(report, ratios)))
+            writes.write_json(run_dir / MANIFEST, manifest_record(manifest))
     return AuditReport(folder, report, checks, list(config.fail_on))
 
 

