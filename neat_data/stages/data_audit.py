@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import EXIT_CHECK_FAILED, NeatError
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
+from neat_data.core.lineage import check_read, require_current
 from neat_data.core.manifest import update_manifest
 from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_figure, count_by, read_parquet
 from neat_data.core.schemas import DROPPED_PAIRS, SCORED, check_columns, one_array
@@ -163,18 +164,26 @@ class AuditReport:
             )
 
 
-def read_inputs(run_dir: Path) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table | None]:
-    """(lists, pairs, dropped, scored columns or None); no ranked lists at all is a NeatError (exit 2)."""
+def read_inputs(run_dir: Path, seen: dict[str, str] | None = None) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table | None]:
+    """(lists, pairs, dropped, scored columns or None); no ranked lists at all is a NeatError (exit 2). The ranked
+    tables must be finished and current, from scores that are (core/lineage.py): `seen` gets the digests of what was
+    read. scored/ gives only lengths and finish reasons here: rank's record vouches for it."""
+    manifest = require_current(run_dir, "ranked/lists")
+    seen = seen if seen is not None else {}
     lists = read_ranked(run_dir, "lists")
+    seen["ranked/lists"] = check_read(run_dir, "ranked/lists", lists, manifest)
     if lists.num_rows == 0:
         raise NeatError(
             "no ranked lists to audit (every candidate failed, or nothing was generated)", file=run_dir / "ranked" / "lists.parquet"
         )
     pairs = read_ranked(run_dir, "pairs")
+    seen["ranked/pairs"] = check_read(run_dir, "ranked/pairs", pairs, manifest)
     dropped_path = run_dir / "ranked" / "dropped.parquet"
     dropped = read_parquet(dropped_path) if dropped_path.is_file() else DROPPED_PAIRS.empty_table()
     if dropped.num_rows:
         check_columns(dropped, DROPPED_PAIRS, str(dropped_path))
+    if dropped_path.is_file():
+        seen["ranked/dropped"] = check_read(run_dir, "ranked/dropped", dropped, manifest)
     scored = None
     if (run_dir / "scored").is_dir():
         scored = ShardedTable(run_dir / "scored", SCORED).read(columns=["completion_tokens", "finish_reason", "steering", "status"])
@@ -296,7 +305,8 @@ def run_data_audit(config: DataAuditConfig, argv: list[str] | None = None) -> Au
     if not run_dir.is_dir():
         raise NeatError("no such run folder", file=run_dir)
     with RunLock(run_dir):
-        lists, pairs, dropped, scored = read_inputs(run_dir)
+        seen: dict[str, str] = {}
+        lists, pairs, dropped, scored = read_inputs(run_dir, seen)
         report, ratios = audit_tables(config, lists, pairs, dropped, scored)
         checks = verdicts(report, config)
         report = {"run": str(run_dir), "config": config.model_dump(mode="json"), "command": argv, "checks": checks, **report}
@@ -305,7 +315,8 @@ def run_data_audit(config: DataAuditConfig, argv: list[str] | None = None) -> Au
         atomic_write_bytes(folder / "audit.md", audit_markdown(report).encode("utf-8"))
         atomic_write_figure(folder / "audit.png", audit_plot(report, ratios))
         summary = {c["check"]: {"verdict": c["verdict"], "value": c["value"], "rule": c["rule"]} for c in checks}
-        update_manifest(run_dir, "audit", {"config": config.model_dump(mode="json"), "command": argv, "finished": True, "summary": summary})
+        entry = {"config": config.model_dump(mode="json"), "command": argv, "finished": True, "summary": summary}
+        update_manifest(run_dir, "audit", {**entry, "reads": seen})
     return AuditReport(folder, report, checks, list(config.fail_on))
 
 

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
+from neat_data.core.lineage import check_read, require_current, table_digest
 from neat_data.core.manifest import update_manifest
 from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites, read_parquet
 from neat_data.core.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns, one_array
@@ -345,8 +346,10 @@ def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
         raise NeatError("no scored/ in this run folder (run `neat-data score` first)", file=run_dir)
     out = run_dir / "ranked"
     with RunLock(run_dir):
+        manifest = require_current(run_dir, "scored")  # scores finished, and scored from the generations as they are now
         scored = ShardedTable(run_dir / "scored", SCORED).read(list(RANK_READS))
         check_columns(scored, pa.schema([SCORED.field(name) for name in RANK_READS]), str(run_dir / "scored"))
+        reads = {"scored": check_read(run_dir, "scored", scored, manifest)}
         with StagedWrites() as writes:  # lists.parquet is written while the pairs are formed; all three land together
             ranked = rank_lists(config, scored)
             del scored  # the lists hold their own copies: the pairs and the writers reuse its memory
@@ -354,9 +357,12 @@ def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
             pairs, dropped, summary = rank_pairs(config, ranked)
             writes.write(out / "pairs.parquet", pairs)
             writes.write(out / "dropped.parquet", dropped)
-        update_manifest(
-            run_dir, "rank", {"config": config.model_dump(mode="json"), "command": argv, "finished": True, "summary": summary.__dict__}
-        )
+            wrote = {
+                f"ranked/{name}": table_digest(f"ranked/{name}", table)
+                for name, table in (("lists", ranked.lists), ("pairs", pairs), ("dropped", dropped))
+            }
+        entry = {"config": config.model_dump(mode="json"), "command": argv, "finished": True, "summary": summary.__dict__}
+        update_manifest(run_dir, "rank", {**entry, "reads": reads, "wrote": wrote})
     return summary
 
 
