@@ -58,39 +58,42 @@ TABLES: dict[str, TableKind] = {
 
 
 def digest(table: pa.Table, columns: Sequence[str]) -> str:
-    """xxh3-128 of `columns` of `table`: each column's values and its shape (validity, string and list lengths) hashed
-    as two streams, so the same rows in the same order give the same digest however they are chunked."""
+    """xxh3-128 of `columns` of `table`. Each column is hashed as separate streams — validity, lengths (strings, lists)
+    and values, per nesting level — fed chunk by chunk, so the same rows in the same order give the same digest however
+    they are chunked (a stream hashed in pieces equals the stream hashed whole)."""
     import xxhash
 
     whole = xxhash.xxh3_128(f"{table.num_rows};".encode())
     for name in columns:
-        values, shape = xxhash.xxh3_128(), xxhash.xxh3_128()
+        streams: dict[str, Any] = {}
         for chunk in table.column(name).chunks:
-            _feed(chunk, values, shape)
-        whole.update(name.encode() + b"\0" + values.digest() + shape.digest())
+            _feed(chunk, streams, 0, xxhash.xxh3_128)
+        whole.update(name.encode() + b"\0" + b"".join(f"{key};".encode() + streams[key].digest() for key in sorted(streams)))
     return whole.hexdigest()
 
 
-def _feed(array: pa.Array, values: Any, shape: Any) -> None:
-    valid = np.ones(len(array), dtype=bool) if not array.null_count else array.is_valid().to_numpy(zero_copy_only=False)
-    shape.update(valid.tobytes())
+def _feed(array: pa.Array, streams: dict[str, Any], depth: int, new: Any) -> None:
+    def stream(kind: str) -> Any:
+        return streams.setdefault(f"{depth}:{kind}", new())
+
+    stream("valid").update(np.ones(len(array), dtype=bool) if not array.null_count else array.is_valid().to_numpy(zero_copy_only=False))
     kind = array.type
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        shape.update(pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
-        _feed(array.flatten(), values, shape)
+        stream("lengths").update(pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64))
+        _feed(array.flatten(), streams, depth + 1, new)
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         array = pc.fill_null(array, "") if array.null_count else array  # a null slot's bytes are not content
         width = 8 if pa.types.is_large_string(kind) else 4
         offsets = np.frombuffer(
             array.buffers()[1], dtype=np.int64 if width == 8 else np.int32, count=len(array) + 1, offset=array.offset * width
         )
-        shape.update(np.diff(offsets).astype(np.int64).tobytes())
+        stream("lengths").update(np.diff(offsets).astype(np.int64))
         data = array.buffers()[2]
         if data is not None and len(array):
-            values.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+            stream("values").update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
         filled = pc.fill_null(array, False if pa.types.is_boolean(kind) else 0) if array.null_count else array
-        values.update(np.ascontiguousarray(filled.to_numpy(zero_copy_only=False)).tobytes())
+        stream("values").update(np.ascontiguousarray(filled.to_numpy(zero_copy_only=False)))
     else:  # a programming error: TABLES names a column of a type this does not hash
         raise TypeError(f"no digest for a column of type {kind}")
 
@@ -110,16 +113,18 @@ def require_current(run_dir: Path, name: str, *, shard: Any = None, allow_pendin
 
 
 def _require(run_dir: Path, manifest: Manifest, name: str, shard: Any, allow_pending: bool) -> None:
+    """Earliest table first, so that the line names the first stage to run again."""
     kind = TABLES[name]
     entry = manifest.stage(kind.stage)
     if not entry:
         return  # no stage recorded this table (written by hand or another tool): unknown, not refused
+    for upstream in kind.upstream:
+        _require(run_dir, manifest, upstream, None, False)
     if not entry.get("finished"):
         if _shard_done(entry, shard) or (allow_pending and entry.get("pending")):
             return
         raise NeatError(_unfinished(run_dir, kind, entry), file=run_dir)
     for upstream in kind.upstream:
-        _require(run_dir, manifest, upstream, None, False)
         seen = (entry.get("reads") or {}).get(upstream)
         wrote = (manifest.stage(TABLES[upstream].stage).get("wrote") or {}).get(upstream)
         if seen and wrote and seen != wrote:
@@ -169,7 +174,7 @@ def _unfinished(run_dir: Path, kind: TableKind, entry: dict[str, Any]) -> str:
         rows = waiting.get("rows") if isinstance(waiting, dict) else waiting
         return f"{kind.noun} are unfinished ({rows} rows wait in batches): run `{_command(run_dir, kind.stage, entry)}` again to collect them first"
     return (
-        f"{kind.noun} are unfinished ({kind.stage} was stopped or is still running): run `{_command(run_dir, kind.stage, entry)}` again "
+        f"{kind.noun} are unfinished ({kind.stage} was stopped, failed or is still running): run `{_command(run_dir, kind.stage, entry)}` again "
         "to finish them first"
     )
 
