@@ -99,7 +99,9 @@ def test_rank_after_redo_without_score_says_the_scores_are_stale_and_the_export_
     """Before: rank after `generate --redo` (no score) exported the pre-redo texts with their old scores, exit 0."""
     run = finished(tmp_path)
     old = {r["key"]: r["response"] for r in pq.read_table(run / "generations").to_pylist()}
-    run_generate(config(tmp_path, redo=["steering=neg"], sampling=Sampling(max_tokens=8, seed=7)), backend=RecordingBackend(), progress=False)
+    run_generate(
+        config(tmp_path, redo=["steering=neg"], sampling=Sampling(max_tokens=8, seed=7)), backend=RecordingBackend(), progress=False
+    )
     new = {r["key"]: r["response"] for r in pq.read_table(run / "generations").to_pylist()}
     changed = {old[key] for key in old if old[key] != new[key]}
     assert changed
