@@ -9,7 +9,9 @@ Checks, each a NeatError (one line, exit code 2) that leaves the folder untouche
 - every shard 0..N-1 recorded as finished in the manifest (missing / unfinished → says which and how to rerun);
 - no shard folder from another split (leftovers of an earlier `--num-shards`);
 - every row sits in the shard that owns its prompt, and no key appears in two shards;
-- scored: every generation row has a score (scored shards cover the generations).
+- scored: generate finished, and every generation row has a score of its current text (scored shards cover the
+  generations, none scored a row that `--retry-errors` / `--redo` generated again since).
+The merged stage records the digests of what it wrote (and, for score, of the generations it scored): core/lineage.py.
 For score, `negative_score = floor` is applied here over the whole run (one shard cannot know the floor).
 """
 

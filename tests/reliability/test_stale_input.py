@@ -187,3 +187,44 @@ def test_a_digest_depends_on_the_rows_not_on_how_they_are_chunked():
         assert digest(rows, ["s", "f", "l"]) == digest(rows.combine_chunks(), ["s", "f", "l"])
     other = table.set_column(0, "s", pa.chunked_array([["x", "y", "y"], ["zzz"]]))  # the same bytes, split otherwise
     assert digest(other, ["s"]) != digest(table, ["s"])
+
+
+def test_score_scores_what_generate_has_while_rows_wait_in_batches_and_rank_waits_for_them(tmp_path: Path, monkeypatch):
+    """The one input a stage reads unfinished, by design: `score` while generate's batch rows are not collected scores
+    the rows there and says how many wait (scoring is resumable); rank refuses until generate and score are done."""
+    from test_batch_stage import generate_args, prompts
+
+    from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
+
+    monkeypatch.setenv("BATCH_KEY", "sk-stale-input-test-0123456789")
+    server = FakeOpenAIServer(ServerSettings(batch_polls_per_state=2)).start()
+    run = tmp_path / "run"
+    try:
+        args = generate_args(server, prompts(tmp_path, 4), run)
+        ok(*args, "--limit", "2")  # 2 prompts × 3 rows, collected
+        assert "6 rows waiting" in ok(*args, "--no-wait")  # 2 more prompts, submitted
+        assert "6 generation rows still wait in generate's batches and are not scored" in ok("score", run, *SCORE)
+        line = refused(tmp_path, "rank", run)
+        assert line.startswith(f"error: {run}: generations are unfinished (6 rows wait in batches): run `neat-data generate --prompts")
+        assert "--no-wait" in line and line.endswith("` again to collect them first")
+        ok(*args)  # collects
+        assert refused(tmp_path, "rank", run).startswith(f"error: {run}: scores are stale")
+    finally:
+        server.stop()
+    assert "12 rows (6 newly scored)" in ok("score", run, *SCORE)
+    assert "prompts 4, candidates 12" in ok("rank", run)
+
+
+def test_merge_refuses_score_shards_that_scored_an_older_text(tmp_path: Path):
+    """Score shards, then `generate --redo`, then merge: before, the merged scores were of the pre-redo texts."""
+    run_generate(config(tmp_path), backend=RecordingBackend(), progress=False)
+    run = tmp_path / "run"
+    for index in ("0", "1"):
+        ok("score", run, *SCORE, "--num-shards", "2", "--shard-index", index)
+    run_generate(
+        config(tmp_path, redo=["steering=neg"], sampling=Sampling(max_tokens=8, seed=7)), backend=RecordingBackend(), progress=False
+    )
+    assert refused(tmp_path, "merge", run) == (
+        f"error: {run}/scored: field 'key': 12 scored rows scored an older text (generated after scoring?); rerun every score "
+        "shard, then merge again"
+    )
