@@ -256,13 +256,13 @@ if set(LAYOUTS) != set(get_args(ExportFormat)):  # a name without a layout (or t
     raise RuntimeError(f"export formats without a layout: {set(get_args(ExportFormat)) ^ set(LAYOUTS)}")
 
 
-def kto_rows(config: ExportConfig, reads: dict[str, str] | None = None) -> pa.Table:
+def kto_rows(config: ExportConfig, seen: dict[str, str]) -> pa.Table:
     """The scored rows KTO learns from, with their `label`: by steering (unsteered and error rows left out) or by score.
-    The scores must be finished and current (core/lineage.py); `reads` gets the digest of what was read."""
+    The scores must be finished and current (core/lineage.py); `seen` gets the digest of what was read."""
     run = Path(config.run)
     manifest = require_current(run, "scored")
     scored = ShardedTable(run / "scored", SCORED).read()
-    (reads if reads is not None else {})["scored"] = check_read(run, "scored", scored, manifest)
+    seen["scored"] = check_read(run, "scored", scored, manifest)
     if config.kto_label == "steering":
         rows = scored.filter(pc.and_(pc.equal(scored.column("status"), "ok"), pc.not_equal(scored.column("steering"), "none")))
         return rows.append_column("label", pc.equal(rows.column("steering"), "pos"))
@@ -270,7 +270,7 @@ def kto_rows(config: ExportConfig, reads: dict[str, str] | None = None) -> pa.Ta
     return rows.append_column("label", pc.greater_equal(rows.column("score"), config.kto_threshold))
 
 
-def source_rows(config: ExportConfig, seen: dict[str, str] | None = None) -> pa.Table:
+def source_rows(config: ExportConfig, seen: dict[str, str]) -> pa.Table:
     """The run table the format reads, finished and current (core/lineage.py; `seen` gets the digest of what was read);
     none of its rows left is an error naming the format and why."""
     fmt, run = config.format, Path(config.run)
@@ -283,7 +283,7 @@ def source_rows(config: ExportConfig, seen: dict[str, str] | None = None) -> pa.
         return rows
     manifest = require_current(run, f"ranked/{reads}")
     rows = read_ranked(run, reads)
-    (seen if seen is not None else {})[f"ranked/{reads}"] = check_read(run, f"ranked/{reads}", rows, manifest)
+    seen[f"ranked/{reads}"] = check_read(run, f"ranked/{reads}", rows, manifest)
     if rows.num_rows == 0:
         if reads == "pairs":
             raise NeatError(
@@ -300,7 +300,7 @@ def export_table(config: ExportConfig, seen: dict[str, str] | None = None) -> pa
     digest of the table read)."""
     layout = LAYOUTS[config.format]
     schema = features(config.format).arrow_schema
-    columns = layout.build(source_rows(config, seen), config)
+    columns = layout.build(source_rows(config, {} if seen is None else seen), config)
     assert list(columns) == schema.names, (config.format, list(columns))  # a layout builds exactly its columns
     return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
 
