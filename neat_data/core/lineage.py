@@ -16,7 +16,9 @@ and stops with one line naming the run folder and the command to run when
 After reading, `check_read(run_dir, table, rows)` compares the digest of the rows read with the writer's `wrote` (the
 table did not change after its stage finished, e.g. by a hand edit or a copy of another run's files) and returns it
 for the reader's own `reads`. Only recorded digests are compared on the way up; the table a stage reads anyway is
-hashed once (xxh3 over its content columns' buffers: ~0.1 s per GB, no Python object per row).
+hashed once (xxh3 over its content columns' buffers, no Python object per row: 1M scored rows read from
+Parquet 0.014 s, their 200k ranked lists 0.006 s, pairs 0.002 s; benchmarks/rank_export.py's rank + export gains
+~0.02 s).
 
 Unknown is not stale: a table no stage recorded (written by hand or another tool) and a record without digests (a run
 made before this module) skip the comparisons they lack — the behaviour before digests — while `finished` flags,
