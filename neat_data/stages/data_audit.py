@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import EXIT_CHECK_FAILED, NeatError
+from neat_data.core.lineage import check_read, require_current
 from neat_data.core.manifest import MANIFEST, manifest_record, read_manifest
 from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites, count_by, figure_png, read_parquet
 from neat_data.core.schemas import DROPPED_PAIRS, SCORED, check_columns, one_array
@@ -162,18 +163,26 @@ class AuditReport:
             )
 
 
-def read_inputs(run_dir: Path) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table | None]:
-    """(lists, pairs, dropped, scored columns or None); no ranked lists at all is a NeatError (exit 2)."""
+def read_inputs(run_dir: Path, seen: dict[str, str] | None = None) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table | None]:
+    """(lists, pairs, dropped, scored columns or None); no ranked lists at all is a NeatError (exit 2). The ranked
+    tables must be finished and current, from scores that are (core/lineage.py): `seen` gets the digests of what was
+    read. scored/ gives only lengths and finish reasons here: rank's record vouches for it."""
+    manifest = require_current(run_dir, "ranked/lists")
+    seen = seen if seen is not None else {}
     lists = read_ranked(run_dir, "lists")
+    seen["ranked/lists"] = check_read(run_dir, "ranked/lists", lists, manifest)
     if lists.num_rows == 0:
         raise NeatError(
             "no ranked lists to audit (every candidate failed, or nothing was generated)", file=run_dir / "ranked" / "lists.parquet"
         )
     pairs = read_ranked(run_dir, "pairs")
+    seen["ranked/pairs"] = check_read(run_dir, "ranked/pairs", pairs, manifest)
     dropped_path = run_dir / "ranked" / "dropped.parquet"
     dropped = read_parquet(dropped_path) if dropped_path.is_file() else DROPPED_PAIRS.empty_table()
     if dropped.num_rows:
         check_columns(dropped, DROPPED_PAIRS, str(dropped_path))
+    if dropped_path.is_file():
+        seen["ranked/dropped"] = check_read(run_dir, "ranked/dropped", dropped, manifest)
     scored = None
     if (run_dir / "scored").is_dir():
         scored = ShardedTable(run_dir / "scored", SCORED).read(columns=["completion_tokens", "finish_reason", "steering", "status"])
@@ -296,13 +305,20 @@ def run_data_audit(config: DataAuditConfig, argv: list[str] | None = None) -> Au
         raise NeatError("no such run folder", file=run_dir)
     with RunLock(run_dir):
         manifest = read_manifest(run_dir)  # every input is read and checked before anything is written
-        lists, pairs, dropped, scored = read_inputs(run_dir)
+        seen: dict[str, str] = {}
+        lists, pairs, dropped, scored = read_inputs(run_dir, seen)
         report, ratios = audit_tables(config, lists, pairs, dropped, scored)
         checks = verdicts(report, config)
         report = {"run": str(run_dir), "config": config.model_dump(mode="json"), "command": argv, "checks": checks, **report}
         folder = run_dir / "audit"
         summary = {c["check"]: {"verdict": c["verdict"], "value": c["value"], "rule": c["rule"]} for c in checks}
-        manifest.stages["audit"] = {"config": config.model_dump(mode="json"), "command": argv, "finished": True, "summary": summary}
+        manifest.stages["audit"] = {
+            "config": config.model_dump(mode="json"),
+            "command": argv,
+            "finished": True,
+            "summary": summary,
+            "reads": seen,
+        }
         with StagedWrites() as writes:  # the report's three files and the manifest's record land together, or none
             writes.write_json(folder / "audit.json", report)
             writes.write_bytes(folder / "audit.md", audit_markdown(report).encode("utf-8"))

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.core.errors import NeatError
+from neat_data.core.lineage import check_read, require_current
 from neat_data.core.manifest import MANIFEST, Manifest, manifest_record, read_manifest
 from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites
 from neat_data.core.schemas import SCORED, one_array
@@ -253,9 +254,13 @@ if set(LAYOUTS) != set(get_args(ExportFormat)):  # a name without a layout (or t
     raise RuntimeError(f"export formats without a layout: {set(get_args(ExportFormat)) ^ set(LAYOUTS)}")
 
 
-def kto_rows(config: ExportConfig) -> pa.Table:
-    """The scored rows KTO learns from, with their `label`: by steering (unsteered and error rows left out) or by score."""
-    scored = ShardedTable(Path(config.run) / "scored", SCORED).read()
+def kto_rows(config: ExportConfig, seen: dict[str, str]) -> pa.Table:
+    """The scored rows KTO learns from, with their `label`: by steering (unsteered and error rows left out) or by score.
+    The scores must be finished and current (core/lineage.py); `seen` gets the digest of what was read."""
+    run = Path(config.run)
+    manifest = require_current(run, "scored")
+    scored = ShardedTable(run / "scored", SCORED).read()
+    seen["scored"] = check_read(run, "scored", scored, manifest)
     if config.kto_label == "steering":
         rows = scored.filter(pc.and_(pc.equal(scored.column("status"), "ok"), pc.not_equal(scored.column("steering"), "none")))
         return rows.append_column("label", pc.equal(rows.column("steering"), "pos"))
@@ -263,17 +268,20 @@ def kto_rows(config: ExportConfig) -> pa.Table:
     return rows.append_column("label", pc.greater_equal(rows.column("score"), config.kto_threshold))
 
 
-def source_rows(config: ExportConfig) -> pa.Table:
-    """The run table the format reads; none of its rows left is an error naming the format and why."""
+def source_rows(config: ExportConfig, seen: dict[str, str]) -> pa.Table:
+    """The run table the format reads, finished and current (core/lineage.py; `seen` gets the digest of what was read);
+    none of its rows left is an error naming the format and why."""
     fmt, run = config.format, Path(config.run)
     reads = LAYOUTS[fmt].reads
     if reads == "scored":
-        rows = kto_rows(config)
+        rows = kto_rows(config, seen)
         if rows.num_rows == 0:
             how = "no steered ok rows (pos/neg)" if config.kto_label == "steering" else "no rows with a score"
             raise NeatError(f"format '{fmt}' has nothing to export: {how}", file=run / "scored")
         return rows
+    manifest = require_current(run, f"ranked/{reads}")
     rows = read_ranked(run, reads)
+    seen[f"ranked/{reads}"] = check_read(run, f"ranked/{reads}", rows, manifest)
     if rows.num_rows == 0:
         if reads == "pairs":
             raise NeatError(
@@ -285,11 +293,12 @@ def source_rows(config: ExportConfig) -> pa.Table:
     return rows
 
 
-def export_table(config: ExportConfig) -> pa.Table:
-    """The chosen format as an Arrow table with the exact export schema (pure given the run's tables)."""
+def export_table(config: ExportConfig, seen: dict[str, str] | None = None) -> pa.Table:
+    """The chosen format as an Arrow table with the exact export schema (pure given the run's tables; `seen` gets the
+    digest of the table read)."""
     layout = LAYOUTS[config.format]
     schema = features(config.format).arrow_schema
-    columns = layout.build(source_rows(config), config)
+    columns = layout.build(source_rows(config, {} if seen is None else seen), config)
     assert list(columns) == schema.names, (config.format, list(columns))  # a layout builds exactly its columns
     return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
 
@@ -343,7 +352,8 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
     out = config.out_dir()
     with RunLock(run_dir):
         manifest = read_manifest(run_dir)
-        table = export_table(config)
+        seen: dict[str, str] = {}
+        table = export_table(config, seen)
         wanted = features(config.format)
         dataset = Dataset(table, info=DatasetInfo(features=wanted), fingerprint=content_fingerprint(table))
         splits = {**other_splits(out / "hf", config.split, wanted), config.split: dataset}
@@ -364,6 +374,7 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
                 "out": str(out),
                 "splits": sorted(splits),
                 "finished": True,
+                "reads": seen,
             }
             write_croissant(writes, manifest, run_dir, out, config.format, {parquet: writes.staged_path(parquet)})
             writes.write_json(run_dir / MANIFEST, manifest_record(manifest))  # last: the record that says it is done

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neat_data import __version__
+from neat_data.core.lineage import TABLES, table_digest
 from neat_data.core.manifest import edit_manifest, read_manifest, update_manifest
 from neat_data.core.runfolder import count_by
 from neat_data.core.shards import StageOutput
@@ -79,7 +80,8 @@ def record_pass(
     """Compact the table, count it, and record the pass in the manifest (finished, or waiting on batches)."""
     run_dir = out.run_dir
     out.table.compact()
-    mine = out.table.read(["status", "steering"])
+    whole_run = out.shard is None  # a shard's rows are a part of the table: merge records the whole one's digest
+    mine = out.table.read(list(dict.fromkeys(["status", "steering", *(TABLES["generations"].columns if whole_run else [])])))
     counts = {"status": count_by(mine, "status"), "steering": count_by(mine, "steering")}
     stale = 0 if out.shard is not None else mine.num_rows - (plan.present_rows + done.new_keys)
     seconds = time.time() - started
@@ -93,6 +95,8 @@ def record_pass(
         "passes": passes,
         "seconds": round(seconds, 2),
     }
+    if whole_run:  # what score checks it reads (core/lineage.py)
+        record["wrote"] = {"generations": table_digest("generations", mine)}
     if done.pending:  # submitted, not collected: the stage is not finished; the same command run again collects
         update_manifest(
             run_dir,

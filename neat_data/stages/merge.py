@@ -9,7 +9,9 @@ Checks, each a NeatError (one line, exit code 2) that leaves the folder untouche
 - every shard 0..N-1 recorded as finished in the manifest (missing / unfinished → says which and how to rerun);
 - no shard folder from another split (leftovers of an earlier `--num-shards`);
 - every row sits in the shard that owns its prompt, and no key appears in two shards;
-- scored: every generation row has a score (scored shards cover the generations).
+- scored: generate finished, and every generation row has a score of its current text (scored shards cover the
+  generations, none scored a row that `--retry-errors` / `--redo` generated again since).
+The merged stage records the digests of what it wrote (and, for score, of the generations it scored): core/lineage.py.
 For score, `negative_score = floor` is applied here over the whole run (one shard cannot know the floor).
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from neat_data.core.errors import NeatError
+from neat_data.core.lineage import require_current, table_digest
 from neat_data.core.manifest import read_manifest, update_manifest
 from neat_data.core.runfolder import SHARD_DIR, RunLock, ShardedTable, count_by
 from neat_data.core.schemas import GENERATIONS, SCORED
@@ -94,10 +97,11 @@ def _merge_stage(run_dir: Path, stage: str, entry: dict) -> MergeResult:
     table = ShardedTable(folder, schema)
     merged = table.read()
     if stage == "score":
-        merged = _finish_scores(run_dir, merged, entry)
+        merged, entry["reads"] = _finish_scores(run_dir, merged, entry)
     table.rewrite(merged)
     counts = {name: count_by(merged, name) for name in (("status", "steering") if stage == "generate" else ("score_status", "steering"))}
     entry.update(finished=True, merged=True, rows=merged.num_rows, counts=counts, merge_seconds=round(time.time() - started, 2))
+    entry["wrote"] = {folder_name: table_digest(folder_name, merged)}  # what the next stage checks it reads (core/lineage.py)
     update_manifest(run_dir, stage, entry)
     return MergeResult(stage, merged.num_rows, num_shards, counts)
 
@@ -131,20 +135,28 @@ def _check_shard_rows(folder: Path, schema: pa.Schema, specs: list[ShardSpec]) -
                 )
 
 
-def _finish_scores(run_dir: Path, scored: pa.Table, entry: dict) -> pa.Table:
-    """Every generation row scored, then negative_score applied over the whole run (as run_score does)."""
+def _finish_scores(run_dir: Path, scored: pa.Table, entry: dict) -> tuple[pa.Table, dict[str, str]]:
+    """Every generation row scored as it is now, then negative_score applied over the whole run (as run_score does);
+    returns the table and the digest of the generations it scored (the merged stage's `reads`)."""
     from neat_data.stages.score import apply_negative_score
 
     generations_dir = run_dir / "generations"
     if _shard_folders(generations_dir):
         raise NeatError("generations are still in shards; merge them first (`neat-data merge RUN`)", file=generations_dir)
-    keys = set(ShardedTable(generations_dir, GENERATIONS).read().column("key").to_pylist())
+    require_current(run_dir, "generations")
+    generations = ShardedTable(generations_dir, GENERATIONS).read()
+    keys = set(generations.column("key").to_pylist())
     missing = keys - set(scored.column("key").to_pylist())
-    if missing:
+    # a score shard that ran before `generate --retry-errors` / `--redo` scored another version of some rows
+    compared = ["key", "status", "response", "settings_hash"]
+    now = set(zip(*(generations.column(name).to_pylist() for name in compared)))
+    other = sum(row not in now for row in zip(*(scored.column(name).to_pylist() for name in compared)) if row[0] in keys)
+    if missing or other:
+        what = f"{len(missing)} of {len(keys)} generation rows have no score" if missing else f"{other} scored rows scored an older text"
         raise NeatError(
-            f"{len(missing)} of {len(keys)} generation rows have no score (generated after scoring?); "
-            "rerun every score shard, then merge again",
+            f"{what} (generated after scoring?); rerun every score shard, then merge again",
             file=run_dir / "scored",
             field="key",
         )
-    return apply_negative_score(scored, (entry.get("config") or {}).get("negative_score", "scored"))
+    final = apply_negative_score(scored, (entry.get("config") or {}).get("negative_score", "scored"))
+    return final, {"generations": table_digest("generations", generations)}

@@ -39,7 +39,8 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
-from neat_data.core.manifest import MANIFEST, manifest_record, read_manifest
+from neat_data.core.lineage import check_read, require_current, table_digest
+from neat_data.core.manifest import MANIFEST, manifest_record
 from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites, read_parquet
 from neat_data.core.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns, one_array
 from neat_data.stages.rank_lengths import balance_lengths, length_summary, pair_lengths
@@ -345,9 +346,11 @@ def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
         raise NeatError("no scored/ in this run folder (run `neat-data score` first)", file=run_dir)
     out = run_dir / "ranked"
     with RunLock(run_dir):
-        manifest = read_manifest(run_dir)  # checked before anything is written
+        # read (and checked) before anything is written: scores finished, and scored from the generations as they are now
+        manifest = require_current(run_dir, "scored")
         scored = ShardedTable(run_dir / "scored", SCORED).read(list(RANK_READS))
         check_columns(scored, pa.schema([SCORED.field(name) for name in RANK_READS]), str(run_dir / "scored"))
+        reads = {"scored": check_read(run_dir, "scored", scored, manifest)}
         with StagedWrites() as writes:  # lists.parquet is written while the pairs are formed; all three land together
             ranked = rank_lists(config, scored)
             del scored  # the lists hold their own copies: the pairs and the writers reuse its memory
@@ -355,11 +358,17 @@ def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
             pairs, dropped, summary = rank_pairs(config, ranked)
             writes.write(out / "pairs.parquet", pairs)
             writes.write(out / "dropped.parquet", dropped)
+            wrote = {
+                f"ranked/{name}": table_digest(f"ranked/{name}", table)
+                for name, table in (("lists", ranked.lists), ("pairs", pairs), ("dropped", dropped))
+            }
             manifest.stages["rank"] = {
                 "config": config.model_dump(mode="json"),
                 "command": argv,
                 "finished": True,
                 "summary": summary.__dict__,
+                "reads": reads,
+                "wrote": wrote,
             }
             writes.write_json(run_dir / MANIFEST, manifest_record(manifest))  # with the tables, after them
     return summary

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
 from neat_data.core.errors import NeatError, redact_secrets
+from neat_data.core.lineage import check_read, require_current, table_digest
 from neat_data.core.manifest import Manifest, edit_manifest, read_manifest, update_manifest
 from neat_data.core.runfolder import ShardedTable, count_by
 from neat_data.core.schemas import GENERATIONS, SCORED, check_columns
@@ -63,6 +64,7 @@ class ScoreSummary:
     folder: Path | None = None  # <run>/scored, or a shard's sub-folder
     pending_rows: int = 0  # a batch judge's rows submitted and not answered yet
     usage: dict[str, Any] = field(default_factory=dict)  # an LLM judge's tokens and cost (costs.token_costs)
+    ungenerated_rows: int = 0  # generation rows still waiting in generate's batches: not here to score yet
 
     def line(self) -> str:
         line = (
@@ -71,6 +73,11 @@ class ScoreSummary:
         )
         if self.usage.get("total", {}).get("requests"):
             line += f"; judge {cost_line(self.usage)}"
+        if self.ungenerated_rows:
+            line += (
+                f"; {self.ungenerated_rows} generation rows still wait in generate's batches and are not scored: run the same "
+                "generate command again to collect them, then score again"
+            )
         if self.pending_rows:
             line += (
                 f"; {self.pending_rows} rows wait for the batch judge (`neat-data batch status {self.run_dir}`; the same "
@@ -168,8 +175,11 @@ def run_score(
     owns_scorer = scorer is None
     try:
         with StageOutput(run_dir, "score", "scored", SCORED, shard) as out:
-            generations = read_generations(run_dir, shard)
-            manifest = read_manifest(run_dir)
+            # generations a killed generate left, or that changed since it finished, are refused (core/lineage.py); rows
+            # waiting in generate's batches are not: those here are scored, the summary says what waits, and rank
+            # refuses until generate has collected them and score has run again
+            manifest = require_current(run_dir, "generations", shard=shard, allow_pending=True)
+            generations, seen = read_generations(run_dir, shard)
             rows, pending, scorer = plan_scoring(config, out, generations, manifest, shard, overwrite, scorer)
             entry = {"config": config.model_dump(mode="json"), "command": argv}
             out.start(entry, lambda: None if overwrite else check_identity(config, run_dir))
@@ -181,6 +191,8 @@ def run_score(
             final = final_table(config, out, generations, shard)
             seconds = time.time() - started
             record = score_record(config, final, scorer, seconds=seconds)
+            if shard is None:  # a shard's part of the table: merge records the whole one
+                record.update(reads={"generations": seen}, wrote={"scored": table_digest("scored", final)})
             waiting = len(pending) - scored_now
             record_outcome(run_dir, out, entry, record, waiting=waiting, scored_now=scored_now, argv=argv)
     finally:
@@ -195,6 +207,7 @@ def run_score(
         folder=out.folder,
         pending_rows=waiting,
         usage=record.get("usage") or {},
+        ungenerated_rows=int((manifest.stage("generate").get("pending") or {}).get("rows") or 0),
     )
 
 
@@ -212,14 +225,16 @@ def check_can_score(run_dir: Path, shard: ShardSpec | None, overwrite: bool) -> 
         refuse_while_writing(run_dir, "generations")
 
 
-def read_generations(run_dir: Path, shard: ShardSpec | None) -> pa.Table:
-    """The run's generation rows (checked against GENERATIONS), or the rows of the prompts `shard` owns."""
+def read_generations(run_dir: Path, shard: ShardSpec | None) -> tuple[pa.Table, str]:
+    """The run's generation rows (checked against GENERATIONS), or the rows of the prompts `shard` owns, and the digest
+    of the whole table as read (checked against the one generate recorded)."""
     generations_dir = run_dir / "generations"
     generations = ShardedTable(generations_dir, GENERATIONS).read()
     check_columns(generations, GENERATIONS, str(generations_dir))
+    seen = check_read(run_dir, "generations", generations)
     if shard is not None:
         generations = generations.filter(pa.array([shard.owns(pid) for pid in generations.column("prompt_id").to_pylist()], pa.bool_()))
-    return generations
+    return generations, seen
 
 
 def plan_scoring(

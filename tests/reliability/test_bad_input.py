@@ -367,6 +367,56 @@ def damaged(run: Path, name: str) -> Path:
     return run
 
 
+# round three: stale or unfinished input (issue 25, class 2) — the runs those cases damage
+def finished_config(folder: Path, **changes: object) -> GenerateConfig:
+    """finished_run's generate config (its prompts must exist), with `changes`."""
+    values: dict = {"prompts": str(folder / "good.jsonl"), "model": "fake", "out": folder / "run", "num_pos": 2, "num_neg": 2}
+    return GenerateConfig(**{**values, "sampling": Sampling(max_tokens=8), "flush_every": 2, **changes})
+
+
+def killed_generate_pass(folder: Path, run: Path | None = None) -> Path:
+    """A generate that died after one request (the rows flushed stay, as after a SIGKILL): a fresh run, or `run` again
+    with --redo steering=neg."""
+    redo: dict = {} if run is None else {"redo": ["steering=neg"], "sampling": Sampling(max_tokens=8, seed=7)}
+    good_prompts(folder)
+    with pytest.raises(RuntimeError, match="scripted crash"):
+        run_generate(finished_config(folder, **redo), backend=RecordingBackend(crash_after=1), progress=False)
+    return folder / "run"
+
+
+def redone(folder: Path, *, rescored: bool = False) -> Path:
+    """A scored and ranked run, then `generate --redo steering=neg` with another seed (and, with `rescored`, score)."""
+    run = ranked_run(folder)
+    redo = finished_config(folder, redo=["steering=neg"], sampling=Sampling(max_tokens=8, seed=7))
+    run_generate(redo, backend=RecordingBackend(), progress=False)
+    if rescored:
+        assert CliRunner().invoke(cli, ["score", str(run), *SLOW_LENGTH]).exit_code == 0
+    return run
+
+
+SLOW_LENGTH = ["--scorer", "python:reliability_scorers:slow_length", "--no-progress"]
+
+
+def scores_changed_by_hand(folder: Path) -> list[str]:
+    from neat_data.core.runfolder import ShardedTable
+    from neat_data.core.schemas import SCORED
+
+    run = finished_run(folder)
+    table = ShardedTable(run / "scored", SCORED)
+    row = table.read().to_pylist()[0]
+    table.append([{**row, "score": 99.0}])
+    return ["rank", str(run)]
+
+
+def generate_shards_not_merged(folder: Path) -> list[str]:
+    from neat_data.core.shards import ShardSpec
+
+    good_prompts(folder)
+    for index in (0, 1):
+        run_generate(finished_config(folder), backend=RecordingBackend(), shard=ShardSpec(2, index), progress=False)
+    return ["score", str(folder / "run"), *SLOW_LENGTH]
+
+
 # kind → (build the input in a folder and return the CLI args, fragments the error line must contain)
 CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "invalid_json_line": (prompts_with(['{"prompt": "ok"}', '{"prompt": "unclosed']), ["prompts.jsonl: row 2: invalid JSON"]),
@@ -587,6 +637,28 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "rank_with_a_manifest_cut_short": (
         lambda folder: ["rank", str(damaged(finished_run(folder), "manifest.json"))],
         ["manifest.json", "not valid JSON"],
+    ),
+    # round three: stale or unfinished input (issue 25, class 2)
+    "score_of_a_killed_generate": (
+        lambda folder: ["score", str(killed_generate_pass(folder)), *SLOW_LENGTH],
+        ["run: generations are unfinished (generate was stopped, failed or is still running): run `neat-data generate"],
+    ),
+    "audit_after_a_killed_generate_pass": (
+        lambda folder: ["audit", str(killed_generate_pass(folder, ranked_run(folder)))],
+        ["run: generations are unfinished (generate was stopped, failed or is still running)"],
+    ),
+    "rank_after_redo_without_score": (
+        lambda folder: ["rank", str(redone(folder))],
+        ["run: scores are stale (the generations changed after score read them): run `neat-data score"],
+    ),
+    "export_of_pairs_ranked_before_a_rescore": (
+        lambda folder: ["export", str(redone(folder, rescored=True)), "--format", "trl"],
+        ["run: ranked pairs are stale (the scores changed after rank read them): run `neat-data rank"],
+    ),
+    "rank_of_scores_changed_after_score": (scores_changed_by_hand, ["run: scored/ changed after score finished"]),
+    "score_of_generate_shards_not_merged": (
+        generate_shards_not_merged,
+        ["run: generations are in 2 shards, not merged yet: run `neat-data merge"],
     ),
 }
 
