@@ -189,7 +189,11 @@ def test_balance_length_brings_the_length_auc_down(tmp_path):
     assert result.exit_code == 0, result.output
     assert "length AUC 0.500" in result.output
     _, _, balanced = audit(before)
-    assert balanced["length"]["length_auc"]["value"] == 0.5 and verdict(balanced, "length")["verdict"] == "pass"
+    assert balanced["length"]["length_auc"]["value"] == 0.5
+    # 40 pairs: the interval around 0.5 is wider than the 0.35–0.65 band, so the verdict cannot pass yet
+    low, high = balanced["length"]["length_auc"]["ci95"]
+    assert low < 0.35 or high > 0.65
+    assert verdict(balanced, "length")["verdict"] == "not sure" and verdict(balanced, "length")["prompts_to_decide"] > 40
     assert balanced["length"]["pairs"]["value"] == 40  # 20 chosen-shorter + the 20 chosen-longer with the widest score gap
     dropped = balanced["ties_and_truncation"]["dropped_by_reason"]["value"]
     assert dropped == {"length-band": 8 * 2, "length-balance": 80 - 16 - 20}  # ratios 3.2×, 3.5× (p % 10 ∈ {8, 9}) are outside
@@ -205,4 +209,4 @@ def test_lists_without_pairs_give_not_measured_verdicts_not_passes(tmp_path):
     for check in ("length", "bag-of-words", "best-negative", "refusal-flip", "truncated", "ties"):
         assert verdict(report, check)["verdict"] == "n/a", check
     assert verdict(report, "duplicates")["verdict"] == "pass"
-    assert "length: N/A — length separability max(AUC, 1−AUC) not measured" in output
+    assert "length: N/A — length AUC not measured (pass when within [0.35, 0.65]" in output
