@@ -75,7 +75,9 @@ class DataAuditConfig(BaseModel):
         default_factory=list, description=f"Exit with code 5 when one of these checks fails (comma-separated: {', '.join(AUDIT_CHECKS)})."
     )
     length_separability_max: float = Field(0.65, ge=0.5, le=1.0, description="length check: max(length AUC, 1 − length AUC) at most this.")
-    bag_of_words_auc_max: float = Field(0.75, ge=0.0, le=1.0, description="bag-of-words check: cross-validated AUC at most this.")
+    bag_of_words_auc_max: float = Field(
+        0.75, ge=0.0, le=1.0, description="bag-of-words check: length-matched cross-validated AUC at most this."
+    )
     best_negative_max: float = Field(
         0.1,
         ge=-1.0,

@@ -229,7 +229,7 @@ def word_separability(
     *,
     resamples: int,
     seed: int,
-    folds: int = 5,
+    folds: int = 3,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[int]]:
     """(length-matched AUC, raw AUC, the most separating n-grams, example pairs carrying the top one) of a logistic
     regression on which word 1–3-grams each side contains (present in chosen only +1, in rejected only −1), half the
@@ -244,7 +244,7 @@ def word_separability(
 
     what = (
         "a logistic regression on the word 1–3-grams each side contains (vector: present in chosen only +1, in rejected "
-        "only −1; half the pairs swapped), under cross-validation grouped by prompt (up to 5 folds); 0.5 = chance; 95% "
+        "only −1; half the pairs swapped), under cross-validation grouped by prompt (up to 3 folds); 0.5 = chance; 95% "
         "interval: bootstrap over prompts of the out-of-fold scores"
     )
     matched_definition = (
@@ -263,11 +263,11 @@ def word_separability(
         return figure(None, matched_definition + why), figure(None, raw_definition + why), figure([], ngram_definition + why), []
     vectorizer = CountVectorizer(binary=True, ngram_range=(1, 3), token_pattern=r"(?u)\b\w+\b", min_df=2, dtype=np.float64)
     try:
-        vectorizer.fit(list(chosen) + list(rejected))
+        both = vectorizer.fit_transform(list(chosen) + list(rejected)).tocsr()
     except ValueError:  # no n-gram occurs twice
         why = " — not measured: no word n-gram occurs twice"
         return figure(None, matched_definition + why), figure(None, raw_definition + why), figure([], ngram_definition + why), []
-    difference = (vectorizer.transform(chosen) - vectorizer.transform(rejected)).tocsc()
+    difference = (both[: len(chosen)] - both[len(chosen) :]).tocsc()
     chosen_only = np.asarray((difference > 0).sum(axis=0)).ravel()
     rejected_only = np.asarray((difference < 0).sum(axis=0)).ravel()
     names = vectorizer.get_feature_names_out()
@@ -291,7 +291,8 @@ def word_separability(
     for train, test in GroupKFold(n_splits=min(folds, n_groups)).split(features, labels, groups):
         if np.unique(labels[train]).size < 2:
             continue
-        model = LogisticRegression(fit_intercept=False, C=1.0, max_iter=1000, solver="liblinear")
+        # tol 1e-2: the scores only need their order, and a separating n-gram is found in the first iterations
+        model = LogisticRegression(fit_intercept=False, C=1.0, tol=1e-2, max_iter=1000, solver="liblinear")
         model.fit(features[train], labels[train])
         out_of_fold[test] = model.decision_function(features[test])
     ratio = np.log2(length_ratio(np.asarray(length_chosen, dtype=np.float64), np.asarray(length_rejected, dtype=np.float64)))
@@ -341,14 +342,13 @@ def best_candidate_measures(candidates: Candidates, *, resamples: int, seed: int
     negative_best = (best_steering[mixed] == "neg").astype(np.float64)
     sizes = np.bincount(candidates.prompt, minlength=prompts)
     chance = (np.bincount(candidates.prompt[candidates.steering == "neg"], minlength=prompts) / np.maximum(sizes, 1))[mixed]
-    interval = bootstrap_pooled_mean(negative_best, np.arange(mixed.size), resamples, seed)
     excess = bootstrap_pooled_mean(negative_best - chance, np.arange(mixed.size), resamples, seed)
     return {
         "lists_with_pos_and_neg": figure(int(mixed.size), "ranked lists holding at least one positive- and one negative-prompt candidate"),
-        "best_is_negative": with_interval(
-            interval,
+        "best_is_negative": figure(
+            float(negative_best.mean()) if mixed.size else None,
             "share of those lists whose best-scored candidate answered the negative system prompt (the scorer prefers a "
-            "negative-prompt response there); 95% interval: bootstrap over lists",
+            "negative-prompt response there)",
         ),
         "best_is_negative_by_chance": figure(
             float(chance.mean()) if mixed.size else None,

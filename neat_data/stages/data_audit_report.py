@@ -163,7 +163,7 @@ def audit_plot(report: dict[str, Any], log2_ratios: dict[str, np.ndarray]) -> An
     if log2_ratios:
         left.legend(fontsize=8)
     per = report["steering"]["per_steering"]["value"]
-    metrics = [m for m in ("refusal", "offensive") if any(m in v for v in per.values())]
+    metrics = [m for m in ("refusal_opening", "refusal", "offensive") if any(m in v for v in per.values())]
     width = 0.8 / max(len(per), 1)
     for index, (name, values) in enumerate(per.items()):
         heights = [values.get(m, {}).get("mean") or 0.0 for m in metrics]
