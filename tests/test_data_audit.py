@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -272,6 +273,9 @@ def test_longer_chosen_answers_fail_the_length_check_not_the_word_check(tmp_path
     rows = pair_rows(200, 0, lambda rng, p: answer(rng, 1.5), lambda rng, p: answer(rng, 1.0))
     _, _, report = audit(make_run(tmp_path / "run", rows))
     assert verdict(report, "length")["verdict"] == "fail"
+    shown = verdict(report, "length")["examples"]  # the three pairs with the largest chosen / rejected ratio
+    lengths = [re.fullmatch(r"chosen (\d+) tokens, rejected (\d+) tokens", e["note"]) for e in shown]
+    assert len(shown) == 3 and all(m and int(m[1]) > 2 * int(m[2]) for m in lengths), [e["note"] for e in shown]
     assert verdict(report, "bag-of-words")["verdict"] == "pass", verdict(report, "bag-of-words")["line"]
     assert report["separability"]["bag_of_words_auc"]["value"] < 0.6
     assert report["separability"]["bag_of_words_auc_raw"]["value"] > 0.85

@@ -105,7 +105,7 @@ def test_unknown_metric_names_the_file_and_field():
         check_metric_names(["refusal", "toxicity"], file="suite.yaml")
     assert (
         error.value.one_line()
-        == "suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, offensive, tone, length, finish, refusal_opening)"
+        == "suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, refusal_opening, offensive, tone, length, finish)"
     )
 
 

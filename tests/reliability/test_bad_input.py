@@ -436,7 +436,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     ),
     "suite_unknown_metric": (
         evaluate_with_suite("kind: harmful\nsource: data://harmbench\nmetrics: [refusal, toxicity]\n"),
-        ["suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, offensive, tone, length, finish, refusal_opening)"],
+        ["suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, refusal_opening, offensive, tone, length, finish)"],
     ),
     "suite_source_missing_prompt_column": (
         evaluate_with_suite("kind: harmful\nsource: questions.jsonl\nmetrics: [refusal]\n"),
