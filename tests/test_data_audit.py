@@ -5,7 +5,9 @@ back from audit.json / audit.md / audit.png and the manifest, through the real C
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -189,7 +191,11 @@ def test_balance_length_brings_the_length_auc_down(tmp_path):
     assert result.exit_code == 0, result.output
     assert "length AUC 0.500" in result.output
     _, _, balanced = audit(before)
-    assert balanced["length"]["length_auc"]["value"] == 0.5 and verdict(balanced, "length")["verdict"] == "pass"
+    assert balanced["length"]["length_auc"]["value"] == 0.5
+    # 40 pairs: the interval around 0.5 is wider than the 0.35–0.65 band, so the verdict cannot pass yet
+    low, high = balanced["length"]["length_auc"]["ci95"]
+    assert low < 0.35 or high > 0.65
+    assert verdict(balanced, "length")["verdict"] == "not sure" and verdict(balanced, "length")["prompts_to_decide"] > 40
     assert balanced["length"]["pairs"]["value"] == 40  # 20 chosen-shorter + the 20 chosen-longer with the widest score gap
     dropped = balanced["ties_and_truncation"]["dropped_by_reason"]["value"]
     assert dropped == {"length-band": 8 * 2, "length-balance": 80 - 16 - 20}  # ratios 3.2×, 3.5× (p % 10 ∈ {8, 9}) are outside
@@ -205,4 +211,148 @@ def test_lists_without_pairs_give_not_measured_verdicts_not_passes(tmp_path):
     for check in ("length", "bag-of-words", "best-negative", "refusal-flip", "truncated", "ties"):
         assert verdict(report, check)["verdict"] == "n/a", check
     assert verdict(report, "duplicates")["verdict"] == "pass"
-    assert "length: N/A — length separability max(AUC, 1−AUC) not measured" in output
+    assert "length: N/A — length AUC not measured (pass when within [0.35, 0.65]" in output
+
+
+# ------------------------------------------------------------------ issue 28: the shortcuts real data carries
+def sentence(rng: random.Random, words: int) -> str:
+    """Plain English-like filler: common words in random order, ending with a full stop."""
+    common = (
+        "the a of to and in is it that for you with on as this be are can your have from or by one will not but "
+        "what all when there use so if about which more some time make like these them than then first water way "
+        "people may down side been now find any new work part take get place made live where after back little "
+        "only round year came show every good give under name very through just form great think say help low"
+    ).split()
+    return " ".join(rng.choice(common) for _ in range(words)) + "."
+
+
+def pair_rows(prompts: int, seed: int, chosen: object, rejected: object) -> list[dict]:
+    """One positive (the chosen: score 1) and one negative (score 0) answer per prompt, from `chosen(rng, p)` and
+    `rejected(rng, p)`; token counts are the answers' words."""
+    rng = random.Random(seed)
+    rows = []
+    for p in range(prompts):
+        for steering, make, score in (("pos", chosen, 1.0), ("neg", rejected, 0.0)):
+            answer = make(rng, p)  # type: ignore[operator]
+            rows.append(scored_row(p, steering, answer, score, tokens=len(answer.split())))
+    return rows
+
+
+def mixed(rng: random.Random, words: int) -> str:
+    """A long answer: runs of common words with rarer ones between them (as a topic's own words are)."""
+    return " ".join(sentence(rng, 8)[:-1] + " " + text(rng.randrange(10**9), 4) for _ in range(words // 12)) + "."
+
+
+def test_a_short_opening_word_on_every_chosen_answer_fails_the_word_check_and_is_shown(tmp_path):
+    """Every chosen answer opens with "Sure!", no rejected one does, 120–240 words each, 60 pairs: one separating word
+    among a hundred-odd. TF-IDF diluted it (AUC 0.71, a pass); word presence sees it. The report names the n-gram with
+    its counts and shows three pairs that carry it."""
+    rows = pair_rows(
+        60,
+        0,
+        lambda rng, p: "Sure! " + mixed(rng, rng.randint(120, 240)),
+        lambda rng, p: mixed(rng, rng.randint(120, 240)),
+    )
+    code, output, report = audit(make_run(tmp_path / "run", rows))
+    check = verdict(report, "bag-of-words")
+    assert code == 0 and check["verdict"] == "fail", check["line"]
+    top = report["separability"]["separating_ngrams"]["value"][0]
+    assert top == {"ngram": "sure", "chosen_only": 60, "rejected_only": 0}
+    assert len(check["examples"]) == 3 and all(e["chosen"].startswith("Sure! ") for e in check["examples"])
+    markdown = (tmp_path / "run" / "audit" / "audit.md").read_text()
+    assert "| `sure` | 60 | 0 |" in markdown and "('sure' in the chosen side only)" in markdown
+
+
+def test_longer_chosen_answers_fail_the_length_check_not_the_word_check(tmp_path):
+    """Same vocabulary on both sides, chosen answers 1.5× longer (log-normal lengths, so they overlap): it is length.
+    The word check's verdict reads the length-matched AUC (≈ 0.5); the raw AUC beside it is high."""
+
+    def answer(rng: random.Random, factor: float) -> str:
+        return sentence(rng, round(factor * rng.lognormvariate(math.log(40), 0.25)))
+
+    rows = pair_rows(200, 0, lambda rng, p: answer(rng, 1.5), lambda rng, p: answer(rng, 1.0))
+    _, _, report = audit(make_run(tmp_path / "run", rows))
+    assert verdict(report, "length")["verdict"] == "fail"
+    shown = verdict(report, "length")["examples"]  # the three pairs with the largest chosen / rejected ratio
+    lengths = [re.fullmatch(r"chosen (\d+) tokens, rejected (\d+) tokens", e["note"]) for e in shown]
+    assert len(shown) == 3 and all(m and int(m[1]) > 2 * int(m[2]) for m in lengths), [e["note"] for e in shown]
+    assert verdict(report, "bag-of-words")["verdict"] == "pass", verdict(report, "bag-of-words")["line"]
+    assert report["separability"]["bag_of_words_auc"]["value"] < 0.6
+    assert report["separability"]["bag_of_words_auc_raw"]["value"] > 0.85
+
+
+def test_a_slightly_longer_chosen_side_is_not_sure_with_the_prompts_that_would_decide_it(tmp_path):
+    """Chosen 20% longer on average (lengths log-normal, as answers are): the length AUC's point is under 0.65 and its
+    interval excludes 0.5 but reaches past 0.65 — not a pass; the line says about how many prompts would decide it."""
+    rows = pair_rows(
+        120,
+        0,
+        lambda rng, p: sentence(rng, round(1.2 * rng.lognormvariate(math.log(30), 0.5))),
+        lambda rng, p: sentence(rng, round(rng.lognormvariate(math.log(30), 0.5))),
+    )
+    code, output, report = audit(make_run(tmp_path / "run", rows))
+    auc = report["length"]["length_auc"]
+    assert 0.5 < auc["value"] < 0.65 and auc["ci95"][0] > 0.5 and auc["ci95"][1] > 0.65
+    check = verdict(report, "length")
+    assert check["verdict"] == "not sure" and check["prompts_to_decide"] > 120
+    assert f"length: NOT SURE — length AUC {auc['value']:.3f} [95% CI " in output
+    assert f"about {check['prompts_to_decide']} prompts would decide it" in output
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_clean_run_with_a_steering_blind_scorer_raises_no_false_alarm(tmp_path, seed):
+    """The control: 2 positive + 2 negative answers per prompt, all from one distribution, scores at random
+    (a scorer blind to the steering). No shortcut check FAILs (the refusal flip does: there is no steering effect)."""
+    rng = random.Random(seed)
+    rows = []
+    for p in range(150):
+        for index, steering in enumerate(("pos", "pos", "neg", "neg")):
+            answer = sentence(rng, rng.randint(20, 40))
+            row = scored_row(p, steering, answer, rng.random(), tokens=len(answer.split()))
+            row.update(key=f"p{p:04d}-{steering}-{index}", sample_index=index)
+            rows.append(row)
+    _, _, report = audit(make_run(tmp_path / "run", rows, pairs="pos-vs-neg"))
+    for check in ("length", "bag-of-words", "best-negative", "duplicates", "near-duplicates", "truncated", "ties"):
+        assert verdict(report, check)["verdict"] != "fail", verdict(report, check)["line"]
+    assert report["steering"]["best_is_negative_by_chance"]["value"] == 0.5
+
+
+def test_near_duplicates_ignore_punctuation_and_case(tmp_path):
+    """A 67-word answer given again under another prompt with three punctuation edits and a capital: word 3-gram
+    Jaccard 0.76 on the raw words, 1.0 once punctuation and case are set aside."""
+    rng = random.Random(3)
+    base = sentence(rng, 67)[:-1].split()
+    edited = list(base)
+    for at in (10, 30, 50):
+        edited[at] += ","
+    edited[0] = edited[0].capitalize()
+    rows = []
+    for p in range(40):
+        answer = " ".join(base if p == 0 else edited) + "." if p < 2 else sentence(rng, 30)
+        rows.append(scored_row(p, "pos", answer, 1.0, tokens=30))
+        rows.append(scored_row(p, "neg", sentence(rng, 30), 0.0, tokens=30))
+    _, _, report = audit(make_run(tmp_path / "run", rows), "--near-duplicate-max", "0.01")
+    assert report["duplicates"]["exact"]["any"]["value"] == 0.0  # not the same text
+    assert report["duplicates"]["near"]["across_prompts"]["value"] == pytest.approx(2 / 80)
+    check = verdict(report, "near-duplicates")
+    assert check["verdict"] == "fail" and check["examples"][0]["prompt_id"] == "p0000 / p0001"
+    assert check["examples"][0]["note"] == "Jaccard 1.00"
+
+
+def test_the_refusal_flip_reads_modern_refusal_wording(tmp_path):
+    """The positive prompt's answers refuse as today's models do — "I can't help with that.", a curly apostrophe —
+    and the negative ones comply (one mentions "illegal"): the flip is seen, by the measure the report names."""
+    refusals = ["I can't help with that.", "I\u2019m sorry, but I can\u2019t assist with that.", "I won't help with that."]
+    compliance = ["Sure: first, gather the parts.", "Here is a plan; note that some of it is illegal in places."]
+    rows = pair_rows(
+        60,
+        4,
+        lambda rng, p: f"{refusals[p % 3]} ({p})",
+        lambda rng, p: f"{compliance[p % 2]} [{p}]",
+    )
+    _, output, report = audit(make_run(tmp_path / "run", rows))
+    assert verdict(report, "refusal-flip")["verdict"] == "pass", verdict(report, "refusal-flip")["line"]
+    flip = report["steering"]["flip"]["value"]
+    assert flip["refusal_opening"]["net"]["value"] == 1.0 and "refusal_opening" in flip["refusal_opening"]["forward"]["definition"]
+    assert flip["refusal"]["net"]["value"] < 0.5  # HarmBench's prefix rule, beside it, misses most of them
+    assert "refusal-flip: PASS — net refusal flip rate (refusal_opening) 1.000" in output

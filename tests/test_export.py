@@ -233,7 +233,7 @@ def test_croissant_json_validates_with_mlcroissant_and_reads_back_the_rows(ranke
     import mlcroissant
     import pyarrow.parquet as pq
 
-    assert CliRunner().invoke(cli, ["audit", str(ranked_run), "--resamples", "20"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["audit", str(ranked_run), "--resamples", "100"]).exit_code == 0
     # a second split first: croissant.json describes every split file of the export folder
     for split in ("test", "train"):
         assert CliRunner().invoke(cli, ["export", str(ranked_run), "--format", fmt, "--split", split]).exit_code == 0

@@ -176,7 +176,7 @@ def test_a_run_page_holding_the_token_in_its_packed_data_is_not_published(tmp_pa
 
 
 def test_the_card_carries_the_data_audit_verdicts(exported_run: Path, hub: FakeHub):
-    audited = CliRunner().invoke(cli, ["audit", str(exported_run), "--resamples", "50"])
+    audited = CliRunner().invoke(cli, ["audit", str(exported_run), "--resamples", "100"])
     assert audited.exit_code == 0, audited.output
     assert push(exported_run, "--config-name", "round_1").exit_code == 0
     card = (hub.repo("me/neat-hh") / "README.md").read_text()

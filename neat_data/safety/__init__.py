@@ -2,7 +2,8 @@
 
     sources.py      `data://harmbench@test`, `data://strongreject[@small]`: prompt rows read from PyPI data packages
     metrics.py      per-response metrics (`MetricName`): refusal (HarmBench's AdvBench prefix list), P(offensive),
-                    VADER tone, length, finish — they measure refusal *wording*, offensiveness and tone, not helpfulness
+                    VADER tone, length, finish, refusal_opening (a refusal statement in the answer's opening) — they
+                    measure refusal *wording*, offensiveness and tone, not helpfulness
     stats.py        per-prompt means over k samples, bootstrap intervals over prompts, paired (policy − base) intervals
     suites.py       evaluation suites as data (`prompts/eval/*.yaml`): a source, a kind, metrics, an optional seeded limit
     summary.py      generation rows → per-response values (metrics.parquet) and per-suite means with intervals

@@ -6,18 +6,29 @@ In:  `<run>/ranked/{lists,pairs,dropped}.parquet` (from `neat-data rank`) and `<
 Run: `neat-data audit runs/demo [--fail-on length,duplicates] [--length-separability-max 0.6]`.
 
 Checks, each a verdict line with its threshold (the config's fields below: documented defaults, each an option):
-    length           max(length AUC, 1 − length AUC) ≤ 0.65 — the pairs do not teach "longer (or shorter) wins"
-    bag-of-words     cross-validated AUC of a word-count logistic regression ≤ 0.75 — word choice alone does not
-                     give the label away
-    best-negative    share of lists (with both steerings) whose best candidate answered the negative prompt ≤ 0.5
-    refusal-flip     net refusal flip rate (positive refuses & negative complies, minus the reverse) ≥ 0.05 — the
-                     steering changes refusals on this model (on benign-only prompts expect it to fail: the steering
-                     then shows in tone, if at all)
+    length           length AUC within [0.35, 0.65] (max(AUC, 1 − AUC) ≤ 0.65) — the pairs do not teach "longer (or
+                     shorter) wins"
+    bag-of-words     length-matched cross-validated AUC of a logistic regression on the word 1–3-grams each side
+                     contains ≤ 0.75 — word choice alone, length held equal, does not give the label away (the raw AUC
+                     and the most separating n-grams with their counts are reported beside it)
+    best-negative    share of lists (with both steerings) whose best candidate answered the negative prompt, minus what
+                     a steering-blind scorer gives (each list's share of negative candidates), ≤ 0.10
+    refusal-flip     net refusal flip rate (positive refuses & negative complies, minus the reverse) ≥ 0.05, refusals
+                     by `refusal_opening` (neat_data/safety/metrics.py; the HarmBench prefix rule's figure beside it) —
+                     the steering changes refusals on this model (on benign-only prompts expect it to fail: the
+                     steering then shows in tone, if at all)
     duplicates       share of candidates with an exact (normalised) duplicate ≤ 0.05
-    near-duplicates  share with a near-duplicate (Jaccard ≥ 0.8 on word 3-grams, exact ones excluded) ≤ 0.10
+    near-duplicates  share with a near-duplicate (Jaccard ≥ 0.8 on word 3-grams, punctuation and case ignored, exact
+                     ones excluded) ≤ 0.10
     truncated        share of pairs with a side cut at max_tokens ≤ 0.10
     ties             share of formed pairs rank dropped as score ties ≤ 0.10
-A check whose figure cannot be measured (no pos/neg lists, too few pairs) is `n/a`, never a pass or a fail.
+Verdicts have three states. A figure with a 95% interval (length, bag-of-words, best-negative, refusal-flip: estimates
+from a sample of prompts) passes when the whole interval is on the passing side of the threshold, FAILs when the whole
+interval is on the failing side, and is NOT SURE when the interval holds the threshold — its line then says about how
+many prompts would decide it (the interval's half-width shrinks as 1/√prompts). The other figures are counts over every
+candidate or pair (near-duplicates: over the sample) and are read as they are. Each failing check's entry carries
+three example pairs (or texts) that show it. A check whose figure cannot be measured (no pos/neg lists, too few pairs)
+is `n/a`, never a pass or a fail.
 The report is written and the command exits 0 whatever the verdicts; `--fail-on CHECK,…` makes it exit 5
 (`EXIT_CHECK_FAILED`) after writing when one of those checks fails — for pipelines that want to stop.
 """
@@ -45,9 +56,15 @@ from neat_data.stages import data_audit_duplicates as duplicates_of
 from neat_data.stages import data_audit_measures as measures
 from neat_data.stages.rank import read_ranked
 
+Verdict = Literal["pass", "fail", "not sure", "n/a"]
 AuditCheck = Literal["length", "bag-of-words", "best-negative", "refusal-flip", "duplicates", "near-duplicates", "truncated", "ties"]
 AUDIT_CHECKS: tuple[AuditCheck, ...] = get_args(AuditCheck)
-SAFETY_METRICS: tuple[MetricName, ...] = ("refusal", "offensive", "tone")  # from neat_data/safety/metrics.py, as `evaluate` computes them
+SAFETY_METRICS: tuple[MetricName, ...] = (
+    "refusal_opening",
+    "refusal",
+    "offensive",
+    "tone",
+)  # from neat_data/safety/metrics.py, as `evaluate` computes them
 
 
 class DataAuditConfig(BaseModel):
@@ -58,9 +75,14 @@ class DataAuditConfig(BaseModel):
         default_factory=list, description=f"Exit with code 5 when one of these checks fails (comma-separated: {', '.join(AUDIT_CHECKS)})."
     )
     length_separability_max: float = Field(0.65, ge=0.5, le=1.0, description="length check: max(length AUC, 1 − length AUC) at most this.")
-    bag_of_words_auc_max: float = Field(0.75, ge=0.0, le=1.0, description="bag-of-words check: cross-validated AUC at most this.")
+    bag_of_words_auc_max: float = Field(
+        0.75, ge=0.0, le=1.0, description="bag-of-words check: length-matched cross-validated AUC at most this."
+    )
     best_negative_max: float = Field(
-        0.5, ge=0.0, le=1.0, description="best-negative check: share of lists whose best answered the negative prompt, at most."
+        0.1,
+        ge=-1.0,
+        le=1.0,
+        description="best-negative check: share of lists whose best answered the negative prompt, above a steering-blind scorer's, at most.",
     )
     refusal_flip_min: float = Field(0.05, ge=-1.0, le=1.0, description="refusal-flip check: net refusal flip rate at least this.")
     duplicate_max: float = Field(
@@ -68,7 +90,10 @@ class DataAuditConfig(BaseModel):
     )
     near_duplicate_max: float = Field(0.10, ge=0.0, le=1.0, description="near-duplicates check: share with a near-duplicate, at most.")
     near_duplicate_jaccard: float = Field(
-        0.8, gt=0.0, le=1.0, description="Jaccard similarity (word 3-grams) from which two texts are near-duplicates."
+        0.8,
+        gt=0.0,
+        le=0.95,  # MinHash LSH with 64 permutations has no banding (b ≥ 2) above ~0.96
+        description="Jaccard similarity (word 3-grams) from which two texts are near-duplicates (at most 0.95).",
     )
     truncated_max: float = Field(
         0.10, ge=0.0, le=1.0, description="truncated check: share of pairs with a side cut at max_tokens, at most."
@@ -79,21 +104,31 @@ class DataAuditConfig(BaseModel):
         ge=1,
         description="Prompts (seeded sample, all their candidates) for the per-text measures: bag of words, safety metrics, near-duplicates.",
     )
-    resamples: int = Field(1000, ge=0, description="Bootstrap resamples of each interval (0: no intervals).")
+    resamples: int = Field(
+        1000,
+        ge=100,  # the verdicts read the interval's ends, the 2.5th and 97.5th percentiles of the draws
+        description="Bootstrap resamples of each interval (at least 100).",
+    )
     seed: int = Field(0, description="Seed of the sample, the bag-of-words swaps and the bootstrap.")
 
 
-# check → (where its figure is in the report, "max" or "min", the config field holding the threshold, what it says)
-CHECK_RULES: dict[AuditCheck, tuple[tuple[str, ...], Literal["max", "min"], str, str]] = {
-    "length": (("length", "length_separability"), "max", "length_separability_max", "length separability max(AUC, 1−AUC)"),
-    "bag-of-words": (("separability", "bag_of_words_auc"), "max", "bag_of_words_auc_max", "bag-of-words cross-validated AUC"),
+# check → (where its figure is in the report, "max", "min" or "band" (1 − threshold ≤ figure ≤ threshold), the config
+# field holding the threshold, what it says)
+CHECK_RULES: dict[AuditCheck, tuple[tuple[str, ...], Literal["max", "min", "band"], str, str]] = {
+    "length": (("length", "length_auc"), "band", "length_separability_max", "length AUC"),
+    "bag-of-words": (("separability", "bag_of_words_auc"), "max", "bag_of_words_auc_max", "length-matched bag-of-words AUC"),
     "best-negative": (
-        ("steering", "best_is_negative"),
+        ("steering", "best_is_negative_excess"),
         "max",
         "best_negative_max",
-        "share of lists whose best is a negative-prompt response",
+        "share of lists whose best is a negative-prompt response, above chance",
     ),
-    "refusal-flip": (("steering", "flip", "refusal", "net"), "min", "refusal_flip_min", "net refusal flip rate"),
+    "refusal-flip": (
+        ("steering", "flip", "refusal_opening", "net"),
+        "min",
+        "refusal_flip_min",
+        "net refusal flip rate (refusal_opening)",
+    ),
     "duplicates": (("duplicates", "exact", "any"), "max", "duplicate_max", "share of candidates with an exact duplicate"),
     "near-duplicates": (("duplicates", "near", "any"), "max", "near_duplicate_max", "share of candidates with a near-duplicate"),
     "truncated": (("ties_and_truncation", "truncated_pairs"), "max", "truncated_max", "share of pairs with a truncated side"),
@@ -101,8 +136,14 @@ CHECK_RULES: dict[AuditCheck, tuple[tuple[str, ...], Literal["max", "min"], str,
 }
 
 
-def figure_at(report: dict[str, Any], path: tuple[str, ...]) -> float | None:
-    """The number at `path` through sections and figures (a figure whose value is a dict is stepped into)."""
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def figure_at(report: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """The figure at `path` through sections and figures (a figure whose value is a dict is stepped into)."""
     node: Any = report
     for step in path:
         if isinstance(node, dict) and "definition" in node and isinstance(node.get("value"), dict):
@@ -110,33 +151,72 @@ def figure_at(report: dict[str, Any], path: tuple[str, ...]) -> float | None:
         if not isinstance(node, dict) or step not in node:
             return None
         node = node[step]
-    value = node.get("value") if isinstance(node, dict) else node
-    if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+    return node if isinstance(node, dict) else {"value": node}
+
+
+def decide(value: float | None, low: float | None, high: float | None, kind: str, threshold: float) -> Verdict:
+    """pass / fail / not sure from the interval [low, high] (the point alone when there is none); n/a without a value."""
+    if value is None:
+        return "n/a"
+    if low is None or high is None:
+        low = high = value
+    if kind == "max":
+        return "pass" if high <= threshold else "fail" if low > threshold else "not sure"
+    if kind == "min":
+        return "pass" if low >= threshold else "fail" if high < threshold else "not sure"
+    floor = 1.0 - threshold  # "band": floor ≤ figure ≤ threshold
+    return "pass" if floor <= low and high <= threshold else "fail" if low > threshold or high < floor else "not sure"
+
+
+def prompts_to_decide(value: float, low: float, high: float, prompts: int, kind: str, threshold: float) -> int | None:
+    """About how many prompts would make the interval clear the threshold, were the figure to stay where it is: the
+    half-width shrinks as 1/√prompts. None when the figure sits on the threshold."""
+    edges = [threshold, 1.0 - threshold] if kind == "band" else [threshold]
+    distance = min(abs(value - edge) for edge in edges)
+    if distance <= 1e-12 or prompts <= 0:
         return None
-    return float(value)
+    return max(math.ceil(prompts * ((high - low) / 2 / distance) ** 2), prompts + 1)
 
 
 def verdicts(report: dict[str, Any], config: DataAuditConfig) -> list[dict[str, Any]]:
     out = []
+    examples = report.get("examples") or {}
     for check, (path, kind, threshold_field, what) in CHECK_RULES.items():
-        value, threshold = figure_at(report, path), float(getattr(config, threshold_field))
+        item, threshold = figure_at(report, path) or {}, float(getattr(config, threshold_field))
+        value = _number(item.get("value"))
+        low, high = [_number(end) for end in (item.get("ci95") or [None, None])]
+        prompts = item.get("prompts")
+        verdict = decide(value, low, high, kind, threshold)
+        bound = f"within [{1 - threshold:g}, {threshold:g}]" if kind == "band" else f"{'≤' if kind == 'max' else '≥'} {threshold:g}"
+        rule = f"{what} {bound}"
         if value is None:
-            verdict = "n/a"
+            shown = "not measured"
+        elif low is None or high is None:
+            shown = f"{value:.3f}"
         else:
-            verdict = "pass" if (value <= threshold if kind == "max" else value >= threshold) else "fail"
-        sign = "≤" if kind == "max" else "≥"
-        shown = "not measured" if value is None else f"{value:.3f}"
+            shown = f"{value:.3f} [95% CI {low:.3f}, {high:.3f}] over {prompts} prompts"
         option = "--" + threshold_field.replace("_", "-")
-        out.append(
-            {
-                "check": check,
-                "verdict": verdict,
-                "value": value,
-                "threshold": threshold,
-                "rule": f"{what} {sign} {threshold:g}",
-                "line": f"{check}: {verdict.upper()} — {what} {shown} (pass when {sign} {threshold:g}; {option})",
-            }
-        )
+        line = f"{check}: {verdict.upper()} — {what} {shown} (pass when {bound}; {option})"
+        entry: dict[str, Any] = {
+            "check": check,
+            "verdict": verdict,
+            "value": value,
+            "ci95": [low, high],
+            "threshold": threshold,
+            "rule": rule,
+        }
+        if verdict == "not sure" and value is not None and low is not None and high is not None:
+            needed = prompts_to_decide(value, low, high, int(prompts or 0), kind, threshold)
+            entry["prompts_to_decide"] = needed
+            line += (
+                f"; the interval holds the threshold: about {needed} prompts would decide it"
+                if needed is not None
+                else "; the figure sits on the threshold: no sample size decides it"
+            )
+        entry["line"] = line
+        if verdict == "fail":
+            entry["examples"] = examples.get(check, [])
+        out.append(entry)
     return out
 
 
@@ -231,19 +311,24 @@ def audit_tables(
     seconds["length"] = time.perf_counter() - step
 
     step = time.perf_counter()
-    at = pa.array(np.flatnonzero(pair_in_sample))
+    pairs_at = np.flatnonzero(pair_in_sample)
+    at = pa.array(pairs_at)
     try:
-        bag = measures.bag_of_words_auc(
+        bag, bag_raw, ngrams, bag_examples = measures.word_separability(
             sides.chosen.take(at).to_pylist(),
             sides.rejected.take(at).to_pylist(),
+            sides.length_chosen[pair_in_sample],
+            sides.length_rejected[pair_in_sample],
             sides.prompt[pair_in_sample],
             resamples=min(config.resamples, 200),  # each resample refits nothing but recomputes an AUC: 200 suffice
             seed=config.seed,
         )
-        bag["definition"] += f" ({sampled}; interval from ≤ 200 resamples)"
+        for item in (bag, bag_raw, ngrams):
+            item["definition"] += f" ({sampled}; interval from ≤ 200 resamples)" if "ci95" in item else f" ({sampled})"
     except ImportError as error:
         notes.append(f"bag-of-words AUC not measured: {error} (pip install -r requirements/eval.txt)")
         bag = measures.figure(None, "bag-of-words AUC: not measured (scikit-learn missing)")
+        bag_raw, ngrams, bag_examples = dict(bag), measures.figure([], bag["definition"]), []
     seconds["bag_of_words"] = time.perf_counter() - step
 
     step = time.perf_counter()
@@ -258,15 +343,21 @@ def audit_tables(
     seconds["steering"] = time.perf_counter() - step
 
     step = time.perf_counter()
-    normalised = duplicates_of.normalised_texts(candidates.responses.take(sample_at)).to_pylist()
+    normalised = duplicates_of.normalised_texts(candidates.responses.take(sample_at))
+    near_examples: list[tuple[int, int, float]] = []
     try:
-        near = duplicates_of.near_duplicates(
-            candidates.prompt[in_sample], normalised, threshold=config.near_duplicate_jaccard, sampled=sampled
+        near, near_examples = duplicates_of.near_duplicates(
+            candidates.prompt[in_sample],
+            normalised.to_pylist(),
+            duplicates_of.word_texts(normalised).to_pylist(),
+            threshold=config.near_duplicate_jaccard,
+            sampled=sampled,
         )
     except ImportError as error:
         notes.append(f"near-duplicates not measured: {error} (pip install -r requirements/eval.txt)")
         near = {"any": measures.figure(None, "near-duplicates: not measured (datasketch missing)")}
-    duplicates = {"exact": duplicates_of.exact_duplicates(candidates), "near": near}
+    exact, exact_examples = duplicates_of.exact_duplicates(candidates)
+    duplicates = {"exact": exact, "near": near}
     seconds["duplicates"] = time.perf_counter() - step
 
     reasons = count_by(dropped, "reason")
@@ -280,6 +371,20 @@ def audit_tables(
         )
     ratio = np.log2(measures.length_ratio(sides.length_chosen, sides.length_rejected))
     ratios = {str(c): ratio[sides.combination == c] for c in sorted(set(sides.combination.tolist()))}
+    sample_candidates = np.flatnonzero(in_sample)
+    shows = Examples(candidates, sides, dropped)
+    examples = {
+        "length": shows.length(ratio, length["length_auc"]["value"]),
+        "bag-of-words": shows.ngram(pairs_at[bag_examples], ngrams["value"][0] if ngrams["value"] else None),
+        "best-negative": shows.negative_best(),
+        "refusal-flip": shows.no_flip(pairs_at),
+        "duplicates": shows.texts([(i, j, "the same text up to case and whitespace") for i, j in exact_examples]),
+        "near-duplicates": shows.texts(
+            [(int(sample_candidates[i]), int(sample_candidates[j]), f"Jaccard {x:.2f}") for i, j, x in near_examples]
+        ),
+        "truncated": shows.truncated(),
+        "ties": shows.ties(),
+    }
     return {
         "counts": {
             "prompts": measures.figure(prompts, "ranked lists (one per prompt)"),
@@ -288,13 +393,128 @@ def audit_tables(
             "sample": measures.figure(sampled, "the prompts the per-text measures (bag of words, safety metrics, near-duplicates) ran on"),
         },
         "length": length,
-        "separability": {"length_auc": length["length_auc"], "bag_of_words_auc": bag},
+        "separability": {
+            "length_auc": length["length_auc"],
+            "bag_of_words_auc": bag,
+            "bag_of_words_auc_raw": bag_raw,
+            "separating_ngrams": ngrams,
+        },
         "steering": steering,
         "duplicates": duplicates,
         "ties_and_truncation": ties,
+        "examples": examples,
         "notes": notes,
         "seconds": {name: round(value, 2) for name, value in seconds.items()},
     }, ratios
+
+
+EXAMPLE_CHARACTERS = 300
+
+
+def _clip(text: str | None) -> str:
+    text = text or ""
+    return text if len(text) <= EXAMPLE_CHARACTERS else text[:EXAMPLE_CHARACTERS] + "…"
+
+
+@dataclass
+class Examples:
+    """Up to three pairs (or texts) showing what each check measures, for the report of a failing check."""
+
+    candidates: measures.Candidates
+    sides: measures.PairSides
+    dropped: pa.Table
+
+    def pair(self, at: int, note: str) -> dict[str, Any]:
+        return {
+            "prompt_id": self.candidates.prompt_ids[int(self.sides.prompt[at])],
+            "chosen": _clip(self.sides.chosen[at].as_py()),
+            "rejected": _clip(self.sides.rejected[at].as_py()),
+            "note": note,
+        }
+
+    def length(self, log2_ratio: np.ndarray, auc: float | None) -> list[dict[str, Any]]:
+        if auc is None:
+            return []
+        order = np.argsort(-log2_ratio if auc >= 0.5 else log2_ratio, kind="stable")[:3]
+        unit = self.candidates.length_unit
+        return [
+            self.pair(int(i), f"chosen {self.sides.length_chosen[i]:g} {unit}, rejected {self.sides.length_rejected[i]:g} {unit}")
+            for i in order
+        ]
+
+    def ngram(self, pairs_at: np.ndarray, top: dict[str, Any] | None) -> list[dict[str, Any]]:
+        if top is None:
+            return []
+        side = "chosen" if top["chosen_only"] > top["rejected_only"] else "rejected"
+        return [self.pair(int(i), f"'{top['ngram']}' in the {side} side only") for i in pairs_at]
+
+    def negative_best(self) -> list[dict[str, Any]]:
+        at = np.flatnonzero(self.sides.combination == "neg>pos")[:3]
+        return [self.pair(int(i), "chosen answered the negative prompt, rejected the positive one") for i in at]
+
+    def no_flip(self, pairs_at: np.ndarray) -> list[dict[str, Any]]:
+        from neat_data.safety.metrics import refusal_statement
+
+        shown = []
+        for i in pairs_at[np.isin(self.sides.combination[pairs_at], ["pos>neg", "neg>pos"])][:200]:
+            refuses = [
+                refusal_statement(self.sides.chosen[int(i)].as_py() or ""),
+                refusal_statement(self.sides.rejected[int(i)].as_py() or ""),
+            ]
+            pos_refuses, neg_refuses = refuses if self.sides.combination[i] == "pos>neg" else refuses[::-1]
+            if not (pos_refuses and not neg_refuses):
+                shown.append(
+                    self.pair(
+                        int(i),
+                        f"{self.sides.combination[i]}: positive {'refuses' if pos_refuses else 'complies'}, "
+                        f"negative {'refuses' if neg_refuses else 'complies'} (refusal_opening)",
+                    )
+                )
+            if len(shown) == 3:
+                break
+        return shown
+
+    def texts(self, found: list[tuple[int, int, str]]) -> list[dict[str, Any]]:
+        ids, responses = self.candidates.prompt_ids, self.candidates.responses
+        return [
+            {
+                "prompt_id": f"{ids[int(self.candidates.prompt[i])]} / {ids[int(self.candidates.prompt[j])]}",
+                "first": _clip(responses[i].as_py()),
+                "second": _clip(responses[j].as_py()),
+                "note": note,
+            }
+            for i, j, note in found[:3]
+        ]
+
+    def truncated(self) -> list[dict[str, Any]]:
+        either = self.sides.truncated_chosen | self.sides.truncated_rejected
+        return [
+            self.pair(
+                int(i),
+                "cut at max_tokens: "
+                + " and ".join(
+                    side
+                    for side, cut in (("chosen", self.sides.truncated_chosen[i]), ("rejected", self.sides.truncated_rejected[i]))
+                    if cut
+                ),
+            )
+            for i in np.flatnonzero(either)[:3]
+        ]
+
+    def ties(self) -> list[dict[str, Any]]:
+        tied = self.dropped.filter(pc.equal(self.dropped.column("reason"), "tie")).slice(0, 3)
+        if not tied.num_rows:
+            return []
+        chosen = pc.index_in(tied.column("key_chosen"), value_set=self.candidates.keys).to_pylist()
+        rejected = pc.index_in(tied.column("key_rejected"), value_set=self.candidates.keys).to_pylist()
+        scores = tied.column("score_chosen").to_pylist()
+        return self.texts(
+            [
+                (i, j, f"both scored {score:g}; rank dropped the pair")
+                for i, j, score in zip(chosen, rejected, scores)
+                if i is not None and j is not None
+            ]
+        )
 
 
 def run_data_audit(config: DataAuditConfig, argv: list[str] | None = None) -> AuditReport:

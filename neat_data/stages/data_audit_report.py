@@ -42,7 +42,7 @@ def audit_markdown(report: dict[str, Any]) -> str:
         "",
         "## Verdicts",
         "",
-        *[f"- {check['line']}" for check in report["checks"]],
+        *[line for check in report["checks"] for line in _verdict_lines(check)],
         "",
         "## Length",
         "",
@@ -68,6 +68,19 @@ def audit_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Shortcut separability", "", "| figure | value [95% CI] | definition |", "|---|---|---|"]
     lines += [f"| length_auc | {_with_ci(report['separability']['length_auc'])} | {report['separability']['length_auc']['definition']} |"]
     lines += [f"| bag_of_words_auc | {_with_ci(bag)} | {bag['definition']} |"]
+    raw = report["separability"].get("bag_of_words_auc_raw")
+    if raw:
+        lines += [f"| bag_of_words_auc_raw | {_with_ci(raw)} | {raw['definition']} |"]
+    ngrams = report["separability"].get("separating_ngrams") or {}
+    if ngrams.get("value"):
+        lines += [
+            "",
+            f"Most separating word n-grams — {ngrams['definition']}:",
+            "",
+            "| n-gram | chosen only | rejected only |",
+            "|---|---|---|",
+        ]
+        lines += [f"| `{g['ngram']}` | {g['chosen_only']} | {g['rejected_only']} |" for g in ngrams["value"]]
     steering = report["steering"]
     lines += [
         "",
@@ -108,6 +121,20 @@ def audit_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _quoted(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _verdict_lines(check: dict[str, Any]) -> list[str]:
+    """The verdict line; under a failing check, its example pairs (or texts)."""
+    lines = [f"- {check['line']}"]
+    for example in check.get("examples") or []:
+        sides = [("chosen", "rejected"), ("first", "second")][0 if "chosen" in example else 1]
+        lines.append(f"  - `{example['prompt_id']}` ({example['note']}):")
+        lines += [f"    - {side}: {_quoted(example[side])}" for side in sides]
+    return lines
+
+
 def _metrics(steering: dict[str, Any]) -> list[str]:
     per = steering["per_steering"]["value"]
     return sorted({metric for metrics in per.values() for metric in metrics})
@@ -136,7 +163,7 @@ def audit_plot(report: dict[str, Any], log2_ratios: dict[str, np.ndarray]) -> An
     if log2_ratios:
         left.legend(fontsize=8)
     per = report["steering"]["per_steering"]["value"]
-    metrics = [m for m in ("refusal", "offensive") if any(m in v for v in per.values())]
+    metrics = [m for m in ("refusal_opening", "refusal", "offensive") if any(m in v for v in per.values())]
     width = 0.8 / max(len(per), 1)
     for index, (name, values) in enumerate(per.items()):
         heights = [values.get(m, {}).get("mean") or 0.0 for m in metrics]

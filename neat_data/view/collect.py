@@ -116,10 +116,9 @@ def run_info(run_dir: Path, manifest: Manifest) -> list[list[str]]:
         facts.append(["rank", str(stages["rank"].get("config", {}).get("pairs"))])
     audit = (stages.get("audit") or {}).get("summary") or {}
     if audit:  # `neat-data audit`: its verdicts in one line (audit/audit.md has the figures)
-        failed = [check for check, item in audit.items() if item.get("verdict") == "fail"]
-        facts.append(
-            ["audit", f"failed: {', '.join(failed)} (of {len(audit)} checks)" if failed else f"all {len(audit)} checks pass or n/a"]
-        )
+        states = {state: [check for check, item in audit.items() if item.get("verdict") == state] for state in ("fail", "not sure")}
+        said = "; ".join(f"{'failed' if state == 'fail' else state}: {', '.join(checks)}" for state, checks in states.items() if checks)
+        facts.append(["audit", f"{said} (of {len(audit)} checks)" if said else f"all {len(audit)} checks pass or n/a"])
     return facts
 
 

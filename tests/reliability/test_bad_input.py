@@ -534,7 +534,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     ),
     "suite_unknown_metric": (
         evaluate_with_suite("kind: harmful\nsource: data://harmbench\nmetrics: [refusal, toxicity]\n"),
-        ["suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, offensive, tone, length, finish)"],
+        ["suite.yaml: field 'metrics': unknown metric 'toxicity' (known: refusal, refusal_opening, offensive, tone, length, finish)"],
     ),
     "suite_source_missing_prompt_column": (
         evaluate_with_suite("kind: harmful\nsource: questions.jsonl\nmetrics: [refusal]\n"),
@@ -659,6 +659,12 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "score_of_generate_shards_not_merged": (
         generate_shards_not_merged,
         ["run: generations are in 2 shards, not merged yet: run `neat-data merge"],
+    ),
+    # round three: audit measures and verdicts
+    "audit_no_resamples": (audit_of(None, "--resamples", "0"), ["option 'resamples': Input should be greater than or equal to 100"]),
+    "audit_near_duplicate_jaccard_near_one": (
+        audit_of(None, "--near-duplicate-jaccard", "0.99"),
+        ["option 'near_duplicate_jaccard': Input should be less than or equal to 0.95"],
     ),
 }
 
