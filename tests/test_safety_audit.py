@@ -116,10 +116,16 @@ def test_audit_numbers_match_the_responses(tmp_path: Path, tiny_model: Path):
             "--out",
             str(tmp_path / "one.json"),
             "--no-progress",
+            "--no-self-contrast",
         ],
     )
     assert other.exit_code == 0, other.output
     one_rows = [json.loads(line) for line in (tmp_path / "one.responses.jsonl").read_text().splitlines()]
+    # --no-self-contrast: no score on any row, and the JSON, the table and the log say it was not run
+    assert all(r["self_contrast"] is None for r in one_rows)
+    assert json.loads((tmp_path / "one.json").read_text())["self_contrast"] == "not run"
+    assert [line for line in other.stdout.splitlines() if line.startswith("| one-01 |")][0].endswith("| not run |")
+    assert "self-contrast not run" in other.output and summary["self_contrast"] == "run"
     unsteered = lambda rows: sorted((r["prompt_id"], r["sample_index"], r["response"]) for r in rows if r["steering"] == "none")  # noqa: E731
     assert unsteered(one_rows) == unsteered(rows) and len(unsteered(rows)) == 8
 

@@ -63,6 +63,11 @@ class AuditConfig(BaseModel):
         "transformers", description="transformers: no engine start (the default sizes take a few minutes on a CPU); vllm for large audits."
     )
     batch_size: int = Field(16, ge=1, description="transformers: sequences per generate call; self-contrast batch size.")
+    self_contrast: bool = Field(
+        True,
+        description="Score every steered answer with self-contrast (the training scorer's pos − neg gap). Off: no second "
+        "model pass (on a 0.5B model on a CPU that pass takes longer than generating); the gap column reads 'not run'.",
+    )
     device: str = Field("auto", description="auto | cpu | cuda (transformers generation and self-contrast).")
     out: Path | None = Field(
         None,
@@ -245,12 +250,16 @@ def run_audit(
         bar.close()
         backend.close()
     generated = time.time()
-    echo(f"audit: generated in {generated - started:.0f} s; self-contrast scoring of the steered responses …")
+    echo(
+        f"audit: generated in {generated - started:.0f} s; "
+        + ("self-contrast scoring of the steered responses …" if config.self_contrast else "self-contrast not run (--no-self-contrast)")
+    )
     rows.sort(key=lambda r: (r["prompt_set"], r["pair"] or "", r["steering"], r["prompt_id"], r["sample_index"]))
     values = response_metrics(METRICS, [r["response"] for r in rows], [r["finish_reason"] for r in rows])
     for index, row in enumerate(rows):
         row.update({metric: values[metric][index] for metric in METRICS}, self_contrast=None)
-    self_contrast_scores(config, rows, {pair.id: pair for pair in library.pairs})
+    if config.self_contrast:
+        self_contrast_scores(config, rows, {pair.id: pair for pair in library.pairs})
     summary = summarise_audit(rows, library.pairs, seed=config.sampling.seed)
     summary.update(
         library=library.name,
@@ -262,6 +271,7 @@ def run_audit(
         prompts=config.benign_source(),
         harmful_prompts=len(harmful),
         benign_prompts=len(benign),
+        self_contrast="run" if config.self_contrast else "not run",
         responses=len(rows),
         error_responses=errors,
         config=config.model_dump(mode="json"),
@@ -303,6 +313,10 @@ def audit_table(summary: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     none = summary["none"]
+
+    def gap(group: dict[str, Any]) -> str:
+        return "not run" if summary.get("self_contrast") == "not run" else _with_ci(group["self_contrast"]["pos_minus_neg"], "+.4f")
+
     lines.append(
         f"| (no system prompt) | {_cell(none['harmful']['refusal'], '.2f')} | – | {_cell(none['benign']['refusal'], '.2f')} | "
         f"{_cell(none['all']['offensive'], '.3f')} | {_cell(none['all']['tone'], '+.2f')} | {_cell(none['all']['length'], '.0f')} | – |"
@@ -316,6 +330,6 @@ def audit_table(summary: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {pair['id']} | {both(harmful, 'refusal', '.2f')} | {_with_ci(harmful['refusal']['pos_minus_neg'], '+.2f')} | "
             f"{both(benign, 'refusal', '.2f')} | {both(every, 'offensive', '.3f')} | {both(every, 'tone', '+.2f')} | "
-            f"{both(every, 'length', '.0f')} | {_with_ci(every['self_contrast']['pos_minus_neg'], '+.4f')} |"
+            f"{both(every, 'length', '.0f')} | {gap(every)} |"
         )
     return lines
