@@ -124,7 +124,7 @@ def test_audit_numbers_match_the_responses(tmp_path: Path, tiny_model: Path):
     # --no-self-contrast: no score on any row, and the JSON, the table and the log say it was not run
     assert all(r["self_contrast"] is None for r in one_rows)
     assert json.loads((tmp_path / "one.json").read_text())["self_contrast"] == "not run"
-    assert [line for line in other.stdout.splitlines() if line.startswith("| one-01 |")][0].endswith("| not run |")
+    assert [line for line in other.stdout.splitlines() if line.startswith("| two-01 |")][0].endswith("| not run |")
     assert "self-contrast not run" in other.output and summary["self_contrast"] == "run"
     unsteered = lambda rows: sorted((r["prompt_id"], r["sample_index"], r["response"]) for r in rows if r["steering"] == "none")  # noqa: E731
     assert unsteered(one_rows) == unsteered(rows) and len(unsteered(rows)) == 8
