@@ -205,3 +205,17 @@ def test_the_ray_backend_refuses_a_cap_up_front(tmp_path: Path, fake_server):
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "--max-cost / --max-total-tokens cannot be counted with backend 'ray'" in result.output
     assert not run.exists()
+
+
+def test_a_request_whose_calls_report_usage_only_in_part_is_uncounted(tmp_path: Path, fake_server):
+    """A server that ignores n is asked once per missing sample; when some of those answers carried usage and others
+    did not, the request counted only the part reported, as if complete: a cap silently under-counted and went on."""
+    server = fake_server(ignore_n=True, rates={"nousage": 0.3}, seed=3)
+    source, run = prompts(tmp_path, 20), tmp_path / "run"
+    args = served_generate_args(source, server.url, run, num_pos=2, num_neg=2, max_concurrency=1, max_total_tokens=100_000)
+    result = CliRunner().invoke(cli, args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "cannot be counted: the server answered 1 request without token usage" in lines[0]
+    # the run stopped at the first request (2 calls, one per sample) with an answer that carried no usage
+    assert len(server.requests) % 2 == 0 and server.faults["nousage"] in (1, 2), (len(server.requests), server.faults)
