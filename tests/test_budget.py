@@ -219,3 +219,22 @@ def test_a_request_whose_calls_report_usage_only_in_part_is_uncounted(tmp_path: 
     assert "cannot be counted: the server answered 1 request without token usage" in lines[0]
     # the run stopped at the first request (2 calls, one per sample) with an answer that carried no usage
     assert len(server.requests) % 2 == 0 and server.faults["nousage"] in (1, 2), (len(server.requests), server.faults)
+
+
+def test_the_dry_run_says_when_the_folders_spend_has_reached_the_cap(tmp_path: Path, fake_server):
+    """The dry run of a folder whose cap was reached planned every missing request and never mentioned the cap, while
+    the same command sends nothing."""
+    server = fake_server()
+    source, run = prompts(tmp_path, 20), tmp_path / "run"
+    args = served_generate_args(source, server.url, run, max_concurrency=1, max_total_tokens=200)
+    assert "stopped at the budget" in CliRunner().invoke(cli, args).output
+    sent, spent = len(server.requests), sum(billed_tokens(server))
+    dry = CliRunner().invoke(cli, [*args, "--dry-run"])
+    assert dry.exit_code == 0 and dry.output.strip().splitlines()[-1] == (
+        f"budget: --max-total-tokens 200 (spent {spent:,}): reached already, the run sends nothing; a higher cap continues"
+    ), dry.output
+    higher = CliRunner().invoke(cli, [*args[:-2], "--max-total-tokens", "100000", "--dry-run"])
+    assert higher.output.strip().splitlines()[-1] == (
+        f"budget: --max-total-tokens 100,000 (spent {spent:,}): the run stops sending once it is reached"
+    ), higher.output
+    assert CliRunner().invoke(cli, args).exit_code == 0 and len(server.requests) == sent  # the run: nothing sent indeed

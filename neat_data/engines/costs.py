@@ -247,7 +247,23 @@ class Budget:
     def line(self) -> str | None:
         if not self.unsent:
             return None
-        caps = " / ".join(
+        return f"stopped at the budget {self._spent()}: {self.unsent:,} requests not sent; the same command with a higher cap continues"
+
+    def standing(self) -> str | None:
+        """The caps against what the folder has spent, before a pass sends anything (the dry run's line)."""
+        if not self.capped:
+            return None
+        if self.uncounted:
+            return (
+                f"budget: {self._spent()}: cannot be counted (the server answered {self.uncounted:,} request{'s' * (self.uncounted != 1)} without token "
+                "usage): the run sends nothing; run without the cap"
+            )
+        if self.reached():
+            return f"budget: {self._spent()}: reached already, the run sends nothing; a higher cap continues"
+        return f"budget: {self._spent()}: the run stops sending once it is reached"
+
+    def _spent(self) -> str:
+        return " / ".join(
             part
             for part in (
                 f"--max-cost {self.max_cost:g} (spent {self.cost:.4f})" if self.max_cost is not None else "",
@@ -255,7 +271,6 @@ class Budget:
             )
             if part
         )
-        return f"stopped at the budget {caps}: {self.unsent:,} requests not sent; the same command with a higher cap continues"
 
 
 CHARS_PER_TOKEN = 4.0  # the estimate when no tokenizer is at hand (English text; said as an estimate wherever shown)
