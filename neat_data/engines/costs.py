@@ -37,10 +37,12 @@ class PriceOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # at most 1e9 per 1M tokens: a cost stays finite for any token count (an infinite spend is written as null and
+    # a resumed --max-cost would count from 0)
     price_in: float | None = Field(
-        None, ge=0, allow_inf_nan=False, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported)."
+        None, ge=0, le=1e9, allow_inf_nan=False, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported)."
     )
-    price_out: float | None = Field(None, ge=0, allow_inf_nan=False, description="Price per 1M completion tokens.")
+    price_out: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False, description="Price per 1M completion tokens.")
 
 
 @dataclass(frozen=True)

