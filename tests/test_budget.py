@@ -167,3 +167,74 @@ def test_a_batch_backend_refuses_a_cap_up_front(tmp_path: Path, fake_server):
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
         assert f"--max-cost / --max-total-tokens cannot be counted with backend '{backend}'" in result.output
     assert not server.requests and not server.batch_api.batches and not run.exists()
+
+
+def test_answers_without_usage_in_an_earlier_pass_make_a_later_cap_uncountable(tmp_path: Path, fake_server):
+    """A pass without a cap against a server that gave no usage recorded a spend of 0: a capped resume then counted
+    from 0 and sent more (20 answers earlier, unknown tokens). Now it is the same one line as a first answer without usage."""
+    server = fake_server(omit_usage=True)
+    source, run = prompts(tmp_path, 20), tmp_path / "run"
+    assert CliRunner().invoke(cli, served_generate_args(source, server.url, run, max_concurrency=1, limit=10)).exit_code == 0
+    server.settings.omit_usage = False
+    result = CliRunner().invoke(cli, served_generate_args(source, server.url, run, max_concurrency=1, max_total_tokens=100_000))
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "--max-total-tokens cannot be counted: the server answered 20 requests without token usage" in lines[0]
+    assert len(server.requests) == 20 and len(rows_of(run)) == 20  # nothing more sent; the rows are kept
+
+
+def test_max_cost_counts_an_earlier_unpriced_spend_at_this_commands_prices(tmp_path: Path, fake_server):
+    """A pass without prices recorded its spend as cost 0: a resume with --max-cost then counted from 0 and sent more,
+    though the folder had already spent past the cap at those prices."""
+    server = fake_server()
+    source, run = prompts(tmp_path, 20), tmp_path / "run"
+    assert CliRunner().invoke(cli, served_generate_args(source, server.url, run, max_concurrency=1, limit=10)).exit_code == 0
+    spent = sum(billed_tokens(server))
+    priced = served_generate_args(source, server.url, run, max_concurrency=1, price_in=1000, price_out=1000)
+    result = CliRunner().invoke(cli, [*priced, "--max-cost", str(spent / 1000 - 0.01)])
+    assert result.exit_code == 0 and f"(spent {spent / 1000:.4f}): 20 requests not sent" in result.output, result.output
+    assert len(server.requests) == 20  # the cap was passed already: nothing sent
+    assert read_manifest(run).stages["generate"]["budget"]["spent_cost"] == round(spent / 1000, 6)
+
+
+def test_the_ray_backend_refuses_a_cap_up_front(tmp_path: Path, fake_server):
+    """Ray builds its dataset from every request before the first answer: a cap was never checked in between."""
+    server = fake_server()
+    source, run = prompts(tmp_path, 2), tmp_path / "run"
+    result = CliRunner().invoke(cli, [*served_generate_args(source, server.url, run, max_total_tokens=1000), "--backend", "ray"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "--max-cost / --max-total-tokens cannot be counted with backend 'ray'" in result.output
+    assert not run.exists()
+
+
+def test_a_request_whose_calls_report_usage_only_in_part_is_uncounted(tmp_path: Path, fake_server):
+    """A server that ignores n is asked once per missing sample; when some of those answers carried usage and others
+    did not, the request counted only the part reported, as if complete: a cap silently under-counted and went on."""
+    server = fake_server(ignore_n=True, rates={"nousage": 0.3}, seed=3)
+    source, run = prompts(tmp_path, 20), tmp_path / "run"
+    args = served_generate_args(source, server.url, run, num_pos=2, num_neg=2, max_concurrency=1, max_total_tokens=100_000)
+    result = CliRunner().invoke(cli, args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "cannot be counted: the server answered 1 request without token usage" in lines[0]
+    # the run stopped at the first request (2 calls, one per sample) with an answer that carried no usage
+    assert len(server.requests) % 2 == 0 and server.faults["nousage"] in (1, 2), (len(server.requests), server.faults)
+
+
+def test_the_dry_run_says_when_the_folders_spend_has_reached_the_cap(tmp_path: Path, fake_server):
+    """The dry run of a folder whose cap was reached planned every missing request and never mentioned the cap, while
+    the same command sends nothing."""
+    server = fake_server()
+    source, run = prompts(tmp_path, 20), tmp_path / "run"
+    args = served_generate_args(source, server.url, run, max_concurrency=1, max_total_tokens=200)
+    assert "stopped at the budget" in CliRunner().invoke(cli, args).output
+    sent, spent = len(server.requests), sum(billed_tokens(server))
+    dry = CliRunner().invoke(cli, [*args, "--dry-run"])
+    assert dry.exit_code == 0 and dry.output.strip().splitlines()[-1] == (
+        f"budget: --max-total-tokens 200 (spent {spent:,}): reached already, the run sends nothing; a higher cap continues"
+    ), dry.output
+    higher = CliRunner().invoke(cli, [*args[:-2], "--max-total-tokens", "100000", "--dry-run"])
+    assert higher.output.strip().splitlines()[-1] == (
+        f"budget: --max-total-tokens 100,000 (spent {spent:,}): the run stops sending once it is reached"
+    ), higher.output
+    assert CliRunner().invoke(cli, args).exit_code == 0 and len(server.requests) == sent  # the run: nothing sent indeed

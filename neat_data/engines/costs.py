@@ -37,10 +37,12 @@ class PriceOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # at most 1e9 per 1M tokens: a cost stays finite for any token count (an infinite spend is written as null and
+    # a resumed --max-cost would count from 0)
     price_in: float | None = Field(
-        None, ge=0, allow_inf_nan=False, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported)."
+        None, ge=0, le=1e9, allow_inf_nan=False, description="Price per 1M prompt tokens (with --price-out: the run's cost is reported)."
     )
-    price_out: float | None = Field(None, ge=0, allow_inf_nan=False, description="Price per 1M completion tokens.")
+    price_out: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False, description="Price per 1M completion tokens.")
 
 
 @dataclass(frozen=True)
@@ -176,12 +178,13 @@ class Budget:
     tokens: int = 0  # billed prompt + completion tokens, earlier invocations included
     cost: float = 0.0
     unsent: int = 0  # requests left unsent because a cap was reached
-    uncounted: int = 0  # answered requests that reported no usage: a cap cannot be counted, nothing more is sent
+    uncounted: int = 0  # answered requests that reported no usage (any pass): a cap cannot be counted, nothing more is sent
+    unpriced: tuple[int, int] = (0, 0)  # (prompt, completion) tokens billed by passes without prices: priced by the next that has them
 
     @classmethod
     def for_run(cls, caps: BudgetOptions, prices: PriceOptions, discount: float, previous: dict[str, Any] | None) -> Budget:
         spent = previous or {}
-        return cls(
+        budget = cls(
             max_cost=caps.max_cost,
             max_tokens=caps.max_total_tokens,
             price_in=prices.price_in,
@@ -189,7 +192,10 @@ class Budget:
             discount=discount,
             tokens=int(spent.get("spent_tokens") or 0),
             cost=float(spent.get("spent_cost") or 0.0),
+            uncounted=int(spent.get("uncounted_requests") or 0),
         )
+        budget._charge(*(int(n) for n in spent.get("unpriced_tokens") or (0, 0)))  # in spent_tokens already, not in its cost
+        return budget
 
     @property
     def capped(self) -> bool:
@@ -201,7 +207,14 @@ class Budget:
             self.uncounted += 1
         prompt, completion = prompt_tokens or 0, completion_tokens or 0
         self.tokens += prompt + completion
-        if self.price_in is not None and self.price_out is not None:
+        self._charge(prompt, completion)
+
+    def _charge(self, prompt: int, completion: int) -> None:
+        """The cost of billed tokens at this pass's prices; without prices they wait for a pass that has them (a
+        --max-cost resume of a run spent unpriced counts that spend)."""
+        if self.price_in is None or self.price_out is None:
+            self.unpriced = (self.unpriced[0] + prompt, self.unpriced[1] + completion)
+        else:
             self.cost += list_cost(prompt, completion, self.price_in, self.price_out) * (1.0 - self.discount)
 
     def reached(self) -> bool:
@@ -219,6 +232,8 @@ class Budget:
             "spent_cost": round(self.cost, 6),
             "stopped": self.unsent > 0,
             "unsent_requests": self.unsent,
+            "uncounted_requests": self.uncounted,
+            "unpriced_tokens": list(self.unpriced),
         }
 
     def uncountable(self) -> str | None:
@@ -234,7 +249,23 @@ class Budget:
     def line(self) -> str | None:
         if not self.unsent:
             return None
-        caps = " / ".join(
+        return f"stopped at the budget {self._spent()}: {self.unsent:,} requests not sent; the same command with a higher cap continues"
+
+    def standing(self) -> str | None:
+        """The caps against what the folder has spent, before a pass sends anything (the dry run's line)."""
+        if not self.capped:
+            return None
+        if self.uncounted:
+            return (
+                f"budget: {self._spent()}: cannot be counted (the server answered {self.uncounted:,} request{'s' * (self.uncounted != 1)} without token "
+                "usage): the run sends nothing; run without the cap"
+            )
+        if self.reached():
+            return f"budget: {self._spent()}: reached already, the run sends nothing; a higher cap continues"
+        return f"budget: {self._spent()}: the run stops sending once it is reached"
+
+    def _spent(self) -> str:
+        return " / ".join(
             part
             for part in (
                 f"--max-cost {self.max_cost:g} (spent {self.cost:.4f})" if self.max_cost is not None else "",
@@ -242,7 +273,6 @@ class Budget:
             )
             if part
         )
-        return f"stopped at the budget {caps}: {self.unsent:,} requests not sent; the same command with a higher cap continues"
 
 
 CHARS_PER_TOKEN = 4.0  # the estimate when no tokenizer is at hand (English text; said as an estimate wherever shown)

@@ -57,21 +57,24 @@ def _choice_index(choice: Any, position: int) -> int:
 
 
 class UsageTotal:
-    """Tokens billed for one request's successful calls (the `usage` object of each answer); None when no answer
-    carried usage."""
+    """Tokens billed for one request's successful calls (the `usage` object of each answer); None when any answer
+    did not report it (a part of the bill is not the bill: a cap counting it would go on)."""
 
     def __init__(self) -> None:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
+        self._unreported: set[str] = set()
 
     def add(self, data: dict[str, Any]) -> None:
         usage = data.get("usage")
-        if not isinstance(usage, dict):
-            return
         for name in ("prompt_tokens", "completion_tokens"):
-            value = usage.get(name)
-            if isinstance(value, int):
+            value = usage.get(name) if isinstance(usage, dict) else None
+            if not isinstance(value, int):
+                self._unreported.add(name)
+            elif name not in self._unreported:
                 setattr(self, name, (getattr(self, name) or 0) + value)
+        for name in self._unreported:
+            setattr(self, name, None)
 
 
 def rejects_system_role(message: str) -> bool:

@@ -323,7 +323,8 @@ def check_options(config: GenerateConfig, run_dir: Path, shard: ShardSpec | None
         raise NeatError(_NO_OVERWRITE, field="overwrite")
     if shard is not None and (config.max_cost is not None or config.max_total_tokens is not None):
         raise NeatError(
-            "--max-cost / --max-total-tokens count the whole run: not with --num-shards (each shard would spend its own)", option="max_cost"
+            "--max-cost / --max-total-tokens count the whole run: not with --num-shards (each shard would spend its own)",
+            option="max_cost" if config.max_cost is not None else "max_total_tokens",
         )
     return config
 

@@ -18,7 +18,7 @@ from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import GENERATIONS
 from neat_data.core.shards import ShardSpec
 from neat_data.engines.costs import batch_discount, estimate_prompt_tokens, list_cost
-from neat_data.stages.generate import _Existing, existing_rows, pending_requests, plan_pass
+from neat_data.stages.generate import _Existing, earlier_passes, existing_rows, pending_requests, plan_pass
 from neat_data.stages.generate_plan import GenerateConfig, to_engine_request
 
 TOKENIZED_AT_MOST = 20_000  # requests tokenised exactly; beyond, the tokens per character of these scale the rest
@@ -36,6 +36,7 @@ class DryRun:
     counted_with: str
     max_completion_tokens: int
     cost: dict[str, float] | None
+    budget: str | None = None  # the caps against what the folder has spent (Budget.standing)
 
     def lines(self) -> list[str]:
         lines = [
@@ -52,7 +53,7 @@ class DryRun:
             )
         else:
             lines.append("cost: give --price-in and --price-out (per 1M tokens) to see it")
-        return lines
+        return [*lines, *([self.budget] if self.budget else [])]
 
 
 def _tokenizer(config: GenerateConfig) -> Any | None:
@@ -113,4 +114,5 @@ def dry_run_generate(
         counted_with=method,
         max_completion_tokens=ceiling,
         cost=cost,
+        budget=earlier_passes(config, Path(config.out), overwrite)[0].standing(),
     )

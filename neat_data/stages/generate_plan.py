@@ -29,6 +29,11 @@ from neat_data.engines import BATCH_BACKENDS, BackendName, BackendOptions, loads
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.costs import BudgetOptions, PriceOptions, cost_line
 
+# Backends that take every request before the first answer: a cap checked as requests are handed over never stops them.
+_SENT_WHOLE: dict[str, str] = {
+    **{name: "a batch is submitted whole" for name in BATCH_BACKENDS},
+    "ray": "its dataset is built from every request",
+}
 # Fields that define what a run folder contains: a re-run with other values would mix incompatible rows.
 IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine")
 # Which existing rows `--redo` generates again (with this invocation's sampling; every other row is left as it is).
@@ -95,9 +100,9 @@ class GenerateConfig(BackendOptions, PriceOptions, BudgetOptions):
             raise ValueError("give both --price-in and --price-out (per 1M prompt and completion tokens), or neither")
         if self.max_cost is not None and self.price_in is None:
             raise ValueError("--max-cost needs --price-in and --price-out (the prices it counts with)")
-        if (self.max_cost is not None or self.max_total_tokens is not None) and self.backend in BATCH_BACKENDS:
+        if (self.max_cost is not None or self.max_total_tokens is not None) and self.backend in _SENT_WHOLE:
             raise ValueError(
-                f"--max-cost / --max-total-tokens cannot be counted with backend '{self.backend}': a batch is submitted whole, "
+                f"--max-cost / --max-total-tokens cannot be counted with backend '{self.backend}': {_SENT_WHOLE[self.backend]}, "
                 "before any answer; see its ceiling with --dry-run and cap it with --limit"
             )
         return self

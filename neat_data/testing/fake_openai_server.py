@@ -6,7 +6,7 @@ Answers are deterministic: choice i of a request with seed s is "reply s+i: <las
 Faults, chosen per request by a directive in the last user message (deterministic tests):
     [[fault:429]] [[fault:500]] [[fault:stall]] [[fault:garbage]] [[fault:truncated]] [[fault:reset]]
     [[fault:fewer]] (one choice whatever n) [[fault:empty]] (content null) [[fault:400]]
-    [[fault:401]] (echoes the API key in the error body, as some servers do)
+    [[fault:401]] (echoes the API key in the error body, as some servers do) [[fault:nousage]] (no `usage`)
 A suffix xK (e.g. [[fault:429x2]]) applies the fault to the first K attempts of that request only, so
 retries can succeed. Or at random, with `rates` (reliability suite). Server-wide switches: `ignore_n`
 (always one choice), `reject_system` (400 on a system message, like templates without one) and `require_key`
@@ -39,7 +39,7 @@ from aiohttp import web
 from neat_data.testing.fake_batch_api import FakeBatchAPI
 
 _DIRECTIVE = re.compile(r"\[\[fault:([a-z0-9]+?)(?:x(\d+))?\]\]")
-FAULTS = ("429", "500", "stall", "garbage", "truncated", "reset", "fewer", "empty", "400", "401")
+FAULTS = ("429", "500", "stall", "garbage", "truncated", "reset", "fewer", "empty", "400", "401", "nousage")
 
 
 @dataclass
@@ -200,7 +200,7 @@ class FakeOpenAIServer:
             "choices": choices,
             "usage": {"prompt_tokens": prompt_words, "completion_tokens": 5 * n, "total_tokens": prompt_words + 5 * n},
         }
-        if self.settings.omit_usage:
+        if self.settings.omit_usage or fault == "nousage":
             del payload["usage"]
         return 200, payload, {}
 

