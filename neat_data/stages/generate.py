@@ -424,6 +424,8 @@ def _generate_pending(
                 out.table.append(buffer)
                 generated += len(buffer)
                 buffer = []
+            elif budget.capped:  # every answer's spend, not each flush's: a kill forgets at most what is in flight (~5 ms)
+                record_spend(out, budget)
         record_spend(out, budget)
         out.table.append(buffer)
         generated += len(buffer)

@@ -46,7 +46,8 @@ class _Pass:
 
 def record_spend(out: StageOutput, budget: Budget) -> None:
     """The run's spend so far into the manifest (`generate.budget`), as it happens: called before each shard is
-    written, so a killed pass forgets at most the answers not yet flushed; a resumed pass starts from it. A shard
+    written and, when a cap is set, after every answer, so a killed capped pass forgets at most the requests in flight
+    (an uncapped one, the answers not yet flushed: nothing then depends on it); a resumed pass starts from it. A shard
     process records nothing here (caps are refused with --num-shards, and shards would race on the manifest)."""
     if out.shard is not None:
         return

@@ -25,15 +25,20 @@ def billed_tokens(server) -> list[int]:
     return [sum(len(str(m["content"]).split()) for m in body["messages"]) + 5 * int(body.get("n") or 1) for body in server.requests]
 
 
-def test_a_cap_holds_across_a_sigkill_and_a_resume(tmp_path: Path, fake_server):
+@pytest.mark.parametrize("flush_every", [1, 10])
+def test_a_cap_holds_across_a_sigkill_and_a_resume(tmp_path: Path, fake_server, flush_every: int):
     """The stage entry was rewritten at the start without the budget, which was written only at the end: a killed run
-    forgot its spend and the resumed run started from 0 (2,255 tokens against a 1,000 cap)."""
+    forgot its spend and the resumed run started from 0 (2,255 tokens against a 1,000 cap). With rows buffered between
+    flushes (`--flush-every 10`), a spend recorded only at each flush forgot the buffered answers, which the resume
+    paid for again (1,784 tokens against a 1,500 cap): a capped run records its spend after every answer."""
     server = fake_server(latency=0.03)
     source = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Question number {i}: how do I do thing {i}?"} for i in range(40)])
     run = tmp_path / "run"
-    args = served_generate_args(source, server.url, run, max_concurrency=1, flush_every=1, max_total_tokens=1000)
+    args = served_generate_args(source, server.url, run, max_concurrency=1, flush_every=flush_every, max_total_tokens=1000)
     process = start_neat(*args)
-    assert kill_when(process, lambda: len(shard_names(run / "generations")) >= 12), "the run finished before the kill"
+    # killed with answers taken but not yet written as rows (flush_every 10: between two flushes)
+    killed = (lambda: len(shard_names(run / "generations")) >= 12) if flush_every == 1 else (lambda: len(server.requests) >= 25)
+    assert kill_when(process, killed), "the run finished before the kill"
     killed_at = sum(billed_tokens(server))
     assert 300 < killed_at < 1000
     result = CliRunner().invoke(cli, args)
