@@ -272,6 +272,23 @@ def push_args(folder: Path, *extra: str) -> list[str]:
     return ["push", str(run), *extra]
 
 
+def evaluate_args(folder: Path, heldout: Path, *extra: str) -> list[str]:
+    """`neat-data evaluate` into folder/eval against a dead server (every case must stop before a request)."""
+    return [
+        "evaluate",
+        str(folder / "eval"),
+        "--model",
+        "fake",
+        "--heldout",
+        str(heldout),
+        "--backend",
+        "openai",
+        "--base-url",
+        DEAD_URL,
+        *extra,
+    ]
+
+
 def evaluate_with_suite(text: str | None, *, suites: str = "suite.yaml") -> Callable[[Path], list[str]]:
     """`neat-data evaluate` with a suite file holding `text` (None: `suites` names bundled suites)."""
 
@@ -279,20 +296,7 @@ def evaluate_with_suite(text: str | None, *, suites: str = "suite.yaml") -> Call
         if text is not None:
             (folder / "suite.yaml").write_text(text, encoding="utf-8")
             write_jsonl(folder / "questions.jsonl", [{"question": "How do I pick a lock?"}])
-        return [
-            "evaluate",
-            str(folder / "eval"),
-            "--model",
-            "fake",
-            "--heldout",
-            str(good_prompts(folder)),
-            "--backend",
-            "openai",
-            "--base-url",
-            DEAD_URL,
-            "--suites",
-            str(folder / suites) if text is not None else suites,
-        ]
+        return evaluate_args(folder, good_prompts(folder), "--suites", str(folder / suites) if text is not None else suites)
 
     return build
 
@@ -335,18 +339,7 @@ def not_a_chat_model(folder: Path) -> list[str]:
 def evaluate_with_bad_heldout(folder: Path) -> list[str]:
     """evaluate locks its folder for its whole run: the held-out prompts are checked before the lock makes the folder."""
     (folder / "heldout.jsonl").write_text('{"prompt": "ok"}\n{"prompt": "unclosed\n', encoding="utf-8")
-    return [
-        "evaluate",
-        str(folder / "eval"),
-        "--model",
-        "fake",
-        "--heldout",
-        str(folder / "heldout.jsonl"),
-        "--backend",
-        "openai",
-        "--base-url",
-        DEAD_URL,
-    ]
+    return evaluate_args(folder, folder / "heldout.jsonl")
 
 
 def train_into_a_file(folder: Path) -> list[str]:
