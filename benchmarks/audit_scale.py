@@ -39,7 +39,7 @@ def prepare(run: Path, pairs: int) -> dict:
     sys.path.insert(0, str(HERE.parent))
     from rank_export import build_scored
 
-    from neat_data.stages.rank import RankConfig, run_rank
+    from neat_data.stages.rank.stage import RankConfig, run_rank
 
     started = time.perf_counter()
     table = build_scored(rows=(pairs // 4) * 5)
@@ -64,7 +64,7 @@ def side(name: str, run: Path) -> dict:
     import matplotlib.pyplot  # noqa: F401  (import time is not the audit's)
     import sklearn.linear_model  # noqa: F401
 
-    from neat_data.stages.data_audit import DataAuditConfig, run_data_audit
+    from neat_data.stages.audit.stage import DataAuditConfig, run_data_audit
 
     started = time.perf_counter()
     report = run_data_audit(DataAuditConfig(run=run))

@@ -34,7 +34,7 @@ def main() -> None:
     from neat_data.core.resources import bundled_dir
     from neat_data.engines.base import Sampling
     from neat_data.engines.vllm_backend import VLLMBackend, VLLMOptions
-    from neat_data.stages.generate import GenerateConfig, plan_requests, run_generate, to_engine_request
+    from neat_data.stages.generate.stage import GenerateConfig, plan_requests, run_generate, to_engine_request
 
     prompts = str(bundled_dir("pipelines") / "data" / "quickstart_prompts.jsonl")
     sampling = Sampling(max_tokens=args.max_tokens, temperature=0.8, seed=0)

@@ -226,7 +226,7 @@ def side_b(src: Path, work: Path) -> dict:
 
     import neat_data.core.runfolder as runfolder
     import neat_data.stages.export as export
-    import neat_data.stages.rank as rank
+    import neat_data.stages.rank.stage as rank
 
     steps: dict[str, float] = {}
 

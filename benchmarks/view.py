@@ -39,7 +39,7 @@ def synthetic_run(folder: Path, rows: int, mean_chars: int, seed: int = 0) -> No
     from neat_data.core.keys import text_hash
     from neat_data.core.runfolder import atomic_write_table
     from neat_data.core.schemas import GENERATIONS, SCORED
-    from neat_data.stages.rank import RankConfig, rank_tables
+    from neat_data.stages.rank.stage import RankConfig, rank_tables
 
     rng = np.random.default_rng(seed)
     letters = np.array(list("etaoinshrdlucmfwypvbgkqjxz"))

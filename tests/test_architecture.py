@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import typing
 from pathlib import Path
 
@@ -93,6 +94,19 @@ def test_lower_layers_never_import_upper_ones():
     assert not wrong, "\n".join(wrong)
 
 
+def test_core_imports_nothing_above_it():
+    """core/ is the foundation under lm/ and safety/ as well: it imports only core (no cycle through a neighbour)."""
+    known = modules()
+    wrong = [
+        f"{name} imports {target}"
+        for name, path in known.items()
+        if name.startswith("neat_data.core")
+        for target in imports_of(path, known)
+        if not target.startswith("neat_data.core")
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
 def choices(*path: str) -> list[str]:
     command: click.Command = cli
     for name in path[:-1]:
@@ -107,7 +121,7 @@ def test_the_cli_offers_exactly_the_names_the_configs_define():
     from neat_data.rounds.stages import StageKindName
     from neat_data.scorers.judge import JudgeBackendName, JudgeMode
     from neat_data.stages.export import ExportFormat
-    from neat_data.stages.rank import PairStrategy
+    from neat_data.stages.rank.stage import PairStrategy
     from neat_data.train.loss import LossName
 
     for path, names in (
@@ -145,7 +159,7 @@ def test_each_list_of_names_is_spelled_out_in_one_module():
     from neat_data.safety.metrics import MetricName
     from neat_data.scorers import ScorerName
     from neat_data.stages.export import ExportFormat
-    from neat_data.stages.rank import PairStrategy
+    from neat_data.stages.rank.stage import PairStrategy
     from neat_data.train.loss import LossName
 
     lists = {
@@ -154,7 +168,7 @@ def test_each_list_of_names_is_spelled_out_in_one_module():
         "safety metrics": (MetricName, "safety/metrics.py"),
         "stage kinds": (StageKindName, "rounds/stages.py"),
         "export formats": (ExportFormat, "stages/export.py"),
-        "pair strategies": (PairStrategy, "stages/rank.py"),
+        "pair strategies": (PairStrategy, "stages/rank/stage.py"),
         "losses": (LossName, "train/loss.py"),
     }
     for label, (names, home) in lists.items():
@@ -168,6 +182,47 @@ def test_each_list_of_names_is_spelled_out_in_one_module():
             }
         )
         assert spelled == [home], f"{label} spelled out in {spelled}, expected only {home}"
+
+
+# The run folder's tables and files (neat_data/core/layout.py names each once): a folder joined onto a path, a file name
+# of its own, or a path spelled inside a string ("ranked/pairs.parquet", f"export/{fmt}") anywhere else is a second copy.
+RUN_FOLDERS = ("generations", "scored", "ranked", "export", "model", "eval", "eval-reseeded", "report", "batches", "prompts", "suites")
+RUN_FILES = ("lists.parquet", "pairs.parquet", "dropped.parquet", "train.parquet", "audit.json", "audit.md", "audit.png")
+RUN_FILES += ("metrics.json", "neat_train.json", "heldout.jsonl", "prompts.jsonl")
+
+
+def run_folder_spellings(path: Path) -> list[str]:
+    import re
+
+    inside = re.compile(rf"(?<![\w./-])({'|'.join(RUN_FOLDERS)})/([\w-]+/)*([\w-]+\.(parquet|jsonl?|md|png)|{{|$)")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            left = node.left
+            while isinstance(left, ast.BinOp):
+                left = left.left
+            bundled = isinstance(left, ast.Call) and getattr(left.func, "id", "") == "bundled_dir"  # the package's data
+            for side in (node.left, node.right):
+                scratch = path == PACKAGE / "core" / "models.py"  # a GGUF's conversion folder, not a run folder
+                if not (bundled or scratch) and isinstance(side, ast.Constant) and side.value in RUN_FOLDERS + RUN_FILES:
+                    found.append(f"{node.lineno}: / {side.value!r}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            if node.value in RUN_FILES or inside.search(node.value):
+                found.append(f"{node.lineno}: {node.value[:60]!r}")
+    return found
+
+
+def test_the_run_folder_layout_is_spelled_only_in_core_layout():
+    """Each table and file of a run folder is named in neat_data/core/layout.py and asked for everywhere else, so that a
+    stage, merge, the viewer, the trainer and the round runner cannot disagree about where a table lies."""
+    spelled = {
+        path.relative_to(PACKAGE).as_posix(): found
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != PACKAGE / "core" / "layout.py" and (found := run_folder_spellings(path))
+    }
+    assert spelled == {}, f"run-folder paths spelled outside core/layout.py: {spelled}"
 
 
 def test_no_file_points_outside_the_repository():
@@ -188,12 +243,42 @@ def test_no_file_points_outside_the_repository():
     assert not hits, hits
 
 
+def test_no_module_digs_in_a_manifest_entry_as_a_dict():
+    """A stage's manifest entry is a typed record (core/manifest.py: StageRecord and one class per kind): read as
+    `manifest.stage(name).config`, `manifest.record("score", ScoreRecord).scorer`, never dug out of nested dicts."""
+    digs = re.compile(r'\.get\("config"|stages\.get\("\w+", \{\}\)|\.stage\([^)]*\)\.get\(|stages\["\w+"\]\[')
+    hits = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if digs.search(line)
+    ]
+    assert not hits, hits
+
+
 # ------------------------------------------------------------------- the "to add …" recipes of docs/ARCHITECTURE.md
 # Each trial applies one recipe, as the document writes it, to a copy of the package (edits in at most two files),
 # then shows in a fresh process that the new name reaches every place the document promises. A recipe that needs a
 # further edit somewhere fails here.
 
 TRIALS: dict[str, dict[str, list[tuple[str, str]]]] = {
+    "audit check": {
+        "stages/audit/stage.py": [
+            (r"(AuditCheck = Literal\[[^\]]*)\]", r'\1, "empty"]'),
+            (
+                r"\n(    sample_prompts: int = Field\()",
+                '\n    empty_max: float = Field(0.0, ge=0.0, le=1.0, description="empty check: share of empty responses, at most.")\n\\1',
+            ),
+            (
+                r'("pairs": measures\.figure\(sides\.size, [^\n]*\),)',
+                r'\1\n            "empty": measures.figure(float(np.mean([not t for t in candidates.responses.to_pylist()])), "share of empty responses"),',
+            ),
+            (
+                r"(CHECK_RULES: dict\[[^\n]*\] = \{)",
+                r'\1\n    "empty": (("counts", "empty"), "max", "empty_max", "share of empty responses"),',
+            ),
+        ],
+    },
     "export format": {
         "stages/export.py": [
             (r"(ExportFormat = Literal\[[^\]]*)\]", r'\1, "trial"]'),
@@ -254,7 +339,123 @@ TRIALS: dict[str, dict[str, list[tuple[str, str]]]] = {
     },
 }
 
+TRIALS["stage"] = {
+    "stages/trial.py": [
+        (
+            r"\A\Z",
+            "from pathlib import Path\n\nfrom pydantic import BaseModel\n\nfrom neat_data.core.errors import EXIT_NOTHING_OK, NeatError\n"
+            "from neat_data.core.manifest import PlainRecord\nfrom neat_data.core.stage import Stage, StageResult\n\n\n"
+            "class TrialConfig(BaseModel):\n    run: Path\n    words: int = 2\n\n\n"
+            "def run_trial(config: TrialConfig, argv: list[str] | None) -> StageResult:\n"
+            "    failed = NeatError('no words', file=config.run, exit_code=EXIT_NOTHING_OK) if not config.words else None\n"
+            "    return StageResult([f'trial: {config.words} words in {config.run}'], notes=['a note'], failed=failed)\n\n\n"
+            "TRIAL = Stage('trial', TrialConfig, run_trial, lambda c: [c.run / 'scored'], lambda c: [c.run / 'trial'], PlainRecord, 'trial')\n",
+        )
+    ],
+    "cli/stages.py": [
+        (r"(from neat_data.stages.score import ScoreConfig\n)", r"\1from neat_data.stages.trial import TRIAL, TrialConfig\n"),
+        (
+            r"\Z",
+            "\n\n@cli.command()\n@click.argument('run', type=click.Path(path_type=Path))\n@config_options(TrialConfig, skip=('run',))\n"
+            "def trial(run: Path, **options: Any) -> None:\n    echo_result(TRIAL.run(build_config(TrialConfig, options, run=run), command_argv()))\n",
+        ),
+    ],
+}
+
+TRIALS["backend"] = {
+    "engines/trial_backend.py": [
+        (
+            r"\A\Z",
+            "from collections.abc import Iterable, Iterator\nfrom typing import Any\n\nfrom pydantic import BaseModel, ConfigDict, Field\n\n"
+            "from neat_data.engines.base import Backend, Completion, GenerationRequest, RequestResult, Sampling\n\n\n"
+            'class TrialOptions(BaseModel):\n    """Options of the trial backend (one fixed answer)."""\n\n    model_config = ConfigDict(extra=\'forbid\')\n\n'
+            "    trial_text: str = Field('a fixed answer', description='trial: the answer to every request.')\n\n\n"
+            "class TrialBackend(Backend):\n    name = 'trial'\n\n    def __init__(self, model: str, text: str):\n        self.model, self.text = model, text\n\n"
+            "    @classmethod\n    def from_options(cls, model: str, options: TrialOptions, **_: Any) -> 'TrialBackend':\n"
+            "        return cls(model, options.trial_text)\n\n"
+            "    def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:\n"
+            "        for index, request in enumerate(requests):\n"
+            "            yield index, RequestResult([Completion(self.text, 'stop', 5, 3)] * request.n)\n\n"
+            "    def close(self) -> None:\n        pass\n",
+        )
+    ],
+    "engines/__init__.py": [
+        (
+            r"(from neat_data.engines.vllm_batch import VLLMBatchBackend\n)",
+            r"\1from neat_data.engines.trial_backend import TrialBackend, TrialOptions\n",
+        ),
+        (r"(BackendName = Literal\[[^\]]*)\]", r'\1, "trial"]'),
+        (r"(class BackendOptions\([^)]*)\)", r"\1, TrialOptions)"),
+        (
+            r"(BACKENDS: dict\[[^\n]*\] = \{)",
+            r'\1\n    "trial": BackendEntry(TrialBackend.from_options, server=True, discount=0.25, package="click"),',
+        ),
+    ],
+}
+
 TRIAL_CHECKS = {
+    "backend": """
+from importlib.metadata import version
+from click.testing import CliRunner
+from neat_data.cli import cli
+from neat_data.core import layout
+from neat_data.core.manifest import GenerateRecord, read_manifest
+from neat_data.stages.provenance import determinism
+shown = CliRunner().invoke(cli, ["generate", "--help"]).output
+section = shown[shown.index("Options of the trial backend (one fixed answer):"):].split("\\n\\n")[0]
+assert "--trial-text" in section and "trial: the answer to every request." in section, shown
+recipe = load(generate={"backend": "trial", "trial_text": "from a recipe"})
+assert [s.config.trial_text for s in plan_round(recipe, Path("runs/t"), 1) if s.kind.name == "generate"] == ["from a recipe"]
+args = ["generate", "--backend", "trial", "--trial-text", "always this", "--model", "m", "--prompts", str(prompts), "--out", "run",
+        "--num-pos", "1", "--num-neg", "1", "--price-in", "1", "--price-out", "2", "--no-progress"]
+dry = CliRunner().invoke(cli, [*args, "--dry-run"])
+assert dry.exit_code == 0 and "16 rows for 8 prompts on m (trial)" in dry.output, dry.output
+assert "after the batch discount of 25%" in dry.output, dry.output  # costs read the entry's discount
+capped = CliRunner().invoke(cli, [*args, "--max-total-tokens", "10"])
+assert capped.exit_code == 0, capped.output  # its entry takes no request ahead of the first answer: a cap is allowed
+generated = CliRunner().invoke(cli, [*args, "--out", "run2"])
+assert generated.exit_code == 0, generated.output
+rows = layout.GENERATIONS.rows(Path("run2")).read(["response", "status", "model"]).to_pylist()
+assert len(rows) == 16 and {(row["response"], row["status"], row["model"]) for row in rows} == {("always this", "ok", "m")}, rows
+manifest = read_manifest(Path("run2"))
+assert manifest.record("generate", GenerateRecord).usage["prices"]["discount"] == 0.25
+record = determinism(manifest)
+assert record["backend"] == "trial" and record["engine_version"] == version("click"), record  # provenance reads its package
+assert record["bitwise_reproducible"].startswith("not expected: the responses come from a server"), record  # and server=True
+""",
+    "stage": """
+from click.testing import CliRunner
+from neat_data.cli import cli
+result = CliRunner().invoke(cli, ["trial", "r", "--words", "3"])
+assert result.exit_code == 0 and result.stdout == "trial: 3 words in r\\n" and "a note" in result.output, result.output
+result = CliRunner().invoke(cli, ["trial", "r", "--words", "0"])
+assert result.exit_code == 3 and "trial: 0 words in r" in result.output and "error: r: no words" in result.output, result.output
+""",
+    "audit check": """
+from click.testing import CliRunner
+from neat_data.cli import cli
+from neat_data.core.runfolder import ShardedTable
+from neat_data.core.schemas import SCORED
+from neat_data.stages.rank.stage import RankConfig, run_rank
+recipe = load(audit={"fail_on": ["empty"], "empty_max": 0.3})
+assert [(s.config.fail_on, s.config.empty_max) for s in plan_round(recipe, Path("runs/t"), 1) if s.kind.name == "audit"] == [(["empty"], 0.3)]
+rows = []
+for p in range(8):  # a quarter of the answers empty
+    for steering, response, score in (("pos", f"answer {p} in words", 1.0), ("neg", "" if p % 2 else f"other {p} reply", 0.0)):
+        row = {name: None for name in SCORED.names}
+        row.update(key=f"p{p}-{steering}", prompt_id=f"p{p}", prompt=[{"role": "user", "content": f"q{p}"}], steering=steering,
+                   sample_index=0, response=response, finish_reason="stop", status="ok", completion_tokens=len(response.split()),
+                   score=score, raw_score=score, score_status="ok")
+        rows.append(row)
+ShardedTable(Path("run") / "scored", SCORED).append(rows)
+run_rank(RankConfig(run=Path("run")))
+stopped = CliRunner().invoke(cli, ["audit", "run", "--resamples", "100", "--fail-on", "empty"])
+assert stopped.exit_code == 5, stopped.output
+assert "empty: FAIL — share of empty responses 0.250 (pass when ≤ 0; --empty-max)" in stopped.output, stopped.output
+assert "audit check failed: empty = 0.250 (threshold: share of empty responses ≤ 0)" in stopped.output.splitlines()[-1]
+passed = CliRunner().invoke(cli, ["audit", "run", "--resamples", "100", "--fail-on", "empty", "--empty-max", "0.3"])
+assert passed.exit_code == 0 and "empty: PASS" in passed.output, passed.output
+""",
     "export format": """
 import pyarrow as pa
 from neat_data.cli import cli

@@ -121,7 +121,7 @@ def test_a_generate_killed_between_submit_and_collect_attaches_on_rerun(tmp_path
 
 def test_a_batch_judge_leaves_rows_pending_then_scores_them(tmp_path: Path, monkeypatch):
     from neat_data.engines.base import Sampling
-    from neat_data.stages.generate import GenerateConfig, run_generate
+    from neat_data.stages.generate.stage import GenerateConfig, run_generate
     from neat_data.testing.recording_backend import RecordingBackend
 
     monkeypatch.setenv("BATCH_KEY", KEY)

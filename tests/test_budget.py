@@ -69,7 +69,7 @@ def test_max_total_tokens_stops_resumes_and_answers_every_row_once(tmp_path: Pat
     assert first.exit_code == 0, first.output
     assert "stopped at the budget --max-total-tokens 400" in first.output
     sent = len(server.requests)
-    budget = read_manifest(run).stages["generate"]["budget"]
+    budget = read_manifest(run).stage("generate").entry()["budget"]
     rows = rows_of(run)
     assert 0 < sent < 60 and len(rows) == sent and budget["unsent_requests"] == 60 - sent and budget["stopped"]
     # the cap was reached by the last request: at concurrency 1 nothing else was in flight, and nothing was read ahead
@@ -88,7 +88,7 @@ def test_max_total_tokens_stops_resumes_and_answers_every_row_once(tmp_path: Pat
     final = rows_of(run)
     assert len(final) == 60 and len({r["key"] for r in final}) == 60 and all(r["status"] == "ok" for r in final)
     assert final[: len(rows)] == rows  # the first pass's rows are untouched
-    spent = read_manifest(run).stages["generate"]["budget"]
+    spent = read_manifest(run).stage("generate").entry()["budget"]
     assert spent["spent_tokens"] == sum(sum(len(str(m["content"]).split()) for m in b["messages"]) + 5 for b in server.requests)
     assert spent["unsent_requests"] == 0 and not spent["stopped"]
 
@@ -114,7 +114,7 @@ def test_max_cost_stops_on_the_priced_spend(tmp_path: Path, fake_server):
     args = served_generate_args(source, server.url, run, max_concurrency=1, price_in=1000, price_out=1000, max_cost=0.5)
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0 and "stopped at the budget --max-cost 0.5" in result.output, result.output
-    budget = read_manifest(run).stages["generate"]["budget"]
+    budget = read_manifest(run).stage("generate").entry()["budget"]
     billed = [sum(len(str(m["content"]).split()) for m in body["messages"]) + 5 for body in server.requests]
     assert budget["spent_cost"] == round(sum(billed) * 1000 / 1e6, 6) and budget["spent_cost"] >= 0.5
     assert len(rows_of(run)) == len(server.requests) < 60
@@ -137,7 +137,7 @@ def test_a_cap_is_passed_by_at_most_what_was_in_flight(tmp_path: Path, fake_serv
     billed = billed_tokens(server)
     # the answers counted before the cap was reached: all but those in flight then (at most `concurrency`, any of them)
     assert sum(billed) >= 300 and sum(billed) - sum(sorted(billed)[-concurrency:]) < 300
-    assert read_manifest(run).stages["generate"]["budget"]["spent_tokens"] == sum(billed) and len(rows_of(run)) == len(billed)
+    assert read_manifest(run).stage("generate").entry()["budget"]["spent_tokens"] == sum(billed) and len(rows_of(run)) == len(billed)
 
 
 def test_a_cap_the_server_gives_no_usage_for_stops_at_the_first_answer_with_one_line(tmp_path: Path, fake_server):
@@ -152,7 +152,7 @@ def test_a_cap_the_server_gives_no_usage_for_stops_at_the_first_answer_with_one_
         "usage; stopped there (39 requests not sent, the answered rows are kept); run without the cap"
     )
     assert len(server.requests) == 1 and len(rows_of(run)) == 1  # what was answered is kept
-    budget = read_manifest(run).stages["generate"]["budget"]
+    budget = read_manifest(run).stage("generate").entry()["budget"]
     assert budget["unsent_requests"] == 39
     # without the cap the same command generates the rest
     assert CliRunner().invoke(cli, served_generate_args(source, server.url, run)).exit_code == 0 and len(rows_of(run)) == 40
@@ -194,7 +194,7 @@ def test_max_cost_counts_an_earlier_unpriced_spend_at_this_commands_prices(tmp_p
     result = CliRunner().invoke(cli, [*priced, "--max-cost", str(spent / 1000 - 0.01)])
     assert result.exit_code == 0 and f"(spent {spent / 1000:.4f}): 20 requests not sent" in result.output, result.output
     assert len(server.requests) == 20  # the cap was passed already: nothing sent
-    assert read_manifest(run).stages["generate"]["budget"]["spent_cost"] == round(spent / 1000, 6)
+    assert read_manifest(run).stage("generate").entry()["budget"]["spent_cost"] == round(spent / 1000, 6)
 
 
 def test_the_ray_backend_refuses_a_cap_up_front(tmp_path: Path, fake_server):

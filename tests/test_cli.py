@@ -149,3 +149,31 @@ def test_killed_run_resumes_without_loss_or_duplicates(fake_server, tmp_path: Pa
     rows = pq.read_table(out / "generations").to_pylist()
     assert len(rows) == 80 and len({r["key"] for r in rows}) == 80 and all(r["status"] == "ok" for r in rows)
     assert f"{80 - before} new" in finished.stdout
+
+
+def test_generate_help_lists_each_backends_options_under_its_own_heading():
+    """`generate --help`: the stage's own options first, then one section per options class (sampling, each backend,
+    prices, caps), its heading the first sentence of that class's docstring — derived from the config."""
+    output = invoke("generate", "--help").output
+    headings = [line for line in output.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert headings == [
+        "Options:",
+        "Sampling options shared by every backend:",
+        "vLLM engine options (backends vllm and ray, and an LLM judge on vllm):",
+        "Options of an OpenAI-compatible client (backend openai, and an LLM judge on a server):",
+        "Options of the transformers backend (model.generate in this process, no engine start):",
+        "Ray Data options (backend ray):",
+        "Options of the offline batch backends openai-batch and vllm-batch (vllm-batch uses only the request limits):",
+        "Prices for the cost line (a generate or score config inherits them: --price-in / --price-out):",
+        "Caps on what a generate run may spend (a generate config inherits them: --max-cost / --max-total-tokens):",
+    ]
+    section_of = {}
+    for line in output.splitlines():
+        if line in headings:
+            heading = line
+        elif line.startswith("  --"):
+            section_of[line.split()[0].split("/")[0]] = heading
+    assert section_of["--prompts"] == section_of["--dry-run"] == "Options:"
+    assert section_of["--temperature"] == headings[1] and section_of["--dtype"] == headings[2]
+    assert section_of["--base-url"] == headings[3] and section_of["--transformers-device"] == headings[4]
+    assert section_of["--ray-actors"] == headings[5] and section_of["--no-wait"] == headings[6]

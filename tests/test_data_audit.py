@@ -18,7 +18,7 @@ from neat_data.cli import cli
 from neat_data.core.manifest import read_manifest
 from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import SCORED
-from neat_data.stages.rank import RankConfig, run_rank
+from neat_data.stages.rank.stage import RankConfig, run_rank
 
 WORDS = "apple river stone cloud garden pencil ocean window silver forest candle mirror planet velvet harbor".split()
 
@@ -86,7 +86,7 @@ def test_chosen_always_longer_gives_length_auc_one_and_a_failing_verdict(tmp_pat
     assert (run / "audit" / "audit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (run / "audit" / "audit.md").read_text()
     assert "length: FAIL" in markdown and "| pos>neg | 60 |" in markdown
-    assert read_manifest(run).stages["audit"]["summary"]["length"]["verdict"] == "fail"
+    assert read_manifest(run).stage("audit").entry()["summary"]["length"]["verdict"] == "fail"
     # --fail-on length: the same report, then exit 5 with one line
     code, output, again = audit(run, "--fail-on", "length,duplicates")
     assert code == 5 and again["length"]["length_auc"]["value"] == 1.0

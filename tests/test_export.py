@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
-from neat_data.stages.export import ExportFormat
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.export import SOURCE_OF_SIDES, ExportFormat
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
@@ -21,8 +21,8 @@ EXPECTED_COLUMNS = {  # docs/FORMATS.md
     "trl": ["prompt", "chosen", "rejected"],
     "trl-implicit": ["chosen", "rejected"],
     "kto": ["prompt", "completion", "label"],
-    "ranked": ["prompt", "prompt_id", "responses", "finish_reason", "scores", "steering"],
-    "h4": ["prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected"],
+    "ranked": ["prompt", "prompt_id", "responses", "finish_reason", "scores", "steering", "source_label"],
+    "h4": ["prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected", *SOURCE_OF_SIDES],
     "llamafactory": ["messages", "chosen", "rejected"],
 }
 PAIRWISE = ("trl", "trl-implicit", "h4", "llamafactory")

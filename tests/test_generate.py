@@ -15,7 +15,7 @@ from neat_data.core.pairs import choose_pair, load_libraries
 from neat_data.core.runfolder import RunLock, ShardedTable
 from neat_data.core.schemas import GENERATIONS
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 

@@ -12,7 +12,7 @@ from neat_data.core.errors import NeatError
 from neat_data.engines.base import Sampling
 from neat_data.scorers.base import ScoreItem
 from neat_data.scorers.judge import JudgeScorer, load_template, parse_rating, parse_winner
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.stages.score import ScoreConfig, run_score
 from neat_data.testing.recording_backend import RecordingBackend
 

@@ -11,7 +11,7 @@ from conftest import write_jsonl
 
 from neat_data.engines.base import GenerationRequest, Sampling
 from neat_data.engines.openai_backend import OpenAIBackend, OpenAIOptions, retry_after_seconds
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 
 SAMPLING = Sampling(max_tokens=8, seed=0)
 

@@ -12,7 +12,7 @@ from fakehub import FakeHub
 
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 TOKEN = "hf_TESTtokenNEVERwritten123"

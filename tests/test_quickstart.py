@@ -28,6 +28,7 @@ def test_quickstart_runs_a_real_round(tmp_path: Path, neat_cache: Path):
         "train.top_layers=2",
         "evaluate.samples=1",
         "evaluate.suite_limit=2",
+        "audit.fail_on=[]",  # 12-token answers of 3 prompts: the bundled gate is for the full run's data (docs/EFFICACY.md)
     ]
     command = [sys.executable, "-m", "neat_data.cli", "quickstart", "--out", str(out), *[w for s in small for w in ("--set", s)]]
     run = subprocess.run(
@@ -49,3 +50,5 @@ def test_quickstart_runs_a_real_round(tmp_path: Path, neat_cache: Path):
     assert "refusal harmbench-standard (95% CI)" in run.stdout and "over-refusal benign (95% CI)" in run.stdout
     assert "| 0 (base) |" in run.stdout and "| 1 |" in run.stdout and f"Model:    {out}/round_01/model" in run.stdout
     assert "round 1 · train … (log:" in run.stderr and "eval: 2 held-out prompts" in run.stderr
+    audit = json.loads((out / "round_01" / "audit" / "audit.json").read_text())  # the audit ran between rank and export
+    assert {c["check"] for c in audit["checks"]} >= {"length", "truncated"} and "round 1 · audit … (log:" in run.stderr

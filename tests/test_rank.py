@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from neat_data.core.schemas import SCORED
-from neat_data.stages.rank import RankConfig, rank_tables
+from neat_data.stages.rank.stage import RankConfig, rank_tables
 
 PROMPT = [{"role": "user", "content": "q"}]
 
@@ -133,7 +133,8 @@ def test_drop_truncated_leaves_them_out_and_records_the_lost_pairs():
     lists, pairs, dropped, summary = rank_tables(RankConfig(run=".", drop_truncated=True), TRUNCATED_ROWS)
     assert [(r["prompt_id"], r["keys"]) for r in lists.to_pylist()] == [("p1", ["b", "c", "d"])]  # p2 had nothing left
     assert [(p["key_chosen"], p["key_rejected"]) for p in pairs.to_pylist()] == [("b", "d")]  # best-vs-worst of what is left
-    assert dropped.to_pylist() == [
+    assert dropped.column("strategy").to_pylist() == ["best-vs-worst"] * 2
+    assert dropped.drop_columns(["strategy"]).to_pylist() == [
         {"prompt_id": "p1", "key_chosen": "a", "key_rejected": "d", "score_chosen": 3.0, "score_rejected": 0.0, "reason": "truncated"},
         {"prompt_id": "p2", "key_chosen": "e", "key_rejected": "f", "score_chosen": 1.0, "score_rejected": 0.0, "reason": "truncated"},
     ]
@@ -178,7 +179,7 @@ def test_rank_cli_writes_dropped_parquet_and_drops_truncated(tmp_path):
 def test_degenerate_check_in_arrow_is_pythons_whitespace_normalisation_for_every_code_point():
     """`same_when_normalised` settles most pairs in Arrow; it must agree with ' '.join(text.split()) for every code
     point, whitespace or not, wherever it stands (inside, around, alone, in runs)."""
-    from neat_data.stages.rank import normalise, same_when_normalised
+    from neat_data.stages.rank.stage import normalise, same_when_normalised
 
     code_points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
     first: list[str] = []
@@ -198,15 +199,15 @@ def reference_rank(config: RankConfig, rows: list[dict]) -> tuple[list, list, li
     kept pairs as (prompt_id, chosen key, rejected key), dropped pairs as (prompt_id, chosen, rejected, reason))."""
     from itertools import combinations
 
-    from neat_data.stages.rank import normalise
+    from neat_data.stages.rank.stage import normalise
 
     def strategy(candidates: list[dict]) -> list[tuple[dict, dict, bool]]:
         n = len(candidates)
         if n < 2:
             return []
-        if config.pairs == "best-vs-worst":
+        if config.pairs == ["best-vs-worst"]:
             return [(candidates[0], candidates[-1], True)]
-        if config.pairs == "all-pairs":
+        if config.pairs == ["all-pairs"]:
             return [(candidates[i], candidates[j], True) for i, j in combinations(range(n), 2)]
         pos = [i for i, c in enumerate(candidates) if c["steering"] == "pos"]
         neg = [i for i, c in enumerate(candidates) if c["steering"] == "neg"]

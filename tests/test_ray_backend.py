@@ -20,7 +20,7 @@ from conftest import REPO, write_jsonl
 
 from neat_data.core.errors import NeatError
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 ray = pytest.importorskip("ray")

@@ -69,11 +69,11 @@ def test_a_bad_section_key_is_one_line_naming_it(tmp_path: Path, sections: dict,
 
 
 def test_the_fields_refused_in_a_section_are_the_ones_the_runner_sets(tmp_path: Path):
-    from neat_data.rounds.sections import RUNNER_SETS, GenerateSpec, RankSpec, ScoreSpec, TrainSpec
+    from neat_data.rounds.sections import RUNNER_SETS, AuditSpec, GenerateSpec, RankSpec, ScoreSpec, TrainSpec
 
-    recipe = load_recipe(recipe_file(tmp_path, "r", rank={"min_margin": 0.1}, train={"lr": 1e-5}))
+    recipe = load_recipe(recipe_file(tmp_path, "r", rank={"min_margin": 0.1}, audit={"truncated_max": 0.2}, train={"lr": 1e-5}))
     planned = {stage.label: stage.values for stage in plan_round(recipe, Path("runs/t"), 2)}
-    for section, spec in (("generate", GenerateSpec), ("score", ScoreSpec), ("rank", RankSpec), ("train", TrainSpec)):
+    for section, spec in (("generate", GenerateSpec), ("score", ScoreSpec), ("rank", RankSpec), ("audit", AuditSpec), ("train", TrainSpec)):
         own = set(spec.model_fields) | set(getattr(recipe, section).stage_fields())
         runner = set(planned[section]) - own
         assert runner <= RUNNER_SETS[section], (section, runner - RUNNER_SETS[section])

@@ -17,7 +17,7 @@ from neat_data.core.manifest import read_manifest
 from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import GENERATIONS, SCORED
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 CALLS: list[str] = []
@@ -79,7 +79,7 @@ def test_redo_truncated_regenerates_exactly_those_rows_and_keeps_every_other_row
     requests_with_truncated = {(r["prompt_id"], r["steering"]) for k, r in before.items() if k in truncated}
     assert len(backend.sent) == len(requests_with_truncated) and backend.samplings[0].max_tokens == 64
     assert summary.generated_rows == len(truncated)
-    generate = read_manifest(run).stages["generate"]
+    generate = read_manifest(run).stage("generate").entry()
     assert generate["config"]["sampling"]["max_tokens"] == 8 and generate["config"]["redo"] == []  # the run's identity
     assert [p["redo"] for p in generate["passes"]] == [[], ["truncated"]]
     assert generate["passes"][1]["sampling"]["max_tokens"] == 64 and generate["passes"][1]["rows_written"] == len(truncated)
@@ -119,7 +119,7 @@ def test_redo_steering_neg_with_another_seed_and_score_follows_only_changed_rows
 
 def test_redo_refused_and_error_select_their_rows(run_with_truncated):
     prompts, run, before = run_with_truncated
-    from neat_data.stages.generate_redo import redo_keys
+    from neat_data.stages.generate.redo import redo_keys
 
     table = pq.read_table(sorted((run / "generations").glob("part-*.parquet"))[0])
     refused = redo_keys(table, ["refused"])

@@ -215,14 +215,16 @@ def test_bundled_recipes_are_valid():
 
     quickstart = load_recipe(bundled_dir("pipelines") / "quickstart.yaml")
     assert quickstart.rounds == 2 and quickstart.train.stage_fields()["loss"] == "rrhf"
+    # gated on the checks its data passes; truncated and refusal-flip FAIL on it (docs/EFFICACY.md) and are reported only
+    assert quickstart.audit.stage_fields() == {"fail_on": ["length", "duplicates", "near-duplicates", "ties"]}
     assert (
         all(Path(s).is_file() or s.startswith("data://") for s in quickstart.prompts.sources())
         and Path(quickstart.prompts.heldout_source).is_file()
     )
     hh = load_recipe(bundled_dir("pipelines") / "hh-rlhf.yaml", ["model=Qwen/Qwen2.5-0.5B-Instruct", "rounds=3"])
     planned = plan_round(hh, Path("runs/hh-rlhf"), 2)
-    assert [stage.label for stage in planned] == ["generate", "score", "rank", "export-ranked", "export-trl", "train", "evaluate"]
-    assert [stage.kind.name for stage in planned] == ["generate", "score", "rank", "export", "export", "train", "evaluate"]
+    assert [stage.label for stage in planned] == ["generate", "score", "rank", "audit", "export-ranked", "export-trl", "train", "evaluate"]
+    assert [stage.kind.name for stage in planned] == ["generate", "score", "rank", "audit", "export", "export", "train", "evaluate"]
     generate = planned[0].config
     assert generate.model == str(Path("runs/hh-rlhf/round_01/model")) and generate.round == 2
     # what each stage reads: its key is made of theirs (variants share a stage only when all of them are the same)
@@ -230,8 +232,9 @@ def test_bundled_recipes_are_valid():
         "generate": [("train", 1)],
         "score": [("generate", 2)],
         "rank": [("score", 2)],
-        "export-ranked": [("rank", 2), ("score", 2)],
-        "export-trl": [("rank", 2), ("score", 2)],
+        "audit": [("rank", 2), ("score", 2)],  # the gate: the exports read it, so they come after it
+        "export-ranked": [("audit", 2), ("rank", 2), ("score", 2)],
+        "export-trl": [("audit", 2), ("rank", 2), ("score", 2)],
         "train": [("export-ranked", 2), ("train", 1)],
         "evaluate": [("train", 2), ("evaluate", 0)],
     }
@@ -239,6 +242,7 @@ def test_bundled_recipes_are_valid():
         "generations",
         "scored",
         "ranked",
+        "audit",
         "export/ranked",
         "export/trl",
         "model",

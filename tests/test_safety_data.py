@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import write_jsonl
 
+from neat_data.core.data_sources import data_file, iter_data_source
 from neat_data.core.errors import NeatError
 from neat_data.core.prompts_in import load_prompts
 from neat_data.safety.decontaminate import decontaminate, normalised_words, word_grams
-from neat_data.safety.sources import data_file, iter_data_source
 from neat_data.safety.stats import bootstrap_mean, paired_difference, per_prompt_means
 from neat_data.safety.suites import check_suites, load_suite, seeded_subset, suite_prompts, suite_texts
 
@@ -75,7 +75,7 @@ def test_bundled_suites():
     assert (harmbench.kind, harmbench.source, harmbench.metrics) == (
         "harmful",
         "data://harmbench@test",
-        ["refusal", "offensive", "tone", "length", "finish"],
+        ["refusal", "refusal_opening", "offensive", "tone", "length", "finish"],
     )
     assert strongreject.source == "data://strongreject" and benign.kind == "benign" and benign.source == "heldout"
     assert [s.name for s in check_suites(["harmbench", "benign"])] == ["harmbench", "benign"]

@@ -14,13 +14,14 @@ from click.testing import CliRunner
 from conftest import REPO, write_jsonl
 
 from neat_data.cli import cli
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
 from neat_data.core.runfolder import RunLock, ShardedTable
 from neat_data.core.schemas import GENERATIONS, SCORED
 from neat_data.core.shards import ShardRun, ShardSpec, shard_of
 from neat_data.engines.base import Sampling
 from neat_data.scorers.python_fn import PythonScorer
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.stages.merge import run_merge
 from neat_data.stages.score import ScoreConfig, run_score
 from neat_data.testing.recording_backend import RecordingBackend
@@ -172,11 +173,11 @@ def test_missing_or_unfinished_shard_makes_merge_fail_with_one_line(many_prompts
 
 
 def test_locks_a_second_copy_of_a_shard_and_whole_run_writers_are_refused_while_a_shard_runs(tmp_path: Path):
-    with ShardRun(tmp_path, "generate", "generations", ShardSpec(2, 1)):
+    with ShardRun(tmp_path, layout.GENERATIONS, ShardSpec(2, 1)):
         with pytest.raises(NeatError, match="already being written"):
-            with ShardRun(tmp_path, "generate", "generations", ShardSpec(2, 1)):
+            with ShardRun(tmp_path, layout.GENERATIONS, ShardSpec(2, 1)):
                 pass
-        with ShardRun(tmp_path, "generate", "generations", ShardSpec(2, 0)):
+        with ShardRun(tmp_path, layout.GENERATIONS, ShardSpec(2, 0)):
             pass  # another shard is fine
         with pytest.raises(NeatError, match="--num-shards process is writing"):
             with RunLock(tmp_path):

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 SYSTEM = [{"role": "system", "content": "You are a terse pirate."}, {"role": "user", "content": "What is the capital of France?"}]

@@ -11,7 +11,7 @@ from conftest import write_jsonl
 from neat_data.core.messages import template_accepts_system
 from neat_data.engines.base import Sampling
 from neat_data.engines.vllm_backend import VLLMBackend
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 

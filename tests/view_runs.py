@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
-from neat_data.stages.rank import RankConfig, run_rank
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
+from neat_data.stages.rank.stage import RankConfig, run_rank
 from neat_data.stages.score import ScoreConfig, run_score
 from neat_data.testing.recording_backend import RecordingBackend
 

@@ -6,13 +6,17 @@ default and help — the config field — for the CLI, recipes and manifests ali
 
 Rules: a field `num_pos` is the option `--num-pos`; a `Literal` is a `click.Choice` of exactly its values; a bool is
 `--x/--no-x` (or the field's `json_schema_extra={"cli_false": "--other"}` name for the off switch); a `list[str]` is one
-comma-separated option; a field without a default is required; a nested model named in `flatten` contributes its own
-fields without a prefix. Options the user does not give are left out, so the config's defaults apply (and are shown in
-`--help`). A value the config rejects is one line naming the option (`NeatError(option=…)`), exit code 2.
+comma-separated option (a `list[Literal]`: a choice of its names, each checked by the config); a field without a
+default is required; a nested model named in `flatten` contributes its own fields without a prefix. A command built
+with `cls=SectionedCommand` lists its options in --help under one heading per class that defines them (the first
+sentence of its docstring; the config's own fields: "Options"). Options the user does not give are left out, so the
+config's defaults apply (and are shown in `--help`). A value the config rejects is one line naming the option
+(`NeatError(option=…)`), exit code 2.
 """
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -35,18 +39,37 @@ def _plain(annotation: Any) -> Any:
     return annotation
 
 
-def _fields(model: type[BaseModel], skip: tuple[str, ...], flatten: tuple[str, ...]) -> Iterator[tuple[str, FieldInfo]]:
-    """(name, field) of every option, own fields first (a stage's own options read first in --help), nested ones inlined."""
-    own = [name for name in model.model_fields if name not in _inherited(model)]
-    order = own + [name for name in model.model_fields if name not in own]
-    for name in order:
+def _fields(model: type[BaseModel], skip: tuple[str, ...], flatten: tuple[str, ...]) -> Iterator[tuple[str, FieldInfo, type]]:
+    """(name, field, the class defining it) of every option, own fields first, then each base's; nested ones inlined."""
+    owner = {name: next(base for base in model.__mro__ if name in vars(base).get("__annotations__", {})) for name in model.model_fields}
+    for name in sorted(model.model_fields, key=lambda name: model.__mro__.index(owner[name])):
         if name in skip:
             continue
         field = model.model_fields[name]
         if name in flatten:
             yield from _fields(_plain(field.annotation), skip, ())
         else:
-            yield name, field
+            yield name, field, owner[name]
+
+
+class SectionedCommand(click.Command):
+    """--help with the options under one heading per section, in the order each section first appears."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "section", None) or "Options", []).append(record)
+        for heading, rows in sections.items():
+            with formatter.section(heading):
+                formatter.write_dl(rows)
+
+
+def _heading(owner: type, model: type[BaseModel]) -> str | None:
+    """The section of a field defined by `owner`: None (the command's own options) for `model` itself, else the first
+    sentence of owner's docstring."""
+    return None if owner is model else re.split(r"\. |; |\n", (owner.__doc__ or owner.__name__).strip())[0].rstrip(".")
 
 
 def _check_skip(model: type[BaseModel], skip: tuple[str, ...], flatten: tuple[str, ...]) -> None:
@@ -55,10 +78,6 @@ def _check_skip(model: type[BaseModel], skip: tuple[str, ...], flatten: tuple[st
     unknown = sorted(set(skip) - set(model.model_fields) - nested)
     if unknown:
         raise ValueError(f"{model.__name__} has no field {unknown[0]!r} to skip")
-
-
-def _inherited(model: type[BaseModel]) -> set[str]:
-    return {name for base in model.__mro__[1:] if isinstance(base, type) and issubclass(base, BaseModel) for name in base.model_fields}
 
 
 def _default_text(field: FieldInfo) -> str | None:
@@ -89,6 +108,8 @@ def option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
         return click.option(f"{flag}/{off}", name, **common)
     if typing.get_origin(kind) is typing.Literal:
         return click.option(flag, name, type=click.Choice([str(v) for v in typing.get_args(kind)]), **common)
+    if typing.get_origin(kind) is list and typing.get_origin(typing.get_args(kind)[0]) is typing.Literal:
+        return click.option(flag, name, type=_Choices([str(v) for v in typing.get_args(typing.get_args(kind)[0])]), **common)
     if typing.get_origin(kind) is list:
         return click.option(flag, name, type=str, metavar="A,B,…", **common)
     if kind is Path:
@@ -96,6 +117,17 @@ def option_for(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     if kind in (int, float):
         return click.option(flag, name, type=_Number(kind), **common)
     return click.option(flag, name, type=str, **common)
+
+
+class _Choices(click.Choice):
+    """A `list[Literal]`: one comma-separated option of those names (`--pairs original,chosen-vs-neg`). The text goes to
+    the config as typed (split on commas by `build_config`), which checks each name: a wrong one is one line."""
+
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
+        return "[" + "|".join(str(choice) for choice in self.choices) + "],…"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value
 
 
 class _Number(click.ParamType):
@@ -115,8 +147,9 @@ def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatte
     _check_skip(model, skip, flatten)
 
     def decorate(function: Any) -> Any:
-        for name, field in reversed(list(_fields(model, skip, flatten))):
+        for name, field, owner in reversed(list(_fields(model, skip, flatten))):
             function = option_for(name, field)(function)
+            function.__click_params__[-1].section = _heading(owner, model)  # the option just added: its --help section
         return function
 
     return decorate
@@ -124,7 +157,7 @@ def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatte
 
 def option_names(model: type[BaseModel], *, skip: tuple[str, ...] = (), flatten: tuple[str, ...] = ()) -> list[str]:
     _check_skip(model, skip, flatten)
-    return [name for name, _ in _fields(model, skip, flatten)]
+    return [name for name, _, _ in _fields(model, skip, flatten)]
 
 
 def build_config(config_class: type[BaseModel], options: dict[str, Any], *, flatten: tuple[str, ...] = (), **fixed: Any) -> Any:

@@ -6,7 +6,7 @@ steering pairs separate responses on *your* model.
 
 `audit` prints one row per pair (refusal on harmful and benign prompts under its positive / negative system prompt, the
 paired difference, P(offensive), VADER tone, words, self-contrast gap) and writes every number (with 95% intervals)
-to a JSON file and every response to a JSONL beside it. Logic: `neat_data.stages.audit`.
+to a JSON file and every response to a JSONL beside it. Logic: `neat_data.stages.prompts_audit`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import click
 
 from neat_data.cli.main import cli
 from neat_data.cli.options import build_config, config_options
-from neat_data.stages.audit import AuditConfig
+from neat_data.stages.prompts_audit import AuditConfig
 
 
 @cli.group()
@@ -98,7 +98,7 @@ def audit(library: str, no_progress: bool, **options: Any) -> None:
 
     Refusal (HarmBench's AdvBench refusal prefixes), P(offensive) and VADER tone measure refusal wording,
     offensiveness and tone — not helpfulness."""
-    from neat_data.stages.audit import audit_table, run_audit, write_audit
+    from neat_data.stages.prompts_audit import audit_table, run_audit, write_audit
 
     config = build_config(AuditConfig, options, library=library)
     summary, rows = run_audit(config, echo=lambda line: click.echo(line, err=True), progress=not no_progress)

@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.cli.main import cli, command_argv
 from neat_data.cli.options import build_config, config_options, option_names
-from neat_data.core.errors import register_secret_fields
+from neat_data.cli.stages import echo_result
+from neat_data.core import layout
+from neat_data.core.errors import EXIT_CHECK_FAILED, NeatError, redact_secrets, register_secret_fields
 from neat_data.rounds.sections import EvaluateSpec, evaluation_generate
 from neat_data.rounds.stages import STAGES, StageKindName
 from neat_data.scorers import SCORER_HELP
@@ -41,14 +43,11 @@ def train(data: Path, model: str, out: Path | None, **options: Any) -> None:
     Several processes: torchrun --nproc-per-node N -m neat_data.cli train … (or accelerate launch)."""
     from neat_data.train.trainer import progress_line, run_train
 
-    default_out = (data.parent if data.is_file() else data) / "model"
+    default_out = layout.MODEL.path(data.parent if data.is_file() else data)
     config = build_config(TrainConfig, options, data=data, model=model, out=out or default_out)
     summary = run_train(config, argv=command_argv(), log=lambda record: click.echo(progress_line(record), err=True))
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the same summary
-        click.echo(
-            f"{summary.steps} steps on {summary.prompts} prompts × {summary.candidates / max(summary.prompts, 1):.1f} candidates, "
-            f"{summary.tokens} tokens in {summary.seconds:.0f} s ({summary.tokens_per_second:.0f} tok/s) → {summary.out}"
-        )
+        echo_result(summary.result())
 
 
 class EvaluateInputs(BaseModel):
@@ -141,13 +140,17 @@ def stage(kind: StageKindName, config_path: Path, summary_path: Path | None) -> 
     entry = STAGES[kind]
     config = entry.config_class.model_validate(json.loads(config_path.read_text(encoding="utf-8")))
     register_secret_fields(config)
-    lines = entry.run(config, command_argv())
-    for line in lines:
-        click.echo(line)
-    if summary_path is not None:
-        from neat_data.core.files import atomic_write_bytes
+    from neat_data.core.files import atomic_write_bytes
 
-        atomic_write_bytes(summary_path, ("\n".join(lines) + "\n").encode("utf-8"))
+    try:
+        result = entry.run(config, command_argv())
+    except NeatError as error:
+        if summary_path is not None and error.exit_code == EXIT_CHECK_FAILED:  # the run stops with the stage's own line
+            atomic_write_bytes(summary_path, (redact_secrets(error.one_line()) + "\n").encode("utf-8"))
+        raise
+    echo_result(result, in_round=True)  # the same lines as the stage's own command; what stops a round raises here
+    if summary_path is not None:
+        atomic_write_bytes(summary_path, ("\n".join(result.lines) + "\n").encode("utf-8"))
 
 
 def _run_recipe(path: Path, overrides: list[str], overwrite: bool) -> None:
@@ -168,6 +171,10 @@ def _run_recipe(path: Path, overrides: list[str], overwrite: bool) -> None:
         )
         return
     rows = run_rounds(recipe, overwrite=overwrite, echo=lambda line: click.echo(line, err=True))
+    if recipe.train is None:  # one round of data, nothing trained or evaluated: no table of rounds to show
+        exports = ", ".join(recipe.exports)
+        click.echo(f"\nDatasets: {run_dir}/round_01/export/ ({exports})   manifest: {run_dir}/manifest.json")
+        return
     click.echo("\n" + "\n".join(table_lines(rows)))
     last = recipe.rounds
     click.echo(

@@ -12,15 +12,26 @@ from typing import Any
 import click
 
 from neat_data.cli.main import cli, command_argv
-from neat_data.cli.options import build_config, config_options
-from neat_data.core.errors import EXIT_NOTHING_OK, NeatError
-from neat_data.stages.data_audit import DataAuditConfig
+from neat_data.cli.options import SectionedCommand, build_config, config_options
+from neat_data.core.stage import StageResult
+from neat_data.stages.audit.stage import DataAuditConfig
 from neat_data.stages.export import ExportConfig
-from neat_data.stages.generate import GenerateConfig
+from neat_data.stages.generate.stage import GenerateConfig
 from neat_data.stages.push import PushConfig
-from neat_data.stages.rank import RankConfig
+from neat_data.stages.rank.stage import RankConfig
 from neat_data.stages.score import ScoreConfig
 from neat_data.view.page import ViewConfig
+
+
+def echo_result(result: StageResult, *, in_round: bool = False) -> None:
+    """A stage's summary lines (stdout) and notes (stderr), then what ends it: every stage command and `neat-data
+    stage` (what `neat-data run` starts) print a stage's result through here."""
+    for line in result.lines:
+        click.echo(line)
+    for note in result.notes:
+        click.echo(note, err=True)
+    result.finish(in_round=in_round)
+
 
 SAMPLING = ("sampling",)  # GenerateConfig.sampling's fields are top-level options: --temperature, --top-p, --max-tokens, --seed
 
@@ -36,7 +47,7 @@ def shard_options(function: Any) -> Any:
     )(function)
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @config_options(GenerateConfig, flatten=SAMPLING)
 @click.option("--retry-errors", is_flag=True, help="Also redo rows that ended as errors.")
 @click.option("--overwrite", is_flag=True, help="Delete this run's generations and start over.")
@@ -56,12 +67,12 @@ def generate(
 ) -> None:
     """Sample responses under positive / negative (/ no) steering system prompts into <out>/generations/."""
     from neat_data.core.shards import ShardSpec
-    from neat_data.stages.generate import run_generate
+    from neat_data.stages.generate.stage import run_generate
 
     config = build_config(GenerateConfig, options, flatten=SAMPLING)
     shard = ShardSpec.from_options(num_shards, shard_index)
     if dry_run:
-        from neat_data.stages.generate_budget import dry_run_generate
+        from neat_data.stages.generate.budget import dry_run_generate
 
         for line in dry_run_generate(config, shard=shard, retry_errors=retry_errors, overwrite=overwrite).lines():
             click.echo(line)
@@ -69,14 +80,7 @@ def generate(
     summary = run_generate(
         config, shard=shard, retry_errors=retry_errors, overwrite=overwrite, progress=not no_progress, argv=command_argv()
     )
-    for line in summary.lines():
-        click.echo(line)
-    for note in summary.notes():
-        click.echo(note, err=True)
-    if summary.total_rows and not summary.counts.get("status", {}).get("ok") and not summary.pending:
-        raise NeatError(
-            "no row succeeded: every row is an error row (reasons above); nothing to score", file=summary.folder, exit_code=EXIT_NOTHING_OK
-        )
+    echo_result(summary.result())
 
 
 # ------------------------------------------------------------------------------------ score, rank, export
@@ -93,8 +97,7 @@ def score(run: Path, overwrite: bool, no_progress: bool, num_shards: int | None,
 
     config = build_config(ScoreConfig, options, run=run)
     shard = ShardSpec.from_options(num_shards, shard_index)
-    summary = run_score(config, shard=shard, overwrite=overwrite, progress=not no_progress, argv=command_argv())
-    click.echo(summary.line())
+    echo_result(run_score(config, shard=shard, overwrite=overwrite, progress=not no_progress, argv=command_argv()).result())
 
 
 @cli.command()
@@ -110,8 +113,7 @@ def merge(run: Path, stages: tuple[str, ...]) -> None:
     """Check that every shard of RUN finished and keys are unique, then fold the shards into one table."""
     from neat_data.stages.merge import run_merge
 
-    for result in run_merge(run, list(stages) or None):
-        click.echo(result.line(run))
+    echo_result(StageResult([result.line(run) for result in run_merge(run, list(stages) or None)]))
 
 
 @cli.command()
@@ -119,11 +121,9 @@ def merge(run: Path, stages: tuple[str, ...]) -> None:
 @config_options(RankConfig, skip=("run",))
 def rank(run: Path, **options: Any) -> None:
     """Ranked lists per prompt and preference pairs → RUN/ranked/{lists,pairs}.parquet."""
-    from neat_data.stages.rank import run_rank
+    from neat_data.stages.rank.stage import RANK
 
-    summary = run_rank(build_config(RankConfig, options, run=run), argv=command_argv())
-    for line in summary.lines():
-        click.echo(line)
+    echo_result(RANK.run(build_config(RankConfig, options, run=run), command_argv()))
 
 
 @cli.command()
@@ -131,11 +131,9 @@ def rank(run: Path, **options: Any) -> None:
 @config_options(ExportConfig, skip=("run",))
 def export(run: Path, **options: Any) -> None:
     """Write a trainer-ready dataset (Parquet + datasets folder)."""
-    from neat_data.stages.export import run_export
+    from neat_data.stages.export import EXPORT
 
-    config = build_config(ExportConfig, options, run=run)
-    out, rows = run_export(config, argv=command_argv())
-    click.echo(f"{rows} rows → {out}/{config.split}.parquet and {out}/hf (datasets.load_from_disk)")
+    echo_result(EXPORT.run(build_config(ExportConfig, options, run=run), command_argv()))
 
 
 @cli.command()
@@ -145,9 +143,7 @@ def report(run: Path) -> None:
     from neat_data.stages.report import run_report
 
     lines, written = run_report(run)
-    for line in lines:
-        click.echo(line)
-    click.echo("wrote " + ", ".join(str(p) for p in written))
+    echo_result(StageResult([*lines, "wrote " + ", ".join(str(p) for p in written)]))
 
 
 @cli.command("audit")
@@ -155,7 +151,7 @@ def report(run: Path) -> None:
 @config_options(DataAuditConfig, skip=("run",))
 def audit_run(run: Path, **options: Any) -> None:
     """Pair-quality audit of RUN's ranked data → RUN/audit/{audit.json,audit.md,audit.png}; exit 5 when a --fail-on check fails."""
-    from neat_data.stages.data_audit import run_data_audit
+    from neat_data.stages.audit.stage import run_data_audit
 
     report = run_data_audit(build_config(DataAuditConfig, options, run=run), argv=command_argv())
     for line in report.lines():
@@ -174,8 +170,7 @@ def view(run: Path, serve: bool, port: int, **options: Any) -> None:
 
     config = build_config(ViewConfig, options, run=run)
     if not serve:
-        click.echo(build_view(config).line())
-        return
+        return echo_result(StageResult([build_view(config).line()]))
     from neat_data.view.serve import ViewServer
 
     server = ViewServer(config, port=port)
@@ -195,4 +190,5 @@ def push(run: Path, **options: Any) -> None:
 
     config = build_config(PushConfig, options, run=run)
     entry = run_push(config, argv=command_argv())
-    click.echo(f"pushed {entry['splits']} to {config.repo_id} (config {config.config_name}, {'public' if config.public else 'private'})")
+    visibility = "public" if config.public else "private"
+    echo_result(StageResult([f"pushed {entry['splits']} to {config.repo_id} (config {config.config_name}, {visibility})"]))

@@ -3,7 +3,8 @@
 All are hashes of canonical JSON, so they are the same on every machine, Python version and run:
 - `prompt_id(messages)`: which neutral conversation a row answers;
 - `request_seed(seed, prompt_id, steering, pair_id)`: the sampling seed of one request (n samples);
-- `content_key(...)`: what makes a response row unique; resume skips keys already written.
+- `content_key(...)`: what makes a response row unique; resume skips keys already written;
+- `dataset_key(...)`: the same for a response that came with the prompts (steering "dataset"): its text, not a model.
 """
 
 from __future__ import annotations
@@ -59,6 +60,20 @@ def content_key(
             "sample": sample_index,
             "model": model,
             "sampling": sampling,
+        }
+    ).hex()[:32]
+
+
+def dataset_key(*, round_index: int, prompt_id: str, label: str, sample_index: int, response: str) -> str:
+    """32 hex digits identifying one dataset response row (a prompt's answer from the user's own file)."""
+    return _digest(
+        {
+            "round": round_index,
+            "prompt_id": prompt_id,
+            "steering": "dataset",
+            "label": label,
+            "sample": sample_index,
+            "response": response,
         }
     ).hex()[:32]
 

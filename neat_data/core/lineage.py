@@ -3,8 +3,8 @@
 A stage's manifest entry records, when the stage finishes,
     wrote: {table: digest}   each table it wrote, as written
     reads: {table: digest}   each table it read, as it read it
-for the tables of `TABLES` ("generations", "scored", "ranked/lists", "ranked/pairs", "ranked/dropped"). A digest is
-xxh3-128 over the table's content columns (`TABLES[...].columns`: its keys and what the stages after it use), in
+for the tables of `neat_data.core.layout.LINEAGE` (generations, scored, ranked lists, pairs, dropped). A digest is
+xxh3-128 over the table's content columns (`Table.columns`: its keys and what the stages after it use), in
 row order and independent of how the rows are split into files, row groups or chunks (`digest`).
 
 Before a stage reads a table, `require_current(run_dir, table)` walks up the tables it derives from, earliest first,
@@ -28,7 +28,6 @@ recorded by every version, are still checked.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neat_data.core.errors import NeatError
-from neat_data.core.manifest import Manifest, read_manifest
-
-
-@dataclass(frozen=True)
-class TableKind:
-    stage: str  # the manifest entry of the stage that writes it
-    columns: tuple[str, ...]  # what its digest covers
-    noun: str  # how a line names its content
-    upstream: tuple[str, ...] = ()  # the tables its stage reads
-
-
-TABLES: dict[str, TableKind] = {
-    # a row's identity and what score reads of it; settings_hash changes with --redo even for the same text
-    "generations": TableKind("generate", ("key", "status", "response", "settings_hash"), "generations"),
-    # what rank and export read of a scored row (the response: rank copies it into the lists and pairs)
-    "scored": TableKind("score", ("key", "response", "score_status", "score"), "scores", ("generations",)),
-    "ranked/lists": TableKind("rank", ("prompt_id", "keys", "scores"), "ranked lists", ("scored",)),
-    "ranked/pairs": TableKind("rank", ("key_chosen", "key_rejected", "score_chosen", "score_rejected"), "ranked pairs", ("scored",)),
-    "ranked/dropped": TableKind("rank", ("key_chosen", "key_rejected", "reason"), "dropped pairs", ("scored",)),
-}
+from neat_data.core.layout import Table
+from neat_data.core.manifest import GenerateRecord, Manifest, ScoreRecord, StageRecord, read_manifest
 
 
 def digest(table: pa.Table, columns: Sequence[str]) -> str:
@@ -96,72 +77,70 @@ def _feed(array: pa.Array, streams: dict[str, Any], depth: int, new: Any) -> Non
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
         filled = pc.fill_null(array, False if pa.types.is_boolean(kind) else 0) if array.null_count else array
         stream("values").update(np.ascontiguousarray(filled.to_numpy(zero_copy_only=False)))
-    else:  # a programming error: TABLES names a column of a type this does not hash
+    else:  # a programming error: a layout table names a column of a type this does not hash
         raise TypeError(f"no digest for a column of type {kind}")
 
 
-def table_digest(name: str, table: pa.Table) -> str:
-    return digest(table, TABLES[name].columns)
+def table_digest(kind: Table, table: pa.Table) -> str:
+    return digest(table, kind.columns)
 
 
-def require_current(run_dir: Path, name: str, *, shard: Any = None, allow_pending: bool = False) -> Manifest:
-    """Stop unless `name` and every table it derives from was finished by its stage and is current (see the module's
+def require_current(run_dir: Path, kind: Table, *, shard: Any = None, allow_pending: bool = False) -> Manifest:
+    """Stop unless `kind` and every table it derives from was finished by its stage and is current (see the module's
     docstring); returns the manifest read. `shard` (a ShardSpec): a shard of a stage may read the matching shard of
     an unmerged sharded upstream once that shard has finished. `allow_pending`: a stage that waits only for batch
     requests still in flight counts as finished (the caller says what it leaves out)."""
     manifest = read_manifest(run_dir)
-    _require(run_dir, manifest, name, shard, allow_pending)
+    _require(run_dir, manifest, kind, shard, allow_pending)
     return manifest
 
 
-def _require(run_dir: Path, manifest: Manifest, name: str, shard: Any, allow_pending: bool) -> None:
+def _require(run_dir: Path, manifest: Manifest, kind: Table, shard: Any, allow_pending: bool) -> None:
     """Earliest table first, so that the line names the first stage to run again."""
-    kind = TABLES[name]
     entry = manifest.stage(kind.stage)
-    if not entry:
+    if not entry.recorded():
         return  # no stage recorded this table (written by hand or another tool): unknown, not refused
     for upstream in kind.upstream:
         _require(run_dir, manifest, upstream, None, False)
-    if not entry.get("finished"):
-        if _shard_done(entry, shard) or (allow_pending and entry.get("pending")):
+    if not entry.finished:
+        if _shard_done(entry, shard) or (allow_pending and isinstance(entry, GenerateRecord) and entry.pending):
             return
         raise NeatError(_unfinished(run_dir, kind, entry), file=run_dir)
     for upstream in kind.upstream:
-        seen = (entry.get("reads") or {}).get(upstream)
-        wrote = (manifest.stage(TABLES[upstream].stage).get("wrote") or {}).get(upstream)
+        seen = (entry.reads or {}).get(upstream.name)
+        wrote = (manifest.stage(upstream.stage).wrote or {}).get(upstream.name)
         if seen and wrote and seen != wrote:
             raise NeatError(
-                f"{kind.noun} are stale (the {TABLES[upstream].noun} changed after {kind.stage} read them): run "
+                f"{kind.noun} are stale (the {upstream.noun} changed after {kind.stage} read them): run "
                 f"`{_command(run_dir, kind.stage, entry)}` first",
                 file=run_dir,
             )
 
 
-def check_read(run_dir: Path, name: str, table: pa.Table, manifest: Manifest | None = None) -> str:
+def check_read(run_dir: Path, kind: Table, table: pa.Table, manifest: Manifest | None = None) -> str:
     """The digest of `table` as just read; a NeatError when its stage recorded another one (it changed since)."""
-    seen = table_digest(name, table)
-    kind = TABLES[name]
+    seen = table_digest(kind, table)
     entry = (manifest or read_manifest(run_dir)).stage(kind.stage)
-    wrote = (entry.get("wrote") or {}).get(name)
-    if entry.get("finished") and wrote and wrote != seen:
+    wrote = (entry.wrote or {}).get(kind.name)
+    if entry.finished and wrote and wrote != seen:
         raise NeatError(
-            f"{name}/ changed after {kind.stage} finished (edited, copied or written by another process?): run "
+            f"{kind.name}/ changed after {kind.stage} finished (edited, copied or written by another process?): run "
             f"`{_command(run_dir, kind.stage, entry)}` first",
             file=run_dir,
         )
     return seen
 
 
-def _shard_done(entry: dict[str, Any], shard: Any) -> bool:
-    shards = entry.get("shards") or {}
-    if shard is None or entry.get("merged") or shards.get("num_shards") != shard.num_shards:
+def _shard_done(entry: StageRecord, shard: Any) -> bool:
+    shards = entry.shards or {}
+    if shard is None or entry.merged or shards.get("num_shards") != shard.num_shards:
         return False
     return bool((shards.get("done", {}).get(str(shard.index)) or {}).get("finished"))
 
 
-def _unfinished(run_dir: Path, kind: TableKind, entry: dict[str, Any]) -> str:
-    shards = entry.get("shards") or {}
-    if shards and not entry.get("merged"):
+def _unfinished(run_dir: Path, kind: Table, entry: StageRecord) -> str:
+    shards = entry.shards or {}
+    if shards and not entry.merged:
         total = shards.get("num_shards", 0)
         done = shards.get("done", {})
         left = [index for index in range(total) if not (done.get(str(index)) or {}).get("finished")]
@@ -171,9 +150,9 @@ def _unfinished(run_dir: Path, kind: TableKind, entry: dict[str, Any]) -> str:
             f"{kind.noun} are unfinished (shard {left[0]} of {total} has not finished): run `neat-data {kind.stage} … "
             f"--num-shards {total} --shard-index {left[0]}` to finish it, then `neat-data merge {run_dir}`, first"
         )
-    waiting = entry.get("pending") or entry.get("pending_rows")
-    if waiting:
-        rows = waiting.get("rows") if isinstance(waiting, dict) else waiting
+    rows = (entry.pending or {}).get("rows") if isinstance(entry, GenerateRecord) else None
+    rows = entry.pending_rows if isinstance(entry, ScoreRecord) else rows
+    if rows:
         return f"{kind.noun} are unfinished ({rows} rows wait in batches): run `{_command(run_dir, kind.stage, entry)}` again to collect them first"
     return (
         f"{kind.noun} are unfinished ({kind.stage} was stopped, failed or is still running): run `{_command(run_dir, kind.stage, entry)}` again "
@@ -181,9 +160,9 @@ def _unfinished(run_dir: Path, kind: TableKind, entry: dict[str, Any]) -> str:
     )
 
 
-def _command(run_dir: Path, stage: str, entry: dict[str, Any]) -> str:
+def _command(run_dir: Path, stage: str, entry: StageRecord) -> str:
     """The command that recorded `entry` (without --overwrite: a re-run resumes), else the stage's plain command."""
-    words = entry.get("command")
-    if isinstance(words, list) and len(words) > 1 and words[0] == "neat-data" and words[1] in (stage, "stage"):
+    words = entry.command
+    if words and len(words) > 1 and words[0] == "neat-data" and words[1] in (stage, "stage"):
         return " ".join(str(word) for word in words if word != "--overwrite")
     return f"neat-data {stage} {run_dir}" if stage != "generate" else f"neat-data generate … --out {run_dir}"

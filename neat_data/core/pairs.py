@@ -49,7 +49,16 @@ def bundled_library_paths() -> dict[str, Path]:
 
 
 def load_library(name_or_path: str) -> PairLibrary:
-    """Load a bundled library by name, or a YAML file by path; every problem names file, row and field."""
+    """Load a bundled library by name, or a YAML file by path; every problem names file, row and field.
+    `LIBRARY#PAIR_ID` keeps one pair of it (a recipe lists several to use a chosen few)."""
+    name_or_path, _, pair_id = name_or_path.partition("#")
+    if pair_id:
+        library = load_library(name_or_path)
+        chosen = tuple(pair for pair in library.pairs if pair.id == pair_id)
+        if not chosen:
+            known = ", ".join(pair.id for pair in library.pairs)
+            raise NeatError(f"no pair '{pair_id}' in library '{library.name}' (its pairs: {known})", file=library.path, field="pairs.id")
+        return PairLibrary(name=library.name, description=library.description, path=library.path, pairs=chosen)
     bundled = bundled_library_paths()
     if name_or_path in bundled:
         path = bundled[name_or_path]

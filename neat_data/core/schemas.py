@@ -7,12 +7,15 @@ column, with the pair id and a content hash so a row can always be traced back t
 
 from __future__ import annotations
 
+from typing import overload
+
 import pyarrow as pa
+import pyarrow.compute as pc
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
 
-STEERINGS = ("pos", "neg", "none")
+STEERINGS = ("pos", "neg", "none", "dataset")  # dataset: a response that came with the user's prompts file
 
 GENERATIONS = pa.schema(
     [
@@ -20,7 +23,7 @@ GENERATIONS = pa.schema(
         ("round", pa.int32()),
         ("prompt_id", pa.string()),
         ("prompt", MESSAGES),  # neutral conversation, ends with a user turn
-        ("steering", pa.string()),  # pos | neg | none
+        ("steering", pa.string()),  # pos | neg | none | dataset
         ("pair_library", pa.string()),  # library the pair came from (null for steering=none)
         ("system_prompt_id", pa.string()),  # pair id, e.g. harmless-03 (null for steering=none)
         ("system_prompt_hash", pa.string()),  # sha256 of the system prompt text, first 16 hex digits
@@ -40,12 +43,31 @@ GENERATIONS = pa.schema(
         ("completion_tokens", pa.int32()),
         ("status", pa.string()),  # ok | error
         ("error", pa.string()),  # reason, for error rows
+        # A dataset response's place in the source (null on generated rows; docs/FORMATS.md "Preference layouts"):
+        ("source_label", pa.string()),  # chosen | rejected | response_0 | response_1 | ranked
+        ("source_rank", pa.int32()),  # 0 = the dataset's preferred answer for the prompt, 1 = next…; null = no preference
+        ("source_score", pa.float64()),  # UltraFeedback score_chosen/score_rejected, a ranked list's score
+        ("source_safe", pa.bool_()),  # PKU-SafeRLHF is_response_X_safe
     ]
 )
 
 
 # Columns added after the first release: a shard written before lacks them and reads as nulls (not "corrupted").
-ADDED_COLUMNS = frozenset({"system_combine", "finish_reason_chosen", "finish_reason_rejected", "settings_hash"})
+ADDED_COLUMNS = frozenset(
+    {
+        "system_combine",
+        "finish_reason_chosen",
+        "finish_reason_rejected",
+        "settings_hash",
+        "source_label",
+        "source_rank",
+        "source_score",
+        "source_safe",
+        "strategy",
+        "source_label_chosen",
+        "source_label_rejected",
+    }
+)
 
 
 def one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -93,6 +115,8 @@ RANKED_LISTS = pa.schema(
         ("scores", pa.list_(pa.float64())),
         ("steering", pa.list_(pa.string())),
         ("keys", pa.list_(pa.string())),
+        ("source_label", pa.list_(pa.string())),  # each candidate's source_label (null: generated)
+        ("source_rank", pa.list_(pa.int32())),  # each candidate's source_rank (null: generated, or no preference)
     ]
 )
 
@@ -111,6 +135,9 @@ PAIRS = pa.schema(
         ("key_rejected", pa.string()),
         ("finish_reason_chosen", pa.string()),
         ("finish_reason_rejected", pa.string()),
+        ("strategy", pa.string()),  # the pair strategy that formed it (null: ranked before strategies were recorded)
+        ("source_label_chosen", pa.string()),  # each side's source_label (null: a generated answer)
+        ("source_label_rejected", pa.string()),
     ]
 )
 
@@ -125,5 +152,19 @@ DROPPED_PAIRS = pa.schema(
         ("score_chosen", pa.float64()),
         ("score_rejected", pa.float64()),
         ("reason", pa.string()),
+        ("strategy", pa.string()),
     ]
 )
+
+TRUNCATED = "length"  # the finish reason of a response cut by max_tokens (or the context window)
+
+
+@overload
+def is_truncated(finish_reason: str | None) -> bool: ...
+@overload
+def is_truncated(finish_reason: pa.Array | pa.ChunkedArray) -> pa.Array: ...
+def is_truncated(finish_reason: str | None | pa.Array | pa.ChunkedArray) -> bool | pa.Array:
+    """Cut at max_tokens (finish_reason "length"); null (unknown) is not. One reason, or an Arrow column (→ no nulls)."""
+    if finish_reason is None or isinstance(finish_reason, str):
+        return finish_reason == TRUNCATED
+    return pc.fill_null(pc.equal(finish_reason, TRUNCATED), False)

@@ -24,7 +24,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from neat_data.core.errors import NeatError
-from neat_data.core.manifest import read_manifest, update_manifest
+from neat_data.core.layout import Table
+from neat_data.core.manifest import MANIFEST, read_manifest, update_manifest
 from neat_data.core.runfolder import RunLock
 
 MANIFEST_WAIT = 60.0  # s; a manifest update takes milliseconds, so waiting longer means a long-running writer
@@ -65,14 +66,14 @@ class ShardSpec:
 class ShardRun:
     """One shard's hold on a run folder: its own lock, and its start/finish records in the manifest.
 
-    `stage` is the manifest entry ("generate", "score"); `table` its folder ("generations", "scored").
+    `table`: the layout's table of the stage (its manifest entry `table.stage`, its folder `table.name`).
     """
 
-    def __init__(self, run_dir: Path, stage: str, table: str, spec: ShardSpec):
+    def __init__(self, run_dir: Path, table: Table, spec: ShardSpec):
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir, self.stage, self.table, self.spec = run_dir, stage, table, spec
-        self.folder = run_dir / table / spec.name
-        self._lock = FileLock(str(run_dir / f".lock-{table}-{spec.name}"))
+        self.run_dir, self.stage, self.table, self.spec = run_dir, table.stage, table.name, spec
+        self.folder = table.path(run_dir) / spec.name
+        self._lock = FileLock(str(run_dir / f".lock-{table.name}-{spec.name}"))
 
     def __enter__(self) -> ShardRun:
         try:
@@ -89,17 +90,17 @@ class ShardRun:
         theirs against it with `check_identity()` and keep it. Returns the stage entry as written."""
         with RunLock(self.run_dir, timeout=MANIFEST_WAIT, check_shards=False):
             previous = read_manifest(self.run_dir).stage(self.stage)
-            if previous.get("config"):
+            if previous.config:
                 check_identity()
-            shards = previous.get("shards") if not previous.get("merged") else None
+            shards = previous.shards if not previous.merged else None
             if shards and shards.get("num_shards") != self.spec.num_shards:
                 raise NeatError(
                     f"this run is split into {shards['num_shards']} shards, not {self.spec.num_shards} "
                     "(merge or finish those first, or use another --out)",
-                    file=self.run_dir / "manifest.json",
+                    file=self.run_dir / MANIFEST,
                     field="num_shards",
                 )
-            written = dict(previous) if shards else dict(entry)
+            written = previous.entry() if shards else dict(entry)
             written.update(finished=False, merged=False)
             done = dict((shards or {}).get("done", {}))
             done[str(self.spec.index)] = {"finished": False}
@@ -111,13 +112,14 @@ class ShardRun:
         """Record this shard as finished (re-reading the manifest: other shards wrote to it meanwhile)."""
         with RunLock(self.run_dir, timeout=MANIFEST_WAIT, check_shards=False):
             entry = read_manifest(self.run_dir).stage(self.stage)
-            shards = entry.setdefault("shards", {"num_shards": self.spec.num_shards, "table": self.table, "done": {}})
-            shards["done"][str(self.spec.index)] = {"finished": True, **record}
+            entry.shards = entry.shards or {"num_shards": self.spec.num_shards, "table": self.table, "done": {}}
+            entry.shards["done"][str(self.spec.index)] = {"finished": True, **record}
             update_manifest(self.run_dir, self.stage, entry)
 
 
-def refuse_while_writing(run_dir: Path, table: str) -> None:
-    """Stop if a shard process is still writing `table` (e.g. scoring generations that are still growing)."""
+def refuse_while_writing(run_dir: Path, kind: Table) -> None:
+    """Stop if a shard process is still writing `kind` (e.g. scoring generations that are still growing)."""
+    table = kind.name
     for path in sorted(run_dir.glob(f".lock-{table}-shard-*")):
         try:
             FileLock(str(path)).acquire(timeout=0).lock.release()
@@ -130,17 +132,17 @@ class StageOutput:
     one shard of it (holding the shard's lock; the run's lock only for the moments of a manifest update). A stage is
     written once, with `shard` as a parameter: only which prompts it owns, its folder and its manifest record differ.
 
-    `stage`: the manifest entry ("generate", "score"); `table`: its folder ("generations", "scored").
+    `table`: the layout's table of the stage (layout.GENERATIONS, layout.SCORED).
     """
 
-    def __init__(self, run_dir: Path, stage: str, table: str, schema: Any, shard: ShardSpec | None):
+    def __init__(self, run_dir: Path, table: Table, shard: ShardSpec | None):
         from neat_data.core.runfolder import ShardedTable
 
-        self.run_dir, self.stage, self.shard = run_dir, stage, shard
-        self.whole = ShardedTable(run_dir / table, schema)  # every row of the run: merged, and every shard's
-        self.folder = run_dir / table / shard.name if shard else run_dir / table
-        self.table = ShardedTable(self.folder, schema)  # the rows this process writes
-        self._hold: Any = ShardRun(run_dir, stage, table, shard) if shard else RunLock(run_dir)
+        self.run_dir, self.stage, self.shard = run_dir, table.stage, shard
+        self.whole = ShardedTable(table.path(run_dir), table.schema)  # every row of the run: merged, and every shard's
+        self.folder = table.path(run_dir) / shard.name if shard else table.path(run_dir)
+        self.table = ShardedTable(self.folder, table.schema)  # the rows this process writes
+        self._hold: Any = ShardRun(run_dir, table, shard) if shard else RunLock(run_dir)
 
     def __enter__(self) -> StageOutput:
         self._hold.__enter__()

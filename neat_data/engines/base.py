@@ -8,16 +8,31 @@ Offline batch backends (openai-batch, vllm-batch) may leave requests *pending*: 
 finished (`no_wait`, or its status could not be read). They yield nothing for those and, once the iterator is
 exhausted, list them in `backend.pending` (index → "batch <id> <status>"). No row is written for a pending
 request, so the next run plans it again and the backend attaches to its batch instead of submitting it twice.
-Every other backend has no `pending` attribute: read it with `getattr(backend, "pending", {})`.
+Every other backend leaves it empty. A backend subclasses `Backend` to inherit the empty `pending` and `stats`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import MappingProxyType
+from typing import Annotated, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+OptionsModel = TypeVar("OptionsModel", bound=BaseModel)
+
+
+def narrow(options: BaseModel, to: type[OptionsModel], **changes: Any) -> OptionsModel:
+    """A plain `to` from a config holding its fields among others: what a backend keeps or a Ray actor receives."""
+    return to.model_validate(options.model_dump(include=set(to.model_fields)) | changes)
+
+
+# The sampling fields with their bounds, defined once: Sampling, the recipe's sections and the prompt audit use them.
+Temperature = Annotated[float, Field(ge=0.0, le=5.0, description="Sampling temperature.")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling mass.")]
+MaxTokens = Annotated[int, Field(ge=1, le=1_000_000, description="New tokens per response.")]
+Seed = Annotated[int, Field(ge=0)]
 
 
 class Sampling(BaseModel):
@@ -25,10 +40,10 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: float = Field(0.8, ge=0.0, le=5.0, description="Sampling temperature.")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(256, ge=1, le=1_000_000, description="New tokens per response.")
-    seed: int = Field(0, ge=0, description="Run seed; per-request seeds derive from it.")
+    temperature: Temperature = 0.8
+    top_p: TopP = 0.95
+    max_tokens: MaxTokens = 256
+    seed: Seed = Field(0, description="Run seed; per-request seeds derive from it.")
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,8 @@ class RequestResult:
 class Backend(Protocol):
     name: str  # "vllm" | "openai" | "fake"
     model: str  # what goes in the `model` column
+    pending: Mapping[int, str] = MappingProxyType({})  # batch backends: requests submitted, not answered (module doc)
+    stats: Mapping[str, int] = MappingProxyType({})  # what the requests went through (retries by reason, …): the summary
 
     def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:
         """Yield (index into requests, result) for every request exactly once, in any order (batch backends: except

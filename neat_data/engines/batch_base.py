@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from neat_data.core.errors import NeatError
-from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
+from neat_data.engines.base import Backend, GenerationRequest, RequestResult, Sampling
 from neat_data.engines.batch_core import BatchLines, build_lines, line_digest, read_input_ids, read_outcomes, split_lines
 from neat_data.engines.batch_journal import BatchJournal, BatchRecord, FileBatchJournal, load_records, save_records
 
@@ -37,7 +37,7 @@ class ControlError(Exception):
         self.reason = reason
 
 
-class BatchBackendBase:
+class BatchBackendBase(Backend):
     name = "batch"
 
     def __init__(

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
 from neat_data.core.manifest import edit_manifest, read_manifest
 
@@ -129,7 +130,7 @@ def save_records(journal: BatchJournal, records: list[BatchRecord]) -> None:
 
 def state_dir_for(run_dir: Path, stage: str) -> Path:
     """Where a stage's batch files live in a run folder: `<run>/batches/<stage>/` (the convention every reader uses)."""
-    return Path(run_dir) / "batches" / stage
+    return layout.BATCHES.path(run_dir) / stage
 
 
 def run_journals(run_dir: Path) -> dict[str, BatchJournal]:
@@ -138,6 +139,6 @@ def run_journals(run_dir: Path) -> dict[str, BatchJournal]:
     journals: dict[str, BatchJournal] = {
         stage: ManifestBatchJournal(run_dir, stage) for stage in sorted(read_manifest(Path(run_dir)).batches)
     }
-    for path in sorted((Path(run_dir) / "batches").glob("*/journal.json")):
+    for path in sorted(layout.BATCHES.path(run_dir).glob("*/journal.json")):
         journals.setdefault(path.parent.name, FileBatchJournal(path))
     return journals

@@ -24,12 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.engines.base import RequestResult
 
-BATCH_DISCOUNTS = {"openai-batch": 0.5}  # backend → discount on list prices (OpenAI: batch requests cost half)
-
 
 def batch_discount(backend: str) -> float:
-    """The discount a backend's requests get on list prices (0 for online backends)."""
-    return BATCH_DISCOUNTS.get(backend, 0.0)
+    """The discount a backend's requests get on list prices (its entry's; 0 for online backends)."""
+    from neat_data.engines import BACKENDS
+
+    return BACKENDS[backend].discount
 
 
 class PriceOptions(BaseModel):

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neat_data.core.errors import redact_secret, register_secret_env
-from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+from neat_data.engines.base import Backend, Completion, GenerationRequest, RequestResult, Sampling, narrow
 from neat_data.engines.openai_wire import UsageTotal, chat_body, parse_chat_response, rejects_system_role
 
 _DONE = object()
@@ -162,7 +162,7 @@ class OpenAIOptions(BaseModel):
         return value
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, model: str, options: OpenAIOptions, *, api_key: str | None = None):
@@ -186,9 +186,9 @@ class OpenAIBackend:
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r})"
 
     @classmethod
-    def from_options(cls, model: str, options: OpenAIOptions) -> OpenAIBackend:
+    def from_options(cls, model: str, options: OpenAIOptions, **_: Any) -> OpenAIBackend:
         """`model`: the served model name. The key comes from the environment, here and nowhere else."""
-        plain = OpenAIOptions.model_validate(options.model_dump(include=set(OpenAIOptions.model_fields)))
+        plain = narrow(options, OpenAIOptions)
         register_secret_env(options.api_key_env)
         return cls(model, plain, api_key=os.environ.get(options.api_key_env))
 

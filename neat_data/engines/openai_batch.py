@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import redact_secret, register_secret_env
+from neat_data.engines.base import narrow
 from neat_data.engines.batch_base import BatchBackendBase, ControlError
 from neat_data.engines.batch_core import ENDPOINT, MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from neat_data.engines.batch_journal import BatchJournal, BatchRecord
@@ -49,7 +50,7 @@ T = TypeVar("T")
 
 
 class OpenAIBatchOptions(BaseModel):
-    """Options of the offline batch backends (openai-batch; vllm-batch uses the request limits)."""
+    """Options of the offline batch backends openai-batch and vllm-batch (vllm-batch uses only the request limits)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -106,12 +107,11 @@ class OpenAIBatchBackend(BatchBackendBase):
 
     @classmethod
     def from_options(
-        cls, model: str, options: Any, *, state_dir: Path, journal: BatchJournal | None = None, progress: bool = True
+        cls, model: str, options: Any, *, state_dir: Path, journal: BatchJournal | None = None, progress: bool = True, **_: Any
     ) -> OpenAIBatchBackend:
         """`options`: any model holding OpenAIOptions' and OpenAIBatchOptions' fields (a generate or score config).
         The key comes from the environment, here and nowhere else."""
-        plain = OpenAIOptions.model_validate(options.model_dump(include=set(OpenAIOptions.model_fields)))
-        batch = OpenAIBatchOptions.model_validate(options.model_dump(include=set(OpenAIBatchOptions.model_fields)))
+        plain, batch = narrow(options, OpenAIOptions), narrow(options, OpenAIBatchOptions)
         register_secret_env(plain.api_key_env)
         return cls(model, plain, batch, state_dir=state_dir, journal=journal, api_key=os.environ.get(plain.api_key_env), progress=progress)
 

@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError
-from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+from neat_data.engines.base import Backend, Completion, GenerationRequest, RequestResult, Sampling, narrow
 from neat_data.engines.vllm_backend import VLLMOptions
 
 
@@ -121,7 +121,7 @@ class _EngineActor:
         return {"index": indices, "result": [results[position] for position in range(len(requests))]}
 
 
-class RayBackend:
+class RayBackend(Backend):
     name = "ray"
 
     def __init__(
@@ -143,20 +143,20 @@ class RayBackend:
         self._started_ray = False
 
     @classmethod
-    def from_options(cls, model: str, ray_options: RayOptions, vllm_options: VLLMOptions, *, seed: int = 0) -> RayBackend:
+    def from_options(cls, model: str, options: Any, *, seed: int = 0, **_: Any) -> RayBackend:
+        """`options`: any model holding RayOptions' and VLLMOptions' fields (a generate config)."""
         from neat_data.core.models import resolve_model
 
         # Resolve the model on the driver: actors then load a path (or Hub id) and need no model-building extras.
-        vllm_only = VLLMOptions.model_validate(vllm_options.model_dump(include=set(VLLMOptions.model_fields)))
-        factory = functools.partial(_vllm_engine, resolve_model(model), model, vllm_only, seed)
+        factory = functools.partial(_vllm_engine, resolve_model(model), model, narrow(options, VLLMOptions), seed)
         return cls(
             model,
             factory,
-            actors=ray_options.ray_actors,
-            gpus_per_actor=ray_options.ray_gpus_per_actor,
-            cpus_per_actor=ray_options.ray_cpus_per_actor,
-            batch_size=ray_options.ray_batch_size,
-            tensor_parallel_size=vllm_options.tensor_parallel_size,
+            actors=options.ray_actors,
+            gpus_per_actor=options.ray_gpus_per_actor,
+            cpus_per_actor=options.ray_cpus_per_actor,
+            batch_size=options.ray_batch_size,
+            tensor_parallel_size=options.tensor_parallel_size,
         )
 
     def _init_ray(self) -> Any:

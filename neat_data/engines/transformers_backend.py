@@ -16,17 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.messages import require_chat_template, template_accepts_system
 from neat_data.core.models import resolve_model
-from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+from neat_data.engines.base import Backend, Completion, GenerationRequest, RequestResult, Sampling
 
 
 class TransformersOptions(BaseModel):
+    """Options of the transformers backend (model.generate in this process, no engine start)."""
+
     model_config = ConfigDict(extra="forbid")
 
     transformers_batch_size: int = Field(16, ge=1, description="transformers: sequences per generate call.")
     transformers_device: str = Field("auto", description="transformers: auto | cpu | cuda | cuda:N.")
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model: str, *, model_label: str | None = None, device: str = "auto", batch_size: int = 16):
@@ -46,7 +48,7 @@ class TransformersBackend:
         self.system_role_ok = template_accepts_system(self.tokenizer)
 
     @classmethod
-    def from_options(cls, model: str, options: TransformersOptions) -> TransformersBackend:
+    def from_options(cls, model: str, options: TransformersOptions, **_: Any) -> TransformersBackend:
         return cls(resolve_model(model), model_label=model, device=options.transformers_device, batch_size=options.transformers_batch_size)
 
     def generate(self, requests: Iterable[GenerationRequest], sampling: Sampling) -> Iterator[tuple[int, RequestResult]]:

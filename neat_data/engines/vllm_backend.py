@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from neat_data.core.errors import NeatError
 from neat_data.core.messages import require_chat_template, template_accepts_system
 from neat_data.core.models import resolve_dtype, resolve_model
-from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+from neat_data.engines.base import Backend, Completion, GenerationRequest, RequestResult, Sampling
 
 CPU_TOKEN_BUDGET = 16384
 # vLLM kills its engine when one step takes longer than VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (300 s by default), a
@@ -131,7 +131,7 @@ def start_engine(model: str, options: VLLMOptions, *, seed: int) -> Any:
         raise NeatError(f"vLLM could not load the model: {type(error).__name__}: {error}", file=model, field="model") from None
 
 
-class VLLMBackend:
+class VLLMBackend(Backend):
     name = "vllm"
 
     def __init__(self, model: str, *, model_label: str | None = None, options: VLLMOptions | None = None, seed: int = 0, llm: Any = None):
@@ -155,7 +155,7 @@ class VLLMBackend:
         self.system_role_ok = template_accepts_system(self.tokenizer)
 
     @classmethod
-    def from_options(cls, model: str, options: VLLMOptions, *, seed: int = 0) -> VLLMBackend:
+    def from_options(cls, model: str, options: VLLMOptions, *, seed: int = 0, **_: Any) -> VLLMBackend:
         """`model`: the user's spec (alias, folder or Hub id), resolved here and recorded as given."""
         return cls(resolve_model(model), model_label=model, options=options, seed=seed)
 

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neat_data.engines.base import narrow
 from neat_data.engines.batch_base import BatchBackendBase, ControlError
 from neat_data.engines.batch_journal import BatchJournal, BatchRecord
 from neat_data.engines.openai_batch import OpenAIBatchOptions
@@ -78,8 +79,7 @@ class VLLMBatchBackend(BatchBackendBase):
     def from_options(
         cls, model: str, options: Any, *, seed: int = 0, state_dir: Path, journal: BatchJournal | None = None, progress: bool = True
     ) -> VLLMBatchBackend:
-        vllm_options = VLLMOptions.model_validate(options.model_dump(include=set(VLLMOptions.model_fields)))
-        batch_options = OpenAIBatchOptions.model_validate(options.model_dump(include=set(OpenAIBatchOptions.model_fields)))
+        vllm_options, batch_options = narrow(options, VLLMOptions), narrow(options, OpenAIBatchOptions)
         return cls(model, vllm_options, batch_options, state_dir=state_dir, journal=journal, seed=seed, progress=progress)
 
     def _merge_system(self) -> bool:

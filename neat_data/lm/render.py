@@ -29,7 +29,6 @@ from typing import Any
 from neat_data.core.messages import build_messages, template_accepts_system
 
 FINISHED = "stop"  # the one finish reason that means the model ended its turn itself
-TRUNCATED = "length"  # cut by max_tokens (or the context window)
 _PROBE = "NEATPROBE"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from neat_data.core import layout
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.manifest import read_manifest
 from neat_data.core.runfolder import atomic_write_figure, read_json_object
@@ -32,9 +33,9 @@ NOT_METRICS = ("prompt_id", "sample_index", "response", "finish_reason")
 def prompt_values(eval_dir: Path) -> dict[str, dict[str, float]]:
     """metric → {prompt_id: mean over the prompt's samples}: `reward` (the run's scorer) and `<suite>.<metric>`."""
     values: dict[str, dict[str, float]] = {}
-    if (eval_dir / "scored").is_dir():
+    if layout.SCORED.path(eval_dir).is_dir():
         values["reward"] = neutral_scores(eval_dir)
-    for path in sorted((eval_dir / "suites").glob("*/metrics.parquet")):
+    for path in sorted(layout.EVAL_SUITES.path(eval_dir).glob("*/metrics.parquet")):
         table = pq.read_table(path).to_pylist()
         for metric in [name for name in pq.read_schema(path).names if name not in NOT_METRICS]:
             rows = [row for row in table if row[metric] is not None]
@@ -58,10 +59,10 @@ def compare(parent: Path, variants: list[str], reference: str, rounds: int, *, s
         entry: dict[str, Any] = {"stage_seconds": stage_seconds(run_dir), "rounds": {}}
         entry["generation_seconds"] = round(entry["stage_seconds"].get("generate", 0.0), 1)
         for k in range(rounds + 1):
-            eval_dir = run_dir / f"round_{k:02d}" / "eval"
+            eval_dir = layout.EVAL.path(layout.round_folder(run_dir, k))
             mine = prompt_values(eval_dir)
-            theirs = prompt_values(parent / reference / f"round_{k:02d}" / "eval") if name != reference else {}
-            metrics = read_json_object(eval_dir / "metrics.json")
+            theirs = prompt_values(layout.EVAL.path(layout.round_folder(parent / reference, k))) if name != reference else {}
+            metrics = read_json_object(layout.EVAL_METRICS.path(eval_dir))
             row: dict[str, Any] = {
                 "win_rate_vs_base": metrics.get("win_rate_vs_base"),
                 "perplexity": metrics.get("perplexity"),
@@ -98,9 +99,9 @@ def comparison_lines(table: dict[str, Any]) -> list[str]:
     variants = table["variants"]
     metrics = sorted(
         {m for v in variants.values() for r in v["rounds"].values() for m in r["metrics"]},
-        key=lambda m: (m != "reward", not m.endswith(".refusal"), m),
+        key=lambda m: (m != "reward", not m.endswith((".refusal", ".refusal_opening")), m),
     )
-    shown = [m for m in metrics if m == "reward" or m.endswith((".refusal", ".offensive"))]
+    shown = [m for m in metrics if m == "reward" or m.endswith((".refusal", ".refusal_opening", ".offensive"))]
     lines = [
         f"Reference: `{table['reference']}`. Δ = paired difference (variant − reference) over the same prompts, 95% bootstrap "
         "interval. Reward is the training scorer; refusal/offensive measure refusal wording and offensiveness, not helpfulness."

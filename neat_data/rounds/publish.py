@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from neat_data.core.errors import NeatError, redact_secrets, register_secret_env
+from neat_data.core.layout import round_folder
 from neat_data.core.manifest import edit_manifest, read_manifest
 
 MAIN_EXPORT = "ranked"  # config round_NN; the other exports get round_NN-<format>
@@ -112,7 +113,7 @@ def push_round(
     started = time.time()
     attempts = int(done.get("attempts", 0)) + 1
     configs = config_names(k, exports)
-    folder = run_dir / f"round_{k:02d}"
+    folder = round_folder(run_dir, k)
     echo(f"round {k} · push to {spec.repo_id} ({', '.join(configs.values())}) …")
     try:
         write_round_report(run_dir, round_rows(run_dir, rounds))  # the table and curve as of this round

@@ -19,10 +19,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from neat_data.core.errors import NeatError, register_secret_fields, validation_message
+from neat_data.core.layout import EVAL, EVAL_RESEEDED, HELDOUT, MODEL, RANKED_EXPORT, round_folder, round_prompts
 from neat_data.engines.costs import BudgetOptions
 from neat_data.rounds.publish import PushSpec
 from neat_data.rounds.recipe_file import apply_override, parse_override, read_recipe_file, relative_to_file
 from neat_data.rounds.sections import (
+    AuditSpec,
     EvaluateSpec,
     FixedDataSpec,
     GenerateSpec,
@@ -36,7 +38,7 @@ from neat_data.rounds.sections import (
 from neat_data.rounds.stages import STAGES, PlannedStage
 from neat_data.rounds.variants import variant_overrides
 from neat_data.stages.export import ExportFormat
-from neat_data.stages.generate_plan import RedoClass
+from neat_data.stages.generate.plan import RedoClass
 
 
 class Recipe(BaseModel):
@@ -59,11 +61,20 @@ class Recipe(BaseModel):
     )
     score: ScoreSpec = Field(default_factory=ScoreSpec)
     rank: RankSpec = Field(default_factory=RankSpec, description="RankConfig fields (pairs, pos_vs_neg_by, min_margin, …).")
+    audit: AuditSpec = Field(
+        default_factory=AuditSpec,
+        description="DataAuditConfig fields: after rank, the data audit; a FAIL of a check in fail_on stops the round "
+        "(exit 5) before its exports and training. May change on a run folder: the audit and what follows run again.",
+    )
     exports: list[ExportFormat] = Field(
         default_factory=lambda: list[ExportFormat](["ranked"]),
         description="ranked feeds the trainer; trl (with rank.pairs pos-vs-neg) = the DPO-style baseline export.",
     )
-    train: TrainSpec = Field(default_factory=TrainSpec, description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …).")
+    train: TrainSpec | None = Field(
+        default_factory=TrainSpec,
+        description="TrainConfig fields (loss, lr, epochs, top_layers, lora_rank, …); null: no training and no evaluation — one "
+        "round that stops after its exports (a dataset expansion: pipelines/expand.yaml).",
+    )
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     push: PushSpec | None = Field(None, description="Publish each finished round to a Hub dataset repo (neat_data.rounds.publish).")
     fixed_data: FixedDataSpec | None = Field(None, description="Train on fixed pairs instead of generated ones (the positive control).")
@@ -78,6 +89,10 @@ class Recipe(BaseModel):
     def _check(self) -> Recipe:
         if "ranked" not in self.exports:
             raise ValueError("exports must include 'ranked' (the trainer's input)")
+        if self.train is None and (self.rounds != 1 or self.fixed_data is not None):
+            raise ValueError("train: null runs one round of data (rounds: 1, no fixed_data): no round trains a policy for the next")
+        if self.prompts.heldout == 0 and self.train is not None:
+            raise ValueError("prompts.heldout: 0 only with train: null (the evaluation needs held-out prompts)")
         for name in self.variants:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"variant name {name!r}: letters, digits, '_', '.', '-' only (it is a folder name)")
@@ -88,6 +103,14 @@ class Recipe(BaseModel):
 
     def run_dir(self) -> Path:
         return self.out or Path("runs") / self.name
+
+
+def _pair_library_path(folder: Path, spec: Any) -> Any:
+    """A pair library given as a YAML path (optionally `#PAIR_ID`) is relative to the recipe, like the prompts source."""
+    library, mark, pair_id = str(spec).partition("#")
+    if not library.endswith((".yaml", ".yml")):
+        return spec
+    return f"{relative_to_file(folder, library)}{mark}{pair_id}"
 
 
 def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -104,7 +127,7 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
     if isinstance(raw.get("fixed_data"), dict) and raw["fixed_data"].get("source"):
         raw["fixed_data"]["source"] = relative_to_file(path.parent, raw["fixed_data"]["source"])
     if isinstance(raw.get("pairs"), list):  # pair libraries given as YAML paths, like the prompts source
-        raw["pairs"] = [relative_to_file(path.parent, p) if str(p).endswith((".yaml", ".yml")) else p for p in raw["pairs"]]
+        raw["pairs"] = [_pair_library_path(path.parent, p) for p in raw["pairs"]]
     for text in overrides:
         keys, value = parse_override(text)
         if keys in (["prompts", "source"], ["prompts", "heldout_source"], ["fixed_data", "source"]):
@@ -146,11 +169,27 @@ def check_stage_fields(recipe: Recipe, path: Path, prefix: str = "") -> None:
 
 def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = None, prefix: str = "") -> list[PlannedStage]:
     """The stages of round k (k = 0: only the base model's evaluation), each with its typed config and what it reads.
-    A config its stage rejects is one line naming the recipe key (`path`: the recipe file, for that line)."""
-    base, folder = recipe.model, run_dir / f"round_{k:02d}"
-    policy_in = base if k <= 1 else str(run_dir / f"round_{k - 1:02d}" / "model")
-    policy_out = base if k == 0 else str(folder / "model")
-    previous_policy = [("train", k - 1)] if k > 1 else []
+    A config its stage rejects is one line naming the recipe key (`path`: the recipe file, for that line).
+
+    What a stage reads is derived, never listed: for each folder it reads, the earlier stages (of this round, or of an
+    earlier one) that write that folder — all of them, or the last for a stage that rewrites the folder itself (a
+    --redo pass builds on the pass before)."""
+    planned = _stage_configs(recipe, run_dir, k, path, prefix)  # first: an invalid value is named as round k plans it
+    earlier = [(j, stage) for j in range(k) for stage in _stage_configs(recipe, run_dir, j, path, prefix)]
+    for stage in planned:
+        writes = stage.kind.writes(stage.config)
+        for read in stage.kind.reads(stage.config):
+            writers = [(other.label, j) for j, other in earlier if read in other.kind.writes(other.config)]
+            stage.reads += writers[-1:] if read in writes else writers
+        earlier.append((k, stage))
+    return planned
+
+
+def _stage_configs(recipe: Recipe, run_dir: Path, k: int, path: Path | None, prefix: str) -> list[PlannedStage]:
+    """Round k's stages with their typed configs, in order (what they read: plan_round)."""
+    base, folder = recipe.model, round_folder(run_dir, k)
+    policy_in = base if k <= 1 else str(MODEL.path(round_folder(run_dir, k - 1)))
+    policy_out = base if k == 0 else str(MODEL.path(folder))
     score = {
         "scorer": recipe.score.scorer,
         "model": recipe.score.model or base,
@@ -159,7 +198,7 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
     }
     planned: list[PlannedStage] = []
 
-    def plan(label: str, kind: str, values: dict[str, Any], reads: list[tuple[str, int]], section: str | None = None) -> None:
+    def plan(label: str, kind: str, values: dict[str, Any], section: str | None = None) -> None:
         stage = STAGES[kind]
         try:
             config = stage.config_class.model_validate(values)
@@ -170,9 +209,11 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
             inner = inner.removeprefix("sampling.") if kind in ("generate", "evaluate") else inner
             raise NeatError(message, file=path, field=f"{prefix}{section or stage.recipe_section}.{inner}") from None
         register_secret_fields(config)
-        planned.append(PlannedStage(label, stage, config, values, reads))
+        planned.append(PlannedStage(label, stage, config, values, folder=folder))
 
-    train = {"data": str(folder), "model": policy_in, "out": str(folder / "model"), "seed": recipe.seed, **recipe.train.stage_fields()}
+    ranked = str(RANKED_EXPORT.path(folder))  # the file train reads, named here so that train never looks for it
+    train = {"data": ranked, "model": policy_in, "out": policy_out, "seed": recipe.seed}
+    train.update(recipe.train.stage_fields() if recipe.train is not None else {})
     if k > 0 and recipe.fixed_data is not None:
         f = recipe.fixed_data
         fixed = {
@@ -181,16 +222,16 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
             "response": f.response,
             "prompt_column": f.prompt_column,
             "limit": f.limit,
-            "exclude": str(run_dir / "prompts" / "heldout.jsonl"),
+            "exclude": str(HELDOUT.path(run_dir)),
             "suites": recipe.evaluate.suites,
             "seed": recipe.seed,
         }
-        plan("fixed", "fixed", fixed, [])
-        plan("train", "train", train, [("fixed", k), *previous_policy])
+        plan("fixed", "fixed", fixed)
+        plan("train", "train", train)
     elif k > 0:
         g = recipe.generate
         generate = {
-            "prompts": str(run_dir / "prompts" / f"round_{k:02d}.jsonl"),
+            "prompts": str(round_prompts(run_dir, k)),
             "pairs": recipe.pairs,
             "model": policy_in,
             "backend": g.backend,
@@ -201,25 +242,34 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
             "num_neutral": g.num_neutral,
             "sampling": {"seed": recipe.seed, "temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens},
             **g.stage_fields(),
+            # a preference file's own answers: set only when kept, so a prompts-only round's stage key stays as it was
+            **(
+                {"responses": "keep", "layout": recipe.prompts.layout, "pku_rank": recipe.prompts.pku_rank}
+                | ({"derived_from": recipe.prompts.source} if isinstance(recipe.prompts.source, str) else {})
+                if recipe.prompts.responses == "keep"
+                else {}
+            ),
         }
-        plan("generate", "generate", generate, previous_policy)
-        passes = [("generate", k)]
+        plan("generate", "generate", generate)
         for redo_class, sampling in recipe.redo.items():  # generate --redo CLASS, each pass after the one before
             changed = sampling.model_dump(exclude_none=True)
             label = "redo-" + redo_class.replace("=", "-")
             redo = {**generate, "redo": [redo_class], "sampling": {**generate["sampling"], **changed}}
-            plan(label, "generate", redo, [passes[-1]], section=f"redo.{redo_class}")
-            passes.append((label, k))
-        plan("score", "score", {"run": str(folder), **score}, passes)
-        plan("rank", "rank", {"run": str(folder), **recipe.rank.stage_fields()}, [("score", k)])
-        for fmt in recipe.exports:
-            plan(f"export-{fmt}", "export", {"run": str(folder), "format": fmt}, [("rank", k), ("score", k)])
-        plan("train", "train", train, [("export-ranked", k), *previous_policy])
+            plan(label, "generate", redo, section=f"redo.{redo_class}")
+        plan("score", "score", {"run": str(folder), **score})
+        plan("rank", "rank", {"run": str(folder), **recipe.rank.stage_fields()})
+        plan("audit", "audit", {"run": str(folder), **recipe.audit.stage_fields()})
+        for fmt in recipe.exports:  # after the audit (they read it): its gate stops the round before any export
+            plan(f"export-{fmt}", "export", {"run": str(folder), "format": fmt})
+        if recipe.train is not None:
+            plan("train", "train", train)
+    if recipe.train is None:  # nothing trained, nothing to evaluate
+        return planned
     e = recipe.evaluate
-    base_eval = run_dir / "round_00" / "eval"
+    base_eval = EVAL.path(round_folder(run_dir, 0))
 
     def evaluation(eval_dir: str, seed: int, base: Path | None) -> dict[str, Any]:
-        heldout = str(run_dir / "prompts" / "heldout.jsonl")
+        heldout = str(HELDOUT.path(run_dir))
         return {
             "generate": evaluation_generate(
                 e,
@@ -240,14 +290,9 @@ def plan_round(recipe: Recipe, run_dir: Path, k: int, *, path: Path | None = Non
             "preferred": str(base_eval),
         }
 
-    plan(
-        "evaluate",
-        "evaluate",
-        evaluation(str(folder / "eval"), recipe.seed, None if k == 0 else base_eval),
-        [("train", k), ("evaluate", 0)] if k > 0 else [],
-    )
+    plan("evaluate", "evaluate", evaluation(str(EVAL.path(folder)), recipe.seed, None if k == 0 else base_eval))
     if k == 0 and e.negative_control:  # the base model against itself, another seed: what "no effect" looks like
-        plan("evaluate-reseeded", "evaluate", evaluation(str(folder / "eval-reseeded"), recipe.seed + 1, base_eval), [("evaluate", 0)])
+        plan("evaluate-reseeded", "evaluate", evaluation(str(EVAL_RESEEDED.path(folder)), recipe.seed + 1, base_eval))
     return planned
 
 
@@ -264,9 +309,11 @@ def changed_fields(recorded: dict[str, Any], recipe: Recipe) -> list[str]:
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     """What a run folder is bound to: the whole recipe except the number of rounds (a run can be extended), where it
-    is published (push: does not change the data; added to a finished run, it pushes its rounds) and a section's
-    spending caps (max_cost, max_total_tokens: a higher cap continues a round its cap stopped)."""
-    identity = {k: v for k, v in recipe.model_dump(mode="json").items() if k not in ("rounds", "push")}
+    is published (push: does not change the data; added to a finished run, it pushes its rounds), a section's
+    spending caps (max_cost, max_total_tokens: a higher cap continues a round its cap stopped) and the sections of
+    stages that run again when they change (audit:, rounds/stages.py `section_may_change`)."""
+    changeable = [stage.recipe_section for stage in STAGES.values() if stage.section_may_change]  # audit: its stage reruns
+    identity = {k: v for k, v in recipe.model_dump(mode="json").items() if k not in ("rounds", "push", *changeable)}
     sections = [section for section in identity.values() if isinstance(section, dict)]
     for fields in [*sections, *(section["options"] for section in sections if isinstance(section.get("options"), dict))]:
         for cap in BudgetOptions.model_fields:

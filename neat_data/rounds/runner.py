@@ -1,18 +1,20 @@
-"""Online NEAT rounds from a recipe: generate → score → rank → export → train → evaluate, round after round.
+"""Online NEAT rounds from a recipe: generate → score → rank → audit → export → train → evaluate, round after round.
 
 In:  a recipe YAML (`pipelines/*.yaml`, schema `Recipe`; `--set key=value` overrides, dotted for nesting).
 Out: runs/<name>/
        manifest.json                 the resolved recipe, each stage's config path, seconds, finished flags
        prompts/heldout.jsonl, prompts/round_NN.jsonl   the deterministic split (held-out never trained on)
        round_00/eval/                the base model on the held-out prompts (+ the preferred set for perplexity)
-       round_NN/{generations,scored,ranked,export,model,eval}, round_NN/configs/<stage>.json
+       round_NN/{generations,scored,ranked,audit,export,model,eval}, round_NN/configs/<stage>.json
        rounds.json, rounds.md, rounds.png   the per-round table and curve
 Run: `neat-data run pipelines/quickstart.yaml [--set rounds=3]`.
 
 Round k generates with round k−1's policy (the base model for k = 1) on a fresh prompt slice. Scores use a
 fixed reference (the base model unless the recipe names another), so rounds are comparable. Each stage runs
 in its own process (`neat-data stage NAME CONFIG.json`), so vLLM and the trainer never hold memory at the
-same time; a killed run resumes at the first unfinished stage (the stage itself resumes where it can). A stage
+same time; a killed run resumes at the first unfinished stage (the stage itself resumes where it can). The audit's
+gate (a FAIL of a check in the recipe's audit.fail_on) stops the round before its exports with exit 5 and one line; its
+section may change on the same folder: the audit runs again, and every stage that reads it, directly or not. A stage
 runs in a process group of its own: SIGTERM / SIGINT / SIGHUP to the run is passed on to it and waited for, and the
 run exits 128 + the signal's number without recording the stage, so no stage outlives its run.
 """
@@ -30,9 +32,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from neat_data.core.errors import EXIT_PENDING, NeatError, child_environment, redact_secrets
+from neat_data.core.errors import EXIT_CHECK_FAILED, EXIT_PENDING, NeatError, child_environment, redact_secrets
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
-from neat_data.core.manifest import Manifest, edit_manifest, read_manifest, write_manifest
+from neat_data.core.layout import round_folder
+from neat_data.core.manifest import MANIFEST, Manifest, edit_manifest, read_manifest, write_manifest
 from neat_data.core.runfolder import RunLock, empty_folder
 from neat_data.rounds.publish import push_round
 from neat_data.rounds.recipe import Recipe, changed_fields, plan_round, recipe_identity, variant_recipe
@@ -43,9 +46,13 @@ from neat_data.rounds.variants import StageCache, materialize, stage_key
 
 def write_split(recipe: Recipe, run_dir: Path, split: Split) -> None:
     """prompts/heldout.jsonl and one file per round (files already there are kept: a run extended by rounds)."""
-    for path, chunk in zip(split_files(recipe, run_dir), split.slices):
+    for index, (path, chunk) in enumerate(zip(split_files(recipe, run_dir), split.slices)):
         if not path.exists():
-            lines = "".join(json.dumps({"prompt_id": r.prompt_id, "messages": r.messages}, ensure_ascii=False) + "\n" for r in chunk)
+            # a round's prompts from a preference file (prompts.responses: keep) are its rows as read, answers and all;
+            # held-out prompts (index 0) are only ever prompts
+            rows = [row for r in chunk for row in r.rows] if index and recipe.prompts.responses == "keep" else None
+            rows = rows or [{"prompt_id": r.prompt_id, "messages": r.messages} for r in chunk]
+            lines = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
             atomic_write_bytes(path, lines.encode("utf-8"))
 
 
@@ -73,12 +80,14 @@ def run_stage(
     *,
     cache: StageCache | None = None,
     key: str | None = None,
+    again: bool = False,
 ) -> float:
-    """Run one stage in its own process unless the manifest says it finished — or, with a `cache` of a variants run,
-    another variant finished the stage with the same `key` (then its result is linked in); returns its seconds."""
+    """Run one stage in its own process unless the manifest says it finished (and not `again`) — or, with a `cache` of
+    a variants run, another variant finished the stage with the same `key` (then its result is linked in); returns its
+    seconds. A stage that stops the round on purpose (exit 5: the audit's gate) is recorded unfinished, with its line."""
     name, config = stage.label, stage.config_json()
     done = read_manifest(run_dir).finished_in_round(k, name)
-    if done.get("finished"):
+    if done.get("finished") and not again:
         echo(f"round {k} · {name}: done ({done['seconds']:.0f} s), skipped")
         return 0.0
     config_path = folder / "configs" / f"{name}.json"
@@ -118,6 +127,11 @@ def run_stage(
             file=config_path,
             exit_code=EXIT_PENDING,
         )
+    if returncode == EXIT_CHECK_FAILED:
+        line = summary_path.read_text(encoding="utf-8").strip() if summary_path.exists() else f"see {log_path}"
+        with edit_manifest(run_dir) as manifest:
+            manifest.rounds.setdefault(str(k), {})[name] = {"finished": False, "stopped": line, "config": str(config_path), "key": key}
+        raise NeatError(f"round {k} · {name}: {line}", exit_code=EXIT_CHECK_FAILED)
     if returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         echo("\n".join(f"    {redact_secrets(line)}" for line in tail))  # an engine's own lines are not scrubbed in the log
@@ -218,13 +232,13 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
         if not manifest.is_empty() and manifest.recipe is None:
             raise NeatError(
                 "this folder holds a single-stage run, not a `neat-data run`; use another name/out or --overwrite",
-                file=run_dir / "manifest.json",
+                file=run_dir / MANIFEST,
             )
         changed = changed_fields(manifest.recipe, recipe) if manifest.recipe else []
         if changed:
             raise NeatError(
                 f"run folder was made with another recipe (changed: {', '.join(changed)}); use --overwrite or another name",
-                file=run_dir / "manifest.json",
+                file=run_dir / MANIFEST,
                 field=changed[0] if changed else None,
             )
         if slices is not None:
@@ -237,12 +251,16 @@ def run_rounds(recipe: Recipe, *, overwrite: bool = False, echo: Any = print, ca
         manifest.recipe, manifest.rounds_planned, manifest.command = recipe_identity(recipe), recipe.rounds, " ".join(sys.argv)
         write_manifest(run_dir, manifest)
         keys: dict[tuple[str, int], str] = {}  # each stage's key: its config and the keys of the stages it reads
+        again: set[tuple[str, int]] = set()  # finished stages run again: their section changed, or what they read did
         for k in range(0, recipe.rounds + 1):
-            folder = run_dir / f"round_{k:02d}"
+            folder = round_folder(run_dir, k)
             for stage in plan_round(recipe, run_dir, k):
                 inputs = [keys[read] for read in stage.reads if read in keys]
-                keys[(stage.label, k)] = stage_key(stage.label, stage.config_json(), run_dir, inputs)
-                run_stage(stage, folder, run_dir, k, echo, cache=cache, key=keys[(stage.label, k)])
+                key = keys[(stage.label, k)] = stage_key(stage.label, stage.config_json(), run_dir, inputs)
+                recorded = read_manifest(run_dir).finished_in_round(k, stage.label).get("key")
+                if any(read in again for read in stage.reads) or (stage.kind.section_may_change and recorded not in (None, key)):
+                    again.add((stage.label, k))
+                run_stage(stage, folder, run_dir, k, echo, cache=cache, key=key, again=(stage.label, k) in again)
             push_round(recipe.push, run_dir, k, rounds=recipe.rounds, exports=list(recipe.exports), echo=echo)
         rows = round_rows(run_dir, recipe.rounds)
         write_round_report(run_dir, rows)
@@ -265,7 +283,7 @@ def run_variants(recipe: Recipe, *, overwrite: bool = False, echo: Any = print) 
             empty_folder(parent)
             manifest = Manifest()
         if not manifest.is_empty() and changed_fields(manifest.variants_recipe or {}, recipe):
-            raise NeatError("run folder was made with another recipe; use --overwrite or another name", file=parent / "manifest.json")
+            raise NeatError("run folder was made with another recipe; use --overwrite or another name", file=parent / MANIFEST)
         manifest.variants_recipe, manifest.variants = recipe_identity(recipe), list(recipes)
         write_manifest(parent, manifest)
     cache = StageCache(parent)

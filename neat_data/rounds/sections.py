@@ -10,7 +10,9 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neat_data.core.errors import NeatError
+from neat_data.core.prompts_in import PkuRank, PreferenceLayout, ResponsesMode
 from neat_data.engines import BackendName
+from neat_data.engines.base import MaxTokens, Temperature, TopP
 from neat_data.stages.score import NegativeScore
 
 
@@ -23,12 +25,19 @@ class PromptsSpec(BaseModel):
     )
     prompt_column: str | None = None
     limit: int | None = Field(None, ge=1, description="Read only the first N unique prompts of each source.")
+    responses: ResponsesMode = Field(
+        "drop",
+        description="keep: the source is preference data (generate --responses keep): each training prompt's own answers "
+        "join its round's generations as rows of steering 'dataset'.",
+    )
+    layout: PreferenceLayout = Field("auto", description="With responses: keep, the source's layout (generate --layout).")
+    pku_rank: PkuRank = Field("safer", description="With layout pku, the preferred answer: safer or better (generate --pku-rank).")
     heldout_source: str | None = Field(
         None,
         description="Take the held-out prompts from here instead of the pool (e.g. benign prompts "
         "only, so the over-refusal suite is over benign requests); they are left out of the pool.",
     )
-    heldout: int = Field(16, ge=1, description="Held-out prompts for evaluation (never trained on).")
+    heldout: int = Field(16, ge=0, description="Held-out prompts for evaluation (never trained on); 0 only with train: null.")
     per_round: int = Field(32, ge=1, description="Fresh training prompts per round.")
     decontaminate: bool = Field(
         True,
@@ -94,9 +103,9 @@ class GenerateSpec(StageSection):
     num_pos: int = Field(2, ge=0)
     num_neg: int = Field(2, ge=0, description="0 = the positive-only baseline.")
     num_neutral: int = Field(0, ge=0)
-    temperature: float = Field(0.8, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1)
+    temperature: Temperature = 0.8
+    top_p: TopP = 0.95
+    max_tokens: MaxTokens = 256
 
 
 class ScoreSpec(StageSection):
@@ -112,15 +121,22 @@ class RedoSampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
 
 
 class RankSpec(StageSection):
     """Any RankConfig field (pairs, pos_vs_neg_by, min_margin, drop_truncated, …)."""
 
     section: ClassVar[str] = "rank"
+
+
+class AuditSpec(StageSection):
+    """Any DataAuditConfig field: fail_on (the audit's checks whose FAIL stops the round before its exports and
+    training), the thresholds (length_separability_max, truncated_max, …), sample_prompts, resamples, seed."""
+
+    section: ClassVar[str] = "audit"
 
 
 class TrainSpec(StageSection):
@@ -132,9 +148,10 @@ class TrainSpec(StageSection):
 # Fields the round runner sets itself in each stage's config (a recipe names them once, at the top, or not at all);
 # tests/test_recipe_sections.py checks they are exactly the ones plan_round writes.
 RUNNER_SETS = {
-    "generate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed"},
+    "generate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed", "responses", "layout", "pku_rank", "derived_from"},
     "score": {"run"},
     "rank": {"run"},
+    "audit": {"run"},
     "train": {"data", "model", "out", "seed"},
     "evaluate": {"prompts", "pairs", "model", "out", "round", "sampling", "seed", "num_pos", "num_neg", "num_neutral", "generate", "score"},
 }
@@ -146,9 +163,9 @@ class EvaluateSpec(StageSection):
     section: ClassVar[str] = "evaluate"
 
     backend: BackendName = Field("transformers", description="transformers: no engine start for a small held-out set.")
-    temperature: float = Field(0.7, ge=0, description="Sampling temperature of the held-out and suite responses.")
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the held-out and suite responses.")
-    max_tokens: int = Field(128, ge=1, description="Longest held-out / suite response, in tokens.")
+    temperature: Temperature = Field(0.7, description="Sampling temperature of the held-out and suite responses.")
+    top_p: TopP = Field(0.95, description="Nucleus sampling of the held-out and suite responses.")
+    max_tokens: MaxTokens = Field(128, description="Longest held-out / suite response, in tokens.")
     samples: int = Field(1, ge=1, le=256, description="Responses per held-out / suite prompt (k); intervals resample prompts.")
     suites: list[str] = Field(
         default_factory=list, description="Evaluation suites (prompts/eval/ names or YAML paths), e.g. [harmbench, benign]."

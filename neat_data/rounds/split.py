@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
+from neat_data.core.prompts_in import ResponseReading
 from neat_data.rounds.recipe import Recipe
 
 
 def split_files(recipe: Recipe, run_dir: Path) -> list[Path]:
-    folder = run_dir / "prompts"
-    return [folder / "heldout.jsonl"] + [folder / f"round_{k:02d}.jsonl" for k in range(1, recipe.rounds + 1)]
+    return [layout.HELDOUT.path(run_dir)] + [layout.round_prompts(run_dir, k) for k in range(1, recipe.rounds + 1)]
 
 
 @dataclass
@@ -32,13 +33,13 @@ class Split:
     decontaminated: int = 0  # training prompts dropped for an 8-gram shared with an evaluation prompt
 
 
-def _pool(sources: list[str], prompt_column: str | None, limit: int | None) -> list[Any]:
+def _pool(sources: list[str], prompt_column: str | None, limit: int | None, responses: Any = None) -> list[Any]:
     from neat_data.core.prompts_in import load_prompts
 
     seen: set[str] = set()
     records = []
     for source in sources:
-        for record in load_prompts(source, prompt_column=prompt_column, limit=limit).records:
+        for record in load_prompts(source, prompt_column=prompt_column, limit=limit, responses=responses).records:
             if record.prompt_id not in seen:  # the same prompt in two sources is one prompt
                 seen.add(record.prompt_id)
                 records.append(record)
@@ -62,7 +63,8 @@ def plan_split(recipe: Recipe) -> Split:
 
     spec = recipe.prompts
     order = lambda r: hashlib.sha256(f"{recipe.seed}:{r.prompt_id}".encode()).hexdigest()  # noqa: E731
-    pool = sorted(_pool(spec.sources(), spec.prompt_column, spec.limit), key=order)
+    reading = ResponseReading(spec.layout, spec.pku_rank) if spec.responses == "keep" else None
+    pool = sorted(_pool(spec.sources(), spec.prompt_column, spec.limit, reading), key=order)
     if spec.heldout_source:
         candidates = sorted(_pool([spec.heldout_source], spec.prompt_column, None), key=order)
         if len(candidates) < spec.heldout:

@@ -24,6 +24,7 @@ from typing import Any
 
 from neat_data.core.errors import NeatError
 from neat_data.core.files import atomic_write_json
+from neat_data.core.layout import round_folder
 from neat_data.core.manifest import read_manifest, update_manifest
 from neat_data.rounds.stages import PlannedStage
 
@@ -67,7 +68,7 @@ class StageCache:
         entry = self._index().get(key)
         if not entry or Path(entry["run"]) == run_dir:
             return None
-        source = Path(entry["run"]) / f"round_{entry['round']:02d}"
+        source = round_folder(entry["run"], entry["round"])
         return entry if all((source / folder).exists() for folder in entry.get("outputs") or ["?"]) else None
 
     def record(self, key: str, run_dir: Path, k: int, stage: PlannedStage) -> None:
@@ -99,7 +100,7 @@ def link_tree(source: Path, target: Path) -> None:
 
 def materialize(stage: PlannedStage, entry: dict[str, Any], folder: Path) -> None:
     """Put another variant's finished result of `stage` into this round `folder`, with its manifest records."""
-    source = Path(entry["run"]) / f"round_{entry['round']:02d}"
+    source = round_folder(entry["run"], entry["round"])
     for relative in stage.outputs():
         link_tree(source / relative, folder / relative)
     records = read_manifest(source).stages

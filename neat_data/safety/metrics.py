@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from neat_data.core.errors import NeatError
+from neat_data.core.schemas import is_truncated
 
 MetricName = Literal["refusal", "refusal_opening", "offensive", "tone", "length", "finish"]
 METRICS: tuple[MetricName, ...] = get_args(MetricName)
@@ -63,7 +64,7 @@ def check_metric_dependencies(names: Sequence[str]) -> None:
 
 
 def advbench_file() -> Path:
-    from neat_data.safety.sources import DATA_PACKAGES, package_folder
+    from neat_data.core.data_sources import DATA_PACKAGES, package_folder
 
     package = DATA_PACKAGES["harmbench"]
     return package_folder(package.module, package.distribution) / "advbench.py"
@@ -194,7 +195,7 @@ METRIC_TABLE: dict[MetricName, Metric] = {
     ),
     "tone": Metric(lambda texts, reasons: tone_scores(texts), requires=("vader", "nltk-vader-sentiment")),
     "length": Metric(lambda texts, reasons: [float(len(text.split())) for text in texts]),
-    "finish": Metric(lambda texts, reasons: [1.0 if reason == "length" else 0.0 for reason in reasons]),
+    "finish": Metric(lambda texts, reasons: [float(is_truncated(reason)) for reason in reasons]),
 }
 assert tuple(METRIC_TABLE) == METRICS, "metric names drifted"
 

@@ -135,7 +135,7 @@ def suite_texts(suites: Sequence[Suite]) -> list[str]:
 def check_suites(names: Sequence[str | Path]) -> list[Suite]:
     """Load the suites and check what can be checked without reading a dataset: metric names, that a `data://`
     source's package is installed, that a local source file exists (a recipe is checked before round 0 starts)."""
-    from neat_data.safety.sources import SCHEME, data_file
+    from neat_data.core.data_sources import SCHEME, data_file
 
     suites = load_suites(names)
     for suite in suites:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import Field, field_validator
 
+from neat_data.engines.base import narrow
 from neat_data.engines.openai_backend import OpenAIOptions
 from neat_data.engines.openai_batch import OpenAIBatchOptions
 from neat_data.engines.vllm_backend import VLLMOptions
@@ -85,7 +86,7 @@ def make_scorer(
         from neat_data.scorers.ray_scorer import RayScorer
 
         # each actor builds the same scorer in one process (a plain ScorerOptions: actors need no stage module)
-        single = ScorerOptions.model_validate(options.model_dump(include=set(ScorerOptions.model_fields)) | {"ray_actors": None})
+        single = narrow(options, ScorerOptions, ray_actors=None)
         return RayScorer(
             functools.partial(make_scorer, single, generation_model),
             actors=options.ray_actors,
@@ -108,7 +109,7 @@ def make_scorer(
 
 def _engine_options(options: ScorerOptions) -> VLLMOptions:
     """A scorer's own vLLM engine takes the config's VLLMOptions fields (dtype, max_model_len, kv_cache_gb, …)."""
-    return VLLMOptions.model_validate(options.model_dump(include=set(VLLMOptions.model_fields)))
+    return narrow(options, VLLMOptions)
 
 
 def _self_contrast(options: ScorerOptions, model: str, state_dir: Path | None, journal: BatchJournal | None) -> Scorer:

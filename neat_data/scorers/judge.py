@@ -112,7 +112,7 @@ class JudgeScorer:
                 replies[index] = (None, f"judge request failed: {result.error or 'no completion'}")
             else:
                 replies[index] = (result.completions[0].text, None)
-        for index in getattr(self.backend, "pending", {}) or {}:  # a batch judge: submitted, not answered yet
+        for index in self.backend.pending:  # a batch judge: submitted, not answered yet
             replies[index] = (None, PENDING)
         return replies
 

@@ -36,18 +36,20 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.prompts_in import PromptRecord, scan_prompts
-from neat_data.core.runfolder import RunLock, ShardedTable, atomic_write_table, read_parquet
-from neat_data.core.schemas import GENERATIONS
+from neat_data.core.runfolder import RunLock, atomic_write_table, read_parquet
+from neat_data.core.stage import Stage, StageResult
+from neat_data.engines.base import Backend
 from neat_data.lm.perplexity import perplexity
 from neat_data.safety.metrics import check_metric_dependencies
 from neat_data.safety.stats import bootstrap_mean as prompt_bootstrap
 from neat_data.safety.stats import per_prompt_means
 from neat_data.safety.suites import HELDOUT, Suite, load_suites, suite_prompts
 from neat_data.safety.summary import measure, measured_table, summarise
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.stages.score import ScoreConfig, run_score
 
 
@@ -88,7 +90,8 @@ class EvaluateConfig(BaseModel):
 
 def neutral_scores(eval_dir: Path, samples: int | None = None) -> dict[str, float]:
     """prompt_id → mean score of its unsteered responses (ok rows; the first `samples` when given)."""
-    rows = pq.read_table(eval_dir / "scored", columns=["prompt_id", "steering", "sample_index", "score", "score_status"]).to_pylist()
+    columns = ["prompt_id", "steering", "sample_index", "score", "score_status"]
+    rows = pq.read_table(layout.SCORED.path(eval_dir), columns=columns).to_pylist()
     kept = [r for r in rows if r["steering"] == "none" and r["score_status"] == "ok" and (samples is None or r["sample_index"] < samples)]
     return per_prompt_means([r["prompt_id"] for r in kept], [r["score"] for r in kept])
 
@@ -105,17 +108,12 @@ def load_preferred(source: Path) -> list[dict[str, Any]]:
     """Rows {prompt, responses: [text], scores: [0], finish_reason: [reason]} for the perplexity pass (rendered like
     the trainer's candidates: the end-of-turn token only after a finished response)."""
     if source.is_dir():
-        from neat_data.core.schemas import SCORED
-
-        scored = (source / "scored").is_dir()
-        table_dir = source / "scored" if scored else source / "generations"
-        if not table_dir.is_dir():
+        table = layout.SCORED if layout.SCORED.path(source).is_dir() else layout.GENERATIONS
+        if not table.path(source).is_dir():
             raise NeatError("no generations/ or scored/ to take preferred responses from", file=source)
         rows = [
             r
-            for r in ShardedTable(table_dir, SCORED if scored else GENERATIONS)
-            .read(["prompt", "response", "steering", "status", "sample_index", "finish_reason"])
-            .to_pylist()
+            for r in table.rows(source).read(["prompt", "response", "steering", "status", "sample_index", "finish_reason"]).to_pylist()
             if r["steering"] == "pos" and r["status"] == "ok" and r["sample_index"] == 0
         ]
         triples = [(r["prompt"], r["response"], r["finish_reason"]) for r in rows]
@@ -144,15 +142,15 @@ def load_preferred(source: Path) -> list[dict[str, Any]]:
 
 
 def suite_folder(eval_dir: Path, suite: Suite) -> Path:
-    return eval_dir / "suites" / suite.name
+    return layout.EVAL_SUITES.path(eval_dir) / suite.name
 
 
 def suite_rows(eval_dir: Path, suite: Suite, prompt_ids: set[str] | None = None, samples: int | None = None) -> list[dict[str, Any]] | None:
     """The unsteered generation rows of a suite in an eval folder (None when it was never generated there)."""
     folder = eval_dir if suite.source == HELDOUT else suite_folder(eval_dir, suite)
-    if not (folder / "generations").is_dir():
+    if not layout.GENERATIONS.path(folder).is_dir():
         return None
-    table = ShardedTable(folder / "generations", GENERATIONS).read()  # the last row of each key; a torn shard is a NeatError
+    table = layout.GENERATIONS.rows(folder).read()  # the last row of each key; a torn shard is a NeatError
     columns = ["prompt_id", "steering", "sample_index", "response", "finish_reason", "status"]
     return [
         r
@@ -168,7 +166,7 @@ def generate_suite(
 ) -> None:
     """k neutral responses per suite prompt into the suite's own run folder (it resumes like any generate)."""
     folder = suite_folder(Path(config.generate.out), suite)
-    prompts_path = folder / "prompts.jsonl"
+    prompts_path = layout.EVAL_PROMPTS.path(folder)
     text = "".join(json.dumps({"prompt_id": r.prompt_id, "messages": r.messages}, ensure_ascii=False) + "\n" for r in records).encode(
         "utf-8"
     )
@@ -211,7 +209,7 @@ def evaluate_suite(config: EvaluateConfig, suite: Suite, prompt_ids: set[str] | 
     }
 
 
-class SharedBackend:
+class SharedBackend(Backend):
     """One engine for the held-out prompts and every suite of an evaluation, started on first use (a finished
     evaluation that is run again starts none) and closed by the caller: a vLLM engine start costs minutes on a GPU."""
 
@@ -221,15 +219,12 @@ class SharedBackend:
         self.model: str = config.model
         self.inner: Any = None
 
-    @property
-    def stats(self) -> Any:
-        return getattr(self.inner, "stats", {})
-
     def generate(self, requests: Any, sampling: Any) -> Any:
         if self.inner is None:
-            from neat_data.stages.generate import start_backend
+            from neat_data.stages.generate.stage import start_backend
 
             self.inner = start_backend(self.config, Path(self.config.out), None, self.progress)
+            self.stats = self.inner.stats
         return self.inner.generate(requests, sampling)
 
     def close(self) -> None:
@@ -266,9 +261,7 @@ def run_evaluate(config: EvaluateConfig, *, argv: list[str] | None = None, progr
     suites = load_suites(config.suites)
     check_metric_dependencies(sorted({m for suite in suites for m in suite.metrics}))
     suite_records = {s.name: suite_prompts(s, limit=config.suite_limit) for s in suites if s.source != HELDOUT}
-    from neat_data.engines import loads_model_locally
-
-    if loads_model_locally(config.generate.backend):
+    if config.generate.local_model():
         from neat_data.core.models import resolve_model as check_model
 
         check_model(config.generate.model)  # the shared engine starts lazily: check its model first, as generate would
@@ -292,10 +285,10 @@ def _evaluate(
     progress: bool,
 ) -> dict[str, Any]:
     from neat_data.core.models import resolve_model
-    from neat_data.engines import BATCH_BACKENDS
+    from neat_data.engines import BACKENDS
 
     # batch backends keep files per run folder (each suite is one): they are not shared
-    shared = None if config.generate.backend in BATCH_BACKENDS else SharedBackend(config.generate, progress)
+    shared = None if BACKENDS[config.generate.backend].batch else SharedBackend(config.generate, progress)
     try:
         run_generate(config.generate, backend=shared, progress=progress, argv=argv)
         for suite in suites:
@@ -331,5 +324,16 @@ def _evaluate(
             resolve_model(config.generate.model), preferred, max_length=config.max_length, device=config.device
         )
     metrics["seconds"] = round(time.time() - started, 2)
-    atomic_write_json(eval_dir / "metrics.json", {**metrics, "config": config.model_dump(mode="json"), "command": argv})
+    atomic_write_json(layout.EVAL_METRICS.path(eval_dir), {**metrics, "config": config.model_dump(mode="json"), "command": argv})
     return metrics
+
+
+EVALUATE = Stage(
+    "evaluate",
+    EvaluateConfig,
+    lambda config, argv: StageResult(summary_lines(run_evaluate(config, argv=argv))),
+    reads=lambda c: [Path(c.generate.model), *([Path(c.base_eval)] if c.base_eval else [])],
+    writes=lambda c: [Path(c.generate.out)],
+    record=None,
+    recipe_section="evaluate",
+)

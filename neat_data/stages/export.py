@@ -5,11 +5,12 @@ Formats:
 - `trl-implicit`  chosen / rejected as whole conversations (RewardTrainer)
 - `kto`           prompt, completion (one assistant message), label (bool): by steering (pos → True, neg →
                   False; unsteered rows left out) or by score (`score >= kto_threshold`)
-- `ranked`        prompt, prompt_id, responses, finish_reason, scores, steering: the NEAT trainer's input
+- `ranked`        prompt, prompt_id, responses, finish_reason, scores, steering, source_label: the NEAT trainer's input
                   (RRHF-compatible; finish_reason per candidate: the trainer ends only finished ones with the
                   end-of-turn token; lists ranked before it travelled export it as nulls = finished)
 - `h4`            prompt (text of the last user turn), prompt_id, chosen, rejected (full conversations),
-                  messages (= chosen), score_chosen, score_rejected (HuggingFaceH4/ultrafeedback_binarized)
+                  messages (= chosen), score_chosen, score_rejected (HuggingFaceH4/ultrafeedback_binarized), and each
+                  side's source: strategy, steering_chosen/_rejected, source_label_chosen/_rejected
 - `llamafactory`  messages (the prompt conversation, its system message first), chosen, rejected (one assistant
                   message each): LLaMA-Factory's sharegpt "ranking" layout in OpenAI-message style, with the
                   `dataset_info.json` entry its loader needs written beside it (`neat_<split>`)
@@ -35,12 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neat_data.core import layout as run_layout
 from neat_data.core.errors import NeatError
 from neat_data.core.lineage import check_read, require_current
-from neat_data.core.manifest import MANIFEST, Manifest, manifest_record, read_manifest
-from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites
-from neat_data.core.schemas import SCORED, one_array
-from neat_data.stages.rank import read_ranked
+from neat_data.core.manifest import MANIFEST, Manifest, PlainRecord, manifest_record, read_manifest
+from neat_data.core.runfolder import RunLock, StagedWrites
+from neat_data.core.schemas import PAIRS, RANKED_LISTS, one_array
+from neat_data.core.stage import Stage, StageResult
+from neat_data.stages.rank.stage import read_ranked
 
 # The one list of export formats (the CLI's --format choices, recipes' `exports`, push's --format derive from it).
 # A new format: a name here, its `Layout` in `LAYOUTS` below, its row in tests/test_export.py, a trainer test.
@@ -67,7 +70,7 @@ class ExportConfig(BaseModel):
         return self
 
     def out_dir(self) -> Path:
-        return self.out or Path(self.run) / "export" / self.format
+        return self.out or run_layout.export(self.run, self.format)
 
 
 def features(fmt: ExportFormat) -> Any:
@@ -168,11 +171,28 @@ def _h4(pairs: pa.Table, config: ExportConfig) -> dict[str, Any]:
         "messages": chosen,
         "score_chosen": pairs.column("score_chosen"),
         "score_rejected": pairs.column("score_rejected"),
+        **{name: column_or_nulls(pairs, name) for name in SOURCE_OF_SIDES},
     }
 
 
+# Where each side of a pair came from (ranked/pairs.parquet): the layouts that allow columns of their own carry them.
+SOURCE_OF_SIDES = ("strategy", "steering_chosen", "steering_rejected", "source_label_chosen", "source_label_rejected")
+
+
+def column_or_nulls(table: pa.Table, name: str) -> pa.ChunkedArray | pa.Array:
+    """`table[name]`, or nulls for a table written before the column existed (core/schemas.py ADDED_COLUMNS)."""
+    if name in table.column_names:
+        return table.column(name)
+    kind = (PAIRS if name in PAIRS.names else RANKED_LISTS).field(name).type
+    if not pa.types.is_list(kind):
+        return pa.nulls(table.num_rows, kind)
+    lengths = pc.list_value_length(table.column("responses")).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.nulls(int(lengths.sum()), kind.value_type))
+
+
 def _llamafactory(pairs: pa.Table, config: ExportConfig) -> dict[str, Any]:
-    check_alternating("llamafactory", pairs.column("prompt"), Path(config.run) / "ranked" / "pairs.parquet")
+    check_alternating("llamafactory", pairs.column("prompt"), run_layout.RANKED_PAIRS.path(config.run))
     return {
         "messages": pairs.column("prompt"),
         "chosen": pc.list_flatten(assistant_turns(pairs.column("chosen"))),
@@ -185,13 +205,8 @@ def _kto(scored: pa.Table, config: ExportConfig) -> dict[str, Any]:
 
 
 def _ranked(lists: pa.Table, config: ExportConfig) -> dict[str, Any]:
-    if "finish_reason" not in lists.column_names:  # ranked before finish reasons travelled: unknown = finished
-        lengths = pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False).astype(np.int64)
-        nulls = pa.nulls(int(lengths.sum()), pa.string())
-        lists = lists.append_column(
-            "finish_reason", pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), nulls)
-        )
-    return {name: lists.column(name) for name in LAYOUTS["ranked"].columns}
+    # finish_reason missing: ranked before finish reasons travelled, unknown = finished; source_label: generated
+    return {name: column_or_nulls(lists, name) for name in LAYOUTS["ranked"].columns}
 
 
 def llamafactory_dataset_info(splits: list[str]) -> dict[str, Any]:
@@ -230,6 +245,7 @@ LAYOUTS: dict[ExportFormat, Layout] = {
             "finish_reason": "strings",
             "scores": "floats",
             "steering": "strings",
+            "source_label": "strings",
         },
         _ranked,
     ),
@@ -243,6 +259,7 @@ LAYOUTS: dict[ExportFormat, Layout] = {
             "messages": "conversation",
             "score_chosen": "float",
             "score_rejected": "float",
+            **dict.fromkeys(SOURCE_OF_SIDES, "string"),
         },
         _h4,
     ),
@@ -258,9 +275,9 @@ def kto_rows(config: ExportConfig, seen: dict[str, str]) -> pa.Table:
     """The scored rows KTO learns from, with their `label`: by steering (unsteered and error rows left out) or by score.
     The scores must be finished and current (core/lineage.py); `seen` gets the digest of what was read."""
     run = Path(config.run)
-    manifest = require_current(run, "scored")
-    scored = ShardedTable(run / "scored", SCORED).read()
-    seen["scored"] = check_read(run, "scored", scored, manifest)
+    manifest = require_current(run, run_layout.SCORED)
+    scored = run_layout.SCORED.rows(run).read()
+    seen[run_layout.SCORED.name] = check_read(run, run_layout.SCORED, scored, manifest)
     if config.kto_label == "steering":
         rows = scored.filter(pc.and_(pc.equal(scored.column("status"), "ok"), pc.not_equal(scored.column("steering"), "none")))
         return rows.append_column("label", pc.equal(rows.column("steering"), "pos"))
@@ -277,19 +294,20 @@ def source_rows(config: ExportConfig, seen: dict[str, str]) -> pa.Table:
         rows = kto_rows(config, seen)
         if rows.num_rows == 0:
             how = "no steered ok rows (pos/neg)" if config.kto_label == "steering" else "no rows with a score"
-            raise NeatError(f"format '{fmt}' has nothing to export: {how}", file=run / "scored")
+            raise NeatError(f"format '{fmt}' has nothing to export: {how}", file=run_layout.SCORED.path(run))
         return rows
-    manifest = require_current(run, f"ranked/{reads}")
+    ranked = run_layout.RANKED_TABLES[reads]
+    manifest = require_current(run, ranked)
     rows = read_ranked(run, reads)
-    seen[f"ranked/{reads}"] = check_read(run, f"ranked/{reads}", rows, manifest)
+    seen[ranked.name] = check_read(run, ranked, rows, manifest)
     if rows.num_rows == 0:
         if reads == "pairs":
             raise NeatError(
-                f"format '{fmt}' is pairwise and rank kept no pairs (ranked/dropped.parquet says why; lower --min-margin "
+                f"format '{fmt}' is pairwise and rank kept no pairs ({run_layout.RANKED_DROPPED.file} says why; lower --min-margin "
                 "or choose other --pairs)",
-                file=run / "ranked" / "pairs.parquet",
+                file=ranked.path(run),
             )
-        raise NeatError(f"format '{fmt}' has nothing to export: no ranked lists", file=run / "ranked" / "lists.parquet")
+        raise NeatError(f"format '{fmt}' has nothing to export: no ranked lists", file=ranked.path(run))
     return rows
 
 
@@ -367,15 +385,18 @@ def run_export(config: ExportConfig, argv: list[str] | None = None) -> tuple[Pat
             writes.write_folder(
                 out / "hf", lambda folder: DatasetDict(splits).save_to_disk(str(folder), num_shards={name: 1 for name in splits})
             )
-            manifest.stages[f"export:{config.format}"] = {
-                "config": config.model_dump(mode="json"),
-                "command": argv,
-                "rows": table.num_rows,
-                "out": str(out),
-                "splits": sorted(splits),
-                "finished": True,
-                "reads": seen,
-            }
+            manifest.set_stage(
+                f"export:{config.format}",
+                {
+                    "config": config.model_dump(mode="json"),
+                    "command": argv,
+                    "rows": table.num_rows,
+                    "out": str(out),
+                    "splits": sorted(splits),
+                    "finished": True,
+                    "reads": seen,
+                },
+            )
             write_croissant(writes, manifest, run_dir, out, config.format, {parquet: writes.staged_path(parquet)})
             writes.write_json(run_dir / MANIFEST, manifest_record(manifest))  # last: the record that says it is done
     return out, table.num_rows
@@ -396,3 +417,25 @@ def write_croissant(writes: StagedWrites, manifest: Manifest, run_dir: Path, out
     )
     writes.write_json(out / "croissant.json", document)
     return out / "croissant.json"
+
+
+def export_result(config: ExportConfig, argv: list[str] | None) -> StageResult:
+    out, rows = run_export(config, argv=argv)
+    lines = [f"{rows} rows → {out}/{config.split}.parquet and {out}/hf (datasets.load_from_disk)"]
+    return StageResult(lines, read_manifest(Path(config.run)).record(f"export:{config.format}", PlainRecord))
+
+
+EXPORT = Stage(
+    "export",
+    ExportConfig,
+    export_result,
+    reads=lambda c: [
+        run_layout.AUDIT.path(c.run),
+        run_layout.RANKED.path(c.run),
+        run_layout.SCORED.path(c.run),
+    ],  # after the audit: its gate
+    writes=lambda c: [run_layout.export(c.run, c.format)],
+    record=PlainRecord,
+    recipe_section="exports",
+    manifest_entries=lambda c: [f"export:{c.format}"],
+)

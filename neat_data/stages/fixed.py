@@ -19,10 +19,12 @@ from pathlib import Path
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
-from neat_data.core.manifest import update_manifest
+from neat_data.core.manifest import PlainRecord, read_manifest, update_manifest
 from neat_data.core.prompts_in import load_prompts
 from neat_data.core.runfolder import RunLock, atomic_write_table
+from neat_data.core.stage import Stage, StageResult
 from neat_data.stages.export import features
 
 
@@ -70,7 +72,7 @@ def run_fixed(config: FixedConfig, argv: list[str] | None = None) -> tuple[int, 
     )
     out = Path(config.out)
     with RunLock(out):
-        atomic_write_table(out / "export" / "ranked" / "train.parquet", table)
+        atomic_write_table(layout.RANKED_EXPORT.path(out), table)
         update_manifest(
             out,
             "fixed",
@@ -83,3 +85,21 @@ def run_fixed(config: FixedConfig, argv: list[str] | None = None) -> tuple[int, 
             },
         )
     return table.num_rows, result.dropped_count
+
+
+def fixed_result(config: FixedConfig, argv: list[str] | None) -> StageResult:
+    rows, dropped = run_fixed(config, argv=argv)
+    left_out = f" ({dropped} left out: they share an 8-gram with an evaluation prompt)" if dropped else ""
+    return StageResult([f"fixed data: {rows} prompts{left_out}"], read_manifest(Path(config.out)).record("fixed", PlainRecord))
+
+
+FIXED = Stage(
+    "fixed",
+    FixedConfig,
+    fixed_result,
+    reads=lambda c: [],
+    writes=lambda c: [layout.export(c.out, "ranked")],
+    record=PlainRecord,
+    recipe_section="fixed_data",
+    manifest_entries=lambda c: ["fixed"],
+)

@@ -23,14 +23,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
 from neat_data.core.lineage import require_current, table_digest
-from neat_data.core.manifest import read_manifest, update_manifest
+from neat_data.core.manifest import MANIFEST, StageRecord, read_manifest, update_manifest
 from neat_data.core.runfolder import SHARD_DIR, RunLock, ShardedTable, count_by
-from neat_data.core.schemas import GENERATIONS, SCORED
 from neat_data.core.shards import ShardSpec, shard_of
-
-STAGES = {"generate": ("generations", GENERATIONS), "score": ("scored", SCORED)}
 
 
 @dataclass
@@ -43,37 +41,37 @@ class MergeResult:
 
     def line(self, run_dir: Path) -> str:
         if self.already_merged:
-            return f"{run_dir}/{STAGES[self.stage][0]}: already merged ({self.rows} rows)"
-        return f"{run_dir}/{STAGES[self.stage][0]}: merged {self.shards} shards → {self.rows} rows {self.counts}"
+            return f"{run_dir}/{layout.SHARDED[self.stage].name}: already merged ({self.rows} rows)"
+        return f"{run_dir}/{layout.SHARDED[self.stage].name}: merged {self.shards} shards → {self.rows} rows {self.counts}"
 
 
 def run_merge(run_dir: Path, stages: list[str] | None = None) -> list[MergeResult]:
     """Merge the named stages (default: every sharded stage of the run); refuse if nothing is sharded."""
     run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.json"
+    manifest_path = run_dir / MANIFEST
     if not manifest_path.is_file():
         raise NeatError("no manifest.json: not a run folder", file=run_dir)
     with RunLock(run_dir):  # refuses while any shard process still holds its lock
-        entries = read_manifest(run_dir).stages
-        wanted = [stage for stage in STAGES if (stage in stages if stages else (entries.get(stage) or {}).get("shards"))]
+        manifest = read_manifest(run_dir)
+        wanted = [stage for stage in layout.SHARDED if (stage in stages if stages else manifest.stage(stage).shards)]
         if not wanted:
             raise NeatError("nothing to merge: no stage of this run was run with --num-shards", file=manifest_path)
         results = []
         for stage in wanted:  # generate before score: scored rows are checked against merged generations
-            results.append(_merge_stage(run_dir, stage, entries.get(stage) or {}))
+            results.append(_merge_stage(run_dir, stage, manifest.stage(stage)))
     return results
 
 
-def _merge_stage(run_dir: Path, stage: str, entry: dict) -> MergeResult:
+def _merge_stage(run_dir: Path, stage: str, recorded: StageRecord) -> MergeResult:
     started = time.time()
-    folder_name, schema = STAGES[stage]
-    folder = run_dir / folder_name
-    shards = entry.get("shards")
+    table_kind = layout.SHARDED[stage]
+    folder, schema = table_kind.path(run_dir), table_kind.schema
+    shards, entry = recorded.shards, recorded.entry()
     if not shards:
-        raise NeatError(f"stage {stage} was not run with --num-shards", file=run_dir / "manifest.json", field=stage)
+        raise NeatError(f"stage {stage} was not run with --num-shards", file=run_dir / MANIFEST, field=stage)
     num_shards = shards["num_shards"]
     specs = [ShardSpec(num_shards, index) for index in range(num_shards)]
-    if entry.get("merged") and not _shard_folders(folder):
+    if recorded.merged and not _shard_folders(folder):
         rows = ShardedTable(folder, schema).read().num_rows
         return MergeResult(stage, rows, num_shards, {}, already_merged=True)
     command = "generate" if stage == "generate" else "score"
@@ -97,11 +95,11 @@ def _merge_stage(run_dir: Path, stage: str, entry: dict) -> MergeResult:
     table = ShardedTable(folder, schema)
     merged = table.read()
     if stage == "score":
-        merged, entry["reads"] = _finish_scores(run_dir, merged, entry)
+        merged, entry["reads"] = _finish_scores(run_dir, merged, recorded)
     table.rewrite(merged)
     counts = {name: count_by(merged, name) for name in (("status", "steering") if stage == "generate" else ("score_status", "steering"))}
     entry.update(finished=True, merged=True, rows=merged.num_rows, counts=counts, merge_seconds=round(time.time() - started, 2))
-    entry["wrote"] = {folder_name: table_digest(folder_name, merged)}  # what the next stage checks it reads (core/lineage.py)
+    entry["wrote"] = {table_kind.name: table_digest(table_kind, merged)}  # what the next stage checks it reads (core/lineage.py)
     update_manifest(run_dir, stage, entry)
     return MergeResult(stage, merged.num_rows, num_shards, counts)
 
@@ -135,16 +133,16 @@ def _check_shard_rows(folder: Path, schema: pa.Schema, specs: list[ShardSpec]) -
                 )
 
 
-def _finish_scores(run_dir: Path, scored: pa.Table, entry: dict) -> tuple[pa.Table, dict[str, str]]:
+def _finish_scores(run_dir: Path, scored: pa.Table, recorded: StageRecord) -> tuple[pa.Table, dict[str, str]]:
     """Every generation row scored as it is now, then negative_score applied over the whole run (as run_score does);
     returns the table and the digest of the generations it scored (the merged stage's `reads`)."""
     from neat_data.stages.score import apply_negative_score
 
-    generations_dir = run_dir / "generations"
+    generations_dir = layout.GENERATIONS.path(run_dir)
     if _shard_folders(generations_dir):
         raise NeatError("generations are still in shards; merge them first (`neat-data merge RUN`)", file=generations_dir)
-    require_current(run_dir, "generations")
-    generations = ShardedTable(generations_dir, GENERATIONS).read()
+    require_current(run_dir, layout.GENERATIONS)
+    generations = layout.GENERATIONS.rows(run_dir).read()
     keys = set(generations.column("key").to_pylist())
     missing = keys - set(scored.column("key").to_pylist())
     # a score shard that ran before `generate --retry-errors` / `--redo` scored another version of some rows
@@ -155,8 +153,8 @@ def _finish_scores(run_dir: Path, scored: pa.Table, entry: dict) -> tuple[pa.Tab
         what = f"{len(missing)} of {len(keys)} generation rows have no score" if missing else f"{other} scored rows scored an older text"
         raise NeatError(
             f"{what} (generated after scoring?); rerun every score shard, then merge again",
-            file=run_dir / "scored",
+            file=layout.SCORED.path(run_dir),
             field="key",
         )
-    final = apply_negative_score(scored, (entry.get("config") or {}).get("negative_score", "scored"))
-    return final, {"generations": table_digest("generations", generations)}
+    final = apply_negative_score(scored, recorded.config.get("negative_score", "scored"))
+    return final, {layout.GENERATIONS.name: table_digest(layout.GENERATIONS, generations)}

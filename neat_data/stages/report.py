@@ -10,10 +10,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
 from neat_data.core.files import atomic_write_bytes
-from neat_data.core.runfolder import ShardedTable, atomic_write_figure
-from neat_data.core.schemas import SCORED
+from neat_data.core.runfolder import atomic_write_figure
 
 COLOURS = {"pos": "tab:green", "neg": "tab:red", "none": "tab:gray"}
 
@@ -43,17 +43,17 @@ def run_report(run_dir: Path) -> tuple[list[str], list[Path]]:
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
-    if not (run_dir / "scored").is_dir():
+    if not layout.SCORED.path(run_dir).is_dir():
         raise NeatError("no scored/ in this run folder (run `neat-data score` first)", file=run_dir)
-    rows = ShardedTable(run_dir / "scored", SCORED).read().to_pylist()
+    rows = layout.SCORED.rows(run_dir).read().to_pylist()
     by_steering = {s: [r["score"] for r in rows if r["steering"] == s and r["score_status"] == "ok"] for s in ("pos", "neg", "none")}
-    pairs_path = run_dir / "ranked" / "pairs.parquet"
+    pairs_path = layout.RANKED_PAIRS.path(run_dir)
     margins, pair_count = [], None
     if pairs_path.is_file():
         pairs = pq.read_table(pairs_path, columns=["score_chosen", "score_rejected"]).to_pylist()
         margins = [p["score_chosen"] - p["score_rejected"] for p in pairs]
         pair_count = len(pairs)
-    written = []
+    written, report = [], layout.REPORT.path(run_dir)
     figure, axes = plt.subplots(figsize=(7, 4))
     for steering, values in by_steering.items():
         if values:
@@ -61,16 +61,16 @@ def run_report(run_dir: Path) -> tuple[list[str], list[Path]]:
     axes.set(title=f"Scores by steering — {run_dir.name}", xlabel="score", ylabel="responses")
     axes.legend()
     figure.tight_layout()
-    atomic_write_figure(run_dir / "report" / "scores.png", figure)
-    written.append(run_dir / "report" / "scores.png")
+    atomic_write_figure(report / "scores.png", figure)
+    written.append(report / "scores.png")
     if margins:
         figure, axes = plt.subplots(figsize=(7, 4))
         axes.hist(margins, bins=30, color="tab:blue")
         axes.set(title=f"Score gap of kept pairs (n={len(margins)})", xlabel="score_chosen − score_rejected", ylabel="pairs")
         figure.tight_layout()
-        atomic_write_figure(run_dir / "report" / "margins.png", figure)
-        written.append(run_dir / "report" / "margins.png")
+        atomic_write_figure(report / "margins.png", figure)
+        written.append(report / "margins.png")
     lines = score_table(by_steering, pair_count, margins)
-    atomic_write_bytes(run_dir / "report" / "summary.txt", ("\n".join(lines) + "\n").encode("utf-8"))
-    written.append(run_dir / "report" / "summary.txt")
+    atomic_write_bytes(report / "summary.txt", ("\n".join(lines) + "\n").encode("utf-8"))
+    written.append(report / "summary.txt")
     return lines, written

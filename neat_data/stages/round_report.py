@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
-from neat_data.core.manifest import read_manifest
+from neat_data.core.layout import EVAL, EVAL_METRICS, EVAL_RESEEDED, MODEL, TRAIN_RECORD, round_folder
+from neat_data.core.manifest import RankRecord, read_manifest
 from neat_data.core.runfolder import atomic_write_figure, read_json_object
 from neat_data.safety.metrics import METRIC_TABLE
 
@@ -25,17 +26,17 @@ def round_rows(run_dir: Path, rounds: int) -> list[dict[str, Any]]:
     seconds_by_round = read_manifest(run_dir).rounds
     rows = []
     for k in range(rounds + 1):
-        folder = run_dir / f"round_{k:02d}"
-        rows.append(_row(run_dir, folder, k, "eval", seconds_by_round))
-        if k == 0 and (folder / "eval-reseeded" / "metrics.json").is_file():
-            rows.append({**_row(run_dir, folder, k, "eval-reseeded", {}), "label": "0 (base, another seed)", "control": "negative"})
+        folder = round_folder(run_dir, k)
+        rows.append(_row(run_dir, folder, k, EVAL.name, seconds_by_round))
+        if k == 0 and EVAL_METRICS.path(EVAL_RESEEDED.path(folder)).is_file():
+            rows.append({**_row(run_dir, folder, k, EVAL_RESEEDED.name, {}), "label": "0 (base, another seed)", "control": "negative"})
     return rows
 
 
 def _row(run_dir: Path, folder: Path, k: int, eval_folder: str, seconds_by_round: dict[str, Any]) -> dict[str, Any]:
-    metrics = read_json_object(folder / eval_folder / "metrics.json")
-    train = _object(read_json_object(folder / "model" / "neat_train.json").get("summary"))
-    rank = read_manifest(folder).stage("rank").get("summary", {})
+    metrics = read_json_object(EVAL_METRICS.path(folder / eval_folder))
+    train = _object(read_json_object(TRAIN_RECORD.path(MODEL.path(folder))).get("summary"))
+    rank = read_manifest(folder).record("rank", RankRecord).summary
     stage_seconds = [entry.get("seconds", 0.0) for entry in seconds_by_round.get(str(k), {}).values()]
     return {
         "round": k,

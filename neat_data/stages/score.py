@@ -23,12 +23,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
-from neat_data.core.errors import NeatError, redact_secrets
+from neat_data.core import layout
+from neat_data.core.errors import EXIT_PENDING, NeatError, redact_secrets
 from neat_data.core.lineage import check_read, require_current, table_digest
-from neat_data.core.manifest import Manifest, edit_manifest, read_manifest, update_manifest
-from neat_data.core.runfolder import ShardedTable, count_by
+from neat_data.core.manifest import MANIFEST, GenerateRecord, Manifest, ScoreRecord, edit_manifest, read_manifest, update_manifest
+from neat_data.core.runfolder import count_by
 from neat_data.core.schemas import GENERATIONS, SCORED, check_columns
 from neat_data.core.shards import ShardSpec, StageOutput, refuse_while_writing
+from neat_data.core.stage import Stage, StageResult
+from neat_data.engines import BACKENDS
 from neat_data.engines.costs import PriceOptions, batch_discount, cost_line, token_costs
 from neat_data.scorers import ScorerOptions, make_scorer
 from neat_data.scorers.base import ScoreItem, Scorer
@@ -68,7 +71,7 @@ class ScoreSummary:
 
     def line(self) -> str:
         line = (
-            f"{self.folder or self.run_dir / 'scored'}: {self.rows} rows ({self.scored_rows} newly scored) "
+            f"{self.folder or layout.SCORED.path(self.run_dir)}: {self.rows} rows ({self.scored_rows} newly scored) "
             f"{self.counts['score_status']} in {self.seconds:.0f} s"
         )
         if self.usage.get("total", {}).get("requests"):
@@ -85,29 +88,31 @@ class ScoreSummary:
             )
         return line
 
+    def result(self) -> StageResult:
+        waiting = f"{self.pending_rows} rows wait for the batch judge; run the same command again to collect them"
+        unfinished = NeatError(waiting, file=self.run_dir, exit_code=EXIT_PENDING) if self.pending_rows else None
+        return StageResult([self.line()], read_manifest(self.run_dir).record("score", ScoreRecord), unfinished=unfinished)
 
-def pair_texts(rows: list[dict[str, Any]], generate_entry: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
-    """prompt_id → (positive, negative) steering texts, from the rows, else from the run's pair libraries:
-    the row's pair, or for a prompt with only unsteered rows (evaluation) the pair the run's seed draws for it."""
+
+def pair_texts(rows: list[dict[str, Any]], generate: GenerateRecord) -> dict[str, tuple[str | None, str | None]]:
+    """prompt_id → (positive, negative) steering texts, from the rows, else from the run's pair libraries: the pair a
+    row names (an unsteered row names the pair drawn for its prompt), or for rows written before unsteered rows named
+    it (evaluation: a prompt with only unsteered rows) the pair the run's seed draws for the prompt."""
     texts: dict[str, dict[str, str]] = {row["prompt_id"]: {} for row in rows}
     pair_of: dict[str, str] = {}
     for row in rows:
         if row["system_prompt"] and row["steering"] in ("pos", "neg"):
             texts[row["prompt_id"]][row["steering"]] = row["system_prompt"]
+        if row["system_prompt_id"]:
             pair_of[row["prompt_id"]] = row["system_prompt_id"]
     missing = {pid for pid, found in texts.items() if len(found) < 2}
-    generate_config = generate_entry.get("config", {})
-    if missing and generate_config.get("pairs"):
+    if missing and generate.pairs:
         from neat_data.core.pairs import choose_pair, load_libraries
 
-        libraries = load_libraries(generate_config["pairs"])
+        libraries = load_libraries(generate.pairs)
         by_id = {pair.id: pair for library in libraries for pair in library.pairs}
         for pid in missing:
-            pair = (
-                by_id.get(pair_of[pid])
-                if pid in pair_of
-                else choose_pair(libraries, generate_config.get("sampling", {}).get("seed", 0), pid)
-            )
+            pair = by_id.get(pair_of[pid]) if pid in pair_of else choose_pair(libraries, generate.seed, pid)
             if pair is not None:
                 texts[pid].setdefault("pos", pair.positive)
                 texts[pid].setdefault("neg", pair.negative)
@@ -115,14 +120,14 @@ def pair_texts(rows: list[dict[str, Any]], generate_entry: dict[str, Any]) -> di
 
 
 def check_identity(config: ScoreConfig, run_dir: Path) -> None:
-    previous = read_manifest(run_dir).stage("score").get("config")
+    previous = read_manifest(run_dir).stage("score").config
     if not previous:
         return
     for name, value in config.identity().items():
         if previous.get(name) != value:
             raise NeatError(
                 f"run was scored with {name}={previous.get(name)!r}, now {value!r}; use --overwrite to rescore",
-                file=run_dir / "manifest.json",
+                file=run_dir / MANIFEST,
                 field=name,
             )
 
@@ -174,11 +179,11 @@ def run_score(
     check_can_score(run_dir, shard, overwrite)
     owns_scorer = scorer is None
     try:
-        with StageOutput(run_dir, "score", "scored", SCORED, shard) as out:
+        with StageOutput(run_dir, layout.SCORED, shard) as out:
             # generations a killed generate left, or that changed since it finished, are refused (core/lineage.py); rows
             # waiting in generate's batches are not: those here are scored, the summary says what waits, and rank
             # refuses until generate has collected them and score has run again
-            manifest = require_current(run_dir, "generations", shard=shard, allow_pending=True)
+            manifest = require_current(run_dir, layout.GENERATIONS, shard=shard, allow_pending=True)
             generations, seen = read_generations(run_dir, shard)
             rows, pending, scorer = plan_scoring(config, out, generations, manifest, shard, overwrite, scorer)
             entry = {"config": config.model_dump(mode="json"), "command": argv}
@@ -186,13 +191,13 @@ def run_score(
             scored_now = 0
             if pending:
                 assert scorer is not None
-                texts = pair_texts(rows, manifest.stage("generate"))
+                texts = pair_texts(rows, manifest.record("generate", GenerateRecord))
                 scored_now = score_pending(config, out, scorer, texts, pending, total=len(rows), progress=progress)
             final = final_table(config, out, generations, shard)
             seconds = time.time() - started
             record = score_record(config, final, scorer, seconds=seconds)
             if shard is None:  # a shard's part of the table: merge records the whole one
-                record.update(reads={"generations": seen}, wrote={"scored": table_digest("scored", final)})
+                record.update(reads={layout.GENERATIONS.name: seen}, wrote={layout.SCORED.name: table_digest(layout.SCORED, final)})
             waiting = len(pending) - scored_now
             record_outcome(run_dir, out, entry, record, waiting=waiting, scored_now=scored_now, argv=argv)
     finally:
@@ -207,13 +212,13 @@ def run_score(
         folder=out.folder,
         pending_rows=waiting,
         usage=record.get("usage") or {},
-        ungenerated_rows=int((manifest.stage("generate").get("pending") or {}).get("rows") or 0),
+        ungenerated_rows=int((manifest.record("generate", GenerateRecord).pending or {}).get("rows") or 0),
     )
 
 
 def check_can_score(run_dir: Path, shard: ShardSpec | None, overwrite: bool) -> None:
     """The run has generations; a shard is not combined with --overwrite and waits for no generate writer."""
-    if not (run_dir / "generations").is_dir():
+    if not layout.GENERATIONS.path(run_dir).is_dir():
         raise NeatError("no generations/ in this run folder (run `neat-data generate` first)", file=run_dir)
     if shard is not None:
         if overwrite:
@@ -222,16 +227,15 @@ def check_can_score(run_dir: Path, shard: ShardSpec | None, overwrite: bool) -> 
                 "or use another run folder",
                 field="overwrite",
             )
-        refuse_while_writing(run_dir, "generations")
+        refuse_while_writing(run_dir, layout.GENERATIONS)
 
 
 def read_generations(run_dir: Path, shard: ShardSpec | None) -> tuple[pa.Table, str]:
     """The run's generation rows (checked against GENERATIONS), or the rows of the prompts `shard` owns, and the digest
     of the whole table as read (checked against the one generate recorded)."""
-    generations_dir = run_dir / "generations"
-    generations = ShardedTable(generations_dir, GENERATIONS).read()
-    check_columns(generations, GENERATIONS, str(generations_dir))
-    seen = check_read(run_dir, "generations", generations)
+    generations = layout.GENERATIONS.rows(run_dir).read()
+    check_columns(generations, GENERATIONS, str(layout.GENERATIONS.path(run_dir)))
+    seen = check_read(run_dir, layout.GENERATIONS, generations)
     if shard is not None:
         generations = generations.filter(pa.array([shard.owns(pid) for pid in generations.column("prompt_id").to_pylist()], pa.bool_()))
     return generations, seen
@@ -249,7 +253,7 @@ def plan_scoring(
     """(every row, the rows still to score, the scorer). In this order: the identity is checked, the pending rows
     found, a bad scorer or model fails, and only then, with `overwrite`, the old scores are deleted."""
     run_dir = Path(config.run)
-    generation_model = manifest.stage("generate").get("config", {}).get("model")
+    generation_model = manifest.record("generate", GenerateRecord).model
     if not overwrite:
         check_identity(config, run_dir)
     done = set() if overwrite else current_scores(out, generations)
@@ -267,7 +271,7 @@ def plan_scoring(
 
 
 def is_batch_judge(config: ScoreConfig) -> bool:
-    return config.scorer == "judge" and config.judge_backend == "openai-batch"
+    return config.scorer == "judge" and BACKENDS[config.judge_backend].batch
 
 
 def score_pending(
@@ -334,8 +338,10 @@ def record_outcome(
     """Finish the stage, or — rows a batch judge has not answered yet — record it as not finished: the same command
     run again collects them."""
     if waiting:
-        previous = read_manifest(run_dir).stages.get("score", entry)
-        update_manifest(run_dir, "score", {**previous, **record, "pending_rows": waiting, "finished": False})
+        previous = read_manifest(run_dir).stages.get("score")
+        update_manifest(
+            run_dir, "score", {**(previous.entry() if previous else entry), **record, "pending_rows": waiting, "finished": False}
+        )
     else:
         counting = {name: value for name, value in record.items() if name != "scorer"}
         out.finish({**entry, **record}, {**counting, "scored_rows": scored_now, "command": argv})
@@ -402,3 +408,15 @@ def score_rows(rows: list[dict[str, Any]], scorer: Scorer, texts: dict[str, tupl
             extra = {"raw_score": result.score, "score_status": "ok", "score_error": None}
         out.append({**row, **extra, "score": extra["raw_score"], "scorer": scorer.name, "negative_score": None})
     return out
+
+
+SCORE = Stage(
+    "score",
+    ScoreConfig,
+    lambda config, argv: run_score(config, argv=argv).result(),
+    reads=lambda c: [layout.GENERATIONS.path(c.run)],
+    writes=lambda c: [layout.SCORED.path(c.run)],
+    record=ScoreRecord,
+    recipe_section="score",
+    manifest_entries=lambda c: ["score"],
+)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from neat_data.engines.base import Completion, GenerationRequest, RequestResult, Sampling
+from neat_data.engines.base import Backend, Completion, GenerationRequest, RequestResult, Sampling
 
 
-class RecordingBackend:
+class RecordingBackend(Backend):
     name = "fake"
 
     def __init__(

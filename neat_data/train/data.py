@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
 from neat_data.lm.render import CandidateRenderer
 from neat_data.train.loss import LOSSES, STEERING_CODES
@@ -61,14 +62,6 @@ class DataStats:
     dropped_candidates: int = 0  # not used by the loss, or beyond max_candidates
     tokens: int = 0
     response_tokens: int = 0
-
-
-def find_ranked_export(source: Path) -> Path:
-    """A run folder (→ its export/ranked/train.parquet), an export folder, or a Parquet file."""
-    for candidate in (source, source / "train.parquet", source / "export" / "ranked" / "train.parquet"):
-        if candidate.is_file():
-            return candidate
-    raise NeatError("no ranked export found (run `neat-data export RUN --format ranked` first)", file=source)
 
 
 def read_ranked_rows(path: Path) -> list[dict[str, Any]]:
@@ -248,7 +241,9 @@ def rank_share(batches: list[Any], rank: int, world: int) -> list[Any]:
 def load_examples(
     source: Path, tokenizer: Any, *, max_length: int, max_candidates: int | None, loss: str = "rrhf", dpo_pairs: str = "best-vs-worst"
 ) -> tuple[Path, list[RankedExample], DataStats]:
-    path = find_ranked_export(Path(source))
+    path = layout.ranked_input(Path(source))  # a round's plan names the file; the command also takes a folder
+    if not path.is_file():
+        raise NeatError("no ranked export found (run `neat-data export RUN --format ranked` first)", file=source)
     rows = read_ranked_rows(path)
     if LOSSES[loss].candidates == "pair" and dpo_pairs == "pos-vs-neg" and rows and "steering" not in rows[0]:
         raise NeatError("dpo_pairs pos-vs-neg needs a steering column", file=path, field="steering")

@@ -31,7 +31,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neat_data.core import layout
 from neat_data.core.runfolder import RunLock
+from neat_data.core.stage import Stage, StageResult
 from neat_data.train.distributed import DistributedContext, checksum, gather_full_state, scatter_to_slots, shard_policy
 from neat_data.train.loss import LOSSES, DpoPairs, LossName
 
@@ -41,7 +43,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: Path = Field(description="Run folder (uses export/ranked/train.parquet), an export folder, or a ranked Parquet file.")
+    data: Path = Field(description=f"Run folder (uses {layout.RANKED_EXPORT.file}), an export folder, or a ranked Parquet file.")
     model: str = Field(description="Policy to train: bundled alias, local HF folder or Hub id.")
     out: Path = Field(description="Output HF folder.")
     loss: LossName = Field(
@@ -114,10 +116,13 @@ class TrainSummary:
     first: dict[str, float]
     last: dict[str, float]
 
-    def line(self) -> str:
-        return (
-            f"train: {self.steps} steps, {self.tokens} tokens, {self.tokens_per_second:.0f} tok/s, "
-            f"loss {self.first.get('loss', float('nan')):.4f} → {self.last.get('loss', float('nan')):.4f}"
+    def result(self) -> StageResult:
+        return StageResult(
+            [
+                f"{self.steps} steps on {self.prompts} prompts × {self.candidates / max(self.prompts, 1):.1f} candidates, "
+                f"{self.tokens} tokens in {self.seconds:.0f} s ({self.tokens_per_second:.0f} tok/s), loss "
+                f"{self.first.get('loss', float('nan')):.4f} → {self.last.get('loss', float('nan')):.4f} → {self.out}"
+            ]
         )
 
 
@@ -408,7 +413,7 @@ def _save(
         policy.tokenizer,
         config.out,
         save_dtype,
-        {"neat_train.json": json.dumps(details, indent=2, default=str) + "\n"},
+        {layout.TRAIN_RECORD.file: json.dumps(details, indent=2, default=str) + "\n"},
         state_dict=full_state,
     )
 
@@ -428,3 +433,17 @@ def _save_dtype(choice: str, own_dtype: Any, cuda: bool) -> Any:
     if not cuda:
         return torch.float32
     return getattr(torch, own_dtype) if isinstance(own_dtype, str) else own_dtype
+
+
+TRAIN = Stage(
+    "train",
+    TrainConfig,
+    lambda config, argv: run_train(config, argv=argv).result(),
+    reads=lambda c: [
+        Path(c.data).parent if Path(c.data).suffix else layout.export(c.data, "ranked"),
+        Path(c.model),
+    ],  # the plan names the file
+    writes=lambda c: [Path(c.out)],
+    record=None,
+    recipe_section="train",
+)

@@ -7,7 +7,8 @@ Out: `RunContents` (read once), from which `index(selection)` builds the JSON-re
      prompts, in a fixed hash order of (round, prompt_id), when the run is larger than a page may hold.
 
 The index has one entry per prompt (round, prompt id, drawn pair, system prompt numbers, its rows) and per
-response (steering, statuses, score, raw score, rank, tokens, finish reason, length, error, key), as
+response (steering, statuses, score, raw score, rank, tokens, finish reason, length, error, key, and for a dataset
+answer its label and rank in the user's file), as
 parallel arrays; repeated strings (system prompts, pair ids, finish reasons) are numbers into `strings`.
 """
 
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 
 from neat_data import __version__
 from neat_data.core.errors import NeatError
-from neat_data.core.manifest import Manifest, read_manifest
+from neat_data.core.manifest import AuditRecord, Manifest, RankRecord, ScoreRecord, read_manifest
 from neat_data.core.schemas import STEERINGS, one_array
 from neat_data.view.rounds_data import finite, heldout_section, is_rounds_run, round_folders, rounds_section, suite_sections
 from neat_data.view.tables import FolderRows, read_folder, read_texts, source_folder
@@ -97,8 +98,7 @@ def run_info(run_dir: Path, manifest: Manifest) -> list[list[str]]:
             ["rank", str((recipe.get("rank") or {}).get("pairs"))],
         ]
         return facts
-    stages = manifest.stages
-    generate = stages.get("generate", {}).get("config", {})
+    generate = manifest.stage("generate").config
     if generate:
         sampling = generate.get("sampling") or {}
         facts += [
@@ -110,11 +110,11 @@ def run_info(run_dir: Path, manifest: Manifest) -> list[list[str]]:
                 f"temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, max_tokens {sampling.get('max_tokens')}",
             ],
         ]
-    if stages.get("score"):
-        facts.append(["scorer", str(stages["score"].get("scorer") or stages["score"].get("config", {}).get("scorer"))])
-    if stages.get("rank"):
-        facts.append(["rank", str(stages["rank"].get("config", {}).get("pairs"))])
-    audit = (stages.get("audit") or {}).get("summary") or {}
+    if (score := manifest.record("score", ScoreRecord)).recorded():
+        facts.append(["scorer", str(score.scorer_name)])
+    if (rank := manifest.record("rank", RankRecord)).recorded():
+        facts.append(["rank", str(rank.config.get("pairs"))])
+    audit = manifest.record("audit", AuditRecord).summary
     if audit:  # `neat-data audit`: its verdicts in one line (audit/audit.md has the figures)
         states = {state: [check for check, item in audit.items() if item.get("verdict") == state] for state in ("fail", "not sure")}
         said = "; ".join(f"{'failed' if state == 'fail' else state}: {', '.join(checks)}" for state, checks in states.items() if checks)
@@ -205,12 +205,12 @@ class RunContents:
     # ---------------------------------------------------------------------------------------------- index
     def index(self, selection: np.ndarray, *, mode: str) -> dict[str, Any]:
         """The JSON-ready index of the selected prompts (and the whole run's totals)."""
-        strings = {name: Interner() for name in ("lib", "pair", "sys", "fin", "drop")}
+        strings = {name: Interner() for name in ("lib", "pair", "sys", "fin", "drop", "src")}
         prompts: dict[str, list] = {
             name: [] for name in ("round", "pid", "lib", "pair", "sys_pos", "sys_neg", "r0", "rn", "title", "turns")
         }
         responses: dict[str, list] = {
-            name: [] for name in ("p", "st", "si", "gs", "ss", "score", "raw", "rank", "tok", "fin", "len", "err", "key")
+            name: [] for name in ("p", "st", "si", "gs", "ss", "score", "raw", "rank", "tok", "fin", "len", "err", "key", "src", "srank")
         }
         kept: dict[str, list] = {"p": [], "c": [], "r": [], "m": []}
         dropped: dict[str, list] = {"p": [], "a": [], "b": [], "reason": []}
@@ -274,6 +274,8 @@ class RunContents:
             responses["len"] += picked.column("chars").to_pylist()
             responses["err"] += pc.utf8_slice_codeunits(errors, 0, ERROR_CHARS).to_pylist()
             responses["key"] += picked.column("key").to_pylist()
+            responses["src"] += strings["src"].codes(picked.column("source_label")).tolist()  # -1: a generated answer
+            responses["srank"] += _ints(picked.column("source_rank"))
 
             keep = (rows.kept["p"] >= 0) & chosen[np.maximum(rows.kept["p"], 0)] if len(rows.kept["p"]) else np.zeros(0, bool)
             kept["p"] += new_prompt[rows.kept["p"][keep]].tolist()

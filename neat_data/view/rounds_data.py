@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from neat_data.core.layout import EVAL, EVAL_METRICS, EVAL_PROMPTS, EVAL_SUITES, GENERATIONS, HELDOUT, SCORED, round_folder
 from neat_data.core.manifest import read_manifest
-from neat_data.core.runfolder import ShardedTable, read_json_object
-from neat_data.core.schemas import GENERATIONS, SCORED
+from neat_data.core.runfolder import read_json_object
 
 ROUND_DIR = re.compile(r"^round_(\d{2,})$")
 SKIPPED_METRIC_KEYS = ("config", "command")  # the evaluation's inputs, not its results
@@ -92,7 +92,7 @@ def rounds_section(run_dir: Path) -> dict[str, Any]:
     rows = round_rows(run_dir, last) if folders else []  # a bad metrics/train JSON: one line naming the file
     per_round = []
     for row in rows:
-        scalars, intervals = flatten_metrics(read_json_object(run_dir / f"round_{row['round']:02d}" / "eval" / "metrics.json"))
+        scalars, intervals = flatten_metrics(read_json_object(EVAL_METRICS.path(EVAL.path(round_folder(run_dir, row["round"])))))
         for column in ("pairs", "train_prompts", "train_tokens", "train_tokens_per_s", "wall_seconds"):
             if row.get(column):  # 0 seconds = nothing ran yet
                 scalars[f"run.{column}"] = finite(row[column])
@@ -146,8 +146,8 @@ def _answer(row: dict[str, Any], max_chars: int) -> dict[str, Any]:
 
 
 def _eval_rows(folder: Path) -> list[dict[str, Any]]:
-    for name, schema in (("scored", SCORED), ("generations", GENERATIONS)):
-        table = ShardedTable(folder / name, schema)
+    for kind in (SCORED, GENERATIONS):
+        table = kind.rows(folder)
         if table.shard_paths():
             return table.read().to_pylist()
     return []
@@ -155,7 +155,7 @@ def _eval_rows(folder: Path) -> list[dict[str, Any]]:
 
 def heldout_section(run_dir: Path, max_chars: int) -> dict[str, Any] | None:
     """Held-out prompts × (base model, base model under the positive prompt, each round): answer, score, status."""
-    folders = [(k, folder / "eval") for k, folder in round_folders(run_dir) if (folder / "eval").is_dir()]
+    folders = [(k, EVAL.path(folder)) for k, folder in round_folders(run_dir) if EVAL.path(folder).is_dir()]
     if not folders:
         return None
     columns: list[dict[str, Any]] = []
@@ -177,7 +177,7 @@ def heldout_section(run_dir: Path, max_chars: int) -> dict[str, Any] | None:
                 if row["prompt_id"] not in conversations:
                     conversations[row["prompt_id"]] = [[m["role"], m["content"]] for m in row.get("prompt") or []]
                     order.append(row["prompt_id"])
-    heldout_file = run_dir / "prompts" / "heldout.jsonl"
+    heldout_file = HELDOUT.path(run_dir)
     if heldout_file.is_file():  # the split's order, when the run folder has it
         listed = []
         for line in heldout_file.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -195,7 +195,7 @@ def heldout_section(run_dir: Path, max_chars: int) -> dict[str, Any] | None:
 def _suite_kinds(eval_dir: Path) -> dict[str, str]:
     """suite name → kind (harmful | benign), from the eval folder's metrics.json (absent or unreadable: {})."""
     try:
-        suites = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8")).get("suites")
+        suites = json.loads(EVAL_METRICS.path(eval_dir).read_text(encoding="utf-8")).get("suites")
     except (OSError, ValueError, AttributeError):
         return {}
     if not isinstance(suites, dict):
@@ -206,7 +206,7 @@ def _suite_kinds(eval_dir: Path) -> dict[str, str]:
 def _suite_prompts(folder: Path) -> dict[str, list[list[str]]]:
     """prompt_id → conversation, from a suite folder's prompts.jsonl (a suite of held-out prompts has none)."""
     conversations: dict[str, list[list[str]]] = {}
-    path = folder / "prompts.jsonl"
+    path = EVAL_PROMPTS.path(folder)
     if not path.is_file():
         return conversations
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -252,9 +252,9 @@ def suite_sections(run_dir: Path, max_chars: int, heldout: dict[str, Any] | None
     heldout_conversations = {prompt["pid"]: prompt["conv"] for prompt in (heldout or {}).get("prompts", [])}
     by_suite: dict[str, dict[str, Any]] = {}
     for k, folder in round_folders(run_dir):
-        eval_dir = folder / "eval"
+        eval_dir = EVAL.path(folder)
         kinds = _suite_kinds(eval_dir)
-        for metrics_file in sorted((eval_dir / "suites").glob("*/metrics.parquet")):
+        for metrics_file in sorted(EVAL_SUITES.path(eval_dir).glob("*/metrics.parquet")):
             name = metrics_file.parent.name
             suite = by_suite.setdefault(
                 name, {"name": name, "kind": kinds.get(name), "metrics": [], "columns": [], "cells": {}, "conv": {}, "notes": []}

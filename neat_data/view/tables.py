@@ -21,10 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
-from neat_data.core.manifest import read_manifest
+from neat_data.core.manifest import RankRecord, read_manifest
 from neat_data.core.runfolder import ShardedTable, keep_last_per_key
-from neat_data.core.schemas import GENERATIONS, SCORED, STEERINGS, one_array
+from neat_data.core.schemas import ADDED_COLUMNS, SCORED, STEERINGS, one_array
 
 TITLE_CHARS = 200  # the list shows the start of the last user turn
 # Generation columns the index keeps (texts are read separately, for the prompts a page holds).
@@ -41,6 +42,8 @@ INDEX_COLUMNS = [
     "completion_tokens",
     "status",
     "error",
+    "source_label",  # a dataset answer's label in the user's file (chosen, rejected, …), its rank there
+    "source_rank",
 ]
 SCORE_COLUMNS = ["key", "score", "raw_score", "score_status", "score_error"]
 
@@ -54,13 +57,17 @@ def read_columns(folder: Path, schema: pa.Schema, columns: list[str], reduce: Ca
             names = set(pq.read_schema(path).names)
         except Exception as error:
             raise NeatError(f"unreadable shard ({error}); delete it to regenerate its rows", file=path) from None
-        missing = [name for name in columns if name not in names]
+        late = [name for name in columns if name not in names and name in ADDED_COLUMNS]  # written before it existed: nulls
+        missing = [name for name in columns if name not in names and name not in late]
         if missing:
             raise NeatError("shard lacks a column (written by another version or stage?)", file=path, field=missing[0])
         try:
-            table = pq.read_table(path, columns=columns)
+            table = pq.read_table(path, columns=[name for name in columns if name not in late])
         except Exception as error:
             raise NeatError(f"unreadable shard ({error}); delete it to regenerate its rows", file=path) from None
+        for name in late:
+            table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
+        table = table.select(columns)
         table = table.cast(pa.schema([schema.field(name) for name in columns]))
         parts.append(reduce(table) if reduce else table)
     if not parts:
@@ -125,9 +132,9 @@ class FolderRows:
 
 def source_folder(folder: Path) -> tuple[Path, pa.Schema] | None:
     """The table that lists every response: generations/ (authoritative), else scored/."""
-    for name, schema in (("generations", GENERATIONS), ("scored", SCORED)):
-        if (folder / name).is_dir() and ShardedTable(folder / name, schema).shard_paths():
-            return folder / name, schema
+    for table in (layout.GENERATIONS, layout.SCORED):
+        if table.path(folder).is_dir() and table.rows(folder).shard_paths():
+            return table.path(folder), table.rows(folder).schema
     return None
 
 
@@ -138,7 +145,7 @@ def read_folder(folder: Path) -> FolderRows | None:
         return None
     table_folder, schema = source
     rows = read_columns(table_folder, schema, INDEX_COLUMNS + ["prompt", "response"], _conversation_facts)
-    scored_folder = folder / "scored"
+    scored_folder = layout.SCORED.path(folder)
     scores = read_columns(scored_folder, SCORED, SCORE_COLUMNS) if scored_folder.is_dir() else None
     rows = _attach_scores(rows, scores)
     rows, prompt_of_row, first_row = _display_order(rows)
@@ -150,7 +157,7 @@ def read_folder(folder: Path) -> FolderRows | None:
     kept = _kept_pairs(folder, keys, prompt_of_row, prompt_index)
     dropped, counts = _dropped_pairs(folder, keys, prompt_index)
     rank_entry = read_manifest(folder).stage("rank")
-    return FolderRows(folder, rows, prompt_of_row, first_row, rank, kept, dropped, counts, rank_entry.get("config", {}).get("pairs"))
+    return FolderRows(folder, rows, prompt_of_row, first_row, rank, kept, dropped, counts, rank_entry.config.get("pairs"))
 
 
 def _attach_scores(rows: pa.Table, scores: pa.Table | None) -> pa.Table:
@@ -194,7 +201,7 @@ def _display_order(rows: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
 
 def _ranks(folder: Path, keys: pa.ChunkedArray) -> np.ndarray:
     rank = np.zeros(len(keys), np.int32)
-    path = folder / "ranked" / "lists.parquet"
+    path = layout.RANKED_LISTS.path(folder)
     if not path.is_file():
         return rank
     lists = _read_parquet(path, ["keys"])
@@ -229,7 +236,7 @@ def _prompt_numbers(prompt_ids: list[str], rows_at: np.ndarray, prompt_of_row: n
 
 
 def _kept_pairs(folder: Path, keys, prompt_of_row: np.ndarray, prompt_index: dict[str, int]) -> dict[str, np.ndarray]:
-    path = folder / "ranked" / "pairs.parquet"
+    path = layout.RANKED_PAIRS.path(folder)
     empty = {"p": np.zeros(0, np.int64), "c": np.zeros(0, np.int64), "r": np.zeros(0, np.int64), "m": np.zeros(0)}
     if not path.is_file():
         return empty
@@ -248,9 +255,9 @@ def _kept_pairs(folder: Path, keys, prompt_of_row: np.ndarray, prompt_index: dic
 
 def _dropped_pairs(folder: Path, keys, prompt_index: dict[str, int]) -> tuple[dict[str, np.ndarray] | None, dict[str, int]]:
     """Per dropped pair (newer runs: ranked/dropped.parquet), else only the counts of the manifest's rank summary."""
-    path = folder / "ranked" / "dropped.parquet"
+    path = layout.RANKED_DROPPED.path(folder)
     if not path.is_file():
-        summary = read_manifest(folder).stage("rank").get("summary", {})
+        summary = read_manifest(folder).record("rank", RankRecord).summary
         return None, {str(k): int(v) for k, v in (summary.get("dropped") or {}).items()}
     table = _read_parquet(path)
     for name in ("prompt_id", "reason"):

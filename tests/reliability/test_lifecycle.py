@@ -108,7 +108,7 @@ def test_sigterm_to_run_ends_its_stage_and_the_rerun_finishes_whole(tmp_path: Pa
         again = run_neat("run", str(recipe), timeout=600)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         manifest = json.loads((run_dir / "manifest.json").read_text())
-        stages = {"evaluate"}, {"generate", "score", "rank", "export-ranked", "train", "evaluate"}
+        stages = {"evaluate"}, {"generate", "score", "rank", "audit", "export-ranked", "train", "evaluate"}
         assert [set(manifest["rounds"][str(k)]) for k in (0, 1)] == list(stages)
         assert all(entry["finished"] for round_ in manifest["rounds"].values() for entry in round_.values())
         evaluated = pq.read_table(run_dir / "round_00" / "eval" / "generations").to_pylist()

@@ -46,7 +46,7 @@ def test_a_cap_holds_across_a_sigkill_and_a_resume(tmp_path: Path, fake_server, 
     billed = billed_tokens(server)
     # past the cap by at most what was in flight: one request at the kill (answered, not yet recorded), one at the end
     assert 1000 <= sum(billed) < 1000 + 2 * max(billed)
-    assert read_manifest(run).stages["generate"]["budget"]["spent_tokens"] >= sum(billed) - max(billed)
+    assert read_manifest(run).stage("generate").entry()["budget"]["spent_tokens"] >= sum(billed) - max(billed)
 
 
 def test_ctrl_c_keeps_the_spend_of_every_answer(tmp_path: Path, fake_server):
@@ -63,7 +63,7 @@ def test_ctrl_c_keeps_the_spend_of_every_answer(tmp_path: Path, fake_server):
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=60)
     billed = billed_tokens(server)
-    spent = read_manifest(run).stages["generate"]["budget"]["spent_tokens"]
+    spent = read_manifest(run).stage("generate").entry()["budget"]["spent_tokens"]
     assert sum(billed) - max(billed) <= spent <= sum(billed) and len(billed) > 10
 
 
@@ -80,7 +80,7 @@ def test_a_resumed_redo_pass_does_not_redo_what_it_already_redid(tmp_path: Path,
     regenerated a second time: they are still of the class (steering=neg), and were sent and paid for twice."""
     server = fake_server()
     source, run = plain_run(tmp_path, server)
-    spent = read_manifest(run).stages["generate"]["budget"]["spent_tokens"]
+    spent = read_manifest(run).stage("generate").entry()["budget"]["spent_tokens"]
     redo = [*served_generate_args(source, server.url, run, max_concurrency=1), "--redo", "steering=neg", "--seed", "7"]
     stopped = CliRunner().invoke(cli, [*redo, "--max-total-tokens", str(spent + 100)])
     assert stopped.exit_code == 0 and "stopped at the budget" in stopped.output, stopped.output

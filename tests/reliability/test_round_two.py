@@ -16,7 +16,7 @@ from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import SCORED
 from neat_data.engines.base import Sampling
 from neat_data.rounds.recipe import load_recipe
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 PROMPTS = [{"prompt": "How do I boil an egg?"}, {"prompt": "Name a prime."}, {"prompt": "What is rain?"}]

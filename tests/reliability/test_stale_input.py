@@ -23,7 +23,7 @@ from neat_data.core.runfolder import ShardedTable
 from neat_data.core.schemas import GENERATIONS, SCORED
 from neat_data.core.shards import ShardSpec
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 SCORE = ("--scorer", "python:reliability_scorers:slow_length", "--no-progress")
@@ -166,13 +166,13 @@ def test_runs_made_before_digests_still_work_and_their_finished_flags_still_coun
     did; an unfinished record is refused all the same (before the fix rank ranked it)."""
     run = finished(tmp_path)
     with edit_manifest(run) as manifest:
-        for entry in manifest.stages.values():
-            entry.pop("reads", None), entry.pop("wrote", None)
+        for name, entry in manifest.stages.items():
+            manifest.set_stage(name, {key: value for key, value in entry.entry().items() if key not in ("reads", "wrote")})
     ok("rank", run)
     ok("export", run, "--format", "trl")
     ok("audit", run)
     with edit_manifest(run) as manifest:
-        manifest.stages["score"]["finished"] = False
+        manifest.stages["score"].finished = False
     assert "scores are unfinished (score was stopped, failed or is still running)" in refused(tmp_path, "rank", run)
 
 

@@ -19,7 +19,7 @@ from harness import folder_digest
 
 from neat_data.cli import cli
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate import GenerateConfig, run_generate
+from neat_data.stages.generate.stage import GenerateConfig, run_generate
 from neat_data.testing.recording_backend import RecordingBackend
 
 WORDS = [f"w{i}" for i in range(2000)]

@@ -3,7 +3,7 @@
 // Rule of this page: data (prompts, responses, errors, names) only ever enters the document as text —
 // el() appends strings as Text nodes and sets attributes with setAttribute; nothing here parses HTML.
 
-const STEER_LABEL = { pos: 'positive prompt', neg: 'negative prompt', none: 'no system prompt' };
+const STEER_LABEL = { pos: 'positive prompt', neg: 'negative prompt', none: 'no system prompt', dataset: "the dataset's own answers" };
 const STEER_COLOUR = { pos: '#2e7d32', neg: '#c62828', none: '#616161' };
 
 function el(tag, props, ...children) {

@@ -3,7 +3,16 @@
 
 function sideName(D, r) {
   if (r === null || r === undefined || r < 0) return 'a response not in this page';
-  const R = D.responses; return `${D.strings.steering[R.st[r]] || '?'} #${R.si[r]}`;
+  const R = D.responses; const label = sourceLabel(D, r);
+  return label ? `dataset ${label}` : `${D.strings.steering[R.st[r]] || '?'} #${R.si[r]}`;
+}
+
+// A dataset answer's label in the user's file (chosen, rejected, response_0, ranked …) and its rank there; null for a
+// generated answer (and in pages built before the columns existed).
+function sourceLabel(D, r) {
+  const R = D.responses; if (!R.src || R.src[r] < 0) return null;
+  const rank = R.srank[r] === null ? '' : ` (rank ${R.srank[r]} in the dataset)`;
+  return `${D.strings.src[R.src[r]]}${rank}`;
 }
 
 function textBlock(text, query, fullLength, cut) {
@@ -74,6 +83,7 @@ async function renderDetail(state, p) {
     for (const r of rows) {
       const status = responseState(R, r); const finish = R.fin[r] >= 0 ? S.fin[R.fin[r]] : null;
       const meta = el('div', { class: 'meta' },
+        sourceLabel(D, r) ? el('span', { class: 'badge source', text: `original: ${sourceLabel(D, r)}` }) : null,
         el('span', {}, 'sample ', el('b', { text: R.si[r] })),
         el('span', {}, 'score ', el('b', { text: fmt(R.score[r]) })),
         el('span', {}, 'raw ', el('b', { text: fmt(R.raw[r]) })),

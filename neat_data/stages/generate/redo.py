@@ -21,10 +21,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
 from neat_data.core.manifest import read_manifest
+from neat_data.core.schemas import is_truncated
 from neat_data.engines.base import Sampling
-from neat_data.stages.generate_plan import GenerateConfig, RedoClass, sampling_json, settings_hash
+from neat_data.stages.generate.plan import GenerateConfig, RedoClass, sampling_json, settings_hash
 
 REDO_COLUMNS = ["status", "finish_reason", "response", "steering", "sampling"]  # read with the key
 
@@ -37,11 +39,11 @@ def redo_keys(rows: pa.Table, classes: Sequence[RedoClass], redone_with: str | N
     prefixes = None
     keys: set[str] = set()
     for key, status, finish, response, steering, sampling in zip(*(rows.column(name).to_pylist() for name in ["key", *REDO_COLUMNS])):
-        if redone_with is not None and sampling == redone_with:
-            continue
+        if (redone_with is not None and sampling == redone_with) or steering == "dataset":
+            continue  # a dataset response is the source's text: no engine made it, none makes it again
         for kind in classes:
             if kind == "truncated":
-                hit = status == "ok" and finish == "length"
+                hit = status == "ok" and is_truncated(finish)
             elif kind == "error":
                 hit = status == "error"
             elif kind == "refused":
@@ -68,8 +70,8 @@ def redone_sampling(send: GenerateConfig, config: GenerateConfig) -> str | None:
 
 def keys_config(config: GenerateConfig, run_dir: Path) -> GenerateConfig:
     """The config whose keys, pairs and identity are the folder's: this command's, with the folder's own sampling."""
-    previous = read_manifest(run_dir).stage("generate").get("config")
-    if not previous or not (run_dir / "generations").is_dir():
+    previous = read_manifest(run_dir).stage("generate").config
+    if not previous or not layout.GENERATIONS.path(run_dir).is_dir():
         raise NeatError("nothing to --redo: this run folder has no generations yet (run generate without --redo first)", file=run_dir)
     return config.model_copy(update={"sampling": Sampling.model_validate(previous["sampling"]), "redo": []})
 

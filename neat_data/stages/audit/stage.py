@@ -22,7 +22,10 @@ Checks, each a verdict line with its threshold (the config's fields below: docum
                      ones excluded) ≤ 0.10
     truncated        share of pairs with a side cut at max_tokens ≤ 0.10
     ties             share of formed pairs rank dropped as score ties ≤ 0.10
-Verdicts have three states. A figure with a 95% interval (length, bag-of-words, best-negative, refusal-flip: estimates
+    source           source AUC within [0.35, 0.65]: P(the chosen side is the dataset's answer and the rejected one the
+                     model's) + ½ P(same source) — the pairs do not teach "who wrote it" ("More is Less", arXiv
+                     2504.02193); `n/a` when no candidate came with the dataset (steering "dataset")
+Verdicts have three states. A figure with a 95% interval (length, bag-of-words, best-negative, refusal-flip, source: estimates
 from a sample of prompts) passes when the whole interval is on the passing side of the threshold, FAILs when the whole
 interval is on the failing side, and is NOT SURE when the interval holds the threshold — its line then says about how
 many prompts would decide it (the interval's half-width shrinks as 1/√prompts). The other figures are counts over every
@@ -30,7 +33,10 @@ candidate or pair (near-duplicates: over the sample) and are read as they are. E
 three example pairs (or texts) that show it. A check whose figure cannot be measured (no pos/neg lists, too few pairs)
 is `n/a`, never a pass or a fail.
 The report is written and the command exits 0 whatever the verdicts; `--fail-on CHECK,…` makes it exit 5
-(`EXIT_CHECK_FAILED`) after writing when one of those checks fails — for pipelines that want to stop.
+(`EXIT_CHECK_FAILED`) after writing when one of those checks FAILs (not sure and n/a go on), with one line naming each
+such check, its figure and its threshold. In `neat-data run` it is the stage between rank and the exports, set by the
+recipe's `audit:` section (`fail_on` and the thresholds below): a FAIL there stops the round before its exports and
+training (neat_data/rounds/stages.py).
 """
 
 from __future__ import annotations
@@ -46,18 +52,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from neat_data.core import layout
 from neat_data.core.errors import EXIT_CHECK_FAILED, NeatError
 from neat_data.core.lineage import check_read, require_current
-from neat_data.core.manifest import MANIFEST, manifest_record, read_manifest
-from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites, count_by, figure_png, read_parquet
-from neat_data.core.schemas import DROPPED_PAIRS, SCORED, check_columns, one_array
+from neat_data.core.manifest import MANIFEST, AuditRecord, manifest_record, read_manifest
+from neat_data.core.runfolder import RunLock, StagedWrites, count_by, figure_png, read_parquet
+from neat_data.core.schemas import DROPPED_PAIRS, check_columns, is_truncated, one_array
+from neat_data.core.stage import Stage, StageResult
 from neat_data.safety.metrics import MetricName
-from neat_data.stages import data_audit_duplicates as duplicates_of
-from neat_data.stages import data_audit_measures as measures
-from neat_data.stages.rank import read_ranked
+from neat_data.stages.audit import duplicates as duplicates_of
+from neat_data.stages.audit import measures as measures
+from neat_data.stages.rank.stage import read_ranked
 
 Verdict = Literal["pass", "fail", "not sure", "n/a"]
-AuditCheck = Literal["length", "bag-of-words", "best-negative", "refusal-flip", "duplicates", "near-duplicates", "truncated", "ties"]
+AuditCheck = Literal[
+    "length", "bag-of-words", "best-negative", "refusal-flip", "duplicates", "near-duplicates", "truncated", "ties", "source"
+]
 AUDIT_CHECKS: tuple[AuditCheck, ...] = get_args(AuditCheck)
 SAFETY_METRICS: tuple[MetricName, ...] = (
     "refusal_opening",
@@ -99,6 +109,9 @@ class DataAuditConfig(BaseModel):
         0.10, ge=0.0, le=1.0, description="truncated check: share of pairs with a side cut at max_tokens, at most."
     )
     tie_max: float = Field(0.10, ge=0.0, le=1.0, description="ties check: share of formed pairs dropped as score ties, at most.")
+    source_separability_max: float = Field(
+        0.65, ge=0.5, le=1.0, description="source check: max(source AUC, 1 − source AUC) at most this (dataset answers vs generated)."
+    )
     sample_prompts: int = Field(
         5000,
         ge=1,
@@ -133,6 +146,7 @@ CHECK_RULES: dict[AuditCheck, tuple[tuple[str, ...], Literal["max", "min", "band
     "near-duplicates": (("duplicates", "near", "any"), "max", "near_duplicate_max", "share of candidates with a near-duplicate"),
     "truncated": (("ties_and_truncation", "truncated_pairs"), "max", "truncated_max", "share of pairs with a truncated side"),
     "ties": (("ties_and_truncation", "tie_dropped_pairs"), "max", "tie_max", "share of formed pairs dropped as ties"),
+    "source": (("source", "source_auc"), "band", "source_separability_max", "source AUC (the dataset's answer is chosen)"),
 }
 
 
@@ -190,7 +204,7 @@ def verdicts(report: dict[str, Any], config: DataAuditConfig) -> list[dict[str, 
         bound = f"within [{1 - threshold:g}, {threshold:g}]" if kind == "band" else f"{'≤' if kind == 'max' else '≥'} {threshold:g}"
         rule = f"{what} {bound}"
         if value is None:
-            shown = "not measured"
+            shown = str(item.get("not_measured", "not measured"))
         elif low is None or high is None:
             shown = f"{value:.3f}"
         else:
@@ -228,44 +242,50 @@ class AuditReport:
     fail_on: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        return [check["line"] for check in self.checks] + [f"wrote {self.folder}/audit.json, audit.md, audit.png"]
+        return [check["line"] for check in self.checks] + [f"wrote {layout.AUDIT_JSON.path(self.folder.parent)}, audit.md, audit.png"]
 
-    def failed(self) -> list[str]:
-        return [c["check"] for c in self.checks if c["check"] in self.fail_on and c["verdict"] == "fail"]
-
-    def raise_for_failures(self) -> None:
-        failed = self.failed()
+    def raise_for_failures(self, stops: str = "--fail-on; the report is written") -> None:
+        """Exit 5 when a check named in fail_on FAILs (pass and not sure go on): one line with each such check, its
+        figure and its threshold; `stops` says what named it and what stops."""
+        failed = [c for c in self.checks if c["check"] in self.fail_on and c["verdict"] == "fail"]
         if failed:
             raise NeatError(
-                f"audit check(s) failed: {', '.join(failed)} (--fail-on; the report is written)",
-                file=self.folder / "audit.json",
+                f"audit check{'s' if len(failed) > 1 else ''} failed: {'; '.join(_figure_against_rule(c) for c in failed)} ({stops})",
+                file=layout.AUDIT_JSON.path(self.folder.parent),
                 exit_code=EXIT_CHECK_FAILED,
             )
+
+
+def _figure_against_rule(check: dict[str, Any]) -> str:
+    """`truncated = 1.000 (threshold: share of pairs with a truncated side ≤ 0.1)`, with the interval where there is one."""
+    low, high = check["ci95"]
+    interval = f" [95% CI {low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{check['check']} = {check['value']:.3f}{interval} (threshold: {check['rule']})"
 
 
 def read_inputs(run_dir: Path, seen: dict[str, str] | None = None) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table | None]:
     """(lists, pairs, dropped, scored columns or None); no ranked lists at all is a NeatError (exit 2). The ranked
     tables must be finished and current, from scores that are (core/lineage.py): `seen` gets the digests of what was
     read. scored/ gives only lengths and finish reasons here: rank's record vouches for it."""
-    manifest = require_current(run_dir, "ranked/lists")
+    manifest = require_current(run_dir, layout.RANKED_LISTS)
     seen = seen if seen is not None else {}
     lists = read_ranked(run_dir, "lists")
-    seen["ranked/lists"] = check_read(run_dir, "ranked/lists", lists, manifest)
+    seen[layout.RANKED_LISTS.name] = check_read(run_dir, layout.RANKED_LISTS, lists, manifest)
     if lists.num_rows == 0:
         raise NeatError(
-            "no ranked lists to audit (every candidate failed, or nothing was generated)", file=run_dir / "ranked" / "lists.parquet"
+            "no ranked lists to audit (every candidate failed, or nothing was generated)", file=layout.RANKED_LISTS.path(run_dir)
         )
     pairs = read_ranked(run_dir, "pairs")
-    seen["ranked/pairs"] = check_read(run_dir, "ranked/pairs", pairs, manifest)
-    dropped_path = run_dir / "ranked" / "dropped.parquet"
+    seen[layout.RANKED_PAIRS.name] = check_read(run_dir, layout.RANKED_PAIRS, pairs, manifest)
+    dropped_path = layout.RANKED_DROPPED.path(run_dir)
     dropped = read_parquet(dropped_path) if dropped_path.is_file() else DROPPED_PAIRS.empty_table()
     if dropped.num_rows:
         check_columns(dropped, DROPPED_PAIRS, str(dropped_path))
     if dropped_path.is_file():
-        seen["ranked/dropped"] = check_read(run_dir, "ranked/dropped", dropped, manifest)
+        seen[layout.RANKED_DROPPED.name] = check_read(run_dir, layout.RANKED_DROPPED, dropped, manifest)
     scored = None
-    if (run_dir / "scored").is_dir():
-        scored = ShardedTable(run_dir / "scored", SCORED).read(columns=["completion_tokens", "finish_reason", "steering", "status"])
+    if layout.SCORED.path(run_dir).is_dir():
+        scored = layout.SCORED.rows(run_dir).read(columns=["completion_tokens", "finish_reason", "steering", "status"])
     return lists, pairs, dropped, scored
 
 
@@ -282,10 +302,15 @@ def safety_values(texts: list[str], notes: list[str]) -> dict[str, list[float]]:
 
 
 def audit_tables(
-    config: DataAuditConfig, lists: pa.Table, pairs: pa.Table, dropped: pa.Table, scored: pa.Table | None
+    config: DataAuditConfig,
+    lists: pa.Table,
+    pairs: pa.Table,
+    dropped: pa.Table,
+    scored: pa.Table | None,
+    strategy: str = "pairs",
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The pure core: ranked tables → (the report: a dict of sections of figures, log2 length ratios per steering
-    combination for the plot)."""
+    combination for the plot). `strategy`: the pair strategy rank ran, for pairs without a `strategy` column."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     keys = one_array(scored.column("key")) if scored is not None else None
@@ -295,7 +320,7 @@ def audit_tables(
         sides = measures.pair_sides(pairs, candidates)
     except ValueError as error:
         raise NeatError(
-            f"{error} (lists.parquet and pairs.parquet from different rank runs? run `neat-data rank` again)", file="ranked/pairs.parquet"
+            f"{error} (lists.parquet and pairs.parquet from different rank runs? run `neat-data rank` again)", file=layout.RANKED_PAIRS.file
         ) from None
     seconds["read_and_join"] = time.perf_counter() - started
     notes: list[str] = []
@@ -360,11 +385,30 @@ def audit_tables(
     duplicates = {"exact": exact, "near": near}
     seconds["duplicates"] = time.perf_counter() - step
 
+    step = time.perf_counter()
+    strategies = (
+        np.asarray(pc.fill_null(pairs.column("strategy"), strategy).to_numpy(zero_copy_only=False), dtype=object)
+        if "strategy" in pairs.column_names
+        else np.full(sides.size, strategy, dtype=object)
+    )
+    refusal = np.asarray(values["refusal_opening"], dtype=np.float64) if "refusal_opening" in values else None
+    source = measures.source_measures(
+        candidates,
+        sides,
+        strategies,
+        refusal,
+        np.flatnonzero(in_sample),
+        resamples=config.resamples,
+        seed=config.seed,
+        sampled=sampled,
+    )
+    seconds["source"] = time.perf_counter() - step
+
     reasons = count_by(dropped, "reason")
     ties = measures.ties_and_truncation(candidates, sides, reasons)
     if scored is not None and scored.num_rows:
         ok = scored.filter(pc.equal(scored.column("status"), "ok"))
-        cut = int(pc.sum(pc.fill_null(pc.equal(ok.column("finish_reason"), measures.TRUNCATED), False)).as_py() or 0)
+        cut = int(pc.sum(is_truncated(ok.column("finish_reason"))).as_py() or 0)
         ties["truncated_generated"] = measures.figure(
             cut / ok.num_rows if ok.num_rows else None,
             "share of all ok generations (scored/) cut at max_tokens, whether or not rank kept them",
@@ -384,12 +428,13 @@ def audit_tables(
         ),
         "truncated": shows.truncated(),
         "ties": shows.ties(),
+        "source": shows.source(source["source_auc"]["value"]),
     }
     return {
         "counts": {
             "prompts": measures.figure(prompts, "ranked lists (one per prompt)"),
             "candidates": measures.figure(candidates.size, "ok candidates in the lists"),
-            "pairs": measures.figure(sides.size, "pairs in ranked/pairs.parquet"),
+            "pairs": measures.figure(sides.size, f"pairs in {layout.RANKED_PAIRS.file}"),
             "sample": measures.figure(sampled, "the prompts the per-text measures (bag of words, safety metrics, near-duplicates) ran on"),
         },
         "length": length,
@@ -402,6 +447,7 @@ def audit_tables(
         "steering": steering,
         "duplicates": duplicates,
         "ties_and_truncation": ties,
+        "source": source,
         "examples": examples,
         "notes": notes,
         "seconds": {name: round(value, 2) for name, value in seconds.items()},
@@ -501,6 +547,21 @@ class Examples:
             for i in np.flatnonzero(either)[:3]
         ]
 
+    def source(self, auc: float | None) -> list[dict[str, Any]]:
+        if auc is None:
+            return []
+        winner, loser = (
+            (self.sides.dataset_chosen, self.sides.dataset_rejected)
+            if auc >= 0.5
+            else (self.sides.dataset_rejected, self.sides.dataset_chosen)
+        )
+        note = (
+            "chosen came with the dataset, rejected from the model"
+            if auc >= 0.5
+            else "chosen from the model, rejected came with the dataset"
+        )
+        return [self.pair(int(i), note) for i in np.flatnonzero(winner & ~loser)[:3]]
+
     def ties(self) -> list[dict[str, Any]]:
         tied = self.dropped.filter(pc.equal(self.dropped.column("reason"), "tie")).slice(0, 3)
         if not tied.num_rows:
@@ -518,7 +579,7 @@ class Examples:
 
 
 def run_data_audit(config: DataAuditConfig, argv: list[str] | None = None) -> AuditReport:
-    from neat_data.stages.data_audit_report import audit_markdown, audit_plot
+    from neat_data.stages.audit.report import audit_markdown, audit_plot
 
     run_dir = Path(config.run)
     if not run_dir.is_dir():
@@ -527,29 +588,34 @@ def run_data_audit(config: DataAuditConfig, argv: list[str] | None = None) -> Au
         manifest = read_manifest(run_dir)  # every input is read and checked before anything is written
         seen: dict[str, str] = {}
         lists, pairs, dropped, scored = read_inputs(run_dir, seen)
-        report, ratios = audit_tables(config, lists, pairs, dropped, scored)
+        strategy = manifest.stage("rank").config.get("pairs", "pairs")  # pairs without a strategy column
+        strategy = ",".join(strategy) if isinstance(strategy, list) else str(strategy)
+        report, ratios = audit_tables(config, lists, pairs, dropped, scored, strategy)
         checks = verdicts(report, config)
         report = {"run": str(run_dir), "config": config.model_dump(mode="json"), "command": argv, "checks": checks, **report}
-        folder = run_dir / "audit"
+        folder = layout.AUDIT.path(run_dir)
         summary = {c["check"]: {"verdict": c["verdict"], "value": c["value"], "rule": c["rule"]} for c in checks}
-        manifest.stages["audit"] = {
-            "config": config.model_dump(mode="json"),
-            "command": argv,
-            "finished": True,
-            "summary": summary,
-            "reads": seen,
-        }
+        manifest.set_stage(
+            "audit",
+            {
+                "config": config.model_dump(mode="json"),
+                "command": argv,
+                "finished": True,
+                "summary": summary,
+                "reads": seen,
+            },
+        )
         with StagedWrites() as writes:  # the report's three files and the manifest's record land together, or none
-            writes.write_json(folder / "audit.json", report)
-            writes.write_bytes(folder / "audit.md", audit_markdown(report).encode("utf-8"))
-            writes.write_bytes(folder / "audit.png", figure_png(audit_plot(report, ratios)))
+            writes.write_json(layout.AUDIT_JSON.path(run_dir), report)
+            writes.write_bytes(layout.AUDIT_MD.path(run_dir), audit_markdown(report).encode("utf-8"))
+            writes.write_bytes(layout.AUDIT_PNG.path(run_dir), figure_png(audit_plot(report, ratios)))
             writes.write_json(run_dir / MANIFEST, manifest_record(manifest))
     return AuditReport(folder, report, checks, list(config.fail_on))
 
 
-def card_lines(entry: dict[str, Any]) -> list[str]:
+def card_lines(entry: AuditRecord) -> list[str]:
     """The audit's verdicts as markdown lines for the dataset card (stages/push.py), from the manifest's entry."""
-    summary = entry.get("summary") or {}
+    summary = entry.summary
     if not summary:
         return []
     lines = ["", "Data audit (`neat-data audit`):", "", "| check | verdict | value | rule |", "|---|---|---|---|"]
@@ -558,3 +624,24 @@ def card_lines(entry: dict[str, Any]) -> list[str]:
         value = item.get("value")
         lines.append(f"| {check} | {item.get('verdict')} | {'–' if value is None else format(value, '.3f')} | {item.get('rule')} |")
     return lines
+
+
+def audit_result(config: DataAuditConfig, argv: list[str] | None) -> StageResult:
+    """The audit as a round's stage: its report's lines, and its gate — a FAIL of a check in `fail_on` stops the round
+    before its exports and training (exit 5)."""
+    report = run_data_audit(config, argv=argv)
+    report.raise_for_failures("recipe audit.fail_on: the round stops before its exports and training")
+    return StageResult(report.lines(), read_manifest(Path(config.run)).record("audit", AuditRecord))
+
+
+AUDIT = Stage(
+    "audit",
+    DataAuditConfig,
+    audit_result,
+    reads=lambda c: [layout.RANKED.path(c.run), layout.SCORED.path(c.run)],
+    writes=lambda c: [layout.AUDIT.path(c.run)],
+    record=AuditRecord,
+    recipe_section="audit",
+    manifest_entries=lambda c: ["audit"],
+    section_may_change=True,
+)

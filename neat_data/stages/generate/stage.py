@@ -31,30 +31,33 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
 from neat_data.core.keys import request_seed
-from neat_data.core.manifest import edit_manifest, read_manifest, update_manifest
+from neat_data.core.manifest import MANIFEST, GenerateRecord, edit_manifest, read_manifest, update_manifest
 from neat_data.core.pairs import load_libraries
 from neat_data.core.prompts_in import PromptRecord, iter_prompts
 from neat_data.core.runfolder import ShardedTable
-from neat_data.core.schemas import GENERATIONS
 from neat_data.core.shards import ShardSpec, StageOutput
+from neat_data.core.stage import Stage
 from neat_data.engines.base import Backend, GenerationRequest
 from neat_data.engines.costs import Budget, UsageRecord, UsageTally, batch_discount, request_usage
-from neat_data.stages.generate_plan import (
+from neat_data.stages.generate.plan import (
     IDENTITY_FIELDS,
     GenerateConfig,
     GenerateSummary,
     PlannedRequest,
     RedoClass,
+    dataset_keys,
+    dataset_rows,
     error_reason,
     plan_requests,
     request_summary,
     result_rows,
     to_engine_request,
 )
-from neat_data.stages.generate_record import _Pass, record_pass, record_spend, stage_entry
-from neat_data.stages.generate_redo import REDO_COLUMNS, keys_config, pass_record, redo_keys, redone_sampling
+from neat_data.stages.generate.record import _Pass, record_pass, record_spend, stage_entry
+from neat_data.stages.generate.redo import REDO_COLUMNS, keys_config, pass_record, redo_keys, redone_sampling
 
 _NO_OVERWRITE = (
     "--overwrite cannot be combined with --num-shards (the other shards share the folder); delete the run folder or use another --out"
@@ -62,18 +65,18 @@ _NO_OVERWRITE = (
 
 
 def check_run_identity(config: GenerateConfig, run_dir: Path) -> None:
-    previous = read_manifest(run_dir).stage("generate")
-    if not previous or not previous.get("config"):
+    previous = read_manifest(run_dir).stage("generate").config
+    if not previous:
         return
     new = config.identity()
     for name in IDENTITY_FIELDS:
         # a field newer than the folder's manifest counts as its default (the folder was made before it existed)
-        old = previous["config"].get(name, GenerateConfig.model_fields[name].default)
+        old = previous.get(name, GenerateConfig.model_fields[name].default)
         if old != new[name]:
             raise NeatError(
                 f"run folder was made with a different config ({name}: {json.dumps(old)} here, {json.dumps(new[name])} now); "
                 "use --overwrite to start over or another --out",
-                file=run_dir / "manifest.json",
+                file=run_dir / MANIFEST,
                 field=name,
             )
 
@@ -117,13 +120,7 @@ def pending_requests(
     config: GenerateConfig, libraries: list, existing: _Existing, retry_errors: bool, shard: ShardSpec | None
 ) -> Iterator[PlannedRequest]:
     """The requests a pass sends (the run and its --dry-run alike): every planned request with a row not done, in order."""
-    records = (
-        r
-        for r in iter_prompts(
-            config.prompts, prompt_column=config.prompt_column, limit=config.limit, allow_system=config.system_combine != "refuse"
-        )
-        if shard is None or shard.owns(r.prompt_id)
-    )
+    records = (r for r in _records(config, {}, _Plan()) if shard is None or shard.owns(r.prompt_id))
     for planned in plan_requests(config, records, libraries):
         if not all(existing.done(key, retry_errors) for key in planned.keys):
             yield planned
@@ -147,7 +144,7 @@ def check_prompt_texts(out: StageOutput, explicit: dict[str, str]) -> None:
             raise NeatError(
                 f"prompt_id '{prompt_id}' has another text than the rows already generated for it; give the new "
                 "text a new prompt_id, or use --overwrite",
-                file=out.run_dir / "generations",
+                file=layout.GENERATIONS.path(out.run_dir),
                 field="prompt_id",
             )
 
@@ -161,6 +158,7 @@ class _Plan:
     duplicates: int = 0
     planned_rows: int = 0
     done_rows: int = 0  # planned rows already done
+    dataset_rows: int = 0  # the prompts file's own responses (steering "dataset"), part of planned_rows
     present_rows: int = 0  # planned rows in the folder, any status
     pending_requests: int = 0
 
@@ -180,6 +178,9 @@ def scan(
     for record in _counted(owned, plan, explicit):
         if existing is None:
             continue
+        present = sum(key in existing.keys for key in dataset_keys(config, record))  # never redone: present is done
+        plan.done_rows += present
+        plan.present_rows += present
         for planned in plan_requests(config, [record], libraries):
             done = [existing.done(key, retry_errors) for key in planned.keys]
             plan.done_rows += sum(done)
@@ -189,7 +190,7 @@ def scan(
     if not plan.prompts:
         raise NeatError("no prompts found", file=config.prompts)
     per_prompt = sum(n for n in (config.num_pos, config.num_neg, config.num_neutral))
-    plan.planned_rows = plan.owned * per_prompt
+    plan.planned_rows = plan.owned * per_prompt + plan.dataset_rows
     if existing is None:
         plan.pending_requests = plan.owned * sum(1 for n in (config.num_pos, config.num_neg, config.num_neutral) if n)
     return plan
@@ -202,14 +203,16 @@ def _records(config: GenerateConfig, counts: dict[str, int], plan: _Plan) -> Ite
         limit=config.limit,
         allow_system=config.system_combine != "refuse",
         counts=counts,
+        responses=config.response_reading(),
     ):
-        plan.prompts += 1
+        plan.prompts += not record.repeat
         yield record
 
 
 def _counted(records: Iterator[PromptRecord], plan: _Plan, explicit: dict[str, str] | None) -> Iterator[PromptRecord]:
     for record in records:
-        plan.owned += 1
+        plan.owned += not record.repeat
+        plan.dataset_rows += len(record.responses)
         if explicit is not None and record.explicit_id:
             explicit[record.prompt_id] = _prompt_digest(record.messages)
         yield record
@@ -219,10 +222,10 @@ def start_backend(config: GenerateConfig, run_dir: Path, shard: ShardSpec | None
     """The configured backend; a model or engine that cannot start is one NeatError line. Batch backends keep their
     files under <run>/batches/generate and journal their batches in the manifest (a shard: in its own journal file,
     since shard processes would race on the manifest) before any waiting."""
-    from neat_data.engines import BATCH_BACKENDS, make_backend
+    from neat_data.engines import BACKENDS, make_backend
 
     batch: dict[str, Any] = {}
-    if config.backend in BATCH_BACKENDS:
+    if BACKENDS[config.backend].batch:
         from neat_data.engines.batch_journal import FileBatchJournal, ManifestBatchJournal, state_dir_for
 
         state = state_dir_for(run_dir, "generate") / (shard.name if shard else "")
@@ -274,7 +277,7 @@ def run_generate(
 
         resolve_model(config.model)  # a mistyped model stops here, for every backend that loads one
     owns_backend = backend is None
-    with StageOutput(run_dir, "generate", "generations", GENERATIONS, shard) as out:
+    with StageOutput(run_dir, layout.GENERATIONS, shard) as out:
         try:
             budget, passes = earlier_passes(config, run_dir, overwrite)
             existing, plan, backend = prepare_folder(
@@ -284,9 +287,13 @@ def run_generate(
             entry = {**stage_entry(config, argv, plan, libraries), "budget": budget.record(), "passes": passes}
             out.start(entry, lambda: None if overwrite else check_run_identity(config, run_dir))
             done = _Pass()
+            if plan.dataset_rows:
+                done.dataset = write_dataset_rows(config, out, existing)
+                done.new_keys += done.dataset
             if plan.pending_requests:
                 assert backend is not None
-                done = _Pass(*_generate_pending(config, libraries, out, existing, plan, backend, retry_errors, progress, budget, send))
+                generated = _generate_pending(config, libraries, out, existing, plan, backend, retry_errors, progress, budget, send)
+                done = _Pass(generated[0], done.new_keys + generated[1], *generated[2:], dataset=done.dataset)
             passes = [*passes, pass_record(send, backend.name if backend else None, done.generated, len(existing.redo), argv)]
         finally:
             if owns_backend and backend is not None:
@@ -333,9 +340,9 @@ def earlier_passes(config: GenerateConfig, run_dir: Path, overwrite: bool) -> tu
     """What earlier passes spent and did (read before this pass's manifest entry replaces theirs): the caps count the run."""
     if not overwrite:
         check_run_identity(config, run_dir)
-    previous = {} if overwrite else read_manifest(run_dir).stage("generate")
-    budget = Budget.for_run(config, config, batch_discount(config.backend), previous.get("budget"))
-    return budget, list(previous.get("passes") or [])
+    previous = GenerateRecord() if overwrite else read_manifest(run_dir).record("generate", GenerateRecord)
+    budget = Budget.for_run(config, config, batch_discount(config.backend), previous.budget)
+    return budget, list(previous.passes or [])
 
 
 def prepare_folder(
@@ -365,6 +372,23 @@ def prepare_folder(
         out.table.clear()
         update_manifest(out.run_dir, "generate", {})
     return existing, plan, backend
+
+
+def write_dataset_rows(config: GenerateConfig, out: StageOutput, existing: _Existing) -> int:
+    """Write the rows of the prompts file's own responses that the folder lacks (never an engine call; a row present
+    is kept, whatever --redo or --retry-errors say); returns how many were written."""
+    buffer: list[dict[str, Any]] = []
+    written = 0
+    for record in _records(config, {}, _Plan()):
+        if out.shard is not None and not out.shard.owns(record.prompt_id):
+            continue
+        buffer.extend(dataset_rows(config, record, {key for key in dataset_keys(config, record) if key not in existing.keys}))
+        if len(buffer) >= config.flush_every:
+            out.table.append(buffer)
+            written += len(buffer)
+            buffer = []
+    out.table.append(buffer)
+    return written + len(buffer)
 
 
 def _generate_pending(
@@ -434,10 +458,22 @@ def _generate_pending(
         raise
     finally:
         bar.close()
-    waiting = getattr(backend, "pending", {}) or {}
+    waiting = backend.pending
     left = (
         {"rows": sum(len(inflight[index].keys) for index in waiting if index in inflight), "batches": sorted(set(waiting.values()))}
         if waiting
         else {}
     )
-    return generated, new_keys, request_summary(dict(getattr(backend, "stats", {})), errors), usage, left
+    return generated, new_keys, request_summary(dict(backend.stats), errors), usage, left
+
+
+GENERATE = Stage(
+    "generate",
+    GenerateConfig,
+    lambda config, argv: run_generate(config, argv=argv).result(),
+    reads=lambda c: [layout.GENERATIONS.path(Path(c.out))] if c.redo else [Path(c.model)],  # a --redo pass builds on the pass before
+    writes=lambda c: [layout.GENERATIONS.path(Path(c.out))],
+    record=GenerateRecord,
+    recipe_section="generate",
+    manifest_entries=lambda c: ["generate"],
+)

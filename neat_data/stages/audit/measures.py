@@ -1,4 +1,4 @@
-"""The measures of `neat-data audit` (neat_data/stages/data_audit.py): pure functions from a ranked run's candidates
+"""The measures of `neat-data audit` (neat_data/stages/audit/stage.py): pure functions from a ranked run's candidates
 and pairs to figures, each `{"value": …, "definition": "…"}` (plus `ci95` where an interval is meaningful).
 
 Inputs are columnar (Arrow / numpy) so that 1M pairs take seconds: lengths, length separability, best-candidate
@@ -17,9 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from neat_data.core.schemas import one_array
+from neat_data.core import layout
+from neat_data.core.schemas import is_truncated, one_array
 from neat_data.safety.stats import Interval, bootstrap_mean, bootstrap_pooled_mean, per_prompt_means
-from neat_data.stages.rank_lists import TRUNCATED
+from neat_data.stages.rank.lengths import length_ratio, length_wins, response_lengths
+
+DATASET = "dataset"  # the steering of a response that came with the user's dataset, not from the engine
 
 
 def figure(value: Any, definition: str, **extra: Any) -> dict[str, Any]:
@@ -62,16 +65,6 @@ def tokens_by_key(keys: pa.Array, token_keys: pa.Array, token_counts: pa.Array) 
     return None if at.null_count else pc.take(token_counts, at)
 
 
-def response_lengths(responses: pa.Array | pa.ChunkedArray, token_counts: pa.Array | None) -> tuple[np.ndarray, str]:
-    """(length of each response, unit): the engine's completion_tokens (`token_counts`, aligned with `responses`) when
-    every response has one, else whitespace-separated words for every response (one unit for all: a ratio of tokens
-    to words would mean nothing)."""
-    if token_counts is not None and len(responses) and token_counts.null_count == 0:
-        return token_counts.to_numpy(zero_copy_only=False).astype(np.float64), "tokens"
-    words = pc.fill_null(pc.count_substring_regex(responses, r"\S+"), 0)
-    return words.to_numpy(zero_copy_only=False).astype(np.float64), "words"
-
-
 def flatten_lists(lists: pa.Table, token_keys: pa.Array | None = None, token_counts: pa.Array | None = None) -> Candidates:
     """The lists' candidates, with their lengths (`response_lengths`)."""
     lists = lists.combine_chunks()
@@ -88,7 +81,7 @@ def flatten_lists(lists: pa.Table, token_keys: pa.Array | None = None, token_cou
         position=np.arange(len(parents)) - offsets[parents],
         steering=np.asarray(pc.fill_null(pc.list_flatten(lists.column("steering")), "none").to_numpy(zero_copy_only=False), dtype=object),
         score=pc.list_flatten(lists.column("scores")).to_numpy(zero_copy_only=False).astype(np.float64),
-        truncated=pc.fill_null(pc.equal(finish, TRUNCATED), False).to_numpy(zero_copy_only=False),
+        truncated=is_truncated(finish).to_numpy(zero_copy_only=False),
         keys=keys,
         responses=responses,
         length=length,
@@ -108,6 +101,8 @@ class PairSides:
     truncated_rejected: np.ndarray
     chosen: pa.Array
     rejected: pa.Array
+    dataset_chosen: np.ndarray  # bool: the chosen side came with the user's dataset (steering "dataset")
+    dataset_rejected: np.ndarray
 
     @property
     def size(self) -> int:
@@ -132,19 +127,12 @@ def pair_sides(pairs: pa.Table, candidates: Candidates) -> PairSides:
         truncated_rejected=candidates.truncated[rejected_at],
         chosen=one_array(pairs.column("chosen")),
         rejected=one_array(pairs.column("rejected")),
+        dataset_chosen=steering[chosen_at] == DATASET,
+        dataset_rejected=steering[rejected_at] == DATASET,
     )
 
 
 # --------------------------------------------------------------------------------------------------- length
-def length_wins(length_chosen: np.ndarray, length_rejected: np.ndarray) -> np.ndarray:
-    """Per pair: 1 when the chosen is longer, ½ when equal, 0 when shorter — the mean is the length AUC."""
-    return (length_chosen > length_rejected) + 0.5 * (length_chosen == length_rejected)
-
-
-def length_ratio(length_chosen: np.ndarray, length_rejected: np.ndarray) -> np.ndarray:
-    return np.maximum(length_chosen, 1.0) / np.maximum(length_rejected, 1.0)
-
-
 def _quartiles(values: np.ndarray) -> dict[str, float | None]:
     if values.size == 0:
         return {"median": None, "q1": None, "q3": None}
@@ -168,7 +156,7 @@ def length_measures(sides: PairSides, unit: str, *, resamples: int, seed: int) -
         }
     return {
         "unit": figure(unit, "length unit: the engine's completion_tokens when every candidate has one, else whitespace-separated words"),
-        "pairs": figure(sides.size, "pairs in ranked/pairs.parquet"),
+        "pairs": figure(sides.size, f"pairs in {layout.RANKED_PAIRS.file}"),
         "length_ratio": figure(
             _quartiles(ratio),
             f"chosen / rejected length in {unit} (a length of 0 counts as 1): median and interquartile range (q1, q3) over pairs",
@@ -447,7 +435,7 @@ def ties_and_truncation(candidates: Candidates, sides: PairSides, dropped_reason
         ),
         "tie_dropped_pairs": figure(
             dropped_reasons.get("tie", 0) / formed if formed else None,
-            "share of the pairs the strategy formed that rank dropped as score ties (ranked/dropped.parquet)",
+            f"share of the pairs the strategy formed that rank dropped as score ties ({layout.RANKED_DROPPED.file})",
         ),
         "dropped_by_reason": figure(dict(sorted(dropped_reasons.items())), "pairs rank formed and dropped, by reason"),
         "truncated_candidates": figure(
@@ -462,4 +450,87 @@ def ties_and_truncation(candidates: Candidates, sides: PairSides, dropped_reason
             float(sides.truncated_rejected.mean()) if sides.size else None, "share of pairs whose rejected response was cut at max_tokens"
         ),
         "truncated_pairs": figure(float(either.mean()) if sides.size else None, "share of pairs with at least one side cut at max_tokens"),
+    }
+
+
+# --------------------------------------------------------------------------------------------- source
+NO_DATASET_ROWS = "not applicable: no candidate came with the dataset (steering 'dataset'), so source cannot tell the sides apart"
+
+
+def source_measures(
+    candidates: Candidates,
+    sides: PairSides,
+    strategy: np.ndarray,
+    refusal: np.ndarray | None,
+    refusal_at: np.ndarray,
+    *,
+    resamples: int,
+    seed: int,
+    sampled: str,
+) -> dict[str, Any]:
+    """Whether the pairs teach *who wrote it* (the dataset's writer vs this model) instead of what is better: the
+    share of pairs whose sides come from different sources, by pair strategy (`strategy`: one label per pair); the
+    AUC of the rule "the dataset side is the chosen one" (a same-source pair counts ½, as a same-length pair does in
+    the length AUC); per source, length, refusal (`refusal`: refusal_opening of the sampled candidates `refusal_at`)
+    and truncation. No dataset candidate at all: every figure is null, with why (the check is n/a)."""
+    from_dataset = candidates.steering == DATASET
+    auc_definition = (
+        "source AUC: P(the chosen side came with the dataset and the rejected one from the model) + ½ P(both sides from "
+        "the same source), over pairs; 0.5 = source says nothing, 1 = the dataset's answer always wins, 0 = always "
+        "loses; 95% interval: bootstrap over prompts"
+    )
+    if not from_dataset.any():
+        absent = {"not_measured": NO_DATASET_ROWS}
+        return {
+            "source_auc": figure(None, auc_definition, ci95=[None, None], **absent),
+            "source_separability": figure(None, "max(source AUC, 1 − source AUC)", **absent),
+            "cross_source_pairs": figure(None, "share of pairs whose two sides come from different sources", **absent),
+        }
+    cross = sides.dataset_chosen != sides.dataset_rejected
+    wins = np.where(cross, sides.dataset_chosen.astype(np.float64), 0.5)
+    auc = bootstrap_pooled_mean(wins, sides.prompt, resamples, seed)
+    by_strategy = {}
+    for name in sorted(set(strategy.tolist())):
+        mask = strategy == name
+        by_strategy[name] = {
+            "pairs": int(mask.sum()),
+            "cross_source": float(cross[mask].mean()),
+            "dataset_chosen": float((cross & sides.dataset_chosen)[mask].mean()),
+            "dataset_rejected": float((cross & sides.dataset_rejected)[mask].mean()),
+            "source_auc": float(wins[mask].mean()),
+        }
+    per_source = {}
+    sampled_source = from_dataset[refusal_at]
+    for name, mask in (("dataset", from_dataset), ("generated", ~from_dataset)):
+        entry: dict[str, Any] = {
+            "candidates": int(mask.sum()),
+            "length": _quartiles(candidates.length[mask]),
+            "truncated": float(candidates.truncated[mask].mean()) if mask.any() else None,
+        }
+        if refusal is not None:
+            in_source = sampled_source if name == "dataset" else ~sampled_source
+            ids = [candidates.prompt_ids[p] for p in candidates.prompt[refusal_at][in_source]]
+            entry["refusal_opening"] = bootstrap_mean(per_prompt_means(ids, refusal[in_source].tolist()), resamples, seed).to_json()
+        per_source[name] = entry
+    return {
+        "source_auc": with_interval(auc, auc_definition),
+        "source_separability": figure(
+            None if auc.prompts == 0 else max(auc.mean, 1 - auc.mean),
+            "max(source AUC, 1 − source AUC): how well source alone tells chosen from rejected",
+        ),
+        "cross_source_pairs": figure(
+            float(cross.mean()) if sides.size else None,
+            "share of pairs whose two sides come from different sources (one with the dataset, one from the model)",
+        ),
+        "by_strategy": figure(
+            by_strategy,
+            "per pair strategy: pairs, share cross-source, share whose chosen (dataset_chosen) or rejected (dataset_rejected) "
+            "side is the dataset's in a cross-source pair, and the source AUC",
+        ),
+        "per_source": figure(
+            per_source,
+            f"per source (dataset = steering 'dataset'; generated = every other): candidates, length ({candidates.length_unit}: "
+            "median, q1, q3), share cut at max_tokens (a dataset answer has no finish reason: never truncated), and the "
+            f"refusal_opening mean over prompts with its 95% bootstrap interval ({sampled})",
+        ),
     }

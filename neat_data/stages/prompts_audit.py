@@ -31,7 +31,7 @@ from neat_data.core.messages import build_messages
 from neat_data.core.pairs import PromptPair, load_library
 from neat_data.core.prompts_in import PromptRecord, load_prompts
 from neat_data.engines import BackendOptions, make_backend
-from neat_data.engines.base import GenerationRequest, Sampling
+from neat_data.engines.base import GenerationRequest, MaxTokens, Sampling, Seed, Temperature, TopP
 from neat_data.safety.metrics import METRICS, check_metric_dependencies, response_metrics
 from neat_data.safety.stats import bootstrap_mean, paired_difference, per_prompt_means
 from neat_data.safety.suites import load_suite, seeded_subset, suite_prompts
@@ -55,10 +55,10 @@ class AuditConfig(BaseModel):
     harmful: int = Field(6, ge=0, description="Harmful prompts (a seeded subset of the suite).")
     benign: int = Field(6, ge=0, description="Benign prompts (a seeded subset of --prompts).")
     samples: int = Field(1, ge=1, le=64, description="Responses per prompt and condition.")
-    max_tokens: int = Field(48, ge=1, le=1_000_000, description="New tokens per response.")
-    temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature.")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int = Field(0, ge=0, description="Seed of the prompt subsets and of every request.")
+    max_tokens: MaxTokens = 48
+    temperature: Temperature = 0.7
+    top_p: TopP = 0.95
+    seed: Seed = Field(0, description="Seed of the prompt subsets and of every request.")
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="transformers: no engine start (the default sizes take a few minutes on a CPU); vllm for large audits."
     )

@@ -1,4 +1,4 @@
-"""The kept pairs' lengths in rank (stages/rank.py): the summary's length line and `--balance-length`."""
+"""The kept pairs' lengths in rank (stages/rank/stage.py): the summary's length line and `--balance-length`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neat_data.core.schemas import DROPPED_PAIRS
-from neat_data.stages.data_audit_measures import length_ratio, length_wins, response_lengths
+
+
+def response_lengths(responses: pa.Array | pa.ChunkedArray, token_counts: pa.Array | None) -> tuple[np.ndarray, str]:
+    """(length of each response, unit): the engine's completion_tokens (`token_counts`, aligned with `responses`) when
+    every response has one, else whitespace-separated words for every response (one unit for all: a ratio of tokens
+    to words would mean nothing)."""
+    if token_counts is not None and len(responses) and token_counts.null_count == 0:
+        return token_counts.to_numpy(zero_copy_only=False).astype(np.float64), "tokens"
+    words = pc.fill_null(pc.count_substring_regex(responses, r"\S+"), 0)
+    return words.to_numpy(zero_copy_only=False).astype(np.float64), "words"
+
+
+def length_wins(length_chosen: np.ndarray, length_rejected: np.ndarray) -> np.ndarray:
+    """Per pair: 1 when the chosen is longer, ½ when equal, 0 when shorter — the mean is the length AUC."""
+    return (length_chosen > length_rejected) + 0.5 * (length_chosen == length_rejected)
+
+
+def length_ratio(length_chosen: np.ndarray, length_rejected: np.ndarray) -> np.ndarray:
+    return np.maximum(length_chosen, 1.0) / np.maximum(length_rejected, 1.0)
 
 
 @dataclass
@@ -60,6 +78,7 @@ def balance_lengths(pairs: pa.Table, lengths: PairLengths, band: float) -> tuple
             gone.column("score_chosen"),
             gone.column("score_rejected"),
             pa.array(reasons[drop].tolist(), pa.string()),
+            gone.column("strategy"),
         ],
         schema=DROPPED_PAIRS,
     )

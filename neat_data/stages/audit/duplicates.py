@@ -1,4 +1,4 @@
-"""Duplicates for `neat-data audit` (stages/data_audit.py): exact duplicates over every candidate (normalised text,
+"""Duplicates for `neat-data audit` (stages/audit/stage.py): exact duplicates over every candidate (normalised text,
 hashed, in pandas) and near-duplicates on the sampled candidates (word 3-gram Jaccard; MinHash LSH across prompts).
 
 Normalisation: exact duplicates compare `normalised_texts` (lower case, whitespace runs as one space, trimmed);
@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from neat_data.stages.data_audit_measures import Candidates, figure
+from neat_data.stages.audit.measures import Candidates, figure
 
 
 def normalised_texts(responses: pa.Array) -> pa.Array:

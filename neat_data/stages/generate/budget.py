@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neat_data.core.runfolder import ShardedTable
-from neat_data.core.schemas import GENERATIONS
+from neat_data.core import layout
 from neat_data.core.shards import ShardSpec
 from neat_data.engines.costs import batch_discount, estimate_prompt_tokens, list_cost
-from neat_data.stages.generate import _Existing, earlier_passes, existing_rows, pending_requests, plan_pass
-from neat_data.stages.generate_plan import GenerateConfig, to_engine_request
+from neat_data.stages.generate.plan import GenerateConfig, to_engine_request
+from neat_data.stages.generate.stage import _Existing, earlier_passes, existing_rows, pending_requests, plan_pass
 
 TOKENIZED_AT_MOST = 20_000  # requests tokenised exactly; beyond, the tokens per character of these scale the rest
 
@@ -37,11 +36,13 @@ class DryRun:
     max_completion_tokens: int
     cost: dict[str, float] | None
     budget: str | None = None  # the caps against what the folder has spent (Budget.standing)
+    dataset_rows: int = 0  # rows of the prompts file's own answers (--responses keep): written, never sent
 
     def lines(self) -> list[str]:
         lines = [
             f"dry run (nothing written, nothing sent): {self.requests:,} requests → {self.rows:,} rows for {self.prompts:,} prompts "
-            f"on {self.model} ({self.backend}){f'; {self.done_rows:,} rows already done' if self.done_rows else ''}",
+            f"on {self.model} ({self.backend}){f'; {self.done_rows:,} rows already done' if self.done_rows else ''}"
+            f"{f'; and {self.dataset_rows:,} rows from the dataset (no request)' if self.dataset_rows else ''}",
             f"prompt tokens: {self.prompt_tokens:,} (counted with {self.counted_with}); completion tokens: at most "
             f"{self.max_completion_tokens:,} (rows × max_tokens)",
         ]
@@ -78,8 +79,8 @@ def dry_run_generate(
     the --redo keys; `existing_rows` and `pending_requests`: what is done and what is sent), without writing or sending."""
     send = config
     config, libraries, plan = plan_pass(send, shard, retry_errors, overwrite)
-    folder = Path(config.out) / "generations"
-    existing = existing_rows(ShardedTable(folder, GENERATIONS), config, send, overwrite) if folder.is_dir() else _Existing()
+    folder = layout.GENERATIONS.path(config.out)
+    existing = existing_rows(layout.GENERATIONS.rows(config.out), config, send, overwrite) if folder.is_dir() else _Existing()
     requests = rows = characters = sampled_characters = 0
     sampled: list[list[dict[str, str]]] = []
     for planned in pending_requests(config, libraries, existing, retry_errors, shard):
@@ -115,4 +116,5 @@ def dry_run_generate(
         max_completion_tokens=ceiling,
         cost=cost,
         budget=earlier_passes(config, Path(config.out), overwrite)[0].standing(),
+        dataset_rows=plan.dataset_rows,
     )

@@ -11,6 +11,15 @@ Candidates are the rows with `score_status = ok`. Pair strategies:
 - `pos-vs-neg`: every positive-prompt × negative-prompt response; `--pos-vs-neg-by construction` (RLCD:
   the positive one is chosen, whatever the scores) or `score` (the higher score is chosen);
 - `all-pairs`: every pair of the list, higher score chosen.
+Over a list holding the user's dataset answers (steering `dataset`, docs/FORMATS.md), labelled by the dataset:
+- `original`: the dataset's preferred answer (its lowest source_rank) vs each answer it ranks below it: the
+  original pairs, carried through unchanged;
+- `chosen-vs-neg`: the dataset's preferred answer vs each negative-prompt answer (hard negatives);
+- `pos-vs-rejected`: each positive-prompt answer vs the dataset's least preferred answer (its highest source_rank).
+`--pairs` takes several, comma-separated (`original,chosen-vs-neg`): each pair records the strategy that formed it
+(`strategy`), and a pair two strategies form is kept once, by the first named. Every pair records each side's
+source (`steering_*`, `source_label_*`).
+`--dataset-order keep` keeps the dataset's own preference inside each list (lists.py::dataset_order_rows).
 A pair is dropped, and counted by reason, when both texts are the same after whitespace normalisation
 (`degenerate`: no signal), when the scores tie (`tie`), or when the gap is below `min_margin` (`margin`;
 score-labelled strategies only).
@@ -36,31 +45,54 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from neat_data.core import layout
 from neat_data.core.errors import NeatError
 from neat_data.core.lineage import check_read, require_current, table_digest
-from neat_data.core.manifest import MANIFEST, manifest_record
-from neat_data.core.runfolder import RunLock, ShardedTable, StagedWrites, read_parquet
-from neat_data.core.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns, one_array
-from neat_data.stages.rank_lengths import balance_lengths, length_summary, pair_lengths
-from neat_data.stages.rank_lists import is_truncated, ranked_lists
+from neat_data.core.manifest import MANIFEST, RankRecord, manifest_record, read_manifest
+from neat_data.core.runfolder import RunLock, StagedWrites, read_parquet
+from neat_data.core.schemas import DROPPED_PAIRS, PAIRS, RANKED_LISTS, SCORED, check_columns, is_truncated, one_array
+from neat_data.core.stage import Stage, StageResult
+from neat_data.stages.rank.lengths import balance_lengths, length_summary, pair_lengths
+from neat_data.stages.rank.lists import ranked_lists
 
 DropReason = Literal["degenerate", "tie", "margin", "truncated", "length-band", "length-balance"]
 # The scored columns rank_tables reads: run_rank reads only these (the scored table's other columns are most of its
 # bytes on disk, and reading them was a third of rank's time at 1M rows).
-RANK_READS = ("key", "prompt_id", "prompt", "steering", "response", "finish_reason", "completion_tokens", "score", "score_status")
+RANK_READS = (
+    "key",
+    "prompt_id",
+    "prompt",
+    "steering",
+    "response",
+    "finish_reason",
+    "completion_tokens",
+    "score",
+    "score_status",
+    "source_label",
+    "source_rank",
+)
 
 
-PairStrategy = Literal["best-vs-worst", "pos-vs-neg", "all-pairs"]
+# The one list of pair strategies (the CLI's --pairs choices and recipes' rank.pairs derive from it).
+PairStrategy = Literal["best-vs-worst", "pos-vs-neg", "all-pairs", "original", "chosen-vs-neg", "pos-vs-rejected"]
+SIDES = ("chosen", "rejected")
 
 
 class RankConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run: Path = Field(description="Run folder holding scored/.")
-    pairs: PairStrategy = Field(
-        "best-vs-worst", description="Pair strategy: the top and bottom of each list, every pos × neg response, or every pair."
+    pairs: list[PairStrategy] = Field(
+        ["best-vs-worst"],
+        description="Pair strategies, comma-separated: the top and bottom of each list, every pos × neg response, every pair; over a "
+        "dataset's answers: its original pairs, its chosen vs each neg answer, each pos answer vs its rejected.",
+    )
+    dataset_order: Literal["score", "keep"] = Field(
+        "score",
+        description="score: rank every candidate by score; keep: the dataset's answers keep its own order (source_rank) among "
+        "the places the scores give them, generated answers placed by score around them.",
     )
     pos_vs_neg_by: Literal["construction", "score"] = Field(
         "construction", description="pos-vs-neg: the positive response is chosen (RLCD), or the higher score."
@@ -74,6 +106,24 @@ class RankConfig(BaseModel):
         "surplus of the commoner direction (chosen longer / shorter), smallest score gap first: length stops predicting the label.",
     )
 
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _one_or_several(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `pairs: best-vs-worst` in a recipe, as before
+
+    @field_validator("pairs")
+    @classmethod
+    def _check_pairs(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one pair strategy")
+        if len(set(value)) < len(value):
+            raise ValueError("names a pair strategy twice")
+        return value
+
+    @field_serializer("pairs")
+    def _dump_pairs(self, value: list[str]) -> str | list[str]:
+        return value[0] if len(value) == 1 else value  # one strategy reads back as before (manifests, stage keys)
+
 
 @dataclass
 class RankSummary:
@@ -83,7 +133,10 @@ class RankSummary:
     dropped: dict[str, int] = field(default_factory=dict)
     margins: dict[str, float] = field(default_factory=dict)
     truncated_left_out: int = 0  # candidates left out by drop_truncated
-    length: dict[str, Any] = field(default_factory=dict)  # the kept pairs' length figures (stages/data_audit_measures.py)
+    length: dict[str, Any] = field(default_factory=dict)  # the kept pairs' length figures (stages/audit/measures.py)
+    by_strategy: dict[str, int] = field(default_factory=dict)  # kept pairs per strategy
+    dataset_candidates: int = 0  # the user's dataset's own answers among the candidates (steering "dataset")
+    pairs_original: int = 0  # kept pairs with both sides from the dataset; the others have a generated side
 
     def lines(self) -> list[str]:
         dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dropped.items())) or "none"
@@ -93,6 +146,12 @@ class RankSummary:
             f"prompts {self.prompts}, candidates {self.candidates}{truncated}, pairs kept {self.pairs_kept}, dropped: {dropped}",
             f"score gap of kept pairs: {gap}",
         ]
+        if self.dataset_candidates or len(self.by_strategy) > 1:
+            strategies = ", ".join(f"{name} {count}" for name, count in self.by_strategy.items()) or "none"
+            lines.append(
+                f"pairs by strategy: {strategies}; dataset answers among the candidates {self.dataset_candidates}, pairs with both "
+                f"sides from the dataset {self.pairs_original}, with a generated side {self.pairs_kept - self.pairs_original}"
+            )
         if self.length.get("pairs"):
             lines.append(
                 f"length ({self.length['unit']}): chosen longer in {self.length['share_chosen_longer']:.1%} of pairs, length AUC "
@@ -120,19 +179,33 @@ def same_when_normalised(first: pa.Array, second: pa.Array) -> np.ndarray:
     return same
 
 
-def candidate_pairs(config: RankConfig, n: int, steering: list[str]) -> list[tuple[int, int, bool]]:
-    """(chosen index, rejected index, labelled by score?) over a list sorted best first."""
+def candidate_pairs(
+    config: RankConfig, strategy: str, n: int, steering: list[str], source_rank: list[int | None]
+) -> list[tuple[int, int, bool]]:
+    """(chosen index, rejected index, labelled by score?) over a list sorted best first, for one strategy."""
     if n < 2:
         return []
-    if config.pairs == "best-vs-worst":
+    if strategy == "best-vs-worst":
         return [(0, n - 1, True)]
-    if config.pairs == "all-pairs":
+    if strategy == "all-pairs":
         return [(i, j, True) for i, j in combinations(range(n), 2)]
     positives = [i for i in range(n) if steering[i] == "pos"]
     negatives = [i for i in range(n) if steering[i] == "neg"]
-    if config.pos_vs_neg_by == "construction":
-        return [(p, q, False) for p in positives for q in negatives]
-    return [(min(p, q), max(p, q), True) for p in positives for q in negatives]  # lower index = higher score
+    if strategy == "pos-vs-neg":
+        if config.pos_vs_neg_by == "construction":
+            return [(p, q, False) for p in positives for q in negatives]
+        return [(min(p, q), max(p, q), True) for p in positives for q in negatives]  # lower index = higher score
+    ranks = {i: rank for i, rank in enumerate(source_rank) if rank is not None}  # the dataset's ranked answers
+    if not ranks:
+        return []
+    best, worst = min(ranks.values()), max(ranks.values())
+    preferred = [i for i, rank in ranks.items() if rank == best]
+    if strategy == "original":
+        return [(c, r, False) for c in preferred for r, rank in ranks.items() if rank > best]
+    if strategy == "chosen-vs-neg":
+        return [(c, q, False) for c in preferred for q in negatives]
+    least = [i for i, rank in ranks.items() if rank == worst > best]  # pos-vs-rejected
+    return [(p, r, False) for p in positives for r in least]
 
 
 @dataclass
@@ -162,14 +235,16 @@ class Groups:
         return index if self.positions is None else self.positions[index]
 
 
-def strategy_pairs(config: RankConfig, groups: Groups, steering: np.ndarray | None) -> np.ndarray:
-    """The strategy's candidate pairs over `groups`: rows (list row, chosen, rejected, labelled by score?) with the
+def strategy_pairs(
+    config: RankConfig, strategy: str, groups: Groups, steering: np.ndarray | None, source_rank: np.ndarray | None
+) -> np.ndarray:
+    """One strategy's candidate pairs over `groups`: rows (list row, chosen, rejected, labelled by score?) with the
     sides as flat positions, list by list, each list's pairs in `candidate_pairs` order. best-vs-worst, the
     default, in numpy; the others list by list through `candidate_pairs`."""
     if not len(groups.rows):
         return np.empty((0, 4), dtype=np.int64)
     starts, ends = groups.starts, groups.ends
-    if config.pairs == "best-vs-worst":
+    if strategy == "best-vs-worst":
         two = ends - starts >= 2
         return np.stack([groups.rows[two], groups.at(starts[two]), groups.at(ends[two] - 1), np.ones(int(two.sum()), np.int64)], 1)
     found = []
@@ -177,7 +252,13 @@ def strategy_pairs(config: RankConfig, groups: Groups, steering: np.ndarray | No
         at = groups.at(np.arange(start, end)).tolist()
         found += [
             (row, at[c], at[r], int(by_score))
-            for c, r, by_score in candidate_pairs(config, end - start, [] if steering is None else steering[at].tolist())
+            for c, r, by_score in candidate_pairs(
+                config,
+                strategy,
+                end - start,
+                [] if steering is None else steering[at].tolist(),
+                [] if source_rank is None else source_rank[at].tolist(),
+            )
         ]
     return np.array(found, dtype=np.int64).reshape(-1, 4)
 
@@ -214,11 +295,11 @@ def make_pairs(config: RankConfig, lists: pa.Table) -> Pairing:
         return Pairing(PAIRS.empty_table(), DROPPED_PAIRS.empty_table(), np.empty(0), none, none)
     lists = lists.combine_chunks()
     lengths = pc.list_value_length(lists.column("responses")).to_numpy(zero_copy_only=False).astype(np.int64)
-    steering = None  # only pos-vs-neg reads it
-    if config.pairs == "pos-vs-neg":
+    steering = source_rank = None  # only the strategies that pair by source read them
+    if set(config.pairs) - {"best-vs-worst", "all-pairs"}:
         steering = np.asarray(pc.list_flatten(lists.column("steering")).to_pylist(), dtype=object)
-    lost = np.empty((0, 4), dtype=np.int64)
-    groups = Groups.every_candidate(lengths)
+        source_rank = np.asarray(pc.list_flatten(lists.column("source_rank")).to_pylist(), dtype=object)
+    groups, whole_lists = Groups.every_candidate(lengths), None
     truncated = (
         is_truncated(pc.list_flatten(lists.column("finish_reason"))).to_numpy(zero_copy_only=False) if config.drop_truncated else None
     )
@@ -229,10 +310,20 @@ def make_pairs(config: RankConfig, lists: pa.Table) -> Pairing:
         touched = np.zeros(lists.num_rows, dtype=bool)
         touched[owner[truncated]] = True  # lists with a truncated candidate: what the strategy would have paired there
         whole = everyone[touched[owner]]
-        lost = strategy_pairs(config, Groups.some_candidates(owner[whole], whole), steering)
-        lost = lost[truncated[lost[:, 1]] | truncated[lost[:, 2]]]
+        whole_lists = Groups.some_candidates(owner[whole], whole)
         groups = Groups.some_candidates(owner[kept_positions], kept_positions)
-    pairs = strategy_pairs(config, groups, steering)
+    found, lost_found = [], []
+    for number, strategy in enumerate(config.pairs):
+        formed = strategy_pairs(config, strategy, groups, steering, source_rank)
+        found.append(np.column_stack([formed, np.full(len(formed), number, np.int64)]))
+        if whole_lists is not None and truncated is not None:
+            lost = strategy_pairs(config, strategy, whole_lists, steering, source_rank)
+            lost = lost[truncated[lost[:, 1]] | truncated[lost[:, 2]]]
+            lost_found.append(np.column_stack([lost, np.full(len(lost), number, np.int64)]))
+    pairs, lost = np.concatenate(found), np.concatenate(lost_found or [np.empty((0, 5), np.int64)])
+    if len(config.pairs) > 1:
+        pairs, lost = first_of_each(pairs), first_of_each(lost)
+    strategies = np.array(config.pairs, dtype=object)
     chosen, rejected, by_score = pairs[:, 1], pairs[:, 2], pairs[:, 3].astype(bool)
     scores = pc.list_flatten(lists.column("scores")).to_numpy(zero_copy_only=False)
     gaps = scores[chosen] - scores[rejected]
@@ -244,36 +335,53 @@ def make_pairs(config: RankConfig, lists: pa.Table) -> Pairing:
     reason[by_score & (gaps == 0)] = "tie"
     reason[same_text] = "degenerate"
     keep = reason == ""
-    dropped = np.concatenate([lost[:, :3], pairs[~keep, :3]])
+    dropped = np.concatenate([lost, pairs[~keep]])
     reasons = np.concatenate([np.full(len(lost), "truncated", dtype=object), reason[~keep]])
     order = np.argsort(np.concatenate([2 * lost[:, 0], 2 * pairs[~keep, 0] + 1]), kind="stable")  # by list; lost ones first
     dropped, kept = dropped[order], pairs[keep]
     return Pairing(
-        _gather_pairs(lists, kept[:, 0], kept[:, 1], kept[:, 2], [text.filter(pa.array(keep)) for text in texts]),
-        _gather_dropped(lists, dropped[:, 0], dropped[:, 1], dropped[:, 2], reasons[order].tolist()),
+        _gather_pairs(lists, kept, strategies[kept[:, 4]].tolist(), [text.filter(pa.array(keep)) for text in texts]),
+        _gather_dropped(lists, dropped[:, 0], dropped[:, 1], dropped[:, 2], reasons[order].tolist(), strategies[dropped[:, 4]].tolist()),
         gaps[keep],
         kept[:, 1],
         kept[:, 2],
     )
 
 
+def first_of_each(pairs: np.ndarray) -> np.ndarray:
+    """`pairs` (rows: list row, chosen, rejected, by score?, strategy number) less any pair of the same two candidates
+    found before it (by an earlier strategy, either way round): a pair two strategies form is kept once."""
+    if len(pairs) < 2:
+        return pairs
+    low, high = np.minimum(pairs[:, 1], pairs[:, 2]), np.maximum(pairs[:, 1], pairs[:, 2])
+    first = np.unique(low * (int(high.max()) + 1) + high, return_index=True)[1]
+    keep = np.zeros(len(pairs), dtype=bool)
+    keep[first] = True
+    return pairs[keep]
+
+
 def _flat(lists: pa.Table, name: str) -> pa.Array:
     return pc.list_flatten(lists.column(name))
 
 
-def _gather_pairs(lists: pa.Table, rows: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, texts: list[pa.Array]) -> pa.Table:
-    """The PAIRS table; `texts`: the chosen and rejected responses, already gathered (by the degenerate check)."""
-    if not len(rows):
+def _gather_pairs(lists: pa.Table, kept: np.ndarray, strategies: list[str], texts: list[pa.Array]) -> pa.Table:
+    """The PAIRS table from `kept` (rows: list row, chosen, rejected, …); `texts`: the chosen and rejected responses,
+    already gathered (by the degenerate check)."""
+    if not len(kept):
         return PAIRS.empty_table()
-    rows_index, chosen_index, rejected_index = pa.array(rows), pa.array(chosen), pa.array(rejected)
+    rows_index, chosen_index, rejected_index = (pa.array(kept[:, i]) for i in range(3))
     columns = [lists.column("prompt_id").take(rows_index), lists.column("prompt").take(rows_index), *texts]
     for name in ("scores", "steering", "keys", "finish_reason"):
         values = _flat(lists, name)
         columns += [values.take(chosen_index), values.take(rejected_index)]
+    labels = _flat(lists, "source_label")
+    columns += [pa.array(strategies, pa.string()), labels.take(chosen_index), labels.take(rejected_index)]
     return pa.Table.from_arrays(columns, schema=PAIRS)
 
 
-def _gather_dropped(lists: pa.Table, rows: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, reasons: list[str]) -> pa.Table:
+def _gather_dropped(
+    lists: pa.Table, rows: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, reasons: list[str], strategies: list[str]
+) -> pa.Table:
     if not len(rows):
         return DROPPED_PAIRS.empty_table()
     keys, scores = _flat(lists, "keys"), _flat(lists, "scores")
@@ -286,6 +394,7 @@ def _gather_dropped(lists: pa.Table, rows: np.ndarray, chosen: np.ndarray, rejec
             scores.take(chosen_index),
             scores.take(rejected_index),
             pa.array(reasons, pa.string()),
+            pa.array(strategies, pa.string()),
         ],
         schema=DROPPED_PAIRS,
     )
@@ -303,9 +412,11 @@ class Ranked:
 
 
 def rank_lists(config: RankConfig, scored: pa.Table) -> Ranked:
-    everything, source = ranked_lists(scored)
+    keep_order = config.dataset_order == "keep"
+    everything, source = ranked_lists(scored, keep_dataset_order=keep_order)
     tokens = one_array(scored.column("completion_tokens").take(source)) if "completion_tokens" in scored.column_names else None
-    return Ranked(ranked_lists(scored, drop_truncated=True)[0] if config.drop_truncated else everything, everything, tokens)
+    kept = ranked_lists(scored, drop_truncated=True, keep_dataset_order=keep_order)[0] if config.drop_truncated else everything
+    return Ranked(kept, everything, tokens)
 
 
 def rank_pairs(config: RankConfig, ranked: Ranked) -> tuple[pa.Table, pa.Table, RankSummary]:
@@ -315,6 +426,7 @@ def rank_pairs(config: RankConfig, ranked: Ranked) -> tuple[pa.Table, pa.Table, 
     if config.balance_length is not None and lengths is not None:
         kept, unbalanced = balance_lengths(pairing.pairs, lengths, config.balance_length)
         pairing, lengths = pairing.keep(kept, unbalanced), lengths.keep(kept)
+    pairs = pairing.pairs
     margins = pairing.gaps.tolist()
     stats = {}
     if margins:
@@ -330,6 +442,9 @@ def rank_pairs(config: RankConfig, ranked: Ranked) -> tuple[pa.Table, pa.Table, 
         margins=stats,
         truncated_left_out=all_candidates - candidates,
         length=length_summary(lengths) if lengths is not None else {},
+        by_strategy={name: count for name in config.pairs if (count := int(pc.sum(pc.equal(pairs.column("strategy"), name)).as_py() or 0))},
+        dataset_candidates=int(pc.sum(pc.equal(pc.list_flatten(ranked.lists.column("steering")), "dataset")).as_py() or 0),
+        pairs_original=int(pc.sum(pc.and_(*(pc.equal(pairs.column(f"steering_{side}"), "dataset") for side in SIDES))).as_py() or 0),
     )
     return pairing.pairs, pairing.dropped, summary
 
@@ -342,42 +457,58 @@ def rank_tables(config: RankConfig, scored: pa.Table) -> tuple[pa.Table, pa.Tabl
 
 def run_rank(config: RankConfig, argv: list[str] | None = None) -> RankSummary:
     run_dir = Path(config.run)
-    if not (run_dir / "scored").is_dir():
+    if not layout.SCORED.path(run_dir).is_dir():
         raise NeatError("no scored/ in this run folder (run `neat-data score` first)", file=run_dir)
-    out = run_dir / "ranked"
     with RunLock(run_dir):
         # read (and checked) before anything is written: scores finished, and scored from the generations as they are now
-        manifest = require_current(run_dir, "scored")
-        scored = ShardedTable(run_dir / "scored", SCORED).read(list(RANK_READS))
-        check_columns(scored, pa.schema([SCORED.field(name) for name in RANK_READS]), str(run_dir / "scored"))
-        reads = {"scored": check_read(run_dir, "scored", scored, manifest)}
+        manifest = require_current(run_dir, layout.SCORED)
+        scored = layout.SCORED.rows(run_dir).read(list(RANK_READS))
+        check_columns(scored, pa.schema([SCORED.field(name) for name in RANK_READS]), str(layout.SCORED.path(run_dir)))
+        reads = {layout.SCORED.name: check_read(run_dir, layout.SCORED, scored, manifest)}
         with StagedWrites() as writes:  # lists.parquet is written while the pairs are formed; all three land together
             ranked = rank_lists(config, scored)
             del scored  # the lists hold their own copies: the pairs and the writers reuse its memory
-            writes.write(out / "lists.parquet", ranked.lists)
+            writes.write(layout.RANKED_LISTS.path(run_dir), ranked.lists)
             pairs, dropped, summary = rank_pairs(config, ranked)
-            writes.write(out / "pairs.parquet", pairs)
-            writes.write(out / "dropped.parquet", dropped)
-            wrote = {
-                f"ranked/{name}": table_digest(f"ranked/{name}", table)
-                for name, table in (("lists", ranked.lists), ("pairs", pairs), ("dropped", dropped))
-            }
-            manifest.stages["rank"] = {
-                "config": config.model_dump(mode="json"),
-                "command": argv,
-                "finished": True,
-                "summary": summary.__dict__,
-                "reads": reads,
-                "wrote": wrote,
-            }
+            writes.write(layout.RANKED_PAIRS.path(run_dir), pairs)
+            writes.write(layout.RANKED_DROPPED.path(run_dir), dropped)
+            written = ((layout.RANKED_LISTS, ranked.lists), (layout.RANKED_PAIRS, pairs), (layout.RANKED_DROPPED, dropped))
+            wrote = {kind.name: table_digest(kind, table) for kind, table in written}
+            manifest.set_stage(
+                "rank",
+                {
+                    "config": config.model_dump(mode="json"),
+                    "command": argv,
+                    "finished": True,
+                    "summary": summary.__dict__,
+                    "reads": reads,
+                    "wrote": wrote,
+                },
+            )
             writes.write_json(run_dir / MANIFEST, manifest_record(manifest))  # with the tables, after them
     return summary
 
 
 def read_ranked(run_dir: Path, name: str) -> pa.Table:
-    path = Path(run_dir) / "ranked" / f"{name}.parquet"
+    path = layout.RANKED_TABLES[name].path(run_dir)
     if not path.is_file():
         raise NeatError("not ranked yet (run `neat-data rank` first)", file=path)
     table = read_parquet(path)
     check_columns(table, RANKED_LISTS if name == "lists" else PAIRS, str(path))
     return table
+
+
+def rank_result(config: RankConfig, argv: list[str] | None) -> StageResult:
+    return StageResult(run_rank(config, argv=argv).lines(), read_manifest(Path(config.run)).record("rank", RankRecord))
+
+
+RANK = Stage(
+    "rank",
+    RankConfig,
+    rank_result,
+    reads=lambda c: [layout.SCORED.path(c.run)],
+    writes=lambda c: [layout.RANKED.path(c.run)],
+    record=RankRecord,
+    recipe_section="rank",
+    manifest_entries=lambda c: ["rank"],
+)

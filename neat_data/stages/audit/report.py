@@ -1,4 +1,4 @@
-"""The human-readable side of `neat-data audit` (stages/data_audit.py): audit.md and audit.png from the report dict."""
+"""The human-readable side of `neat-data audit` (stages/audit/stage.py): audit.md and audit.png from the report dict."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-COLOURS = {"pos": "tab:green", "neg": "tab:red", "none": "tab:gray"}
+COLOURS = {"pos": "tab:green", "neg": "tab:red", "none": "tab:gray", "dataset": "tab:blue"}
 
 
 def _number(value: Any, spec: str = ".3f") -> str:
@@ -116,9 +116,36 @@ def audit_markdown(report: dict[str, Any]) -> str:
     for name in ("truncated_by_steering", "dropped_by_reason"):
         item = report["ties_and_truncation"][name]
         lines.append(f"| {name} | {', '.join(f'{k} {_number(v)}' for k, v in item['value'].items()) or 'none'} | {item['definition']} |")
+    lines += _source_lines(report.get("source") or {})
     if report.get("notes"):
         lines += ["", "Notes:", *[f"- {note}" for note in report["notes"]]]
     return "\n".join(lines) + "\n"
+
+
+def _source_lines(source: dict[str, Any]) -> list[str]:
+    """Dataset answers vs generated ones: the source AUC, cross-source pairs by strategy, per-source figures."""
+    auc = source.get("source_auc")
+    if not auc:
+        return []
+    lines = ["", "## Source (dataset answers vs generated)", ""]
+    if auc.get("value") is None:
+        return lines + [f"{auc.get('not_measured', 'not measured')}."]
+    lines += ["| figure | value [95% CI] | definition |", "|---|---|---|", *_rows(source)]
+    lines += ["", "| pair strategy | pairs | cross-source | dataset chosen | dataset rejected | source AUC |", "|---|---|---|---|---|---|"]
+    for name, item in source["by_strategy"]["value"].items():
+        lines.append(
+            f"| {name} | {item['pairs']} | {item['cross_source']:.3f} | {item['dataset_chosen']:.3f} | {item['dataset_rejected']:.3f} | "
+            f"{item['source_auc']:.3f} |"
+        )
+    lines += ["", "| source | candidates | length median (IQR) | truncated | refusal_opening [95% CI] |", "|---|---|---|---|---|"]
+    for name, item in source["per_source"]["value"].items():
+        q, refusal = item["length"], item.get("refusal_opening") or {}
+        low, high = refusal.get("ci95") or [None, None]
+        lines.append(
+            f"| {name} | {item['candidates']} | {_number(q['median'], '.1f')} ({_number(q['q1'], '.1f')}–{_number(q['q3'], '.1f')}) | "
+            f"{_number(item['truncated'])} | {_number(refusal.get('mean'))} [{_number(low)}, {_number(high)}] |"
+        )
+    return lines
 
 
 def _quoted(text: str) -> str:

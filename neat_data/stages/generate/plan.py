@@ -20,22 +20,20 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from neat_data.core.errors import redact_secrets
-from neat_data.core.keys import content_key, request_seed, text_hash
+from neat_data.core import layout
+from neat_data.core.errors import EXIT_NOTHING_OK, EXIT_PENDING, NeatError, redact_secrets
+from neat_data.core.keys import content_key, dataset_key, request_seed, text_hash
+from neat_data.core.manifest import GenerateRecord, read_manifest
 from neat_data.core.messages import SystemCombine, build_messages, error_columns, parse_reply
 from neat_data.core.pairs import PairLibrary, PromptPair, choose_pair
-from neat_data.core.prompts_in import PromptRecord
-from neat_data.engines import BATCH_BACKENDS, BackendName, BackendOptions, loads_model_locally
+from neat_data.core.prompts_in import PkuRank, PreferenceLayout, PromptRecord, ResponseReading, ResponsesMode
+from neat_data.core.stage import StageResult
+from neat_data.engines import BACKENDS, BackendName, BackendOptions
 from neat_data.engines.base import GenerationRequest, RequestResult, Sampling
 from neat_data.engines.costs import BudgetOptions, PriceOptions, cost_line
 
-# Backends that take every request before the first answer: a cap checked as requests are handed over never stops them.
-_SENT_WHOLE: dict[str, str] = {
-    **{name: "a batch is submitted whole" for name in BATCH_BACKENDS},
-    "ray": "its dataset is built from every request",
-}
 # Fields that define what a run folder contains: a re-run with other values would mix incompatible rows.
-IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine")
+IDENTITY_FIELDS = ("model", "pairs", "sampling", "round", "system_mode", "system_combine", "responses", "pku_rank")
 # Which existing rows `--redo` generates again (with this invocation's sampling; every other row is left as it is).
 RedoClass = Literal["truncated", "error", "refused", "steering=pos", "steering=neg", "steering=none"]
 
@@ -54,6 +52,26 @@ class GenerateConfig(BackendOptions, PriceOptions, BudgetOptions):
     )
     prompt_column: str | None = Field(None, description="Column holding the prompt (default: messages, prompt or chosen).")
     limit: int | None = Field(None, ge=1, description="Use only the first N unique prompts.")
+    responses: ResponsesMode = Field(
+        "drop",
+        description="keep: the prompts file is preference data (see --layout) and each of its responses becomes a row of "
+        "steering 'dataset' beside the generated ones, with its label, rank, score and safety flag (no engine call); "
+        "drop: read the prompts only.",
+    )
+    derived_from: str | None = Field(
+        None,
+        description="With --responses keep, the dataset the prompts file was drawn from, named as its source in the "
+        "manifest, card and croissant.json (a recipe's round file: the recipe's prompts.source); default: the file itself.",
+    )
+    layout: PreferenceLayout = Field(
+        "auto",
+        description="With --responses keep, the file's layout: hh (chosen/rejected transcripts), trl (prompt/chosen/"
+        "rejected, or chosen/rejected message lists), ultrafeedback (+ score_chosen/score_rejected), pku "
+        "(response_0/response_1), ranked (responses + scores or ranks); auto: from the columns.",
+    )
+    pku_rank: PkuRank = Field(
+        "safer", description="With --layout pku, which answer is the dataset's preferred one: safer_response_id or better_response_id."
+    )
     pairs: list[str] = Field(
         default_factory=lambda: ["harmless"],
         min_length=1,
@@ -92,17 +110,21 @@ class GenerateConfig(BackendOptions, PriceOptions, BudgetOptions):
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:
-        if self.num_pos + self.num_neg + self.num_neutral == 0:
-            raise ValueError("num_pos + num_neg + num_neutral must be at least 1")
+        if self.num_pos + self.num_neg + self.num_neutral == 0 and self.responses != "keep":
+            raise ValueError("num_pos + num_neg + num_neutral must be at least 1 (or --responses keep)")
+        if self.responses == "keep" and self.prompt_column is not None:
+            raise ValueError("--prompt-column reads prompts only; with --responses keep the layout names the columns (--layout)")
+        if self.responses != "keep" and (self.layout != "auto" or self.pku_rank != "safer"):
+            raise ValueError("--layout and --pku-rank read the file's responses: add --responses keep")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs base_url")
         if (self.price_in is None) != (self.price_out is None):
             raise ValueError("give both --price-in and --price-out (per 1M prompt and completion tokens), or neither")
         if self.max_cost is not None and self.price_in is None:
             raise ValueError("--max-cost needs --price-in and --price-out (the prices it counts with)")
-        if (self.max_cost is not None or self.max_total_tokens is not None) and self.backend in _SENT_WHOLE:
+        if (self.max_cost is not None or self.max_total_tokens is not None) and BACKENDS[self.backend].takes_all:
             raise ValueError(
-                f"--max-cost / --max-total-tokens cannot be counted with backend '{self.backend}': {_SENT_WHOLE[self.backend]}, "
+                f"--max-cost / --max-total-tokens cannot be counted with backend '{self.backend}': {BACKENDS[self.backend].takes_all}, "
                 "before any answer; see its ceiling with --dry-run and cap it with --limit"
             )
         return self
@@ -111,9 +133,13 @@ class GenerateConfig(BackendOptions, PriceOptions, BudgetOptions):
         dumped = self.model_dump(mode="json")
         return {name: dumped[name] for name in IDENTITY_FIELDS}
 
+    def response_reading(self) -> ResponseReading | None:
+        """How the prompts file's own responses are read (None: prompts only)."""
+        return ResponseReading(self.layout, self.pku_rank) if self.responses == "keep" else None
+
     def local_model(self) -> bool:
         """Whether this process (or its actors) loads the model itself: then it is checked before anything runs."""
-        return loads_model_locally(self.backend)
+        return not BACKENDS[self.backend].server
 
 
 @dataclass(frozen=True)
@@ -122,8 +148,9 @@ class PlannedRequest:
 
     record: PromptRecord
     steering: str
-    pair: PromptPair | None
+    pair: PromptPair | None  # the pair that steers it (None when unsteered)
     system_prompt: str | None  # the steering text (None when unsteered)
+    drawn: PromptPair | None  # the pair the seed draws for the prompt, recorded on every row (unsteered: what score needs)
     seed: int
     keys: tuple[str, ...]
 
@@ -136,6 +163,8 @@ def plan_requests(config: GenerateConfig, records: Iterable[PromptRecord], libra
     """Every request of `records`, in a fixed order, with its derived seed and row keys (pure; lazy)."""
     sampling = config.sampling.model_dump()
     for record in records:
+        if record.repeat:  # a repeated prompt row brings dataset answers only; its prompt was planned at its first row
+            continue
         pair = choose_pair(libraries, config.sampling.seed, record.prompt_id)
         for steering, count in (("pos", config.num_pos), ("neg", config.num_neg), ("none", config.num_neutral)):
             if count == 0:
@@ -162,6 +191,7 @@ def plan_requests(config: GenerateConfig, records: Iterable[PromptRecord], libra
                 steering=steering,
                 pair=used_pair,
                 system_prompt=system_prompt,
+                drawn=pair,
                 seed=request_seed(config.sampling.seed, record.prompt_id, steering, pair_id),
                 keys=keys,
             )
@@ -205,6 +235,50 @@ def settings_hash(config: GenerateConfig, backend_name: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
+def source_hash(config: GenerateConfig) -> str:
+    """The `settings_hash` of dataset rows: the source's identity (path or hub id, and how it was read), 16 hex — no
+    model or sampling, so --redo (which selects by those passes) never touches them."""
+    source = {"source": config.prompts, "responses": config.responses, "pku_rank": config.pku_rank}
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def dataset_keys(config: GenerateConfig, record: PromptRecord) -> list[str]:
+    return [
+        dataset_key(round_index=config.round, prompt_id=record.prompt_id, label=answer.label, sample_index=index, response=answer.text)
+        for index, answer in enumerate(record.responses, start=record.first_sample)
+    ]
+
+
+def dataset_rows(config: GenerateConfig, record: PromptRecord, wanted: set[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of a prompt's dataset responses (those of `wanted` keys, or all): ordinary generations rows, status ok,
+    the text as the source gave it; what a dataset does not say (finish reason, model, sampling, tokens) is null."""
+    settings = source_hash(config)
+    rows = []
+    for index, (key, answer) in enumerate(zip(dataset_keys(config, record), record.responses), start=record.first_sample):
+        if wanted is not None and key not in wanted:
+            continue
+        rows.append(
+            {
+                "key": key,
+                "round": config.round,
+                "prompt_id": record.prompt_id,
+                "prompt": record.messages,
+                "steering": "dataset",
+                "system_mode": "none",
+                "sample_index": index,
+                "response": answer.text,
+                "backend": "dataset",
+                "settings_hash": settings,
+                "status": "ok",
+                "source_label": answer.label,
+                "source_rank": answer.rank,
+                "source_score": answer.score,
+                "source_safe": answer.safe,
+            }
+        )
+    return rows
+
+
 def result_rows(
     config: GenerateConfig, planned: PlannedRequest, result: RequestResult, backend_name: str, wanted: set[str]
 ) -> list[dict[str, Any]]:
@@ -232,8 +306,8 @@ def result_rows(
                 "prompt_id": planned.record.prompt_id,
                 "prompt": planned.record.messages,
                 "steering": planned.steering,
-                "pair_library": planned.pair.library if planned.pair else None,
-                "system_prompt_id": planned.pair.id if planned.pair else None,
+                "pair_library": planned.drawn.library if planned.drawn else None,
+                "system_prompt_id": planned.drawn.id if planned.drawn else None,
                 "system_prompt_hash": text_hash(planned.system_prompt) if planned.system_prompt else None,
                 "system_prompt": planned.system_prompt,
                 "system_mode": system_mode,
@@ -264,12 +338,19 @@ class GenerateSummary:
     folder: Path | None = None  # where the rows went: <run>/generations or a shard's sub-folder
     pending: dict[str, Any] = field(default_factory=dict)  # batch backends: rows submitted and not collected yet
     budget_line: str | None = None  # costs.Budget.line(): set when a --max-cost / --max-total-tokens cap stopped the run
+    dataset_rows: int = 0  # rows of the prompts file's own responses in the folder (steering "dataset")
+    dataset_written: int = 0  # of them, written by this pass
 
     def lines(self) -> list[str]:
         status = self.counts.get("status", {})
+        dataset = (
+            f"; {self.dataset_rows} from the dataset ({self.dataset_written} new), {self.total_rows - self.dataset_rows} generated"
+            if self.dataset_rows
+            else ""
+        )
         lines = [
-            f"{self.folder or self.run_dir / 'generations'}: {self.total_rows} rows ({status.get('ok', 0)} ok, "
-            f"{status.get('error', 0)} error; {self.generated_rows} new) by steering {self.counts.get('steering', {})} "
+            f"{self.folder or layout.GENERATIONS.path(self.run_dir)}: {self.total_rows} rows ({status.get('ok', 0)} ok, "
+            f"{status.get('error', 0)} error; {self.generated_rows} new{dataset}) by steering {self.counts.get('steering', {})} "
             f"in {self.seconds:.0f} s"
         ]
         requests = self.requests
@@ -293,6 +374,27 @@ class GenerateSummary:
         if self.budget_line:
             lines.append(self.budget_line)
         return lines
+
+    def result(self) -> StageResult:
+        failed = unfinished = None
+        if self.total_rows and not self.counts.get("status", {}).get("ok") and not self.pending:
+            failed = NeatError(
+                "no row succeeded: every row is an error row (reasons above); nothing to score", file=self.folder, exit_code=EXIT_NOTHING_OK
+            )
+        if self.pending:
+            unfinished = NeatError(
+                f"{self.pending['rows']} rows wait in batches {', '.join(self.pending['batches'])}; run the same command again "
+                "to collect them",
+                file=self.run_dir,
+                exit_code=EXIT_PENDING,
+            )
+        elif self.budget_line:  # not finished: a round must not go on with part of its rows; a higher cap continues it
+            unfinished = NeatError(
+                f"{self.budget_line} (in the recipe: generate.max_cost / generate.max_total_tokens; raising it keeps the run folder)",
+                file=self.folder,
+            )
+        record = read_manifest(self.run_dir).record("generate", GenerateRecord)
+        return StageResult(self.lines(), record, self.notes(), failed, unfinished)
 
     def notes(self) -> list[str]:
         if not self.stale_rows:

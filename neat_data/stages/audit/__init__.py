@@ -1,0 +1,1 @@
+"""The data audit (`neat-data audit`): what the ranked pairs would teach — its measures, duplicates, report."""
