@@ -11,32 +11,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from test_rank import row as scored_row
 
 from neat_data.cli import cli
 from neat_data.core.runfolder import atomic_write_table
 from neat_data.core.schemas import GENERATIONS, SCORED
 from neat_data.stages.rank.stage import RankConfig, rank_tables
 
-PROMPT = [{"role": "user", "content": "q"}]
-
 
 def answer(prompt_id: str, key: str, response: str, score: float, steering: str, label: str | None = None, rank: int | None = None) -> dict:
-    row = {name: None for name in SCORED.names}
-    row.update(
-        key=key,
-        prompt_id=prompt_id,
-        prompt=PROMPT,
-        response=response,
-        steering=steering,
-        status="ok",
-        score=score,
-        raw_score=score,
-        score_status="ok",
-        finish_reason=None if steering == "dataset" else "stop",
-        source_label=label,
-        source_rank=rank,
-    )
-    return row
+    """test_rank's scored row, with the columns a dataset answer adds (it has no finish reason)."""
+    return scored_row(prompt_id, key, response, score, steering, finish=None if steering == "dataset" else "stop") | {
+        "source_label": label,
+        "source_rank": rank,
+    }
 
 
 # p1: an HH-style pair (chosen scored below rejected) with two generated answers; p2: a ranked list of three with a
