@@ -105,12 +105,13 @@ def run_stage(
     summary_path.unlink(missing_ok=True)
     echo(f"round {k} · {name} … (log: {log_path})")
     started = time.time()
-    # The stage's own output (engine logs, progress bars) goes to its log; the terminal gets its summary.
+    # The stage's own output (engine logs, progress bars) goes to its log, scrubbed of secrets; the terminal gets its
+    # summary.
     with open(log_path, "ab") as log:
         returncode, stopped_by = run_stage_process(
             [sys.executable, "-m", "neat_data.cli", "stage", stage.kind.name, str(config_path), "--summary", str(summary_path)],
             log,
-            env=child_environment(),  # the names of the secrets: the stage scrubs its own log lines of their values
+            env=child_environment(),  # the names of the secrets: the stage scrubs its own lines and files of their values
         )
     if stopped_by is not None:
         name_of = signal.Signals(stopped_by).name
@@ -134,7 +135,7 @@ def run_stage(
         raise NeatError(f"round {k} · {name}: {line}", exit_code=EXIT_CHECK_FAILED)
     if returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        echo("\n".join(f"    {redact_secrets(line)}" for line in tail))  # an engine's own lines are not scrubbed in the log
+        echo("\n".join(f"    {redact_secrets(line)}" for line in tail))
         raise NeatError(
             f"stage {name} of round {k} failed (exit code {returncode}; log above and in {log_path}); "
             "fix and re-run: finished stages are kept",
@@ -154,8 +155,42 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what `timeout`,
 STOP_GRACE_SECONDS = 30.0  # how long a stage has to end after the signal is passed on, before it is killed
 
 
+LOG_DRAIN_SECONDS = 10.0  # how long the log copy may go on after the stage ended (a worker it left may hold the pipe)
+_LOG_PIECE_MAX = 1 << 16  # a line longer than this (no newline, no carriage return) is scrubbed and written in pieces
+
+
+def copy_scrubbed(source: int, log: IO[bytes]) -> None:
+    """Copy a stage's output (`source`: the read end of its pipe) into its log with every secret value scrubbed
+    (`redact_secrets`), whoever wrote it — our code, an engine's C code or worker processes, a user's scorer, a child
+    process: they all write to the one pipe.
+    Scrubbed a line at a time (up to a newline or a carriage return, so progress bars reach the log as they move): a
+    secret holds neither, so none is split between two pieces except in a line over _LOG_PIECE_MAX, and then the
+    scrub's 16-character fragments still catch both ends."""
+    pending = b""
+    while chunk := os.read(source, _LOG_PIECE_MAX):  # b"" once every writer has closed the pipe
+        pending += chunk
+        cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1
+        if cut == 0 and len(pending) >= _LOG_PIECE_MAX:
+            cut = len(pending)
+        if cut:
+            _write_scrubbed(log, pending[:cut])
+            pending = pending[cut:]
+    if pending:
+        _write_scrubbed(log, pending)
+
+
+def _write_scrubbed(log: IO[bytes], data: bytes) -> None:
+    text = data.decode("utf-8", errors="surrogateescape")  # bytes that are not UTF-8 pass through unchanged
+    try:
+        log.write(redact_secrets(text).encode("utf-8", errors="surrogateescape"))
+        log.flush()
+    except ValueError:  # the log was closed: the stage ended LOG_DRAIN_SECONDS ago and a worker it left still writes
+        pass
+
+
 def run_stage_process(argv: list[str], log: IO[bytes], *, env: dict[str, str] | None = None) -> tuple[int, int | None]:
     """Run a stage's process in a process group of its own; returns (its exit code, the stop signal received or None).
+    Its stdout and stderr go through `copy_scrubbed` into `log`.
 
     SIGTERM, SIGINT or SIGHUP to `neat-data run` is passed on to that group and the stage is waited for —
     STOP_GRACE_SECONDS, then SIGKILL — and whatever is left in the group (an engine's workers) is killed: no stage
@@ -164,6 +199,7 @@ def run_stage_process(argv: list[str], log: IO[bytes], *, env: dict[str, str] | 
     child: subprocess.Popen[bytes] | None = None
     received: list[int] = []
     deadline: list[threading.Timer] = []
+    copying: list[threading.Thread] = []
 
     def pass_on(signum: int, frame: object) -> None:
         received.append(signum)
@@ -178,8 +214,16 @@ def run_stage_process(argv: list[str], log: IO[bytes], *, env: dict[str, str] | 
     previous = {sig: signal.signal(sig, pass_on) for sig in STOP_SIGNALS} if in_main_thread else {}
     try:
         child = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_ended_with(os.getpid())
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_ended_with(os.getpid()),
         )
+        assert child.stdout is not None
+        copying.append(threading.Thread(target=copy_scrubbed, args=(child.stdout.fileno(), log), name="stage-log", daemon=True))
+        copying[0].start()
         if received:
             pass_on(received.pop(), None)
         returncode = child.wait()
@@ -188,8 +232,12 @@ def run_stage_process(argv: list[str], log: IO[bytes], *, env: dict[str, str] | 
             signal.signal(sig, handler)
         for timer in deadline:
             timer.cancel()
-    if received:
-        _signal_group(child.pid, signal.SIGKILL)  # what the stage started and left behind goes too
+        if received and child is not None:
+            _signal_group(child.pid, signal.SIGKILL)  # what the stage started and left behind goes too
+        for thread in copying:
+            thread.join(LOG_DRAIN_SECONDS)
+            if not thread.is_alive() and child is not None and child.stdout is not None:
+                child.stdout.close()
     return returncode, received[0] if received else None
 
 

@@ -24,7 +24,14 @@ def leaks_its_key(prompts: list, responses: list[str]) -> list[float]:
 
 
 def leaks_a_handed_secret(prompts: list, responses: list[str]) -> list[float]:
-    """A user scorer that fails quoting the value of $X, a variable the recipe names as its api_key_env."""
+    """A user scorer that fails quoting the value of $X, a variable the recipe names as its api_key_env — having first
+    written it where Python's own streams are not involved, as an engine's C code or a child process would: straight
+    to file descriptors 1 and 2 (one of them inside a progress-bar line) and from a shell it starts."""
     import os
+    import subprocess
 
-    raise PermissionError(f"service rejected key {os.environ.get('X')}")
+    key = os.environ.get("X") or ""
+    os.write(1, f"engine: connecting with {key}\n".encode())
+    os.write(2, f"\rscoring  10% key={key}\rscoring  50%".encode())
+    subprocess.run(["sh", "-c", 'echo "child process: $X"'], check=True)
+    raise PermissionError(f"service rejected key {key}")

@@ -129,7 +129,8 @@ def test_a_secret_is_scrubbed_whatever_its_variable_is_called(tmp_path: Path, mo
 def test_a_stage_of_a_run_scrubs_the_secrets_the_recipe_names(tmp_path: Path):
     """`neat-data run` starts each stage as its own process, whose output goes to the stage's log: the recipe's
     `api_key_env: X` reaches that process by name, so the score stage's failing line — quoting $X's value — is
-    scrubbed in the log and on the console, and the key still reached the server."""
+    scrubbed in the log and on the console, and the key still reached the server. What the scorer writes past
+    Python's streams (fd 1 and 2, a child process) is scrubbed on its way into the log."""
     import yaml
 
     key = "sk-" + secrets.token_hex(20)
@@ -156,6 +157,9 @@ def test_a_stage_of_a_run_scrubs_the_secrets_the_recipe_names(tmp_path: Path):
     assert f"Bearer {key}" in server.authorizations  # the key was really handed over
     logs = list((tmp_path / "runs").rglob("*.log"))
     assert any("service rejected key ***" in log.read_text() for log in logs), output
+    failed = next(text for text in (log.read_bytes().decode() for log in logs) if "service rejected key ***" in text)  # base eval
+    assert "engine: connecting with ***\n" in failed and "\rscoring  10% key=***\r" in failed, failed  # past Python's streams
+    assert "child process: ***\n" in failed, failed
     assert key not in output and not [
         path for path in (tmp_path / "runs").rglob("*") if path.is_file() and key.encode() in path.read_bytes()
     ]
