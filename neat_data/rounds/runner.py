@@ -157,6 +157,7 @@ STOP_GRACE_SECONDS = 30.0  # how long a stage has to end after the signal is pas
 
 LOG_DRAIN_SECONDS = 10.0  # how long the log copy may go on after the stage ended (a worker it left may hold the pipe)
 _LOG_PIECE_MAX = 1 << 16  # a line longer than this (no newline, no carriage return) is scrubbed and written in pieces
+_SECRET_SPAN_MAX = 4096  # how far back from a piece's end a space is looked for
 
 
 def copy_scrubbed(source: int, log: IO[bytes]) -> None:
@@ -164,14 +165,16 @@ def copy_scrubbed(source: int, log: IO[bytes]) -> None:
     (`redact_secrets`), whoever wrote it — our code, an engine's C code or worker processes, a user's scorer, a child
     process: they all write to the one pipe.
     Scrubbed a line at a time (up to a newline or a carriage return, so progress bars reach the log as they move): a
-    secret holds neither, so none is split between two pieces except in a line over _LOG_PIECE_MAX, and then the
-    scrub's 16-character fragments still catch both ends."""
+    secret holds neither, so none is split between two pieces. A line over _LOG_PIECE_MAX is written in pieces cut
+    after a space (keys and tokens hold none); only a run of 4 KiB without one is cut anywhere, and then the scrub's
+    16-character fragments still catch each side of a secret longer than 31 characters."""
     pending = b""
     while chunk := os.read(source, _LOG_PIECE_MAX):  # b"" once every writer has closed the pipe
         pending += chunk
         cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1
-        if cut == 0 and len(pending) >= _LOG_PIECE_MAX:
-            cut = len(pending)
+        if cut == 0 and len(pending) >= _LOG_PIECE_MAX:  # a long line: written in pieces, cut after a space if near
+            space = max(pending.rfind(b" "), pending.rfind(b"\t"))
+            cut = space + 1 if space >= len(pending) - _SECRET_SPAN_MAX else len(pending)
         if cut:
             _write_scrubbed(log, pending[:cut])
             pending = pending[cut:]

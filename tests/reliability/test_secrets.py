@@ -163,3 +163,43 @@ def test_a_stage_of_a_run_scrubs_the_secrets_the_recipe_names(tmp_path: Path):
     assert key not in output and not [
         path for path in (tmp_path / "runs").rglob("*") if path.is_file() and key.encode() in path.read_bytes()
     ]
+
+
+def test_a_stage_log_is_copied_whole_and_scrubbed(monkeypatch):
+    """`copy_scrubbed` over a real pipe: every byte that is not a secret arrives (non-UTF-8 bytes, progress bars' carriage
+    returns, a 200 KiB line without a newline), and the secret — however the writes cut it — does not, even where the
+    long line must be cut in pieces."""
+    import io
+    import os
+    import threading
+
+    from neat_data.rounds.runner import copy_scrubbed
+
+    key = "tok_" + secrets.token_hex(24)
+    monkeypatch.setenv("SERVICE_TOKEN", key)  # a secret-looking name: scrubbed without being handed
+    dense = ("w " + key) * 4_000  # ~216 KiB without a newline, 96 % of it inside a key: where a piece is cut matters
+    text = (
+        b"\xff\xfe not utf-8 \xc3 and "
+        + key.encode()
+        + b"\n"
+        + b"\rbar 10% "
+        + key.encode()
+        + b"\rbar 90%"
+        + (dense + " " + "x" * 140_000 + " tail " + key).encode()  # and a 140 KiB run without a space, cut anywhere
+    )
+    read_end, write_end = os.pipe()
+
+    def write_in_odd_pieces() -> None:
+        for start in range(0, len(text), 997):  # writes that cut the key anywhere
+            os.write(write_end, text[start : start + 997])
+        os.close(write_end)
+
+    writer = threading.Thread(target=write_in_odd_pieces)
+    writer.start()
+    log = io.BytesIO()
+    copy_scrubbed(read_end, log)
+    writer.join()
+    os.close(read_end)
+    written = log.getvalue()
+    assert key.encode() not in written and key[4:20].encode() not in written and key[-16:].encode() not in written
+    assert written == text.replace(key.encode(), b"***")
