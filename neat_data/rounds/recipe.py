@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from neat_data.core.errors import NeatError, register_secret_fields, validation_message
 from neat_data.core.layout import EVAL, EVAL_RESEEDED, HELDOUT, MODEL, RANKED_EXPORT, round_folder, round_prompts
@@ -97,9 +97,18 @@ class Recipe(BaseModel):
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"variant name {name!r}: letters, digits, '_', '.', '-' only (it is a folder name)")
         variant_overrides(self.variants)  # refuses a variant that changes what all variants share
-        if self.reference is not None and self.reference not in self.variants:
-            raise ValueError(f"reference {self.reference!r} is not one of the variants")
         return self
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_is_a_variant(cls, reference: str | None, info: ValidationInfo) -> str | None:
+        variants = info.data.get("variants")
+        if reference is not None and variants is not None and reference not in variants:
+            raise ValueError(
+                f"{reference!r} is not one of the variants ({', '.join(variants) or 'none'}): "
+                "name one of them (--set reference=NAME), or --set reference=null to compare with the first"
+            )
+        return reference
 
     def run_dir(self) -> Path:
         return self.out or Path("runs") / self.name

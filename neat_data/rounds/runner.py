@@ -32,7 +32,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from neat_data.core.errors import EXIT_CHECK_FAILED, EXIT_PENDING, NeatError, child_environment, redact_secrets
+from neat_data.core.errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_PENDING,
+    NeatError,
+    child_environment,
+    redact_secret,
+    redact_secrets,
+    secret_values,
+    with_path,
+)
 from neat_data.core.files import atomic_write_bytes, atomic_write_json
 from neat_data.core.layout import round_folder
 from neat_data.core.manifest import MANIFEST, Manifest, edit_manifest, read_manifest, write_manifest
@@ -157,52 +166,84 @@ STOP_GRACE_SECONDS = 30.0  # how long a stage has to end after the signal is pas
 
 LOG_DRAIN_SECONDS = 10.0  # how long the log copy may go on after the stage ended (a worker it left may hold the pipe)
 _LOG_PIECE_MAX = 1 << 16  # a line longer than this (no newline, no carriage return) is scrubbed and written in pieces
-_SECRET_SPAN_MAX = 4096  # how far back from a piece's end a space is looked for
 
 
-def copy_scrubbed(source: int, log: IO[bytes]) -> None:
-    """Copy a stage's output (`source`: the read end of its pipe) into its log with every secret value scrubbed
-    (`redact_secrets`), whoever wrote it — our code, an engine's C code or worker processes, a user's scorer, a child
-    process: they all write to the one pipe.
-    Scrubbed a line at a time (up to a newline or a carriage return, so progress bars reach the log as they move): a
-    secret holds neither, so none is split between two pieces. A line over _LOG_PIECE_MAX is written in pieces cut
-    after a space (keys and tokens hold none); only a run of 4 KiB without one is cut anywhere, and then the scrub's
-    16-character fragments still catch each side of a secret longer than 31 characters."""
-    pending = b""
-    while chunk := os.read(source, _LOG_PIECE_MAX):  # b"" once every writer has closed the pipe
-        pending += chunk
-        cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1
-        if cut == 0 and len(pending) >= _LOG_PIECE_MAX:  # a long line: written in pieces, cut after a space if near
-            space = max(pending.rfind(b" "), pending.rfind(b"\t"))
-            cut = space + 1 if space >= len(pending) - _SECRET_SPAN_MAX else len(pending)
-        if cut:
-            _write_scrubbed(log, pending[:cut])
-            pending = pending[cut:]
-    if pending:
-        _write_scrubbed(log, pending)
+class StageLogCopy:
+    """Copies a stage's output (its stdout and stderr: one pipe) into its log, scrubbed of every secret value
+    (`secret_values`, read once: a stage's environment does not change), whoever wrote it — our code, an engine's C
+    code or worker processes, a user's scorer, a child process. In a thread of its own, so the stage never blocks.
+
+    A line at a time (up to a newline or a carriage return, so progress bars reach the log as they move); a line over
+    _LOG_PIECE_MAX is written in pieces, each cut where no secret is (`cut_outside`), so every secret is scrubbed whole.
+    Bytes that are not UTF-8 pass through unchanged. When the log cannot be written (a full disk), the copy keeps
+    reading and drops what it reads — the stage must not block on a full pipe — and keeps the error for the runner."""
+
+    def __init__(self, source: IO[bytes], log: IO[bytes]):
+        self.source, self.log = source, log  # the pipe's file stays referenced (and open) while the thread reads it
+        self.secrets = secret_values()
+        self.encoded = [value.encode("utf-8", errors="surrogateescape") for value in self.secrets]
+        self.longest = max((len(value) for value in self.encoded), default=0)
+        self.error: OSError | None = None
+        self.writing = True
+        self.thread = threading.Thread(target=self._copy, name="stage-log", daemon=True)
+
+    def start(self) -> StageLogCopy:
+        self.thread.start()
+        return self
+
+    def _copy(self) -> None:
+        pending = b""
+        while chunk := os.read(self.source.fileno(), _LOG_PIECE_MAX):  # b"" once every writer has closed the pipe
+            pending += chunk
+            cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1
+            if cut == 0 and len(pending) >= _LOG_PIECE_MAX:  # a secret at the end may go on in the next read
+                cut = max(cut_outside(pending, len(pending) - self.longest, self.encoded), 0)
+            if cut:
+                self._write(pending[:cut])
+                pending = pending[cut:]
+        if pending:
+            self._write(pending)
+
+    def _write(self, data: bytes) -> None:
+        if not self.writing:
+            return
+        text = data.decode("utf-8", errors="surrogateescape")
+        for value in self.secrets:
+            text = redact_secret(text, value)
+        try:
+            self.log.write(text.encode("utf-8", errors="surrogateescape"))
+            self.log.flush()
+        except ValueError:  # the log is closed: the runner went on while a worker the stage left still writes
+            self.writing = False
+        except OSError as error:  # a full disk, a quota, an I/O error
+            self.writing, self.error = False, error
 
 
-def _write_scrubbed(log: IO[bytes], data: bytes) -> None:
-    text = data.decode("utf-8", errors="surrogateescape")  # bytes that are not UTF-8 pass through unchanged
-    try:
-        log.write(redact_secrets(text).encode("utf-8", errors="surrogateescape"))
-        log.flush()
-    except ValueError:  # the log was closed: the stage ended LOG_DRAIN_SECONDS ago and a worker it left still writes
-        pass
+def cut_outside(data: bytes, cut: int, secrets: list[bytes]) -> int:
+    """The largest position ≤ `cut` that falls inside no occurrence of any of `secrets` in `data`."""
+    moved = True
+    while moved and cut > 0:
+        moved = False
+        for value in secrets:
+            start = data.rfind(value, 0, cut + len(value) - 1)  # the last occurrence that starts before `cut`
+            if start != -1 and start + len(value) > cut:
+                cut, moved = start, True
+    return cut
 
 
 def run_stage_process(argv: list[str], log: IO[bytes], *, env: dict[str, str] | None = None) -> tuple[int, int | None]:
     """Run a stage's process in a process group of its own; returns (its exit code, the stop signal received or None).
-    Its stdout and stderr go through `copy_scrubbed` into `log`.
+    Its output goes to `log` through a `StageLogCopy`; an error writing the log is raised once the stage has ended.
 
     SIGTERM, SIGINT or SIGHUP to `neat-data run` is passed on to that group and the stage is waited for —
     STOP_GRACE_SECONDS, then SIGKILL — and whatever is left in the group (an engine's workers) is killed: no stage
     outlives the run that started it, so a re-run never finds a second trainer writing beside its own. Without
-    this, the stage would be orphaned and go on writing."""
+    this, the stage would be orphaned and go on writing. What the stage left behind still holding its output after it
+    ended (workers of a stage killed by the kernel) is killed too, after LOG_DRAIN_SECONDS."""
     child: subprocess.Popen[bytes] | None = None
     received: list[int] = []
     deadline: list[threading.Timer] = []
-    copying: list[threading.Thread] = []
+    copy: StageLogCopy | None = None
 
     def pass_on(signum: int, frame: object) -> None:
         received.append(signum)
@@ -225,22 +266,25 @@ def run_stage_process(argv: list[str], log: IO[bytes], *, env: dict[str, str] | 
             preexec_fn=_ended_with(os.getpid()),
         )
         assert child.stdout is not None
-        copying.append(threading.Thread(target=copy_scrubbed, args=(child.stdout.fileno(), log), name="stage-log", daemon=True))
-        copying[0].start()
+        copy = StageLogCopy(child.stdout, log).start()
         if received:
             pass_on(received.pop(), None)
         returncode = child.wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if child is not None:
+            if received:
+                _signal_group(child.pid, signal.SIGKILL)  # what the stage started and left behind goes too
+            if copy is not None:
+                copy.thread.join(LOG_DRAIN_SECONDS)
+                if copy.thread.is_alive():  # a process the stage left still holds its output
+                    _signal_group(child.pid, signal.SIGKILL)
+                    copy.thread.join(LOG_DRAIN_SECONDS)
         for timer in deadline:
             timer.cancel()
-        if received and child is not None:
-            _signal_group(child.pid, signal.SIGKILL)  # what the stage started and left behind goes too
-        for thread in copying:
-            thread.join(LOG_DRAIN_SECONDS)
-            if not thread.is_alive() and child is not None and child.stdout is not None:
-                child.stdout.close()
+        for sig, handler in previous.items():  # only now: a stop while the log drains is still passed on
+            signal.signal(sig, handler)
+    if copy is not None and copy.error is not None:
+        raise with_path(copy.error, log.name)
     return returncode, received[0] if received else None
 
 

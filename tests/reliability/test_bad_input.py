@@ -597,6 +597,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         lambda folder: recipe_case("variants.big={" + ", ".join(alias_bomb()) + "}")(folder),
         ["option 'set': --set variants.big.e: YAML aliases expand this value past 100000 values"],
     ),
+    "recipe_reference_not_a_variant": (
+        recipe_case("variants={a: {}, b: {train: {lr: 1.0e-6}}}", "reference=neat"),
+        ["field 'reference': 'neat' is not one of the variants (a, b): name one of them (--set reference=NAME)"],
+    ),
     "recipe_nested_too_deeply": (
         lambda folder: recipe_with_text(folder, "variants: " + "[" * 5000 + "]" * 5000 + "\n"),
         ["recipe.yaml: nested too deeply"],

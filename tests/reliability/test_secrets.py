@@ -166,40 +166,61 @@ def test_a_stage_of_a_run_scrubs_the_secrets_the_recipe_names(tmp_path: Path):
 
 
 def test_a_stage_log_is_copied_whole_and_scrubbed(monkeypatch):
-    """`copy_scrubbed` over a real pipe: every byte that is not a secret arrives (non-UTF-8 bytes, progress bars' carriage
-    returns, a 200 KiB line without a newline), and the secret — however the writes cut it — does not, even where the
-    long line must be cut in pieces."""
+    """A `StageLogCopy` over a real pipe: every byte that is not a secret arrives (non-UTF-8 bytes, progress bars'
+    carriage returns, a 220 KiB line without a newline), and no secret does — a key, a 13-character password, a
+    passphrase with spaces — however the writes and the long line's pieces cut them."""
     import io
     import os
     import threading
 
-    from neat_data.rounds.runner import copy_scrubbed
+    from neat_data.rounds.runner import StageLogCopy
 
-    key = "tok_" + secrets.token_hex(24)
-    monkeypatch.setenv("SERVICE_TOKEN", key)  # a secret-looking name: scrubbed without being handed
-    dense = ("w " + key) * 4_000  # ~216 KiB without a newline, 96 % of it inside a key: where a piece is cut matters
-    text = (
-        b"\xff\xfe not utf-8 \xc3 and "
-        + key.encode()
-        + b"\n"
-        + b"\rbar 10% "
-        + key.encode()
-        + b"\rbar 90%"
-        + (dense + " " + "x" * 140_000 + " tail " + key).encode()  # and a 140 KiB run without a space, cut anywhere
-    )
+    key, password, phrase = "tok_" + secrets.token_hex(24), "hunter2hunter", "correct horse battery staple"
+    monkeypatch.setenv("SERVICE_TOKEN", key)  # secret-looking names: scrubbed without being handed
+    monkeypatch.setenv("DB_PASSWORD", password)
+    monkeypatch.setenv("MY_PASSPHRASE_KEY", phrase)
+    dense = (f"w {key}{password} {phrase}" * 2_500).encode()  # ~220 KiB, mostly secrets: where a piece is cut matters
+    text = b"\xff\xfe not utf-8 \xc3 and " + key.encode() + b"\n\rbar 10% " + key.encode() + b"\rbar 90%" + dense
+    text += b" " + b"x" * 140_000 + b" tail " + password.encode()  # a 140 KiB run without a space, and a last line
     read_end, write_end = os.pipe()
 
     def write_in_odd_pieces() -> None:
-        for start in range(0, len(text), 997):  # writes that cut the key anywhere
+        for start in range(0, len(text), 997):  # writes that cut the secrets anywhere
             os.write(write_end, text[start : start + 997])
         os.close(write_end)
 
     writer = threading.Thread(target=write_in_odd_pieces)
     writer.start()
     log = io.BytesIO()
-    copy_scrubbed(read_end, log)
+    with os.fdopen(read_end, "rb") as source:
+        StageLogCopy(source, log).start().thread.join(60)
     writer.join()
-    os.close(read_end)
-    written = log.getvalue()
-    assert key.encode() not in written and key[4:20].encode() not in written and key[-16:].encode() not in written
-    assert written == text.replace(key.encode(), b"***")
+    expected = text.replace(phrase.encode(), b"***").replace(key.encode(), b"***").replace(password.encode(), b"***")
+    assert log.getvalue() == expected
+
+
+def test_a_stage_log_that_cannot_be_written_is_one_error_and_no_hang(tmp_path: Path, monkeypatch):
+    """The disk under the log is full (/dev/full): the stage is not left blocked on its pipe; the runner names the log
+    and the error once the stage has ended. A worker the stage left holding its output is killed after the drain."""
+    import subprocess
+    import sys
+    import time
+
+    from neat_data.rounds import runner
+
+    started = time.time()
+    with open("/dev/full", "ab") as full, pytest.raises(OSError) as caught:
+        runner.run_stage_process([sys.executable, "-c", "import sys; sys.stdout.write('x' * 1_000_000)"], full)
+    assert caught.value.filename == "/dev/full" and "No space left on device" in caught.value.strerror
+    assert time.time() - started < 30
+
+    monkeypatch.setattr(runner, "LOG_DRAIN_SECONDS", 1.0)
+    marker = tmp_path / "late"
+    leaves_a_worker = f"(sleep 8; echo late; touch {marker}) & echo stage done"
+    with open(tmp_path / "stage.log", "ab") as log:
+        started = time.time()
+        assert runner.run_stage_process(["sh", "-c", leaves_a_worker], log) == (0, None)
+    assert time.time() - started < 6  # not the worker's 8 s
+    time.sleep(8)
+    assert (tmp_path / "stage.log").read_text() == "stage done\n" and not marker.exists()  # the worker was killed
+    assert subprocess.run(["pgrep", "-f", f"touch {marker}"], capture_output=True).returncode == 1
