@@ -109,10 +109,11 @@ def secret_values(*, handed_only: bool = False) -> list[str]:
     return sorted(values, key=len, reverse=True)  # a longer secret first: a shorter one inside it leaves no piece
 
 
-def redact_secrets(text: str) -> str:
-    """`text` with every secret value (`secret_values`) — and every 16+ character piece of one (a cut line may end
-    inside it) — replaced by '***': the last guard before any line is printed or written."""
-    for value in secret_values():
+def redact_secrets(text: str, values: list[str] | None = None) -> str:
+    """`text` with every secret value (`secret_values`, or `values` read from it once by a caller that scrubs a stream)
+    — and every 16+ character piece of one (a cut line may end inside it) — replaced by '***': the last guard before
+    any line is printed or written."""
+    for value in secret_values() if values is None else values:
         text = redact_secret(text, value)
     return text
 

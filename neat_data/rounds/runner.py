@@ -37,7 +37,6 @@ from neat_data.core.errors import (
     EXIT_PENDING,
     NeatError,
     child_environment,
-    redact_secret,
     redact_secrets,
     secret_values,
     with_path,
@@ -207,9 +206,7 @@ class StageLogCopy:
     def _write(self, data: bytes) -> None:
         if not self.writing:
             return
-        text = data.decode("utf-8", errors="surrogateescape")
-        for value in self.secrets:
-            text = redact_secret(text, value)
+        text = redact_secrets(data.decode("utf-8", errors="surrogateescape"), self.secrets)
         try:
             self.log.write(text.encode("utf-8", errors="surrogateescape"))
             self.log.flush()
